@@ -1,0 +1,107 @@
+"""The ``tsunagi`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+from triage import MAX_CHARS, get_engine
+from triage.engine import Engine
+from triage.normalize import sanitize
+
+
+def _error(line_no: int, ident: Any, message: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"error": message, "line": line_no}
+    out["id"] = ident if ident is not None else line_no
+    return out
+
+
+def triage_lines(lines: Iterable[str], engine: Engine) -> Iterator[dict[str, Any]]:
+    """One output object for each non-empty input line, in order; bad lines give an error object."""
+    for line_no, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            yield _error(line_no, None, f"not valid JSON: {e.__class__.__name__}")
+            continue
+        if not isinstance(obj, dict):
+            yield _error(line_no, None, "each line must be a JSON object with 'text'")
+            continue
+        ident = obj.get("id", line_no)
+        if not isinstance(ident, (str, int, float)) or isinstance(ident, bool):
+            ident = line_no
+        text = obj.get("text")
+        if not isinstance(text, str):
+            yield _error(line_no, ident, "missing 'text' (a string)")
+            continue
+        history = obj.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+            yield _error(line_no, ident, "'history' must be a list of strings")
+            continue
+        result = engine.triage_conversation(text, history) if history else engine.triage(text)
+        out: dict[str, Any] = {"id": ident}
+        out.update(result.to_json())
+        if result.truncated:
+            out["note"] = f"text longer than {MAX_CHARS} characters: only the first {MAX_CHARS} were read"
+        if result.empty:
+            out["note"] = "empty text"
+        yield out
+
+
+def _write(out: IO[str], obj: dict[str, Any]) -> None:
+    text = json.dumps(obj, ensure_ascii=False)
+    out.write(sanitize(text) + "\n")
+
+
+def cmd_triage(args: argparse.Namespace) -> int:
+    engine = get_engine()
+    # Decode leniently: a broken byte must not stop the stream (it becomes U+FFFD).
+    stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    stdout = sys.stdout
+    for obj in triage_lines(stdin, engine):
+        _write(stdout, obj)
+        if args.flush:
+            stdout.flush()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bot.web import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsunagi", description="tsunagi consultation chatbot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("triage", help="triage JSON Lines from standard input (see TAXONOMY.md)")
+    p.add_argument("--flush", action="store_true", help="flush after every line (for pipes)")
+    p.set_defaults(func=cmd_triage)
+    s = sub.add_parser("serve", help="run the web application")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

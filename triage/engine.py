@@ -1,0 +1,429 @@
+"""The triage engine: text (and earlier messages) in, risk, categories and reasons out.
+
+Pure: no I/O after construction. Build one ``Engine`` per process (``triage.get_engine``)
+and call it from anywhere; it holds no per-message state.
+
+How a message is read:
+1. sanitise and cap the text; normalise it (``normalize.py``), keeping offsets;
+2. tokenise it (``tokens.py``) and split it into sentences and clauses;
+3. find concept hits: lemma sequences (死ぬ+たい) and written forms (リスカ) from the lexicon;
+4. set context flags on each hit (negated, past, fiction, hypothetical, joking, quoted);
+5. fire the rules: a rule needs active hits of its concepts, optionally within a window of
+   sentences, optionally done by an actor (夫に殴られる: the act's nearest actor);
+6. risk is the highest fired rule's; categories are the union, less those a rule removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from triage.normalize import Normalized, Normalizer, katakana_to_hiragana, sanitize
+from triage.ruleset import CONTENT_DIR, Condition, Rule, Ruleset, SeqPattern, load_ruleset
+from triage.tokens import Token, Tokenizer
+from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
+
+MAX_CHARS = 100_000  # longer texts are cut here, and the result says so
+_TRIE_END = "\0"
+
+
+@dataclass(slots=True)
+class Hit:
+    concept: str
+    term: str
+    first: int  # first token index
+    last: int  # last token index (inclusive)
+    start: int  # span in the normalised text
+    end: int
+    sentence: int
+    flags: set[str] = field(default_factory=set)
+    suppressed: bool = False  # inside an idiom, or a longer hit of the same group
+
+
+@dataclass
+class _Doc:
+    original: str
+    norm: Normalized
+    tokens: list[Token]
+    sentence_of: list[int]
+    clause_of: list[int]
+    quote_depth: list[int]
+    hits: list[Hit]
+    by_concept: dict[str, list[Hit]]
+
+    def original_span(self, hit: Hit) -> tuple[int, int]:
+        first, last = self.tokens[hit.first], self.tokens[hit.last]
+        if first.origin is not None and first.synthetic:
+            start = first.origin[0]
+        else:
+            start = self.norm.original_span(hit.start, hit.end)[0]
+        if last.origin is not None and last.synthetic:
+            end = last.origin[1]
+        else:
+            end = self.norm.original_span(hit.start, hit.end)[1]
+        return start, max(start, end)
+
+
+class Engine:
+    def __init__(self, content_dir: Path = CONTENT_DIR) -> None:
+        self.tokenizer = Tokenizer()
+        self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
+        self.normalizer = Normalizer(self.rules.normalizer)
+        ctx = self.rules.context
+        self._ctx = ctx
+        self._idioms = {n for n, c in self.rules.concepts.items() if c.idiom}
+
+    # ------------------------------------------------------------------ public API
+
+    def triage(self, text: str) -> TriageResult:
+        """Triage one message on its own."""
+        return self._triage_one(text)[0]
+
+    def triage_conversation(self, text: str, history: Sequence[str] = ()) -> TriageResult:
+        """Triage a message in its conversation: ``history`` holds the earlier texts, oldest first.
+
+        The result never falls below the highest risk of the recent messages, and short
+        ambiguous messages (もう無理) take their meaning from what came before.
+        """
+        result, doc = self._triage_one(text)
+        recent = list(history)[-self.rules.conversation.recent_messages :]
+        if not recent:
+            return result
+        earlier = [self._triage_one(h)[0] for h in recent]
+        risk = result.risk
+        categories = set(result.categories)
+        reasons = list(result.reasons)
+        context: list[Reason] = []
+        peak = max(earlier, key=lambda r: r.risk.rank)
+        if peak.risk.rank > risk.rank:
+            risk = peak.risk
+            context.append(Reason("context.floor", peak.risk.value, (0, 0)))
+        for r in earlier:
+            categories.update(r.categories)
+        # An ambiguous message after a serious one means more than it would alone.
+        conv = self.rules.conversation
+        ambiguous = [h for c in conv.ambiguous for h in doc.by_concept.get(c, []) if not h.suppressed]
+        if ambiguous and peak.risk.rank >= Risk.HIGH.rank:
+            raised = Risk.HIGH
+            for r in earlier:
+                for c in r.categories:
+                    target = conv.escalate_after.get(c.value)
+                    if target is not None and target.rank > raised.rank:
+                        raised = target
+            if raised.rank > risk.rank:
+                risk = raised
+            h = ambiguous[0]
+            start, end = doc.original_span(h)
+            reasons.append(Reason("context.ambiguous_after_serious", doc.original[start:end], (start, end)))
+        return TriageResult(
+            risk=risk,
+            categories=_ordered(categories),
+            reasons=tuple(reasons),
+            truncated=result.truncated,
+            empty=result.empty,
+            context=tuple(context),
+        )
+
+    # ------------------------------------------------------------------ one message
+
+    def _triage_one(self, text: str) -> tuple[TriageResult, _Doc]:
+        truncated = len(text) > MAX_CHARS
+        original = sanitize(text[:MAX_CHARS])
+        doc = self._read(original)
+        if not doc.tokens:
+            return TriageResult(Risk.LOW, (), (), truncated=truncated, empty=not original.strip()), doc
+        risk = Risk.LOW
+        categories: set[Category] = set()
+        removed: set[Category] = set()
+        reasons: list[Reason] = []
+        for rule in self.rules.rules:
+            used = self._fire(rule, doc)
+            if used is None:
+                continue
+            if rule.risk.rank > risk.rank:
+                risk = rule.risk
+            categories.update(rule.categories)
+            removed.update(rule.removes)
+            for h in used:
+                start, end = doc.original_span(h)
+                reason = Reason(rule.id, original[start:end], (start, end))
+                if reason not in reasons:
+                    reasons.append(reason)
+        categories -= removed
+        return TriageResult(risk, _ordered(categories), tuple(reasons), truncated=truncated), doc
+
+    def _read(self, original: str) -> _Doc:
+        norm = self.normalizer.normalize(original)
+        tokens = self.tokenizer.tokenize(norm) if norm.text.strip() or norm.emoji else []
+        sentence_of, clause_of, quote_depth = self._segment(norm.text, tokens)
+        doc = _Doc(original, norm, tokens, sentence_of, clause_of, quote_depth, [], {})
+        if tokens:
+            self._match(doc)
+            self._resolve_overlaps(doc)
+            self._set_flags(doc)
+        return doc
+
+    # ------------------------------------------------------------------ segmentation
+
+    def _segment(self, text: str, tokens: list[Token]) -> tuple[list[int], list[int], list[int]]:
+        ctx = self._ctx
+        sentence_of: list[int] = []
+        clause_of: list[int] = []
+        quote_depth: list[int] = []
+        sentence = clause = depth = 0
+        prev_end = 0
+        for tok in tokens:
+            gap = text[prev_end : tok.start] if tok.start > prev_end else ""
+            dependent = tok.pos1 in ("助動詞", "助詞", "接尾辞") or tok.surface in ctx.sentence_ends
+            if ("\n" in gap or (tok.space_before and not dependent)) and sentence_of:
+                sentence += 1
+                clause += 1
+            if tok.surface and tok.surface[0] in ctx.open_quotes:
+                depth += 1
+            sentence_of.append(sentence)
+            clause_of.append(clause)
+            quote_depth.append(depth)
+            if tok.surface and tok.surface[-1] in ctx.close_quotes:
+                depth = max(0, depth - 1)
+            if tok.surface in ctx.sentence_ends:
+                sentence += 1
+                clause += 1
+            elif tok.surface in ("、", ",") or tok.lemma in ctx.scope_breakers and tok.pos2 == "接続助詞":
+                clause += 1
+            prev_end = max(prev_end, tok.end)
+        return sentence_of, clause_of, quote_depth
+
+    # ------------------------------------------------------------------ matching
+
+    def _match(self, doc: _Doc) -> None:
+        tokens = doc.tokens
+        hits: list[Hit] = []
+        seen: set[tuple[str, int, int]] = set()
+        index = self.rules.seq_index
+
+        def add(concept: str, term: str, first: int, last: int) -> None:
+            key = (concept, first, last)
+            if key in seen:
+                return
+            seen.add(key)
+            hits.append(
+                Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
+            )
+
+        for i, tok in enumerate(tokens):
+            for key in tok.keys:
+                for pat in index.get(key, ()):
+                    last = self._match_seq(pat, tokens, i)
+                    if last is not None:
+                        add(pat.concept, pat.term, i, last)
+        # Written forms, from every token start, on the hiragana-folded text.
+        hira = katakana_to_hiragana(doc.norm.text)
+        starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
+        ends = {t.end: i for i, t in enumerate(tokens) if not t.synthetic}
+        token_at = _token_at(tokens, len(hira))
+        trie = self.rules.trie
+        for pos, first in starts.items():
+            node = trie
+            j = pos
+            while j < len(hira):
+                node = node.get(hira[j])
+                if node is None:
+                    break
+                j += 1
+                terms = node.get(_TRIE_END)
+                if not terms:
+                    continue
+                if j in ends:
+                    last = ends[j]
+                else:
+                    last = token_at[j - 1]
+                    tok = tokens[last]
+                    # Ending inside a token is fine for a verb or adjective stem (首しめ|られ).
+                    if tok.pos1 not in ("動詞", "形容詞", "助動詞"):
+                        continue
+                for term in terms:
+                    if term.strict_end and j not in ends:
+                        continue
+                    add(term.concept, term.term, first, last)
+        doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
+
+    def _match_seq(self, pat: SeqPattern, tokens: list[Token], i: int) -> int | None:
+        els = pat.elements
+        if els[0].cform and not tokens[i].cform.startswith(els[0].cform):
+            return None
+        pos = i
+        fillers = self._ctx.fillers
+        for el in els[1:]:
+            nxt = self._find_next(el, tokens, pos + 1, fillers)
+            if nxt is None:
+                if el.optional:
+                    continue
+                return None
+            pos = nxt
+        return pos
+
+    def _find_next(self, el: Any, tokens: list[Token], start: int, fillers: frozenset[str]) -> int | None:
+        skipped = 0
+        j = start
+        while j < len(tokens):
+            tok = tokens[j]
+            if not el.keys.isdisjoint(tok.keys) and (not el.cform or tok.cform.startswith(el.cform)):
+                return j
+            if tok.lemma in fillers and skipped < self._ctx.max_filler:
+                skipped += 1
+                j += 1
+                continue
+            return None
+        return None
+
+    def _resolve_overlaps(self, doc: _Doc) -> None:
+        concepts = self.rules.concepts
+        idioms = [h for h in doc.hits if h.concept in self._idioms]
+        for h in doc.hits:
+            c = concepts[h.concept]
+            if not c.idiom:
+                for idiom in idioms:
+                    if idiom.first <= h.last and h.first <= idiom.last:
+                        h.suppressed = True
+                        break
+            if c.group:
+                for o in doc.hits:
+                    if (
+                        o is not h
+                        and concepts[o.concept].group == c.group
+                        and o.first <= h.first
+                        and h.last <= o.last
+                        and (o.last - o.first) > (h.last - h.first)
+                    ):
+                        h.suppressed = True
+                        break
+        by: dict[str, list[Hit]] = {}
+        for h in doc.hits:
+            by.setdefault(h.concept, []).append(h)
+        doc.by_concept = by
+
+    # ------------------------------------------------------------------ context flags
+
+    def _has_in_sentence(self, doc: _Doc, concept: str, sentence: int) -> Hit | None:
+        for h in doc.by_concept.get(concept, ()):
+            if h.sentence == sentence and not h.suppressed:
+                return h
+        return None
+
+    def _set_flags(self, doc: _Doc) -> None:
+        tokens = doc.tokens
+        ctx = self._ctx
+        for h in doc.hits:
+            if h.suppressed:
+                continue
+            # Negation in scope: negators after the hit, up to a conjunction or the clause end.
+            # An even count cancels out (死にたくないわけじゃない).
+            count = 0
+            clause = doc.clause_of[h.last]
+            j = h.last + 1
+            while j < len(tokens) and j <= h.last + ctx.negation_window and doc.clause_of[j] == clause:
+                tok = tokens[j]
+                if tok.lemma in ctx.negators and tok.pos1 in ("助動詞", "形容詞"):
+                    count += 1
+                j += 1
+            if count % 2 == 1:
+                h.flags.add("negated")
+            if doc.quote_depth[h.first] > 0:
+                h.flags.add("quoted")
+            for flag, marker in (
+                ("past", "past_time"),
+                ("fiction", "fiction"),
+                ("hypothetical", "hypothetical"),
+                ("joking", "joking"),
+                ("habitual", "habitual"),
+            ):
+                if marker in doc.by_concept and self._has_in_sentence(doc, marker, h.sentence):
+                    h.flags.add(flag)
+            if "past" not in h.flags and "past_habit" in doc.by_concept:
+                for p in doc.by_concept["past_habit"]:
+                    if p.first > h.last and p.first - h.last <= 3 and p.sentence == h.sentence:
+                        h.flags.add("past")
+                        break
+
+    # ------------------------------------------------------------------ rules
+
+    def _active(self, doc: _Doc, cond: Condition) -> list[Hit]:
+        out: list[Hit] = []
+        concepts = self.rules.concepts
+        for name in cond.concepts:
+            inactive_when = concepts[name].flags
+            for h in doc.by_concept.get(name, ()):
+                if h.suppressed:
+                    continue
+                if cond.state == "any":
+                    out.append(h)
+                elif cond.state == "active":
+                    if not (h.flags & inactive_when):
+                        out.append(h)
+                elif cond.state in h.flags:
+                    out.append(h)
+        return out
+
+    def _actor_of(self, doc: _Doc, act: Hit) -> str:
+        """The actor group of an act: the nearest actor before it in its sentence, then after
+        it, then in the sentences before (the topic of a story carries over)."""
+        actors = self._ctx.actor_concepts
+        candidates = [h for name in actors for h in doc.by_concept.get(name, ()) if not h.suppressed]
+        if not candidates:
+            return "none"
+        same = [h for h in candidates if h.sentence == act.sentence]
+        before = [h for h in same if h.last < act.first]
+        if before:
+            return actors[max(before, key=lambda h: h.last).concept]
+        after = [h for h in same if h.first > act.last]
+        if after:
+            return actors[min(after, key=lambda h: h.first).concept]
+        earlier = [
+            h
+            for h in candidates
+            if act.sentence - self._ctx.actor_sentences_back <= h.sentence < act.sentence
+        ]
+        if earlier:
+            return actors[max(earlier, key=lambda h: h.last).concept]
+        return "none"
+
+    def _fire(self, rule: Rule, doc: _Doc) -> list[Hit] | None:
+        for cond in rule.unless:
+            if self._active(doc, cond):
+                return None
+        anchors = self._active(doc, rule.when[0])
+        if rule.act_by:
+            anchors = [a for a in anchors if self._actor_of(doc, a) in rule.act_by]
+        for anchor in anchors:
+            used = [anchor]
+            for cond in rule.when[1:]:
+                found = self._active(doc, cond)
+                if rule.window is not None:
+                    found = [h for h in found if abs(h.sentence - anchor.sentence) <= rule.window]
+                if not found:
+                    break
+                used.append(min(found, key=lambda h: abs(h.sentence - anchor.sentence)))
+            else:
+                return used
+        return None
+
+
+def _token_at(tokens: list[Token], length: int) -> list[int]:
+    """For each character of the normalised text, the index of the token covering it."""
+    at = [0] * (length + 1)
+    for i, t in enumerate(tokens):
+        if t.synthetic:
+            continue
+        for k in range(t.start, t.end):
+            at[k] = i
+    # characters between tokens (spaces) belong to the token before
+    for k in range(1, length + 1):
+        if at[k] == 0 and k > 0:
+            at[k] = max(at[k], at[k - 1])
+    return at
+
+
+def _ordered(categories: set[Category]) -> tuple[Category, ...]:
+    return tuple(sorted(categories, key=CATEGORY_ORDER.__getitem__))

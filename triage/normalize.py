@@ -1,0 +1,231 @@
+"""Text normalisation before tokenising, keeping a map back to the original text.
+
+Every pass rewrites the text with a regular expression and carries an ``origin`` list
+along: ``origin[i]`` is the index in the original text of normalised character ``i``.
+Reasons can then point at the words the person actually typed, whatever the passes did
+(NFKC, elongation, masking symbols, spacing, emoji).
+
+What the passes do is configured in ``content/triage/normalize.yaml``; this module only
+knows how to apply them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Code points that are not valid in UTF-8 on their own (lone surrogates) or that a
+# person never types on purpose (controls other than newline and tab).
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_ZERO_WIDTH = re.compile("[\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\ufe00-\ufe0f\U000e0000-\U000e007f]+")
+
+HIRAGANA = "ぁ-ゖ"
+KATAKANA = "ァ-ヺ"
+KANJI = "一-鿿々〆ヶ"
+JA_CHARS = f"{HIRAGANA}{KATAKANA}ー{KANJI}"
+
+_KATA_TO_HIRA = {cp: cp - 0x60 for cp in range(ord("ァ"), ord("ヶ") + 1)}
+
+
+def katakana_to_hiragana(text: str) -> str:
+    """The second, phonetic reading: katakana folded into hiragana, one character for one."""
+    return text.translate(_KATA_TO_HIRA)
+
+
+def _nfkc_class() -> re.Pattern[str]:
+    """A character class of every code point that NFKC changes, built once at load."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x20, 0x30000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        if unicodedata.normalize("NFKC", ch) != ch:
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+    parts = []
+    for lo, hi in ranges:
+        parts.append(re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}")
+    # Half-width voicing marks and combining marks join the run before them.
+    return re.compile("[" + "".join(parts) + "][" + "".join(parts) + "\u3099\u309a]*")
+
+
+@dataclass(frozen=True)
+class EmojiMark:
+    """An emoji or kaomoji that carries meaning, removed from the text and kept as a word."""
+
+    start: int  # position in the normalised text where it stood
+    word: str  # the word the rules see (from content)
+    origin: tuple[int, int]  # span in the original text
+
+
+@dataclass
+class Normalized:
+    text: str
+    origin: list[int]
+    emoji: list[EmojiMark] = field(default_factory=list)
+
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        """The span in the original text covered by normalised characters [start, end)."""
+        if end <= start:
+            pos = self.origin[start]
+            return pos, pos
+        return self.origin[start], self.origin[end - 1] + 1
+
+
+Replacer = Callable[[re.Match[str]], str]
+
+
+def _rewrite(text: str, origin: list[int], pattern: re.Pattern[str], repl: Replacer) -> tuple[str, list[int]]:
+    """Apply ``repl`` to every match, carrying the origin map along.
+
+    Replacements of the same length map one to one; others map every new character to
+    the start of what it replaced (the span still covers the original word).
+    """
+    out: list[str] = []
+    org: list[int] = []
+    last = 0
+    changed = False
+    for m in pattern.finditer(text):
+        s, e = m.span()
+        new = repl(m)
+        if new == m.group():
+            continue
+        changed = True
+        out.append(text[last:s])
+        org.extend(origin[last:s])
+        out.append(new)
+        if len(new) == e - s:
+            org.extend(origin[s:e])
+        else:
+            span = max(e - s, 1)
+            org.extend(origin[s + min(i * span // max(len(new), 1), span - 1)] for i in range(len(new)))
+        last = e
+    if not changed:
+        return text, origin
+    out.append(text[last:])
+    org.extend(origin[last:])
+    return "".join(out), org
+
+
+def _extract_marks(
+    t: str,
+    origin: list[int],
+    pattern: re.Pattern[str],
+    word_of: Callable[[str], str],
+    marks: list[tuple[int, int, str]],
+) -> tuple[str, list[int]]:
+    """Take meaningful emoji out of the text (a space stays), remembering word and place."""
+
+    def repl(m: re.Match[str]) -> str:
+        marks.append((origin[m.start()], origin[m.end() - 1] + 1, word_of(m.group())))
+        return " "
+
+    return _rewrite(t, origin, pattern, repl)
+
+
+def sanitize(text: str) -> str:
+    """Make any string safe to encode and to show: lone surrogates become U+FFFD.
+
+    The length does not change, so offsets into the sanitised text are offsets into the
+    text as received.
+    """
+    return _SURROGATES.sub("\ufffd", text)
+
+
+@dataclass(frozen=True)
+class NormalizerConfig:
+    substitutions: list[tuple[re.Pattern[str], str]]
+    mask_chars: str
+    emoji: dict[str, str]
+    kaomoji: list[tuple[re.Pattern[str], str]]
+    drop_emoji: re.Pattern[str]
+
+
+class Normalizer:
+    def __init__(self, config: NormalizerConfig) -> None:
+        self.config = config
+        self._nfkc = _nfkc_class()
+        ja = f"[{JA_CHARS}]"
+        self._mask = re.compile(f"(?<={ja})[{re.escape(config.mask_chars)}]+(?={ja})")
+        # Three or more of the same kana is elongation (しにたいいいい); two can be a word (いい).
+        self._repeat = re.compile(f"([{HIRAGANA}{KATAKANA}])\\1{{2,}}")
+        self._long_after_hira = re.compile(f"(?<=[{HIRAGANA}])[ー〜~]+")
+        self._long_run = re.compile("ー{2,}")
+        self._small_vowels = re.compile(f"(?<=[{HIRAGANA}])[ぁぃぅぇぉ]+")
+        self._sokuon_run = re.compile("っ{2,}|ッ{2,}")
+        self._sokuon_end = re.compile("[っッ]+(?=[\\s。、!?.,…]|$)")
+        self._space = re.compile(f"(?<=[{JA_CHARS}])[ \t\u3000]+(?=[{JA_CHARS}])")
+        self._piece_before = re.compile(f"[{JA_CHARS}]+$")
+        self._piece_after = re.compile(f"^[{JA_CHARS}]+")
+        self._spaces = re.compile("[ \t\u3000]+")
+        emoji_keys = sorted(config.emoji, key=len, reverse=True)
+        self._emoji = re.compile("|".join(re.escape(k) for k in emoji_keys)) if emoji_keys else None
+
+    def normalize(self, text: str) -> Normalized:
+        origin = list(range(len(text) + 1))
+        t = text
+        t, origin = _rewrite(t, origin, _CONTROLS, lambda m: "")
+        t, origin = _rewrite(t, origin, _ZERO_WIDTH, lambda m: "")
+        marks: list[tuple[int, int, str]] = []  # (original start, original end, word)
+        # Kaomoji and emoji first: NFKC would break some of them apart.
+        for pattern, word in self.config.kaomoji:
+            t, origin = _extract_marks(t, origin, pattern, lambda _s, w=word: w, marks)
+        if self._emoji is not None:
+            t, origin = _extract_marks(t, origin, self._emoji, self.config.emoji.__getitem__, marks)
+        t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
+        t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
+        for pattern, repl in self.config.substitutions:
+            t, origin = _rewrite(t, origin, pattern, lambda m, r=repl: m.expand(r))
+        t, origin = _rewrite(t, origin, self._mask, lambda m: "")
+        t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
+        t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
+        t, origin = _rewrite(t, origin, self._long_run, lambda m: "ー")
+        t, origin = _rewrite(t, origin, self._small_vowels, lambda m: "")
+        t, origin = _rewrite(t, origin, self._sokuon_run, lambda m: m.group()[0])
+        t, origin = _rewrite(t, origin, self._sokuon_end, lambda m: "")
+        t, origin = self._join_spaced_words(t, origin)
+        t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
+        emoji = self._place_marks(origin, marks)
+        return Normalized(t, origin, emoji)
+
+    def _join_spaced_words(self, t: str, origin: list[int]) -> tuple[str, list[int]]:
+        """Remove spaces that split a word (死に たい, し に た い), keep those that split sentences.
+
+        LINE writers use spaces as sentence breaks (家出中　今日泊まるとこない), so a space is
+        only dropped when a side of it is too short to stand alone: one character, or a
+        two-kana tail such as the たい of 死に たい.
+        """
+
+        def repl(m: re.Match[str]) -> str:
+            before = self._piece_before.search(t, 0, m.start())
+            after = self._piece_after.match(t[m.end() : m.end() + 8])
+            b = before.group() if before else ""
+            a = after.group() if after else ""
+            if len(b) == 1 or len(a) == 1:
+                return ""
+            if len(a) == 2 and all(c in _HIRA_SET for c in a) and a not in _STANDALONE_HIRA:
+                return ""
+            return m.group()
+
+        return _rewrite(t, origin, self._space, repl)
+
+    @staticmethod
+    def _place_marks(origin: list[int], marks: list[tuple[int, int, str]]) -> list[EmojiMark]:
+        if not marks:
+            return []
+        placed = []
+        for o_start, o_end, word in sorted(marks):
+            pos = bisect.bisect_left(origin, o_start, 0, len(origin) - 1)
+            placed.append(EmojiMark(pos, word, (o_start, o_end)))
+        return placed
+
+
+_HIRA_SET = frozenset(chr(c) for c in range(ord("ぁ"), ord("ゖ") + 1))
+# Two-kana words that do stand alone after a space: keep the space before them.
+_STANDALONE_HIRA = frozenset({"いま", "もう", "まじ", "あと", "また", "でも", "ねえ", "ほら", "はい", "いえ", "うん"})

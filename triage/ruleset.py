@@ -1,0 +1,286 @@
+"""Loading the triage content (``content/triage/*.yaml``) into matchers and rules.
+
+The files are written for counselling staff; the structures here are what the engine
+runs. Every error in the content names its file and entry, and is raised at load time,
+never while a message is being triaged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from triage.normalize import NormalizerConfig, katakana_to_hiragana
+from triage.types import RISK_ORDER, Category, Risk
+
+CONTENT_DIR = Path(__file__).resolve().parent.parent / "content" / "triage"
+
+# Flags that a context check may set on a concept hit; a concept lists those that
+# take its hits out of play (see lexicon.yaml).
+FLAGS = ("negated", "past", "fiction", "hypothetical", "joking", "quoted", "habitual")
+
+
+class ContentError(ValueError):
+    """The triage content is malformed; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Element:
+    """One token position of a sequence pattern: alternatives, and an optional form."""
+
+    keys: frozenset[str]
+    cform: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class SeqPattern:
+    concept: str
+    term: str
+    elements: tuple[Element, ...]
+
+
+@dataclass(frozen=True)
+class SurfaceTerm:
+    concept: str
+    term: str
+    strict_end: bool  # must end on a token boundary (kana spellings added automatically)
+
+
+@dataclass
+class Concept:
+    name: str
+    flags: frozenset[str]  # flags that make a hit inactive
+    group: str = ""  # concepts of one group: the longest overlapping hit wins
+    idiom: bool = False  # hits of an idiom take overlapping hits of other concepts out of play
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A concept (or alternatives) with the state its hit must be in."""
+
+    concepts: tuple[str, ...]
+    state: str = "active"  # active | any | one of FLAGS
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    risk: Risk
+    categories: tuple[Category, ...]
+    when: tuple[Condition, ...]
+    unless: tuple[Condition, ...] = ()
+    window: int | None = None  # sentences between the first condition and the others
+    act_by: tuple[str, ...] = ()  # actor groups the first condition's hit must be done by
+    removes: tuple[Category, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class ContextConfig:
+    fillers: frozenset[str]
+    negators: frozenset[str]
+    scope_breakers: frozenset[str]
+    sentence_ends: frozenset[str]
+    open_quotes: str
+    close_quotes: str
+    max_filler: int = 2
+    negation_window: int = 6
+    actor_sentences_back: int = 3
+    actor_concepts: dict[str, str] = field(default_factory=dict)  # concept -> actor group
+
+
+@dataclass
+class ConversationConfig:
+    recent_messages: int
+    ambiguous: tuple[str, ...]  # concepts that mean more after a serious message
+    escalate_after: dict[str, Risk]  # category of an earlier message -> risk of the ambiguous one
+
+
+@dataclass
+class Ruleset:
+    normalizer: NormalizerConfig
+    context: ContextConfig
+    conversation: ConversationConfig
+    concepts: dict[str, Concept]
+    seq_index: dict[str, list[SeqPattern]]
+    trie: dict[str, Any]
+    rules: list[Rule]
+
+
+_TRIE_END = "\0"
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ContentError(f"{path}: {e}") from e
+
+
+def _parse_element(text: str, where: str) -> Element:
+    optional = text.endswith("?")
+    if optional:
+        text = text[:-1]
+    cform = ""
+    if "#" in text:
+        text, cform = text.split("#", 1)
+    keys = frozenset(k for k in text.split("|") if k)
+    if not keys:
+        raise ContentError(f"{where}: empty token in pattern")
+    return Element(keys, cform, optional)
+
+
+def _parse_condition(value: Any, where: str, concepts: dict[str, Concept]) -> Condition:
+    names = [value] if isinstance(value, str) else list(value)
+    state = "active"
+    parsed: list[str] = []
+    for n in names:
+        if not isinstance(n, str):
+            raise ContentError(f"{where}: condition {value!r} must be a concept name or a list of names")
+        if ":" in n:
+            n, st = n.split(":", 1)
+            if st not in (*FLAGS, "any", "active"):
+                raise ContentError(f"{where}: unknown state {st!r}")
+            state = st
+        if n not in concepts:
+            raise ContentError(f"{where}: unknown concept {n!r}")
+        parsed.append(n)
+    return Condition(tuple(parsed), state)
+
+
+def _trie_add(trie: dict[str, Any], word: str, term: SurfaceTerm) -> None:
+    node = trie
+    for ch in word:
+        node = node.setdefault(ch, {})
+    node.setdefault(_TRIE_END, []).append(term)
+
+
+def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Ruleset:
+    """Load and check every triage content file. ``reading`` gives a word's hiragana reading."""
+    norm_doc = _load_yaml(content_dir / "normalize.yaml")
+    lex_doc = _load_yaml(content_dir / "lexicon.yaml")
+    rules_doc = _load_yaml(content_dir / "rules.yaml")
+
+    normalizer = NormalizerConfig(
+        substitutions=[
+            (re.compile(s["pattern"]), s["replace"]) for s in norm_doc.get("substitutions", [])
+        ],
+        mask_chars=norm_doc.get("mask_chars", ""),
+        emoji={str(k): str(v) for k, v in (norm_doc.get("emoji") or {}).items()},
+        kaomoji=[(re.compile(k["pattern"]), k["word"]) for k in norm_doc.get("kaomoji", [])],
+        drop_emoji=re.compile(norm_doc.get("drop_emoji", r"[\U0001F000-\U0001FAFF\u2600-\u27BF]+")),
+    )
+
+    ctx_doc = lex_doc.get("context", {})
+    concepts: dict[str, Concept] = {}
+    seq_index: dict[str, list[SeqPattern]] = {}
+    trie: dict[str, Any] = {}
+    actor_concepts: dict[str, str] = {}
+    for name, spec in (lex_doc.get("concepts") or {}).items():
+        where = f"lexicon.yaml: concept {name}"
+        if not isinstance(spec, dict) or "terms" not in spec:
+            raise ContentError(f"{where}: needs a 'terms' list")
+        flags = frozenset(spec.get("inactive_when", []))
+        bad = flags - set(FLAGS)
+        if bad:
+            raise ContentError(f"{where}: unknown flags {sorted(bad)}")
+        concepts[name] = Concept(
+            name=name,
+            flags=flags,
+            group=spec.get("group", ""),
+            idiom=bool(spec.get("idiom", False)),
+            description=spec.get("description", ""),
+        )
+        if spec.get("actor"):
+            actor_concepts[name] = str(spec["actor"])
+        for term in spec["terms"]:
+            term = str(term)
+            if any(c in term for c in "+#|?") and len(term) > 1:
+                elements = tuple(_parse_element(t, f"{where}: {term}") for t in term.split("+"))
+                pat = SeqPattern(name, term, elements)
+                first = elements[0]
+                if first.optional:
+                    raise ContentError(f"{where}: {term}: the first token cannot be optional")
+                for key in first.keys:
+                    seq_index.setdefault(key, []).append(pat)
+            else:
+                # A plain word: matched as written (hiragana-folded) from a token boundary,
+                # and as a single token by lemma, so that conjugated forms match too.
+                word = katakana_to_hiragana(term)
+                _trie_add(trie, word, SurfaceTerm(name, term, strict_end=False))
+                el = Element(frozenset({term}))
+                seq_index.setdefault(term, []).append(SeqPattern(name, term, (el,)))
+                if reading is not None and any("\u4e00" <= c <= "\u9fff" for c in term):
+                    kana = reading(term)
+                    if kana and kana != word and len(kana) >= 2:
+                        _trie_add(trie, kana, SurfaceTerm(name, term, strict_end=True))
+
+    context = ContextConfig(
+        fillers=frozenset(ctx_doc.get("fillers", [])),
+        negators=frozenset(ctx_doc.get("negators", [])),
+        scope_breakers=frozenset(ctx_doc.get("scope_breakers", [])),
+        sentence_ends=frozenset(ctx_doc.get("sentence_ends", [])),
+        open_quotes=ctx_doc.get("open_quotes", "「『"),
+        close_quotes=ctx_doc.get("close_quotes", "」』"),
+        max_filler=int(ctx_doc.get("max_filler", 2)),
+        negation_window=int(ctx_doc.get("negation_window", 6)),
+        actor_sentences_back=int(ctx_doc.get("actor_sentences_back", 3)),
+        actor_concepts=actor_concepts,
+    )
+
+    valid_categories = {c.value for c in Category}
+    actor_groups = set(actor_concepts.values()) | {"none"}
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rules_doc.get("rules") or []):
+        rid = r.get("id") or f"#{i}"
+        where = f"rules.yaml: rule {rid}"
+        if rid in seen:
+            raise ContentError(f"{where}: duplicate id")
+        seen.add(rid)
+        if r.get("risk") not in RISK_ORDER:
+            raise ContentError(f"{where}: risk must be one of {list(RISK_ORDER)}")
+        cats = r.get("category", [])
+        cats = [cats] if isinstance(cats, str) else list(cats)
+        removes = list(r.get("removes", []))
+        for c in cats + removes:
+            if c not in valid_categories:
+                raise ContentError(f"{where}: unknown category {c!r}")
+        when = tuple(_parse_condition(c, where, concepts) for c in r.get("when", []))
+        if not when:
+            raise ContentError(f"{where}: needs 'when'")
+        by = tuple(r.get("by", []))
+        for a in by:
+            if a not in actor_groups:
+                raise ContentError(f"{where}: unknown actor {a!r} (known: {sorted(actor_groups)})")
+        rules.append(
+            Rule(
+                id=rid,
+                risk=Risk(r["risk"]),
+                categories=tuple(Category(c) for c in cats),
+                when=when,
+                unless=tuple(_parse_condition(c, where, concepts) for c in r.get("unless", [])),
+                window=r.get("window"),
+                act_by=by,
+                removes=tuple(Category(c) for c in removes),
+                description=r.get("description", ""),
+            )
+        )
+
+    conv_doc = rules_doc.get("conversation", {})
+    conversation = ConversationConfig(
+        recent_messages=int(conv_doc.get("recent_messages", 10)),
+        ambiguous=tuple(conv_doc.get("ambiguous", [])),
+        escalate_after={str(k): Risk(v) for k, v in (conv_doc.get("escalate_after") or {}).items()},
+    )
+    for c in conversation.ambiguous:
+        if c not in concepts:
+            raise ContentError(f"rules.yaml: conversation: unknown concept {c!r}")
+    return Ruleset(normalizer, context, conversation, concepts, seq_index, trie, rules)

@@ -1,0 +1,165 @@
+"""Tokenisation with fugashi and unidic-lite.
+
+A token carries what the rules match on: the lemma (so 死にたくなる and しにたい both give
+死ぬ), the dictionary spelling, the surface and its hiragana reading. Offsets are into the
+normalised text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import fugashi
+import unidic_lite
+
+from triage.normalize import KATAKANA, Normalized, katakana_to_hiragana
+
+
+@dataclass(slots=True)
+class Token:
+    surface: str
+    lemma: str
+    orth: str
+    pos1: str
+    pos2: str
+    cform: str
+    start: int
+    end: int
+    space_before: bool
+    keys: tuple[str, ...]
+    synthetic: bool = False  # an emoji or kaomoji turned into a word
+    origin: tuple[int, int] | None = None  # for synthetic tokens: the emoji's span in the original
+
+
+def _clean_lemma(lemma: str | None, surface: str) -> str:
+    if not lemma or lemma == "*":
+        return surface
+    # UniDic marks loanwords with their source: ホーム-home.
+    dash = lemma.find("-")
+    return lemma[:dash] if dash > 0 else lemma
+
+
+def _keys(*values: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        if v and v not in out:
+            out.append(v)
+    return tuple(out)
+
+
+_KATA_SET = frozenset(chr(c) for c in range(ord(KATAKANA[0]), ord(KATAKANA[-1]) + 1)) | {"ー"}
+
+
+class Tokenizer:
+    """One MeCab instance with the unidic-lite dictionary, named explicitly (offline)."""
+
+    def __init__(self) -> None:
+        self._tagger = fugashi.Tagger(f"-d {unidic_lite.DICDIR}")
+
+    def reading(self, word: str) -> str:
+        """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
+        return katakana_to_hiragana("".join(n.feature.kana or n.surface for n in self._tagger(word)))
+
+    def tokenize(self, norm: Normalized) -> list[Token]:
+        tokens = self._tokenize(norm.text)
+        if self._needs_kana_reading(tokens):
+            # Katakana written for kanji or hiragana words (ｼﾆﾀｲ -> シニタイ -> 四/二/タイ):
+            # read the broken runs as hiragana; the length is the same, so offsets hold.
+            tokens = self._tokenize(self._hiraganize_broken_runs(norm.text, tokens))
+        if norm.emoji:
+            tokens = self._insert_marks(tokens, norm)
+        return tokens
+
+    def _tokenize(self, text: str) -> list[Token]:
+        out: list[Token] = []
+        pos = 0
+        for node in self._tagger(text):
+            surface = node.surface
+            start = text.find(surface, pos)
+            if start < 0:  # MeCab never drops characters, but never trust an offset blindly
+                start = pos
+            f = node.feature
+            lemma = _clean_lemma(f.lemma, surface)
+            orth = f.orthBase if f.orthBase and f.orthBase != "*" else surface
+            hira = katakana_to_hiragana(surface)
+            out.append(
+                Token(
+                    surface=surface,
+                    lemma=lemma,
+                    orth=orth,
+                    pos1=f.pos1 or "",
+                    pos2=f.pos2 or "",
+                    cform=f.cForm or "",
+                    start=start,
+                    end=start + len(surface),
+                    space_before=start > pos or (start > 0 and text[start - 1] == " "),
+                    keys=_keys(lemma, orth, surface, hira),
+                )
+            )
+            pos = start + len(surface)
+        return out
+
+    @staticmethod
+    def _is_katakana(s: str) -> bool:
+        return bool(s) and all(c in _KATA_SET for c in s)
+
+    def _needs_kana_reading(self, tokens: list[Token]) -> bool:
+        run = 0
+        suspicious = False
+        for tok in tokens:
+            if self._is_katakana(tok.surface) and not tok.space_before:
+                run += 1
+                if len(tok.surface) == 1 or tok.pos2 == "数詞" or tok.lemma == tok.surface and tok.pos1 != "名詞":
+                    suspicious = True
+                if run >= 2 and suspicious:
+                    return True
+            else:
+                run, suspicious = (1, len(tok.surface) == 1) if self._is_katakana(tok.surface) else (0, False)
+        return False
+
+    def _hiraganize_broken_runs(self, text: str, tokens: list[Token]) -> str:
+        chars = list(text)
+        i = 0
+        while i < len(tokens):
+            j = i
+            while j < len(tokens) and self._is_katakana(tokens[j].surface):
+                if j > i and tokens[j].space_before:
+                    break
+                j += 1
+            if j - i >= 2 and any(len(t.surface) == 1 or t.pos2 == "数詞" for t in tokens[i:j]):
+                for k in range(tokens[i].start, tokens[j - 1].end):
+                    chars[k] = katakana_to_hiragana(chars[k])
+            i = max(j, i + 1)
+        return "".join(chars)
+
+    @staticmethod
+    def _insert_marks(tokens: list[Token], norm: Normalized) -> list[Token]:
+        out: list[Token] = []
+        marks = iter(norm.emoji)
+        mark = next(marks, None)
+        for tok in tokens:
+            while mark is not None and mark.start <= tok.start:
+                out.append(_mark_token(mark.word, mark.start, mark.origin))
+                mark = next(marks, None)
+            out.append(tok)
+        while mark is not None:
+            out.append(_mark_token(mark.word, mark.start, mark.origin))
+            mark = next(marks, None)
+        return out
+
+
+def _mark_token(word: str, pos: int, origin: tuple[int, int]) -> Token:
+    return Token(
+        surface="",
+        lemma=word,
+        orth=word,
+        pos1="記号",
+        pos2="絵文字",
+        cform="",
+        start=pos,
+        end=pos,
+        space_before=True,
+        keys=(word,),
+        synthetic=True,
+        origin=origin,
+    )
