@@ -11,6 +11,7 @@ from typing import IO, Any
 from triage import MAX_CHARS, get_engine
 from triage.engine import Engine
 from triage.normalize import sanitize
+from triage.ruleset import ContentError
 
 
 def _error(line_no: int, ident: Any, message: str) -> dict[str, Any]:
@@ -60,7 +61,11 @@ def _write(out: IO[str], obj: dict[str, Any]) -> None:
 
 
 def cmd_triage(args: argparse.Namespace) -> int:
-    engine = get_engine()
+    try:
+        engine = get_engine()
+    except ContentError as e:
+        print(f"tsunagi triage: the triage content is invalid: {e}", file=sys.stderr)
+        return 2
     # Decode leniently: a broken byte must not stop the stream (it becomes U+FFFD).
     stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     stdout = sys.stdout

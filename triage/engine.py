@@ -70,6 +70,7 @@ class Engine:
     def __init__(self, content_dir: Path = CONTENT_DIR) -> None:
         self.tokenizer = Tokenizer()
         self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
+        self.tokenizer.known_katakana = self.rules.known_katakana
         self.normalizer = Normalizer(self.rules.normalizer)
         ctx = self.rules.context
         self._ctx = ctx
@@ -241,7 +242,7 @@ class Engine:
                     last = token_at[j - 1]
                     tok = tokens[last]
                     # Ending inside a token is fine for a verb or adjective stem (首しめ|られ).
-                    if tok.pos1 not in ("動詞", "形容詞", "助動詞"):
+                    if tok.pos1 not in ("動詞", "形容詞"):
                         continue
                 for term in terms:
                     if term.strict_end and j not in ends:
@@ -325,8 +326,16 @@ class Engine:
             j = h.last + 1
             while j < len(tokens) and j <= h.last + ctx.negation_window and doc.clause_of[j] == clause:
                 tok = tokens[j]
+                if tok.pos2 == "準体助詞":  # 死にたいのは変わらない: the negation is of another verb
+                    break
                 if tok.lemma in ctx.negators and tok.pos1 in ("助動詞", "形容詞"):
                     count += 1
+                elif (
+                    tok.pos1 in ("名詞", "動詞", "形容詞", "副詞")
+                    and tok.pos2 != "非自立可能"
+                    and tok.lemma not in ctx.negation_pass
+                ):
+                    break  # another predicate: 切ったら血が止まらない negates 止まる, not 切る
                 j += 1
             if count % 2 == 1:
                 h.flags.add("negated")
@@ -370,7 +379,16 @@ class Engine:
         """The actor group of an act: the nearest actor before it in its sentence, then after
         it, then in the sentences before (the topic of a story carries over)."""
         actors = self._ctx.actor_concepts
-        candidates = [h for name in actors for h in doc.by_concept.get(name, ()) if not h.suppressed]
+        tokens = doc.tokens
+        candidates = [
+            h
+            for name in actors
+            for h in doc.by_concept.get(name, ())
+            if not h.suppressed
+            and "quoted" not in h.flags
+            # 親の顔, 会社の人: a person named as the owner of something is not the actor
+            and not (h.last + 1 < len(tokens) and tokens[h.last + 1].surface == "の")
+        ]
         if not candidates:
             return "none"
         same = [h for h in candidates if h.sentence == act.sentence]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 # Code points that are not valid in UTF-8 on their own (lone surrogates) or that a
 # person never types on purpose (controls other than newline and tab).
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_HALF_KANA = re.compile("[\uff66-\uff9d]{2,}")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\ufe00-\ufe0f\U000e0000-\U000e007f]+")
 
@@ -69,6 +70,7 @@ class Normalized:
     text: str
     origin: list[int]
     emoji: list[EmojiMark] = field(default_factory=list)
+    half_width_kana: bool = False  # the writer typed half-width katakana (ｼﾆﾀｲ): read it as kana
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
         """The span in the original text covered by normalised characters [start, end)."""
@@ -192,7 +194,7 @@ class Normalizer:
         t, origin = self._join_spaced_words(t, origin)
         t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
         emoji = self._place_marks(origin, marks)
-        return Normalized(t, origin, emoji)
+        return Normalized(t, origin, emoji, half_width_kana=bool(_HALF_KANA.search(text)))
 
     def _join_spaced_words(self, t: str, origin: list[int]) -> tuple[str, list[int]]:
         """Remove spaces that split a word (死に たい, し に た い), keep those that split sentences.

@@ -85,6 +85,7 @@ class Rule:
 class ContextConfig:
     fillers: frozenset[str]
     negators: frozenset[str]
+    negation_pass: frozenset[str]
     scope_breakers: frozenset[str]
     sentence_ends: frozenset[str]
     open_quotes: str
@@ -111,6 +112,7 @@ class Ruleset:
     seq_index: dict[str, list[SeqPattern]]
     trie: dict[str, Any]
     rules: list[Rule]
+    known_katakana: frozenset[str]  # katakana words of the lexicon (リスカ): never re-read as kana
 
 
 _TRIE_END = "\0"
@@ -183,6 +185,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     seq_index: dict[str, list[SeqPattern]] = {}
     trie: dict[str, Any] = {}
     actor_concepts: dict[str, str] = {}
+    known_katakana: set[str] = set()
     for name, spec in (lex_doc.get("concepts") or {}).items():
         where = f"lexicon.yaml: concept {name}"
         if not isinstance(spec, dict) or "terms" not in spec:
@@ -214,7 +217,12 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 # A plain word: matched as written (hiragana-folded) from a token boundary,
                 # and as a single token by lemma, so that conjugated forms match too.
                 word = katakana_to_hiragana(term)
-                _trie_add(trie, word, SurfaceTerm(name, term, strict_end=False))
+                # A hiragana-only word must match whole words (しね is not in 推しねこ); a word
+                # with kanji or katakana may end inside a verb stem (首しめ|られ, リス|カし).
+                all_kana = all("\u3041" <= c <= "\u309f" for c in word)
+                _trie_add(trie, word, SurfaceTerm(name, term, strict_end=all_kana))
+                if any("\u30a1" <= c <= "\u30fa" for c in term):
+                    known_katakana.add(term)
                 el = Element(frozenset({term}))
                 seq_index.setdefault(term, []).append(SeqPattern(name, term, (el,)))
                 if reading is not None and any("\u4e00" <= c <= "\u9fff" for c in term):
@@ -225,6 +233,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     context = ContextConfig(
         fillers=frozenset(ctx_doc.get("fillers", [])),
         negators=frozenset(ctx_doc.get("negators", [])),
+        negation_pass=frozenset(ctx_doc.get("negation_pass", [])),
         scope_breakers=frozenset(ctx_doc.get("scope_breakers", [])),
         sentence_ends=frozenset(ctx_doc.get("sentence_ends", [])),
         open_quotes=ctx_doc.get("open_quotes", "「『"),
@@ -283,4 +292,6 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     for c in conversation.ambiguous:
         if c not in concepts:
             raise ContentError(f"rules.yaml: conversation: unknown concept {c!r}")
-    return Ruleset(normalizer, context, conversation, concepts, seq_index, trie, rules)
+    return Ruleset(
+        normalizer, context, conversation, concepts, seq_index, trie, rules, frozenset(known_katakana)
+    )

@@ -7,6 +7,7 @@ normalised text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fugashi
@@ -27,6 +28,7 @@ class Token:
     end: int
     space_before: bool
     keys: tuple[str, ...]
+    unknown: bool = False  # not in the dictionary
     synthetic: bool = False  # an emoji or kaomoji turned into a word
     origin: tuple[int, int] | None = None  # for synthetic tokens: the emoji's span in the original
 
@@ -55,6 +57,8 @@ class Tokenizer:
 
     def __init__(self) -> None:
         self._tagger = fugashi.Tagger(f"-d {unidic_lite.DICDIR}")
+        # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
+        self.known_katakana: frozenset[str] = frozenset()
 
     def reading(self, word: str) -> str:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
@@ -62,10 +66,10 @@ class Tokenizer:
 
     def tokenize(self, norm: Normalized) -> list[Token]:
         tokens = self._tokenize(norm.text)
-        if self._needs_kana_reading(tokens):
+        if self._needs_kana_reading(norm, tokens):
             # Katakana written for kanji or hiragana words (ｼﾆﾀｲ -> シニタイ -> 四/二/タイ):
             # read the broken runs as hiragana; the length is the same, so offsets hold.
-            tokens = self._tokenize(self._hiraganize_broken_runs(norm.text, tokens))
+            tokens = self._tokenize(self._hiraganize_broken_runs(norm, tokens))
         if norm.emoji:
             tokens = self._insert_marks(tokens, norm)
         return tokens
@@ -94,6 +98,7 @@ class Tokenizer:
                     end=start + len(surface),
                     space_before=start > pos or (start > 0 and text[start - 1] == " "),
                     keys=_keys(lemma, orth, surface, hira),
+                    unknown=not f.lemma or f.lemma == "*",
                 )
             )
             pos = start + len(surface)
@@ -103,33 +108,40 @@ class Tokenizer:
     def _is_katakana(s: str) -> bool:
         return bool(s) and all(c in _KATA_SET for c in s)
 
-    def _needs_kana_reading(self, tokens: list[Token]) -> bool:
-        run = 0
-        suspicious = False
-        for tok in tokens:
-            if self._is_katakana(tok.surface) and not tok.space_before:
-                run += 1
-                if len(tok.surface) == 1 or tok.pos2 == "数詞" or tok.lemma == tok.surface and tok.pos1 != "名詞":
-                    suspicious = True
-                if run >= 2 and suspicious:
-                    return True
-            else:
-                run, suspicious = (1, len(tok.surface) == 1) if self._is_katakana(tok.surface) else (0, False)
-        return False
+    def _needs_kana_reading(self, norm: Normalized, tokens: list[Token]) -> bool:
+        if norm.half_width_kana:
+            return True
+        return any(self._broken_run(tokens, i, j) for i, j in self._katakana_runs(tokens))
 
-    def _hiraganize_broken_runs(self, text: str, tokens: list[Token]) -> str:
-        chars = list(text)
+    def _katakana_runs(self, tokens: list[Token]) -> Iterator[tuple[int, int]]:
+        """Runs of adjacent katakana tokens, as [i, j) index pairs."""
         i = 0
         while i < len(tokens):
-            j = i
-            while j < len(tokens) and self._is_katakana(tokens[j].surface):
-                if j > i and tokens[j].space_before:
-                    break
+            if not self._is_katakana(tokens[i].surface):
+                i += 1
+                continue
+            j = i + 1
+            while j < len(tokens) and self._is_katakana(tokens[j].surface) and not tokens[j].space_before:
                 j += 1
-            if j - i >= 2 and any(len(t.surface) == 1 or t.pos2 == "数詞" for t in tokens[i:j]):
+            yield i, j
+            i = j
+
+    def _broken_run(self, tokens: list[Token], i: int, j: int) -> bool:
+        """Katakana that the dictionary could not read as katakana words (シ/ニ/タイ, unknown)."""
+        run = tokens[i:j]
+        text = "".join(t.surface for t in run)
+        if any(word in text for word in self.known_katakana):
+            return False
+        if any(t.unknown for t in run):
+            return True
+        return j - i >= 2 and any(len(t.surface) == 1 or t.pos2 == "数詞" for t in run)
+
+    def _hiraganize_broken_runs(self, norm: Normalized, tokens: list[Token]) -> str:
+        chars = list(norm.text)
+        for i, j in self._katakana_runs(tokens):
+            if norm.half_width_kana or self._broken_run(tokens, i, j):
                 for k in range(tokens[i].start, tokens[j - 1].end):
                     chars[k] = katakana_to_hiragana(chars[k])
-            i = max(j, i + 1)
         return "".join(chars)
 
     @staticmethod
