@@ -25,7 +25,8 @@ from triage.ruleset import CONTENT_DIR, Condition, Rule, Ruleset, SeqPattern, lo
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
-MAX_CHARS = 100_000  # longer texts are cut here, and the result says so
+MAX_CHARS = 100_000
+_QUOTE_PARTICLES = frozenset({"って", "と", "とか", "ッテ", "っていう", "て"})  # longer texts are cut here, and the result says so
 _TRIE_END = "\0"
 
 
@@ -339,7 +340,8 @@ class Engine:
                 j += 1
             if count % 2 == 1:
                 h.flags.add("negated")
-            if doc.quote_depth[h.first] > 0:
+            nxt = tokens[h.last + 1] if h.last + 1 < len(tokens) else None
+            if doc.quote_depth[h.first] > 0 or (nxt is not None and nxt.surface in _QUOTE_PARTICLES):
                 h.flags.add("quoted")
             for flag, marker in (
                 ("past", "past_time"),
