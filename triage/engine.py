@@ -26,7 +26,9 @@ from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
 MAX_CHARS = 100_000
-_QUOTE_PARTICLES = frozenset({"って", "と", "とか", "ッテ", "っていう", "て"})  # longer texts are cut here, and the result says so
+_QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
+# と quotes only before a verb of saying (死ねと言われた; not 見ていると)
+_SPEECH_VERBS = frozenset({"言う", "書く", "送る", "叫ぶ", "怒鳴る", "罵る", "脅す", "言い放つ", "つぶやく", "呟く"})  # longer texts are cut here, and the result says so
 _TRIE_END = "\0"
 
 
@@ -248,6 +250,8 @@ class Engine:
                 for term in terms:
                     if term.strict_end and j not in ends:
                         continue
+                    if term.exact and doc.norm.text[pos:j] != term.term:
+                        continue
                     add(term.concept, term.term, first, last)
         doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
 
@@ -314,6 +318,15 @@ class Engine:
                 return h
         return None
 
+    @staticmethod
+    def _quoted_after(tokens: list[Token], last: int) -> bool:
+        if last + 1 >= len(tokens):
+            return False
+        nxt = tokens[last + 1]
+        if nxt.surface in _QUOTE_PARTICLES:
+            return True
+        return nxt.surface == "と" and last + 2 < len(tokens) and tokens[last + 2].lemma in _SPEECH_VERBS
+
     def _set_flags(self, doc: _Doc) -> None:
         tokens = doc.tokens
         ctx = self._ctx
@@ -340,8 +353,7 @@ class Engine:
                 j += 1
             if count % 2 == 1:
                 h.flags.add("negated")
-            nxt = tokens[h.last + 1] if h.last + 1 < len(tokens) else None
-            if doc.quote_depth[h.first] > 0 or (nxt is not None and nxt.surface in _QUOTE_PARTICLES):
+            if doc.quote_depth[h.first] > 0 or self._quoted_after(tokens, h.last):
                 h.flags.add("quoted")
             for flag, marker in (
                 ("past", "past_time"),
@@ -387,7 +399,7 @@ class Engine:
             for name in actors
             for h in doc.by_concept.get(name, ())
             if not h.suppressed
-            and "quoted" not in h.flags
+            and doc.quote_depth[h.first] == 0  # a person named inside someone's words
             # 親の顔, 会社の人: a person named as the owner of something is not the actor
             and not (h.last + 1 < len(tokens) and tokens[h.last + 1].surface == "の")
         ]
@@ -416,17 +428,25 @@ class Engine:
         anchors = self._active(doc, rule.when[0])
         if rule.act_by:
             anchors = [a for a in anchors if self._actor_of(doc, a) in rule.act_by]
+        extra: list[Hit] = []
+        for cond in rule.with_:
+            found = self._active(doc, cond)
+            if not found:
+                return None
+            extra.append(found[0])
         for anchor in anchors:
             used = [anchor]
             for cond in rule.when[1:]:
                 found = self._active(doc, cond)
                 if rule.window is not None:
                     found = [h for h in found if abs(h.sentence - anchor.sentence) <= rule.window]
+                if rule.after is not None:
+                    found = [h for h in found if anchor.last < h.first <= anchor.last + rule.after + 1]
                 if not found:
                     break
                 used.append(min(found, key=lambda h: abs(h.sentence - anchor.sentence)))
             else:
-                return used
+                return used + extra
         return None
 
 

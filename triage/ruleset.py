@@ -49,6 +49,7 @@ class SurfaceTerm:
     concept: str
     term: str
     strict_end: bool  # must end on a token boundary (kana spellings added automatically)
+    exact: bool = False  # must match in its own script (ママ is not まま)
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Rule:
     when: tuple[Condition, ...]
     unless: tuple[Condition, ...] = ()
     window: int | None = None  # sentences between the first condition and the others
+    after: int | None = None  # the others start within this many tokens after the first
+    with_: tuple[Condition, ...] = ()  # present anywhere in the message
     act_by: tuple[str, ...] = ()  # actor groups the first condition's hit must be done by
     removes: tuple[Category, ...] = ()
     description: str = ""
@@ -220,7 +223,9 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 # A hiragana-only word must match whole words (しね is not in 推しねこ); a word
                 # with kanji or katakana may end inside a verb stem (首しめ|られ, リス|カし).
                 all_kana = all("\u3041" <= c <= "\u309f" for c in word)
-                _trie_add(trie, word, SurfaceTerm(name, term, strict_end=all_kana))
+                # Short katakana words must keep their script: ママ is not そのまま.
+                exact = len(term) <= 2 and all("\u30a1" <= c <= "\u30fc" for c in term)
+                _trie_add(trie, word, SurfaceTerm(name, term, strict_end=all_kana or exact, exact=exact))
                 if any("\u30a1" <= c <= "\u30fa" for c in term):
                     known_katakana.add(term)
                 el = Element(frozenset({term}))
@@ -277,6 +282,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 when=when,
                 unless=tuple(_parse_condition(c, where, concepts) for c in r.get("unless", [])),
                 window=r.get("window"),
+                after=r.get("after"),
+                with_=tuple(_parse_condition(c, where, concepts) for c in r.get("with", [])),
                 act_by=by,
                 removes=tuple(Category(c) for c in removes),
                 description=r.get("description", ""),
