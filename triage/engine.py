@@ -216,12 +216,17 @@ class Engine:
                 Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
             )
 
+        any_first = index.get("*", ())
         for i, tok in enumerate(tokens):
             for key in tok.keys:
                 for pat in index.get(key, ()):
                     last = self._match_seq(pat, tokens, i)
                     if last is not None:
                         add(pat.concept, pat.term, i, last)
+            for pat in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
+                last = self._match_seq(pat, tokens, i)
+                if last is not None:
+                    add(pat.concept, pat.term, i, last)
         # Written forms, from every token start, on the hiragana-folded text.
         hira = katakana_to_hiragana(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
@@ -275,7 +280,7 @@ class Engine:
         j = start
         while j < len(tokens):
             tok = tokens[j]
-            if not el.keys.isdisjoint(tok.keys) and (not el.cform or tok.cform.startswith(el.cform)):
+            if (el.any or not el.keys.isdisjoint(tok.keys)) and (not el.cform or tok.cform.startswith(el.cform)):
                 return j
             if tok.lemma in fillers and skipped < self._ctx.max_filler:
                 skipped += 1
@@ -393,15 +398,12 @@ class Engine:
         """The actor group of an act: the nearest actor before it in its sentence, then after
         it, then in the sentences before (the topic of a story carries over)."""
         actors = self._ctx.actor_concepts
-        tokens = doc.tokens
         candidates = [
             h
             for name in actors
             for h in doc.by_concept.get(name, ())
             if not h.suppressed
             and doc.quote_depth[h.first] == 0  # a person named inside someone's words
-            # 親の顔, 会社の人: a person named as the owner of something is not the actor
-            and not (h.last + 1 < len(tokens) and tokens[h.last + 1].surface == "の")
         ]
         if not candidates:
             return "none"

@@ -35,6 +35,7 @@ class Element:
     keys: frozenset[str]
     cform: str = ""
     optional: bool = False
+    any: bool = False  # * : any one word (with a form: *#意志 is any volitional verb)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _parse_element(text: str, where: str) -> Element:
     keys = frozenset(k for k in text.split("|") if k)
     if not keys:
         raise ContentError(f"{where}: empty token in pattern")
-    return Element(keys, cform, optional)
+    return Element(keys, cform, optional, any="*" in keys)
 
 
 def _parse_condition(value: Any, where: str, concepts: dict[str, Concept]) -> Condition:
@@ -214,8 +215,10 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 first = elements[0]
                 if first.optional:
                     raise ContentError(f"{where}: {term}: the first token cannot be optional")
+                if first.any and not first.cform:
+                    raise ContentError(f"{where}: {term}: a first * needs a form (*#意志)")
                 for key in first.keys:
-                    seq_index.setdefault(key, []).append(pat)
+                    seq_index.setdefault(key, []).append(pat)  # * patterns sit under "*"
             else:
                 # A plain word: matched as written (hiragana-folded) from a token boundary,
                 # and as a single token by lemma, so that conjugated forms match too.
