@@ -332,6 +332,14 @@ class Engine:
             return True
         return nxt.surface == "と" and last + 2 < len(tokens) and tokens[last + 2].lemma in _SPEECH_VERBS
 
+    @staticmethod
+    def _said_to_me(tokens: list[Token], last: int) -> bool:
+        """Words someone said or wrote to the writer: 『死ねば』って言われた, と書かれた."""
+        for j in range(last + 1, min(last + 7, len(tokens) - 1)):
+            if tokens[j].lemma in _SPEECH_VERBS and tokens[j + 1].lemma in ("れる", "られる"):
+                return True
+        return False
+
     def _set_flags(self, doc: _Doc) -> None:
         tokens = doc.tokens
         ctx = self._ctx
@@ -347,7 +355,7 @@ class Engine:
                 tok = tokens[j]
                 if tok.pos2 == "準体助詞":  # 死にたいのは変わらない: the negation is of another verb
                     break
-                if tok.lemma in ctx.negators and tok.pos1 in ("助動詞", "形容詞"):
+                if tok.lemma in ctx.negators and tok.pos1 in ("助動詞", "形容詞") or tok.lemma in ctx.negator_words:
                     count += 1
                 elif (
                     tok.pos1 in ("名詞", "動詞", "形容詞", "副詞")
@@ -360,6 +368,8 @@ class Engine:
                 h.flags.add("negated")
             if doc.quote_depth[h.first] > 0 or self._quoted_after(tokens, h.last):
                 h.flags.add("quoted")
+                if self._said_to_me(tokens, h.last):
+                    h.flags.add("said_to_me")
             for flag, marker in (
                 ("past", "past_time"),
                 ("fiction", "fiction"),

@@ -21,7 +21,7 @@ CONTENT_DIR = Path(__file__).resolve().parent.parent / "content" / "triage"
 
 # Flags that a context check may set on a concept hit; a concept lists those that
 # take its hits out of play (see lexicon.yaml).
-FLAGS = ("negated", "past", "fiction", "hypothetical", "joking", "quoted", "habitual")
+FLAGS = ("negated", "past", "fiction", "hypothetical", "joking", "quoted", "habitual", "said_to_me")
 
 
 class ContentError(ValueError):
@@ -90,6 +90,7 @@ class ContextConfig:
     fillers: frozenset[str]
     negators: frozenset[str]
     negation_pass: frozenset[str]
+    negator_words: frozenset[str]
     scope_breakers: frozenset[str]
     sentence_ends: frozenset[str]
     open_quotes: str
@@ -242,6 +243,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         fillers=frozenset(ctx_doc.get("fillers", [])),
         negators=frozenset(ctx_doc.get("negators", [])),
         negation_pass=frozenset(ctx_doc.get("negation_pass", [])),
+        negator_words=frozenset(ctx_doc.get("negator_words", [])),
         scope_breakers=frozenset(ctx_doc.get("scope_breakers", [])),
         sentence_ends=frozenset(ctx_doc.get("sentence_ends", [])),
         open_quotes=ctx_doc.get("open_quotes", "「『"),
