@@ -379,10 +379,10 @@ class Engine:
             ):
                 if marker in doc.by_concept and self._has_in_sentence(doc, marker, h.sentence):
                     h.flags.add(flag)
-            if "past" not in h.flags and "past_habit" in doc.by_concept:
+            if "past_habit" in doc.by_concept:
                 for p in doc.by_concept["past_habit"]:
                     if p.first > h.last and p.first - h.last <= 3 and p.sentence == h.sentence:
-                        h.flags.add("past")
+                        h.flags.add("used_to")
                         break
 
     # ------------------------------------------------------------------ rules
@@ -390,17 +390,17 @@ class Engine:
     def _active(self, doc: _Doc, cond: Condition) -> list[Hit]:
         out: list[Hit] = []
         concepts = self.rules.concepts
-        for name in cond.concepts:
+        for name, state in cond.options:
             inactive_when = concepts[name].flags
             for h in doc.by_concept.get(name, ()):
                 if h.suppressed:
                     continue
-                if cond.state == "any":
+                if state == "any":
                     out.append(h)
-                elif cond.state == "active":
+                elif state == "active":
                     if not (h.flags & inactive_when):
                         out.append(h)
-                elif cond.state in h.flags:
+                elif state in h.flags:
                     out.append(h)
         return out
 

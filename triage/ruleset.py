@@ -21,7 +21,7 @@ CONTENT_DIR = Path(__file__).resolve().parent.parent / "content" / "triage"
 
 # Flags that a context check may set on a concept hit; a concept lists those that
 # take its hits out of play (see lexicon.yaml).
-FLAGS = ("negated", "past", "fiction", "hypothetical", "joking", "quoted", "habitual", "said_to_me")
+FLAGS = ("negated", "past", "used_to", "fiction", "hypothetical", "joking", "quoted", "habitual", "said_to_me")
 
 
 class ContentError(ValueError):
@@ -64,10 +64,10 @@ class Concept:
 
 @dataclass(frozen=True)
 class Condition:
-    """A concept (or alternatives) with the state its hit must be in."""
+    """Concepts of which any will do, each with the state its hit must be in
+    (active, any, or one of FLAGS: ideation:said_to_me)."""
 
-    concepts: tuple[str, ...]
-    state: str = "active"  # active | any | one of FLAGS
+    options: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -146,20 +146,19 @@ def _parse_element(text: str, where: str) -> Element:
 
 def _parse_condition(value: Any, where: str, concepts: dict[str, Concept]) -> Condition:
     names = [value] if isinstance(value, str) else list(value)
-    state = "active"
-    parsed: list[str] = []
+    options: list[tuple[str, str]] = []
     for n in names:
         if not isinstance(n, str):
             raise ContentError(f"{where}: condition {value!r} must be a concept name or a list of names")
+        state = "active"
         if ":" in n:
-            n, st = n.split(":", 1)
-            if st not in (*FLAGS, "any", "active"):
-                raise ContentError(f"{where}: unknown state {st!r}")
-            state = st
+            n, state = n.split(":", 1)
+            if state not in (*FLAGS, "any", "active"):
+                raise ContentError(f"{where}: unknown state {state!r}")
         if n not in concepts:
             raise ContentError(f"{where}: unknown concept {n!r}")
-        parsed.append(n)
-    return Condition(tuple(parsed), state)
+        options.append((n, state))
+    return Condition(tuple(options))
 
 
 def _trie_add(trie: dict[str, Any], word: str, term: SurfaceTerm) -> None:
