@@ -62,13 +62,69 @@ def _check_well_formed(text: str, result: object, alone: bool = True) -> None:
 
 # Fragments that make rules fire, so that the well-formedness checks see real reasons.
 _JA_FRAGMENTS = [
-    "死にたい", "しにたい", "ｼﾆﾀｲ", "シニタイ", "消えたい", "今から", "いまから", "飛び降りる", "今夜",
-    "遺書", "リスカ", "ＯＤ", "OD", "薬", "全部", "飲んだ", "夫に", "殴られた", "殺される", "包丁",
-    "上司に", "セクハラ", "パワハラ", "怒鳴られる", "いじめ", "無視される", "元彼に", "待ち伏せ",
-    "家出した", "泊まるところがない", "学校に行けない", "親に", "叩かれる", "痴漢", "盗撮された",
-    "死にたくない", "昔は", "笑", "「死ね」と言われた", "死ぬほど忙しい", "。", "、", "　", " ", "\n",
-    "ー", "〜", "ぁ", "！", "？", "…", "😭", "(´;ω;`)", "\u200b", "\ufeff", "\x00", "\x1b", "\ud800",
-    "\udfff", "\U0001f52a", "\u3099", "\uff9e", "ｶﾞ",
+    "死にたい",
+    "しにたい",
+    "ｼﾆﾀｲ",
+    "シニタイ",
+    "消えたい",
+    "今から",
+    "いまから",
+    "飛び降りる",
+    "今夜",
+    "遺書",
+    "リスカ",
+    "ＯＤ",
+    "OD",
+    "薬",
+    "全部",
+    "飲んだ",
+    "夫に",
+    "殴られた",
+    "殺される",
+    "包丁",
+    "上司に",
+    "セクハラ",
+    "パワハラ",
+    "怒鳴られる",
+    "いじめ",
+    "無視される",
+    "元彼に",
+    "待ち伏せ",
+    "家出した",
+    "泊まるところがない",
+    "学校に行けない",
+    "親に",
+    "叩かれる",
+    "痴漢",
+    "盗撮された",
+    "死にたくない",
+    "昔は",
+    "笑",
+    "「死ね」と言われた",
+    "死ぬほど忙しい",
+    "。",
+    "、",
+    "　",
+    " ",
+    "\n",
+    "ー",
+    "〜",
+    "ぁ",
+    "！",
+    "？",
+    "…",
+    "😭",
+    "(´;ω;`)",
+    "\u200b",
+    "\ufeff",
+    "\x00",
+    "\x1b",
+    "\ud800",
+    "\udfff",
+    "\U0001f52a",
+    "\u3099",
+    "\uff9e",
+    "ｶﾞ",
 ]
 
 _any_char = st.characters(exclude_categories=())  # includes surrogates, controls, unassigned
@@ -106,7 +162,22 @@ def test_long_text_never_crashes(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "　", "\n\t\n", "\u200b\u200b", "\x00", "\ud800", "😭", "ー", "ﾞ", "\u3099", "。。。", "「", "」"],
+    [
+        "",
+        " ",
+        "　",
+        "\n\t\n",
+        "\u200b\u200b",
+        "\x00",
+        "\ud800",
+        "😭",
+        "ー",
+        "ﾞ",
+        "\u3099",
+        "。。。",
+        "「",
+        "」",
+    ],
 )
 def test_degenerate_inputs(text: str) -> None:
     result = triage(text)
@@ -159,7 +230,18 @@ CRISIS_SENTENCES: list[list[Word]] = [
     [W("今夜"), W("12"), W("時"), W("に"), P("飛び降りる")],
     [W("友達"), W("が"), W("今"), W("から"), W("死ぬ"), W("って"), P("言ってる")],
     [W("夫"), W("に"), W("今"), W("包丁"), W("を"), P("向けられてる"), W("。"), P("殺される")],
-    [W("カッター"), W("で"), W("腕"), P("切ってる"), W("　"), W("今"), W("　"), W("血"), W("が"), P("止まらない")],
+    [
+        W("カッター"),
+        W("で"),
+        W("腕"),
+        P("切ってる"),
+        W("　"),
+        W("今"),
+        W("　"),
+        W("血"),
+        W("が"),
+        P("止まらない"),
+    ],
 ]
 
 
@@ -288,7 +370,11 @@ def full_width_variant(draw: st.DrawFn) -> str:
 def elongation_variant(draw: st.DrawFn) -> str:
     """A predicate stretched: しにたいいい, 死ぬうう, 飛び降りるーー, しにたーい."""
     words = draw(_sentence())
-    preds = [i for i, w in enumerate(words) if w.pred and (HIRA.fullmatch(w.text[-1]) or KATA.fullmatch(w.text[-1]))]
+    preds = [
+        i
+        for i, w in enumerate(words)
+        if w.pred and (HIRA.fullmatch(w.text[-1]) or KATA.fullmatch(w.text[-1]))
+    ]
     i = draw(st.sampled_from(preds))
     word = words[i].text
     last = word[-1]
@@ -300,7 +386,11 @@ def elongation_variant(draw: st.DrawFn) -> str:
     elif how == "vowel":
         new = word + vowel * n
     elif how == "small_vowel":
-        small = {"あ": "ぁ", "い": "ぃ", "う": "ぅ", "え": "ぇ", "お": "ぉ"}[vowel] if vowel in "あいうえお" else vowel
+        small = (
+            {"あ": "ぁ", "い": "ぃ", "う": "ぅ", "え": "ぇ", "お": "ぉ"}[vowel]
+            if vowel in "あいうえお"
+            else vowel
+        )
         new = word + small * n
     elif how == "bar":
         new = word + "ー" * (n - 1)
@@ -428,7 +518,9 @@ IDEATION_PAIRS = [
 ]
 
 _neg_prefix = st.sampled_from(["", "正直、", "最近", "今日も", "もう", "本当は", "仕事がつらくて"])
-_neg_suffix = st.sampled_from(["", "。", "です", "…", "！", "😢", "けど、どうしたらいい？", "。話を聞いてほしい"])
+_neg_suffix = st.sampled_from(
+    ["", "。", "です", "…", "！", "😢", "けど、どうしたらいい？", "。話を聞いてほしい"]
+)
 
 
 @MEDIUM

@@ -15,7 +15,7 @@ How a message is read:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import KeysView, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 MAX_CHARS = 100_000
 _QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
 # と quotes only before a verb of saying (死ねと言われた; not 見ていると)
-_SPEECH_VERBS = frozenset({"言う", "書く", "送る", "叫ぶ", "怒鳴る", "罵る", "脅す", "言い放つ", "つぶやく", "呟く"})  # longer texts are cut here, and the result says so
+_SPEECH_VERBS = frozenset(
+    {"言う", "書く", "送る", "叫ぶ", "怒鳴る", "罵る", "脅す", "言い放つ", "つぶやく", "呟く"}
+)  # longer texts are cut here, and the result says so
 _TRIE_END = "\0"
 
 
@@ -142,7 +144,10 @@ class Engine:
         categories: set[Category] = set()
         removed: set[Category] = set()
         reasons: list[Reason] = []
+        present = doc.by_concept.keys()
         for rule in self.rules.rules:
+            if not _may_fire(rule, present):
+                continue
             used = self._fire(rule, doc)
             if used is None:
                 continue
@@ -220,13 +225,13 @@ class Engine:
         for i, tok in enumerate(tokens):
             for key in tok.keys:
                 for pat in index.get(key, ()):
-                    last = self._match_seq(pat, tokens, i)
-                    if last is not None:
-                        add(pat.concept, pat.term, i, last)
+                    span = self._match_seq(pat, tokens, i)
+                    if span is not None:
+                        add(pat.concept, pat.term, *span)
             for pat in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
-                last = self._match_seq(pat, tokens, i)
-                if last is not None:
-                    add(pat.concept, pat.term, i, last)
+                span = self._match_seq(pat, tokens, i)
+                if span is not None:
+                    add(pat.concept, pat.term, *span)
         # Written forms, from every token start, on the hiragana-folded text.
         hira = katakana_to_hiragana(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
@@ -234,9 +239,9 @@ class Engine:
         token_at = _token_at(tokens, len(hira))
         trie = self.rules.trie
         for pos, first in starts.items():
-            node = trie
+            node: dict[str, Any] | None = trie
             j = pos
-            while j < len(hira):
+            while j < len(hira) and node is not None:
                 node = node.get(hira[j])
                 if node is None:
                     break
@@ -260,27 +265,38 @@ class Engine:
                     add(term.concept, term.term, first, last)
         doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
 
-    def _match_seq(self, pat: SeqPattern, tokens: list[Token], i: int) -> int | None:
+    def _match_seq(self, pat: SeqPattern, tokens: list[Token], i: int) -> tuple[int, int] | None:
+        """Match ``pat`` with its anchor element at token ``i``: (first, last) token indexes."""
         els = pat.elements
-        if els[0].cform and not tokens[i].cform.startswith(els[0].cform):
+        k = pat.anchor
+        first = i - k
+        if first < 0:
+            return None
+        for e in range(k):  # the elements before the anchor sit right before it
+            el, tok = els[e], tokens[first + e]
+            if el.keys.isdisjoint(tok.keys) or (el.cform and not tok.cform.startswith(el.cform)):
+                return None
+        if els[k].cform and not tokens[i].cform.startswith(els[k].cform):
             return None
         pos = i
         fillers = self._ctx.fillers
-        for el in els[1:]:
+        for el in els[k + 1 :]:
             nxt = self._find_next(el, tokens, pos + 1, fillers)
             if nxt is None:
                 if el.optional:
                     continue
                 return None
             pos = nxt
-        return pos
+        return first, pos
 
     def _find_next(self, el: Any, tokens: list[Token], start: int, fillers: frozenset[str]) -> int | None:
         skipped = 0
         j = start
         while j < len(tokens):
             tok = tokens[j]
-            if (el.any or not el.keys.isdisjoint(tok.keys)) and (not el.cform or tok.cform.startswith(el.cform)):
+            if (el.any or not el.keys.isdisjoint(tok.keys)) and (
+                not el.cform or tok.cform.startswith(el.cform)
+            ):
                 return j
             if tok.lemma in fillers and skipped < self._ctx.max_filler:
                 skipped += 1
@@ -355,7 +371,11 @@ class Engine:
                 tok = tokens[j]
                 if tok.pos2 == "準体助詞":  # 死にたいのは変わらない: the negation is of another verb
                     break
-                if tok.lemma in ctx.negators and tok.pos1 in ("助動詞", "形容詞") or tok.lemma in ctx.negator_words:
+                if (
+                    tok.lemma in ctx.negators
+                    and tok.pos1 in ("助動詞", "形容詞")
+                    or tok.lemma in ctx.negator_words
+                ):
                     count += 1
                 elif (
                     tok.pos1 in ("名詞", "動詞", "形容詞", "副詞")
@@ -412,8 +432,7 @@ class Engine:
             h
             for name in actors
             for h in doc.by_concept.get(name, ())
-            if not h.suppressed
-            and doc.quote_depth[h.first] == 0  # a person named inside someone's words
+            if not h.suppressed and doc.quote_depth[h.first] == 0  # a person named inside someone's words
         ]
         if not candidates:
             return "none"
@@ -460,6 +479,14 @@ class Engine:
             else:
                 return used + extra
         return None
+
+
+def _may_fire(rule: Rule, present: KeysView[str]) -> bool:
+    """A quick look before the real check: every item of the rule has a concept in the message."""
+    for group in rule.required:
+        if group.isdisjoint(present):
+            return False
+    return True
 
 
 def _token_at(tokens: list[Token], length: int) -> list[int]:

@@ -115,6 +115,14 @@ def _rewrite(text: str, origin: list[int], pattern: re.Pattern[str], repl: Repla
     return "".join(out), org
 
 
+def _constant(word: str) -> Callable[[str], str]:
+    return lambda _s: word
+
+
+def _expander(template: str) -> Replacer:
+    return lambda m: m.expand(template)
+
+
 def _extract_marks(
     t: str,
     origin: list[int],
@@ -177,13 +185,13 @@ class Normalizer:
         marks: list[tuple[int, int, str]] = []  # (original start, original end, word)
         # Kaomoji and emoji first: NFKC would break some of them apart.
         for pattern, word in self.config.kaomoji:
-            t, origin = _extract_marks(t, origin, pattern, lambda _s, w=word: w, marks)
+            t, origin = _extract_marks(t, origin, pattern, _constant(word), marks)
         if self._emoji is not None:
             t, origin = _extract_marks(t, origin, self._emoji, self.config.emoji.__getitem__, marks)
         t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
         t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
         for pattern, repl in self.config.substitutions:
-            t, origin = _rewrite(t, origin, pattern, lambda m, r=repl: m.expand(r))
+            t, origin = _rewrite(t, origin, pattern, _expander(repl))
         t, origin = _rewrite(t, origin, self._mask, lambda m: "")
         t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
         t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
@@ -230,4 +238,6 @@ class Normalizer:
 
 _HIRA_SET = frozenset(chr(c) for c in range(ord("ぁ"), ord("ゖ") + 1))
 # Two-kana words that do stand alone after a space: keep the space before them.
-_STANDALONE_HIRA = frozenset({"いま", "もう", "まじ", "あと", "また", "でも", "ねえ", "ほら", "はい", "いえ", "うん"})
+_STANDALONE_HIRA = frozenset(
+    {"いま", "もう", "まじ", "あと", "また", "でも", "ねえ", "ほら", "はい", "いえ", "うん"}
+)

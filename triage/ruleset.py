@@ -21,7 +21,17 @@ CONTENT_DIR = Path(__file__).resolve().parent.parent / "content" / "triage"
 
 # Flags that a context check may set on a concept hit; a concept lists those that
 # take its hits out of play (see lexicon.yaml).
-FLAGS = ("negated", "past", "used_to", "fiction", "hypothetical", "joking", "quoted", "habitual", "said_to_me")
+FLAGS = (
+    "negated",
+    "past",
+    "used_to",
+    "fiction",
+    "hypothetical",
+    "joking",
+    "quoted",
+    "habitual",
+    "said_to_me",
+)
 
 
 class ContentError(ValueError):
@@ -43,6 +53,20 @@ class SeqPattern:
     concept: str
     term: str
     elements: tuple[Element, ...]
+    anchor: int = 0  # the element the pattern is indexed by; those before it sit right before
+
+
+# Words too common to index a pattern by (に+居る is found from 居る, then に is checked).
+_COMMON = frozenset({"に", "て", "で", "を", "が", "は", "の", "と", "も", "から", "まで", "へ", "だ", "た", "ない"})
+
+
+def _anchor(elements: tuple[Element, ...]) -> int:
+    for k, el in enumerate(elements):
+        if el.optional or el.any:
+            return 0
+        if el.keys.isdisjoint(_COMMON):
+            return k
+    return 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,8 @@ class Rule:
     act_by: tuple[str, ...] = ()  # actor groups the first condition's hit must be done by
     removes: tuple[Category, ...] = ()
     description: str = ""
+    # For a quick skip: each set must meet the concepts found in a message.
+    required: tuple[frozenset[str], ...] = ()
 
 
 @dataclass
@@ -175,9 +201,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     rules_doc = _load_yaml(content_dir / "rules.yaml")
 
     normalizer = NormalizerConfig(
-        substitutions=[
-            (re.compile(s["pattern"]), s["replace"]) for s in norm_doc.get("substitutions", [])
-        ],
+        substitutions=[(re.compile(s["pattern"]), s["replace"]) for s in norm_doc.get("substitutions", [])],
         mask_chars=norm_doc.get("mask_chars", ""),
         emoji={str(k): str(v) for k, v in (norm_doc.get("emoji") or {}).items()},
         kaomoji=[(re.compile(k["pattern"]), k["word"]) for k in norm_doc.get("kaomoji", [])],
@@ -211,13 +235,14 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
             term = str(term)
             if any(c in term for c in "+#|?") and len(term) > 1:
                 elements = tuple(_parse_element(t, f"{where}: {term}") for t in term.split("+"))
-                pat = SeqPattern(name, term, elements)
+                anchor = _anchor(elements)
+                pat = SeqPattern(name, term, elements, anchor)
                 first = elements[0]
                 if first.optional:
                     raise ContentError(f"{where}: {term}: the first token cannot be optional")
                 if first.any and not first.cform:
                     raise ContentError(f"{where}: {term}: a first * needs a form (*#意志)")
-                for key in first.keys:
+                for key in elements[anchor].keys:
                     seq_index.setdefault(key, []).append(pat)  # * patterns sit under "*"
             else:
                 # A plain word: matched as written (hiragana-folded) from a token boundary,
@@ -278,6 +303,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         for a in by:
             if a not in actor_groups:
                 raise ContentError(f"{where}: unknown actor {a!r} (known: {sorted(actor_groups)})")
+        with_ = tuple(_parse_condition(c, where, concepts) for c in r.get("with", []))
+        required = tuple(frozenset(n for n, _ in c.options) for c in (*when, *with_))
         rules.append(
             Rule(
                 id=rid,
@@ -287,7 +314,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 unless=tuple(_parse_condition(c, where, concepts) for c in r.get("unless", [])),
                 window=r.get("window"),
                 after=r.get("after"),
-                with_=tuple(_parse_condition(c, where, concepts) for c in r.get("with", [])),
+                with_=with_,
+                required=required,
                 act_by=by,
                 removes=tuple(Category(c) for c in removes),
                 description=r.get("description", ""),

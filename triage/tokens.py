@@ -7,8 +7,10 @@ normalised text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import fugashi
 import unidic_lite
@@ -49,7 +51,10 @@ def _keys(*values: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-_KATA_SET = frozenset(chr(c) for c in range(ord(KATAKANA[0]), ord(KATAKANA[-1]) + 1)) | {"ー"}
+_KATA_RUN = re.compile(f"[{KATAKANA}ー]+")
+_CACHE_MAX = 200_000
+# lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown
+_Morph = tuple[str, str, str, str, str, tuple[str, ...], bool]
 
 
 class Tokenizer:
@@ -57,6 +62,7 @@ class Tokenizer:
 
     def __init__(self) -> None:
         self._tagger = fugashi.Tagger(f"-d {unidic_lite.DICDIR}")
+        self._cache: dict[tuple[str, str], _Morph] = {}
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
 
@@ -77,36 +83,57 @@ class Tokenizer:
     def _tokenize(self, text: str) -> list[Token]:
         out: list[Token] = []
         pos = 0
+        cache = self._cache
         for node in self._tagger(text):
             surface = node.surface
             start = text.find(surface, pos)
             if start < 0:  # MeCab never drops characters, but never trust an offset blindly
                 start = pos
-            f = node.feature
-            lemma = _clean_lemma(f.lemma, surface)
-            orth = f.orthBase if f.orthBase and f.orthBase != "*" else surface
-            hira = katakana_to_hiragana(surface)
+            # Reading a node's features builds a named tuple; the raw feature string is cheap,
+            # and the same word with the same features always reads the same.
+            key = (surface, node.feature_raw)
+            morph = cache.get(key)
+            if morph is None:
+                morph = self._morph(surface, node.feature)
+                if len(cache) > _CACHE_MAX:
+                    cache.clear()
+                cache[key] = morph
+            lemma, orth, pos1, pos2, cform, keys, unknown = morph
             out.append(
                 Token(
-                    surface=surface,
-                    lemma=lemma,
-                    orth=orth,
-                    pos1=f.pos1 or "",
-                    pos2=f.pos2 or "",
-                    cform=f.cForm or "",
-                    start=start,
-                    end=start + len(surface),
-                    space_before=start > pos or (start > 0 and text[start - 1] == " "),
-                    keys=_keys(lemma, orth, surface, hira),
-                    unknown=not f.lemma or f.lemma == "*",
+                    surface,
+                    lemma,
+                    orth,
+                    pos1,
+                    pos2,
+                    cform,
+                    start,
+                    start + len(surface),
+                    start > pos or (start > 0 and text[start - 1] == " "),
+                    keys,
+                    unknown,
                 )
             )
             pos = start + len(surface)
         return out
 
     @staticmethod
+    def _morph(surface: str, f: Any) -> _Morph:
+        lemma = _clean_lemma(f.lemma, surface)
+        orth = f.orthBase if f.orthBase and f.orthBase != "*" else surface
+        return (
+            lemma,
+            orth,
+            f.pos1 or "",
+            f.pos2 or "",
+            f.cForm or "",
+            _keys(lemma, orth, surface, katakana_to_hiragana(surface)),
+            not f.lemma or f.lemma == "*",
+        )
+
+    @staticmethod
     def _is_katakana(s: str) -> bool:
-        return bool(s) and all(c in _KATA_SET for c in s)
+        return _KATA_RUN.fullmatch(s) is not None
 
     def _needs_kana_reading(self, norm: Normalized, tokens: list[Token]) -> bool:
         if norm.half_width_kana:
