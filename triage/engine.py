@@ -80,6 +80,15 @@ class Engine:
         ctx = self.rules.context
         self._ctx = ctx
         self._idioms = {n for n, c in self.rules.concepts.items() if c.idiom}
+        # Each rule is looked at only when a concept of its first item is in the message.
+        self._rules_by_concept: dict[str, list[int]] = {}
+        for index, rule in enumerate(self.rules.rules):
+            for concept in rule.required[0]:
+                self._rules_by_concept.setdefault(concept, []).append(index)
+        by_form: dict[str, list[SeqPattern]] = {}
+        for pat in self.rules.seq_index.get("*", ()):
+            by_form.setdefault(pat.elements[0].cform, []).append(pat)
+        self._any_first = [(form, tuple(pats)) for form, pats in by_form.items()]
 
     # ------------------------------------------------------------------ public API
 
@@ -145,7 +154,12 @@ class Engine:
         removed: set[Category] = set()
         reasons: list[Reason] = []
         present = doc.by_concept.keys()
-        for rule in self.rules.rules:
+        candidates: set[int] = set()
+        for concept in present:
+            candidates.update(self._rules_by_concept.get(concept, ()))
+        rules = self.rules.rules
+        for index in sorted(candidates):
+            rule = rules[index]
             if not _may_fire(rule, present):
                 continue
             used = self._fire(rule, doc)
@@ -221,17 +235,19 @@ class Engine:
                 Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
             )
 
-        any_first = index.get("*", ())
+        any_first = self._any_first
         for i, tok in enumerate(tokens):
             for key in tok.keys:
                 for pat in index.get(key, ()):
                     span = self._match_seq(pat, tokens, i)
                     if span is not None:
                         add(pat.concept, pat.term, *span)
-            for pat in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
-                span = self._match_seq(pat, tokens, i)
-                if span is not None:
-                    add(pat.concept, pat.term, *span)
+            for form, pats in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
+                if tok.cform.startswith(form):
+                    for pat in pats:
+                        span = self._match_seq(pat, tokens, i)
+                        if span is not None:
+                            add(pat.concept, pat.term, *span)
         # Written forms, from every token start, on the hiragana-folded text.
         hira = katakana_to_hiragana(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}

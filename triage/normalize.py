@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 # Code points that are not valid in UTF-8 on their own (lone surrogates) or that a
 # person never types on purpose (controls other than newline and tab).
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_REPEATED_MARKS = re.compile("(?P<p>[。、！？!?…])(?P=p)+")
 _HALF_KANA = re.compile("[\uff66-\uff9d]{2,}")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\ufe00-\ufe0f\U000e0000-\U000e007f]+")
@@ -115,6 +116,17 @@ def _rewrite(text: str, origin: list[int], pattern: re.Pattern[str], repl: Repla
     return "".join(out), org
 
 
+def _gate(patterns: list[re.Pattern[str]]) -> re.Pattern[str]:
+    """One pattern that matches wherever any of ``patterns`` would (groups renumbered away)."""
+    parts = []
+    for p in patterns:
+        src = p.pattern
+        # Back-references cannot survive being combined: widen them to any character.
+        src = re.sub(r"\\[1-9]", ".", src)
+        parts.append(f"(?:{src})")
+    return re.compile("|".join(parts) or "(?!)")
+
+
 def _constant(word: str) -> Callable[[str], str]:
     return lambda _s: word
 
@@ -176,31 +188,55 @@ class Normalizer:
         self._spaces = re.compile("[ \t\u3000]+")
         emoji_keys = sorted(config.emoji, key=len, reverse=True)
         self._emoji = re.compile("|".join(re.escape(k) for k in emoji_keys)) if emoji_keys else None
+        pre = [_CONTROLS, _ZERO_WIDTH, config.drop_emoji, *(p for p, _ in config.kaomoji)]
+        if self._emoji is not None:
+            pre.append(self._emoji)
+        self._gate_pre = _gate(pre)
+        self._gate_subs = _gate([p for p, _ in config.substitutions])
+        self._gate_post = _gate(
+            [
+                self._mask,
+                re.compile(f"(?P<rep>[{HIRAGANA}{KATAKANA}])(?P=rep){{2}}"),
+                self._long_after_hira,
+                self._long_run,
+                self._small_vowels,
+                self._sokuon_run,
+                self._sokuon_end,
+                _REPEATED_MARKS,
+                self._spaces,
+            ]
+        )
 
     def normalize(self, text: str) -> Normalized:
         origin = list(range(len(text) + 1))
         t = text
-        t, origin = _rewrite(t, origin, _CONTROLS, lambda m: "")
-        t, origin = _rewrite(t, origin, _ZERO_WIDTH, lambda m: "")
         marks: list[tuple[int, int, str]] = []  # (original start, original end, word)
-        # Kaomoji and emoji first: NFKC would break some of them apart.
-        for pattern, word in self.config.kaomoji:
-            t, origin = _extract_marks(t, origin, pattern, _constant(word), marks)
-        if self._emoji is not None:
-            t, origin = _extract_marks(t, origin, self._emoji, self.config.emoji.__getitem__, marks)
-        t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
+        # Most messages need few passes: one search over a combined pattern decides whether
+        # a whole group of passes can be skipped.
+        if self._gate_pre.search(t):
+            t, origin = _rewrite(t, origin, _CONTROLS, lambda m: "")
+            t, origin = _rewrite(t, origin, _ZERO_WIDTH, lambda m: "")
+            # Kaomoji and emoji first: NFKC would break some of them apart.
+            for pattern, word in self.config.kaomoji:
+                t, origin = _extract_marks(t, origin, pattern, _constant(word), marks)
+            if self._emoji is not None:
+                t, origin = _extract_marks(t, origin, self._emoji, self.config.emoji.__getitem__, marks)
+            t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
         t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
-        for pattern, repl in self.config.substitutions:
-            t, origin = _rewrite(t, origin, pattern, _expander(repl))
-        t, origin = _rewrite(t, origin, self._mask, lambda m: "")
-        t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
-        t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
-        t, origin = _rewrite(t, origin, self._long_run, lambda m: "ー")
-        t, origin = _rewrite(t, origin, self._small_vowels, lambda m: "")
-        t, origin = _rewrite(t, origin, self._sokuon_run, lambda m: m.group()[0])
-        t, origin = _rewrite(t, origin, self._sokuon_end, lambda m: "")
-        t, origin = self._join_spaced_words(t, origin)
-        t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
+        if self._gate_subs.search(t):
+            for pattern, repl in self.config.substitutions:
+                t, origin = _rewrite(t, origin, pattern, _expander(repl))
+        if self._gate_post.search(t):
+            t, origin = _rewrite(t, origin, self._mask, lambda m: "")
+            t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
+            t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
+            t, origin = _rewrite(t, origin, self._long_run, lambda m: "ー")
+            t, origin = _rewrite(t, origin, self._small_vowels, lambda m: "")
+            t, origin = _rewrite(t, origin, self._sokuon_run, lambda m: m.group()[0])
+            t, origin = _rewrite(t, origin, self._sokuon_end, lambda m: "")
+            t, origin = _rewrite(t, origin, _REPEATED_MARKS, lambda m: m.group("p"))
+            t, origin = self._join_spaced_words(t, origin)
+            t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
         emoji = self._place_marks(origin, marks)
         return Normalized(t, origin, emoji, half_width_kana=bool(_HALF_KANA.search(text)))
 

@@ -57,7 +57,9 @@ class SeqPattern:
 
 
 # Words too common to index a pattern by (に+居る is found from 居る, then に is checked).
-_COMMON = frozenset({"に", "て", "で", "を", "が", "は", "の", "と", "も", "から", "まで", "へ", "だ", "た", "ない"})
+_COMMON = frozenset(
+    {"に", "て", "で", "を", "が", "は", "の", "と", "も", "から", "まで", "へ", "だ", "た", "ない"}
+)
 
 
 def _anchor(elements: tuple[Element, ...]) -> int:
@@ -179,7 +181,7 @@ def _parse_condition(value: Any, where: str, concepts: dict[str, Concept]) -> Co
         state = "active"
         if ":" in n:
             n, state = n.split(":", 1)
-            if state not in (*FLAGS, "any", "active"):
+            if state not in FLAGS + ("any", "active"):
                 raise ContentError(f"{where}: unknown state {state!r}")
         if n not in concepts:
             raise ContentError(f"{where}: unknown concept {n!r}")
@@ -304,7 +306,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
             if a not in actor_groups:
                 raise ContentError(f"{where}: unknown actor {a!r} (known: {sorted(actor_groups)})")
         with_ = tuple(_parse_condition(c, where, concepts) for c in r.get("with", []))
-        required = tuple(frozenset(n for n, _ in c.options) for c in (*when, *with_))
+        required = tuple(frozenset(n for n, _ in c.options) for c in when + with_)
         rules.append(
             Rule(
                 id=rid,

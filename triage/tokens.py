@@ -31,6 +31,7 @@ class Token:
     space_before: bool
     keys: tuple[str, ...]
     unknown: bool = False  # not in the dictionary
+    katakana: bool = False  # written in katakana only
     synthetic: bool = False  # an emoji or kaomoji turned into a word
     origin: tuple[int, int] | None = None  # for synthetic tokens: the emoji's span in the original
 
@@ -53,8 +54,9 @@ def _keys(*values: str) -> tuple[str, ...]:
 
 _KATA_RUN = re.compile(f"[{KATAKANA}ー]+")
 _CACHE_MAX = 200_000
-# lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown
-_Morph = tuple[str, str, str, str, str, tuple[str, ...], bool]
+# lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown,
+# katakana only
+_Morph = tuple[str, str, str, str, str, tuple[str, ...], bool, bool]
 
 
 class Tokenizer:
@@ -86,9 +88,12 @@ class Tokenizer:
         cache = self._cache
         for node in self._tagger(text):
             surface = node.surface
-            start = text.find(surface, pos)
-            if start < 0:  # MeCab never drops characters, but never trust an offset blindly
-                start = pos
+            # MeCab skips white space and keeps it on the next node; never trust it blindly.
+            start = pos + len(node.white_space)
+            if not text.startswith(surface, start):
+                start = text.find(surface, pos)
+                if start < 0:
+                    start = pos
             # Reading a node's features builds a named tuple; the raw feature string is cheap,
             # and the same word with the same features always reads the same.
             key = (surface, node.feature_raw)
@@ -98,7 +103,7 @@ class Tokenizer:
                 if len(cache) > _CACHE_MAX:
                     cache.clear()
                 cache[key] = morph
-            lemma, orth, pos1, pos2, cform, keys, unknown = morph
+            lemma, orth, pos1, pos2, cform, keys, unknown, kata = morph
             out.append(
                 Token(
                     surface,
@@ -112,6 +117,7 @@ class Tokenizer:
                     start > pos or (start > 0 and text[start - 1] == " "),
                     keys,
                     unknown,
+                    kata,
                 )
             )
             pos = start + len(surface)
@@ -129,26 +135,26 @@ class Tokenizer:
             f.cForm or "",
             _keys(lemma, orth, surface, katakana_to_hiragana(surface)),
             not f.lemma or f.lemma == "*",
+            _KATA_RUN.fullmatch(surface) is not None,
         )
-
-    @staticmethod
-    def _is_katakana(s: str) -> bool:
-        return _KATA_RUN.fullmatch(s) is not None
 
     def _needs_kana_reading(self, norm: Normalized, tokens: list[Token]) -> bool:
         if norm.half_width_kana:
             return True
+        # Quick look first: a broken run has an unknown or one-letter katakana word in it.
+        if not any(t.katakana and (t.unknown or len(t.surface) == 1 or t.pos2 == "数詞") for t in tokens):
+            return False
         return any(self._broken_run(tokens, i, j) for i, j in self._katakana_runs(tokens))
 
     def _katakana_runs(self, tokens: list[Token]) -> Iterator[tuple[int, int]]:
         """Runs of adjacent katakana tokens, as [i, j) index pairs."""
         i = 0
         while i < len(tokens):
-            if not self._is_katakana(tokens[i].surface):
+            if not tokens[i].katakana:
                 i += 1
                 continue
             j = i + 1
-            while j < len(tokens) and self._is_katakana(tokens[j].surface) and not tokens[j].space_before:
+            while j < len(tokens) and tokens[j].katakana and not tokens[j].space_before:
                 j += 1
             yield i, j
             i = j
