@@ -26,6 +26,7 @@ from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
 MAX_CHARS = 100_000
+_NOT_READINGS = frozenset({"動詞", "助動詞", "助詞", "形容詞"})
 _QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
 # と quotes only before a verb of saying (死ねと言われた; not 見ていると)
 _SPEECH_VERBS = frozenset(
@@ -278,6 +279,8 @@ class Engine:
                         continue
                     if term.exact and doc.norm.text[pos:j] != term.term:
                         continue
+                    if term.reading and (first != last or tokens[first].pos1 in _NOT_READINGS):
+                        continue  # しよう is not 私用, カし is not 歌詞
                     add(term.concept, term.term, first, last)
         doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
 
@@ -327,8 +330,8 @@ class Engine:
         for h in doc.hits:
             c = concepts[h.concept]
             if not c.idiom:
-                for idiom in idioms:
-                    if idiom.first <= h.last and h.first <= idiom.last:
+                for idiom in idioms:  # words inside an idiom mean the idiom (死ぬほど眠い)
+                    if idiom.first <= h.first and h.last <= idiom.last:
                         h.suppressed = True
                         break
             if c.group:

@@ -77,6 +77,7 @@ class SurfaceTerm:
     term: str
     strict_end: bool  # must end on a token boundary (kana spellings added automatically)
     exact: bool = False  # must match in its own script (ママ is not まま)
+    reading: bool = False  # a kana spelling of a kanji word: one whole word that is not a verb (くすり)
 
 
 @dataclass
@@ -263,7 +264,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 if reading is not None and any("\u4e00" <= c <= "\u9fff" for c in term):
                     kana = reading(term)
                     if kana and kana != word and len(kana) >= 2:
-                        _trie_add(trie, kana, SurfaceTerm(name, term, strict_end=True))
+                        _trie_add(trie, kana, SurfaceTerm(name, term, strict_end=True, reading=True))
 
     context = ContextConfig(
         fillers=frozenset(ctx_doc.get("fillers", [])),
