@@ -26,6 +26,7 @@ from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
 MAX_CHARS = 100_000
+_AUX_AFTER_TE = frozenset({"居る", "いる", "おる", "仕舞う", "ちゃう", "有る", "置く", "貰う", "呉れる", "くれる"})
 _NOT_READINGS = frozenset({"動詞", "助動詞", "助詞", "形容詞"})
 _QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
 # と quotes only before a verb of saying (死ねと言われた; not 見ていると)
@@ -198,7 +199,7 @@ class Engine:
         quote_depth: list[int] = []
         sentence = clause = depth = 0
         prev_end = 0
-        for tok in tokens:
+        for i, tok in enumerate(tokens):
             gap = text[prev_end : tok.start] if tok.start > prev_end else ""
             dependent = tok.pos1 in ("助動詞", "助詞", "接尾辞") or tok.surface in ctx.sentence_ends
             if ("\n" in gap or (tok.space_before and not dependent)) and sentence_of:
@@ -214,7 +215,12 @@ class Engine:
             if tok.surface in ctx.sentence_ends:
                 sentence += 1
                 clause += 1
-            elif tok.surface in ("、", ",") or tok.lemma in ctx.scope_breakers and tok.pos2 == "接続助詞":
+            elif tok.surface in ("、", ",") or (
+                tok.lemma in ctx.scope_breakers
+                and tok.pos2 == "接続助詞"
+                # て before an auxiliary verb (されていない, してしまう) joins, it does not break
+                and not (i + 1 < len(tokens) and tokens[i + 1].lemma in _AUX_AFTER_TE)
+            ):
                 clause += 1
             prev_end = max(prev_end, tok.end)
         return sentence_of, clause_of, quote_depth
