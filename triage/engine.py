@@ -457,7 +457,9 @@ class Engine:
             h
             for name in actors
             for h in doc.by_concept.get(name, ())
-            if not h.suppressed and doc.quote_depth[h.first] == 0  # a person named inside someone's words
+            if not h.suppressed
+            # a person named inside someone's words acts only inside those words
+            and (doc.quote_depth[h.first] == 0 or doc.quote_depth[act.first] > 0)
         ]
         if not candidates:
             return "none"

@@ -253,13 +253,25 @@ class Normalizer:
             after = self._piece_after.match(t[m.end() : m.end() + 8])
             b = before.group() if before else ""
             a = after.group() if after else ""
-            if len(b) == 1 or len(a) == 1:
+            # one kana alone is a spelled-out word (し に た い); one kanji can stand alone (今 橋の上)
+            if (len(b) == 1 and b in _KANA_SET) or (len(a) == 1 and a in _KANA_SET):
                 return ""
             if len(a) == 2 and all(c in _HIRA_SET for c in a) and a not in _STANDALONE_HIRA:
                 return ""
             return m.group()
 
+        if self._word_spaced(t):
+            return _rewrite(t, origin, self._space, lambda m: "")
         return _rewrite(t, origin, self._space, repl)
+
+    def _word_spaced(self, t: str) -> bool:
+        """Writing with a space after nearly every word (マンション の 8かい の ひじょうかいだん):
+        the spaces are not sentence breaks, and the words read better joined."""
+        pieces = [p for p in self._spaces.split(t) if p]
+        if len(pieces) < 4:
+            return False
+        short = sum(1 for p in pieces if len(p) <= 3)
+        return short * 10 >= len(pieces) * 6
 
     @staticmethod
     def _place_marks(origin: list[int], marks: list[tuple[int, int, str]]) -> list[EmojiMark]:
@@ -273,6 +285,7 @@ class Normalizer:
 
 
 _HIRA_SET = frozenset(chr(c) for c in range(ord("ぁ"), ord("ゖ") + 1))
+_KANA_SET = _HIRA_SET | frozenset(chr(c) for c in range(ord("ァ"), ord("ヺ") + 1))
 # Two-kana words that do stand alone after a space: keep the space before them.
 _STANDALONE_HIRA = frozenset(
     {"いま", "もう", "まじ", "あと", "また", "でも", "ねえ", "ほら", "はい", "いえ", "うん"}

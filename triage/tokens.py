@@ -203,7 +203,7 @@ def _mark_token(word: str, pos: int, origin: tuple[int, int]) -> Token:
         cform="",
         start=pos,
         end=pos,
-        space_before=True,
+        space_before=False,  # an emoji ends the sentence it stands in, it does not start one
         keys=(word,),
         synthetic=True,
         origin=origin,
