@@ -411,6 +411,8 @@ class Engine:
                 j += 1
             if count % 2 == 1:
                 h.flags.add("negated")
+            if h.last + 1 < len(tokens) and _is_conditional(tokens[h.last + 1]):
+                h.flags.add("hypothetical")  # ホームに立つと (whenever), 落ちたら (if)
             if doc.quote_depth[h.first] > 0 or self._quoted_after(tokens, h.last):
                 h.flags.add("quoted")
                 if self._said_to_me(tokens, h.last):
@@ -506,6 +508,13 @@ class Engine:
             else:
                 return used + extra
         return None
+
+
+def _is_conditional(tok: Token) -> bool:
+    """と, ば and たら after a verb make it a condition, not an event."""
+    if tok.pos2 == "接続助詞" and tok.lemma in ("と", "ば"):
+        return True
+    return tok.lemma == "た" and tok.cform.startswith("仮定")
 
 
 def _may_fire(rule: Rule, present: KeysView[str]) -> bool:
