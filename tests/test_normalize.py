@@ -1,0 +1,73 @@
+"""Normalisation keeps a map back to the original text: reasons point at what was typed."""
+
+from __future__ import annotations
+
+import pytest
+
+from triage import get_engine, triage
+from triage.normalize import katakana_to_hiragana, sanitize
+
+
+def norm(text: str) -> str:
+    return get_engine().normalizer.normalize(text).text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ｼﾆﾀｲ", "シニタイ"),  # half-width katakana (NFKC), voicing marks joined
+        ("ﾘｽｶ ﾔﾒﾗﾚﾅｲ", "リスカ ヤメラレナイ"),
+        ("ＯＤした", "ODした"),  # full-width Latin
+        ("しにたいいいい", "しにたい"),  # elongation
+        ("しにたーーーい", "しにたい"),
+        ("たすけてぇぇ", "たすけて"),
+        ("し○ね", "しね"),  # masking symbols between letters
+        ("死\u200bに\u200bたい", "死にたい"),  # zero-width spaces
+        ("死に たい", "死にたい"),  # a space inside a word
+        ("し に た い", "しにたい"),
+        ("家出中　今日泊まるとこない", "家出中 今日泊まるとこない"),  # a space between sentences stays
+        ("タヒにたい", "死にたい"),
+        ("氏にたい", "死にたい"),
+        ("田中氏に相談した", "田中氏に相談した"),  # 氏 after a name is not 死
+        ("まじむりｗｗｗ", "まじむり笑"),
+        ("。。。", "。"),
+    ],
+)
+def test_normalised_text(raw: str, expected: str) -> None:
+    assert norm(raw) == expected
+
+
+def test_offsets_point_into_the_original() -> None:
+    text = "ﾏｼﾞで　しにたいいいい　💊ぜんぶ飲んだ"
+    result = triage(text)
+    assert result.reasons
+    for reason in result.reasons:
+        start, end = reason.span
+        assert 0 <= start <= end <= len(text)
+        assert text[start:end] == reason.matched
+
+
+def test_emoji_become_words_with_their_own_span() -> None:
+    text = "🔪もって台所にいる　いまから切る"
+    result = triage(text)
+    assert result.risk.value == "crisis"
+    assert any(r.matched == "🔪" for r in result.reasons)
+
+
+def test_katakana_reading() -> None:
+    assert katakana_to_hiragana("シニタイ") == "しにたい"
+    assert katakana_to_hiragana("リスカ、OD") == "りすか、OD"
+
+
+def test_sanitize_keeps_length() -> None:
+    text = "ok\ud800ok"
+    assert sanitize(text) == "ok\ufffdok"
+    assert len(sanitize(text)) == len(text)
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\t　", "\x00\x01", "\ud800", "🙂", "(´；ω；`)"])
+def test_degenerate_input_is_low_and_says_why(text: str) -> None:
+    result = triage(text)
+    assert result.risk.value in ("low", "medium")
+    if not text.strip() or text.strip("\x00\x01") == "":
+        assert result.empty or result.risk.value == "low"
