@@ -34,11 +34,18 @@ def test_shipped_content_loads() -> None:
         ("rules.yaml", "category: dv", "category: domestic", "unknown category"),
         ("rules.yaml", "when: [ideation]", "when: [ideations]", "unknown concept"),
         ("rules.yaml", "by: [partner]", "by: [landlord]", "unknown actor"),
-        ("lexicon.yaml", "inactive_when: [negated, past, fiction, hypothetical, joking, said_to_me", "inactive_when: [sleepy", "unknown flags"),
+        (
+            "lexicon.yaml",
+            "inactive_when: [negated, past, fiction, hypothetical, joking, said_to_me",
+            "inactive_when: [sleepy",
+            "unknown flags",
+        ),
         ("lexicon.yaml", "concepts:", "concepts: [", "lexicon.yaml"),
     ],
 )
-def test_bad_content_is_refused_with_its_place(content: Path, file: str, old: str, new: str, message: str) -> None:
+def test_bad_content_is_refused_with_its_place(
+    content: Path, file: str, old: str, new: str, message: str
+) -> None:
     path = content / file
     text = path.read_text(encoding="utf-8")
     assert old in text
@@ -59,7 +66,13 @@ def test_every_rule_fires_somewhere() -> None:
     """A rule that no case exercises is either dead or untested: both need a look."""
     engine = get_engine()
     texts: list[tuple[str, list[str]]] = []
-    for name in ("trap_cases.jsonl", "rule_cases.jsonl", "holdout.jsonl", "holdout2.jsonl", "conversations.jsonl"):
+    for name in (
+        "trap_cases.jsonl",
+        "rule_cases.jsonl",
+        "holdout.jsonl",
+        "holdout2.jsonl",
+        "conversations.jsonl",
+    ):
         for row in load_jsonl(DATA / name):
             texts.append((row["text"], row.get("history", [])))
     dev = SHARED / "triage" / "dev.jsonl"

@@ -48,7 +48,16 @@ def test_conversation_case(case: dict[str, Any]) -> None:
 def test_every_trap_family_is_covered() -> None:
     """The trap table holds several cases of every trap named in TAXONOMY.md."""
     notes = " ".join(c["note"] for c in TRAPS)
-    for trap in ("negation", "quoted", "idiom", "orthography", "slang", "burial", "third_party", "info_request"):
+    for trap in (
+        "negation",
+        "quoted",
+        "idiom",
+        "orthography",
+        "slang",
+        "burial",
+        "third_party",
+        "info_request",
+    ):
         assert notes.count(trap) >= 3, trap
 
 

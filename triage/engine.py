@@ -15,6 +15,7 @@ How a message is read:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import KeysView, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,9 @@ from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
 MAX_CHARS = 100_000
-_AUX_AFTER_TE = frozenset({"居る", "いる", "おる", "仕舞う", "ちゃう", "有る", "置く", "貰う", "呉れる", "くれる"})
+_AUX_AFTER_TE = frozenset(
+    {"居る", "いる", "おる", "仕舞う", "ちゃう", "有る", "置く", "貰う", "呉れる", "くれる"}
+)
 _NOT_READINGS = frozenset({"動詞", "助動詞", "助詞", "形容詞"})
 _QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
 # と quotes only before a verb of saying (死ねと言われた; not 見ていると)
@@ -59,6 +62,8 @@ class _Doc:
     quote_depth: list[int]
     hits: list[Hit]
     by_concept: dict[str, list[Hit]]
+    actors_plain: list[Hit] | None = None
+    actors_quoted: list[Hit] | None = None
 
     def original_span(self, hit: Hit) -> tuple[int, int]:
         first, last = self.tokens[hit.first], self.tokens[hit.last]
@@ -155,6 +160,7 @@ class Engine:
         categories: set[Category] = set()
         removed: set[Category] = set()
         reasons: list[Reason] = []
+        seen: set[Reason] = set()
         present = doc.by_concept.keys()
         candidates: set[int] = set()
         for concept in present:
@@ -174,7 +180,8 @@ class Engine:
             for h in used:
                 start, end = doc.original_span(h)
                 reason = Reason(rule.id, original[start:end], (start, end))
-                if reason not in reasons:
+                if reason not in seen:
+                    seen.add(reason)
                     reasons.append(reason)
         categories -= removed
         return TriageResult(risk, _ordered(categories), tuple(reasons), truncated=truncated), doc
@@ -331,26 +338,29 @@ class Engine:
         return None
 
     def _resolve_overlaps(self, doc: _Doc) -> None:
+        """Idioms take the words inside them out of play (死ぬほど眠い); within a group the
+        longest hit wins (お母さんの彼氏 over 彼氏). Hits are short, so only hits starting a
+        few words earlier can contain another: the look-up stays linear in the text."""
         concepts = self.rules.concepts
-        idioms = [h for h in doc.hits if h.concept in self._idioms]
+        starting: dict[int, list[Hit]] = {}
+        longest = 0
+        for h in doc.hits:
+            starting.setdefault(h.first, []).append(h)
+            longest = max(longest, h.last - h.first)
         for h in doc.hits:
             c = concepts[h.concept]
-            if not c.idiom:
-                for idiom in idioms:  # words inside an idiom mean the idiom (死ぬほど眠い)
-                    if idiom.first <= h.first and h.last <= idiom.last:
-                        h.suppressed = True
-                        break
-            if c.group:
-                for o in doc.hits:
-                    if (
-                        o is not h
-                        and concepts[o.concept].group == c.group
-                        and o.first <= h.first
-                        and h.last <= o.last
-                        and (o.last - o.first) > (h.last - h.first)
+            for first in range(h.first - longest, h.first + 1):
+                for o in starting.get(first, ()):
+                    if o is h or h.last > o.last:
+                        continue
+                    oc = concepts[o.concept]
+                    if (oc.idiom and not c.idiom) or (
+                        c.group and oc.group == c.group and (o.last - o.first) > (h.last - h.first)
                     ):
                         h.suppressed = True
                         break
+                if h.suppressed:
+                    break
         by: dict[str, list[Hit]] = {}
         for h in doc.hits:
             by.setdefault(h.concept, []).append(h)
@@ -451,63 +461,103 @@ class Engine:
                     out.append(h)
         return out
 
+    def _actor_candidates(self, doc: _Doc, quoted: bool) -> list[Hit]:
+        """The people named in a message, in order; ``quoted``: include those inside quotes
+        (a person named inside someone's words acts only inside those words)."""
+        cache = doc.actors_quoted if quoted else doc.actors_plain
+        if cache is None:
+            actors = self._ctx.actor_concepts
+            cache = sorted(
+                (
+                    h
+                    for name in actors
+                    for h in doc.by_concept.get(name, ())
+                    if not h.suppressed and (quoted or doc.quote_depth[h.first] == 0)
+                ),
+                key=lambda h: (h.last, h.first),
+            )
+            if quoted:
+                doc.actors_quoted = cache
+            else:
+                doc.actors_plain = cache
+        return cache
+
     def _actor_of(self, doc: _Doc, act: Hit) -> str:
         """The actor group of an act: the nearest actor before it in its sentence, then after
         it, then in the sentences before (the topic of a story carries over)."""
-        actors = self._ctx.actor_concepts
-        candidates = [
-            h
-            for name in actors
-            for h in doc.by_concept.get(name, ())
-            if not h.suppressed
-            # a person named inside someone's words acts only inside those words
-            and (doc.quote_depth[h.first] == 0 or doc.quote_depth[act.first] > 0)
-        ]
+        candidates = self._actor_candidates(doc, quoted=doc.quote_depth[act.first] > 0)
         if not candidates:
             return "none"
-        same = [h for h in candidates if h.sentence == act.sentence]
-        before = [h for h in same if h.last < act.first]
-        if before:
-            return actors[max(before, key=lambda h: h.last).concept]
-        after = [h for h in same if h.first > act.last]
-        if after:
-            return actors[min(after, key=lambda h: h.first).concept]
-        earlier = [
-            h
-            for h in candidates
-            if act.sentence - self._ctx.actor_sentences_back <= h.sentence < act.sentence
-        ]
-        if earlier:
-            return actors[max(earlier, key=lambda h: h.last).concept]
+        actors = self._ctx.actor_concepts
+        i = bisect.bisect_left(candidates, act.first, key=_last)  # candidates[:i] end before the act
+        before = candidates[i - 1] if i > 0 else None
+        if before is not None and before.sentence == act.sentence:
+            return actors[before.concept]
+        for h in candidates[i:]:
+            if h.first > act.last:
+                if h.sentence == act.sentence:
+                    return actors[h.concept]
+                break
+        if before is not None and act.sentence - self._ctx.actor_sentences_back <= before.sentence:
+            return actors[before.concept]
         return "none"
 
     def _fire(self, rule: Rule, doc: _Doc) -> list[Hit] | None:
         for cond in rule.unless:
             if self._active(doc, cond):
                 return None
-        anchors = self._active(doc, rule.when[0])
-        if rule.act_by:
-            anchors = [a for a in anchors if self._actor_of(doc, a) in rule.act_by]
         extra: list[Hit] = []
         for cond in rule.with_:
             found = self._active(doc, cond)
             if not found:
                 return None
             extra.append(found[0])
+        others = [self._active(doc, cond) for cond in rule.when[1:]]
+        if any(not found for found in others):
+            return None
+        anchors = self._active(doc, rule.when[0])
+        if rule.act_by:
+            anchors = [a for a in anchors if self._actor_of(doc, a) in rule.act_by]
+        if not anchors:
+            return None
+        if rule.window is None and rule.after is None:
+            return [anchors[0], *(found[0] for found in others), *extra]
+        # Sorted once, searched for each anchor: long texts with many hits stay linear-ish.
+        by_sentence = [sorted(found, key=lambda h: h.sentence) for found in others]
+        sentences = [[h.sentence for h in found] for found in by_sentence]
+        by_first = [sorted(found, key=lambda h: h.first) for found in others]
+        firsts = [[h.first for h in found] for found in by_first]
         for anchor in anchors:
             used = [anchor]
-            for cond in rule.when[1:]:
-                found = self._active(doc, cond)
-                if rule.window is not None:
-                    found = [h for h in found if abs(h.sentence - anchor.sentence) <= rule.window]
+            for k in range(len(others)):
+                hit: Hit | None = None
                 if rule.after is not None:
-                    found = [h for h in found if anchor.last < h.first <= anchor.last + rule.after + 1]
-                if not found:
+                    j = bisect.bisect_right(firsts[k], anchor.last)
+                    if j < len(firsts[k]) and firsts[k][j] <= anchor.last + rule.after + 1:
+                        hit = by_first[k][j]
+                        if rule.window is not None and abs(hit.sentence - anchor.sentence) > rule.window:
+                            hit = None
+                else:
+                    assert rule.window is not None
+                    j = bisect.bisect_left(sentences[k], anchor.sentence)
+                    near = [
+                        by_sentence[k][x]
+                        for x in (j - 1, j)
+                        if 0 <= x < len(sentences[k])
+                        and abs(sentences[k][x] - anchor.sentence) <= rule.window
+                    ]
+                    if near:
+                        hit = min(near, key=lambda h: abs(h.sentence - anchor.sentence))
+                if hit is None:
                     break
-                used.append(min(found, key=lambda h: abs(h.sentence - anchor.sentence)))
+                used.append(hit)
             else:
                 return used + extra
         return None
+
+
+def _last(h: Hit) -> int:
+    return h.last
 
 
 def _is_conditional(tok: Token) -> bool:

@@ -249,7 +249,7 @@ class Normalizer:
         """
 
         def repl(m: re.Match[str]) -> str:
-            before = self._piece_before.search(t, 0, m.start())
+            before = self._piece_before.search(t, max(0, m.start() - 16), m.start())
             after = self._piece_after.match(t[m.end() : m.end() + 8])
             b = before.group() if before else ""
             a = after.group() if after else ""
