@@ -23,16 +23,16 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 # the source of truth and are rebuilt into .so files whenever they change). `make pure`
 # removes the compiled modules, and Python then runs the .py files.
 COMPILED := triage/normalize.py triage/tokens.py triage/engine.py triage/types.py triage/ruleset.py
-triage/.compiled: $(COMPILED) $(VENV)/.installed
+triage/.compiled: $(COMPILED) triage/_build.py $(VENV)/.installed
 	mkdir -p build-mypyc
-	MYPYC_OPT_LEVEL=3 $(BIN)/mypyc $(COMPILED) > build-mypyc/mypyc.log 2>&1 || (cat build-mypyc/mypyc.log; exit 1)
+	$(BIN)/python triage/_build.py > build-mypyc/build.log 2>&1 || (cat build-mypyc/build.log; exit 1)
 	touch $@
 
 compile: triage/.compiled
 
 pure:
-	rm -f triage/*.so triage/.compiled *__mypyc*.so
-	rm -rf build
+	rm -f triage/*.so triage/.compiled
+	rm -rf build-mypyc
 
 run: $(VENV)/.installed triage/.compiled
 	$(BIN)/tsunagi serve --host 127.0.0.1 --port 8000

@@ -11,7 +11,8 @@ from conftest import DATA, SHARED, load_jsonl
 
 from triage import get_engine
 from triage.engine import Engine
-from triage.ruleset import CONTENT_DIR, ContentError, load_ruleset
+from triage.paths import CONTENT_DIR
+from triage.ruleset import ContentError, load_ruleset
 
 
 @pytest.fixture()

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from triage.normalize import Normalized, Normalizer, katakana_to_hiragana, sanitize
-from triage.ruleset import CONTENT_DIR, Condition, Rule, Ruleset, SeqPattern, load_ruleset
+from triage.paths import CONTENT_DIR
+from triage.ruleset import Condition, Rule, Ruleset, SeqPattern, load_ruleset
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 

@@ -15,9 +15,8 @@ from typing import Any
 import yaml
 
 from triage.normalize import NormalizerConfig, katakana_to_hiragana
+from triage.paths import CONTENT_DIR
 from triage.types import RISK_ORDER, Category, Risk
-
-CONTENT_DIR = Path(__file__).resolve().parent.parent / "content" / "triage"
 
 # Flags that a context check may set on a concept hit; a concept lists those that
 # take its hits out of play (see lexicon.yaml).
