@@ -222,7 +222,8 @@ class Normalizer:
             if self._emoji is not None:
                 t, origin = _extract_marks(t, origin, self._emoji, self.config.emoji.__getitem__, marks)
             t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
-        t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
+        if not unicodedata.is_normalized("NFKC", t):
+            t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
         if self._gate_subs.search(t):
             for pattern, repl in self.config.substitutions:
                 t, origin = _rewrite(t, origin, pattern, _expander(repl))

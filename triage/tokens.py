@@ -64,7 +64,8 @@ class Tokenizer:
 
     def __init__(self) -> None:
         self._tagger = fugashi.Tagger(f"-d {unidic_lite.DICDIR}")
-        self._cache: dict[tuple[str, str], _Morph] = {}
+        self._cache: dict[str, _Morph] = {}
+        self._unknown: dict[tuple[str, str], _Morph] = {}
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
 
@@ -96,13 +97,21 @@ class Tokenizer:
                     start = pos
             # Reading a node's features builds a named tuple; the raw feature string is cheap,
             # and the same word with the same features always reads the same.
-            key = (surface, node.feature_raw)
-            morph = cache.get(key)
+            # The raw features hold the written form, so they name a known word on their own;
+            # unknown words all share one feature string and are told apart by their surface.
+            raw = node.feature_raw
+            morph = cache.get(raw)
             if morph is None:
-                morph = self._morph(surface, node.feature)
-                if len(cache) > _CACHE_MAX:
-                    cache.clear()
-                cache[key] = morph
+                morph = self._unknown.get((raw, surface))
+                if morph is None:
+                    morph = self._morph(surface, node.feature)
+                    if len(cache) + len(self._unknown) > _CACHE_MAX:
+                        cache.clear()
+                        self._unknown.clear()
+                    if morph[6]:
+                        self._unknown[(raw, surface)] = morph
+                    else:
+                        cache[raw] = morph
             lemma, orth, pos1, pos2, cform, keys, unknown, kata = morph
             out.append(
                 Token(
