@@ -18,14 +18,26 @@ import unicodedata
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from triage import MAX_CHARS, Category, Risk, triage, triage_conversation
+from triage import MAX_CHARS, Category, Risk, TriageResult, triage, triage_conversation
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-MEDIUM = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-THOROUGH = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+def _settings(n: int) -> settings:
+    # derandomize: the same examples on every run (and no example database), so a failure
+    # seen once is seen again; about 1 ms per example, the whole file runs in seconds.
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+
+
+FAST = _settings(200)
+MEDIUM = _settings(400)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -37,9 +49,7 @@ def _as_shown(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
-def _check_well_formed(text: str, result: object, alone: bool = True) -> None:
-    from triage import TriageResult
-
+def _check_well_formed(text: str, result: TriageResult, alone: bool = True) -> None:
     assert isinstance(result, TriageResult)
     assert isinstance(result.risk, Risk)
     assert result.risk.rank in (0, 1, 2, 3)
@@ -154,7 +164,7 @@ def test_japanese_like_text_never_crashes_and_spans_match(text: str) -> None:
     _check_well_formed(text, triage(text))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_settings(40)
 @given(_long_text)
 def test_long_text_never_crashes(text: str) -> None:
     _check_well_formed(text, triage(text))
@@ -394,21 +404,37 @@ def elongation_variant(draw: st.DrawFn) -> str:
         new = word + small * n
     elif how == "bar":
         new = word + "ー" * (n - 1)
-    elif how == "bar_inside":
-        new = word[:-1] + "ー" * (n - 1) + last
-    else:
+    elif how == "bar_inside" and last == "い" and len(word) >= 2 and _KANA_WORD.fullmatch(word[-2]):
+        new = word[:-1] + "ー" * (n - 1) + last  # しにたーい, 止まらなーい
+    elif how == "wave":
         new = word + "〜" * (n - 1)
+    else:
+        new = word + "ー" * (n - 1)
     return "".join(new if j == i else w.text for j, w in enumerate(words))
+
+
+def _is_hiragana(c: str) -> bool:
+    return "\u3041" <= c <= "\u309f"
 
 
 @st.composite
 def space_variant(draw: st.DrawFn) -> str:
-    """One space inside one word: 死に たい, 飛び 降りる."""
+    """One space inside one word: 死に たい, 飛び 降りる, 包 丁.
+
+    Not between two hiragana: there a space is as likely to separate two words as to cut one
+    (12さい いえでした, 家に いる), and no reader can tell them apart, so neither can triage.
+    """
     words = draw(_sentence())
-    long_words = [i for i, w in enumerate(words) if len(w.text) >= 2 and not set(w.text) & _PUNCT]
-    i = draw(st.sampled_from(long_words))
+    cuts = [
+        (i, at)
+        for i, w in enumerate(words)
+        if len(w.text) >= 2 and not set(w.text) & _PUNCT
+        for at in range(1, len(w.text))
+        if not (_is_hiragana(w.text[at - 1]) and _is_hiragana(w.text[at]))
+    ]
+    assume(cuts)
+    i, at = draw(st.sampled_from(cuts))
     word = words[i].text
-    at = draw(st.integers(min_value=1, max_value=len(word) - 1))
     space = draw(st.sampled_from([" ", "　"]))
     new = word[:at] + space + word[at:]
     return "".join(new if j == i else w.text for j, w in enumerate(words))
@@ -462,12 +488,14 @@ def _assert_crisis(text: str) -> None:
 
 @MEDIUM
 @given(kana_script_variant())
+@example("もう駅のほーむにいる。死にたい")  # ホーム in hiragana
 def test_crisis_survives_kana_script(text: str) -> None:
     _assert_crisis(text)
 
 
 @MEDIUM
 @given(half_width_variant())
+@example("もう駅のﾎｰﾑにいる。死にたい")  # half-width ﾎｰﾑ
 def test_crisis_survives_half_width_katakana(text: str) -> None:
     _assert_crisis(text)
 
@@ -480,12 +508,16 @@ def test_crisis_survives_full_width_latin(text: str) -> None:
 
 @MEDIUM
 @given(elongation_variant())
+@example("もうロープを用意した。今夜死ぬううう")
+@example("もう駅のホームにいるうう。死にたい")
 def test_crisis_survives_elongation(text: str) -> None:
     _assert_crisis(text)
 
 
 @MEDIUM
 @given(space_variant())
+@example("もう駅のホームにいる。死 にたい")
+@example("今夜12時に飛び 降りる")
 def test_crisis_survives_a_space_inside_a_word(text: str) -> None:
     _assert_crisis(text)
 

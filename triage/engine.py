@@ -84,7 +84,7 @@ class Engine:
         self.tokenizer = Tokenizer()
         self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
         self.tokenizer.known_katakana = self.rules.known_katakana
-        self.normalizer = Normalizer(self.rules.normalizer)
+        self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
         ctx = self.rules.context
         self._ctx = ctx
         self._idioms = {n for n, c in self.rules.concepts.items() if c.idiom}
@@ -211,8 +211,9 @@ class Engine:
             gap = text[prev_end : tok.start] if tok.start > prev_end else ""
             dependent = tok.pos1 in ("助動詞", "助詞", "接尾辞") or tok.surface in ctx.sentence_ends
             if ("\n" in gap or (tok.space_before and not dependent)) and sentence_of:
-                sentence += 1
-                clause += 1
+                if sentence_of[-1] == sentence:  # not already broken (after 。 or an emoji)
+                    sentence += 1
+                    clause += 1
             if tok.surface and tok.surface[0] in ctx.open_quotes:
                 depth += 1
             sentence_of.append(sentence)
@@ -220,7 +221,7 @@ class Engine:
             quote_depth.append(depth)
             if tok.surface and tok.surface[-1] in ctx.close_quotes:
                 depth = max(0, depth - 1)
-            if tok.surface in ctx.sentence_ends:
+            if tok.surface in ctx.sentence_ends or tok.synthetic:  # an emoji ends its sentence
                 sentence += 1
                 clause += 1
             elif tok.surface in ("、", ",") or (
@@ -280,15 +281,13 @@ class Engine:
                 terms = node.get(_TRIE_END)
                 if not terms:
                     continue
-                if j in ends:
-                    last = ends[j]
-                else:
-                    last = token_at[j - 1]
-                    tok = tokens[last]
-                    # Ending inside a token is fine for a verb or adjective stem (首しめ|られ).
-                    if tok.pos1 not in ("動詞", "形容詞"):
-                        continue
+                inside = j not in ends
+                last = token_at[j - 1] if inside else ends[j]
+                # Ending inside a token is fine for a verb or adjective stem (首しめ|られ).
+                stem = not inside or tokens[last].pos1 in ("動詞", "形容詞")
                 for term in terms:
+                    if not stem and not term.loose:
+                        continue
                     if term.strict_end and j not in ends:
                         continue
                     if term.exact and doc.norm.text[pos:j] != term.term:

@@ -20,6 +20,28 @@ from dataclasses import dataclass, field
 # Code points that are not valid in UTF-8 on their own (lone surrogates) or that a
 # person never types on purpose (controls other than newline and tab).
 _SURROGATES = re.compile("[\ud800-\udfff]")
+# Two or more of a vowel after a kana of that vowel, at a word's end: いるうう, やだああ, むりいい
+_VOWEL_TAIL = re.compile("(?P<k>[ぁ-ゖ])(?P<v>[あいうえお])(?P=v)+(?=[^ぁ-ゖ]|$)")
+_VOWEL_OF: dict[str, str] = {}
+for _row, _vowel in (
+    ("あかさたなはまやらわがざだばぱぁゃ", "あ"),
+    ("いきしちにひみりぎじぢびぴぃ", "い"),
+    ("うくすつぬふむゆるぐずづぶぷぅゅ", "う"),
+    ("えけせてねへめれげぜでべぺぇ", "え"),
+    ("おこそとのほもよろをごぞどぼぽぉょ", "お"),
+):
+    for _kana in _row:
+        _VOWEL_OF[_kana] = _vowel
+
+
+def _drop_vowel_tail(m: re.Match[str]) -> str:
+    k, v = m.group("k"), m.group("v")
+    if _VOWEL_OF.get(k) != v or k == v:
+        return m.group()
+    # 死ぬううう -> 死ぬ, やだああ -> やだ; but 大きいいい -> 大きい (adjectives end in い)
+    return k + v if v in "いえ" else k
+
+
 _REPEATED_MARKS = re.compile("(?P<p>[。、！？!?…])(?P=p)+")
 _HALF_KANA = re.compile("[\uff66-\uff9d]{2,}")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -170,14 +192,22 @@ class NormalizerConfig:
 
 
 class Normalizer:
-    def __init__(self, config: NormalizerConfig) -> None:
+    def __init__(
+        self, config: NormalizerConfig, word_across: Callable[[str, str], bool] | None = None
+    ) -> None:
         self.config = config
+        # Tells whether the dictionary reads a word across the join of two strings.
+        self.word_across = word_across
         self._nfkc = _nfkc_class()
         ja = f"[{JA_CHARS}]"
         self._mask = re.compile(f"(?<={ja})[{re.escape(config.mask_chars)}]+(?={ja})")
         # Three or more of the same kana is elongation (しにたいいいい); two can be a word (いい).
         self._repeat = re.compile(f"([{HIRAGANA}{KATAKANA}])\\1{{2,}}")
-        self._long_after_hira = re.compile(f"(?<=[{HIRAGANA}])[ー〜~]+")
+        # ー after hiragana is elongation (しにたーい, むりー) before a vowel or at a word's end;
+        # before a consonant it is a loanword written in hiragana (ほーむ, らーめん) and stays.
+        self._long_after_hira = re.compile(
+            f"(?<=[{HIRAGANA}])[ー〜~]+(?=[あいうえおぁぃぅぇぉ]|[^{HIRAGANA}]|$)"
+        )
         self._long_run = re.compile("ー{2,}")
         self._small_vowels = re.compile(f"(?<=[{HIRAGANA}])[ぁぃぅぇぉ]+")
         self._sokuon_run = re.compile("っ{2,}|ッ{2,}")
@@ -200,6 +230,7 @@ class Normalizer:
                 self._long_after_hira,
                 self._long_run,
                 self._small_vowels,
+                _VOWEL_TAIL,
                 self._sokuon_run,
                 self._sokuon_end,
                 _REPEATED_MARKS,
@@ -229,6 +260,7 @@ class Normalizer:
                 t, origin = _rewrite(t, origin, pattern, _expander(repl))
         if self._gate_post.search(t):
             t, origin = _rewrite(t, origin, self._mask, lambda m: "")
+            t, origin = _rewrite(t, origin, _VOWEL_TAIL, _drop_vowel_tail)
             t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
             t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
             t, origin = _rewrite(t, origin, self._long_run, lambda m: "ー")
@@ -254,10 +286,33 @@ class Normalizer:
             after = self._piece_after.match(t[m.end() : m.end() + 8])
             b = before.group() if before else ""
             a = after.group() if after else ""
-            # one kana alone is a spelled-out word (し に た い); one kanji can stand alone (今 橋の上)
+            # one kana alone is a spelled-out word (し に た い)
             if (len(b) == 1 and b in _KANA_SET) or (len(a) == 1 and a in _KANA_SET):
                 return ""
+            # a two-kana tail (死に たい), unless it is a word of its own (いま, もう)
             if len(a) == 2 and all(c in _HIRA_SET for c in a) and a not in _STANDALONE_HIRA:
+                return ""
+            # a piece cannot start with ん, っ, a small kana or ー (薬ぜ んぶ, 腕切 ってる)
+            if a[0] in _NO_WORD_START:
+                return ""
+            # a kanji that stands alone keeps its space (今 橋の上, 家出中 今日)
+            if b[-1] in _STANDALONE_KANJI:
+                return m.group()
+            # one kanji before kana is half a word (死 にたい)
+            if len(b) == 1 and b not in _KANA_SET:
+                return ""
+            # otherwise a word may be cut in two (全 部, 飛 び降りる, 薬ぜん ぶ) or two words
+            # may meet (3回目 先生): the dictionary decides, on the few letters around the space
+            # two katakana words side by side stay apart (MeCab would run them together)
+            katakana_both = _kata_tail(b) >= 2 and _kata_head(a) >= 2
+            # between two hiragana the dictionary guesses too freely (12さい いえでした)
+            hiragana_both = b[-1] in _HIRA_SET and a[0] in _HIRA_SET
+            if (
+                not katakana_both
+                and not hiragana_both
+                and self.word_across is not None
+                and self.word_across(b[-3:], a[:3])
+            ):
                 return ""
             return m.group()
 
@@ -286,6 +341,29 @@ class Normalizer:
 
 
 _HIRA_SET = frozenset(chr(c) for c in range(ord("ぁ"), ord("ゖ") + 1))
+_NO_WORD_START = frozenset("んっゃゅょぁぃぅぇぉゎンッャュョァィゥェォヮー")
+_STANDALONE_KANJI = frozenset("今朝昼夜夕春夏秋冬私僕俺母父兄姉弟妹夫妻彼誰何毎中高小")
+
+
+def _kata_tail(s: str) -> int:
+    n = 0
+    for c in reversed(s):
+        if c not in _KATA_SET:
+            break
+        n += 1
+    return n
+
+
+def _kata_head(s: str) -> int:
+    n = 0
+    for c in s:
+        if c not in _KATA_SET:
+            break
+        n += 1
+    return n
+
+
+_KATA_SET = frozenset(chr(c) for c in range(ord("ァ"), ord("ヺ") + 1)) | {"ー"}
 _KANA_SET = _HIRA_SET | frozenset(chr(c) for c in range(ord("ァ"), ord("ヺ") + 1))
 # Two-kana words that do stand alone after a space: keep the space before them.
 _STANDALONE_HIRA = frozenset(

@@ -76,6 +76,7 @@ class SurfaceTerm:
     term: str
     strict_end: bool  # must end on a token boundary (kana spellings added automatically)
     exact: bool = False  # must match in its own script (ママ is not まま)
+    loose: bool = False  # may end inside any word (katakana words written in hiragana)
     reading: bool = False  # a kana spelling of a kanji word: one whole word that is not a verb (くすり)
 
 
@@ -252,10 +253,18 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 word = katakana_to_hiragana(term)
                 # A hiragana-only word must match whole words (しね is not in 推しねこ); a word
                 # with kanji or katakana may end inside a verb stem (首しめ|られ, リス|カし).
-                all_kana = all("\u3041" <= c <= "\u309f" for c in word)
+                all_kana = all("\u3041" <= c <= "\u309f" for c in term)
                 # Short katakana words must keep their script: ママ is not そのまま.
-                exact = len(term) <= 2 and all("\u30a1" <= c <= "\u30fc" for c in term)
-                _trie_add(trie, word, SurfaceTerm(name, term, strict_end=all_kana or exact, exact=exact))
+                katakana = all("\u30a1" <= c <= "\u30fc" for c in term)
+                exact = len(term) <= 2 and katakana
+                # A katakana word of three or more letters written in hiragana (ほーむ) is
+                # split oddly by the dictionary (ほー|むに): let it end inside a word.
+                loose = katakana and len(term) >= 3
+                _trie_add(
+                    trie,
+                    word,
+                    SurfaceTerm(name, term, strict_end=all_kana or exact, exact=exact, loose=loose),
+                )
                 if any("\u30a1" <= c <= "\u30fa" for c in term):
                     known_katakana.add(term)
                 el = Element(frozenset({term}))

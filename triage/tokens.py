@@ -69,6 +69,16 @@ class Tokenizer:
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
 
+    def word_across(self, left: str, right: str) -> bool:
+        """Whether the dictionary reads one word across the join of ``left`` and ``right``."""
+        pos = 0
+        for node in self._tagger(left + right):
+            end = pos + len(node.white_space) + len(node.surface)
+            if pos + len(node.white_space) < len(left) < end:
+                return True
+            pos = end
+        return False
+
     def reading(self, word: str) -> str:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
         return katakana_to_hiragana("".join(n.feature.kana or n.surface for n in self._tagger(word)))
@@ -148,12 +158,13 @@ class Tokenizer:
         )
 
     def _needs_kana_reading(self, norm: Normalized, tokens: list[Token]) -> bool:
-        if norm.half_width_kana:
-            return True
         # Quick look first: a broken run has an unknown or one-letter katakana word in it.
-        if not any(t.katakana and (t.unknown or len(t.surface) == 1 or t.pos2 == "数詞") for t in tokens):
+        short = 2 if norm.half_width_kana else 1
+        if not any(t.katakana and (t.unknown or len(t.surface) <= short or t.pos2 == "数詞") for t in tokens):
             return False
-        return any(self._broken_run(tokens, i, j) for i, j in self._katakana_runs(tokens))
+        return any(
+            self._broken_run(tokens, i, j, norm.half_width_kana) for i, j in self._katakana_runs(tokens)
+        )
 
     def _katakana_runs(self, tokens: list[Token]) -> Iterator[tuple[int, int]]:
         """Runs of adjacent katakana tokens, as [i, j) index pairs."""
@@ -168,20 +179,23 @@ class Tokenizer:
             yield i, j
             i = j
 
-    def _broken_run(self, tokens: list[Token], i: int, j: int) -> bool:
+    def _broken_run(self, tokens: list[Token], i: int, j: int, half_width: bool) -> bool:
         """Katakana that the dictionary could not read as katakana words (シ/ニ/タイ, unknown)."""
         run = tokens[i:j]
         text = "".join(t.surface for t in run)
-        if any(word in text for word in self.known_katakana):
+        if text in self.known_katakana:  # リ|スカ is リスカ, slang, not kana for kanji
             return False
         if any(t.unknown for t in run):
             return True
-        return j - i >= 2 and any(len(t.surface) == 1 or t.pos2 == "数詞" for t in run)
+        # Writers of half-width katakana spell whole sentences in it (ｱﾂﾒﾀ -> アツ/メタ):
+        # there, two short pieces are enough to read the run as kana.
+        short = 2 if half_width else 1
+        return j - i >= 2 and any(len(t.surface) <= short or t.pos2 == "数詞" for t in run)
 
     def _hiraganize_broken_runs(self, norm: Normalized, tokens: list[Token]) -> str:
         chars = list(norm.text)
         for i, j in self._katakana_runs(tokens):
-            if norm.half_width_kana or self._broken_run(tokens, i, j):
+            if self._broken_run(tokens, i, j, norm.half_width_kana):
                 for k in range(tokens[i].start, tokens[j - 1].end):
                     chars[k] = katakana_to_hiragana(chars[k])
         return "".join(chars)
