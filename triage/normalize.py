@@ -35,7 +35,7 @@ for _row, _vowel in (
 
 
 def _drop_vowel_tail(m: re.Match[str]) -> str:
-    k, v = m.group("k"), m.group("v")
+    k, v = str(m.group("k")), str(m.group("v"))
     if _VOWEL_OF.get(k) != v or k == v:
         return m.group()
     # 死ぬううう -> 死ぬ, やだああ -> やだ; but 大きいいい -> 大きい (adjectives end in い)
