@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import KeysView, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +40,24 @@ _SPEECH_VERBS = frozenset(
 _TRIE_END = "\0"
 
 
-@dataclass(slots=True)
 class Hit:
-    concept: str
-    term: str
-    first: int  # first token index
-    last: int  # last token index (inclusive)
-    start: int  # span in the normalised text
-    end: int
-    sentence: int
-    flags: set[str] = field(default_factory=set)
-    suppressed: bool = False  # inside an idiom, or a longer hit of the same group
+    """A lexicon concept found in a message (a plain class: mypyc compiles its constructor)."""
+
+    def __init__(
+        self, concept: str, term: str, first: int, last: int, start: int, end: int, sentence: int
+    ) -> None:
+        self.concept = concept
+        self.term = term
+        self.first = first  # first token index
+        self.last = last  # last token index (inclusive)
+        self.start = start  # span in the normalised text
+        self.end = end
+        self.sentence = sentence
+        self.flags: set[str] = set()
+        self.suppressed = False  # inside an idiom, or a longer hit of the same group
+
+    def __repr__(self) -> str:
+        return f"Hit({self.concept!r}, {self.term!r}, {self.first}-{self.last}, {sorted(self.flags)})"
 
 
 @dataclass
@@ -84,6 +91,7 @@ class Engine:
         self.tokenizer = Tokenizer()
         self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
         self.tokenizer.known_katakana = self.rules.known_katakana
+        self.tokenizer.index = self.rules.seq_index
         self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
         ctx = self.rules.context
         self._ctx = ctx
@@ -240,7 +248,6 @@ class Engine:
         tokens = doc.tokens
         hits: list[Hit] = []
         seen: set[tuple[str, int, int]] = set()
-        index = self.rules.seq_index
 
         def add(concept: str, term: str, first: int, last: int) -> None:
             key = (concept, first, last)
@@ -253,11 +260,10 @@ class Engine:
 
         any_first = self._any_first
         for i, tok in enumerate(tokens):
-            for key in tok.keys:
-                for pat in index.get(key, ()):
-                    span = self._match_seq(pat, tokens, i)
-                    if span is not None:
-                        add(pat.concept, pat.term, *span)
+            for pat in tok.patterns:  # looked up once per word by the tokenizer
+                span = self._match_seq(pat, tokens, i)
+                if span is not None:
+                    add(pat.concept, pat.term, *span)
             for form, pats in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
                 if tok.cform.startswith(form):
                     for pat in pats:
@@ -268,7 +274,7 @@ class Engine:
         hira = katakana_to_hiragana(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
         ends = {t.end: i for i, t in enumerate(tokens) if not t.synthetic}
-        token_at = _token_at(tokens, len(hira))
+        token_starts = [t.start for t in tokens]
         trie = self.rules.trie
         for pos, first in starts.items():
             node: dict[str, Any] | None = trie
@@ -282,7 +288,8 @@ class Engine:
                 if not terms:
                     continue
                 inside = j not in ends
-                last = token_at[j - 1] if inside else ends[j]
+                # the token holding the last matched character
+                last = bisect.bisect_right(token_starts, j - 1) - 1 if inside else ends[j]
                 # Ending inside a token is fine for a verb or adjective stem (首しめ|られ).
                 stem = not inside or tokens[last].pos1 in ("動詞", "形容詞")
                 for term in terms:
@@ -573,21 +580,6 @@ def _may_fire(rule: Rule, present: KeysView[str]) -> bool:
         if group.isdisjoint(present):
             return False
     return True
-
-
-def _token_at(tokens: list[Token], length: int) -> list[int]:
-    """For each character of the normalised text, the index of the token covering it."""
-    at = [0] * (length + 1)
-    for i, t in enumerate(tokens):
-        if t.synthetic:
-            continue
-        for k in range(t.start, t.end):
-            at[k] = i
-    # characters between tokens (spaces) belong to the token before
-    for k in range(1, length + 1):
-        if at[k] == 0 and k > 0:
-            at[k] = max(at[k], at[k - 1])
-    return at
 
 
 def _ordered(categories: set[Category]) -> tuple[Category, ...]:

@@ -234,7 +234,6 @@ class Normalizer:
                 self._sokuon_run,
                 self._sokuon_end,
                 _REPEATED_MARKS,
-                self._spaces,
             ]
         )
 
@@ -268,6 +267,7 @@ class Normalizer:
             t, origin = _rewrite(t, origin, self._sokuon_run, lambda m: m.group()[0])
             t, origin = _rewrite(t, origin, self._sokuon_end, lambda m: "")
             t, origin = _rewrite(t, origin, _REPEATED_MARKS, lambda m: m.group("p"))
+        if " " in t or "\t" in t or "\u3000" in t:
             t, origin = self._join_spaced_words(t, origin)
             t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
         emoji = self._place_marks(origin, marks)

@@ -9,31 +9,56 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import fugashi
 import unidic_lite
 
 from triage.normalize import KATAKANA, Normalized, katakana_to_hiragana
+from triage.ruleset import SeqPattern
 
 
-@dataclass(slots=True)
 class Token:
-    surface: str
-    lemma: str
-    orth: str
-    pos1: str
-    pos2: str
-    cform: str
-    start: int
-    end: int
-    space_before: bool
-    keys: tuple[str, ...]
-    unknown: bool = False  # not in the dictionary
-    katakana: bool = False  # written in katakana only
-    synthetic: bool = False  # an emoji or kaomoji turned into a word
-    origin: tuple[int, int] | None = None  # for synthetic tokens: the emoji's span in the original
+    """One word as the rules see it. A plain class, not a dataclass: mypyc compiles its
+    constructor, and one is built for every word of every message."""
+
+    def __init__(
+        self,
+        surface: str,
+        lemma: str,
+        orth: str,
+        pos1: str,
+        pos2: str,
+        cform: str,
+        start: int,
+        end: int,
+        space_before: bool,
+        keys: tuple[str, ...],
+        unknown: bool = False,
+        katakana: bool = False,
+        synthetic: bool = False,
+        origin: tuple[int, int] | None = None,
+        patterns: tuple[SeqPattern, ...] = (),
+    ) -> None:
+        self.surface = surface
+        self.lemma = lemma
+        self.orth = orth  # dictionary spelling
+        self.pos1 = pos1
+        self.pos2 = pos2
+        self.cform = cform  # conjugated form (連用形-一般)
+        self.start = start  # offsets in the normalised text
+        self.end = end
+        self.space_before = space_before
+        self.keys = keys  # what the lexicon matches: lemma, spelling, surface, hiragana
+        self.unknown = unknown  # not in the dictionary
+        self.katakana = katakana  # written in katakana only
+        self.synthetic = synthetic  # an emoji or kaomoji turned into a word
+        self.origin = origin  # for synthetic tokens: the emoji's span in the original
+        # the lexicon's sequence patterns indexed under this word's keys (looked up once per word)
+        self.patterns = patterns
+
+    def __repr__(self) -> str:
+        return f"Token({self.surface!r}, {self.lemma!r}, {self.start}-{self.end})"
 
 
 def _clean_lemma(lemma: str | None, surface: str) -> str:
@@ -55,8 +80,8 @@ def _keys(*values: str) -> tuple[str, ...]:
 _KATA_RUN = re.compile(f"[{KATAKANA}ー]+")
 _CACHE_MAX = 200_000
 # lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown,
-# katakana only
-_Morph = tuple[str, str, str, str, str, tuple[str, ...], bool, bool]
+# katakana only, the sequence patterns indexed under the keys
+_Morph = tuple[str, str, str, str, str, tuple[str, ...], bool, bool, tuple[SeqPattern, ...]]
 
 
 class Tokenizer:
@@ -68,6 +93,8 @@ class Tokenizer:
         self._unknown: dict[tuple[str, str], _Morph] = {}
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
+        # The lexicon's sequence patterns by key word; set by the engine before first use.
+        self.index: dict[str, list[SeqPattern]] = {}
 
     def word_across(self, left: str, right: str) -> bool:
         """Whether the dictionary reads one word across the join of ``left`` and ``right``."""
@@ -122,7 +149,7 @@ class Tokenizer:
                         self._unknown[(raw, surface)] = morph
                     else:
                         cache[raw] = morph
-            lemma, orth, pos1, pos2, cform, keys, unknown, kata = morph
+            lemma, orth, pos1, pos2, cform, keys, unknown, kata, patterns = morph
             out.append(
                 Token(
                     surface,
@@ -137,25 +164,37 @@ class Tokenizer:
                     keys,
                     unknown,
                     kata,
+                    False,
+                    None,
+                    patterns,
                 )
             )
             pos = start + len(surface)
         return out
 
-    @staticmethod
-    def _morph(surface: str, f: Any) -> _Morph:
+    def _morph(self, surface: str, f: Any) -> _Morph:
         lemma = _clean_lemma(f.lemma, surface)
         orth = f.orthBase if f.orthBase and f.orthBase != "*" else surface
+        keys = _keys(lemma, orth, surface, katakana_to_hiragana(surface))
         return (
             lemma,
             orth,
             f.pos1 or "",
             f.pos2 or "",
             f.cForm or "",
-            _keys(lemma, orth, surface, katakana_to_hiragana(surface)),
+            keys,
             not f.lemma or f.lemma == "*",
             _KATA_RUN.fullmatch(surface) is not None,
+            self.patterns_for(keys),
         )
+
+    def patterns_for(self, keys: tuple[str, ...]) -> tuple[SeqPattern, ...]:
+        out: list[SeqPattern] = []
+        for key in keys:
+            for pat in self.index.get(key, ()):
+                if pat not in out:
+                    out.append(pat)
+        return tuple(out)
 
     def _needs_kana_reading(self, norm: Normalized, tokens: list[Token]) -> bool:
         # Quick look first: a broken run has an unknown or one-letter katakana word in it.
@@ -200,34 +239,33 @@ class Tokenizer:
                     chars[k] = katakana_to_hiragana(chars[k])
         return "".join(chars)
 
-    @staticmethod
-    def _insert_marks(tokens: list[Token], norm: Normalized) -> list[Token]:
+    def _insert_marks(self, tokens: list[Token], norm: Normalized) -> list[Token]:
         out: list[Token] = []
         marks = iter(norm.emoji)
         mark = next(marks, None)
         for tok in tokens:
             while mark is not None and mark.start <= tok.start:
-                out.append(_mark_token(mark.word, mark.start, mark.origin))
+                out.append(self._mark_token(mark.word, mark.start, mark.origin))
                 mark = next(marks, None)
             out.append(tok)
         while mark is not None:
-            out.append(_mark_token(mark.word, mark.start, mark.origin))
+            out.append(self._mark_token(mark.word, mark.start, mark.origin))
             mark = next(marks, None)
         return out
 
-
-def _mark_token(word: str, pos: int, origin: tuple[int, int]) -> Token:
-    return Token(
-        surface="",
-        lemma=word,
-        orth=word,
-        pos1="記号",
-        pos2="絵文字",
-        cform="",
-        start=pos,
-        end=pos,
-        space_before=False,  # an emoji ends the sentence it stands in, it does not start one
-        keys=(word,),
-        synthetic=True,
-        origin=origin,
-    )
+    def _mark_token(self, word: str, pos: int, origin: tuple[int, int]) -> Token:
+        return Token(
+            surface="",
+            lemma=word,
+            orth=word,
+            pos1="記号",
+            pos2="絵文字",
+            cform="",
+            start=pos,
+            end=pos,
+            space_before=False,  # an emoji ends the sentence it stands in, it does not start one
+            keys=(word,),
+            synthetic=True,
+            origin=origin,
+            patterns=self.patterns_for((word,)),
+        )
