@@ -28,9 +28,25 @@ __all__ = [
 ]
 
 
+def _check_compiled() -> None:
+    """A compiled module older than its source would run stale code: refuse, and say why."""
+    import importlib
+    from pathlib import Path
+
+    for name in ("normalize", "tokens", "engine", "types", "ruleset"):
+        module = importlib.import_module(f"triage.{name}")
+        compiled = Path(module.__file__ or "")
+        source = Path(__file__).with_name(f"{name}.py")
+        if compiled.suffix != ".py" and source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            raise RuntimeError(
+                f"{compiled.name} is older than {source.name}: run `make compile` (or `make pure`)"
+            )
+
+
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
     """The process-wide engine, loaded from content/triage on first use."""
+    _check_compiled()
     return Engine()
 
 

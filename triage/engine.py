@@ -440,6 +440,7 @@ class Engine:
                 ("hypothetical", "hypothetical"),
                 ("joking", "joking"),
                 ("habitual", "habitual"),
+                ("sometimes", "sometimes"),
             ):
                 if marker in doc.by_concept and self._has_in_sentence(doc, marker, h.sentence):
                     h.flags.add(flag)
@@ -528,7 +529,13 @@ class Engine:
         if not anchors:
             return None
         if rule.window is None and rule.after is None:
-            return [anchors[0], *(found[0] for found in others), *extra]
+            used = [anchors[0]]
+            for found in others:
+                free = [h for h in found if not any(_same(h, u) for u in used)]
+                if not free:
+                    return None
+                used.append(free[0])
+            return used + extra
         # Sorted once, searched for each anchor: long texts with many hits stay linear-ish.
         by_sentence = [sorted(found, key=lambda h: h.sentence) for found in others]
         sentences = [[h.sentence for h in found] for found in by_sentence]
@@ -555,12 +562,17 @@ class Engine:
                     ]
                     if near:
                         hit = min(near, key=lambda h: abs(h.sentence - anchor.sentence))
-                if hit is None:
-                    break
+                if hit is None or any(_same(hit, u) for u in used):
+                    break  # each item needs a hit of its own
                 used.append(hit)
             else:
                 return used + extra
         return None
+
+
+def _same(a: Hit, b: Hit) -> bool:
+    """One hit cannot stand for two items, nor can the same words twice (さよなら, さよなら)."""
+    return a is b or (a.concept == b.concept and a.term == b.term)
 
 
 def _last(h: Hit) -> int:

@@ -29,6 +29,7 @@ FLAGS = (
     "joking",
     "quoted",
     "habitual",
+    "sometimes",
     "said_to_me",
 )
 
