@@ -29,18 +29,17 @@ __all__ = [
 
 
 def _check_compiled() -> None:
-    """A compiled module older than its source would run stale code: refuse, and say why."""
-    import importlib
+    """A compiled module older than its source would run stale code: refuse, and say why.
+
+    (A mypyc module's own ``__file__`` is not reliable, so the .so files are looked up
+    beside this package.)"""
     from pathlib import Path
 
-    for name in ("normalize", "tokens", "engine", "types", "ruleset"):
-        module = importlib.import_module(f"triage.{name}")
-        compiled = Path(module.__file__ or "")
-        source = Path(__file__).with_name(f"{name}.py")
-        if compiled.suffix != ".py" and source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
-            raise RuntimeError(
-                f"{compiled.name} is older than {source.name}: run `make compile` (or `make pure`)"
-            )
+    here = Path(__file__).resolve().parent
+    for compiled in here.glob("*.so"):
+        source = here / (compiled.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
+            raise RuntimeError(f"{compiled.name} is older than {source.name}: run `make compile` (or `make pure`)")
 
 
 @lru_cache(maxsize=1)
