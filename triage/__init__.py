@@ -39,7 +39,9 @@ def _check_compiled() -> None:
     for compiled in here.glob("*.so"):
         source = here / (compiled.name.split(".", 1)[0] + ".py")
         if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
-            raise RuntimeError(f"{compiled.name} is older than {source.name}: run `make compile` (or `make pure`)")
+            raise RuntimeError(
+                f"{compiled.name} is older than {source.name}: run `make compile` (or `make pure`)"
+            )
 
 
 @lru_cache(maxsize=1)
