@@ -218,10 +218,14 @@ class Engine:
         for i, tok in enumerate(tokens):
             gap = text[prev_end : tok.start] if tok.start > prev_end else ""
             dependent = tok.pos1 in ("助動詞", "助詞", "接尾辞") or tok.surface in ctx.sentence_ends
-            if ("\n" in gap or (tok.space_before and not dependent)) and sentence_of:
+            if "\n" in gap and sentence_of:
                 if sentence_of[-1] == sentence:  # not already broken (after 。 or an emoji)
                     sentence += 1
                     clause += 1
+            elif tok.space_before and not dependent and sentence_of:
+                # LINE writers break with spaces: a clause, within one sentence
+                # (いま　彼氏に　なぐられてる is one thought)
+                clause += 1
             if tok.surface and tok.surface[0] in ctx.open_quotes:
                 depth += 1
             sentence_of.append(sentence)
@@ -503,7 +507,9 @@ class Engine:
             return actors[before.concept]
         for h in candidates[i:]:
             if h.first > act.last:
-                if h.sentence == act.sentence:
+                # after the act only within its clause (殴られた、夫に), not whoever is named
+                # later in the sentence (上履き隠される　先生に言っても)
+                if doc.clause_of[h.first] == doc.clause_of[act.last]:
                     return actors[h.concept]
                 break
         if before is not None and act.sentence - self._ctx.actor_sentences_back <= before.sentence:
@@ -571,8 +577,11 @@ class Engine:
 
 
 def _same(a: Hit, b: Hit) -> bool:
-    """One hit cannot stand for two items, nor can the same words twice (さよなら, さよなら)."""
-    return a is b or (a.concept == b.concept and a.term == b.term)
+    """One hit cannot stand for two items, nor can the same words twice (さよなら, さよなら),
+    nor two readings of the same words (ごめん inside ごめんなさい)."""
+    if a is b:
+        return True
+    return a.concept == b.concept and (a.term == b.term or (a.first <= b.last and b.first <= a.last))
 
 
 def _last(h: Hit) -> int:
