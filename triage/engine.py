@@ -31,7 +31,6 @@ MAX_CHARS = 100_000
 _AUX_AFTER_TE = frozenset(
     {"居る", "いる", "おる", "仕舞う", "ちゃう", "有る", "置く", "貰う", "呉れる", "くれる"}
 )
-_NOT_READINGS = frozenset({"動詞", "助動詞", "助詞", "形容詞"})
 _QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
 # と quotes only before a verb of saying (死ねと言われた; not 見ていると)
 _SPEECH_VERBS = frozenset(
@@ -303,7 +302,11 @@ class Engine:
                         continue
                     if term.exact and doc.norm.text[pos:j] != term.term:
                         continue
-                    if term.reading and (first != last or tokens[first].pos1 in _NOT_READINGS):
+                    if term.reading and (
+                        first != last
+                        or tokens[first].pos1 != "名詞"
+                        or not _all_hiragana(hira, pos, j, doc.norm.text)
+                    ):
                         continue  # しよう is not 私用, カし is not 歌詞
                     add(term.concept, term.term, first, last)
         doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
@@ -415,7 +418,7 @@ class Engine:
             j = h.last + 1
             while j < len(tokens) and j <= h.last + ctx.negation_window and doc.clause_of[j] == clause:
                 tok = tokens[j]
-                if tok.pos2 == "準体助詞":  # 死にたいのは変わらない: the negation is of another verb
+                if tok.pos2 == "準体助詞" and j == h.last + 1:  # 死にたいのは変わらない: another verb's
                     break
                 if (
                     tok.lemma in ctx.negators
@@ -448,6 +451,10 @@ class Engine:
             ):
                 if marker in doc.by_concept and self._has_in_sentence(doc, marker, h.sentence):
                     h.flags.add(flag)
+            if "joking" in h.flags and self._has_in_sentence(doc, "serious", h.sentence):
+                h.flags.discard("joking")  # まじで…笑: a laugh does not make it a joke
+            if "past" in h.flags:
+                h.flags.discard("habitual")  # 去年はOD繰り返してた: a habit of the past
             if "past_habit" in doc.by_concept:
                 for p in doc.by_concept["past_habit"]:
                     if p.first > h.last and p.first - h.last <= 3 and p.sentence == h.sentence:
@@ -550,38 +557,62 @@ class Engine:
         for anchor in anchors:
             used = [anchor]
             for k in range(len(others)):
-                hit: Hit | None = None
-                if rule.after is not None:
-                    j = bisect.bisect_right(firsts[k], anchor.last)
-                    if j < len(firsts[k]) and firsts[k][j] <= anchor.last + rule.after + 1:
-                        hit = by_first[k][j]
-                        if rule.window is not None and abs(hit.sentence - anchor.sentence) > rule.window:
-                            hit = None
-                else:
-                    assert rule.window is not None
-                    j = bisect.bisect_left(sentences[k], anchor.sentence)
-                    near = [
-                        by_sentence[k][x]
-                        for x in (j - 1, j)
-                        if 0 <= x < len(sentences[k])
-                        and abs(sentences[k][x] - anchor.sentence) <= rule.window
-                    ]
-                    if near:
-                        hit = min(near, key=lambda h: abs(h.sentence - anchor.sentence))
-                if hit is None or any(_same(hit, u) for u in used):
-                    break  # each item needs a hit of its own
+                hit = self._nearest(
+                    rule, doc, anchor, used, by_first[k], firsts[k], by_sentence[k], sentences[k]
+                )
+                if hit is None:
+                    break
                 used.append(hit)
             else:
                 return used + extra
         return None
 
+    @staticmethod
+    def _nearest(
+        rule: Rule,
+        doc: _Doc,
+        anchor: Hit,
+        used: list[Hit],
+        by_first: list[Hit],
+        firsts: list[int],
+        by_sentence: list[Hit],
+        sentences: list[int],
+    ) -> Hit | None:
+        """The hit of one item nearest the anchor within the rule's reach, not used already."""
+        if rule.after is not None:
+            lo = bisect.bisect_right(firsts, anchor.last)
+            hi = bisect.bisect_right(firsts, anchor.last + rule.after + 1)
+            pool = by_first[lo:hi]
+        else:
+            assert rule.window is not None
+            lo = bisect.bisect_left(sentences, anchor.sentence - rule.window)
+            hi = bisect.bisect_right(sentences, anchor.sentence + rule.window)
+            pool = sorted(by_sentence[lo:hi], key=lambda h: abs(h.sentence - anchor.sentence))
+        clause = doc.clause_of[anchor.first]
+        for hit in pool:
+            if rule.window is not None and abs(hit.sentence - anchor.sentence) > rule.window:
+                continue
+            if rule.clauses is not None and abs(doc.clause_of[hit.first] - clause) > rule.clauses:
+                continue
+            if any(_same(hit, u) for u in used):
+                continue  # each item needs a hit of its own
+            return hit
+        return None
+
+
+def _all_hiragana(hira: str, start: int, end: int, text: str) -> bool:
+    """A kana spelling matches hiragana as written (また), not katakana folded into it (マタハラ)."""
+    return hira[start:end] == text[start:end]
+
 
 def _same(a: Hit, b: Hit) -> bool:
-    """One hit cannot stand for two items, nor can the same words twice (さよなら, さよなら),
-    nor two readings of the same words (ごめん inside ごめんなさい)."""
+    """Each item of a rule needs words of its own: one hit cannot stand for two items, nor
+    the same words twice (さよなら, さよなら), nor two readings of the same words (家の前で
+    待ってる is following or being at the door, not both)."""
     if a is b:
         return True
-    return a.concept == b.concept and (a.term == b.term or (a.first <= b.last and b.first <= a.last))
+    overlap = a.first <= b.last and b.first <= a.last
+    return overlap or (a.concept == b.concept and a.term == b.term)
 
 
 def _last(h: Hit) -> int:

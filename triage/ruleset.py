@@ -107,6 +107,7 @@ class Rule:
     unless: tuple[Condition, ...] = ()
     window: int | None = None  # sentences between the first condition and the others
     after: int | None = None  # the others start within this many tokens after the first
+    clauses: int | None = None  # and within this many clauses of the first
     with_: tuple[Condition, ...] = ()  # present anywhere in the message
     act_by: tuple[str, ...] = ()  # actor groups the first condition's hit must be done by
     removes: tuple[Category, ...] = ()
@@ -326,6 +327,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 unless=tuple(_parse_condition(c, where, concepts) for c in r.get("unless", [])),
                 window=r.get("window"),
                 after=r.get("after"),
+                clauses=r.get("clauses"),
                 with_=with_,
                 required=required,
                 act_by=by,
