@@ -262,8 +262,13 @@ class Engine:
             )
 
         any_first = self._any_first
+        present: set[str] = set()
+        for tok in tokens:
+            present.update(tok.keys)
         for i, tok in enumerate(tokens):
             for pat in tok.patterns:  # looked up once per word by the tokenizer
+                if not _words_present(pat, present):
+                    continue
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:
                     add(pat.concept, pat.term, *span)
@@ -598,6 +603,14 @@ class Engine:
                 continue  # each item needs a hit of its own
             return hit
         return None
+
+
+def _words_present(pat: SeqPattern, present: set[str]) -> bool:
+    """Every other required word of the pattern is somewhere in the message."""
+    for keys in pat.required:
+        if keys.isdisjoint(present):
+            return False
+    return True
 
 
 def _all_hiragana(hira: str, start: int, end: int, text: str) -> bool:

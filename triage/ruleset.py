@@ -54,6 +54,8 @@ class SeqPattern:
     term: str
     elements: tuple[Element, ...]
     anchor: int = 0  # the element the pattern is indexed by; those before it sit right before
+    # the words (alternatives) of every other required element: a quick look before matching
+    required: tuple[frozenset[str], ...] = ()
 
 
 # Words too common to index a pattern by (に+居る is found from 居る, then に is checked).
@@ -241,7 +243,10 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
             if any(c in term for c in "+#|?") and len(term) > 1:
                 elements = tuple(_parse_element(t, f"{where}: {term}") for t in term.split("+"))
                 anchor = _anchor(elements)
-                pat = SeqPattern(name, term, elements, anchor)
+                required = tuple(
+                    el.keys for k, el in enumerate(elements) if k != anchor and not el.optional and not el.any
+                )
+                pat = SeqPattern(name, term, elements, anchor, required)
                 first = elements[0]
                 if first.optional:
                     raise ContentError(f"{where}: {term}: the first token cannot be optional")
