@@ -67,14 +67,8 @@ def test_every_rule_fires_somewhere() -> None:
     """A rule that no case exercises is either dead or untested: both need a look."""
     engine = get_engine()
     texts: list[tuple[str, list[str]]] = []
-    for name in (
-        "trap_cases.jsonl",
-        "rule_cases.jsonl",
-        "holdout.jsonl",
-        "holdout2.jsonl",
-        "conversations.jsonl",
-    ):
-        for row in load_jsonl(DATA / name):
+    for path in sorted(DATA.glob("*.jsonl")):  # every table and held-out set
+        for row in load_jsonl(path):
             texts.append((row["text"], row.get("history", [])))
     dev = SHARED / "triage" / "dev.jsonl"
     if dev.exists():

@@ -440,6 +440,8 @@ class Engine:
                 j += 1
             if count % 2 == 1:
                 h.flags.add("negated")
+            if _is_completed(tokens, h.last):
+                h.flags.add("completed")  # 声が出なかった: over, not happening now
             if h.last + 1 < len(tokens) and _is_conditional(tokens[h.last + 1]):
                 h.flags.add("hypothetical")  # ホームに立つと (whenever), 落ちたら (if)
             if doc.quote_depth[h.first] > 0 or self._quoted_after(tokens, h.last):
@@ -630,6 +632,17 @@ def _same(a: Hit, b: Hit) -> bool:
 
 def _last(h: Hit) -> int:
     return h.last
+
+
+def _is_completed(tokens: list[Token], last: int) -> bool:
+    """A past tense right after (出なかった, 隠れた): the event is over."""
+    for j in range(last + 1, min(last + 3, len(tokens))):
+        tok = tokens[j]
+        if tok.lemma == "た" and tok.pos1 == "助動詞" and not tok.cform.startswith("仮定"):
+            return True
+        if tok.pos1 not in ("助動詞", "形容詞") or tok.lemma not in ("ない", "無い", "ます"):
+            return False
+    return False
 
 
 def _is_conditional(tok: Token) -> bool:

@@ -31,6 +31,7 @@ FLAGS = (
     "habitual",
     "sometimes",
     "said_to_me",
+    "completed",
 )
 
 
