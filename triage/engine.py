@@ -419,18 +419,24 @@ class Engine:
             # Negation in scope: negators after the hit, up to a conjunction or the clause end.
             # An even count cancels out (死にたくないわけじゃない).
             count = 0
+            only = False
             clause = doc.clause_of[h.last]
             j = h.last + 1
             while j < len(tokens) and j <= h.last + ctx.negation_window and doc.clause_of[j] == clause:
                 tok = tokens[j]
                 if tok.pos2 == "準体助詞" and j == h.last + 1:  # 死にたいのは変わらない: another verb's
                     break
-                if (
+                if tok.lemma == "しか":
+                    only = True  # 消えたいしか思わない: "nothing but", not a negation
+                elif (
                     tok.lemma in ctx.negators
                     and tok.pos1 in ("助動詞", "形容詞")
                     or tok.lemma in ctx.negator_words
                 ):
-                    count += 1
+                    if only:
+                        only = False
+                    else:
+                        count += 1
                 elif (
                     tok.pos1 in ("名詞", "動詞", "形容詞", "副詞")
                     and tok.pos2 != "非自立可能"
