@@ -27,15 +27,7 @@ from triage.ruleset import Condition, Rule, Ruleset, SeqPattern, load_ruleset
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
-MAX_CHARS = 100_000
-_AUX_AFTER_TE = frozenset(
-    {"居る", "いる", "おる", "仕舞う", "ちゃう", "有る", "置く", "貰う", "呉れる", "くれる"}
-)
-_QUOTE_PARTICLES = frozenset({"って", "とか", "ッテ", "っていう", "っつって"})
-# と quotes only before a verb of saying (死ねと言われた; not 見ていると)
-_SPEECH_VERBS = frozenset(
-    {"言う", "書く", "送る", "叫ぶ", "怒鳴る", "罵る", "脅す", "言い放つ", "つぶやく", "呟く"}
-)  # longer texts are cut here, and the result says so
+MAX_CHARS = 100_000  # longer texts are cut here, and the result says so
 _TRIE_END = "\0"
 
 
@@ -94,7 +86,6 @@ class Engine:
         self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
         ctx = self.rules.context
         self._ctx = ctx
-        self._idioms = {n for n, c in self.rules.concepts.items() if c.idiom}
         # Each rule is looked at only when a concept of its first item is in the message.
         self._rules_by_concept: dict[str, list[int]] = {}
         for index, rule in enumerate(self.rules.rules):
@@ -239,7 +230,7 @@ class Engine:
                 tok.lemma in ctx.scope_breakers
                 and tok.pos2 == "接続助詞"
                 # て before an auxiliary verb (されていない, してしまう) joins, it does not break
-                and not (i + 1 < len(tokens) and tokens[i + 1].lemma in _AUX_AFTER_TE)
+                and not (i + 1 < len(tokens) and tokens[i + 1].lemma in ctx.aux_after_te)
             ):
                 clause += 1
             prev_end = max(prev_end, tok.end)
@@ -393,20 +384,23 @@ class Engine:
                 return h
         return None
 
-    @staticmethod
-    def _quoted_after(tokens: list[Token], last: int) -> bool:
+    def _quoted_after(self, tokens: list[Token], last: int) -> bool:
         if last + 1 >= len(tokens):
             return False
         nxt = tokens[last + 1]
-        if nxt.surface in _QUOTE_PARTICLES:
+        if nxt.surface in self._ctx.quote_particles:
             return True
-        return nxt.surface == "と" and last + 2 < len(tokens) and tokens[last + 2].lemma in _SPEECH_VERBS
+        # と quotes only before a verb of saying (死ねと言われた; not 見ていると)
+        return (
+            nxt.surface == "と"
+            and last + 2 < len(tokens)
+            and tokens[last + 2].lemma in self._ctx.speech_verbs
+        )
 
-    @staticmethod
-    def _said_to_me(tokens: list[Token], last: int) -> bool:
+    def _said_to_me(self, tokens: list[Token], last: int) -> bool:
         """Words someone said or wrote to the writer: 『死ねば』って言われた, と書かれた."""
         for j in range(last + 1, min(last + 7, len(tokens) - 1)):
-            if tokens[j].lemma in _SPEECH_VERBS and tokens[j + 1].lemma in ("れる", "られる"):
+            if tokens[j].lemma in self._ctx.speech_verbs and tokens[j + 1].lemma in ("れる", "られる"):
                 return True
         return False
 

@@ -129,6 +129,9 @@ class ContextConfig:
     sentence_ends: frozenset[str]
     open_quotes: str
     close_quotes: str
+    quote_particles: frozenset[str] = frozenset()
+    speech_verbs: frozenset[str] = frozenset()
+    aux_after_te: frozenset[str] = frozenset()
     max_filler: int = 2
     negation_window: int = 6
     actor_sentences_back: int = 3
@@ -291,6 +294,9 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         sentence_ends=frozenset(ctx_doc.get("sentence_ends", [])),
         open_quotes=ctx_doc.get("open_quotes", "「『"),
         close_quotes=ctx_doc.get("close_quotes", "」』"),
+        quote_particles=frozenset(ctx_doc.get("quote_particles", [])),
+        speech_verbs=frozenset(ctx_doc.get("speech_verbs", [])),
+        aux_after_te=frozenset(ctx_doc.get("aux_after_te", [])),
         max_filler=int(ctx_doc.get("max_filler", 2)),
         negation_window=int(ctx_doc.get("negation_window", 6)),
         actor_sentences_back=int(ctx_doc.get("actor_sentences_back", 3)),
