@@ -442,7 +442,7 @@ class Engine:
                 h.flags.add("negated")
             if _is_completed(tokens, h.last):
                 h.flags.add("completed")  # 声が出なかった: over, not happening now
-            if h.last + 1 < len(tokens) and _is_conditional(tokens[h.last + 1]):
+            if _is_conditional(tokens, h.last + 1):
                 h.flags.add("hypothetical")  # ホームに立つと (whenever), 落ちたら (if)
             if doc.quote_depth[h.first] > 0 or self._quoted_after(tokens, h.last):
                 h.flags.add("quoted")
@@ -634,6 +634,9 @@ def _last(h: Hit) -> int:
     return h.last
 
 
+_THINKING = frozenset({"思う", "考える", "言う", "感じる", "思える", "悩む", "願う"})
+
+
 def _is_completed(tokens: list[Token], last: int) -> bool:
     """A past tense right after (出なかった, 隠れた): the event is over."""
     for j in range(last + 1, min(last + 3, len(tokens))):
@@ -645,10 +648,15 @@ def _is_completed(tokens: list[Token], last: int) -> bool:
     return False
 
 
-def _is_conditional(tok: Token) -> bool:
-    """と, ば and たら after a verb make it a condition, not an event."""
+def _is_conditional(tokens: list[Token], i: int) -> bool:
+    """と, ば and たら after a verb make it a condition, not an event (ホームに立つと) -- but
+    と before a verb of thinking quotes a thought (意味がないと考える)."""
+    if i >= len(tokens):
+        return False
+    tok = tokens[i]
     if tok.pos2 == "接続助詞" and tok.lemma in ("と", "ば"):
-        return True
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        return not (tok.lemma == "と" and nxt is not None and nxt.lemma in _THINKING)
     return tok.lemma == "た" and tok.cform.startswith("仮定")
 
 
