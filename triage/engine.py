@@ -86,6 +86,12 @@ class Engine:
         self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
         ctx = self.rules.context
         self._ctx = ctx
+        # Concepts whose context matters: those with inactive_when flags, and those a rule
+        # asks about in a given state (ideation:past). Only their hits get context flags.
+        self._flagged: set[str] = {n for n, c in self.rules.concepts.items() if c.flags}
+        for rule in self.rules.rules:
+            for cond in (*rule.when, *rule.unless, *rule.with_):
+                self._flagged.update(n for n, state in cond.options if state not in ("active", "any"))
         # Each rule is looked at only when a concept of its first item is in the message.
         self._rules_by_concept: dict[str, list[int]] = {}
         for index, rule in enumerate(self.rules.rules):
@@ -378,12 +384,6 @@ class Engine:
 
     # ------------------------------------------------------------------ context flags
 
-    def _has_in_sentence(self, doc: _Doc, concept: str, sentence: int) -> Hit | None:
-        for h in doc.by_concept.get(concept, ()):
-            if h.sentence == sentence and not h.suppressed:
-                return h
-        return None
-
     def _quoted_after(self, tokens: list[Token], last: int) -> bool:
         if last + 1 >= len(tokens):
             return False
@@ -407,9 +407,16 @@ class Engine:
     def _set_flags(self, doc: _Doc) -> None:
         tokens = doc.tokens
         ctx = self._ctx
+        flagged = self._flagged
+        # Sentences holding each context marker (past_time, fiction, ...), found once.
+        marked: dict[str, set[int]] = {}
+        for marker in _MARKERS:
+            hits = doc.by_concept.get(marker)
+            if hits:
+                marked[marker] = {m.sentence for m in hits if not m.suppressed}
         for h in doc.hits:
-            if h.suppressed:
-                continue
+            if h.suppressed or h.concept not in flagged:
+                continue  # settings, people: no rule asks about their context
             # Negation in scope: negators after the hit, up to a conjunction or the clause end.
             # An even count cancels out (死にたくないわけじゃない).
             count = 0
@@ -448,17 +455,10 @@ class Engine:
                 h.flags.add("quoted")
                 if self._said_to_me(tokens, h.last):
                     h.flags.add("said_to_me")
-            for flag, marker in (
-                ("past", "past_time"),
-                ("fiction", "fiction"),
-                ("hypothetical", "hypothetical"),
-                ("joking", "joking"),
-                ("habitual", "habitual"),
-                ("sometimes", "sometimes"),
-            ):
-                if marker in doc.by_concept and self._has_in_sentence(doc, marker, h.sentence):
+            for flag, marker in _FLAG_MARKERS:
+                if h.sentence in marked.get(marker, ()):
                     h.flags.add(flag)
-            if "joking" in h.flags and self._has_in_sentence(doc, "serious", h.sentence):
+            if "joking" in h.flags and h.sentence in marked.get("serious", ()):
                 h.flags.discard("joking")  # まじで…笑: a laugh does not make it a joke
             if "past" in h.flags:
                 h.flags.discard("habitual")  # 去年はOD繰り返してた: a habit of the past
@@ -634,6 +634,16 @@ def _last(h: Hit) -> int:
     return h.last
 
 
+# Context markers: a concept of the lexicon whose presence in a sentence sets a flag.
+_FLAG_MARKERS = (
+    ("past", "past_time"),
+    ("fiction", "fiction"),
+    ("hypothetical", "hypothetical"),
+    ("joking", "joking"),
+    ("habitual", "habitual"),
+    ("sometimes", "sometimes"),
+)
+_MARKERS = tuple(m for _, m in _FLAG_MARKERS) + ("serious",)
 _THINKING = frozenset({"思う", "考える", "言う", "感じる", "思える", "悩む", "願う"})
 
 
