@@ -280,7 +280,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                     known_katakana.add(term)
                 el = Element(frozenset({term}))
                 seq_index.setdefault(term, []).append(SeqPattern(name, term, (el,)))
-                if reading is not None and any("\u4e00" <= c <= "\u9fff" for c in term):
+                # (not for one kanji alone: 痕 would read as あと, "after")
+                if reading is not None and len(term) > 1 and any("\u4e00" <= c <= "\u9fff" for c in term):
                     kana = reading(term)
                     if kana and kana != word and len(kana) >= 2:
                         _trie_add(trie, kana, SurfaceTerm(name, term, strict_end=True, reading=True))
