@@ -189,6 +189,8 @@ class NormalizerConfig:
     emoji: dict[str, str]
     kaomoji: list[tuple[re.Pattern[str], str]]
     drop_emoji: re.Pattern[str]
+    kaomoji_chars: str = "()（）;TＴ"  # every kaomoji pattern needs one of these
+    substitution_chars: str = ""  # every substitution needs one of these (empty: no quick look)
 
 
 class Normalizer:
@@ -223,6 +225,21 @@ class Normalizer:
             pre.append(self._emoji)
         self._gate_pre = _gate(pre)
         self._gate_subs = _gate([p for p, _ in config.substitutions])
+        # Cheap first looks (one character class each) before the exact gates above.
+        kaomoji = re.escape(config.kaomoji_chars)
+        emoji_chars = "".join(re.escape(k[0]) for k in config.emoji)
+        self._quick_pre = re.compile(
+            f"{_CONTROLS.pattern}|{_ZERO_WIDTH.pattern}|{config.drop_emoji.pattern}|[{kaomoji}{emoji_chars}]"
+        )
+        self._quick_subs = (
+            re.compile(f"[{re.escape(config.substitution_chars)}]") if config.substitution_chars else None
+        )
+        # A superset of what the elongation and masking passes act on, as cheap to find as possible.
+        mask = re.escape(config.mask_chars)
+        self._quick_post = re.compile(
+            f"[〜~ぁぃぅぇぉ{mask}]|ーー|(?<=[ぁ-ゖ])ー|[っッ]{{2}}|[っッ](?=[\\s。、!?.,…]|$)"
+            "|(.)\\1\\1|([あいうえお])\\2|([。、！？!?…])\\3"
+        )
         self._gate_post = _gate(
             [
                 self._mask,
@@ -243,7 +260,7 @@ class Normalizer:
         marks: list[tuple[int, int, str]] = []  # (original start, original end, word)
         # Most messages need few passes: one search over a combined pattern decides whether
         # a whole group of passes can be skipped.
-        if self._gate_pre.search(t):
+        if self._quick_pre.search(t) and self._gate_pre.search(t):
             t, origin = _rewrite(t, origin, _CONTROLS, lambda m: "")
             t, origin = _rewrite(t, origin, _ZERO_WIDTH, lambda m: "")
             # Kaomoji and emoji first: NFKC would break some of them apart.
@@ -254,10 +271,10 @@ class Normalizer:
             t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
         if not unicodedata.is_normalized("NFKC", t):
             t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
-        if self._gate_subs.search(t):
+        if (self._quick_subs is None or self._quick_subs.search(t)) and self._gate_subs.search(t):
             for pattern, repl in self.config.substitutions:
                 t, origin = _rewrite(t, origin, pattern, _expander(repl))
-        if self._gate_post.search(t):
+        if self._quick_post.search(t) and self._gate_post.search(t):
             t, origin = _rewrite(t, origin, self._mask, lambda m: "")
             t, origin = _rewrite(t, origin, _VOWEL_TAIL, _drop_vowel_tail)
             t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))

@@ -217,6 +217,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         emoji={str(k): str(v) for k, v in (norm_doc.get("emoji") or {}).items()},
         kaomoji=[(re.compile(k["pattern"]), k["word"]) for k in norm_doc.get("kaomoji", [])],
         drop_emoji=re.compile(norm_doc.get("drop_emoji", r"[\U0001F000-\U0001FAFF\u2600-\u27BF]+")),
+        kaomoji_chars=str(norm_doc.get("kaomoji_chars", "()（）;TＴ")),
+        substitution_chars=str(norm_doc.get("substitution_chars", "")),
     )
 
     ctx_doc = lex_doc.get("context", {})
