@@ -126,7 +126,9 @@ class Engine:
         peak = max(earlier, key=lambda r: r.risk.rank)
         if peak.risk.rank > risk.rank:
             risk = peak.risk
-            context.append(Reason("context.floor", peak.risk.value, (0, 0)))
+            # Why the floor: the reasons of the earlier message that set it (spans are in
+            # that message, not this one).
+            context.extend(Reason(f"history.{r.rule}", r.matched, r.span) for r in peak.reasons[:5])
         for r in earlier:
             categories.update(r.categories)
         # An ambiguous message after a serious one means more than it would alone.
