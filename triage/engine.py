@@ -278,7 +278,7 @@ class Engine:
                         if span is not None:
                             add(pat.concept, pat.term, *span)
         # Written forms, from every token start, on the hiragana-folded text.
-        hira = katakana_to_hiragana(doc.norm.text)
+        hira = katakana_to_hiragana(doc.norm.text).translate(_ASCII_LOWER)  # HELP finds help
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
         ends = {t.end: i for i, t in enumerate(tokens) if not t.synthetic}
         token_starts = [t.start for t in tokens]
@@ -607,6 +607,9 @@ class Engine:
                 continue  # each item needs a hit of its own
             return hit
         return None
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
 def _words_present(pat: SeqPattern, present: set[str]) -> bool:

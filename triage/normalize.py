@@ -334,8 +334,16 @@ class Normalizer:
             return m.group()
 
         if self._word_spaced(t):
-            return _rewrite(t, origin, self._space, lambda m: "")
+            # every space joins, but for one between two katakana words (ｸｽﾘ ｾﾞﾝﾌﾞ ﾉﾝﾀﾞ)
+            return _rewrite(t, origin, self._space, self._join_unless_katakana(t))
         return _rewrite(t, origin, self._space, repl)
+
+    def _join_unless_katakana(self, t: str) -> Replacer:
+        def repl(m: re.Match[str]) -> str:
+            apart = _kata_tail(t[: m.start()]) >= 2 and _kata_head(t[m.end() :]) >= 2
+            return m.group() if apart else ""
+
+        return repl
 
     def _word_spaced(self, t: str) -> bool:
         """Writing with a space after nearly every word (マンション の 8かい の ひじょうかいだん):

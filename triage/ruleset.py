@@ -158,6 +158,7 @@ class Ruleset:
 
 
 _TRIE_END = "\0"
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
 def _load_yaml(path: Path) -> Any:
@@ -263,7 +264,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
             else:
                 # A plain word: matched as written (hiragana-folded) from a token boundary,
                 # and as a single token by lemma, so that conjugated forms match too.
-                word = katakana_to_hiragana(term)
+                word = katakana_to_hiragana(term).translate(_ASCII_LOWER)  # the text is read lowercased
                 # A hiragana-only word must match whole words (しね is not in 推しねこ); a word
                 # with kanji or katakana may end inside a verb stem (首しめ|られ, リス|カし).
                 all_kana = all("\u3041" <= c <= "\u309f" for c in term)
