@@ -110,7 +110,7 @@ HELD_OUT_FLOORS = {
     "holdout4.jsonl": {"crisis_recall": 0.9, "under_triage_rate": 0.15, "category_micro_f1": 0.85},
     "holdout5.jsonl": {"crisis_recall": 0.9, "under_triage_rate": 0.1, "category_micro_f1": 0.87},
     "holdout6.jsonl": {"crisis_recall": 0.9, "under_triage_rate": 0.1, "category_micro_f1": 0.82},
-    "holdout7.jsonl": {"crisis_recall": 0.9, "under_triage_rate": 0.15, "category_micro_f1": 0.83},
+    "holdout7.jsonl": {"crisis_recall": 0.9, "under_triage_rate": 0.1, "category_micro_f1": 0.87},
 }
 
 
