@@ -649,7 +649,7 @@ _FLAG_MARKERS = (
     ("sometimes", "sometimes"),
 )
 _MARKERS = tuple(m for _, m in _FLAG_MARKERS) + ("serious",)
-_THINKING = frozenset({"思う", "考える", "言う", "感じる", "思える", "悩む", "願う"})
+_THINKING = frozenset({"思う", "考える", "言う", "話す", "感じる", "思える", "悩む", "願う"})
 
 
 def _is_completed(tokens: list[Token], last: int) -> bool:
