@@ -431,6 +431,8 @@ class Engine:
                     break
                 if tok.lemma == "しか":
                     only = True  # 消えたいしか思わない: "nothing but", not a negation
+                elif tok.surface == "ない" and j + 1 < len(tokens) and tokens[j + 1].lemma in ("てる", "て"):
+                    pass  # ないてる is 泣いてる written in kana, not a negation
                 elif (
                     tok.lemma in ctx.negators
                     and tok.pos1 in ("助動詞", "形容詞")
