@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triage.normalize import Normalized, Normalizer, katakana_to_hiragana, sanitize
+from triage.normalize import Normalized, Normalizer, fold, sanitize
 from triage.paths import CONTENT_DIR
-from triage.ruleset import Condition, Rule, Ruleset, SeqPattern, load_ruleset
+from triage.ruleset import TRIE_END, Condition, Rule, Ruleset, SeqPattern, load_ruleset
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
 MAX_CHARS = 100_000  # longer texts are cut here, and the result says so
-_TRIE_END = "\0"
 
 
 class Hit:
@@ -65,15 +64,12 @@ class _Doc:
     actors_quoted: list[Hit] | None = None
 
     def original_span(self, hit: Hit) -> tuple[int, int]:
+        start, end = self.norm.original_span(hit.start, hit.end)
         first, last = self.tokens[hit.first], self.tokens[hit.last]
-        if first.origin is not None and first.synthetic:
+        if first.synthetic and first.origin is not None:  # an emoji: its own span
             start = first.origin[0]
-        else:
-            start = self.norm.original_span(hit.start, hit.end)[0]
-        if last.origin is not None and last.synthetic:
+        if last.synthetic and last.origin is not None:
             end = last.origin[1]
-        else:
-            end = self.norm.original_span(hit.start, hit.end)[1]
         return start, max(start, end)
 
 
@@ -278,7 +274,7 @@ class Engine:
                         if span is not None:
                             add(pat.concept, pat.term, *span)
         # Written forms, from every token start, on the hiragana-folded text.
-        hira = katakana_to_hiragana(doc.norm.text).translate(_ASCII_LOWER)  # HELP finds help
+        hira = fold(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
         ends = {t.end: i for i, t in enumerate(tokens) if not t.synthetic}
         token_starts = [t.start for t in tokens]
@@ -291,7 +287,7 @@ class Engine:
                 if node is None:
                     break
                 j += 1
-                terms = node.get(_TRIE_END)
+                terms = node.get(TRIE_END)
                 if not terms:
                     continue
                 inside = j not in ends
@@ -609,9 +605,6 @@ class Engine:
                 continue  # each item needs a hit of its own
             return hit
         return None
-
-
-_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
 def _words_present(pat: SeqPattern, present: set[str]) -> bool:

@@ -60,6 +60,15 @@ def katakana_to_hiragana(text: str) -> str:
     return text.translate(_KATA_TO_HIRA)
 
 
+_FOLD = {**_KATA_TO_HIRA, **{c: c + 32 for c in range(ord("A"), ord("Z") + 1)}}
+
+
+def fold(text: str) -> str:
+    """The form written words are matched in: katakana as hiragana, ASCII in lower case
+    (リスカ finds りすか, HELP finds help). One character for one, so offsets hold."""
+    return text.translate(_FOLD)
+
+
 def _nfkc_class() -> re.Pattern[str]:
     """A character class of every code point that NFKC changes, built once at load."""
     ranges: list[tuple[int, int]] = []

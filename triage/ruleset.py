@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from triage.normalize import NormalizerConfig, katakana_to_hiragana
+from triage.normalize import NormalizerConfig, fold
 from triage.paths import CONTENT_DIR
 from triage.types import RISK_ORDER, Category, Risk
 
@@ -157,8 +157,7 @@ class Ruleset:
     known_katakana: frozenset[str]  # katakana words of the lexicon (リスカ): never re-read as kana
 
 
-_TRIE_END = "\0"
-_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
 
 
 def _load_yaml(path: Path) -> Any:
@@ -203,7 +202,7 @@ def _trie_add(trie: dict[str, Any], word: str, term: SurfaceTerm) -> None:
     node = trie
     for ch in word:
         node = node.setdefault(ch, {})
-    node.setdefault(_TRIE_END, []).append(term)
+    node.setdefault(TRIE_END, []).append(term)
 
 
 def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Ruleset:
@@ -264,7 +263,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
             else:
                 # A plain word: matched as written (hiragana-folded) from a token boundary,
                 # and as a single token by lemma, so that conjugated forms match too.
-                word = katakana_to_hiragana(term).translate(_ASCII_LOWER)  # the text is read lowercased
+                word = fold(term)  # the text is read folded the same way
                 # A hiragana-only word must match whole words (しね is not in 推しねこ); a word
                 # with kanji or katakana may end inside a verb stem (首しめ|られ, リス|カし).
                 all_kana = all("\u3041" <= c <= "\u309f" for c in term)
