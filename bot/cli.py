@@ -77,11 +77,19 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
+    from bot.config import Settings
     from bot.web import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(Settings())
+    # Access logs are off: a URL can carry a token; the application logs ids and states only.
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="info", access_log=False, ws_max_size=256 * 1024
+    )
     return 0
 
 

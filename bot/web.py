@@ -1,5 +1,4 @@
-"""The web application. For now: health, with the triage engine loaded at start; channels,
-web chat and the console arrive with later issues."""
+"""The web application: health, metrics and every channel's routes, around one ``Service``."""
 
 from __future__ import annotations
 
@@ -7,23 +6,43 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
-from triage import get_engine
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    get_engine()  # load the lexicon once, before the first message
-    yield
+from bot.config import Settings
+from bot.service import Service
 
 
-def create_app() -> FastAPI:
-    app = FastAPI(title="tsunagi", docs_url=None, redoc_url=None, lifespan=lifespan)
+def create_app(settings: Settings | None = None, *, service: Service | None = None) -> FastAPI:
+    svc = service or Service(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(title="tsunagi", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.service = svc
 
     @app.get("/healthz")
-    def healthz() -> JSONResponse:
-        engine = get_engine()
-        return JSONResponse({"status": "ok", "triage": {"rules": len(engine.rules.rules)}})
+    async def healthz() -> JSONResponse:
+        state = await svc.health()
+        body = {
+            "status": "ok" if all(state.values()) else "unavailable",
+            "database": "ok" if state["database"] else "down",
+            "queue": "ok" if state["queue"] else "down",
+            "triage": {"rules": len(svc.engine.triage.rules.rules)},
+        }
+        return JSONResponse(body, status_code=200 if all(state.values()) else 503)
 
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(await svc.metrics(), media_type="text/plain; version=0.0.4")
+
+    for channel in svc.channels.values():
+        router = channel.router()
+        if router is not None:
+            app.include_router(router)
     return app

@@ -1,0 +1,91 @@
+"""Configuration: the environment (or a ``.env`` file), as ../shared/CONTRACT.md lists it.
+
+Secrets that are not given are generated once and kept under ``var/`` (mode 0600), so that a
+fresh ``make run`` works and a restart keeps the same keys."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TSUNAGI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    redis_url: str = ""
+    secret_key: str = ""
+    # One or more Fernet keys separated by commas: the first encrypts, all decrypt (rotation).
+    data_key: str = ""
+
+    line_channel_secret: str = ""
+    line_channel_access_token: str = ""
+    line_api_base: str = "https://api.line.me"
+    telegram_bot_token: str = ""
+    telegram_secret_token: str = ""
+    telegram_api_base: str = "https://api.telegram.org"
+
+    smtp_listen: str = "127.0.0.1:2525"
+    mail_address: str = "soudan@localhost"
+    smtp_relay: str = ""
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+
+    hours: str = "mon-sun 00:00-24:00"
+    timezone: str = "Asia/Tokyo"
+    retention_days: int = Field(default=90, ge=1)
+    # Minutes a waiting conversation needs to move up one risk level in the queue (see handoff/).
+    aging_minutes: int = Field(default=20, ge=1)
+    # Estimated minutes of waiting per place in the queue, for the number the user is told.
+    minutes_per_place: int = Field(default=10, ge=1)
+    # Where the web chat's quick-exit button goes: a neutral page that replaces the chat.
+    quick_exit_url: str = "https://www.yahoo.co.jp/"
+    # Largest message accepted from any channel (characters); longer text is cut and the cut noted.
+    max_message_chars: int = Field(default=5000, ge=100)
+    # Fault injection for the crash test only: "kill-before-send" kills the process (SIGKILL) when the
+    # outbox is about to send. Never set it in production.
+    fault: str = ""
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'tsunagi.db').resolve()}"
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        return self.secret_key or _kept_secret(self.var_dir / "secret.key", lambda: secrets.token_urlsafe(48))
+
+    @cached_property
+    def data_keys(self) -> list[bytes]:
+        raw = self.data_key or _kept_secret(
+            self.var_dir / "data.key", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode()
+        )
+        return [k.strip().encode() for k in raw.split(",") if k.strip()]
+
+
+def _kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """Read a generated secret, or generate it once (created exclusively, readable by the owner only)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value

@@ -1,0 +1,338 @@
+"""What the bot says and knows, loaded from ``content/`` and checked at load.
+
+- ``messages.yaml``: every user-facing text (Japanese), with its quick-reply choices;
+- ``intake.yaml``: the words the bot understands (keywords, answers, age bands, prefectures);
+- ``referrals.yaml``: the referral directory.
+
+A broken file stops the start with the file and entry named (``ContentError``), never a half-loaded bot.
+"""
+
+from __future__ import annotations
+
+import string
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.hours import Hours, HoursError
+from triage import Category
+from triage.normalize import fold
+from triage.paths import CONTENT_DIR
+from triage.ruleset import ContentError
+
+# The texts the code asks for, with the placeholders each may use.
+MESSAGE_KEYS: dict[str, set[str]] = {
+    "welcome": {"hours"},
+    "consent_needed": set(),
+    "declined": {"lines"},
+    "listening": set(),
+    "listening_after_consent_with_story": set(),
+    "intake_intro": set(),
+    "intake_age": set(),
+    "intake_prefecture": set(),
+    "intake_safe": set(),
+    "unsafe": set(),
+    "offer": {"referrals"},
+    "offer_again": set(),
+    "waiting": {"position", "wait"},
+    "waiting_update": {"position", "wait"},
+    "waiting_safety": {"lines"},
+    "back_later": {"back"},
+    "out_of_hours": {"back_later", "lines"},
+    "crisis": {"lines"},
+    "crisis_repeat": set(),
+    "with_counsellor": set(),
+    "closing": set(),
+    "survey_thanks": set(),
+    "erase_confirm": set(),
+    "erase_done": set(),
+    "erase_cancelled": set(),
+    "truncated": {"max"},
+}
+FORMAT_KEYS: dict[str, set[str]] = {
+    "line": {"name", "number", "hours", "status"},
+    "line_note": {"note"},
+    "open_now": set(),
+    "closed_now": set(),
+    "wait_minutes": {"minutes"},
+    "wait_soon": set(),
+    "back": {"month", "day", "weekday", "time"},
+    "hours_always": set(),
+    "hours_range": {"days", "start", "end"},
+    "day_range": {"first", "last"},
+    "hours_joiner": set(),
+}
+KEYWORD_GROUPS = ("counsellor", "end", "erase", "crisis")
+ANSWER_GROUPS = (
+    "consent",
+    "decline",
+    "info_only",
+    "erase_yes",
+    "erase_no",
+    "skip",
+    "safe_yes",
+    "safe_no",
+    "safe_unsure",
+    "survey",
+)
+ANY = "any"
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    quick: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Referral:
+    id: str
+    name: str
+    number: str
+    hours: Hours | None
+    hours_label: str
+    purpose: str
+    categories: frozenset[str]
+    crisis: bool
+    checked: date
+    url: str = ""
+    note: str = ""
+
+    def serves(self, categories: set[str]) -> bool:
+        return ANY in self.categories or bool(self.categories & categories)
+
+    def open_now(self, now: datetime) -> bool | None:
+        """True or False when the hours are known, None when they vary by place."""
+        return None if self.hours is None else self.hours.is_open(now)
+
+
+@dataclass(frozen=True)
+class AgeBand:
+    label: str
+    band: str
+    low: int
+    high: int
+
+
+def key(text: str) -> str:
+    """How a short answer is compared: NFKC, kana and case folded, spaces and end punctuation dropped."""
+    t = unicodedata.normalize("NFKC", text)
+    t = "".join(ch for ch in t if not ch.isspace())
+    t = t.rstrip("。.!！?？〜~ー…wｗ笑")
+    return fold(t)
+
+
+class Content:
+    def __init__(self, root: Path = CONTENT_DIR.parent) -> None:
+        self.root = root
+        self.messages = self._load_messages(root / "messages.yaml")
+        self.formats: dict[str, Any] = {}
+        self._load_formats(root / "messages.yaml")
+        intake = _load(root / "intake.yaml")
+        self.keywords = {g: self._words(intake, "keywords", g) for g in KEYWORD_GROUPS}
+        self.answers = {g: self._words(intake, "answers", g) for g in ANSWER_GROUPS}
+        self.age_bands = self._age_bands(intake)
+        self.age_words: dict[str, str] = {
+            key(str(k)): str(v) for k, v in (intake.get("age_words") or {}).items()
+        }
+        self.prefectures: tuple[str, ...] = tuple(str(p) for p in intake.get("prefectures") or ())
+        if len(self.prefectures) != 47:
+            raise ContentError(f"intake.yaml: prefectures: expected 47, found {len(self.prefectures)}")
+        self.referrals = self._referrals(root / "referrals.yaml")
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _load_messages(self, path: Path) -> dict[str, Text]:
+        data = _load(path)
+        out: dict[str, Text] = {}
+        for name, allowed in MESSAGE_KEYS.items():
+            entry = data.get(name)
+            where = f"{path.name}: {name}"
+            if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+                raise ContentError(f"{where}: missing, or without a 'text'")
+            _check_fields(entry["text"], allowed, where)
+            quick = entry.get("quick") or []
+            if not isinstance(quick, list) or not all(isinstance(q, str) for q in quick):
+                raise ContentError(f"{where}: 'quick' must be a list of texts")
+            out[name] = Text(entry["text"].strip(), tuple(quick))
+        unknown = set(data) - set(MESSAGE_KEYS) - {"formats"}
+        if unknown:
+            raise ContentError(f"{path.name}: unknown entries {sorted(unknown)} (a typo?)")
+        return out
+
+    def _load_formats(self, path: Path) -> None:
+        formats = _load(path).get("formats")
+        if not isinstance(formats, dict):
+            raise ContentError(f"{path.name}: missing 'formats'")
+        for name, allowed in FORMAT_KEYS.items():
+            value = formats.get(name)
+            if not isinstance(value, str):
+                raise ContentError(f"{path.name}: formats.{name}: missing")
+            _check_fields(value, allowed, f"{path.name}: formats.{name}")
+            self.formats[name] = value
+        weekdays = formats.get("weekdays")
+        if not isinstance(weekdays, list) or len(weekdays) != 7:
+            raise ContentError(f"{path.name}: formats.weekdays: seven names, Monday first")
+        self.formats["weekdays"] = [str(w) for w in weekdays]
+
+    @staticmethod
+    def _words(data: dict[str, Any], section: str, group: str) -> frozenset[str]:
+        words = (data.get(section) or {}).get(group)
+        if not isinstance(words, list) or not words:
+            raise ContentError(f"intake.yaml: {section}.{group}: a list of words is needed")
+        return frozenset(key(str(w)) for w in words)
+
+    @staticmethod
+    def _age_bands(data: dict[str, Any]) -> tuple[AgeBand, ...]:
+        out = []
+        for i, e in enumerate(data.get("age_bands") or []):
+            try:
+                out.append(AgeBand(str(e["label"]), str(e["band"]), int(e["min"]), int(e["max"])))
+            except (KeyError, TypeError, ValueError) as err:
+                raise ContentError(f"intake.yaml: age_bands[{i}]: needs label, band, min, max") from err
+        if not out:
+            raise ContentError("intake.yaml: age_bands: none given")
+        return tuple(out)
+
+    @staticmethod
+    def _referrals(path: Path) -> tuple[Referral, ...]:
+        data = _load(path)
+        if not isinstance(data, list):
+            raise ContentError(f"{path.name}: a list of services is expected")
+        known = {c.value for c in Category} | {ANY}
+        out: list[Referral] = []
+        seen: set[str] = set()
+        for i, e in enumerate(data):
+            where = f"{path.name}: entry {i} ({e.get('id', '?') if isinstance(e, dict) else '?'})"
+            if not isinstance(e, dict):
+                raise ContentError(f"{where}: not a mapping")
+            missing = {"id", "name", "number", "hours", "hours_label", "for", "categories", "checked"} - set(
+                e
+            )
+            if missing:
+                raise ContentError(f"{where}: missing {sorted(missing)}")
+            if e["id"] in seen:
+                raise ContentError(f"{where}: duplicate id")
+            seen.add(str(e["id"]))
+            cats = set(e["categories"] or [])
+            if not cats or cats - known:
+                raise ContentError(f"{where}: unknown categories {sorted(cats - known)}")
+            if not isinstance(e["checked"], date):
+                raise ContentError(f"{where}: 'checked' must be a date (YYYY-MM-DD)")
+            try:
+                hours = Hours.parse(str(e["hours"])) if e["hours"] else None
+            except HoursError as err:
+                raise ContentError(f"{where}: hours: {err}") from err
+            out.append(
+                Referral(
+                    id=str(e["id"]),
+                    name=str(e["name"]),
+                    number=str(e["number"]),
+                    hours=hours,
+                    hours_label=str(e["hours_label"]),
+                    purpose=str(e["for"]),
+                    categories=frozenset(cats),
+                    crisis=bool(e.get("crisis", False)),
+                    checked=e["checked"],
+                    url=str(e.get("url", "")),
+                    note=str(e.get("note", "")),
+                )
+            )
+        return tuple(out)
+
+    # -- use ---------------------------------------------------------------------------------------
+
+    def text(self, message_name: str, /, **fields: object) -> Text:
+        t = self.messages[message_name]
+        return Text(t.text.format(**fields) if fields else t.text, t.quick)
+
+    def fmt(self, format_name: str, /, **fields: object) -> str:
+        return str(self.formats[format_name]).format(**fields)
+
+    def is_keyword(self, group: str, text: str) -> bool:
+        return key(text) in self.keywords[group]
+
+    def is_answer(self, group: str, text: str) -> bool:
+        return key(text) in self.answers[group]
+
+    def keyword_of(self, text: str) -> str | None:
+        k = key(text)
+        for group in KEYWORD_GROUPS:
+            if k in self.keywords[group]:
+                return group
+        return None
+
+    def age_band(self, text: str) -> str | None:
+        """The band of an answer ("16〜18歳", "17", "高2"); None when it does not tell one."""
+        k = key(text)
+        for b in self.age_bands:
+            if k == key(b.label):
+                return b.band
+        digits = "".join(ch for ch in k if ch.isdigit())
+        if digits and len(digits) <= 3 and k.replace(digits, "", 1) in ("", "さい", "歳", "才"):
+            age = int(digits)
+            for b in self.age_bands:
+                if b.low <= age <= b.high:
+                    return b.band
+        for word, band in self.age_words.items():
+            if k.startswith(word) and band:
+                return band
+        return None
+
+    def prefecture(self, text: str) -> str | None:
+        k = key(text)
+        for p in self.prefectures:
+            short = p if p == "北海道" else p[:-1]
+            if k in (key(p), key(short)):
+                return p
+        return None
+
+    def referrals_for(self, categories: set[str], *, crisis_only: bool = False) -> list[Referral]:
+        """The services for these categories: specific ones first, then the general lines."""
+        specific = [
+            r
+            for r in self.referrals
+            if ANY not in r.categories and r.categories & categories and (r.crisis or not crisis_only)
+        ]
+        general = [r for r in self.referrals if ANY in r.categories and (r.crisis or not crisis_only)]
+        return specific + [r for r in general if r.id not in ("police", "ambulance")]
+
+    def lines(self, referrals: list[Referral], now: datetime) -> str:
+        out = []
+        for r in referrals:
+            is_open = r.open_now(now)
+            status = "" if is_open is None else self.fmt("open_now" if is_open else "closed_now")
+            out.append(self.fmt("line", name=r.name, number=r.number, hours=r.hours_label, status=status))
+            if r.note:
+                out.append(self.fmt("line_note", note=r.note))
+        return "\n".join(line.rstrip() for line in out)
+
+
+def _check_fields(template: str, allowed: set[str], where: str) -> None:
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ContentError(f"{where}: broken braces: {e}") from e
+    unknown = used - allowed
+    if unknown:
+        raise ContentError(f"{where}: unknown placeholders {sorted(unknown)}; allowed {sorted(allowed)}")
+
+
+def _load(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError as e:
+        raise ContentError(f"{path}: missing") from e
+    except yaml.YAMLError as e:
+        raise ContentError(f"{path.name}: not valid YAML: {e}") from e
+
+
+@lru_cache(maxsize=1)
+def get_content() -> Content:
+    return Content()

@@ -1,0 +1,698 @@
+"""The conversation engine: one for every channel.
+
+A channel hands it an ``Inbound``; in one database transaction the engine stores the message
+(encrypted), triages it with its conversation, moves the conversation along its states and writes
+the replies to the outbox. Only after the commit are the queue and live views told, and the outbox
+worker woken to send. So a reply is never sent for a message that was not stored, and a stored
+message always gets its reply, even across a crash.
+
+States: new -> welcome -> listening -> offered -> waiting -> with_counsellor -> closed.
+A crisis skips the flow from any state; 相談したい, 終了, 削除 and たすけて work in every state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from bot.content import Content, Text, key
+from bot.crypto import Crypto
+from bot.db import Database
+from bot.events import Event, EventBus
+from bot.hours import Hours
+from bot.models import (
+    Alert,
+    AuditLog,
+    Contact,
+    Conversation,
+    Counsellor,
+    Direction,
+    Handoff,
+    HandoffStatus,
+    Message,
+    Outbox,
+    Role,
+    Sender,
+    StatCount,
+    State,
+    utcnow,
+)
+from bot.types import Inbound, Kind
+from handoff.queue import HandoffQueue, QueueEntry
+from triage import Category, Risk, TriageResult, get_engine
+
+log = logging.getLogger("tsunagi.engine")
+
+HISTORY = 10  # earlier messages read with each new one
+STORY_CHARS = 20  # a message this long is taken as telling something, not a greeting
+
+
+@dataclass
+class Handled:
+    conversation_id: str
+    duplicate: bool = False
+    replies: int = 0
+
+
+@dataclass
+class _Step:
+    """What one inbound message leads to, gathered while the transaction is open."""
+
+    conv: Conversation
+    now: datetime
+    replies: list[tuple[Text, Sender]] = field(default_factory=list)
+    enqueue: bool = False
+    dequeue: bool = False
+    alert: bool = False
+    erase: bool = False
+
+    def say(self, text: Text, sender: Sender = Sender.BOT) -> None:
+        self.replies.append((text, sender))
+
+
+def _risk(value: str) -> Risk:
+    return Risk(value) if value in Risk.__members__.values() else Risk.LOW
+
+
+def _merge_categories(current: str, new: Iterable[Category]) -> str:
+    cats = {c for c in current.split(",") if c} | {c.value for c in new}
+    order = {c.value: i for i, c in enumerate(Category)}
+    return ",".join(sorted(cats, key=lambda c: order.get(c, 99)))
+
+
+class ConversationEngine:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        crypto: Crypto,
+        content: Content,
+        queue: HandoffQueue,
+        events: EventBus,
+        hours: Hours,
+        minutes_per_place: int = 10,
+        max_chars: int = 5000,
+    ) -> None:
+        self.db = db
+        self.crypto = crypto
+        self.content = content
+        self.queue = queue
+        self.events = events
+        self.hours = hours
+        self.minutes_per_place = minutes_per_place
+        self.max_chars = max_chars
+        self.triage = get_engine()
+        self._locks = KeyedLocks()
+        self.outbox_wakeup = asyncio.Event()
+        self.clock: Callable[[], datetime] = utcnow  # tests set the time of day
+
+    # -- ingest ------------------------------------------------------------------------------------
+
+    async def handle(self, inbound: Inbound) -> Handled:
+        lookup = self.crypto.lookup(inbound.channel, inbound.user_id)
+        # One message of a person at a time (they often send several fragments at once).
+        async with self._locks.hold(lookup):
+            try:
+                return await self._handle_locked(inbound, lookup)
+            except IntegrityError:
+                # Another instance stored the same external id first: it answers, we do not.
+                log.info("duplicate inbound on %s (lost a race)", inbound.channel)
+                return Handled(conversation_id="", duplicate=True)
+
+    async def _handle_locked(self, inbound: Inbound, lookup: str) -> Handled:
+        async with self.db.session() as s, s.begin():
+            if inbound.external_id is not None:
+                seen = await s.scalar(
+                    select(col(Message.conversation_id)).where(
+                        col(Message.channel) == inbound.channel,
+                        col(Message.external_id) == inbound.external_id,
+                    )
+                )
+                if seen is not None:
+                    log.info("duplicate inbound on %s ignored (conversation %s)", inbound.channel, seen)
+                    return Handled(conversation_id=seen, duplicate=True)
+            contact = await self._contact(s, inbound, lookup)
+            step = await self._route(s, contact, inbound)
+            if step is None:
+                return Handled(conversation_id="")
+            replies = await self._write_replies(s, step)
+            conv = step.conv
+        self._after_commit(step, contact.id)
+        log.info(
+            "handled %s on %s: conversation %s state %s risk %s, %d replies",
+            inbound.kind.value,
+            inbound.channel,
+            conv.id,
+            conv.state,
+            conv.risk,
+            replies,
+        )
+        return Handled(conversation_id=conv.id, replies=replies)
+
+    async def _contact(self, s: AsyncSession, inbound: Inbound, lookup: str) -> Contact:
+        contact = await s.scalar(
+            select(Contact).where(col(Contact.channel) == inbound.channel, col(Contact.lookup) == lookup)
+        )
+        if contact is None:
+            contact = Contact(
+                channel=inbound.channel,
+                lookup=lookup,
+                address_enc=self.crypto.encrypt(inbound.user_id),
+                created_at=inbound.at,
+                last_seen_at=inbound.at,
+            )
+            s.add(contact)
+            await s.flush()
+        else:
+            contact.last_seen_at = inbound.at
+        return contact
+
+    async def _route(self, s: AsyncSession, contact: Contact, inbound: Inbound) -> _Step | None:
+        now = self.clock()
+        conv = await s.scalar(
+            select(Conversation)
+            .where(col(Conversation.contact_id) == contact.id)
+            .order_by(col(Conversation.created_at).desc())
+            .limit(1)
+        )
+        if inbound.kind is Kind.UNFOLLOW:
+            # They left or blocked us: close quietly, say nothing more.
+            if conv is None or conv.state == State.CLOSED:
+                return None
+            step = _Step(conv, now)
+            await self._store_inbound(s, step, inbound, None)
+            await self._close(s, step, outcome="left", survey=False)
+            return step
+        if conv is not None and conv.state == State.CLOSED:
+            if conv.pending == "survey" and self.content.is_answer("survey", inbound.text):
+                step = _Step(conv, now)
+                await self._store_inbound(s, step, inbound, None)
+                conv.pending = ""
+                skipped = self.content.is_answer("skip", inbound.text)
+                conv.survey_answer = "" if skipped else key(inbound.text)[:32]
+                step.say(self.content.text("survey_thanks"))
+                return step
+            conv = None  # a message after closure starts a new conversation
+        if conv is None:
+            conv = self._new_conversation(s, contact, now)
+            await s.flush()
+            self._audit(s, "conversation.start", conv.id, f"channel={conv.channel}")
+        step = _Step(conv, now)
+        if inbound.kind is Kind.FOLLOW:
+            await self._store_inbound(s, step, inbound, None)
+            if conv.state == State.NEW:
+                await self._welcome(s, step)
+            return step
+        text = inbound.text
+        if len(text) > self.max_chars:
+            text = text[: self.max_chars]
+            step.say(self.content.text("truncated", max=self.max_chars))
+        if inbound.kind is Kind.MEDIA:
+            result = None
+        else:
+            history = await self._history(s, conv)
+            result = self.triage.triage_conversation(text, history)
+        await self._store_inbound(s, step, Inbound(**{**inbound.__dict__, "text": text}), result)
+        conv.last_user_at = now
+        await self._step(s, step, text, inbound.kind, result)
+        return step
+
+    def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
+        conv = Conversation(contact_id=contact.id, channel=contact.channel, created_at=now, updated_at=now)
+        s.add(conv)
+        return conv
+
+    async def _history(self, s: AsyncSession, conv: Conversation) -> list[str]:
+        rows = (
+            await s.scalars(
+                select(col(Message.text_enc))
+                .where(col(Message.conversation_id) == conv.id, col(Message.direction) == Direction.IN)
+                .where(col(Message.kind) == Kind.TEXT)
+                .order_by(col(Message.id).desc())
+                .limit(HISTORY)
+            )
+        ).all()
+        return [self.crypto.decrypt(t) for t in reversed(rows)]
+
+    async def _store_inbound(
+        self, s: AsyncSession, step: _Step, inbound: Inbound, result: TriageResult | None
+    ) -> None:
+        s.add(
+            Message(
+                conversation_id=step.conv.id,
+                channel=inbound.channel,
+                direction=Direction.IN,
+                sender=Sender.USER,
+                kind=inbound.kind.value,
+                text_enc=self.crypto.encrypt(inbound.text),
+                external_id=inbound.external_id,
+                risk=result.risk.value if result else "",
+                triage_enc=self.crypto.encrypt(json.dumps(result.to_json(), ensure_ascii=False))
+                if result
+                else "",
+                created_at=inbound.at,
+            )
+        )
+        await s.flush()  # the unique external id is checked here, inside the transaction
+
+    # -- the flow ------------------------------------------------------------------------------------
+
+    async def _step(
+        self, s: AsyncSession, step: _Step, text: str, kind: Kind, result: TriageResult | None
+    ) -> None:
+        conv, c = step.conv, self.content
+        before = _risk(conv.risk)
+        if result is not None:
+            if result.risk.rank > before.rank:
+                conv.risk = result.risk.value
+            conv.categories = _merge_categories(conv.categories, result.categories)
+        if kind is Kind.MEDIA:
+            # Pictures and files bypass text triage: a person must look.
+            if conv.state not in (State.WAITING, State.WITH_COUNSELLOR) and conv.consent_at is not None:
+                await self._enqueue(s, step)
+            return
+        keyword = c.keyword_of(text)
+
+        if conv.pending == "erase_confirm":
+            conv.pending = ""
+            if c.is_answer("erase_yes", text):
+                await self._erase(s, step)
+                return
+            if c.is_answer("erase_no", text):
+                step.say(c.text("erase_cancelled"))
+                return
+
+        crisis = keyword == "crisis" or (
+            result is not None
+            and result.risk is Risk.CRISIS
+            and (bool(result.reasons) or before is not Risk.CRISIS)
+        )
+        if crisis:
+            await self._crisis(s, step)
+            return
+        if keyword == "end" and conv.state not in (State.NEW, State.WELCOME):
+            await self._close(s, step, outcome="ended_by_user", survey=True)
+            return
+        if keyword == "erase":
+            conv.pending = "erase_confirm"
+            step.say(c.text("erase_confirm"))
+            return
+        if keyword == "counsellor":
+            if conv.state == State.NEW:
+                await self._welcome(s, step)
+            if conv.state in (State.WAITING, State.WITH_COUNSELLOR):
+                if conv.state == State.WAITING:
+                    await self._waiting_update(step)
+                return
+            if conv.consent_at is None:
+                conv.consent_at = step.now  # they read the terms in the welcome and asked for a person
+            await self._enqueue(s, step)
+            return
+
+        state = State(conv.state)
+        if state == State.NEW:
+            await self._welcome(s, step)
+        elif state == State.WELCOME:
+            if c.is_answer("consent", text):
+                conv.consent_at = step.now
+                conv.state = State.LISTENING
+                if await self._told_something(s, conv):  # they already told us before agreeing
+                    step.say(c.text("listening_after_consent_with_story"))
+                    self._ask_intake(step)
+                else:
+                    step.say(c.text("listening"))
+            elif c.is_answer("decline", text):
+                step.say(c.text("declined", lines=self._lines(conv, step.now, always_open=True)))
+                await self._close(s, step, outcome="declined", survey=False)
+            else:
+                step.say(c.text("consent_needed"))
+        elif state == State.LISTENING:
+            await self._listening(s, step, text)
+        elif state == State.OFFERED:
+            if c.is_answer("info_only", text):
+                await self._close(s, step, outcome="information", survey=True)
+            else:
+                step.say(c.text("offer_again"))
+        elif state == State.WAITING:
+            if _risk(conv.risk).rank > before.rank:
+                step.enqueue = True  # the queue moves it at once
+            await self._waiting_update(step)
+            if _risk(conv.risk).rank >= Risk.HIGH.rank and before.rank < Risk.HIGH.rank:
+                step.say(self._safety(conv, step.now))
+        # with_counsellor: the bot stays silent; the counsellor reads it in the console.
+
+    async def _listening(self, s: AsyncSession, step: _Step, text: str) -> None:
+        conv, c = step.conv, self.content
+        pending = conv.pending
+        if not pending:
+            if _risk(conv.risk).rank >= Risk.HIGH.rank:
+                await self._offer(s, step)  # no questionnaire before help when it is serious
+            else:
+                step.say(c.text("intake_intro"))
+                self._ask_intake(step)
+            return
+        if pending == "intake_age":
+            band = c.age_band(text)
+            if band:
+                conv.age_band = band
+            conv.pending = "intake_prefecture"
+            step.say(c.text("intake_prefecture"))
+        elif pending == "intake_prefecture":
+            pref = c.prefecture(text)
+            if pref:
+                conv.prefecture = pref
+            conv.pending = "intake_safe"
+            step.say(c.text("intake_safe"))
+        elif pending == "intake_safe":
+            conv.pending = ""
+            if c.is_answer("safe_no", text):
+                conv.safe_now = "no"
+                if _risk(conv.risk).rank < Risk.HIGH.rank:
+                    conv.risk = Risk.HIGH.value
+                step.say(c.text("unsafe"))
+            elif c.is_answer("safe_yes", text):
+                conv.safe_now = "yes"
+            elif c.is_answer("safe_unsure", text):
+                conv.safe_now = "unsure"
+            await self._offer(s, step)
+        else:
+            conv.pending = ""
+            await self._offer(s, step)
+
+    async def _told_something(self, s: AsyncSession, conv: Conversation) -> bool:
+        """Did an earlier message say something of their trouble (not just a greeting)?"""
+        rows = (
+            await s.execute(
+                select(col(Message.risk), col(Message.text_enc), col(Message.triage_enc))
+                .where(col(Message.conversation_id) == conv.id, col(Message.direction) == Direction.IN)
+                .where(col(Message.kind) == Kind.TEXT)
+                .order_by(col(Message.id))
+            )
+        ).all()
+        for risk, text_enc, triage_enc in rows[:-1]:  # the last one is the consent itself
+            if risk not in ("", Risk.LOW.value) or len(self.crypto.decrypt(text_enc)) >= STORY_CHARS:
+                return True
+            if triage_enc and json.loads(self.crypto.decrypt(triage_enc)).get("categories"):
+                return True
+        return False
+
+    def _ask_intake(self, step: _Step) -> None:
+        step.conv.pending = "intake_age"
+        step.say(self.content.text("intake_age"))
+
+    async def _welcome(self, s: AsyncSession, step: _Step) -> None:
+        step.conv.state = State.WELCOME
+        step.say(self.content.text("welcome", hours=self._hours_label()))
+        if not self.hours.is_open(step.now):
+            step.say(self._out_of_hours(step.conv, step.now))
+
+    async def _offer(self, s: AsyncSession, step: _Step) -> None:
+        conv = step.conv
+        conv.state = State.OFFERED
+        conv.pending = ""
+        cats = {x for x in conv.categories.split(",") if x}
+        referrals = self.content.referrals_for(cats)
+        conv.referrals = ",".join(r.id for r in referrals)[:400]
+        step.say(self.content.text("offer", referrals=self.content.lines(referrals, step.now)))
+
+    async def _enqueue(self, s: AsyncSession, step: _Step) -> None:
+        conv = step.conv
+        conv.state = State.WAITING
+        conv.pending = ""
+        step.enqueue = True
+        existing = await s.scalar(
+            select(Handoff).where(
+                col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING
+            )
+        )
+        if existing is None:
+            s.add(Handoff(conversation_id=conv.id, risk=conv.risk, queued_at=step.now))
+            self._audit(s, "handoff.enqueue", conv.id, f"risk={conv.risk}")
+        position = await self.queue.rank(self._entry(conv, step.now), step.now)
+        step.say(self.content.text("waiting", position=position, wait=self._wait(position)))
+        if not self.hours.is_open(step.now):
+            conv.out_of_hours = True
+            step.say(self._out_of_hours(conv, step.now))
+        elif _risk(conv.risk).rank >= Risk.HIGH.rank:
+            step.say(self._safety(conv, step.now))
+
+    async def _waiting_update(self, step: _Step) -> None:
+        position = await self.queue.rank(self._entry(step.conv, step.now), step.now)
+        step.say(self.content.text("waiting_update", position=position, wait=self._wait(position)))
+
+    async def _crisis(self, s: AsyncSession, step: _Step) -> None:
+        conv, c = step.conv, self.content
+        conv.risk = Risk.CRISIS.value
+        step.alert = True
+        # Life first: the crisis path needs no consent (the confidentiality exception applies).
+        if conv.state == State.WITH_COUNSELLOR:
+            return  # the counsellor is there; supervisors are alerted and the console flags it
+        if conv.emergency and conv.state == State.WAITING:
+            step.say(c.text("crisis_repeat"))
+            step.enqueue = True
+            return
+        conv.emergency = True
+        self._audit(s, "crisis", conv.id, "crisis path")
+        step.say(c.text("crisis", lines=self._lines(conv, step.now, crisis=True)))
+        conv.state = State.WAITING
+        conv.pending = ""
+        step.enqueue = True
+        existing = await s.scalar(
+            select(Handoff).where(
+                col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING
+            )
+        )
+        if existing is None:
+            s.add(Handoff(conversation_id=conv.id, risk=conv.risk, queued_at=step.now))
+            self._audit(s, "handoff.enqueue", conv.id, "risk=crisis")
+        else:
+            existing.risk = Risk.CRISIS.value
+        if not self.hours.is_open(step.now):
+            conv.out_of_hours = True
+            step.say(c.text("back_later", back=self._back(step.now)))
+        for sup in await s.scalars(
+            select(Counsellor).where(
+                col(Counsellor.on_duty).is_(True),
+                col(Counsellor.active).is_(True),
+                col(Counsellor.role).in_([Role.SUPERVISOR, Role.ADMIN]),
+            )
+        ):
+            assert sup.id is not None
+            s.add(Alert(counsellor_id=sup.id, conversation_id=conv.id, kind="crisis"))
+
+    async def _close(self, s: AsyncSession, step: _Step, *, outcome: str, survey: bool) -> None:
+        conv = step.conv
+        handed_off = (
+            await s.scalar(
+                select(func.count()).select_from(Handoff).where(col(Handoff.conversation_id) == conv.id)
+            )
+            or 0
+        )
+        await s.execute(
+            update(Handoff)
+            .where(col(Handoff.conversation_id) == conv.id, col(Handoff.status) != HandoffStatus.CLOSED)
+            .values(status=HandoffStatus.CLOSED, closed_at=step.now)
+        )
+        step.dequeue = True
+        conv.state = State.CLOSED
+        conv.closed_at = step.now
+        conv.outcome = conv.outcome or outcome
+        conv.pending = "survey" if survey else ""
+        if survey:
+            step.say(self.content.text("closing"))
+        self._audit(s, "conversation.close", conv.id, f"outcome={conv.outcome}")
+        await self._count(s, conv, handed_off=handed_off > 0)
+
+    async def _erase(self, s: AsyncSession, step: _Step) -> None:
+        """Erase every message of this person, then (once the last reply is out) the contact itself."""
+        conv = step.conv
+        if conv.state != State.CLOSED:
+            await self._close(s, step, outcome="erased", survey=False)
+        conv.outcome = "erased"
+        ids = (
+            await s.scalars(
+                select(col(Conversation.id)).where(col(Conversation.contact_id) == conv.contact_id)
+            )
+        ).all()
+        await s.execute(delete(Outbox).where(col(Outbox.conversation_id).in_(ids)))
+        await s.execute(delete(Message).where(col(Message.conversation_id).in_(ids)))
+        await s.execute(
+            update(Conversation)
+            .where(col(Conversation.id).in_(ids))
+            .values(erased=True, age_band="", prefecture="", survey_answer="", pending="")
+        )
+        conv.erased = True
+        step.erase = True
+        self._audit(s, "erase", conv.id, f"conversations={len(ids)}")
+        step.say(self.content.text("erase_done"))
+
+    async def _count(self, s: AsyncSession, conv: Conversation, *, handed_off: bool) -> None:
+        """Add this conversation to the de-identified daily counts (they outlive it)."""
+        day = conv.created_at.astimezone(self.hours.tz).date()
+        cats = [x for x in conv.categories.split(",") if x] or [""]
+        metrics = ["conversations"]
+        if handed_off:
+            metrics.append("handed_off")
+        if conv.emergency:
+            metrics.append("emergencies")
+        for cat in cats:
+            for metric in metrics:
+                await _increment(s, day, conv.channel, conv.risk, cat, conv.age_band, metric)
+
+    # -- writing replies and telling the rest -------------------------------------------------------
+
+    async def _write_replies(self, s: AsyncSession, step: _Step) -> int:
+        conv = step.conv
+        conv.updated_at = step.now
+        for text, sender in step.replies:
+            msg = Message(
+                conversation_id=conv.id,
+                channel=conv.channel,
+                direction=Direction.OUT,
+                sender=sender,
+                text_enc=self.crypto.encrypt(text.text),
+                quick_replies=json.dumps(list(text.quick), ensure_ascii=False) if text.quick else "",
+                created_at=step.now,
+            )
+            s.add(msg)
+            await s.flush()
+            assert msg.id is not None
+            s.add(
+                Outbox(message_id=msg.id, conversation_id=conv.id, channel=conv.channel, created_at=step.now)
+            )
+        if step.enqueue:
+            await s.execute(
+                update(Handoff)
+                .where(col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING)
+                .values(risk=conv.risk)
+            )
+        return len(step.replies)
+
+    def _after_commit(self, step: _Step, contact_id: str) -> None:
+        conv = step.conv
+        loop = asyncio.get_running_loop()
+        if step.dequeue:
+            loop.create_task(self._queue_changed(self.queue.remove(conv.id)))
+        elif step.enqueue:
+            loop.create_task(self._queue_changed(self.queue.put(self._entry(conv, step.now))))
+        if step.alert:
+            self.events.publish(Event("alert", conv.id, contact_id, conv.state, conv.risk))
+        self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
+        if step.replies:
+            self.outbox_wakeup.set()
+
+    async def _queue_changed(self, op: object) -> None:
+        assert asyncio.iscoroutine(op)
+        await op
+        self.events.publish(Event("queue"))
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _entry(self, conv: Conversation, now: datetime) -> QueueEntry:
+        return QueueEntry(conv.id, _risk(conv.risk), now, conv.channel)
+
+    def _wait(self, position: int) -> str:
+        if position <= 1:
+            return self.content.fmt("wait_soon")
+        return self.content.fmt("wait_minutes", minutes=(position - 1) * self.minutes_per_place)
+
+    def _lines(
+        self, conv: Conversation, now: datetime, *, crisis: bool = False, always_open: bool = False
+    ) -> str:
+        cats = {x for x in conv.categories.split(",") if x}
+        # In a crisis and out of hours: the 24-hour lines only, short enough to read at once.
+        refs = self.content.referrals_for(cats, crisis_only=crisis or always_open)
+        return self.content.lines(refs, now)
+
+    def _safety(self, conv: Conversation, now: datetime) -> Text:
+        return self.content.text("waiting_safety", lines=self._lines(conv, now, always_open=True))
+
+    def _out_of_hours(self, conv: Conversation, now: datetime) -> Text:
+        back = self.content.text("back_later", back=self._back(now)).text
+        return self.content.text(
+            "out_of_hours", back_later=back, lines=self._lines(conv, now, always_open=True)
+        )
+
+    def _back(self, now: datetime) -> str:
+        nxt = self.hours.next_open(now)
+        if nxt is None:
+            return ""
+        local = nxt.astimezone(self.hours.tz)
+        return self.content.fmt(
+            "back",
+            month=local.month,
+            day=local.day,
+            weekday=self.content.formats["weekdays"][local.weekday()],
+            time=local.strftime("%H:%M"),
+        )
+
+    def _hours_label(self) -> str:
+        if self.hours.always():
+            return self.content.fmt("hours_always")
+        names = self.content.formats["weekdays"]
+        parts = []
+        for first, last, start, end in self.hours.parts:
+            if first == last:
+                days = names[first]
+            else:
+                days = self.content.fmt("day_range", first=names[first], last=names[last])
+            parts.append(self.content.fmt("hours_range", days=days, start=_hhmm(start), end=_hhmm(end)))
+        return self.content.fmt("hours_joiner").join(parts)
+
+    @staticmethod
+    def _audit(s: AsyncSession, action: str, conversation_id: str, detail: str = "") -> None:
+        s.add(AuditLog(actor="system", action=action, conversation_id=conversation_id, detail=detail))
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60}:{minutes % 60:02d}"
+
+
+async def _increment(
+    s: AsyncSession, day: date, channel: str, risk: str, category: str, age_band: str, metric: str
+) -> None:
+    """Portable upsert of one counter (INSERT ... ON CONFLICT DO UPDATE on SQLite and PostgreSQL)."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    stmt = insert(StatCount).values(
+        day=day, channel=channel, risk=risk, category=category, age_band=age_band, metric=metric, count=1
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["day", "channel", "risk", "category", "age_band", "metric"],
+        set_={"count": col(StatCount.count) + 1},
+    )
+    await s.execute(stmt)
+
+
+class KeyedLocks:
+    """An asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

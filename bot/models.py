@@ -1,0 +1,217 @@
+"""The tables. Text a person wrote and platform ids are only ever stored encrypted (``*_enc``).
+
+Times are timezone-aware UTC: ``UTCDateTime`` stores UTC and gives it back aware, on SQLite too
+(which would otherwise return naive datetimes).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _at(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)
+
+
+class State(StrEnum):
+    NEW = "new"
+    WELCOME = "welcome"
+    LISTENING = "listening"
+    OFFERED = "offered"
+    WAITING = "waiting"
+    WITH_COUNSELLOR = "with_counsellor"
+    CLOSED = "closed"
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class Sender(StrEnum):
+    USER = "user"
+    BOT = "bot"
+    COUNSELLOR = "counsellor"
+    SYSTEM = "system"
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class HandoffStatus(StrEnum):
+    WAITING = "waiting"
+    CLAIMED = "claimed"
+    CLOSED = "closed"
+
+
+class Role(StrEnum):
+    COUNSELLOR = "counsellor"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+
+class Contact(SQLModel, table=True):
+    """A person on one channel, known by a keyed hash; the platform id is kept encrypted to reply."""
+
+    __table_args__ = (sa.UniqueConstraint("channel", "lookup"),)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    channel: str = Field(max_length=32)
+    lookup: str = Field(max_length=64)
+    address_enc: str
+    created_at: datetime = _at(default_factory=utcnow)
+    last_seen_at: datetime = _at(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    contact_id: str | None = Field(default=None, foreign_key="contact.id", index=True, max_length=32)
+    channel: str = Field(max_length=32)
+    state: str = Field(default=State.NEW, max_length=20, index=True)
+    risk: str = Field(default="low", max_length=10)
+    categories: str = Field(default="", max_length=400)  # comma-separated Category values
+    # What the bot is waiting for, if anything: an intake question, an erase confirmation, the survey.
+    pending: str = Field(default="", max_length=32)
+    consent_at: datetime | None = _at(default=None)
+    age_band: str = Field(default="", max_length=16)
+    prefecture: str = Field(default="", max_length=8)
+    safe_now: str = Field(default="", max_length=16)
+    survey_answer: str = Field(default="", max_length=32)
+    outcome: str = Field(default="", max_length=32)
+    referrals: str = Field(default="", max_length=400)  # ids of the referrals offered
+    emergency: bool = False  # the crisis path was taken
+    erased: bool = False  # the person asked to erase: no message is left, the contact follows
+    out_of_hours: bool = False
+    created_at: datetime = _at(default_factory=utcnow)
+    updated_at: datetime = _at(default_factory=utcnow)
+    last_user_at: datetime | None = _at(default=None)
+    closed_at: datetime | None = _at(default=None, index=True)
+
+
+class Message(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("channel", "external_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
+    channel: str = Field(max_length=32)
+    direction: str = Field(max_length=3)
+    sender: str = Field(max_length=12)
+    kind: str = Field(default="text", max_length=16)
+    text_enc: str
+    # Platform message id (inbound) for idempotent ingest; null for our own messages.
+    external_id: str | None = Field(default=None, max_length=128)
+    risk: str = Field(default="", max_length=10)
+    triage_enc: str = ""  # the triage result (its reasons quote the text), encrypted
+    quick_replies: str = ""  # JSON list for outbound choices (labels are ours, not the user's)
+    created_at: datetime = _at(default_factory=utcnow)
+
+
+class Outbox(SQLModel, table=True):
+    """Every outbound message is written here, in the same transaction as what caused it, before it is
+    sent; the outbox worker sends it, retries with backoff and records the outcome."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
+    channel: str = Field(max_length=32)
+    status: str = Field(default=OutboxStatus.PENDING, max_length=12, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = _at(default_factory=utcnow)
+    lease_until: datetime | None = _at(default=None)
+    last_error: str = Field(default="", max_length=500)
+    created_at: datetime = _at(default_factory=utcnow)
+    delivered_at: datetime | None = _at(default=None)
+
+
+class Handoff(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
+    risk: str = Field(max_length=10)
+    status: str = Field(default=HandoffStatus.WAITING, max_length=12, index=True)
+    counsellor_id: int | None = Field(default=None, foreign_key="counsellor.id")
+    queued_at: datetime = _at(default_factory=utcnow)
+    claimed_at: datetime | None = _at(default=None)
+    closed_at: datetime | None = _at(default=None)
+
+
+class Counsellor(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(max_length=64, unique=True)
+    password_hash: str = ""
+    role: str = Field(default=Role.COUNSELLOR, max_length=12)
+    on_duty: bool = False
+    active: bool = True
+    created_at: datetime = _at(default_factory=utcnow)
+
+
+class Alert(SQLModel, table=True):
+    """A notice for one on-duty supervisor (a crisis arrived); the console shows and clears them."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    counsellor_id: int = Field(foreign_key="counsellor.id", index=True)
+    conversation_id: str = Field(max_length=32)
+    kind: str = Field(max_length=16)
+    created_at: datetime = _at(default_factory=utcnow)
+    seen_at: datetime | None = _at(default=None)
+
+
+class AuditLog(SQLModel, table=True):
+    """Append-only (database triggers refuse UPDATE and DELETE): who did what to which conversation."""
+
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _at(default_factory=utcnow, index=True)
+    actor: str = Field(max_length=64)  # "system", "user", or a counsellor's username
+    action: str = Field(max_length=32)
+    conversation_id: str = Field(default="", max_length=32, index=True)
+    detail: str = Field(default="", max_length=200)  # never message text
+
+
+class StatCount(SQLModel, table=True):
+    """De-identified statistics that outlive the conversations: counts per day and dimension only."""
+
+    __tablename__ = "stat_count"
+    __table_args__ = (sa.UniqueConstraint("day", "channel", "risk", "category", "age_band", "metric"),)
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    channel: str = Field(max_length=32)
+    risk: str = Field(max_length=10)
+    category: str = Field(max_length=32)  # "" when none; a conversation counts once in each category
+    age_band: str = Field(max_length=16)
+    metric: str = Field(max_length=24)  # conversations, handed_off, emergencies, referrals
+    count: int = 0

@@ -1,0 +1,183 @@
+"""The outbox worker: sends what the engine wrote, in order per conversation, with retries.
+
+A row is leased (status ``sending`` with ``lease_until``) before it is sent, by a conditional UPDATE,
+so two workers never send the same row; a lease left behind by a crashed process expires and the
+row is sent again. Message text is decrypted only for the send and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import or_, select, update
+from sqlmodel import col
+
+from bot.crypto import Crypto
+from bot.db import Database
+from bot.models import Contact, Conversation, Message, Outbox, OutboxStatus, Sender, utcnow
+from bot.types import Delivery, Outbound, Outcome
+
+if TYPE_CHECKING:
+    from channels.base import Channel
+
+log = logging.getLogger("tsunagi.outbox")
+
+LEASE = timedelta(seconds=30)
+MAX_ATTEMPTS = 12
+DEFER = timedelta(minutes=10)  # a person not reachable now: look again later (or when they come back)
+
+
+def backoff(attempt: int) -> timedelta:
+    """2, 4, 8 ... seconds, at most five minutes, with jitter so retries do not march in step."""
+    base = min(300.0, 2.0**attempt)
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        crypto: Crypto,
+        channels: Mapping[str, Channel],
+        wakeup: asyncio.Event,
+        fault: str = "",
+    ) -> None:
+        self.db = db
+        self.crypto = crypto
+        self.channels = channels
+        self.wakeup = wakeup
+        self.fault = fault
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.send_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox pass failed; trying again shortly")
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+            self.wakeup.clear()
+
+    async def send_due(self, *, conversation_id: str | None = None, now: datetime | None = None) -> int:
+        """Send every row that is due (or, for one conversation, every row not yet delivered)."""
+        now = now or utcnow()
+        async with self.db.session() as s:
+            q = select(Outbox).where(
+                or_(
+                    col(Outbox.status) == OutboxStatus.PENDING,
+                    (col(Outbox.status) == OutboxStatus.SENDING) & (col(Outbox.lease_until) < now),
+                )
+            )
+            if conversation_id is not None:
+                q = q.where(col(Outbox.conversation_id) == conversation_id)
+            rows = (await s.scalars(q.order_by(col(Outbox.id)).limit(500))).all()
+        blocked: set[str] = set()
+        sent = 0
+        for row in rows:
+            if row.conversation_id in blocked:
+                continue  # an earlier message of this conversation is not out yet: keep the order
+            if conversation_id is None and row.next_attempt_at > now:
+                blocked.add(row.conversation_id)
+                continue
+            if not await self._send_one(row, now):
+                blocked.add(row.conversation_id)
+            else:
+                sent += 1
+        return sent
+
+    async def _send_one(self, row: Outbox, now: datetime) -> bool:
+        if self.fault == "kill-before-send":
+            # Fault injection for the crash test: die as a process killed by the system would.
+            os.kill(os.getpid(), signal.SIGKILL)
+        async with self.db.session() as s, s.begin():
+            claimed = await s.execute(
+                update(Outbox)
+                .where(col(Outbox.id) == row.id)
+                .where(
+                    or_(
+                        col(Outbox.status) == OutboxStatus.PENDING,
+                        (col(Outbox.status) == OutboxStatus.SENDING) & (col(Outbox.lease_until) < now),
+                    )
+                )
+                .values(
+                    status=OutboxStatus.SENDING, lease_until=now + LEASE, attempts=col(Outbox.attempts) + 1
+                )
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return False  # someone else has it
+        out = await self._outbound(row)
+        channel = self.channels.get(row.channel)
+        if out is None or channel is None:
+            reason = "no such channel" if channel is None else "message or contact gone"
+            await self._record(row, Delivery.failed(reason), now)
+            return False
+        delivery = await channel.deliver(out)
+        await self._record(row, delivery, now)
+        return delivery.outcome is Outcome.DELIVERED
+
+    async def _outbound(self, row: Outbox) -> Outbound | None:
+        async with self.db.session() as s:
+            found = (
+                await s.execute(
+                    select(Message, Contact)
+                    .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                    .join(Contact, col(Contact.id) == col(Conversation.contact_id))
+                    .where(col(Message.id) == row.message_id)
+                )
+            ).first()
+        if found is None:
+            return None
+        msg, contact = found
+        assert row.id is not None and msg.id is not None
+        return Outbound(
+            outbox_id=row.id,
+            message_id=msg.id,
+            conversation_id=row.conversation_id,
+            contact_id=contact.id,
+            channel=row.channel,
+            address=self.crypto.decrypt(contact.address_enc),
+            text=self.crypto.decrypt(msg.text_enc),
+            quick_replies=tuple(json.loads(msg.quick_replies)) if msg.quick_replies else (),
+            sender=Sender(msg.sender),
+            attempt=row.attempts + 1,
+        )
+
+    async def _record(self, row: Outbox, delivery: Delivery, now: datetime) -> None:
+        values: dict[str, object] = {"lease_until": None}
+        if delivery.outcome is Outcome.DELIVERED:
+            values.update(status=OutboxStatus.DELIVERED, delivered_at=utcnow(), last_error="")
+        elif delivery.outcome is Outcome.DEFERRED:
+            # Not a failure: the attempt is given back, and the row waits for the person to return.
+            values.update(
+                status=OutboxStatus.PENDING,
+                attempts=row.attempts,
+                next_attempt_at=now + DEFER,
+                last_error=delivery.reason[:500],
+            )
+        elif delivery.outcome is Outcome.RETRY and row.attempts + 1 < MAX_ATTEMPTS:
+            values.update(
+                status=OutboxStatus.PENDING,
+                next_attempt_at=now + backoff(row.attempts + 1),
+                last_error=delivery.reason[:500],
+            )
+        else:
+            values.update(status=OutboxStatus.FAILED, last_error=delivery.reason[:500])
+        async with self.db.session() as s, s.begin():
+            await s.execute(update(Outbox).where(col(Outbox.id) == row.id).values(**values))
+        if delivery.outcome is not Outcome.DELIVERED:
+            log.info(
+                "outbox %s on %s: %s (%s)", row.id, row.channel, delivery.outcome.value, delivery.reason[:200]
+            )

@@ -1,0 +1,93 @@
+"""Retention: closed conversations are purged after ``TSUNAGI_RETENTION_DAYS``; erased contacts go as
+soon as their last reply is out. What outlives them is the de-identified counts in ``stat_count``
+(written when each conversation closed) and the audit log (which holds no text)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from bot.db import Database
+from bot.models import Alert, AuditLog, Contact, Conversation, Handoff, Message, Outbox, OutboxStatus, utcnow
+
+log = logging.getLogger("tsunagi.retention")
+
+INTERVAL = 60.0
+
+
+class Retention:
+    def __init__(self, *, db: Database, days: int) -> None:
+        self.db = db
+        self.days = days
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention sweep failed; trying again later")
+            await asyncio.sleep(INTERVAL)
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        cutoff = now - timedelta(days=self.days)
+        async with self.db.session() as s, s.begin():
+            expired = (
+                await s.scalars(
+                    select(col(Conversation.id)).where(
+                        col(Conversation.closed_at).is_not(None),
+                        col(Conversation.closed_at) < cutoff,
+                    )
+                )
+            ).all()
+            # Erased: gone once the last reply (erase_done) is out, or after a day if it never can be.
+            unsent = exists().where(
+                col(Outbox.conversation_id) == col(Conversation.id),
+                col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
+            )
+            erased = (
+                await s.scalars(
+                    select(col(Conversation.id)).where(
+                        col(Conversation.erased).is_(True),
+                        ~unsent | (col(Conversation.updated_at) < now - timedelta(days=1)),
+                    )
+                )
+            ).all()
+            ids = sorted(set(expired) | set(erased))
+            if ids:
+                await _purge(s, ids)
+            orphans = (
+                await s.scalars(
+                    select(col(Contact.id)).where(
+                        ~exists().where(col(Conversation.contact_id) == col(Contact.id))
+                    )
+                )
+            ).all()
+            if orphans:
+                await s.execute(delete(Contact).where(col(Contact.id).in_(orphans)))
+            if ids or orphans:
+                s.add(
+                    AuditLog(
+                        actor="system",
+                        action="retention.purge",
+                        detail=f"conversations={len(ids)} contacts={len(orphans)}",
+                    )
+                )
+        if ids:
+            log.info("retention: purged %d conversations and %d contacts", len(ids), len(orphans))
+        return len(ids)
+
+
+async def _purge(s: AsyncSession, ids: list[str]) -> None:
+    await s.execute(delete(Outbox).where(col(Outbox.conversation_id).in_(ids)))
+    await s.execute(delete(Message).where(col(Message.conversation_id).in_(ids)))
+    await s.execute(delete(Handoff).where(col(Handoff.conversation_id).in_(ids)))
+    await s.execute(delete(Alert).where(col(Alert.conversation_id).in_(ids)))
+    await s.execute(delete(Conversation).where(col(Conversation.id).in_(ids)))

@@ -1,0 +1,71 @@
+"""The project's own message types: what channels hand to the engine and get back to send.
+No vendor payload crosses into the engine (see ../shared/STYLE.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from bot.models import Sender, utcnow
+
+
+class Kind(StrEnum):
+    TEXT = "text"  # something the person wrote
+    CHOICE = "choice"  # a button or quick reply they pressed (its label as text)
+    MEDIA = "media"  # image, video, audio, file, sticker, location: text triage cannot read it
+    FOLLOW = "follow"  # they opened the chat or added the account: greet them
+    UNFOLLOW = "unfollow"  # they blocked or left: close, send nothing more
+
+
+@dataclass(frozen=True)
+class Inbound:
+    channel: str
+    user_id: str  # the platform's id for the person; hashed for look-up and encrypted at rest
+    text: str = ""
+    kind: Kind = Kind.TEXT
+    external_id: str | None = None  # the platform's message or event id: the same id is handled once
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Outbound:
+    outbox_id: int
+    message_id: int
+    conversation_id: str
+    contact_id: str
+    channel: str
+    address: str  # the platform id to send to (decrypted only for the send)
+    text: str
+    quick_replies: tuple[str, ...]
+    sender: Sender
+    attempt: int
+
+
+class Outcome(StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"  # the person is not reachable now (web chat closed): keep it for later
+    RETRY = "retry"  # a temporary failure: try again with backoff
+    FAILED = "failed"  # a permanent failure
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outcome: Outcome
+    reason: str = ""  # the platform's error, never message text
+
+    @classmethod
+    def delivered(cls) -> Delivery:
+        return cls(Outcome.DELIVERED)
+
+    @classmethod
+    def deferred(cls, reason: str = "") -> Delivery:
+        return cls(Outcome.DEFERRED, reason)
+
+    @classmethod
+    def retry(cls, reason: str) -> Delivery:
+        return cls(Outcome.RETRY, reason)
+
+    @classmethod
+    def failed(cls, reason: str) -> Delivery:
+        return cls(Outcome.FAILED, reason)

@@ -1,0 +1,64 @@
+"""What every channel is: one folder under ``channels/``, one class, one line in ``registry.py``.
+
+An adapter turns its platform's payloads into ``Inbound`` and hands them to ``receive`` (the engine's
+callback; HTTP never reaches the engine), and implements ``send`` for one ``Outbound``. The base
+class keeps the invariants in one place: choices degraded to numbered text where a channel has no
+buttons, a platform error recorded as a retry and never raised into the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, final
+
+from fastapi import APIRouter
+
+from bot.engine import Handled
+from bot.types import Delivery, Inbound, Outbound
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.service import Service
+
+log = logging.getLogger("tsunagi.channels")
+
+
+class Channel(ABC):
+    name: ClassVar[str]
+    buttons: ClassVar[bool] = True  # can show quick replies as buttons
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return True
+
+    def router(self) -> APIRouter | None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    @final
+    async def receive(self, inbound: Inbound) -> Handled:
+        handled = await self.service.engine.handle(inbound)
+        return handled
+
+    @final
+    async def deliver(self, out: Outbound) -> Delivery:
+        if out.quick_replies and not self.buttons:
+            numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(out.quick_replies, 1))
+            out = Outbound(**{**out.__dict__, "text": f"{out.text}\n{numbered}", "quick_replies": ()})
+        try:
+            return await self.send(out)
+        except Exception as e:  # a platform failure is a retry, never a crash of the worker
+            log.warning("send on %s failed: %s", self.name, e.__class__.__name__)
+            return Delivery.retry(e.__class__.__name__)
+
+    @abstractmethod
+    async def send(self, out: Outbound) -> Delivery: ...

@@ -1,0 +1,53 @@
+"""An in-process channel for tests and demonstrations: what the bot sends is kept in memory.
+
+``await channel.say(user, text)`` hands a message to the engine as any adapter would, and
+``channel.sent`` lists the deliveries in order. ``fail_next`` makes the next sends fail, to exercise
+the outbox's retries."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import ClassVar
+
+from bot.engine import Handled
+from bot.types import Delivery, Inbound, Kind, Outbound
+from channels.base import Channel
+
+
+@dataclass(frozen=True)
+class Sent:
+    address: str
+    text: str
+    quick_replies: tuple[str, ...]
+    sender: str
+    conversation_id: str
+
+
+class LoopbackChannel(Channel):
+    name: ClassVar[str] = "loopback"
+
+    def __init__(self, service: object) -> None:
+        super().__init__(service)  # type: ignore[arg-type]
+        self.sent: list[Sent] = []
+        self.fail_next: list[Delivery] = []
+        self.delivered = asyncio.Event()
+
+    async def say(
+        self, user: str, text: str, *, kind: Kind = Kind.TEXT, external_id: str | None = None
+    ) -> Handled:
+        return await self.receive(
+            Inbound(channel=self.name, user_id=user, text=text, kind=kind, external_id=external_id)
+        )
+
+    async def send(self, out: Outbound) -> Delivery:
+        if self.fail_next:
+            return self.fail_next.pop(0)
+        self.sent.append(
+            Sent(out.address, out.text, out.quick_replies, out.sender.value, out.conversation_id)
+        )
+        self.delivered.set()
+        return Delivery.delivered()
+
+    def to(self, user: str) -> list[Sent]:
+        return [m for m in self.sent if m.address == user]

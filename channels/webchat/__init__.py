@@ -1,0 +1,314 @@
+"""The web chat: ``GET /chat`` (the page) and ``GET /chat/ws`` (its WebSocket), as ../shared/CONTRACT.md says.
+
+Protocol (JSON text frames):
+- client: ``{"type": "hello", "resume": token|null}`` first, then
+  ``{"type": "message", "text": "...", "id": "<client id, optional>"}``;
+- server: ``{"type": "session", "token"}`` after hello; ``{"type": "message", "from": "bot"|"counsellor",
+  "text", "quick_replies"}``; ``{"type": "status", "state": "bot"|"waiting"|"connected"|"closed",
+  "position"}``. Beyond the contract: on resume the history is replayed as ``message`` frames with
+  ``"history": true`` (the person's own lines with ``"from": "user"``); ``{"type": "ack", "id"}`` once a
+  message is stored, so the page can resend what was not acknowledged (the same id is stored once);
+  ``{"type": "error", "error"}`` for a frame that cannot be used (the connection stays open).
+
+The resume token is the person's pseudonymous id on this channel: it is hashed for look-up and
+encrypted at rest like any platform id; the page keeps it in sessionStorage only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any, ClassVar
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
+from sqlmodel import col
+
+from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender, State, utcnow
+from bot.types import Delivery, Inbound, Kind, Outbound
+from channels.base import Channel
+from triage.paths import CONTENT_DIR
+
+log = logging.getLogger("tsunagi.webchat")
+
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE = CONTENT_DIR.parent / "webchat" / "page.html"
+HELLO_TIMEOUT = 30.0
+MAX_FRAME = 64 * 1024  # characters in one frame; longer messages are refused with an error frame
+TOKEN_MAX = 128
+STATUS = {
+    State.NEW: "bot",
+    State.WELCOME: "bot",
+    State.LISTENING: "bot",
+    State.OFFERED: "bot",
+    State.WAITING: "waiting",
+    State.WITH_COUNSELLOR: "connected",
+    State.CLOSED: "closed",
+}
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: WebSocket
+    contact_id: str
+    conversation_id: str = ""
+    state: str = ""
+    position: int | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        async with self.lock:  # one frame at a time on a socket
+            await self.ws.send_json(frame)
+
+
+class WebChatChannel(Channel):
+    name: ClassVar[str] = "webchat"
+
+    def __init__(self, service: Any) -> None:
+        super().__init__(service)
+        self.clients: dict[str, set[_Client]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    async def send(self, out: Outbound) -> Delivery:
+        clients = list(self.clients.get(out.contact_id, ()))
+        if not clients:
+            return Delivery.deferred("web chat not connected")
+        frame = {
+            "type": "message",
+            "from": "counsellor" if out.sender is Sender.COUNSELLOR else "bot",
+            "text": out.text,
+            "quick_replies": list(out.quick_replies),
+        }
+        sent = 0
+        for client in clients:
+            try:
+                await client.send(frame)
+                sent += 1
+            except Exception:
+                self._drop(client)
+        return Delivery.delivered() if sent else Delivery.deferred("web chat connection lost")
+
+    # -- live status -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+        for clients in list(self.clients.values()):
+            for c in list(clients):
+                try:
+                    await c.ws.close(code=1001)
+                except Exception:
+                    pass
+        self.clients.clear()
+
+    async def _watch(self) -> None:
+        async with self.service.events.subscribe() as events:
+            while True:
+                event = await events.get()
+                try:
+                    if event.kind == "conversation":
+                        for c in list(self.clients.get(event.contact_id, ())):
+                            c.conversation_id, c.state = event.conversation_id, event.state
+                            await self._status(c)
+                    elif event.kind == "queue":
+                        for clients in list(self.clients.values()):
+                            for c in list(clients):
+                                if c.state == State.WAITING:
+                                    await self._status(c, only_if_changed=True)
+                except Exception:
+                    log.exception("web chat status update failed")
+
+    async def _status(self, c: _Client, *, only_if_changed: bool = False) -> None:
+        position = None
+        if c.state == State.WAITING and c.conversation_id:
+            position = await self.service.queue.position(c.conversation_id, utcnow())
+        if only_if_changed and position == c.position:
+            return
+        c.position = position
+        try:
+            await c.send({"type": "status", "state": STATUS.get(State(c.state), "bot"), "position": position})
+        except Exception:
+            self._drop(c)
+
+    def _drop(self, c: _Client) -> None:
+        clients = self.clients.get(c.contact_id)
+        if clients is not None:
+            clients.discard(c)
+            if not clients:
+                del self.clients[c.contact_id]
+
+    # -- HTTP ----------------------------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        r = APIRouter()
+        page = PAGE.read_text(encoding="utf-8")
+
+        @r.get("/chat", include_in_schema=False)
+        async def chat_page() -> HTMLResponse:
+            exit_url = escape(self.service.settings.quick_exit_url, quote=True)
+            return HTMLResponse(page.replace("{{quick_exit_url}}", exit_url), headers=SECURITY_HEADERS)
+
+        @r.get("/chat/static/{name}", include_in_schema=False)
+        async def chat_static(name: str) -> Response:
+            path = STATIC / name
+            if name not in {p.name for p in STATIC.iterdir()}:
+                return Response(status_code=404)
+            media = "text/javascript" if name.endswith(".js") else "text/css"
+            return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+
+        @r.websocket("/chat/ws")
+        async def chat_ws(ws: WebSocket) -> None:
+            await self._serve(ws)
+
+        return r
+
+    async def _serve(self, ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            hello = await asyncio.wait_for(ws.receive_text(), timeout=HELLO_TIMEOUT)
+        except (TimeoutError, WebSocketDisconnect):
+            await _close(ws, 1008)
+            return
+        frame = _parse(hello)
+        if frame is None or frame.get("type") != "hello":
+            await ws.send_json({"type": "error", "error": 'the first frame must be {"type": "hello"}'})
+            await _close(ws, 1008)
+            return
+        resume = frame.get("resume")
+        contact = None
+        if isinstance(resume, str) and 0 < len(resume) <= TOKEN_MAX:
+            contact = await self._contact(resume)
+        token = resume if contact is not None and isinstance(resume, str) else secrets.token_urlsafe(32)
+        await ws.send_json({"type": "session", "token": token})
+        if contact is None:
+            handled = await self.receive(Inbound(channel=self.name, user_id=token, kind=Kind.FOLLOW))
+            contact = await self._contact(token)
+            assert contact is not None
+            conversation_id = handled.conversation_id
+        else:
+            conversation_id = await self._replay(ws, contact)
+        client = _Client(ws, contact.id, conversation_id)
+        async with self.service.db.session() as s:
+            conv = await s.get(Conversation, conversation_id) if conversation_id else None
+        client.state = conv.state if conv else State.NEW
+        self.clients.setdefault(contact.id, set()).add(client)
+        try:
+            if conversation_id:
+                await self.service.outbox.send_due(conversation_id=conversation_id)
+            await self._status(client)
+            await self._loop(client, token)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._drop(client)
+
+    async def _loop(self, client: _Client, token: str) -> None:
+        while True:
+            raw = await client.ws.receive_text()
+            if len(raw) > MAX_FRAME:
+                await client.send({"type": "error", "error": "message too long"})
+                continue
+            frame = _parse(raw)
+            if frame is None:
+                await client.send({"type": "error", "error": "not valid JSON"})
+                continue
+            if frame.get("type") != "message" or not isinstance(frame.get("text"), str):
+                await client.send({"type": "error", "error": 'expected {"type": "message", "text": ...}'})
+                continue
+            text = frame["text"]
+            client_id = frame.get("id")
+            external_id = None
+            if isinstance(client_id, str) and 0 < len(client_id) <= 64:
+                external_id = f"{self.service.crypto.lookup(self.name, token)[:16]}:{client_id}"
+            if not text.strip():
+                continue
+            handled = await self.receive(
+                Inbound(channel=self.name, user_id=token, text=text, kind=Kind.TEXT, external_id=external_id)
+            )
+            if handled.conversation_id:
+                client.conversation_id = handled.conversation_id
+            if isinstance(client_id, str):
+                await client.send({"type": "ack", "id": client_id})
+
+    async def _contact(self, token: str) -> Contact | None:
+        lookup = self.service.crypto.lookup(self.name, token)
+        async with self.service.db.session() as s:
+            return await s.scalar(
+                select(Contact).where(col(Contact.channel) == self.name, col(Contact.lookup) == lookup)
+            )
+
+    async def _replay(self, ws: WebSocket, contact: Contact) -> str:
+        """Send the latest conversation's history: what the person wrote and what reached them.
+        Replies not yet delivered are left to the outbox, which sends them next (exactly once)."""
+        crypto = self.service.crypto
+        async with self.service.db.session() as s:
+            conv = await s.scalar(
+                select(Conversation)
+                .where(col(Conversation.contact_id) == contact.id)
+                .order_by(col(Conversation.created_at).desc())
+                .limit(1)
+            )
+            if conv is None:
+                return ""
+            rows = (
+                await s.execute(
+                    select(Message, col(Outbox.status))
+                    .join(Outbox, col(Outbox.message_id) == col(Message.id), isouter=True)
+                    .where(col(Message.conversation_id) == conv.id)
+                    .order_by(col(Message.id))
+                )
+            ).all()
+        frames = []
+        for msg, status in rows:
+            if msg.direction == Direction.IN:
+                if msg.kind != Kind.TEXT:
+                    continue
+                who = "user"
+            elif status == OutboxStatus.DELIVERED:
+                who = "counsellor" if msg.sender == Sender.COUNSELLOR else "bot"
+            else:
+                continue
+            frames.append(
+                {"type": "message", "from": who, "text": crypto.decrypt(msg.text_enc), "history": True}
+            )
+        for f in frames:
+            f["quick_replies"] = []
+        for f in frames:
+            await ws.send_json(f)
+        return conv.id
+
+
+def _parse(raw: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def _close(ws: WebSocket, code: int) -> None:
+    try:
+        await ws.close(code=code)
+    except Exception:
+        pass

@@ -1,0 +1,161 @@
+// The web chat page. Leaves nothing behind: only the resume token, in sessionStorage (gone when the
+// tab closes); the transcript lives in the page alone. Everything received is shown as text.
+"use strict";
+(() => {
+  const TOKEN_KEY = "tsunagi.token";
+  const strings = JSON.parse(document.getElementById("strings").textContent);
+  const log = document.getElementById("log");
+  const status = document.getElementById("status");
+  const choices = document.getElementById("choices");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("input");
+  const exitButton = document.getElementById("quick-exit");
+
+  let ws = null;
+  let leaving = false;
+  let retry = 0;
+  let composing = false;
+  // Sent but not yet acknowledged: resent (same id, stored once) after a reconnect. Memory only.
+  const unacked = new Map();
+
+  function fill(template, values) {
+    return template.replace(/\{(\w+)\}/g, (_, k) => (k in values ? String(values[k]) : ""));
+  }
+
+  function addMessage(from, text, { pendingId = null } = {}) {
+    const item = document.createElement("li");
+    item.className = "from-" + from + (pendingId ? " pending" : "");
+    if (pendingId) item.dataset.id = pendingId;
+    const who = document.createElement("span");
+    who.className = "visually-hidden";
+    who.textContent = (strings[from === "user" ? "you" : from] || "") + ": ";
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    bubble.textContent = text; // never innerHTML: what people write is text
+    item.append(who, bubble);
+    log.append(item);
+    item.scrollIntoView({ block: "end" });
+    return item;
+  }
+
+  function showChoices(list) {
+    choices.replaceChildren();
+    for (const label of list || []) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.addEventListener("click", () => send(label));
+      choices.append(b);
+    }
+  }
+
+  function setStatus(state, position) {
+    let text = strings["status_" + state] || "";
+    if (state === "waiting" && position) text = fill(strings.status_waiting_position, { position });
+    status.textContent = text;
+  }
+
+  function newId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return Date.now().toString(36) + Math.random().toString(36).slice(2);
+  }
+
+  function send(text) {
+    if (!text.trim()) return;
+    const id = newId();
+    const item = addMessage("user", text, { pendingId: id });
+    unacked.set(id, { text, item });
+    showChoices([]);
+    transmit(id, text);
+  }
+
+  function transmit(id, text) {
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ type: "message", text, id }));
+    }
+  }
+
+  function connect() {
+    if (leaving) return;
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    ws = new WebSocket(scheme + "//" + location.host + "/chat/ws");
+    ws.addEventListener("open", () => {
+      ws.send(JSON.stringify({ type: "hello", resume: sessionStorage.getItem(TOKEN_KEY) }));
+    });
+    ws.addEventListener("message", (ev) => {
+      let frame;
+      try { frame = JSON.parse(ev.data); } catch { return; }
+      if (frame.type === "session") {
+        const resumed = frame.token === sessionStorage.getItem(TOKEN_KEY);
+        sessionStorage.setItem(TOKEN_KEY, frame.token);
+        if (resumed) {
+          // The server replays the history: clear what the page shows and keep what is unacknowledged.
+          for (const li of [...log.children]) if (!li.classList.contains("pending")) li.remove();
+        }
+        retry = 0;
+        for (const [id, m] of unacked) transmit(id, m.text);
+      } else if (frame.type === "message") {
+        if (frame.history && frame.from === "user") {
+          const item = addMessage("user", frame.text);
+          const pending = log.querySelector("li.pending");
+          if (pending) log.insertBefore(item, pending);
+          return;
+        }
+        addMessage(frame.from === "counsellor" ? "counsellor" : "bot", frame.text);
+        if (!frame.history) showChoices(frame.quick_replies);
+      } else if (frame.type === "ack") {
+        const m = unacked.get(frame.id);
+        if (m) { m.item.classList.remove("pending"); delete m.item.dataset.id; unacked.delete(frame.id); }
+      } else if (frame.type === "status") {
+        setStatus(frame.state, frame.position);
+      }
+    });
+    ws.addEventListener("close", () => {
+      if (leaving) return;
+      status.textContent = strings.reconnecting;
+      const delay = Math.min(15000, 500 * 2 ** retry++);
+      setTimeout(connect, delay);
+    });
+  }
+
+  // Enter sends; Shift+Enter is a new line; Enter that confirms a Japanese IME conversion never sends.
+  input.addEventListener("compositionstart", () => { composing = true; });
+  input.addEventListener("compositionend", () => { setTimeout(() => { composing = false; }, 0); });
+  input.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.shiftKey) return;
+    if (e.isComposing || composing || e.keyCode === 229) return;
+    e.preventDefault();
+    form.requestSubmit();
+  });
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = input.value;
+    if (!text.trim()) return;
+    input.value = "";
+    send(text);
+    input.focus();
+  });
+
+  // Quick exit: forget the token, drop the page, and replace it (no way back with the Back button).
+  function quickExit() {
+    leaving = true;
+    try { sessionStorage.clear(); } catch { /* storage may be disabled */ }
+    unacked.clear();
+    if (ws) ws.close();
+    log.replaceChildren();
+    document.title = "";
+    location.replace(exitButton.dataset.url || "about:blank");
+  }
+  exitButton.addEventListener("click", quickExit);
+  let lastEscape = 0;
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape") return;
+    const now = Date.now();
+    if (now - lastEscape < 800) quickExit();
+    lastEscape = now;
+  });
+
+  status.textContent = strings.connecting;
+  connect();
+  input.focus();
+})();

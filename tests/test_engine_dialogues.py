@@ -1,0 +1,154 @@
+"""The conversation engine as tables: what the person writes, the state it leads to, what the bot says.
+
+Each reply is named by its entry in content/messages.yaml, so the tables hold when the wording is
+improved. Every state, every keyword, crisis from every state, and out of hours."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.engine_helpers import Chat, reply_keys, running
+
+JST = ZoneInfo("Asia/Tokyo")
+
+# (message, state after it, replies in order)
+Step = tuple[str, str, list[str]]
+
+WELCOME: list[Step] = [("こんにちは", "welcome", ["welcome"])]
+LISTENING: list[Step] = WELCOME + [("同意して話す", "listening", ["listening"])]
+INTAKE: list[Step] = LISTENING + [
+    ("最近ちょっと学校に行きづらくて", "listening", ["intake_intro", "intake_age"]),
+]
+OFFERED: list[Step] = INTAKE + [
+    ("16〜18歳", "listening", ["intake_prefecture"]),
+    ("大阪", "listening", ["intake_safe"]),
+    ("はい", "offered", ["offer"]),
+]
+WAITING: list[Step] = OFFERED + [("相談員と話したい", "waiting", ["waiting"])]
+
+DIALOGUES: dict[str, list[Step]] = {
+    "consent by button, then the whole intake, information only": OFFERED
+    + [("情報だけでよい", "closed", ["closing"]), ("よかった", "closed", ["survey_thanks"])],
+    "consent by a typed reply": WELCOME + [("わかりました", "listening", ["listening"])],
+    "no consent yet: asked again, nothing lost": WELCOME
+    + [
+        ("彼氏のことで相談があって、どうしたらいいかわからない", "welcome", ["consent_needed"]),
+        ("同意", "listening", ["listening_after_consent_with_story", "intake_age"]),
+    ],
+    "a greeting before consent is not a story": WELCOME
+    + [("よろしく", "welcome", ["consent_needed"]), ("同意", "listening", ["listening"])],
+    "declined": WELCOME + [("同意しない", "closed", ["declined"])],
+    "intake answers skipped": INTAKE
+    + [
+        ("答えない", "listening", ["intake_prefecture"]),
+        ("答えない", "listening", ["intake_safe"]),
+        ("わからない", "offered", ["offer"]),
+    ],
+    "not safe now: raised to high, a safety note, then the offer": INTAKE
+    + [
+        ("15歳", "listening", ["intake_prefecture"]),
+        ("答えない", "listening", ["intake_safe"]),
+        ("いいえ", "offered", ["unsafe", "offer"]),
+        ("相談したい", "waiting", ["waiting", "waiting_safety"]),
+    ],
+    "high risk skips the questionnaire": LISTENING
+    + [("夫に毎日殴られていて、家に帰るのがこわいです", "offered", ["offer"])],
+    "free text while offered": OFFERED + [("ありがとう、読んでみます", "offered", ["offer_again"])],
+    "waiting, then writing while waiting": WAITING
+    + [("まだですか", "waiting", ["waiting_update"]), ("相談したい", "waiting", ["waiting_update"])],
+    "相談したい from the very first message: terms first, then the queue": [
+        ("相談したい", "waiting", ["welcome", "waiting"])
+    ],
+    "相談したい during the welcome": WELCOME + [("相談したい", "waiting", ["waiting"])],
+    "相談したい while listening": LISTENING + [("相談したい", "waiting", ["waiting"])],
+    "終了 while waiting leaves the queue": WAITING
+    + [("終了", "closed", ["closing"]), ("答えない", "closed", ["survey_thanks"])],
+    "終了 while listening": LISTENING + [("終了", "closed", ["closing"])],
+    "a message after closure starts anew": LISTENING
+    + [("終了", "closed", ["closing"]), ("また話したい", "welcome", ["welcome"])],
+    "削除 asks first; やめる keeps everything": LISTENING
+    + [("削除", "listening", ["erase_confirm"]), ("やめる", "listening", ["erase_cancelled"])],
+    "削除 then 削除する erases": WAITING
+    + [("削除", "waiting", ["erase_confirm"]), ("削除する", "closed", ["erase_done"])],
+    "削除 then something else carries on": LISTENING
+    + [
+        ("削除", "listening", ["erase_confirm"]),
+        ("最近眠れない日が続いていて", "listening", ["intake_intro", "intake_age"]),
+    ],
+    # Crisis from every state: at once, 110/119 and 24-hour lines, and the queue.
+    "crisis as the first message": [("もう死にたい。今から飛び降りる", "waiting", ["crisis"])],
+    "crisis in the welcome": WELCOME + [("薬を全部飲んだ", "waiting", ["crisis"])],
+    "crisis while listening": LISTENING + [("首を吊ろうと思ってロープを買った", "waiting", ["crisis"])],
+    "crisis during the intake": INTAKE + [("今から死にます", "waiting", ["crisis"])],
+    "crisis while offered": OFFERED + [("リスカが止まらなくて血がとまらない", "waiting", ["crisis"])],
+    "crisis while waiting": WAITING + [("もう無理、遺書を書いた", "waiting", ["crisis"])],
+    "crisis again while waiting is short": [
+        ("今から飛び降りる", "waiting", ["crisis"]),
+        ("もう死ぬ", "waiting", ["crisis_repeat"]),
+    ],
+    "たすけて in any state": LISTENING + [("たすけて", "waiting", ["crisis"])],
+    "緊急 in the welcome": WELCOME + [("緊急", "waiting", ["crisis"])],
+    "crisis after closure starts a new conversation on the crisis path": LISTENING
+    + [("終了", "closed", ["closing"]), ("たすけて", "waiting", ["crisis"])],
+}
+
+
+@pytest.mark.parametrize("name", list(DIALOGUES))
+async def test_dialogue(name: str, tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        for i, (text, state, replies) in enumerate(DIALOGUES[name]):
+            got = await chat.keys(text)
+            assert got == replies, f"step {i} ({text!r}): replies {got}, expected {replies}"
+            assert await chat.state() == state, f"step {i} ({text!r})"
+
+
+OUT_OF_HOURS = {"hours": "mon 00:00-00:01", "timezone": "Asia/Tokyo"}  # closed nearly always
+
+OUT_OF_HOURS_DIALOGUES: dict[str, list[Step]] = {
+    "the welcome says so and lists 24-hour lines": [("こんばんは", "welcome", ["welcome", "out_of_hours"])],
+    "the conversation still queues": [
+        ("こんばんは", "welcome", ["welcome", "out_of_hours"]),
+        ("相談したい", "waiting", ["waiting", "out_of_hours"]),
+    ],
+    "a crisis always queues, and says when counsellors are back": [
+        ("今から飛び降りる", "waiting", ["crisis", "back_later"])
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(OUT_OF_HOURS_DIALOGUES))
+async def test_out_of_hours(name: str, tmp_path: Path) -> None:
+    async with running(tmp_path, **OUT_OF_HOURS) as svc:
+        chat = Chat(svc)
+        for i, (text, state, replies) in enumerate(OUT_OF_HOURS_DIALOGUES[name]):
+            got = await chat.keys(text)
+            assert got == replies, f"step {i} ({text!r}): replies {got}, expected {replies}"
+            assert await chat.state() == state
+        assert len(await svc.queue.entries()) == 1 or state != "waiting"
+
+
+@pytest.mark.parametrize(
+    ("local_time", "replies"),
+    [
+        (datetime(2026, 11, 25, 23, 0, tzinfo=JST), ["welcome", "out_of_hours"]),  # Wednesday night
+        (datetime(2026, 11, 25, 12, 0, tzinfo=JST), ["welcome"]),  # Wednesday noon: open
+        (datetime(2026, 11, 28, 12, 0, tzinfo=JST), ["welcome", "out_of_hours"]),  # Saturday
+    ],
+)
+async def test_hours_follow_the_clock_in_japan(
+    tmp_path: Path, local_time: datetime, replies: list[str]
+) -> None:
+    async with running(tmp_path, hours="mon-fri 10:00-22:00") as svc:
+        svc.engine.clock = lambda: local_time.astimezone(UTC)
+        sent = await Chat(svc).say("こんばんは")
+        assert reply_keys([m.text for m in sent]) == replies
+        assert "月〜金 10:00〜22:00" in sent[0].text
+        if len(sent) > 1:
+            back = "11月26日(木) 10:00" if local_time.day == 25 else "11月30日(月) 10:00"
+            assert back in sent[1].text
+            assert "よりそいホットライン" in sent[1].text and "いま受付中" in sent[1].text
