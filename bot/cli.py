@@ -93,6 +93,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bot.config import Settings
+    from bot.keys import rotate_keys
+
+    settings = Settings()
+    if len(settings.data_keys) < 2:
+        print("tsunagi rotate-keys: put the new key first in TSUNAGI_DATA_KEY (new,old)", file=sys.stderr)
+        return 2
+    done = asyncio.run(rotate_keys(settings))
+    print(f"re-encrypted {done.messages} messages and {done.contacts} contacts with the first key")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsunagi", description="tsunagi consultation chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_serve)
+    k = sub.add_parser("rotate-keys", help="re-encrypt stored data with the first key of TSUNAGI_DATA_KEY")
+    k.set_defaults(func=cmd_rotate_keys)
     return parser
 
 

@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     quick_exit_url: str = "https://www.yahoo.co.jp/"
     # Largest message accepted from any channel (characters); longer text is cut and the cut noted.
     max_message_chars: int = Field(default=5000, ge=100)
-    # Fault injection for the crash test only: "kill-before-send" kills the process (SIGKILL) when the
-    # outbox is about to send. Never set it in production.
+    # Fault injection for the crash test only: "kill-before-send:N" kills the process (SIGKILL) just
+    # before the outbox's Nth send. Never set it in production.
     fault: str = ""
 
     @cached_property

@@ -55,7 +55,11 @@ class OutboxWorker:
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
-        self.fault = fault
+        # "kill-before-send[:N]": SIGKILL this process just before its Nth send (tests only).
+        self._kill_at = 0
+        if fault.startswith("kill-before-send"):
+            self._kill_at = int(fault.partition(":")[2] or 1)
+        self._sends = 0
 
     async def run(self) -> None:
         while True:
@@ -99,7 +103,8 @@ class OutboxWorker:
         return sent
 
     async def _send_one(self, row: Outbox, now: datetime) -> bool:
-        if self.fault == "kill-before-send":
+        self._sends += 1
+        if self._kill_at and self._sends >= self._kill_at:
             # Fault injection for the crash test: die as a process killed by the system would.
             os.kill(os.getpid(), signal.SIGKILL)
         async with self.db.session() as s, s.begin():
