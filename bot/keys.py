@@ -58,7 +58,7 @@ async def rotate_keys(settings: Settings) -> Rotated:
                     )
             if not rows:
                 break
-            last = rows[-1][0]
+            last = rows[-1][0] or last
             done.messages += len(rows)
         async with db.session() as s, s.begin():
             for contact in (await s.scalars(select(Contact))).all():
