@@ -44,7 +44,15 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-unit: $(VENV)/.installed-dev triage/.compiled
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+# Japanese fonts so that pages and screenshots render the text.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk
+
+unit: $(VENV)/.installed-dev triage/.compiled | $(CHROMIUM)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
