@@ -549,6 +549,33 @@ class ConversationEngine:
             for metric in metrics:
                 await _increment(s, day, conv.channel, conv.risk, cat, conv.age_band, metric)
 
+    # -- counsellors (the console calls these) -----------------------------------------------------
+
+    async def assign(self, conversation_id: str, counsellor_id: int) -> bool:
+        """A counsellor takes a waiting conversation: it leaves the queue, the person is told, and from
+        now on the bot is silent. False when it is not waiting (taken by someone else, or closed)."""
+        now = self.clock()
+        async with self.db.session() as s, s.begin():
+            conv = await s.get(Conversation, conversation_id, with_for_update=not self.db.is_sqlite)
+            if conv is None or conv.state != State.WAITING:
+                return False
+            taken = await s.execute(
+                update(Handoff)
+                .where(col(Handoff.conversation_id) == conversation_id)
+                .where(col(Handoff.status) == HandoffStatus.WAITING)
+                .values(status=HandoffStatus.CLAIMED, counsellor_id=counsellor_id, claimed_at=now)
+            )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            step = _Step(conv, now, dequeue=True)
+            conv.state = State.WITH_COUNSELLOR
+            step.say(self.content.text("with_counsellor"), Sender.SYSTEM)
+            self._audit(s, "handoff.claim", conv.id, f"counsellor={counsellor_id}")
+            await self._write_replies(s, step)
+            contact_id = conv.contact_id or ""
+        self._after_commit(step, contact_id)
+        return True
+
     # -- writing replies and telling the rest -------------------------------------------------------
 
     async def _write_replies(self, s: AsyncSession, step: _Step) -> int:

@@ -5,12 +5,17 @@ improved. Every state, every keyword, crisis from every state, and out of hours.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
+from sqlmodel import col
 
+from bot.models import Alert, Counsellor, Role, utcnow
+from bot.service import Service
 from tests.engine_helpers import Chat, reply_keys, running
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -152,3 +157,96 @@ async def test_hours_follow_the_clock_in_japan(
             back = "11月26日(木) 10:00" if local_time.day == 25 else "11月30日(月) 10:00"
             assert back in sent[1].text
             assert "よりそいホットライン" in sent[1].text and "いま受付中" in sent[1].text
+
+
+async def wait_in_queue(svc: Service, user: str, risk_text: str = "") -> Chat:
+    chat = Chat(svc, user=user)
+    for text in ["こんにちは", "同意", *([risk_text] if risk_text else []), "相談したい"]:
+        await chat.say(text)
+    assert await chat.state() == "waiting"
+    return chat
+
+
+async def test_crisis_goes_to_the_head_of_the_queue(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        first = await wait_in_queue(svc, "u-1")
+        second = await wait_in_queue(svc, "u-2")
+        crisis = Chat(svc, user="u-3")
+        sent = await crisis.say("もう死にたい。今から飛び降りる")
+        assert "110" in sent[0].text and "119" in sent[0].text
+        await asyncio.sleep(0)  # the queue is told after the commit
+        now = utcnow()
+        assert await svc.queue.position(crisis.conversation_id, now) == 1
+        assert await svc.queue.position(first.conversation_id, now) == 2
+        assert await svc.queue.position(second.conversation_id, now) == 3
+
+
+async def test_a_rising_risk_while_waiting_moves_up_at_once(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        first = await wait_in_queue(svc, "u-1")
+        second = await wait_in_queue(svc, "u-2")
+        await asyncio.sleep(0)
+        assert await svc.queue.position(second.conversation_id, utcnow()) == 2
+        keys = await second.keys("実は彼氏に毎日殴られていて、家に帰るのがこわい")
+        assert keys == ["waiting_update", "waiting_safety"]
+        await asyncio.sleep(0)
+        assert await svc.queue.position(second.conversation_id, utcnow()) == 1
+        assert await svc.queue.position(first.conversation_id, utcnow()) == 2
+
+
+async def test_on_duty_supervisors_are_alerted_of_a_crisis(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        async with svc.db.session() as s, s.begin():
+            s.add_all(
+                [
+                    Counsellor(username="sup-on", role=Role.SUPERVISOR, on_duty=True),
+                    Counsellor(username="sup-off", role=Role.SUPERVISOR, on_duty=False),
+                    Counsellor(username="c-on", role=Role.COUNSELLOR, on_duty=True),
+                ]
+            )
+        async with svc.events.subscribe() as events:
+            chat = Chat(svc)
+            await chat.say("薬を全部飲んだ")
+            kinds = [events.get_nowait().kind for _ in range(events.qsize())]
+        assert "alert" in kinds
+        async with svc.db.session() as s:
+            alerted = (
+                await s.scalars(
+                    select(Counsellor.username).join(Alert, col(Alert.counsellor_id) == col(Counsellor.id))
+                )
+            ).all()
+        assert alerted == ["sup-on"]
+
+
+async def test_the_bot_is_silent_with_a_counsellor(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = await wait_in_queue(svc, "u-1")
+        async with svc.db.session() as s, s.begin():
+            counsellor = Counsellor(username="c1", role=Role.COUNSELLOR, on_duty=True)
+            s.add(counsellor)
+        assert counsellor.id is not None
+        assert await svc.engine.assign(chat.conversation_id, counsellor.id)
+        assert not await svc.engine.assign(chat.conversation_id, counsellor.id), "taken only once"
+        await svc.outbox.send_due()
+        assert reply_keys([svc.channels["loopback"].to("u-1")[-1].text]) == ["with_counsellor"]
+        assert await chat.state() == "with_counsellor"
+        await asyncio.sleep(0)
+        assert await svc.queue.position(chat.conversation_id, utcnow()) is None
+        assert await chat.say("聞いてもらえますか") == []
+        assert await chat.say("相談したい") == []
+        assert await chat.say("もう死にたい。今から飛び降りる") == [], "the counsellor is there"
+        assert (await chat.conversation()).risk == "crisis"
+
+
+async def test_intake_answers_are_kept_as_bands_only(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        for text in ["こんにちは", "同意", "部活の先輩からのことで悩んでいて", "高2", "神奈川", "はい"]:
+            await chat.say(text)
+        conv = await chat.conversation()
+        assert (conv.age_band, conv.prefecture, conv.safe_now, conv.state) == (
+            "16-18",
+            "神奈川県",
+            "yes",
+            "offered",
+        )
