@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     hours: str = "mon-sun 00:00-24:00"
     timezone: str = "Asia/Tokyo"
     retention_days: int = Field(default=90, ge=1)
+    # A conversation still with the bot closes, without a message, after this many hours of silence.
+    idle_hours: int = Field(default=24, ge=1)
     # Minutes a waiting conversation needs to move up one risk level in the queue (see handoff/).
     aging_minutes: int = Field(default=20, ge=1)
     # Estimated minutes of waiting per place in the queue, for the number the user is told.

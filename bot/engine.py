@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -548,6 +548,32 @@ class ConversationEngine:
         for cat in cats:
             for metric in metrics:
                 await _increment(s, day, conv.channel, conv.risk, cat, conv.age_band, metric)
+
+    async def close_idle(self, idle: timedelta) -> int:
+        """Close, quietly, conversations still with the bot after ``idle`` without a word from the person
+        (a message out of the blue could be read by someone else). Waiting ones keep their place."""
+        now = self.clock()
+        async with self.db.session() as s:
+            ids = (
+                await s.scalars(
+                    select(col(Conversation.id)).where(
+                        col(Conversation.state).in_(
+                            [State.NEW, State.WELCOME, State.LISTENING, State.OFFERED]
+                        ),
+                        col(Conversation.updated_at) < now - idle,
+                    )
+                )
+            ).all()
+        for conversation_id in ids:
+            async with self.db.session() as s, s.begin():
+                conv = await s.get(Conversation, conversation_id)
+                if conv is None or conv.state == State.CLOSED or conv.updated_at >= now - idle:
+                    continue
+                step = _Step(conv, now)
+                await self._close(s, step, outcome="idle", survey=False)
+                contact_id = conv.contact_id or ""
+            self._after_commit(step, contact_id)
+        return len(ids)
 
     # -- counsellors (the console calls these) -----------------------------------------------------
 

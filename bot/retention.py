@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, exists, select
@@ -21,13 +22,18 @@ INTERVAL = 60.0
 
 
 class Retention:
-    def __init__(self, *, db: Database, days: int) -> None:
+    def __init__(
+        self, *, db: Database, days: int, before: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
         self.db = db
         self.days = days
+        self.before = before  # closes idle conversations first, so that they age from their closing
 
     async def run(self) -> None:
         while True:
             try:
+                if self.before is not None:
+                    await self.before()
                 await self.sweep()
             except asyncio.CancelledError:
                 raise

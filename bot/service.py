@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlmodel import col
@@ -55,7 +56,10 @@ class Service:
             wakeup=self.engine.outbox_wakeup,
             fault=settings.fault,
         )
-        self.retention = Retention(db=self.db, days=settings.retention_days)
+        idle = timedelta(hours=settings.idle_hours)
+        self.retention = Retention(
+            db=self.db, days=settings.retention_days, before=lambda: self.engine.close_idle(idle)
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, *, workers: bool = True) -> None:

@@ -6,7 +6,7 @@ improved. Every state, every keyword, crisis from every state, and out of hours.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -250,3 +250,18 @@ async def test_intake_answers_are_kept_as_bands_only(tmp_path: Path) -> None:
             "yes",
             "offered",
         )
+
+
+async def test_idle_conversations_close_quietly_but_waiting_ones_keep_their_place(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        idle = Chat(svc, user="u-idle")
+        await idle.say("こんにちは")
+        waiting = await wait_in_queue(svc, "u-waiting")
+        sent_before = len(svc.channels["loopback"].sent)
+        svc.engine.clock = lambda: utcnow() + timedelta(hours=25)
+        assert await svc.engine.close_idle(timedelta(hours=24)) == 1
+        await svc.outbox.send_due()
+        assert len(svc.channels["loopback"].sent) == sent_before, "nothing is sent to someone who left"
+        conv = await idle.conversation()
+        assert (conv.state, conv.outcome, conv.pending) == ("closed", "idle", "")
+        assert await waiting.state() == "waiting"

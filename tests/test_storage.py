@@ -41,7 +41,7 @@ from channels.loopback import LoopbackChannel
 from tests.engine_helpers import Chat, reply_keys, running
 
 JST = ZoneInfo("Asia/Tokyo")
-SENTENCE = "駅前のパン屋で店長に毎晩どなられて眠れません"  # triage quotes どなられ in its reasons
+SENTENCE = "駅前のパン屋で店長に毎晩どなられて眠れません"  # triage quotes どなら in its reasons
 USER = "line-user-U4f9c2e81"
 
 
@@ -117,7 +117,7 @@ async def test_text_and_user_id_are_encrypted_at_rest(tmp_path: Path, database_u
 
         for table in [t.name for t in SQLModel.metadata.sorted_tables]:
             for cell in await raw_cells(svc, table):
-                for secret in (SENTENCE, "どなられ", USER):
+                for secret in (SENTENCE, "どなら", "眠れません", USER):
                     assert secret not in cell, f"{secret!r} in plain text in {table}"
 
         (contact,) = await rows(svc, Contact)
@@ -128,7 +128,7 @@ async def test_text_and_user_id_are_encrypted_at_rest(tmp_path: Path, database_u
         inbound = await rows(svc, Message, col(Message.direction) == Direction.IN)
         assert [svc.crypto.decrypt(m.text_enc) for m in inbound] == ["こんにちは", SENTENCE]
         told = inbound[1]
-        assert "どなられ" in svc.crypto.decrypt(told.triage_enc)
+        assert "どなら" in svc.crypto.decrypt(told.triage_enc)
 
         stranger = Crypto([Fernet.generate_key()])
         for token in (told.text_enc, told.triage_enc, contact.address_enc):
@@ -154,9 +154,7 @@ async def test_the_same_external_id_is_stored_and_answered_once(tmp_path: Path, 
         assert keys_to(svc, USER) == ["welcome"]
 
 
-async def test_concurrent_deliveries_of_one_event_are_handled_once(
-    tmp_path: Path, database_url: str
-) -> None:
+async def test_concurrent_deliveries_of_one_event_are_handled_once(tmp_path: Path, database_url: str) -> None:
     async with running(tmp_path, database_url) as svc:
         inbound = Inbound(channel="loopback", user_id=USER, text="こんにちは", external_id="evt-1")
         results = await asyncio.gather(svc.engine.handle(inbound), svc.engine.handle(inbound))
@@ -293,7 +291,9 @@ async def test_a_reply_being_sent_holds_back_the_next_one(tmp_path: Path, databa
         await loopback(svc).say(USER, "相談したい")
         now = utcnow()
         first, second = await outbox(svc)
-        await set_outbox(svc, first.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30))
+        await set_outbox(
+            svc, first.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30)
+        )
 
         await svc.outbox.send_due(now=now)
         assert keys_to(svc, USER) == []
@@ -307,7 +307,9 @@ async def test_an_expired_lease_is_sent_again_once(tmp_path: Path, database_url:
         now = utcnow()
         (row,) = await outbox(svc)
         # A worker claimed the row and died before it recorded anything.
-        await set_outbox(svc, row.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30))
+        await set_outbox(
+            svc, row.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30)
+        )
 
         assert await svc.outbox.send_due(now=now) == 0  # the lease still holds
         after = now + timedelta(seconds=31)
@@ -419,7 +421,13 @@ async def test_an_erased_conversation_is_gone_once_its_last_reply_is_out(
 async def test_statistics_count_closed_conversations_by_dimension(tmp_path: Path, database_url: str) -> None:
     at = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)  # 2 March in Japan: the day is counted in Japan
     dialogues = {
-        "a": ["クラスでいじめられていて学校に行けない", "不登校で学校に行けていません", "同意", "16〜18歳", "終了"],
+        "a": [
+            "クラスでいじめられていて学校に行けない",
+            "不登校で学校に行けていません",
+            "同意",
+            "16〜18歳",
+            "終了",
+        ],
         "b": ["不登校で学校に行けていません", "同意", "16〜18歳", "終了"],
         "c": ["夫に毎日殴られていて、家に帰るのがこわいです", "同意", "相談したい", "終了"],
         "d": ["もう死にたい。今から飛び降りる", "終了"],
