@@ -122,12 +122,27 @@ class ConversationEngine:
         lookup = self.crypto.lookup(inbound.channel, inbound.user_id)
         # One message of a person at a time (they often send several fragments at once).
         async with self._locks.hold(lookup):
-            try:
-                return await self._handle_locked(inbound, lookup)
-            except IntegrityError:
-                # Another instance stored the same external id first: it answers, we do not.
-                log.info("duplicate inbound on %s (lost a race)", inbound.channel)
-                return Handled(conversation_id="", duplicate=True)
+            for _ in range(3):
+                try:
+                    return await self._handle_locked(inbound, lookup)
+                except IntegrityError:
+                    # Another instance got there first: with the same external id (it answers, we do
+                    # not), or with a first message of the same new person (the contact now exists:
+                    # try again, and this message is handled like any other).
+                    if inbound.external_id is not None and await self._seen(inbound):
+                        log.info("duplicate inbound on %s (lost a race)", inbound.channel)
+                        return Handled(conversation_id="", duplicate=True)
+                    log.info("inbound on %s raced another instance; retrying", inbound.channel)
+            raise RuntimeError("could not store an inbound message after three attempts")
+
+    async def _seen(self, inbound: Inbound) -> bool:
+        async with self.db.session() as s:
+            found = await s.scalar(
+                select(col(Message.id)).where(
+                    col(Message.channel) == inbound.channel, col(Message.external_id) == inbound.external_id
+                )
+            )
+        return found is not None
 
     async def _handle_locked(self, inbound: Inbound, lookup: str) -> Handled:
         async with self.db.session() as s, s.begin():

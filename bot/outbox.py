@@ -79,12 +79,7 @@ class OutboxWorker:
         """Send every row that is due (or, for one conversation, every row not yet delivered)."""
         now = now or utcnow()
         async with self.db.session() as s:
-            q = select(Outbox).where(
-                or_(
-                    col(Outbox.status) == OutboxStatus.PENDING,
-                    (col(Outbox.status) == OutboxStatus.SENDING) & (col(Outbox.lease_until) < now),
-                )
-            )
+            q = select(Outbox).where(col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
             if conversation_id is not None:
                 q = q.where(col(Outbox.conversation_id) == conversation_id)
             rows = (await s.scalars(q.order_by(col(Outbox.id)).limit(500))).all()
@@ -93,6 +88,9 @@ class OutboxWorker:
         for row in rows:
             if row.conversation_id in blocked:
                 continue  # an earlier message of this conversation is not out yet: keep the order
+            if row.status == OutboxStatus.SENDING and row.lease_until is not None and row.lease_until >= now:
+                blocked.add(row.conversation_id)  # being sent right now (here or by another worker)
+                continue
             if conversation_id is None and row.next_attempt_at > now:
                 blocked.add(row.conversation_id)
                 continue

@@ -183,6 +183,23 @@ async def test_two_instances_racing_for_one_event_answer_once(tmp_path: Path, da
         assert keys_to(svc, USER) == ["welcome"]
 
 
+async def test_two_instances_with_two_first_messages_of_a_new_person_keep_both(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Different events are not duplicates: losing the race to create the contact must not lose one."""
+    async with running(tmp_path, database_url) as svc:
+        other = Service(svc.settings)
+        try:
+            first = Inbound(channel="loopback", user_id=USER, text="こんにちは", external_id="evt-1")
+            second = Inbound(channel="loopback", user_id=USER, text="相談したい", external_id="evt-2")
+            results = await asyncio.gather(svc.engine.handle(first), other.engine.handle(second))
+        finally:
+            await other.db.dispose()
+
+        assert [r.duplicate for r in results] == [False, False]
+        assert await count(svc, Message, col(Message.direction) == Direction.IN) == 2
+
+
 # -- 4. timezone -----------------------------------------------------------------------------------
 
 
@@ -290,7 +307,7 @@ async def test_a_reply_being_sent_holds_back_the_next_one(tmp_path: Path, databa
     async with running(tmp_path, database_url) as svc:
         await loopback(svc).say(USER, "相談したい")
         now = utcnow()
-        first, second = await outbox(svc)
+        first, _ = await outbox(svc)
         await set_outbox(
             svc, first.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30)
         )
