@@ -58,12 +58,14 @@ class Settings(BaseSettings):
     # Fault injection for the crash test only: "kill-before-send:N" kills the process (SIGKILL) just
     # before the outbox's Nth send. Never set it in production.
     fault: str = ""
+    # The in-process loopback channel (channels/loopback), for tests and demonstrations only.
+    loopback_channel: bool = False
 
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        self.var_dir.mkdir(parents=True, exist_ok=True)
+        self.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         return f"sqlite+aiosqlite:///{(self.var_dir / 'tsunagi.db').resolve()}"
 
     @cached_property
@@ -82,7 +84,7 @@ def _kept_secret(path: Path, make: Callable[[], str]) -> str:
     """Read a generated secret, or generate it once (created exclusively, readable by the owner only)."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = make()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
@@ -50,6 +50,7 @@ from bot.models import (
 from bot.types import Inbound, Kind
 from handoff.queue import HandoffQueue, QueueEntry
 from triage import Category, Risk, TriageResult, get_engine
+from triage.normalize import sanitize
 
 log = logging.getLogger("tsunagi.engine")
 
@@ -119,6 +120,8 @@ class ConversationEngine:
     # -- ingest ------------------------------------------------------------------------------------
 
     async def handle(self, inbound: Inbound) -> Handled:
+        # Whatever arrived must be storable: a lone surrogate (half an emoji) becomes U+FFFD.
+        inbound = replace(inbound, text=sanitize(inbound.text), user_id=sanitize(inbound.user_id))
         lookup = self.crypto.lookup(inbound.channel, inbound.user_id)
         # One message of a person at a time (they often send several fragments at once).
         async with self._locks.hold(lookup):
@@ -237,7 +240,7 @@ class ConversationEngine:
         else:
             history = await self._history(s, conv)
             result = self.triage.triage_conversation(text, history)
-        await self._store_inbound(s, step, Inbound(**{**inbound.__dict__, "text": text}), result)
+        await self._store_inbound(s, step, replace(inbound, text=text), result)
         conv.last_user_at = now
         await self._step(s, step, text, inbound.kind, result)
         return step

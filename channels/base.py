@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar, final
 
 from fastapi import APIRouter
@@ -53,7 +54,7 @@ class Channel(ABC):
     async def deliver(self, out: Outbound) -> Delivery:
         if out.quick_replies and not self.buttons:
             numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(out.quick_replies, 1))
-            out = Outbound(**{**out.__dict__, "text": f"{out.text}\n{numbered}", "quick_replies": ()})
+            out = replace(out, text=f"{out.text}\n{numbered}", quick_replies=())
         try:
             return await self.send(out)
         except Exception as e:  # a platform failure is a retry, never a crash of the worker

@@ -88,6 +88,7 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: 
         "secret_key": "test-secret",
         "hours": "mon-sun 00:00-24:00",
         "smtp_listen": "",
+        "loopback_channel": True,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DATA, load_jsonl
 
+from tests.conftest import DATA, load_jsonl
 from triage import Risk, get_engine, triage, triage_conversation
 
 TRAPS = load_jsonl(DATA / "trap_cases.jsonl")

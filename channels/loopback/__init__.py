@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import ClassVar
 
+from bot.config import Settings
 from bot.engine import Handled
 from bot.types import Delivery, Inbound, Kind, Outbound
 from channels.base import Channel
@@ -26,6 +27,10 @@ class Sent:
 
 class LoopbackChannel(Channel):
     name: ClassVar[str] = "loopback"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return settings.loopback_channel
 
     def __init__(self, service: object) -> None:
         super().__init__(service)  # type: ignore[arg-type]

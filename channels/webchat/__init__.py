@@ -42,6 +42,7 @@ PAGE = CONTENT_DIR.parent / "webchat" / "page.html"
 HELLO_TIMEOUT = 30.0
 MAX_FRAME = 64 * 1024  # characters in one frame; longer messages are refused with an error frame
 TOKEN_MAX = 128
+MAX_ID = 64  # a client message id (the page uses UUIDs)
 STATUS = {
     State.NEW: "bot",
     State.WELCOME: "bot",
@@ -224,31 +225,45 @@ class WebChatChannel(Channel):
             self._drop(client)
 
     async def _loop(self, client: _Client, token: str) -> None:
+        prefix = self.service.crypto.lookup(self.name, token)[:16]
         while True:
-            raw = await client.ws.receive_text()
-            if len(raw) > MAX_FRAME:
+            raw = await client.ws.receive()
+            if raw["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(raw.get("code", 1000))
+            if raw.get("text") is None:
+                await client.send({"type": "error", "error": "frames must be JSON text"})
+                continue
+            if len(raw["text"]) > MAX_FRAME:
                 await client.send({"type": "error", "error": "message too long"})
                 continue
-            frame = _parse(raw)
+            frame = _parse(raw["text"])
             if frame is None:
                 await client.send({"type": "error", "error": "not valid JSON"})
                 continue
             if frame.get("type") != "message" or not isinstance(frame.get("text"), str):
                 await client.send({"type": "error", "error": 'expected {"type": "message", "text": ...}'})
                 continue
-            text = frame["text"]
             client_id = frame.get("id")
-            external_id = None
-            if isinstance(client_id, str) and 0 < len(client_id) <= 64:
-                external_id = f"{self.service.crypto.lookup(self.name, token)[:16]}:{client_id}"
+            if client_id is not None and not (isinstance(client_id, str) and 0 < len(client_id) <= MAX_ID):
+                await client.send(
+                    {"type": "error", "error": f"'id' must be a string of 1 to {MAX_ID} characters"}
+                )
+                continue
+            text = frame["text"]
             if not text.strip():
                 continue
             handled = await self.receive(
-                Inbound(channel=self.name, user_id=token, text=text, kind=Kind.TEXT, external_id=external_id)
+                Inbound(
+                    channel=self.name,
+                    user_id=token,
+                    text=text,
+                    kind=Kind.TEXT,
+                    external_id=f"{prefix}:{client_id}" if client_id else None,
+                )
             )
             if handled.conversation_id:
                 client.conversation_id = handled.conversation_id
-            if isinstance(client_id, str):
+            if client_id:
                 await client.send({"type": "ack", "id": client_id})
 
     async def _contact(self, token: str) -> Contact | None:
@@ -281,19 +296,23 @@ class WebChatChannel(Channel):
             ).all()
         frames = []
         for msg, status in rows:
+            extra: dict[str, Any] = {}
             if msg.direction == Direction.IN:
                 if msg.kind != Kind.TEXT:
                     continue
                 who = "user"
+                if msg.external_id and ":" in msg.external_id:
+                    # The page's own id, so that it can tell a message it is still holding was stored.
+                    extra["id"] = msg.external_id.split(":", 1)[1]
             elif status == OutboxStatus.DELIVERED:
                 who = "counsellor" if msg.sender == Sender.COUNSELLOR else "bot"
             else:
                 continue
+            text = crypto.decrypt(msg.text_enc)
             frames.append(
-                {"type": "message", "from": who, "text": crypto.decrypt(msg.text_enc), "history": True}
+                {"type": "message", "from": who, "text": text, "quick_replies": [], "history": True}
             )
-        for f in frames:
-            f["quick_replies"] = []
+            frames[-1].update(extra)
         for f in frames:
             await ws.send_json(f)
         return conv.id

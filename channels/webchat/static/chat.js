@@ -15,6 +15,7 @@
   let leaving = false;
   let retry = 0;
   let composing = false;
+  let replaying = false;
   // Sent but not yet acknowledged: resent (same id, stored once) after a reconnect. Memory only.
   const unacked = new Map();
 
@@ -66,7 +67,7 @@
     const item = addMessage("user", text, { pendingId: id });
     unacked.set(id, { text, item });
     showChoices([]);
-    transmit(id, text);
+    if (!replaying) transmit(id, text);
   }
 
   function transmit(id, text) {
@@ -86,19 +87,17 @@
       let frame;
       try { frame = JSON.parse(ev.data); } catch { return; }
       if (frame.type === "session") {
-        const resumed = frame.token === sessionStorage.getItem(TOKEN_KEY);
         sessionStorage.setItem(TOKEN_KEY, frame.token);
-        if (resumed) {
-          // The server replays the history: clear what the page shows and keep what is unacknowledged.
-          for (const li of [...log.children]) if (!li.classList.contains("pending")) li.remove();
-        }
         retry = 0;
-        for (const [id, m] of unacked) transmit(id, m.text);
+        // The server now sends the history (or, for a new session, the welcome), then a status frame:
+        // the page is rebuilt from it, and what it still holds unacknowledged follows, in order.
+        log.replaceChildren();
+        replaying = true;
       } else if (frame.type === "message") {
-        if (frame.history && frame.from === "user") {
-          const item = addMessage("user", frame.text);
-          const pending = log.querySelector("li.pending");
-          if (pending) log.insertBefore(item, pending);
+        if (frame.from === "user") {
+          // Our own line, replayed: if we were still holding it, it was stored after all.
+          if (frame.id) unacked.delete(frame.id);
+          addMessage("user", frame.text);
           return;
         }
         addMessage(frame.from === "counsellor" ? "counsellor" : "bot", frame.text);
@@ -108,6 +107,14 @@
         if (m) { m.item.classList.remove("pending"); delete m.item.dataset.id; unacked.delete(frame.id); }
       } else if (frame.type === "status") {
         setStatus(frame.state, frame.position);
+        if (replaying) {
+          replaying = false;
+          for (const [id, m] of unacked) {
+            m.item.remove();
+            m.item = addMessage("user", m.text, { pendingId: id });
+            transmit(id, m.text);
+          }
+        }
       }
     });
     ws.addEventListener("close", () => {
