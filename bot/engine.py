@@ -448,14 +448,7 @@ class ConversationEngine:
         conv.state = State.WAITING
         conv.pending = ""
         step.enqueue = True
-        existing = await s.scalar(
-            select(Handoff).where(
-                col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING
-            )
-        )
-        if existing is None:
-            s.add(Handoff(conversation_id=conv.id, risk=conv.risk, queued_at=step.now))
-            self._audit(s, "handoff.enqueue", conv.id, f"risk={conv.risk}")
+        await self._ensure_handoff(s, conv, step.now)
         position = await self.queue.rank(self._entry(conv, step.now), step.now)
         step.say(self.content.text("waiting", position=position, wait=self._wait(position)))
         if not self.hours.is_open(step.now):
@@ -469,35 +462,45 @@ class ConversationEngine:
         step.say(self.content.text("waiting_update", position=position, wait=self._wait(position)))
 
     async def _crisis(self, s: AsyncSession, step: _Step) -> None:
+        """Life first: no consent needed (the confidentiality exception), no questions, the head of
+        the queue, and the supervisors on duty alerted once."""
         conv, c = step.conv, self.content
         conv.risk = Risk.CRISIS.value
-        step.alert = True
-        # Life first: the crisis path needs no consent (the confidentiality exception applies).
+        first = not conv.emergency
+        conv.emergency = True
+        if first:
+            step.alert = True
+            self._audit(s, "crisis", conv.id, "crisis path")
+            await self._alert_supervisors(s, conv)
         if conv.state == State.WITH_COUNSELLOR:
-            return  # the counsellor is there; supervisors are alerted and the console flags it
-        if conv.emergency and conv.state == State.WAITING:
+            return  # the counsellor is there and the console flags it; the bot says nothing
+        if not first and conv.state == State.WAITING:
             step.say(c.text("crisis_repeat"))
             step.enqueue = True
             return
-        conv.emergency = True
-        self._audit(s, "crisis", conv.id, "crisis path")
         step.say(c.text("crisis", lines=self._lines(conv, step.now, crisis=True)))
         conv.state = State.WAITING
         conv.pending = ""
         step.enqueue = True
+        await self._ensure_handoff(s, conv, step.now)
+        if not self.hours.is_open(step.now):
+            conv.out_of_hours = True
+            step.say(c.text("back_later", back=self._back(step.now)))
+
+    async def _ensure_handoff(self, s: AsyncSession, conv: Conversation, now: datetime) -> None:
+        """The waiting handoff row (the source of truth for the queue), made once."""
         existing = await s.scalar(
             select(Handoff).where(
                 col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING
             )
         )
         if existing is None:
-            s.add(Handoff(conversation_id=conv.id, risk=conv.risk, queued_at=step.now))
-            self._audit(s, "handoff.enqueue", conv.id, "risk=crisis")
+            s.add(Handoff(conversation_id=conv.id, risk=conv.risk, queued_at=now))
+            self._audit(s, "handoff.enqueue", conv.id, f"risk={conv.risk}")
         else:
-            existing.risk = Risk.CRISIS.value
-        if not self.hours.is_open(step.now):
-            conv.out_of_hours = True
-            step.say(c.text("back_later", back=self._back(step.now)))
+            existing.risk = conv.risk
+
+    async def _alert_supervisors(self, s: AsyncSession, conv: Conversation) -> None:
         for sup in await s.scalars(
             select(Counsellor).where(
                 col(Counsellor.on_duty).is_(True),

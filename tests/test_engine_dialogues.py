@@ -265,3 +265,21 @@ async def test_idle_conversations_close_quietly_but_waiting_ones_keep_their_plac
         conv = await idle.conversation()
         assert (conv.state, conv.outcome, conv.pending) == ("closed", "idle", "")
         assert await waiting.state() == "waiting"
+
+
+async def test_a_crisis_with_a_counsellor_alerts_supervisors_once_and_the_bot_stays_silent(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as svc:
+        async with svc.db.session() as s, s.begin():
+            sup = Counsellor(username="sup", role=Role.SUPERVISOR, on_duty=True)
+            counsellor = Counsellor(username="c1", role=Role.COUNSELLOR, on_duty=True)
+            s.add_all([sup, counsellor])
+        chat = await wait_in_queue(svc, "u-1")
+        assert counsellor.id is not None and await svc.engine.assign(chat.conversation_id, counsellor.id)
+        await svc.outbox.send_due()  # the notice that a counsellor is there
+        assert await chat.say("もう死にたい。今から飛び降りる") == []
+        assert await chat.say("薬を全部飲んだ") == []
+        async with svc.db.session() as s:
+            alerts = (await s.scalars(select(Alert))).all()
+        assert [(a.counsellor_id, a.conversation_id) for a in alerts] == [(sup.id, chat.conversation_id)]
