@@ -28,6 +28,8 @@ RUN python -m venv .venv \
 
 RUN useradd --create-home --uid 10001 tsunagi && mkdir -p /app/var && chown tsunagi /app/var
 USER tsunagi
+# Generated keys and the default SQLite database: keep them across container restarts.
+VOLUME ["/app/var"]
 
 EXPOSE 8000
 # Inside a container the app must listen beyond loopback; publish the port only where intended.
