@@ -63,6 +63,7 @@ class Handled:
     conversation_id: str
     duplicate: bool = False
     replies: int = 0
+    contact_id: str = ""
 
 
 @dataclass
@@ -175,7 +176,7 @@ class ConversationEngine:
             conv.risk,
             replies,
         )
-        return Handled(conversation_id=conv.id, replies=replies)
+        return Handled(conversation_id=conv.id, replies=replies, contact_id=contact.id)
 
     async def _contact(self, s: AsyncSession, inbound: Inbound, lookup: str) -> Contact:
         contact = await s.scalar(

@@ -35,6 +35,16 @@ MAX_ATTEMPTS = 12
 DEFER = timedelta(minutes=10)  # a person not reachable now: look again later (or when they come back)
 
 
+async def wait_any(*events: asyncio.Event, seconds: float) -> None:
+    """Until one of the events is set, or ``seconds`` have passed."""
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
 def backoff(attempt: int) -> timedelta:
     """2, 4, 8 ... seconds, at most five minutes, with jitter so retries do not march in step."""
     base = min(300.0, 2.0**attempt)
@@ -55,24 +65,20 @@ class OutboxWorker:
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
-        # "kill-before-send[:N]": SIGKILL this process just before its Nth send (tests only).
+        # "kill-before-send[:N]": SIGKILL this process just before it sends its Nth message (tests only).
         self._kill_at = 0
         if fault.startswith("kill-before-send"):
             self._kill_at = int(fault.partition(":")[2] or 1)
-        self._sends = 0
+        self._seen: set[int] = set()
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Send until ``stopping`` is set; a pass in progress is finished first (never cut mid-send)."""
+        while not stopping.is_set():
             try:
                 await self.send_due()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("outbox pass failed; trying again shortly")
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await wait_any(self.wakeup, stopping, seconds=1.0)
             self.wakeup.clear()
 
     async def send_due(self, *, conversation_id: str | None = None, now: datetime | None = None) -> int:
@@ -101,8 +107,8 @@ class OutboxWorker:
         return sent
 
     async def _send_one(self, row: Outbox, now: datetime) -> bool:
-        self._sends += 1
-        if self._kill_at and self._sends >= self._kill_at:
+        self._seen.add(row.id or 0)
+        if self._kill_at and len(self._seen) >= self._kill_at:
             # Fault injection for the crash test: die as a process killed by the system would.
             os.kill(os.getpid(), signal.SIGKILL)
         async with self.db.session() as s, s.begin():
@@ -128,7 +134,12 @@ class OutboxWorker:
             await self._record(row, Delivery.failed(reason), now)
             return False
         delivery = await channel.deliver(out)
-        await self._record(row, delivery, now)
+        # Deferred while the person came back (the web chat reconnected during the send): try again
+        # at once rather than after the deferral.
+        retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(out.contact_id)
+        await self._record(row, delivery, now, defer_until=now if retry_now else None)
+        if retry_now:
+            self.wakeup.set()
         return delivery.outcome is Outcome.DELIVERED
 
     async def _outbound(self, row: Outbox) -> Outbound | None:
@@ -158,7 +169,9 @@ class OutboxWorker:
             attempt=row.attempts + 1,
         )
 
-    async def _record(self, row: Outbox, delivery: Delivery, now: datetime) -> None:
+    async def _record(
+        self, row: Outbox, delivery: Delivery, now: datetime, *, defer_until: datetime | None = None
+    ) -> None:
         values: dict[str, object] = {"lease_until": None}
         if delivery.outcome is Outcome.DELIVERED:
             values.update(status=OutboxStatus.DELIVERED, delivered_at=utcnow(), last_error="")
@@ -167,7 +180,7 @@ class OutboxWorker:
             values.update(
                 status=OutboxStatus.PENDING,
                 attempts=row.attempts,
-                next_attempt_at=now + DEFER,
+                next_attempt_at=defer_until or now + DEFER,
                 last_error=delivery.reason[:500],
             )
         elif delivery.outcome is Outcome.RETRY and row.attempts + 1 < MAX_ATTEMPTS:

@@ -15,6 +15,7 @@ from sqlmodel import col
 
 from bot.db import Database
 from bot.models import Alert, AuditLog, Contact, Conversation, Handoff, Message, Outbox, OutboxStatus, utcnow
+from bot.outbox import wait_any
 
 log = logging.getLogger("tsunagi.retention")
 
@@ -29,17 +30,15 @@ class Retention:
         self.days = days
         self.before = before  # closes idle conversations first, so that they age from their closing
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             try:
                 if self.before is not None:
                     await self.before()
                 await self.sweep()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("retention sweep failed; trying again later")
-            await asyncio.sleep(INTERVAL)
+            await wait_any(stopping, seconds=INTERVAL)
 
     async def sweep(self, now: datetime | None = None) -> int:
         now = now or utcnow()

@@ -26,6 +26,8 @@ from triage import Risk
 
 log = logging.getLogger("tsunagi")
 
+STOP_GRACE = 10.0  # seconds the workers get to finish what they are doing at shutdown
+
 
 class Service:
     def __init__(self, settings: Settings, *, content: Content | None = None) -> None:
@@ -61,6 +63,7 @@ class Service:
             db=self.db, days=settings.retention_days, before=lambda: self.engine.close_idle(idle)
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
 
     async def start(self, *, workers: bool = True) -> None:
         await self.db.migrate()
@@ -68,21 +71,22 @@ class Service:
         for channel in self.channels.values():
             await channel.start()
         if workers:
-            self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
-            self._tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
+            self._tasks.append(asyncio.create_task(self.outbox.run(self._stopping), name="outbox"))
+            self._tasks.append(asyncio.create_task(self.retention.run(self._stopping), name="retention"))
         log.info("tsunagi started: channels %s", ", ".join(self.channels))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        self._tasks.clear()
+        """Stop at safe points: workers finish the pass they are in (a task cancelled in the middle of a
+        database call leaves its connection to be torn down while the pool is being disposed)."""
+        self._stopping.set()
         for channel in self.channels.values():
             await channel.stop()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        self._tasks.clear()
         await self.queue.close()
         await self.db.dispose()
 

@@ -45,6 +45,10 @@ class Channel(ABC):
     async def stop(self) -> None:
         return None
 
+    def reachable(self, contact_id: str) -> bool:
+        """Can this contact be sent to right now? Only channels that defer (the web chat) say no."""
+        return True
+
     @final
     async def receive(self, inbound: Inbound) -> Handled:
         handled = await self.service.engine.handle(inbound)

@@ -40,7 +40,9 @@ def server(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)]
     if not TSUNAGI.exists():
         cmd = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = Path(env["TSUNAGI_VAR_DIR"]).parent / f"server-{time.monotonic_ns()}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -51,7 +53,7 @@ def server(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
+                err = log_path.read_text(errors="replace")
                 raise AssertionError(f"server did not start (exit {proc.returncode}): {err[-2000:]}")
             time.sleep(0.1)
         yield proc
@@ -59,8 +61,8 @@ def server(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
+        log.close()
+        print(f"--- server log ({log_path.name}) ---\n" + log_path.read_text(errors="replace")[-4000:])
 
 
 def frames(ws: ClientConnection, until: Any, limit: int = 20) -> list[dict[str, Any]]:

@@ -20,10 +20,11 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, Response
@@ -36,6 +37,7 @@ from channels.base import Channel
 from triage.paths import CONTENT_DIR
 
 log = logging.getLogger("tsunagi.webchat")
+T = TypeVar("T")
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = CONTENT_DIR.parent / "webchat" / "page.html"
@@ -85,8 +87,21 @@ class WebChatChannel(Channel):
         super().__init__(service)
         self.clients: dict[str, set[_Client]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Future[Any]] = set()
 
     # -- sending ---------------------------------------------------------------------------------------
+
+    async def _guard(self, work: Coroutine[Any, Any, T]) -> T:
+        """Database work started for a connection runs to its end even if the connection's handler is
+        cancelled (the client went away, the server stops): a message being stored is stored, and no
+        connection is torn down in the middle of a call. ``stop`` waits for what is in flight."""
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    def reachable(self, contact_id: str) -> bool:
+        return bool(self.clients.get(contact_id))
 
     async def send(self, out: Outbound) -> Delivery:
         clients = list(self.clients.get(out.contact_id, ()))
@@ -113,8 +128,11 @@ class WebChatChannel(Channel):
         self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=10.0)
         if self._watcher:
             self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         for clients in list(self.clients.values()):
             for c in list(clients):
                 try:
@@ -187,7 +205,8 @@ class WebChatChannel(Channel):
     async def _serve(self, ws: WebSocket) -> None:
         await ws.accept()
         try:
-            hello = await asyncio.wait_for(ws.receive_text(), timeout=HELLO_TIMEOUT)
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                hello = await ws.receive_text()
         except (TimeoutError, WebSocketDisconnect):
             await _close(ws, 1008)
             return
@@ -199,24 +218,24 @@ class WebChatChannel(Channel):
         resume = frame.get("resume")
         contact = None
         if isinstance(resume, str) and 0 < len(resume) <= TOKEN_MAX:
-            contact = await self._contact(resume)
+            contact = await self._guard(self._contact(resume))
         token = resume if contact is not None and isinstance(resume, str) else secrets.token_urlsafe(32)
         await ws.send_json({"type": "session", "token": token})
         if contact is None:
-            handled = await self.receive(Inbound(channel=self.name, user_id=token, kind=Kind.FOLLOW))
-            contact = await self._contact(token)
-            assert contact is not None
-            conversation_id = handled.conversation_id
+            handled = await self._guard(
+                self.receive(Inbound(channel=self.name, user_id=token, kind=Kind.FOLLOW))
+            )
+            # Registered before anything else can run, so that the welcome finds the socket.
+            client = _Client(ws, handled.contact_id, handled.conversation_id, State.WELCOME)
+            self.clients.setdefault(client.contact_id, set()).add(client)
         else:
-            conversation_id = await self._replay(ws, contact)
-        client = _Client(ws, contact.id, conversation_id)
-        async with self.service.db.session() as s:
-            conv = await s.get(Conversation, conversation_id) if conversation_id else None
-        client.state = conv.state if conv else State.NEW
-        self.clients.setdefault(contact.id, set()).add(client)
+            conversation_id, conv = await self._guard(self._replay(ws, contact))
+            client = _Client(ws, contact.id, conversation_id, conv.state if conv else State.NEW)
+            self.clients.setdefault(contact.id, set()).add(client)
+        conversation_id = client.conversation_id
         try:
             if conversation_id:
-                await self.service.outbox.send_due(conversation_id=conversation_id)
+                await self._guard(self.service.outbox.send_due(conversation_id=conversation_id))
             await self._status(client)
             await self._loop(client, token)
         except WebSocketDisconnect:
@@ -252,13 +271,15 @@ class WebChatChannel(Channel):
             text = frame["text"]
             if not text.strip():
                 continue
-            handled = await self.receive(
-                Inbound(
-                    channel=self.name,
-                    user_id=token,
-                    text=text,
-                    kind=Kind.TEXT,
-                    external_id=f"{prefix}:{client_id}" if client_id else None,
+            handled = await self._guard(
+                self.receive(
+                    Inbound(
+                        channel=self.name,
+                        user_id=token,
+                        text=text,
+                        kind=Kind.TEXT,
+                        external_id=f"{prefix}:{client_id}" if client_id else None,
+                    )
                 )
             )
             if handled.conversation_id:
@@ -273,7 +294,7 @@ class WebChatChannel(Channel):
                 select(Contact).where(col(Contact.channel) == self.name, col(Contact.lookup) == lookup)
             )
 
-    async def _replay(self, ws: WebSocket, contact: Contact) -> str:
+    async def _replay(self, ws: WebSocket, contact: Contact) -> tuple[str, Conversation | None]:
         """Send the latest conversation's history: what the person wrote and what reached them.
         Replies not yet delivered are left to the outbox, which sends them next (exactly once)."""
         crypto = self.service.crypto
@@ -285,7 +306,7 @@ class WebChatChannel(Channel):
                 .limit(1)
             )
             if conv is None:
-                return ""
+                return "", None
             rows = (
                 await s.execute(
                     select(Message, col(Outbox.status))
@@ -315,7 +336,7 @@ class WebChatChannel(Channel):
             frames[-1].update(extra)
         for f in frames:
             await ws.send_json(f)
-        return conv.id
+        return conv.id, conv
 
 
 def _parse(raw: str) -> dict[str, Any] | None:
