@@ -108,6 +108,50 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_counsellor_add(args: argparse.Namespace) -> int:
+    """Add a console account; the password is read from standard input (never from the command line,
+    which other users of the machine can see)."""
+    import asyncio
+
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from bot.config import Settings
+    from bot.db import Database
+    from bot.models import Counsellor, Role
+    from handoff.console.auth import create_counsellor, password_problem
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    problem = password_problem(password)
+    if problem:
+        print(f"tsunagi counsellor add: {problem}", file=sys.stderr)
+        return 2
+
+    async def add() -> str | None:
+        db = Database(Settings().resolved_database_url)
+        try:
+            await db.migrate()
+            async with db.session() as s, s.begin():
+                if await s.scalar(select(Counsellor).where(col(Counsellor.username) == args.username)):
+                    return f"an account '{args.username}' already exists"
+                await create_counsellor(s, args.username, password, Role(args.role))
+        finally:
+            await db.dispose()
+        return None
+
+    error = asyncio.run(add())
+    if error:
+        print(f"tsunagi counsellor add: {error}", file=sys.stderr)
+        return 1
+    print(f"added {args.role} '{args.username}'")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsunagi", description="tsunagi consultation chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("counsellor", help="console accounts")
+    csub = c.add_subparsers(dest="action", required=True)
+    ca = csub.add_parser("add", help="add an account; the password is read from standard input")
+    ca.add_argument("username")
+    ca.add_argument("--role", choices=["counsellor", "supervisor", "admin"], default="counsellor")
+    ca.set_defaults(func=cmd_counsellor_add)
     k = sub.add_parser("rotate-keys", help="re-encrypt stored data with the first key of TSUNAGI_DATA_KEY")
     k.set_defaults(func=cmd_rotate_keys)
     return parser

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     database_url: str = ""
     redis_url: str = ""
+    # Every Redis key and channel starts with this (services sharing one Redis need different ones).
+    redis_prefix: str = "tsunagi"
     secret_key: str = ""
     # One or more Fernet keys separated by commas: the first encrypts, all decrypt (rotation).
     data_key: str = ""
@@ -55,6 +57,10 @@ class Settings(BaseSettings):
     quick_exit_url: str = "https://www.yahoo.co.jp/"
     # Largest message accepted from any channel (characters); longer text is cut and the cut noted.
     max_message_chars: int = Field(default=5000, ge=100)
+    # Conversations a counsellor may hold at once (a counsellor's own limit can be set per account).
+    counsellor_limit: int = Field(default=2, ge=1)
+    # Console sessions expire after this many hours without use.
+    session_hours: int = Field(default=12, ge=1)
     # Fault injection for the crash test only: "kill-before-send:N" kills the process (SIGKILL) just
     # before the outbox's Nth send. Never set it in production.
     fault: str = ""

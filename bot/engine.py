@@ -40,6 +40,7 @@ from bot.models import (
     Handoff,
     HandoffStatus,
     Message,
+    Note,
     Outbox,
     Role,
     Sender,
@@ -116,6 +117,7 @@ class ConversationEngine:
         self.triage = get_engine()
         self._locks = KeyedLocks()
         self.outbox_wakeup = asyncio.Event()
+        self.queue_dirty = False  # a queue update failed: the watchdog rebuilds the queue
         self.clock: Callable[[], datetime] = utcnow  # tests set the time of day
 
     # -- ingest ------------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ class ConversationEngine:
                 return Handled(conversation_id="")
             replies = await self._write_replies(s, step)
             conv = step.conv
-        self._after_commit(step, contact.id)
+        await self._after_commit(step, contact.id)
         log.info(
             "handled %s on %s: conversation %s state %s risk %s, %d replies",
             inbound.kind.value,
@@ -548,6 +550,7 @@ class ConversationEngine:
         ).all()
         await s.execute(delete(Outbox).where(col(Outbox.conversation_id).in_(ids)))
         await s.execute(delete(Message).where(col(Message.conversation_id).in_(ids)))
+        await s.execute(delete(Note).where(col(Note.conversation_id).in_(ids)))
         await s.execute(
             update(Conversation)
             .where(col(Conversation.id).in_(ids))
@@ -594,7 +597,7 @@ class ConversationEngine:
                 step = _Step(conv, now)
                 await self._close(s, step, outcome="idle", survey=False)
                 contact_id = conv.contact_id or ""
-            self._after_commit(step, contact_id)
+            await self._after_commit(step, contact_id)
         return len(ids)
 
     # -- counsellors (the console calls these) -----------------------------------------------------
@@ -621,8 +624,86 @@ class ConversationEngine:
             self._audit(s, "handoff.claim", conv.id, f"counsellor={counsellor_id}")
             await self._write_replies(s, step)
             contact_id = conv.contact_id or ""
-        self._after_commit(step, contact_id)
+        await self._after_commit(step, contact_id)
         return True
+
+    async def counsellor_reply(self, conversation_id: str, counsellor_id: int, text: str) -> bool:
+        """A counsellor's message to the person, through the outbox on the conversation's channel.
+        False unless this counsellor holds the conversation."""
+        now = self.clock()
+        async with self.db.session() as s, s.begin():
+            conv = await self._held_by(s, conversation_id, counsellor_id)
+            if conv is None:
+                return False
+            step = _Step(conv, now)
+            step.say(Text(sanitize(text)[: self.max_chars]), Sender.COUNSELLOR)
+            self._audit(s, "reply", conv.id, f"counsellor={counsellor_id}")
+            await self._write_replies(s, step)
+            contact_id = conv.contact_id or ""
+        await self._after_commit(step, contact_id)
+        return True
+
+    async def close_by_counsellor(
+        self, conversation_id: str, counsellor_id: int, *, outcome: str, referrals: list[str]
+    ) -> bool:
+        """The counsellor ends the conversation: the person gets the closing words and the survey."""
+        now = self.clock()
+        async with self.db.session() as s, s.begin():
+            conv = await self._held_by(s, conversation_id, counsellor_id)
+            if conv is None:
+                return False
+            step = _Step(conv, now)
+            conv.outcome = outcome
+            if referrals:
+                conv.referrals = ",".join(referrals)[:400]
+            await self._close(s, step, outcome=outcome, survey=True)
+            await self._write_replies(s, step)
+            contact_id = conv.contact_id or ""
+        await self._after_commit(step, contact_id)
+        return True
+
+    async def requeue(self, conversation_id: str, counsellor_id: int) -> QueueEntry | None:
+        """Back to the queue, keeping the time it first queued (nobody loses their place)."""
+        now = self.clock()
+        async with self.db.session() as s, s.begin():
+            conv = await self._held_by(s, conversation_id, counsellor_id)
+            if conv is None:
+                return None
+            handoff = await s.scalar(
+                select(Handoff).where(
+                    col(Handoff.conversation_id) == conversation_id,
+                    col(Handoff.status) == HandoffStatus.CLAIMED,
+                )
+            )
+            assert handoff is not None
+            handoff.status = HandoffStatus.WAITING
+            handoff.counsellor_id = None
+            handoff.claimed_at = None
+            conv.state = State.WAITING
+            conv.updated_at = now
+            entry = QueueEntry(conv.id, _risk(conv.risk), handoff.queued_at, conv.channel)
+            self._audit(s, "handoff.requeue", conv.id, f"from={counsellor_id}")
+            contact_id = conv.contact_id or ""
+        await self.queue.release(conversation_id, counsellor_id)
+        await self.queue.put(entry)
+        self.events.publish(Event("queue"))
+        self.events.publish(
+            Event("conversation", conversation_id, contact_id, State.WAITING, entry.risk.value)
+        )
+        return entry
+
+    async def _held_by(
+        self, s: AsyncSession, conversation_id: str, counsellor_id: int
+    ) -> Conversation | None:
+        conv = await s.get(Conversation, conversation_id, with_for_update=not self.db.is_sqlite)
+        if conv is None or conv.state != State.WITH_COUNSELLOR:
+            return None
+        holder = await s.scalar(
+            select(col(Handoff.counsellor_id)).where(
+                col(Handoff.conversation_id) == conversation_id, col(Handoff.status) == HandoffStatus.CLAIMED
+            )
+        )
+        return conv if holder == counsellor_id else None
 
     # -- writing replies and telling the rest -------------------------------------------------------
 
@@ -653,23 +734,25 @@ class ConversationEngine:
             )
         return len(step.replies)
 
-    def _after_commit(self, step: _Step, contact_id: str) -> None:
+    async def _after_commit(self, step: _Step, contact_id: str) -> None:
+        """Once the transaction is in: the queue, the live views and the outbox are told."""
         conv = step.conv
-        loop = asyncio.get_running_loop()
-        if step.dequeue:
-            loop.create_task(self._queue_changed(self.queue.remove(conv.id)))
-        elif step.enqueue:
-            loop.create_task(self._queue_changed(self.queue.put(self._entry(conv, step.now))))
+        try:
+            if step.dequeue:
+                await self.queue.remove(conv.id)
+            elif step.enqueue:
+                await self.queue.put(self._entry(conv, step.now))
+        except Exception as e:
+            # The database has it right; the watchdog rebuilds the queue from it.
+            log.warning("queue update failed for conversation %s (%s); it will be rebuilt", conv.id, e)
+            self.queue_dirty = True
+        if step.dequeue or step.enqueue:
+            self.events.publish(Event("queue"))
         if step.alert:
             self.events.publish(Event("alert", conv.id, contact_id, conv.state, conv.risk))
         self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
         if step.replies:
             self.outbox_wakeup.set()
-
-    async def _queue_changed(self, op: object) -> None:
-        assert asyncio.iscoroutine(op)
-        await op
-        self.events.publish(Event("queue"))
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -725,8 +808,10 @@ class ConversationEngine:
         return self.content.fmt("hours_joiner").join(parts)
 
     @staticmethod
-    def _audit(s: AsyncSession, action: str, conversation_id: str, detail: str = "") -> None:
-        s.add(AuditLog(actor="system", action=action, conversation_id=conversation_id, detail=detail))
+    def _audit(
+        s: AsyncSession, action: str, conversation_id: str, detail: str = "", *, actor: str = "system"
+    ) -> None:
+        s.add(AuditLog(actor=actor, action=action, conversation_id=conversation_id, detail=detail))
 
 
 def _hhmm(minutes: int) -> str:

@@ -172,10 +172,43 @@ class Handoff(SQLModel, table=True):
 class Counsellor(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(max_length=64, unique=True)
-    password_hash: str = ""
+    password_hash: str = ""  # argon2id
     role: str = Field(default=Role.COUNSELLOR, max_length=12)
     on_duty: bool = False
     active: bool = True
+    must_change_password: bool = False  # the first-start admin's one-time password
+    max_conversations: int | None = None  # None: the service's TSUNAGI_COUNSELLOR_LIMIT
+    created_at: datetime = _at(default_factory=utcnow)
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A console login. Only a hash of the cookie's token is stored."""
+
+    __tablename__ = "console_session"
+    id: str = Field(primary_key=True, max_length=64)  # sha256 of the session token
+    counsellor_id: int = Field(foreign_key="counsellor.id", index=True)
+    csrf_token: str = Field(max_length=64)
+    created_at: datetime = _at(default_factory=utcnow)
+    expires_at: datetime = _at()
+    last_seen_at: datetime = _at(default_factory=utcnow)
+
+
+class LoginFailure(SQLModel, table=True):
+    """Failed console logins, for rate limiting (a keyed hash of the username and of the address)."""
+
+    __tablename__ = "login_failure"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=64, index=True)
+    at: datetime = _at(default_factory=utcnow, index=True)
+
+
+class Note(SQLModel, table=True):
+    """A counsellor's private note on a conversation: never sent to the person. Encrypted at rest."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
+    counsellor_id: int = Field(foreign_key="counsellor.id")
+    text_enc: str
     created_at: datetime = _at(default_factory=utcnow)
 
 

@@ -22,6 +22,7 @@ from sqlmodel import col
 
 from bot.crypto import Crypto
 from bot.db import Database
+from bot.events import Event, EventBus
 from bot.models import Contact, Conversation, Message, Outbox, OutboxStatus, Sender, utcnow
 from bot.types import Delivery, Outbound, Outcome
 
@@ -59,9 +60,11 @@ class OutboxWorker:
         crypto: Crypto,
         channels: Mapping[str, Channel],
         wakeup: asyncio.Event,
+        events: EventBus | None = None,
         fault: str = "",
     ) -> None:
         self.db = db
+        self.events = events
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
@@ -140,6 +143,9 @@ class OutboxWorker:
         await self._record(row, delivery, now, defer_until=now if retry_now else None)
         if retry_now:
             self.wakeup.set()
+        elif delivery.outcome is Outcome.DEFERRED and self.events is not None:
+            # With several instances, the person may be connected to another one: it sends on this.
+            self.events.publish(Event("deferred", row.conversation_id, out.contact_id))
         return delivery.outcome is Outcome.DELIVERED
 
     async def _outbound(self, row: Outbox) -> Outbound | None:

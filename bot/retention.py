@@ -14,7 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from bot.db import Database
-from bot.models import Alert, AuditLog, Contact, Conversation, Handoff, Message, Outbox, OutboxStatus, utcnow
+from bot.models import (
+    Alert,
+    AuditLog,
+    Contact,
+    Conversation,
+    Handoff,
+    Message,
+    Note,
+    Outbox,
+    OutboxStatus,
+    utcnow,
+)
 from bot.outbox import wait_any
 
 log = logging.getLogger("tsunagi.retention")
@@ -95,4 +106,5 @@ async def _purge(s: AsyncSession, ids: list[str]) -> None:
     await s.execute(delete(Message).where(col(Message.conversation_id).in_(ids)))
     await s.execute(delete(Handoff).where(col(Handoff.conversation_id).in_(ids)))
     await s.execute(delete(Alert).where(col(Alert.conversation_id).in_(ids)))
+    await s.execute(delete(Note).where(col(Note.conversation_id).in_(ids)))
     await s.execute(delete(Conversation).where(col(Conversation.id).in_(ids)))

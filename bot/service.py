@@ -14,30 +14,48 @@ from bot.content import Content, get_content
 from bot.crypto import Crypto
 from bot.db import Database
 from bot.engine import ConversationEngine
-from bot.events import EventBus
+from bot.events import EventBus, RedisEventBus
 from bot.hours import Hours
-from bot.models import Handoff, HandoffStatus
-from bot.outbox import OutboxWorker
+from bot.models import Conversation, Handoff, HandoffStatus
+from bot.outbox import OutboxWorker, wait_any
 from bot.retention import Retention
 from channels.base import Channel
 from channels.registry import CHANNELS
 from handoff.queue import HandoffQueue, InProcessQueue, QueueEntry
+from handoff.redis_queue import RedisQueue
 from triage import Risk
 
 log = logging.getLogger("tsunagi")
 
 STOP_GRACE = 10.0  # seconds the workers get to finish what they are doing at shutdown
+QUEUE_CHECK_SECONDS = 2.0  # how often the watchdog asks the queue whether it lost its data
 
 
 class Service:
-    def __init__(self, settings: Settings, *, content: Content | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        content: Content | None = None,
+        queue_check_seconds: float = QUEUE_CHECK_SECONDS,
+    ) -> None:
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
         self.crypto = Crypto(settings.data_keys)
         self.content = content or get_content()
         self.hours = Hours.parse(settings.hours, settings.timezone)
-        self.events = EventBus()
-        self.queue: HandoffQueue = InProcessQueue(settings.aging_minutes)
+        self.events: EventBus
+        self.queue: HandoffQueue
+        if settings.redis_url:  # shared by every process (each with its own client and connections)
+            prefix = settings.redis_prefix
+            self.events = RedisEventBus.from_url(settings.redis_url, prefix=prefix)
+            self.queue = RedisQueue.from_url(
+                settings.redis_url, prefix=prefix, aging_minutes=settings.aging_minutes
+            )
+        else:
+            self.events = EventBus()
+            self.queue = InProcessQueue(settings.aging_minutes)
+        self.queue_check_seconds = queue_check_seconds
         self.engine = ConversationEngine(
             db=self.db,
             crypto=self.crypto,
@@ -56,6 +74,7 @@ class Service:
             crypto=self.crypto,
             channels=self.channels,
             wakeup=self.engine.outbox_wakeup,
+            events=self.events,
             fault=settings.fault,
         )
         idle = timedelta(hours=settings.idle_hours)
@@ -67,12 +86,17 @@ class Service:
 
     async def start(self, *, workers: bool = True) -> None:
         await self.db.migrate()
-        await self.rebuild_queue()
+        await self.events.start()
+        # In-process, the queue starts empty: make it from the database. A shared Redis queue that is
+        # intact is left as it is (another instance may be changing it right now).
+        if isinstance(self.queue, InProcessQueue) or not await self.queue.intact():
+            await self.rebuild_queue()
         for channel in self.channels.values():
             await channel.start()
         if workers:
             self._tasks.append(asyncio.create_task(self.outbox.run(self._stopping), name="outbox"))
             self._tasks.append(asyncio.create_task(self.retention.run(self._stopping), name="retention"))
+            self._tasks.append(asyncio.create_task(self.watch_queue(self._stopping), name="queue-watchdog"))
         log.info("tsunagi started: channels %s", ", ".join(self.channels))
 
     async def stop(self) -> None:
@@ -87,31 +111,71 @@ class Service:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self._tasks.clear()
+        await self.events.stop()
         await self.queue.close()
         await self.db.dispose()
 
     async def rebuild_queue(self) -> None:
-        """The database is the source of truth: the queue is made again from the waiting handoffs."""
-        from bot.models import Conversation
-
+        """The database is the source of truth: the queue and the holdings are made again from the
+        waiting and claimed handoffs."""
         async with self.db.session() as s:
             rows = (
                 await s.execute(
                     select(Handoff, col(Conversation.channel))
                     .join(Conversation, col(Conversation.id) == col(Handoff.conversation_id))
-                    .where(col(Handoff.status) == HandoffStatus.WAITING)
+                    .where(col(Handoff.status).in_([HandoffStatus.WAITING, HandoffStatus.CLAIMED]))
                 )
             ).all()
-        await self.queue.rebuild(
-            [QueueEntry(h.conversation_id, Risk(h.risk), h.queued_at, ch) for h, ch in rows]
+        waiting = [
+            QueueEntry(h.conversation_id, Risk(h.risk), h.queued_at, ch)
+            for h, ch in rows
+            if h.status == HandoffStatus.WAITING
+        ]
+        held: dict[int, set[str]] = {}
+        for h, _ in rows:
+            if h.status == HandoffStatus.CLAIMED and h.counsellor_id is not None:
+                held.setdefault(h.counsellor_id, set()).add(h.conversation_id)
+        await self.queue.rebuild(waiting, held)
+        log.info(
+            "queue rebuilt from the database: %d waiting, %d held", len(waiting), sum(map(len, held.values()))
         )
 
+    async def watch_queue(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping`` is set: when the queue has lost its data (Redis restarted empty, or its
+        keys were deleted), make it again from the database."""
+        failing = False  # log a failure when it starts and when it ends, not every few seconds
+        while not stopping.is_set():
+            try:
+                if self.engine.queue_dirty:
+                    log.warning("a queue update failed earlier; rebuilding the queue from the database")
+                    self.engine.queue_dirty = False
+                    await self.rebuild_queue()
+                elif not await self.queue.intact():
+                    log.warning("the handoff queue lost its data; rebuilding it from the database")
+                    await self.rebuild_queue()
+                if failing:
+                    log.info("queue check works again")
+                failing = False
+            except Exception as e:
+                if not failing:
+                    log.error(
+                        "queue check failed (is Redis reachable?): %s; trying every %gs",
+                        e,
+                        self.queue_check_seconds,
+                    )
+                failing = True
+            await wait_any(stopping, seconds=self.queue_check_seconds)
+
     async def health(self) -> dict[str, bool]:
-        return {"database": await self.db.ping(), "queue": True}
+        try:
+            queue_ok = await self.queue.intact()
+        except Exception:
+            queue_ok = False
+        return {"database": await self.db.ping(), "queue": queue_ok}
 
     async def metrics(self) -> str:
         """Prometheus text: counts by state and status only (no ids, no text)."""
-        from bot.models import Conversation, Outbox
+        from bot.models import Outbox
 
         async with self.db.session() as s:
             states = (

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bot.config import Settings
 from bot.service import Service
+from handoff.console import console_router, ensure_first_admin
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> FastAPI:
@@ -18,6 +19,14 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start()
+        password = await ensure_first_admin(svc)
+        if password is not None:
+            # Printed once, to the operator's terminal; never logged.
+            print(
+                f"\n  First start: a console account 'admin' was created with the one-time password\n"
+                f"      {password}\n  Log in at /console and choose a new password.\n",
+                flush=True,
+            )
         try:
             yield
         finally:
@@ -41,6 +50,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(await svc.metrics(), media_type="text/plain; version=0.0.4")
 
+    app.include_router(console_router(svc))
     for channel in svc.channels.values():
         router = channel.router()
         if router is not None:

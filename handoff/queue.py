@@ -7,7 +7,11 @@ The order (one rule for every implementation):
    for ever behind later, more urgent arrivals;
 3. within one effective level, longest waiting first.
 
-The database is the source of truth (the ``handoff`` table); a queue can always be rebuilt from it.
+Claiming is atomic in the queue itself: with many counsellors claiming at once, each conversation
+goes to exactly one, and nobody holds more than their limit of conversations at a time.
+
+The database is the source of truth (the ``handoff`` table); a queue can always be rebuilt from it,
+and ``intact`` says when it must be (a Redis that restarted without its data).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from triage import Risk
 
@@ -25,6 +30,12 @@ class QueueEntry:
     risk: Risk
     queued_at: datetime
     channel: str
+
+
+class Claim(StrEnum):
+    CLAIMED = "claimed"
+    TAKEN = "taken"  # not waiting (someone else has it, or it left the queue)
+    FULL = "full"  # the counsellor already holds their limit of conversations
 
 
 def effective_level(entry: QueueEntry, now: datetime, aging_minutes: int) -> int:
@@ -53,8 +64,26 @@ class HandoffQueue(ABC):
     async def entries(self) -> list[QueueEntry]: ...
 
     @abstractmethod
-    async def rebuild(self, entries: list[QueueEntry]) -> None:
-        """Replace the whole queue (from the database, at start or after the store lost its data)."""
+    async def claim(self, conversation_id: str, counsellor_id: int, limit: int) -> Claim:
+        """Atomically: take a waiting conversation out of the queue for this counsellor, unless it is
+        not waiting any more or they already hold ``limit`` conversations."""
+
+    @abstractmethod
+    async def release(self, conversation_id: str, counsellor_id: int) -> None:
+        """The counsellor no longer holds this conversation (closed, transferred, back to the queue)."""
+
+    @abstractmethod
+    async def held(self, counsellor_id: int) -> set[str]:
+        """The conversations this counsellor holds now."""
+
+    @abstractmethod
+    async def rebuild(self, entries: list[QueueEntry], held: dict[int, set[str]]) -> None:
+        """Replace the whole queue and every holding (from the database: at start, or after the store
+        lost its data)."""
+
+    async def intact(self) -> bool:
+        """False when the store lost what it held (Redis restarted empty, or was flushed)."""
+        return True
 
     async def ordered(self, now: datetime) -> list[QueueEntry]:
         return sorted(await self.entries(), key=lambda e: order_key(e, now, self.aging_minutes))
@@ -76,11 +105,13 @@ class HandoffQueue(ABC):
 
 
 class InProcessQueue(HandoffQueue):
-    """The embedded default: one process only."""
+    """The embedded default: one process only. Each method runs without awaiting, so it is atomic
+    with respect to every other coroutine."""
 
     def __init__(self, aging_minutes: int = 20) -> None:
         super().__init__(aging_minutes)
         self._entries: dict[str, QueueEntry] = {}
+        self._held: dict[int, set[str]] = {}
 
     async def put(self, entry: QueueEntry) -> None:
         old = self._entries.get(entry.conversation_id)
@@ -94,5 +125,22 @@ class InProcessQueue(HandoffQueue):
     async def entries(self) -> list[QueueEntry]:
         return list(self._entries.values())
 
-    async def rebuild(self, entries: list[QueueEntry]) -> None:
+    async def claim(self, conversation_id: str, counsellor_id: int, limit: int) -> Claim:
+        if conversation_id not in self._entries:
+            return Claim.TAKEN
+        held = self._held.setdefault(counsellor_id, set())
+        if len(held) >= limit:
+            return Claim.FULL
+        del self._entries[conversation_id]
+        held.add(conversation_id)
+        return Claim.CLAIMED
+
+    async def release(self, conversation_id: str, counsellor_id: int) -> None:
+        self._held.get(counsellor_id, set()).discard(conversation_id)
+
+    async def held(self, counsellor_id: int) -> set[str]:
+        return set(self._held.get(counsellor_id, ()))
+
+    async def rebuild(self, entries: list[QueueEntry], held: dict[int, set[str]]) -> None:
         self._entries = {e.conversation_id: e for e in entries}
+        self._held = {k: set(v) for k, v in held.items()}

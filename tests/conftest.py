@@ -89,6 +89,7 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: 
         "hours": "mon-sun 00:00-24:00",
         "smtp_listen": "",
         "loopback_channel": True,
+        "redis_url": "",  # in-process unless a test asks for Redis (never from the environment)
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

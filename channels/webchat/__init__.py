@@ -146,7 +146,9 @@ class WebChatChannel(Channel):
             while True:
                 event = await events.get()
                 try:
-                    if event.kind == "conversation":
+                    if event.kind == "deferred" and event.contact_id in self.clients:
+                        await self._guard(self.service.outbox.send_due(conversation_id=event.conversation_id))
+                    elif event.kind == "conversation":
                         for c in list(self.clients.get(event.contact_id, ())):
                             c.conversation_id, c.state = event.conversation_id, event.state
                             await self._status(c)

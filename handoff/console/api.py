@@ -1,0 +1,627 @@
+"""The counsellors' console API, under ``/api/console`` (see ../shared/CONTRACT.md).
+
+Every route but login sits on a router whose dependency checks the session, and the CSRF token on
+unsafe methods, so a new route cannot forget either. Every route that touches a conversation goes
+through ``access``. Views of transcripts, replies, notes, transfers and closes go to the audit log.
+Whatever a person wrote is returned as JSON text; the page shows it with textContent, never as HTML.
+"""
+
+import csv
+import io
+import json
+from collections import Counter
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from bot.models import (
+    Alert,
+    AuditLog,
+    ConsoleSession,
+    Conversation,
+    Counsellor,
+    Direction,
+    Handoff,
+    HandoffStatus,
+    Message,
+    Note,
+    StatCount,
+    State,
+    utcnow,
+)
+from handoff.console.auth import (
+    COOKIE,
+    CSRF_HEADER,
+    Me,
+    csrf_ok,
+    current,
+    hash_password,
+    login,
+    password_problem,
+    rate_limited,
+    verify_password,
+)
+from handoff.queue import Claim
+from triage.paths import CONTENT_DIR
+
+if TYPE_CHECKING:
+    from bot.service import Service
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+PREVIEW_CHARS = 60
+MAX_TEXT = 5000
+
+
+class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordIn(BaseModel):
+    old: str = Field(max_length=1024)
+    new: str = Field(max_length=1024)
+
+
+class TextIn(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class TransferIn(BaseModel):
+    to: str | None = Field(default=None, max_length=64)  # a username, or null for the queue
+
+
+class CloseIn(BaseModel):
+    outcome: str = Field(min_length=1, max_length=32)
+    referrals: list[str] = Field(default_factory=list, max_length=30)
+
+
+class DutyIn(BaseModel):
+    on_duty: bool
+
+
+def load_console_content() -> dict[str, Any]:
+    with (CONTENT_DIR.parent / "console.yaml").open(encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    assert isinstance(data, dict) and data.get("canned") and data.get("outcomes"), "content/console.yaml"
+    return data
+
+
+def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run time by FastAPI)
+    settings = svc.settings
+    console = load_console_content()
+    outcome_codes = {o["code"] for o in console["outcomes"]}
+
+    async def authenticated(request: Request) -> Me:
+        now = utcnow()
+        async with svc.db.session() as s, s.begin():
+            me = await current(s, request.cookies.get(COOKIE), hours=settings.session_hours, now=now)
+        if me is None:
+            raise HTTPException(401, "log in first")
+        if request.method not in SAFE_METHODS and not csrf_ok(me, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(403, f"missing or wrong {CSRF_HEADER}")
+        if me.must_change_password and request.url.path not in (
+            "/api/console/me",
+            "/api/console/password",
+            "/api/console/logout",
+        ):
+            raise HTTPException(403, "change the one-time password first")
+        return me
+
+    async def supervisor(me: Annotated[Me, Depends(authenticated)]) -> Me:
+        if not me.supervises:
+            raise HTTPException(403, "for supervisors only")
+        return me
+
+    MeDep = Annotated[Me, Depends(authenticated)]
+    SupervisorDep = Annotated[Me, Depends(supervisor)]
+
+    public = APIRouter(prefix="/api/console")
+    r = APIRouter(prefix="/api/console", dependencies=[Depends(authenticated)])
+
+    def client_key(request: Request) -> str:
+        host = request.client.host if request.client else "?"
+        return svc.crypto.lookup("console-address", host)
+
+    # -- session ---------------------------------------------------------------------------------------
+
+    @public.post("/login")
+    async def do_login(body: LoginIn, request: Request) -> JSONResponse:
+        now = utcnow()
+        keys = [svc.crypto.lookup("console-user", body.username.lower()), client_key(request)]
+        async with svc.db.session() as s, s.begin():
+            if await rate_limited(s, keys, now):
+                raise HTTPException(429, "too many failed logins: wait a few minutes")
+            done = await login(
+                s, body.username, body.password, keys=keys, hours=settings.session_hours, now=now
+            )
+            if done is not None:
+                token, session, counsellor = done
+                s.add(AuditLog(actor=counsellor.username, action="login"))
+        if done is None:
+            raise HTTPException(401, "wrong username or password")
+        response = JSONResponse(
+            {
+                "csrf_token": session.csrf_token,
+                "username": counsellor.username,
+                "role": counsellor.role,
+                "must_change_password": counsellor.must_change_password,
+            }
+        )
+        response.set_cookie(
+            COOKIE,
+            token,
+            max_age=settings.session_hours * 3600,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    @r.post("/logout")
+    async def do_logout(me: MeDep) -> Response:
+        async with svc.db.session() as s, s.begin():
+            session = await s.get(ConsoleSession, me.session_id)
+            if session is not None:
+                await s.delete(session)
+            s.add(AuditLog(actor=me.username, action="logout"))
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    @r.get("/me")
+    async def get_me(me: MeDep) -> dict[str, Any]:
+        async with svc.db.session() as s:
+            c = await s.get(Counsellor, me.id)
+        assert c is not None
+        return {
+            "username": me.username,
+            "role": me.role,
+            "csrf_token": me.csrf_token,
+            "must_change_password": me.must_change_password,
+            "on_duty": c.on_duty,
+            "limit": c.max_conversations or settings.counsellor_limit,
+            "held": sorted(await svc.queue.held(me.id)),
+        }
+
+    @r.post("/password")
+    async def change_password(body: PasswordIn, me: MeDep) -> Response:
+        problem = password_problem(body.new)
+        if problem:
+            raise HTTPException(422, problem)
+        async with svc.db.session() as s, s.begin():
+            c = await s.get(Counsellor, me.id)
+            assert c is not None
+            if not verify_password(c.password_hash, body.old):
+                raise HTTPException(403, "the current password is wrong")
+            c.password_hash = hash_password(body.new)
+            c.must_change_password = False
+            s.add(AuditLog(actor=me.username, action="password.change"))
+        return Response(status_code=204)
+
+    @r.post("/duty")
+    async def set_duty(body: DutyIn, me: MeDep) -> dict[str, bool]:
+        async with svc.db.session() as s, s.begin():
+            c = await s.get(Counsellor, me.id)
+            assert c is not None
+            c.on_duty = body.on_duty
+            s.add(AuditLog(actor=me.username, action="duty.on" if body.on_duty else "duty.off"))
+        return {"on_duty": body.on_duty}
+
+    # -- the queue -----------------------------------------------------------------------------------
+
+    @r.get("/queue")
+    async def get_queue(me: MeDep) -> list[dict[str, Any]]:
+        now = utcnow()
+        entries = await svc.queue.ordered(now)
+        ids = [e.conversation_id for e in entries]
+        async with svc.db.session() as s:
+            convs = {
+                c.id: c for c in (await s.scalars(select(Conversation).where(col(Conversation.id).in_(ids))))
+            }
+            previews = await _previews(s, ids)
+        out = []
+        for e in entries:
+            conv = convs.get(e.conversation_id)
+            if conv is None:
+                continue
+            out.append(
+                {
+                    "conversation_id": e.conversation_id,
+                    "risk": conv.risk,
+                    "categories": _cats(conv),
+                    "channel": conv.channel,
+                    "waiting_seconds": int((now - e.queued_at).total_seconds()),
+                    "preview": previews.get(e.conversation_id, ""),
+                }
+            )
+        return out
+
+    async def _previews(s: AsyncSession, ids: list[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        rows = (
+            await s.execute(
+                select(col(Message.conversation_id), col(Message.text_enc))
+                .where(col(Message.conversation_id).in_(ids), col(Message.direction) == Direction.IN)
+                .where(col(Message.kind) == "text")
+                .order_by(col(Message.id))
+            )
+        ).all()
+        last: dict[str, str] = {}
+        for cid, enc in rows:
+            last[cid] = enc
+        return {cid: svc.crypto.decrypt(enc)[:PREVIEW_CHARS] for cid, enc in last.items()}
+
+    # -- one conversation -----------------------------------------------------------------------------
+
+    async def access(
+        s: AsyncSession, me: Me, conversation_id: str, *, write: bool
+    ) -> tuple[Conversation, int | None]:
+        """The one access check: who may read or act on a conversation.
+        Read: its counsellor, anyone while it waits (to decide to take it), supervisors always.
+        Write: its counsellor only."""
+        conv = await s.get(Conversation, conversation_id)
+        if conv is None or conv.erased:
+            raise HTTPException(404, "no such conversation")
+        holder = await s.scalar(
+            select(col(Handoff.counsellor_id)).where(
+                col(Handoff.conversation_id) == conversation_id, col(Handoff.status) == HandoffStatus.CLAIMED
+            )
+        )
+        if write:
+            if holder != me.id:
+                raise HTTPException(403, "only the counsellor who has this conversation can do that")
+        elif not (holder == me.id or conv.state == State.WAITING or me.supervises):
+            raise HTTPException(403, "this conversation is with another counsellor")
+        return conv, holder
+
+    @r.post("/conversations/{conversation_id}/claim")
+    async def claim(conversation_id: str, me: MeDep) -> dict[str, Any]:
+        async with svc.db.session() as s:
+            conv = await s.get(Conversation, conversation_id)
+            c = await s.get(Counsellor, me.id)
+        if conv is None or conv.erased:
+            raise HTTPException(404, "no such conversation")
+        assert c is not None
+        limit = c.max_conversations or settings.counsellor_limit
+        result = await svc.queue.claim(conversation_id, me.id, limit)
+        if result is Claim.FULL:
+            raise HTTPException(409, f"you already have {limit} conversations")
+        if result is Claim.TAKEN:
+            raise HTTPException(409, "someone else has this conversation")
+        if not await svc.engine.assign(conversation_id, me.id):
+            await svc.queue.release(conversation_id, me.id)
+            raise HTTPException(409, "this conversation is no longer waiting")
+        await _audit(me, "claim", conversation_id)
+        return {"conversation_id": conversation_id, "state": State.WITH_COUNSELLOR}
+
+    @r.get("/conversations/{conversation_id}")
+    async def get_conversation(conversation_id: str, me: MeDep) -> dict[str, Any]:
+        async with svc.db.session() as s, s.begin():
+            conv, holder = await access(s, me, conversation_id, write=False)
+            messages = (
+                await s.scalars(
+                    select(Message)
+                    .where(col(Message.conversation_id) == conversation_id)
+                    .order_by(col(Message.id))
+                )
+            ).all()
+            notes = (
+                await s.execute(
+                    select(Note, col(Counsellor.username))
+                    .join(Counsellor, col(Counsellor.id) == col(Note.counsellor_id))
+                    .where(col(Note.conversation_id) == conversation_id)
+                    .order_by(col(Note.id))
+                )
+            ).all()
+            holder_name = (await s.get(Counsellor, holder)).username if holder else None  # type: ignore[union-attr]
+            s.add(AuditLog(actor=me.username, action="view", conversation_id=conversation_id))
+        out_messages: list[dict[str, Any]] = []
+        reasons: list[dict[str, Any]] = []
+        for m in messages:
+            if m.direction == Direction.IN and m.kind not in ("text", "media"):
+                continue
+            item: dict[str, Any] = {
+                "from": "user" if m.direction == Direction.IN else m.sender,
+                "text": svc.crypto.decrypt(m.text_enc)
+                if m.kind == "text" or m.direction == Direction.OUT
+                else "",
+                "kind": m.kind,
+                "at": m.created_at.isoformat(),
+            }
+            if m.triage_enc:
+                t = json.loads(svc.crypto.decrypt(m.triage_enc))
+                item["risk"] = t.get("risk")
+                item["highlights"] = [{"rule": x["rule"], "span": x["span"]} for x in t.get("reasons", [])]
+                reasons += [
+                    {"rule": x["rule"], "matched": x["matched"], "message": len(out_messages)}
+                    for x in t.get("reasons", [])
+                ]
+            out_messages.append(item)
+        return {
+            "conversation_id": conv.id,
+            "state": conv.state,
+            "channel": conv.channel,
+            "counsellor": holder_name,
+            "messages": out_messages,
+            "triage": {"risk": conv.risk, "categories": _cats(conv), "reasons": reasons},
+            "intake": {"age_band": conv.age_band, "prefecture": conv.prefecture, "safe_now": conv.safe_now},
+            "notes": [
+                {"by": name, "text": svc.crypto.decrypt(n.text_enc), "at": n.created_at.isoformat()}
+                for n, name in notes
+            ],
+            "read_only": holder != me.id,
+        }
+
+    @r.post("/conversations/{conversation_id}/messages", status_code=202)
+    async def post_message(conversation_id: str, body: TextIn, me: MeDep) -> dict[str, str]:
+        async with svc.db.session() as s:
+            await access(s, me, conversation_id, write=True)
+        if not await svc.engine.counsellor_reply(conversation_id, me.id, body.text):
+            raise HTTPException(409, "the conversation is not with you any more")
+        await _audit(me, "reply", conversation_id)
+        return {"status": "queued"}
+
+    @r.post("/conversations/{conversation_id}/notes", status_code=201)
+    async def post_note(conversation_id: str, body: TextIn, me: MeDep) -> dict[str, str]:
+        async with svc.db.session() as s, s.begin():
+            await access(s, me, conversation_id, write=True)
+            s.add(
+                Note(
+                    conversation_id=conversation_id,
+                    counsellor_id=me.id,
+                    text_enc=svc.crypto.encrypt(body.text),
+                )
+            )
+            s.add(AuditLog(actor=me.username, action="note", conversation_id=conversation_id))
+        return {"status": "saved"}
+
+    @r.post("/conversations/{conversation_id}/transfer")
+    async def transfer(conversation_id: str, body: TransferIn, me: MeDep) -> dict[str, Any]:
+        async with svc.db.session() as s:
+            await access(s, me, conversation_id, write=True)
+            target = None
+            if body.to:
+                target = await s.scalar(select(Counsellor).where(col(Counsellor.username) == body.to))
+                if target is None or not target.active or target.id is None:
+                    raise HTTPException(404, "no such counsellor")
+                if target.id == me.id:
+                    raise HTTPException(422, "that is you")
+                limit = target.max_conversations or settings.counsellor_limit
+                if len(await svc.queue.held(target.id)) >= limit:
+                    raise HTTPException(409, f"{target.username} already has {limit} conversations")
+        if await svc.engine.requeue(conversation_id, me.id) is None:
+            raise HTTPException(409, "the conversation is not with you any more")
+        state = State.WAITING
+        if target is not None and target.id is not None:
+            limit = target.max_conversations or settings.counsellor_limit
+            if await svc.queue.claim(conversation_id, target.id, limit) is Claim.CLAIMED:
+                if await svc.engine.assign(conversation_id, target.id):
+                    state = State.WITH_COUNSELLOR
+                else:
+                    await svc.queue.release(conversation_id, target.id)
+        await _audit(me, "transfer", conversation_id, f"to={body.to or 'queue'} result={state}")
+        return {
+            "conversation_id": conversation_id,
+            "state": state,
+            "counsellor": body.to if state != State.WAITING else None,
+        }
+
+    @r.post("/conversations/{conversation_id}/close")
+    async def close(conversation_id: str, body: CloseIn, me: MeDep) -> dict[str, str]:
+        if body.outcome not in outcome_codes:
+            raise HTTPException(422, f"unknown outcome; use one of {sorted(outcome_codes)}")
+        known = {ref.id for ref in svc.content.referrals}
+        unknown = [x for x in body.referrals if x not in known]
+        if unknown:
+            raise HTTPException(422, f"unknown referrals {unknown}")
+        async with svc.db.session() as s:
+            await access(s, me, conversation_id, write=True)
+        if not await svc.engine.close_by_counsellor(
+            conversation_id, me.id, outcome=body.outcome, referrals=body.referrals
+        ):
+            raise HTTPException(409, "the conversation is not with you any more")
+        await svc.queue.release(conversation_id, me.id)
+        await _audit(me, "close", conversation_id, f"outcome={body.outcome}")
+        return {"conversation_id": conversation_id, "state": State.CLOSED}
+
+    # -- what counsellors insert ----------------------------------------------------------------------
+
+    @r.get("/canned")
+    async def canned(me: MeDep) -> dict[str, Any]:
+        return {"canned": console["canned"], "outcomes": console["outcomes"]}
+
+    @r.get("/referrals")
+    async def referrals(me: MeDep, q: str = "") -> list[dict[str, Any]]:
+        now = utcnow()
+        needle = q.strip().lower()
+        out = []
+        for ref in svc.content.referrals:
+            hay = " ".join([ref.name, ref.number, ref.purpose, " ".join(ref.categories)]).lower()
+            if needle and needle not in hay:
+                continue
+            out.append(
+                {
+                    "id": ref.id,
+                    "name": ref.name,
+                    "number": ref.number,
+                    "hours": ref.hours_label,
+                    "open_now": ref.open_now(now),
+                    "for": ref.purpose,
+                    "checked": ref.checked.isoformat(),
+                    "line": svc.content.lines([ref], now),
+                }
+            )
+        return out
+
+    # -- supervisors -----------------------------------------------------------------------------------
+
+    @r.get("/overview")
+    async def overview(me: SupervisorDep) -> dict[str, Any]:
+        now = utcnow()
+        entries = await svc.queue.ordered(now)
+        async with svc.db.session() as s:
+            rows = (
+                await s.execute(
+                    select(Handoff, Conversation, col(Counsellor.username))
+                    .join(Conversation, col(Conversation.id) == col(Handoff.conversation_id))
+                    .join(Counsellor, col(Counsellor.id) == col(Handoff.counsellor_id))
+                    .where(col(Handoff.status) == HandoffStatus.CLAIMED)
+                )
+            ).all()
+            counsellors = (await s.scalars(select(Counsellor).where(col(Counsellor.active).is_(True)))).all()
+            alerts = (
+                await s.scalars(
+                    select(Alert).where(col(Alert.counsellor_id) == me.id, col(Alert.seen_at).is_(None))
+                )
+            ).all()
+        load = Counter(name for _, _, name in rows)
+        return {
+            "waiting": len(entries),
+            "longest_wait_seconds": max(
+                (int((now - e.queued_at).total_seconds()) for e in entries), default=0
+            ),
+            "active": [
+                {
+                    "conversation_id": c.id,
+                    "counsellor": name,
+                    "risk": c.risk,
+                    "categories": _cats(c),
+                    "channel": c.channel,
+                    "since": h.claimed_at.isoformat() if h.claimed_at else None,
+                }
+                for h, c, name in rows
+            ],
+            "counsellors": [
+                {
+                    "username": c.username,
+                    "role": c.role,
+                    "on_duty": c.on_duty,
+                    "load": load.get(c.username, 0),
+                    "limit": c.max_conversations or settings.counsellor_limit,
+                }
+                for c in counsellors
+            ],
+            "alerts": [
+                {"conversation_id": a.conversation_id, "kind": a.kind, "at": a.created_at.isoformat()}
+                for a in alerts
+            ],
+        }
+
+    async def _stats(days: int) -> list[StatCount]:
+        since = (utcnow() - timedelta(days=days)).astimezone(svc.hours.tz).date()
+        async with svc.db.session() as s:
+            return list(
+                (
+                    await s.scalars(
+                        select(StatCount).where(col(StatCount.day) >= since).order_by(col(StatCount.day))
+                    )
+                ).all()
+            )
+
+    @r.get("/stats")
+    async def stats(me: SupervisorDep, days: int = 30) -> dict[str, Any]:
+        rows = await _stats(max(1, min(days, 3660)))
+        conv = [x for x in rows if x.metric == "conversations"]
+
+        def by(attr: str) -> dict[str, int]:
+            c: Counter[str] = Counter()
+            for x in conv:
+                c[str(getattr(x, attr))] += x.count
+            return dict(sorted(c.items()))
+
+        return {
+            "days": days,
+            "by_day": by("day"),
+            "by_category": by("category"),
+            "by_risk": by("risk"),
+            "by_channel": by("channel"),
+            "emergencies": sum(x.count for x in rows if x.metric == "emergencies"),
+            "handed_off": sum(x.count for x in rows if x.metric == "handed_off"),
+        }
+
+    @r.get("/stats.csv")
+    async def stats_csv(me: SupervisorDep, days: int = 365) -> PlainTextResponse:
+        rows = await _stats(max(1, min(days, 3660)))
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["day", "channel", "risk", "category", "age_band", "metric", "count"])
+        for x in rows:
+            w.writerow([x.day.isoformat(), x.channel, x.risk, x.category, x.age_band, x.metric, x.count])
+        await _audit(me, "stats.export", "", f"days={days}")
+        return PlainTextResponse(
+            "\ufeff" + buf.getvalue(),  # a BOM, so that Excel reads the UTF-8
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="tsunagi-statistics.csv"'},
+        )
+
+    @r.get("/audit")
+    async def audit(me: SupervisorDep, limit: int = 200) -> list[dict[str, Any]]:
+        async with svc.db.session() as s:
+            rows = (
+                await s.scalars(
+                    select(AuditLog).order_by(col(AuditLog.id).desc()).limit(max(1, min(limit, 1000)))
+                )
+            ).all()
+        return [
+            {
+                "at": a.at.isoformat(),
+                "actor": a.actor,
+                "action": a.action,
+                "conversation_id": a.conversation_id,
+                "detail": a.detail,
+            }
+            for a in rows
+        ]
+
+    # -- live updates -----------------------------------------------------------------------------------
+
+    @public.websocket("/live")
+    async def live(ws: WebSocket) -> None:
+        """Events (ids, states and risk only) for the console to refresh what it shows."""
+        origin = ws.headers.get("origin")
+        host = ws.headers.get("host")
+        if origin is not None and origin.split("://", 1)[-1] != host:
+            await ws.close(code=1008)  # a page of another site must not listen
+            return
+        async with svc.db.session() as s, s.begin():
+            me = await current(s, ws.cookies.get(COOKIE), hours=settings.session_hours, now=utcnow())
+        if me is None:
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+        async with svc.events.subscribe() as events:
+            try:
+                while True:
+                    event = await events.get()
+                    await ws.send_json(
+                        {
+                            "kind": event.kind,
+                            "conversation_id": event.conversation_id,
+                            "state": event.state,
+                            "risk": event.risk,
+                        }
+                    )
+            except (WebSocketDisconnect, RuntimeError):
+                return
+
+    async def _audit(me: Me, action: str, conversation_id: str, detail: str = "") -> None:
+        async with svc.db.session() as s, s.begin():
+            s.add(AuditLog(actor=me.username, action=action, conversation_id=conversation_id, detail=detail))
+
+    router = APIRouter()
+    router.include_router(public)
+    router.include_router(r)
+    return router
+
+
+def _cats(conv: Conversation) -> list[str]:
+    return [c for c in conv.categories.split(",") if c]
