@@ -88,7 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(Settings())
     # Access logs are off: a URL can carry a token; the application logs ids and states only.
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level="info", access_log=False, ws_max_size=256 * 1024
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        ws_max_size=256 * 1024,
+        timeout_graceful_shutdown=10,  # open connections get this long to finish at a stop
     )
     return 0
 

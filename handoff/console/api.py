@@ -6,6 +6,7 @@ through ``access``. Views of transcripts, replies, notes, transfers and closes g
 Whatever a person wrote is returned as JSON text; the page shows it with textContent, never as HTML.
 """
 
+import asyncio
 import csv
 import io
 import json
@@ -14,13 +15,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from bot.events import Event
 from bot.models import (
     Alert,
     AuditLog,
@@ -598,20 +600,31 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             await ws.close(code=1008)
             return
         await ws.accept()
+
+        async def pump(events: "asyncio.Queue[Event]") -> None:
+            while True:
+                event = await events.get()
+                await ws.send_json(
+                    {
+                        "kind": event.kind,
+                        "conversation_id": event.conversation_id,
+                        "state": event.state,
+                        "risk": event.risk,
+                    }
+                )
+
+        async def until_closed() -> None:
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass  # the console sends nothing; anything it does send is ignored
+
         async with svc.events.subscribe() as events:
+            tasks = [asyncio.create_task(pump(events)), asyncio.create_task(until_closed())]
             try:
-                while True:
-                    event = await events.get()
-                    await ws.send_json(
-                        {
-                            "kind": event.kind,
-                            "conversation_id": event.conversation_id,
-                            "state": event.state,
-                            "risk": event.risk,
-                        }
-                    )
-            except (WebSocketDisconnect, RuntimeError):
-                return
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _audit(me: Me, action: str, conversation_id: str, detail: str = "") -> None:
         async with svc.db.session() as s, s.begin():
