@@ -56,6 +56,7 @@ from triage.normalize import sanitize
 log = logging.getLogger("tsunagi.engine")
 
 HISTORY = 10  # earlier messages read with each new one
+ALL_CATEGORIES = "*"  # the statistics row that counts each conversation once
 STORY_CHARS = 20  # a message this long is taken as telling something, not a greeting
 
 
@@ -78,6 +79,7 @@ class _Step:
     dequeue: bool = False
     alert: bool = False
     erase: bool = False
+    release_from: int | None = None  # the counsellor who held it, freed once the change is in
 
     def say(self, text: Text, sender: Sender = Sender.BOT) -> None:
         self.replies.append((text, sender))
@@ -516,6 +518,11 @@ class ConversationEngine:
 
     async def _close(self, s: AsyncSession, step: _Step, *, outcome: str, survey: bool) -> None:
         conv = step.conv
+        step.release_from = await s.scalar(
+            select(col(Handoff.counsellor_id)).where(
+                col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.CLAIMED
+            )
+        )
         handed_off = (
             await s.scalar(
                 select(func.count()).select_from(Handoff).where(col(Handoff.conversation_id) == conv.id)
@@ -562,17 +569,19 @@ class ConversationEngine:
         step.say(self.content.text("erase_done"))
 
     async def _count(self, s: AsyncSession, conv: Conversation, *, handed_off: bool) -> None:
-        """Add this conversation to the de-identified daily counts (they outlive it)."""
+        """Add this conversation to the de-identified daily counts (they outlive it): once under the
+        category ``*`` (all) for each metric, and once in each of its categories for ``conversations``
+        (so category rows add up to more than the conversations when one has several)."""
         day = conv.created_at.astimezone(self.hours.tz).date()
-        cats = [x for x in conv.categories.split(",") if x] or [""]
         metrics = ["conversations"]
         if handed_off:
             metrics.append("handed_off")
         if conv.emergency:
             metrics.append("emergencies")
-        for cat in cats:
-            for metric in metrics:
-                await _increment(s, day, conv.channel, conv.risk, cat, conv.age_band, metric)
+        for metric in metrics:
+            await _increment(s, day, conv.channel, conv.risk, ALL_CATEGORIES, conv.age_band, metric)
+        for cat in [x for x in conv.categories.split(",") if x]:
+            await _increment(s, day, conv.channel, conv.risk, cat, conv.age_band, "conversations")
 
     async def close_idle(self, idle: timedelta) -> int:
         """Close, quietly, conversations still with the bot after ``idle`` without a word from the person
@@ -738,6 +747,8 @@ class ConversationEngine:
         """Once the transaction is in: the queue, the live views and the outbox are told."""
         conv = step.conv
         try:
+            if step.release_from is not None:
+                await self.queue.release(conv.id, step.release_from)
             if step.dequeue:
                 await self.queue.remove(conv.id)
             elif step.enqueue:

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from bot.engine import ALL_CATEGORIES
 from bot.events import Event
 from bot.models import (
     Alert,
@@ -532,22 +533,26 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
     @r.get("/stats")
     async def stats(me: SupervisorDep, days: int = 30) -> dict[str, Any]:
         rows = await _stats(max(1, min(days, 3660)))
-        conv = [x for x in rows if x.metric == "conversations"]
+        totals = [x for x in rows if x.category == ALL_CATEGORIES]
+        conversations = [x for x in totals if x.metric == "conversations"]
+        per_category = [x for x in rows if x.category != ALL_CATEGORIES and x.metric == "conversations"]
 
-        def by(attr: str) -> dict[str, int]:
+        def by(attr: str, source: list[StatCount]) -> dict[str, int]:
             c: Counter[str] = Counter()
-            for x in conv:
+            for x in source:
                 c[str(getattr(x, attr))] += x.count
             return dict(sorted(c.items()))
 
         return {
             "days": days,
-            "by_day": by("day"),
-            "by_category": by("category"),
-            "by_risk": by("risk"),
-            "by_channel": by("channel"),
-            "emergencies": sum(x.count for x in rows if x.metric == "emergencies"),
-            "handed_off": sum(x.count for x in rows if x.metric == "handed_off"),
+            "conversations": sum(x.count for x in conversations),
+            "by_day": by("day", conversations),
+            "by_category": by("category", per_category),
+            "by_risk": by("risk", conversations),
+            "by_channel": by("channel", conversations),
+            "by_age_band": by("age_band", conversations),
+            "emergencies": sum(x.count for x in totals if x.metric == "emergencies"),
+            "handed_off": sum(x.count for x in totals if x.metric == "handed_off"),
         }
 
     @r.get("/stats.csv")
@@ -596,7 +601,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             return
         async with svc.db.session() as s, s.begin():
             me = await current(s, ws.cookies.get(COOKIE), hours=settings.session_hours, now=utcnow())
-        if me is None:
+        if me is None or me.must_change_password:
             await ws.close(code=1008)
             return
         await ws.accept()

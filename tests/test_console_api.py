@@ -1,0 +1,1143 @@
+"""The console API (``/api/console``), through Starlette's TestClient: SQLite, PostgreSQL, PostgreSQL+Redis.
+
+People reach the queue through the real web chat socket (hello, consent, then "相談したい" or a crisis);
+counsellors are accounts made with ``create_counsellor`` inside the app's own event loop (or with the
+``tsunagi counsellor add`` command). Each counsellor's session is carried by hand (the cookie's token in
+a ``Cookie`` header, the CSRF token in ``X-CSRF-Token``), so one TestClient serves several counsellors.
+Every wait is bounded (``recv``/``wait_for`` from the web chat tests, ``eventually`` below).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from httpx2 import Response
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from starlette.testclient import WebSocketTestSession
+from starlette.websockets import WebSocketDisconnect
+
+from bot.models import (
+    AuditLog,
+    ConsoleSession,
+    Contact,
+    Conversation,
+    Counsellor,
+    Handoff,
+    HandoffStatus,
+    LoginFailure,
+    Message,
+    Note,
+    Role,
+    StatCount,
+    utcnow,
+)
+from bot.service import Service
+from bot.web import create_app
+from handoff.console import ensure_first_admin
+from handoff.console.auth import COOKIE, CSRF_HEADER, MAX_FAILURES, create_counsellor, token_id
+from tests.conftest import make_settings, postgres_database
+from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
+from tests.test_webchat import CRISIS, Frame, drain, is_ack, is_bot, is_status, recv, start_fresh, wait_for
+
+T = TypeVar("T")
+PASSWORD = "correct horse battery staple"
+API = "/api/console"
+WAIT = 5.0  # seconds any condition gets to become true before the test fails
+MARKUP = "<img src=x onerror=alert(1)>"
+TWO_CATEGORIES = "夫に毎日殴られていて、もう死にたい。今夜飛び降りる"  # crisis, suicide and dv
+NO_SUCH_ID = "0" * 32
+
+# What the route walk must at least find (it walks whatever is there, so a new route is covered too).
+KNOWN_ROUTES = {
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/me"),
+    ("POST", "/password"),
+    ("POST", "/duty"),
+    ("GET", "/queue"),
+    ("POST", "/conversations/{conversation_id}/claim"),
+    ("GET", "/conversations/{conversation_id}"),
+    ("POST", "/conversations/{conversation_id}/messages"),
+    ("POST", "/conversations/{conversation_id}/notes"),
+    ("POST", "/conversations/{conversation_id}/transfer"),
+    ("POST", "/conversations/{conversation_id}/close"),
+    ("GET", "/canned"),
+    ("GET", "/referrals"),
+    ("GET", "/overview"),
+    ("GET", "/stats"),
+    ("GET", "/stats.csv"),
+    ("GET", "/audit"),
+}
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+# Valid bodies, so that a route that forgot a check would act rather than fail validation.
+BODIES: dict[str, Any] = {
+    "/login": {"username": "nobody", "password": "whatever-password"},
+    "/password": {"old": PASSWORD, "new": "a-brand-new-password"},
+    "/duty": {"on_duty": True},
+    "/conversations/{conversation_id}/messages": {"text": "こんにちは"},
+    "/conversations/{conversation_id}/notes": {"text": "メモ"},
+    "/conversations/{conversation_id}/transfer": {"to": None},
+    "/conversations/{conversation_id}/close": {"outcome": "listened", "referrals": []},
+}
+
+
+# -- the app, the database, time -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql+redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """Settings for the storage and the queue: SQLite or PostgreSQL, in-process or Redis (a prefix of
+    its own, deleted afterwards)."""
+    if request.param == "sqlite":
+        yield {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'tsunagi.db'}"}
+        return
+    async with postgres_database() as url:
+        if request.param == "postgresql":
+            yield {"database_url": url}
+            return
+        await require_redis()
+        prefix = random_prefix()
+        try:
+            yield {"database_url": url, "redis_url": TEST_REDIS_URL, "redis_prefix": prefix}
+        finally:
+            await delete_prefix(prefix)
+
+
+@pytest.fixture
+def client(tmp_path: Path, backend: dict[str, str]) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path, **backend))) as c:
+        yield c
+
+
+def service(client: TestClient) -> Service:
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    assert isinstance(svc, Service)
+    return svc
+
+
+def in_app(client: TestClient, work: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine in the app's own event loop (where its database engine lives)."""
+    assert client.portal is not None, "use the TestClient as a context manager"
+    return client.portal.call(work)
+
+
+def db(client: TestClient, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one committed transaction of the app's database."""
+    svc = service(client)
+
+    async def go() -> T:
+        async with svc.db.session() as s, s.begin():
+            return await work(s)
+
+    return in_app(client, go)
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def add_account(
+    client: TestClient, username: str, role: Role = Role.COUNSELLOR, password: str = PASSWORD
+) -> int:
+    async def work(s: AsyncSession) -> int:
+        c = await create_counsellor(s, username, password, role)
+        assert c.id is not None
+        return c.id
+
+    return db(client, work)
+
+
+def conversation(client: TestClient, conversation_id: str) -> Conversation:
+    async def work(s: AsyncSession) -> Conversation:
+        conv = await s.get(Conversation, conversation_id)
+        assert conv is not None
+        return conv
+
+    return db(client, work)
+
+
+def queued_ids(client: TestClient) -> set[str]:
+    svc = service(client)
+
+    async def work() -> set[str]:
+        return {e.conversation_id for e in await svc.queue.entries()}
+
+    return in_app(client, work)
+
+
+def text_of(client: TestClient, key: str) -> str:
+    return service(client).content.text(key).text
+
+
+# -- counsellors ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One logged-in counsellor: requests carry their cookie and, on unsafe methods, their CSRF token."""
+
+    client: TestClient
+    username: str
+    token: str
+    csrf: str
+
+    def request(
+        self, method: str, path: str, *, json: Any = None, csrf: str | None = "own", **kw: Any
+    ) -> Response:
+        headers = {"Cookie": f"{COOKIE}={self.token}"}
+        if csrf is not None:
+            headers[CSRF_HEADER] = self.csrf if csrf == "own" else csrf
+        return self.client.request(
+            method, path if path.startswith("/") else f"{API}/{path}", json=json, headers=headers, **kw
+        )
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Response:
+        return self.request("POST", path, json=json, **kw)
+
+    def claim(self, cid: str) -> Response:
+        return self.post(f"conversations/{cid}/claim")
+
+    def reply(self, cid: str, text: str) -> Response:
+        return self.post(f"conversations/{cid}/messages", {"text": text})
+
+    def read(self, cid: str) -> Response:
+        return self.get(f"conversations/{cid}")
+
+    def held(self) -> list[str]:
+        me = self.get("me")
+        assert me.status_code == 200, me.text
+        held = me.json()["held"]
+        assert isinstance(held, list)
+        return held
+
+
+def try_login(client: TestClient, username: str, password: str) -> Response:
+    response = client.post(f"{API}/login", json={"username": username, "password": password})
+    client.cookies.clear()  # every request names its counsellor itself
+    return response
+
+
+def login(client: TestClient, username: str, password: str = PASSWORD) -> Session:
+    response = try_login(client, username, password)
+    assert response.status_code == 200, response.text
+    token = response.cookies.get(COOKIE)
+    assert token, response.headers
+    return Session(client, username, token, response.json()["csrf_token"])
+
+
+def account(client: TestClient, username: str, role: Role = Role.COUNSELLOR) -> Session:
+    add_account(client, username, role)
+    return login(client, username)
+
+
+# -- people in the web chat ----------------------------------------------------------------------------
+
+
+@dataclass
+class Person:
+    ws: WebSocketTestSession
+    token: str
+    conversation_id: str
+
+
+def tell(ws: WebSocketTestSession, text: str, msg_id: str) -> list[Frame]:
+    """Send a message; wait for its ack and a bot reply, then for a short silence."""
+    ws.send_json({"type": "message", "text": text, "id": msg_id})
+    frames: list[Frame] = []
+    while not (any(is_ack(msg_id)(f) for f in frames) and any(is_bot(f) for f in frames)):
+        _, seen = wait_for(ws, lambda f: is_ack(msg_id)(f) or is_bot(f), what=f"ack/reply for {msg_id}")
+        frames += seen
+    return frames + drain(ws, 0.2)
+
+
+def conversation_of(client: TestClient, token: str) -> str:
+    svc = service(client)
+    lookup = svc.crypto.lookup("webchat", token)
+
+    async def work(s: AsyncSession) -> str:
+        contact = await s.scalar(
+            select(Contact).where(col(Contact.channel) == "webchat", col(Contact.lookup) == lookup)
+        )
+        assert contact is not None
+        cid = await s.scalar(
+            select(col(Conversation.id))
+            .where(col(Conversation.contact_id) == contact.id)
+            .order_by(col(Conversation.created_at).desc())
+            .limit(1)
+        )
+        assert cid is not None
+        return cid
+
+    return db(client, work)
+
+
+@contextmanager
+def person(client: TestClient, *lines: str) -> Iterator[Person]:
+    """Someone on the web chat who agreed and then asked for a counsellor (or wrote a crisis): they wait
+    in the queue while the socket stays open."""
+    with client.websocket_connect("/chat/ws") as ws:
+        token, _ = start_fresh(ws)
+        tell(ws, "同意", "consent")
+        for i, line in enumerate(lines or ("相談したい",)):
+            tell(ws, line, f"m{i}")
+        cid = conversation_of(client, token)
+        assert conversation(client, cid).state == "waiting"
+        eventually(lambda: cid in queued_ids(client), "the conversation in the queue")
+        yield Person(ws, token, cid)
+
+
+def queued(client: TestClient, *lines: str) -> str:
+    """A waiting conversation whose person has left the page."""
+    with person(client, *lines) as p:
+        return p.conversation_id
+
+
+def connected(client: TestClient, p: Person) -> None:
+    """Wait until the person was told that a counsellor is there."""
+    notice = text_of(client, "with_counsellor")
+    wait_for(p.ws, lambda f: is_bot(f) and f["text"] == notice, what="the with-counsellor notice")
+
+
+@contextmanager
+def live_socket(client: TestClient, headers: dict[str, str]) -> Iterator[WebSocketTestSession]:
+    """The console's live socket (WebSocketDisconnect when it is refused). Leaving, the console closes it
+    and waits until the server let go of it (its subscription to the events ends): a closed tab must
+    not stay subscribed, and the TestClient would otherwise cancel a handler that is still running."""
+    subscribers = service(client).events._subscribers
+    before = len(subscribers)
+    with client.websocket_connect(f"{API}/live", headers=dict(headers)) as ws:
+        eventually(lambda: len(subscribers) > before, "the live socket's subscription")
+        try:
+            yield ws
+        finally:
+            ws.close(1000)
+            eventually(lambda: len(subscribers) == before, "the live handler to end after the console left")
+
+
+def assert_refused(client: TestClient, headers: dict[str, str]) -> None:
+    """The live socket is closed with 1008 (policy violation) before it is accepted."""
+    with pytest.raises(WebSocketDisconnect) as closed:
+        with live_socket(client, headers) as ws:
+            try:
+                recv(ws, 1.0)
+            except TimeoutError:
+                pytest.fail(f"the socket was accepted and left open (headers {sorted(headers)})")
+    assert closed.value.code == 1008, headers
+
+
+def counsellor_lines(frames: list[Frame]) -> list[str]:
+    return [f["text"] for f in frames if f.get("type") == "message" and f.get("from") == "counsellor"]
+
+
+def audit_rows(client: TestClient) -> list[AuditLog]:
+    async def work(s: AsyncSession) -> list[AuditLog]:
+        return list((await s.scalars(select(AuditLog).order_by(col(AuditLog.id)))).all())
+
+    return db(client, work)
+
+
+# -- 1. every route is guarded -------------------------------------------------------------------------
+
+
+def all_routes(client: TestClient) -> list[tuple[type, str, set[str]]]:
+    """(kind, full path, methods) of every route the app serves, through included routers too."""
+    out = []
+    for ctx in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
+        out.append((type(ctx.original_route), ctx.path or "", set(ctx.methods or ())))
+    return out
+
+
+def console_routes(client: TestClient) -> list[tuple[str, str]]:
+    out = []
+    for kind, path, methods in all_routes(client):
+        if issubclass(kind, APIRoute) and path.startswith(API + "/"):
+            out += [(method, path[len(API) :]) for method in sorted(methods)]
+    return out
+
+
+def fill(path: str, conversation_id: str) -> str:
+    return API + re.sub(r"\{[^}]+\}", conversation_id, path)
+
+
+def test_every_console_route_needs_a_session_and_unsafe_methods_the_csrf_token(client: TestClient) -> None:
+    routes = console_routes(client)
+    assert KNOWN_ROUTES <= set(routes), f"the walk missed routes: {KNOWN_ROUTES - set(routes)}"
+    sup = account(client, "sup", Role.SUPERVISOR)
+    with person(client) as p:
+        cid = p.conversation_id
+
+        for method, path in routes:
+            if (method, path) == ("POST", "/login"):
+                continue
+            url = fill(path, cid)
+            body = BODIES.get(path)
+            anonymous = client.request(method, url, json=body)
+            assert anonymous.status_code == 401, (method, path, anonymous.status_code, anonymous.text)
+            forged = client.request(method, url, json=body, headers={"Cookie": f"{COOKIE}=made-up-token"})
+            assert forged.status_code == 401, (method, path, forged.status_code)
+            # A session's CSRF token is no session: only the cookie is.
+            header_only = client.request(method, url, json=body, headers={CSRF_HEADER: sup.csrf})
+            assert header_only.status_code == 401, (method, path, header_only.status_code)
+
+        unsafe = [(m, path) for m, path in routes if m in UNSAFE and path != "/login"]
+        assert len(unsafe) >= 8, unsafe
+        for method, path in unsafe:
+            url = fill(path, cid)
+            body = BODIES.get(path)
+            for csrf in (None, "wrong-token", sup.csrf[:-1], ""):
+                r = sup.request(method, url, json=body, csrf=csrf)
+                assert r.status_code == 403, (method, path, csrf, r.status_code, r.text)
+                assert CSRF_HEADER in r.json()["detail"], (method, path, r.text)
+
+        # None of it happened: still logged in with the same password, the conversation still waits,
+        # no note, nobody on duty, the person heard nothing from a counsellor.
+        assert sup.get("me").status_code == 200
+        assert conversation(client, cid).state == "waiting"
+        assert cid in queued_ids(client)
+        assert db(client, lambda s: s.scalar(select(func.count()).select_from(Note))) == 0
+        assert sup.get("me").json()["on_duty"] is False
+        assert counsellor_lines(drain(p.ws, 0.3)) == []
+    assert try_login(client, "sup", PASSWORD).status_code == 200
+    # And with the right token the same session can act (the 403s were the CSRF check, nothing else).
+    assert sup.post("duty", {"on_duty": True}).status_code == 200
+
+
+def test_live_updates_refuse_anonymous_sessions_and_foreign_origins(client: TestClient) -> None:
+    live = f"{API}/live"
+    assert any(issubclass(kind, APIWebSocketRoute) and path == live for kind, path, _ in all_routes(client))
+    me = account(client, "amy")
+    cookie = {"cookie": f"{COOKIE}={me.token}"}
+    refused: list[dict[str, str]] = [
+        {},
+        {"cookie": f"{COOKIE}=made-up-token"},
+        {**cookie, "origin": "https://evil.example"},
+        {**cookie, "origin": "http://testserver.evil.example"},
+        {**cookie, "origin": "null"},
+    ]
+    for headers in refused:
+        assert_refused(client, headers)
+
+    # The console's own page (same origin, or no Origin at all) is let in and hears ids and states only.
+    with person(client) as p:
+        same_origin = {**cookie, "origin": "http://testserver"}
+        with live_socket(client, same_origin) as ws:
+            assert me.claim(p.conversation_id).status_code == 200
+            event, _ = wait_for(
+                ws,
+                lambda f: (
+                    f.get("conversation_id") == p.conversation_id and f.get("state") == "with_counsellor"
+                ),
+                what="the claim on the live socket",
+            )
+            assert set(event) == {"kind", "conversation_id", "state", "risk"}
+    with live_socket(client, cookie) as ws:
+        for frame in drain(ws, 0.3):  # open (a close would raise), with events of ids and states only
+            assert set(frame) == {"kind", "conversation_id", "state", "risk"}, frame
+    # After logout the cookie opens nothing.
+    assert me.post("logout").status_code == 204
+    assert_refused(client, cookie)
+
+
+# -- 2. logging in -------------------------------------------------------------------------------------
+
+
+def test_login_gives_a_csrf_token_and_an_httponly_samesite_strict_cookie(client: TestClient) -> None:
+    add_account(client, "amy")
+    response = try_login(client, "amy", PASSWORD)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["csrf_token"], str) and len(body["csrf_token"]) >= 32
+    assert body["username"] == "amy" and body["role"] == "counsellor"
+    assert body["must_change_password"] is False
+    cookies = response.headers.get_list("set-cookie")
+    assert len(cookies) == 1, cookies
+    parts = [x.strip() for x in cookies[0].split(";")]
+    name, _, token = parts[0].partition("=")
+    assert name == COOKIE and len(token) >= 32
+    flags = {x.split("=")[0].lower(): (x.split("=", 1)[1] if "=" in x else "") for x in parts[1:]}
+    assert "httponly" in flags, cookies[0]
+    assert flags.get("samesite", "").lower() == "strict", cookies[0]
+    assert flags.get("path") == "/", cookies[0]
+    assert token not in json.dumps(body), "the session token must only be in the HttpOnly cookie"
+    assert body["csrf_token"] != token
+
+    me = Session(client, "amy", token, body["csrf_token"])
+    got = me.get("me")
+    assert got.status_code == 200 and got.json()["username"] == "amy"
+    assert got.json()["csrf_token"] == body["csrf_token"]
+    # Two logins are two sessions with two tokens.
+    other = login(client, "amy")
+    assert other.token != token and other.csrf != body["csrf_token"]
+
+
+def test_a_wrong_password_and_an_unknown_user_get_the_same_401(client: TestClient) -> None:
+    add_account(client, "amy")
+    wrong = try_login(client, "amy", "not-the-password")
+    unknown = try_login(client, "nobody-here", "not-the-password")
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert COOKIE not in wrong.headers.get("set-cookie", "")
+    assert COOKIE not in unknown.headers.get("set-cookie", "")
+    assert try_login(client, "AMY", PASSWORD).status_code == 401  # usernames are exact
+
+
+def test_failed_logins_are_limited_per_username_and_per_address(client: TestClient) -> None:
+    add_account(client, "amy")
+    add_account(client, "bob")
+    add_account(client, "cat")
+    with from_address(client, "198.51.100.7") as elsewhere, from_address(client, "203.0.113.9") as third:
+        login_limits(client, elsewhere, third)
+
+
+@contextmanager
+def from_address(client: TestClient, host: str) -> Iterator[TestClient]:
+    """Requests from another client address, into the same running app (its portal, no second start)."""
+    other = TestClient(client.app, client=(host, 40000))
+    other.portal = client.portal
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+def login_limits(client: TestClient, elsewhere: TestClient, third: TestClient) -> None:
+    # A success before the limit clears the count.
+    for _ in range(MAX_FAILURES - 1):
+        assert try_login(client, "amy", "wrong-password").status_code == 401
+    assert try_login(client, "amy", PASSWORD).status_code == 200
+    for _ in range(MAX_FAILURES - 1):
+        assert try_login(client, "amy", "wrong-password").status_code == 401
+    assert try_login(client, "amy", PASSWORD).status_code == 200
+
+    # Five failures for amy from one address ...
+    for _ in range(MAX_FAILURES):
+        assert try_login(elsewhere, "amy", "wrong-password").status_code == 401
+    # ... and the right password is refused, from any address, without a session.
+    for c in (elsewhere, client, third):
+        locked = try_login(c, "amy", PASSWORD)
+        assert locked.status_code == 429, locked.text
+        assert COOKIE not in locked.headers.get("set-cookie", "")
+    # Another username from an address that has not failed is not affected.
+    assert try_login(client, "bob", PASSWORD).status_code == 200
+    # Five failures from one address (any usernames) lock that address for everyone.
+    for name in ("x1", "x2", "x3", "x4", "x5"):
+        assert try_login(third, name, "wrong-password").status_code == 401
+    assert try_login(third, "cat", PASSWORD).status_code == 429
+    assert try_login(client, "cat", PASSWORD).status_code == 200
+
+    # The window passes: amy can log in again.
+    async def age(s: AsyncSession) -> None:
+        await s.execute(update(LoginFailure).values(at=utcnow() - timedelta(hours=1)))
+
+    db(client, age)
+    assert try_login(elsewhere, "amy", PASSWORD).status_code == 200
+
+
+def test_logout_ends_the_session(client: TestClient) -> None:
+    amy = account(client, "amy")
+    other = login(client, "amy")
+    out = amy.post("logout")
+    assert out.status_code == 204
+    assert any(
+        h.startswith(f"{COOKIE}=") and ("max-age=0" in h.lower() or "expires=" in h.lower())
+        for h in out.headers.get_list("set-cookie")
+    ), out.headers
+    assert amy.get("me").status_code == 401
+    assert amy.get("queue").status_code == 401
+    assert amy.post("duty", {"on_duty": True}).status_code == 401
+    assert other.get("me").status_code == 200  # only that session
+
+
+def test_an_expired_session_is_refused(client: TestClient) -> None:
+    amy = account(client, "amy")
+    assert amy.get("me").status_code == 200
+
+    async def expire(s: AsyncSession) -> None:
+        past = utcnow() - timedelta(minutes=1)
+        await s.execute(
+            update(ConsoleSession)
+            .where(col(ConsoleSession.id) == token_id(amy.token))
+            .values(expires_at=past, last_seen_at=past - timedelta(hours=1))
+        )
+
+    db(client, expire)
+    assert amy.get("me").status_code == 401
+    assert amy.get("queue").status_code == 401
+    assert amy.post("duty", {"on_duty": True}).status_code == 401
+
+
+def test_passwords_are_argon2id_and_the_session_table_holds_no_token(client: TestClient) -> None:
+    amy = account(client, "amy")
+
+    async def rows(s: AsyncSession) -> tuple[str, list[ConsoleSession]]:
+        c = await s.scalar(select(Counsellor).where(col(Counsellor.username) == "amy"))
+        assert c is not None
+        return c.password_hash, list((await s.scalars(select(ConsoleSession))).all())
+
+    password_hash, sessions = db(client, rows)
+    assert password_hash.startswith("$argon2id$"), password_hash[:20]
+    assert PASSWORD not in password_hash
+    assert len(sessions) == 1
+    stored = json.dumps([s.model_dump(mode="json") for s in sessions])
+    assert amy.token not in stored
+    assert sessions[0].id == hashlib.sha256(amy.token.encode()).hexdigest()
+
+
+# -- 3. the first start --------------------------------------------------------------------------------
+
+
+def test_the_first_admin_must_change_the_one_time_password(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        printed = capsys.readouterr().out
+        found = re.search(r"one-time password\s+(\S+)", printed)
+        assert found, printed
+        one_time = found.group(1)
+
+        async def admins(s: AsyncSession) -> list[Counsellor]:
+            return list((await s.scalars(select(Counsellor))).all())
+
+        (admin,) = db(client, admins)
+        assert admin.username == "admin" and admin.role == Role.ADMIN and admin.must_change_password
+        assert admin.password_hash.startswith("$argon2id$")
+        # A second call (the next start) creates nothing.
+        assert in_app(client, lambda: ensure_first_admin(service(client))) is None
+        assert len(db(client, admins)) == 1
+
+        first = try_login(client, "admin", one_time)
+        assert first.status_code == 200 and first.json()["must_change_password"] is True
+        me = Session(client, "admin", first.cookies[COOKIE], first.json()["csrf_token"])
+        cid = queued(client)
+
+        allowed = {"/me", "/password", "/logout"}
+        for method, path in console_routes(client):
+            if path in allowed or path == "/login":
+                continue
+            r = me.request(method, fill(path, cid), json=BODIES.get(path))
+            assert r.status_code == 403, (method, path, r.status_code, r.text)
+            assert "password" in r.json()["detail"], (method, path, r.text)
+        assert conversation(client, cid).state == "waiting"
+        got = me.get("me")
+        assert got.status_code == 200 and got.json()["must_change_password"] is True
+
+        short = me.post("password", {"old": one_time, "new": "short"})
+        assert short.status_code == 422, short.text
+        wrong = me.post("password", {"old": "not-the-password", "new": "a-good-long-password"})
+        assert wrong.status_code == 403, wrong.text
+        assert me.get("queue").status_code == 403  # still the one-time password
+        done = me.post("password", {"old": one_time, "new": "a-good-long-password"})
+        assert done.status_code == 204, done.text
+
+        assert me.get("queue").status_code == 200
+        assert me.get("me").json()["must_change_password"] is False
+        assert try_login(client, "admin", one_time).status_code == 401
+        again = try_login(client, "admin", "a-good-long-password")
+        assert again.status_code == 200 and again.json()["must_change_password"] is False
+        assert in_app(client, lambda: ensure_first_admin(service(client))) is None
+
+
+def test_a_one_time_password_session_gets_no_live_updates(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The live socket is a console route too: until the one-time password is changed, it must refuse."""
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        found = re.search(r"one-time password\s+(\S+)", capsys.readouterr().out)
+        assert found
+        first = try_login(client, "admin", found.group(1))
+        assert first.status_code == 200 and first.json()["must_change_password"] is True
+        cookie = {"cookie": f"{COOKIE}={first.cookies[COOKIE]}"}
+        assert_refused(client, cookie)
+
+
+# -- 4. claiming ---------------------------------------------------------------------------------------
+
+
+def test_a_claim_connects_the_person_and_a_second_claim_is_refused(client: TestClient) -> None:
+    amy = account(client, "amy")
+    bob = account(client, "bob")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    with person(client) as p:
+        cid = p.conversation_id
+        listed = amy.get("queue").json()
+        assert [x["conversation_id"] for x in listed] == [cid]
+        assert listed[0]["channel"] == "webchat" and listed[0]["preview"] == "相談したい"
+
+        claimed = amy.claim(cid)
+        assert claimed.status_code == 200, claimed.text
+        assert claimed.json()["state"] == "with_counsellor"
+        notice, seen = wait_for(
+            p.ws,
+            lambda f: is_bot(f) and f["text"] == text_of(client, "with_counsellor"),
+            what="the with-counsellor notice",
+        )
+        seen += drain(p.ws, 0.3)
+        assert any(is_status(f) and f["state"] == "connected" for f in seen), seen
+
+        assert conversation(client, cid).state == "with_counsellor"
+        view = amy.read(cid).json()
+        assert view["state"] == "with_counsellor" and view["counsellor"] == "amy"
+        assert view["read_only"] is False
+        assert amy.held() == [cid]
+        assert amy.get("queue").json() == []
+
+        for other in (bob, sup, amy):
+            again = other.claim(cid)
+            assert again.status_code == 409, (other.username, again.text)
+        assert bob.held() == [] and sup.held() == []
+        assert amy.read(cid).json()["counsellor"] == "amy"
+        # The person is not told twice.
+        assert not [f for f in drain(p.ws, 0.3) if is_bot(f)]
+
+
+def test_a_counsellor_at_the_limit_cannot_claim_more_and_unknown_ids_are_404(client: TestClient) -> None:
+    amy = account(client, "amy")
+    ids = [queued(client) for _ in range(3)]
+    assert amy.get("me").json()["limit"] == 2
+    assert amy.claim(ids[0]).status_code == 200
+    assert amy.claim(ids[1]).status_code == 200
+    full = amy.claim(ids[2])
+    assert full.status_code == 409, full.text
+    assert sorted(amy.held()) == sorted(ids[:2])
+    # The third still waits, for someone else.
+    assert conversation(client, ids[2]).state == "waiting"
+    assert [x["conversation_id"] for x in amy.get("queue").json()] == [ids[2]]
+    bob = account(client, "bob")
+    assert bob.claim(ids[2]).status_code == 200
+
+    assert amy.claim(NO_SUCH_ID).status_code == 404
+    assert amy.read(NO_SUCH_ID).status_code == 404
+    assert amy.reply(NO_SUCH_ID, "hello").status_code == 404
+
+
+# -- 5. who may see and do what ------------------------------------------------------------------------
+
+
+def test_only_the_holder_acts_supervisors_read_and_anyone_reads_a_waiting_one(client: TestClient) -> None:
+    amy = account(client, "amy")
+    bob = account(client, "bob")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    waiting = queued(client)
+    with person(client) as p:
+        cid = p.conversation_id
+        assert amy.claim(cid).status_code == 200
+        connected(client, p)
+
+        assert bob.read(cid).status_code == 403
+        attempts = {
+            "messages": {"text": "bob was here"},
+            "close": {"outcome": "listened", "referrals": []},
+            "notes": {"text": "bob's note"},
+            "transfer": {"to": "bob"},
+        }
+        for action, body in attempts.items():
+            r = bob.post(f"conversations/{cid}/{action}", body)
+            assert r.status_code == 403, (action, r.status_code, r.text)
+        transfer_to_queue = bob.post(f"conversations/{cid}/transfer", {"to": None})
+        assert transfer_to_queue.status_code == 403
+
+        view = sup.read(cid)
+        assert view.status_code == 200, view.text
+        assert view.json()["read_only"] is True and view.json()["counsellor"] == "amy"
+        for action, body in attempts.items():
+            r = sup.post(f"conversations/{cid}/{action}", body)
+            assert r.status_code == 403, ("supervisor", action, r.status_code, r.text)
+
+        # Nothing of it happened.
+        assert counsellor_lines(drain(p.ws, 0.5)) == []
+        assert conversation(client, cid).state == "with_counsellor"
+        assert amy.read(cid).json()["counsellor"] == "amy"
+        assert amy.read(cid).json()["notes"] == []
+        assert bob.held() == [] and amy.held() == [cid]
+
+    for who in (amy, bob, sup):
+        r = who.read(waiting)
+        assert r.status_code == 200, (who.username, r.text)
+        assert r.json()["state"] == "waiting" and r.json()["read_only"] is True
+        # Reading is not holding: a waiting conversation cannot be written to.
+        assert who.reply(waiting, "hello").status_code == 403
+
+
+# -- 6. replies, notes, the transcript -----------------------------------------------------------------
+
+
+def test_a_reply_reaches_the_person_with_exactly_the_text(client: TestClient) -> None:
+    amy = account(client, "amy")
+    text = "相談員のamyです。<b>ここ</b>にいますよ & 大丈夫。\n二行目"
+    with person(client) as p:
+        assert amy.claim(p.conversation_id).status_code == 200
+        connected(client, p)
+        r = amy.reply(p.conversation_id, text)
+        assert r.status_code == 202, r.text
+        frame, _ = wait_for(p.ws, lambda f: f.get("from") == "counsellor", what="the counsellor's message")
+        assert frame["type"] == "message" and frame["text"] == text
+        assert counsellor_lines(drain(p.ws, 0.3)) == []  # once
+        # The person answers; the bot stays silent, the counsellor reads it.
+        p.ws.send_json({"type": "message", "text": "ありがとうございます", "id": "r1"})
+        wait_for(p.ws, is_ack("r1"), what="the ack")
+        assert not [f for f in drain(p.ws, 0.5) if is_bot(f)]
+    messages = amy.read(p.conversation_id).json()["messages"]
+    assert {"from": "counsellor", "text": text} in [{"from": m["from"], "text": m["text"]} for m in messages]
+    assert messages[-1]["from"] == "user" and messages[-1]["text"] == "ありがとうございます"
+    assert amy.reply(p.conversation_id, "").status_code == 422
+
+
+def test_a_note_is_stored_encrypted_and_never_reaches_the_person(client: TestClient) -> None:
+    amy = account(client, "amy")
+    note = "メモ：学校名は伏せたいとのこと（秘密）"
+    with person(client) as p:
+        cid = p.conversation_id
+        assert amy.claim(cid).status_code == 200
+        saved = amy.post(f"conversations/{cid}/notes", {"text": note})
+        assert saved.status_code == 201, saved.text
+        frames = drain(p.ws, 1.0)
+        assert all(note not in json.dumps(f, ensure_ascii=False) for f in frames), frames
+
+    async def stored(s: AsyncSession) -> tuple[list[Note], list[Message]]:
+        notes = list((await s.scalars(select(Note))).all())
+        messages = list((await s.scalars(select(Message).where(col(Message.conversation_id) == cid))).all())
+        return notes, messages
+
+    notes, messages = db(client, stored)
+    assert len(notes) == 1 and notes[0].conversation_id == cid
+    assert note not in notes[0].text_enc and "学校" not in notes[0].text_enc
+    assert service(client).crypto.decrypt(notes[0].text_enc) == note
+    crypto = service(client).crypto
+    assert all(note not in crypto.decrypt(m.text_enc) for m in messages), "the note became a message"
+    view = amy.read(cid).json()
+    assert view["notes"] == [{"by": "amy", "text": note, "at": view["notes"][0]["at"]}]
+    assert all(note not in m["text"] for m in view["messages"])
+
+
+def test_the_transcript_returns_what_the_person_wrote_verbatim_with_highlights(client: TestClient) -> None:
+    amy = account(client, "amy")
+    cid = queued(client, MARKUP, CRISIS)
+    r = amy.read(cid)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    users = [m for m in body["messages"] if m["from"] == "user"]
+    assert [m["text"] for m in users] == ["同意", MARKUP, CRISIS]
+    assert json.dumps(MARKUP) in r.text or MARKUP in r.text  # a JSON string, not HTML-escaped
+    assert "&lt;img" not in r.text
+    assert all(isinstance(m["at"], str) for m in body["messages"])
+    assert body["triage"]["risk"] == "crisis" and "suicide" in body["triage"]["categories"]
+    assert body["state"] == "waiting" and body["channel"] == "webchat"
+
+    crisis = users[2]
+    assert crisis["risk"] == "crisis"
+    assert crisis["highlights"], crisis
+    for h in crisis["highlights"]:
+        start, end = h["span"]
+        assert 0 <= start < end <= len(CRISIS), h
+        assert isinstance(h["rule"], str) and h["rule"]
+    index = body["messages"].index(crisis)
+    reasons = [x for x in body["triage"]["reasons"] if x["message"] == index]
+    assert reasons and {x["rule"] for x in reasons} == {h["rule"] for h in crisis["highlights"]}
+    for x, h in zip(reasons, crisis["highlights"], strict=True):
+        start, end = h["span"]
+        assert CRISIS[start:end] == x["matched"], (x, h)
+    assert not users[1].get("highlights"), users[1]  # the markup matched nothing
+    # The bot's lines are there too, as the person saw them.
+    assert any(m["from"] == "bot" for m in body["messages"])
+
+
+# -- 7. transfers --------------------------------------------------------------------------------------
+
+
+def test_transfer_to_a_colleague_and_back_to_the_queue_keeping_its_place(client: TestClient) -> None:
+    amy = account(client, "amy")
+    bob = account(client, "bob")
+    first = queued(client)
+
+    async def queued_at(s: AsyncSession) -> Any:
+        return await s.scalar(
+            select(col(Handoff.queued_at)).where(
+                col(Handoff.conversation_id) == first, col(Handoff.status) != HandoffStatus.CLOSED
+            )
+        )
+
+    original = db(client, queued_at)
+    assert amy.claim(first).status_code == 200
+    later = queued(client)  # queued while the first was with amy
+
+    moved = amy.post(f"conversations/{first}/transfer", {"to": "bob"})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["state"] == "with_counsellor" and moved.json()["counsellor"] == "bob"
+    view = bob.read(first).json()
+    assert view["counsellor"] == "bob" and view["read_only"] is False
+    assert amy.held() == [] and bob.held() == [first]
+    assert amy.reply(first, "still mine?").status_code == 403
+    assert bob.reply(first, "bobです").status_code == 202
+
+    back = bob.post(f"conversations/{first}/transfer", {"to": None})
+    assert back.status_code == 200, back.text
+    assert back.json()["state"] == "waiting" and back.json()["counsellor"] is None
+    assert conversation(client, first).state == "waiting"
+    assert bob.held() == []
+    assert db(client, queued_at) == original
+    eventually(lambda: first in queued_ids(client), "the first back in the queue")
+    listed = amy.get("queue").json()
+    assert [x["conversation_id"] for x in listed] == [first, later], "it lost its place in the queue"
+    assert listed[0]["waiting_seconds"] >= listed[1]["waiting_seconds"]
+    assert bob.reply(first, "gone").status_code == 403
+    # Anyone can take it again.
+    assert amy.claim(first).status_code == 200
+
+
+def test_transfer_to_someone_at_the_limit_is_refused_and_nothing_moves(client: TestClient) -> None:
+    amy = account(client, "amy")
+    bob = account(client, "bob")
+    ids = [queued(client) for _ in range(3)]
+    assert amy.claim(ids[0]).status_code == 200
+    assert bob.claim(ids[1]).status_code == 200
+    assert bob.claim(ids[2]).status_code == 200
+
+    full = amy.post(f"conversations/{ids[0]}/transfer", {"to": "bob"})
+    assert full.status_code == 409, full.text
+    assert amy.read(ids[0]).json()["counsellor"] == "amy"
+    assert conversation(client, ids[0]).state == "with_counsellor"
+    assert amy.held() == [ids[0]] and sorted(bob.held()) == sorted(ids[1:])
+    assert amy.reply(ids[0], "まだここにいます").status_code == 202
+    assert amy.post(f"conversations/{ids[0]}/transfer", {"to": "nobody"}).status_code == 404
+    assert amy.post(f"conversations/{ids[0]}/transfer", {"to": "amy"}).status_code == 422
+    assert amy.read(ids[0]).json()["counsellor"] == "amy"
+
+
+# -- 8. closing ----------------------------------------------------------------------------------------
+
+
+def test_closing_tells_the_person_frees_the_counsellor_and_counts_the_conversation(
+    client: TestClient,
+) -> None:
+    amy = account(client, "amy")
+    other = queued(client)
+    third = queued(client)
+    referral = service(client).content.referrals[0].id
+    with person(client) as p:
+        cid = p.conversation_id
+        assert amy.claim(cid).status_code == 200
+        assert amy.claim(other).status_code == 200
+        assert amy.claim(third).status_code == 409  # full
+        connected(client, p)
+
+        unknown = amy.post(f"conversations/{cid}/close", {"outcome": "made_up"})
+        assert unknown.status_code == 422, unknown.text
+        bad_referral = amy.post(f"conversations/{cid}/close", {"outcome": "referred", "referrals": ["nope"]})
+        assert bad_referral.status_code == 422, bad_referral.text
+        assert conversation(client, cid).state == "with_counsellor"
+        assert not [f for f in drain(p.ws, 0.3) if f.get("type") == "message"]
+
+        closed = amy.post(f"conversations/{cid}/close", {"outcome": "referred", "referrals": [referral]})
+        assert closed.status_code == 200, closed.text
+        assert closed.json()["state"] == "closed"
+        _, seen = wait_for(
+            p.ws, lambda f: is_bot(f) and f["text"] == text_of(client, "closing"), what="the closing words"
+        )
+        seen += drain(p.ws, 0.3)
+        assert any(is_status(f) and f["state"] == "closed" for f in seen), seen
+
+    conv = conversation(client, cid)
+    assert conv.state == "closed" and conv.outcome == "referred" and conv.closed_at is not None
+    assert referral in conv.referrals.split(",")
+    assert sorted(amy.held()) == [other]
+    assert amy.claim(third).status_code == 200, "closing did not free the counsellor's place"
+    assert amy.post(f"conversations/{cid}/close", {"outcome": "listened"}).status_code in (403, 409)
+
+    async def counts(s: AsyncSession) -> list[StatCount]:
+        return list((await s.scalars(select(StatCount))).all())
+
+    rows = db(client, counts)
+    day = conv.created_at.astimezone(service(client).hours.tz).date()
+    conversations = [x for x in rows if x.metric == "conversations"]
+    assert conversations and all(x.day == day and x.channel == "webchat" for x in conversations), rows
+    assert sum(x.count for x in conversations) == 1
+    assert sum(x.count for x in rows if x.metric == "handed_off") == 1
+
+
+def test_when_the_person_ends_the_conversation_the_counsellor_is_freed_too(client: TestClient) -> None:
+    amy = account(client, "amy")
+    other = queued(client)
+    third = queued(client)
+    with person(client) as p:
+        cid = p.conversation_id
+        assert amy.claim(cid).status_code == 200
+        assert amy.claim(other).status_code == 200
+        connected(client, p)
+        tell(p.ws, "終了", "end")
+    assert conversation(client, cid).state == "closed"
+    assert amy.held() == [other], "a conversation the person ended still counts against the counsellor"
+    assert amy.claim(third).status_code == 200
+
+
+# -- 9. the audit log ----------------------------------------------------------------------------------
+
+
+def test_every_action_is_audited_with_its_actor_and_no_text(client: TestClient) -> None:
+    amy = account(client, "amy")
+    bob = account(client, "bob")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    reply, note = "返信の本文ひみつ", "メモの本文ひみつ"
+    cid = queued(client, "家のことで話を聞いてほしい", "相談したい")
+    assert amy.read(cid).status_code == 200
+    assert amy.claim(cid).status_code == 200
+    assert amy.reply(cid, reply).status_code == 202
+    assert amy.post(f"conversations/{cid}/notes", {"text": note}).status_code == 201
+    assert amy.post(f"conversations/{cid}/transfer", {"to": "bob"}).status_code == 200
+    assert bob.post(f"conversations/{cid}/close", {"outcome": "listened"}).status_code == 200
+
+    assert amy.get("audit").status_code == 403
+    assert bob.get("audit").status_code == 403
+    r = sup.get("audit")
+    assert r.status_code == 200, r.text
+    entries = r.json()
+    done = {(e["actor"], e["action"], e["conversation_id"]) for e in entries}
+    for actor, action in [
+        ("amy", "view"),
+        ("amy", "claim"),
+        ("amy", "reply"),
+        ("amy", "note"),
+        ("amy", "transfer"),
+        ("bob", "close"),
+    ]:
+        assert (actor, action, cid) in done, (actor, action, sorted(done))
+    logins = {e["actor"] for e in entries if e["action"] == "login"}
+    assert {"amy", "bob", "sup"} <= logins
+    ats = [e["at"] for e in entries]
+    assert ats == sorted(ats, reverse=True), "the newest first"
+
+    everything = json.dumps(entries, ensure_ascii=False) + json.dumps(
+        [a.model_dump(mode="json") for a in audit_rows(client)], ensure_ascii=False
+    )
+    for secret in (reply, note, "家のこと", "話を聞いてほしい", "ひみつ", PASSWORD):
+        assert secret not in everything, secret
+    assert sup.get("audit", params={"limit": 2}).json() == entries[:2]
+
+
+# -- 10. statistics ------------------------------------------------------------------------------------
+
+
+def test_statistics_count_conversations_by_day_category_risk_and_channel(client: TestClient) -> None:
+    amy = account(client, "amy")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    cid = queued(client, TWO_CATEGORIES)
+    assert amy.claim(cid).status_code == 200
+    assert amy.post(f"conversations/{cid}/close", {"outcome": "listened"}).status_code == 200
+    conv = conversation(client, cid)
+    categories = conv.categories.split(",")
+    assert sorted(categories) == ["dv", "suicide"] and conv.risk == "crisis"
+    day = conv.created_at.astimezone(service(client).hours.tz).date().isoformat()
+
+    assert amy.get("stats").status_code == 403
+    assert amy.get("stats.csv").status_code == 403
+    r = sup.get("stats")
+    assert r.status_code == 200, r.text
+    stats = r.json()
+    assert stats["by_category"] == {"dv": 1, "suicide": 1}
+    # One conversation is one conversation, however many categories it has.
+    totals = {k: stats[k] for k in ("by_day", "by_risk", "by_channel", "emergencies", "handed_off")}
+    assert totals == {
+        "by_day": {day: 1},
+        "by_risk": {"crisis": 1},
+        "by_channel": {"webchat": 1},
+        "emergencies": 1,
+        "handed_off": 1,
+    }
+
+
+def test_the_statistics_csv_has_a_bom_a_header_and_no_ids(client: TestClient) -> None:
+    amy = account(client, "amy")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    ids = [queued(client, CRISIS), queued(client)]
+    for cid in ids:
+        assert amy.claim(cid).status_code == 200
+        assert amy.post(f"conversations/{cid}/close", {"outcome": "listened"}).status_code == 200
+    r = sup.get("stats.csv")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.content.startswith(b"\xef\xbb\xbf"), r.content[:10]
+    text = r.content.decode("utf-8")
+    lines = text[1:].splitlines()
+    assert lines[0] == "day,channel,risk,category,age_band,metric,count"
+    rows = list(csv.DictReader(io.StringIO(text[1:])))
+    assert rows and all(row["channel"] == "webchat" for row in rows)
+    assert sum(int(row["count"]) for row in rows if row["metric"] == "conversations") >= 2
+    assert {row["risk"] for row in rows} == {"crisis", "low"}
+
+    async def contact_ids(s: AsyncSession) -> list[str]:
+        return list((await s.scalars(select(col(Contact.id)))).all())
+
+    for secret in [*ids, *db(client, contact_ids), CRISIS]:
+        assert secret not in text, secret
+
+
+# -- 11. the command line ------------------------------------------------------------------------------
+
+
+def cli(database_url: str, tmp_path: Path, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
+    env.update({"TSUNAGI_DATABASE_URL": database_url, "TSUNAGI_VAR_DIR": str(tmp_path / "var")})
+    command = Path(sys.executable).parent / "tsunagi"
+    assert command.exists(), command
+    return subprocess.run(
+        [str(command), "counsellor", "add", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # no .env of the developer's
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_counsellor_add_command(tmp_path: Path, database_url: str) -> None:
+    added = cli(database_url, tmp_path, "alice", "--role", "supervisor", stdin=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    assert PASSWORD not in added.stdout + added.stderr
+    short = cli(database_url, tmp_path, "shorty", stdin="tooshort\n")
+    assert short.returncode == 2, short.stderr
+    assert "12" in short.stderr
+    duplicate = cli(database_url, tmp_path, "alice", "--role", "counsellor", stdin="another-long-password\n")
+    assert duplicate.returncode == 1, duplicate.stderr
+    assert "already exists" in duplicate.stderr
+
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        ok = try_login(client, "alice", PASSWORD)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["role"] == "supervisor"
+        assert try_login(client, "alice", "another-long-password").status_code == 401
+        assert try_login(client, "shorty", "tooshort").status_code == 401
+
+        async def names(s: AsyncSession) -> list[tuple[str, str]]:
+            return [(c.username, c.role) for c in (await s.scalars(select(Counsellor))).all()]
+
+        # An account existed, so no first-start admin was made; the duplicate changed nothing.
+        assert db(client, names) == [("alice", "supervisor")]
+        me = Session(client, "alice", ok.cookies[COOKIE], ok.json()["csrf_token"])
+        assert me.get("audit").status_code == 200
