@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PREVIEW_CHARS = 60
+VIEW_AUDIT_EVERY = timedelta(minutes=10)
 MAX_TEXT = 5000
 
 
@@ -283,7 +284,16 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             if holder != me.id:
                 raise HTTPException(403, "only the counsellor who has this conversation can do that")
         elif not (holder == me.id or conv.state == State.WAITING or me.supervises):
-            raise HTTPException(403, "this conversation is with another counsellor")
+            # The counsellor who handled it before (closed, or passed on) may still read it.
+            handled = await s.scalar(
+                select(col(Handoff.id)).where(
+                    col(Handoff.conversation_id) == conversation_id,
+                    col(Handoff.counsellor_id) == me.id,
+                    col(Handoff.status) == HandoffStatus.CLOSED,
+                )
+            )
+            if handled is None or holder is not None:
+                raise HTTPException(403, "this conversation is with another counsellor")
         return conv, holder
 
     @r.post("/conversations/{conversation_id}/claim")
@@ -326,7 +336,18 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 )
             ).all()
             holder_name = (await s.get(Counsellor, holder)).username if holder else None  # type: ignore[union-attr]
-            s.add(AuditLog(actor=me.username, action="view", conversation_id=conversation_id))
+            # One "view" per counsellor and conversation in VIEW_AUDIT_EVERY (the page re-reads on
+            # every live event; the log should say who read what, not count refreshes).
+            recent = await s.scalar(
+                select(col(AuditLog.id)).where(
+                    col(AuditLog.actor) == me.username,
+                    col(AuditLog.action) == "view",
+                    col(AuditLog.conversation_id) == conversation_id,
+                    col(AuditLog.at) > utcnow() - VIEW_AUDIT_EVERY,
+                )
+            )
+            if recent is None:
+                s.add(AuditLog(actor=me.username, action="view", conversation_id=conversation_id))
         out_messages: list[dict[str, Any]] = []
         reasons: list[dict[str, Any]] = []
         for m in messages:
@@ -385,6 +406,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 )
             )
             s.add(AuditLog(actor=me.username, action="note", conversation_id=conversation_id))
+        svc.events.publish(Event("note", conversation_id))  # supervisors watching re-read it
         return {"status": "saved"}
 
     @r.post("/conversations/{conversation_id}/transfer")

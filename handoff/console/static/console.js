@@ -1,0 +1,1220 @@
+// The counsellors' console. Vanilla JS, no build step, no external resources (the page's CSP allows
+// only this origin). Whatever a person or a counsellor wrote (messages, previews, notes, and anything
+// else the API returns) is put in the page with textContent / createTextNode, never as HTML.
+"use strict";
+(() => {
+  const API = "/api/console";
+  const S = JSON.parse(document.getElementById("strings").textContent);
+  const $ = (id) => document.getElementById(id);
+  const RISKS = ["crisis", "high", "medium", "low"];
+  const TICK_MS = 5000; // waiting times are updated this often
+  const POLL_MS = 30000; // a safety net: events are best-effort, so the lists are refetched this often
+
+  const st = {
+    me: null, // {username, role, csrf_token, on_duty, limit, held}
+    csrf: "",
+    queue: [],
+    queueAt: 0, // performance.now() when the queue was fetched
+    overview: null,
+    overviewAt: 0,
+    current: null, // id of the conversation on screen
+    conv: null, // its last fetched state
+    rendered: { id: null, count: 0 }, // what the transcript shows
+    info: new Map(), // conversation id -> {risk, categories, channel, state}
+    updated: new Set(), // held conversations with news not yet looked at
+    crisisSeen: new Set(),
+    handedOver: new Set(),
+    lastCrisis: null,
+    canned: [],
+    outcomes: [],
+    referrals: [],
+    view: "console",
+  };
+
+  // -- small helpers ---------------------------------------------------------------------------------
+
+  function fill(template, values) {
+    return String(template).replace(/\{(\w+)\}/g, (m, k) => (k in values ? String(values[k]) : m));
+  }
+
+  function el(tag, { cls, text, attrs } = {}, children = []) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (attrs) for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    for (const c of children) if (c) e.append(c);
+    return e;
+  }
+
+  function shortId(id) {
+    return String(id || "").slice(0, 8);
+  }
+
+  function supervises() {
+    return !!st.me && (st.me.role === "supervisor" || st.me.role === "admin");
+  }
+
+  function duration(seconds) {
+    const t = Math.max(0, Math.floor(seconds));
+    if (t < 60) return fill(S.seconds, { s: t });
+    if (t < 3600) return fill(S.minutes, { m: Math.floor(t / 60), s: String(t % 60).padStart(2, "0") });
+    return fill(S.hours, { h: Math.floor(t / 3600), m: Math.floor((t % 3600) / 60) });
+  }
+
+  function time(iso, withDate = false) {
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return "";
+    const opts = withDate
+      ? { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" }
+      : { hour: "2-digit", minute: "2-digit" };
+    return d.toLocaleString("ja-JP", opts);
+  }
+
+  function riskBadge(risk) {
+    const r = RISKS.includes(risk) ? risk : "low";
+    const badge = el("span", { cls: "risk risk-" + r, attrs: { "data-risk": r } });
+    badge.append(el("span", { cls: "visually-hidden", text: S.risk_prefix }), document.createTextNode(S["risk_" + r]));
+    return badge;
+  }
+
+  function categoryLabel(c) {
+    return c ? (S.categories[c] || c) : S.no_category;
+  }
+
+  function categoryTags(list) {
+    const wrap = el("span", { cls: "cats" });
+    for (const c of list || []) wrap.append(el("span", { cls: "cat", text: categoryLabel(c) }));
+    return wrap;
+  }
+
+  function channelLabel(c) {
+    return S.channels[c] || c || "";
+  }
+
+  function detailOf(data) {
+    if (data && typeof data.detail === "string") return data.detail;
+    if (data && Array.isArray(data.detail)) return data.detail.map((d) => d.msg || "").join(" ");
+    return "";
+  }
+
+  function show(node, visible) {
+    node.hidden = !visible;
+  }
+
+  // -- the API -----------------------------------------------------------------------------------------
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (method !== "GET" && st.csrf) headers["X-CSRF-Token"] = st.csrf; // on every unsafe request
+    let res;
+    try {
+      res = await fetch(API + path, {
+        method,
+        headers,
+        credentials: "same-origin",
+        cache: "no-store",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch {
+      return { ok: false, status: 0, data: { detail: S.network_error } };
+    }
+    let data = null;
+    if (res.status !== 204) {
+      try { data = await res.json(); } catch { data = null; }
+    }
+    if (res.status === 401 && path !== "/login" && st.me) {
+      sessionEnded(S.session_expired);
+    }
+    return { ok: res.ok, status: res.status, data };
+  }
+
+  // -- views: login, password, the console ----------------------------------------------------------
+
+  function showView(name) {
+    show($("view-login"), name === "login");
+    show($("view-password"), name === "password");
+    show($("view-app"), name === "app");
+    show($("account"), name !== "login");
+    // On duty and notifications mean something only once the console itself is open.
+    for (const id of ["duty-label", "notify-area"]) show($(id), name === "app");
+    show($("live-status"), name === "app");
+  }
+
+  function showLogin(info = "") {
+    showView("login");
+    $("login-info").textContent = info;
+    $("login-error").textContent = "";
+    $("login-password").value = "";
+    $("login-username").focus();
+  }
+
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const username = $("login-username").value.trim();
+    const password = $("login-password").value;
+    const error = $("login-error");
+    error.textContent = "";
+    $("login-info").textContent = "";
+    if (!username || !password) {
+      error.textContent = S.login_missing;
+      return;
+    }
+    unlockAudio();
+    $("login-submit").disabled = true;
+    const r = await api("POST", "/login", { username, password });
+    $("login-submit").disabled = false;
+    if (r.ok) {
+      $("login-password").value = "";
+      st.csrf = r.data.csrf_token;
+      await start();
+      return;
+    }
+    error.textContent = r.status === 401 ? S.login_wrong : r.status === 429 ? S.login_wait
+      : r.status === 0 ? S.network_error : S.login_failed;
+    $("login-password").value = "";
+    $("login-password").focus();
+  });
+
+  $("password-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const error = $("pw-error");
+    error.textContent = "";
+    const old = $("pw-old").value;
+    const neu = $("pw-new").value;
+    if (neu !== $("pw-confirm").value) { error.textContent = S.pw_mismatch; return; }
+    if ([...neu].length < 12) { error.textContent = S.pw_too_short; return; }
+    $("pw-submit").disabled = true;
+    const r = await api("POST", "/password", { old, new: neu });
+    $("pw-submit").disabled = false;
+    if (r.ok) {
+      for (const id of ["pw-old", "pw-new", "pw-confirm"]) $(id).value = "";
+      await start();
+      return;
+    }
+    error.textContent = r.status === 403 ? S.pw_old_wrong : r.status === 422 ? S.pw_too_short : S.pw_failed;
+  });
+
+  $("logout-btn").addEventListener("click", async () => {
+    await api("POST", "/logout");
+    sessionEnded(S.logged_out);
+  });
+
+  // Called after a login, a password change or a reload: who am I, and what to show.
+  async function start() {
+    const r = await api("GET", "/me");
+    if (!r.ok) {
+      st.me = null;
+      showLogin();
+      return;
+    }
+    st.me = r.data;
+    st.csrf = r.data.csrf_token;
+    renderAccount();
+    if (st.me.must_change_password) {
+      showView("password");
+      $("pw-username").value = st.me.username;
+      $("pw-old").focus();
+      return;
+    }
+    showView("app");
+    show($("tab-supervisor"), supervises());
+    selectView("console");
+    await loadReference();
+    await refreshLists();
+    connectLive();
+    startTimers();
+  }
+
+  function sessionEnded(info) {
+    st.me = null;
+    st.csrf = "";
+    stopLive();
+    stopTimers();
+    stopAlarm();
+    st.current = null;
+    st.conv = null;
+    st.rendered = { id: null, count: 0 };
+    st.queue = [];
+    st.info.clear();
+    st.updated.clear();
+    st.crisisSeen.clear();
+    st.handedOver.clear();
+    $("queue-list").replaceChildren();
+    $("held-list").replaceChildren();
+    $("transcript").replaceChildren();
+    $("notes-list").replaceChildren();
+    $("reply").value = "";
+    show($("conv"), false);
+    show($("tools"), false);
+    show($("conv-placeholder"), true);
+    show($("crisis-banner"), false);
+    showLogin(info);
+  }
+
+  function renderAccount() {
+    const me = st.me;
+    $("who").textContent = me.username + "（" + (S["role_" + me.role] || me.role) + "）";
+    $("duty").checked = !!me.on_duty;
+    renderNotifyButton();
+  }
+
+  let dutyPending = 0; // while a change is on its way, a refetched /me must not undo the box
+  $("duty").addEventListener("change", async (e) => {
+    const want = e.target.checked;
+    dutyPending += 1;
+    const r = await api("POST", "/duty", { on_duty: want });
+    dutyPending -= 1;
+    if (r.ok) {
+      st.me.on_duty = r.data.on_duty;
+    } else {
+      e.target.checked = !want;
+      flashMessage(S.duty_failed);
+    }
+  });
+
+  // -- tabs ------------------------------------------------------------------------------------------------
+
+  function selectView(name) {
+    if (name === "supervisor" && !supervises()) name = "console";
+    st.view = name;
+    show($("console"), name === "console");
+    show($("supervisor"), name === "supervisor");
+    for (const [id, v] of [["tab-console", "console"], ["tab-supervisor", "supervisor"]]) {
+      if (v === name) $(id).setAttribute("aria-current", "page");
+      else $(id).removeAttribute("aria-current");
+    }
+    if (name === "supervisor") {
+      refreshOverview();
+      refreshStats();
+      refreshAudit();
+    }
+  }
+  $("tab-console").addEventListener("click", () => selectView("console"));
+  $("tab-supervisor").addEventListener("click", () => selectView("supervisor"));
+
+  // -- reference data: canned replies, outcomes, the referral directory ---------------------------------
+
+  async function loadReference() {
+    const [c, r] = await Promise.all([api("GET", "/canned"), api("GET", "/referrals")]);
+    if (c.ok) {
+      st.canned = c.data.canned || [];
+      st.outcomes = c.data.outcomes || [];
+    }
+    if (r.ok) st.referrals = r.data || [];
+    const chips = $("canned-list");
+    chips.replaceChildren();
+    for (const item of st.canned) {
+      const b = el("button", { cls: "chip", text: item.label, attrs: { type: "button", title: item.text } });
+      b.addEventListener("click", () => insertReply(String(item.text).replaceAll("{name}", st.me.username)));
+      chips.append(b);
+    }
+    const select = $("close-outcome");
+    select.replaceChildren(el("option", { text: S.choose, attrs: { value: "" } }));
+    for (const o of st.outcomes) select.append(el("option", { text: o.label, attrs: { value: o.code } }));
+    const refs = $("close-refs-list");
+    refs.replaceChildren();
+    for (const ref of st.referrals) {
+      const id = "close-ref-" + ref.id;
+      const box = el("input", { attrs: { type: "checkbox", id, value: ref.id } });
+      refs.append(el("div", { cls: "check" }, [box, el("label", { text: ref.name + " " + ref.number, attrs: { for: id } })]));
+    }
+    renderReferrals(st.referrals);
+  }
+
+  function insertReply(text) {
+    const box = $("reply");
+    if (box.closest("[hidden]")) return;
+    const start = box.selectionStart ?? box.value.length;
+    const end = box.selectionEnd ?? box.value.length;
+    box.setRangeText(text, start, end, "end");
+    box.dispatchEvent(new Event("input", { bubbles: true }));
+    box.focus();
+  }
+
+  let refTimer = null;
+  $("ref-q").addEventListener("input", () => {
+    clearTimeout(refTimer);
+    refTimer = setTimeout(async () => {
+      const q = $("ref-q").value.trim();
+      const r = await api("GET", "/referrals?q=" + encodeURIComponent(q));
+      if (r.ok) renderReferrals(r.data);
+    }, 250);
+  });
+
+  function renderReferrals(list) {
+    const ul = $("ref-results");
+    ul.replaceChildren();
+    if (!list.length) {
+      ul.append(el("li", { cls: "empty", text: S.referrals_none }));
+      return;
+    }
+    for (const ref of list) {
+      const head = el("div", { cls: "ref-head" }, [
+        el("strong", { text: ref.name }),
+        document.createTextNode(" " + ref.number + " "),
+        el("span", { cls: ref.open_now ? "open-now" : "closed-now", text: ref.open_now ? S.open_now : S.closed_now }),
+      ]);
+      const b = el("button", { cls: "btn btn-small", text: S.insert, attrs: { type: "button", "aria-label": S.insert + "：" + ref.name } });
+      b.addEventListener("click", () => insertReply(ref.line));
+      ul.append(el("li", { cls: "ref", attrs: { "data-referral": ref.id } }, [
+        head,
+        el("div", { cls: "ref-for", text: ref.for + "（" + ref.hours + "）" }),
+        b,
+      ]));
+    }
+  }
+
+  // -- the queue and my conversations ----------------------------------------------------------------
+
+  let refreshing = null;
+  async function refreshLists() {
+    if (!st.me || st.me.must_change_password) return;
+    if (refreshing) { refreshing.again = true; return; }
+    refreshing = { again: false };
+    try {
+      const [q, me] = await Promise.all([api("GET", "/queue"), api("GET", "/me")]);
+      if (me.ok && st.me) {
+        st.me = Object.assign(st.me, me.data);
+        st.csrf = me.data.csrf_token;
+        if (!dutyPending) $("duty").checked = !!me.data.on_duty;
+      }
+      if (q.ok && st.me) {
+        st.queue = q.data;
+        st.queueAt = performance.now();
+        let fresh = null;
+        for (const item of st.queue) {
+          st.info.set(item.conversation_id, { risk: item.risk, categories: item.categories, channel: item.channel, state: "waiting" });
+          if (item.risk === "crisis" && !st.crisisSeen.has(item.conversation_id)) {
+            st.crisisSeen.add(item.conversation_id);
+            fresh = fresh || item.conversation_id;
+          }
+        }
+        renderQueue();
+        if (fresh) alarm(fresh);
+      }
+      renderHeld();
+    } finally {
+      const again = refreshing.again;
+      refreshing = null;
+      if (again) refreshLists();
+    }
+  }
+
+  function renderQueue() {
+    const ul = $("queue-list");
+    const items = st.queue;
+    $("queue-count").textContent = fill(S.queue_count, { n: items.length });
+    show($("queue-empty"), items.length === 0);
+    // Rebuilt from the API's order (most urgent first), reusing nothing: it is short.
+    const focusedId = document.activeElement && document.activeElement.closest && document.activeElement.closest("#queue-list li")
+      ? document.activeElement.closest("li").dataset.conversationId : null;
+    const rows = [];
+    for (const item of items) {
+      const li = el("li", { cls: "queue-item risk-row-" + item.risk, attrs: { "data-conversation-id": item.conversation_id, "data-risk": item.risk } });
+      if (item.conversation_id === st.current) li.classList.add("selected");
+      const open = el("button", { cls: "queue-open", attrs: { type: "button" } });
+      const top = el("span", { cls: "queue-top" }, [
+        riskBadge(item.risk),
+        categoryTags(item.categories),
+        el("span", { cls: "channel", text: channelLabel(item.channel) }),
+      ]);
+      const wait = el("span", { cls: "wait", attrs: { "data-waiting": String(item.waiting_seconds) } });
+      wait.textContent = fill(S.waiting_for, { time: duration(item.waiting_seconds) });
+      const preview = el("span", { cls: "preview", text: item.preview }); // what the person wrote: text only
+      open.append(top, wait, preview);
+      open.addEventListener("click", () => openConversation(item.conversation_id, { focus: true }));
+      const claim = el("button", { cls: "btn btn-primary btn-small claim", text: S.claim, attrs: { type: "button", "aria-label": S.claim + "：" + S["risk_" + item.risk] + " " + duration(item.waiting_seconds) } });
+      claim.addEventListener("click", () => claimConversation(item.conversation_id));
+      li.append(open, claim);
+      rows.push(li);
+    }
+    ul.replaceChildren(...rows);
+    if (focusedId) {
+      const again = ul.querySelector(`li[data-conversation-id="${CSS.escape(focusedId)}"] .queue-open`);
+      if (again) again.focus();
+    }
+  }
+
+  function tickWaits() {
+    const extra = (performance.now() - st.queueAt) / 1000;
+    for (const span of document.querySelectorAll("#queue-list .wait")) {
+      const base = Number(span.dataset.waiting || 0);
+      span.textContent = fill(S.waiting_for, { time: duration(base + extra) });
+    }
+    if (st.overview && st.view === "supervisor") {
+      const longest = st.overview.waiting ? st.overview.longest_wait_seconds + (performance.now() - st.overviewAt) / 1000 : 0;
+      $("ov-longest").textContent = st.overview.waiting ? duration(longest) : "—";
+    }
+  }
+
+  function renderHeld() {
+    const ul = $("held-list");
+    const held = (st.me && st.me.held) || [];
+    $("held-count").textContent = fill(S.queue_count, { n: held.length });
+    show($("held-empty"), held.length === 0);
+    for (const id of [...st.updated]) if (!held.includes(id)) st.updated.delete(id);
+    const rows = held.map((id) => {
+      const info = st.info.get(id) || {};
+      const b = el("button", { cls: "held-open", attrs: { type: "button" } });
+      if (info.risk) b.append(riskBadge(info.risk));
+      b.append(el("span", { cls: "held-id", text: fill(S.conv_title, { id: shortId(id) }) }));
+      if (info.categories) b.append(categoryTags(info.categories));
+      if (st.updated.has(id)) b.append(el("span", { cls: "updated", text: S.held_updated }));
+      b.addEventListener("click", () => openConversation(id, { focus: true }));
+      const li = el("li", { cls: "held-item", attrs: { "data-conversation-id": id } }, [b]);
+      if (id === st.current) li.classList.add("selected");
+      return li;
+    });
+    ul.replaceChildren(...rows);
+  }
+
+  async function claimConversation(id) {
+    unlockAudio();
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/claim`);
+    if (r.ok) {
+      st.updated.delete(id);
+      await refreshLists();
+      await openConversation(id, { focus: true, force: true });
+      setConvMessage(S.claimed);
+      return;
+    }
+    let text;
+    const detail = detailOf(r.data);
+    if (r.status === 409) {
+      const full = /already have (\d+)/.exec(detail);
+      if (full) text = fill(S.claim_full, { limit: full[1] });
+      else if (/someone else/.test(detail)) text = S.claim_taken;
+      else if (/no longer waiting/.test(detail)) text = S.claim_gone;
+      else text = fill(S.claim_failed, { detail });
+    } else {
+      text = fill(S.claim_failed, { detail: detail || r.status });
+    }
+    if (st.current === id) setConvMessage(text, true);
+    else flashMessage(text);
+    refreshLists();
+  }
+  $("claim-btn").addEventListener("click", () => { if (st.current) claimConversation(st.current); });
+
+  // Messages about actions: shown in the conversation pane when one is open, else in the live region.
+  function setConvMessage(text, isError = false) {
+    const p = $("conv-msg");
+    p.textContent = text;
+    p.classList.toggle("error", isError);
+  }
+
+  function flashMessage(text) {
+    const p = $("app-msg");
+    p.textContent = text;
+    clearTimeout(flashMessage.timer);
+    flashMessage.timer = setTimeout(() => { p.textContent = ""; }, 15000);
+  }
+
+  // -- one conversation ---------------------------------------------------------------------------------
+
+  let convLoading = null;
+  async function openConversation(id, { focus = false, force = false } = {}) {
+    const switching = st.current !== id;
+    if (switching) {
+      st.current = id;
+      st.rendered = { id: null, count: 0 };
+      setConvMessage("");
+      $("reply").value = "";
+      $("note-text").value = "";
+      $("transfer-to").value = "";
+      if (st.view !== "console") selectView("console");
+    }
+    st.updated.delete(id);
+    if (id === st.lastCrisis) stopAlarm();
+    for (const li of document.querySelectorAll("#queue-list li, #held-list li")) {
+      li.classList.toggle("selected", li.dataset.conversationId === id);
+    }
+    renderHeld();
+    await loadConversation(id, force);
+    if (focus && switching && st.current === id) $("conv-title").focus();
+  }
+
+  async function loadConversation(id, force = false) {
+    if (convLoading && convLoading.id === id && !force) { convLoading.again = true; return; }
+    const mine = { id, again: false };
+    convLoading = mine;
+    try {
+      const r = await api("GET", `/conversations/${encodeURIComponent(id)}`);
+      if (st.current !== id) return;
+      if (!r.ok) {
+        if (r.status === 401) return;
+        // Closed or transferred from here: a counsellor may not read it any more; keep what is shown.
+        if (r.status === 403 && st.handedOver.has(id) && st.conv && st.conv.conversation_id === id) return;
+        st.conv = null;
+        show($("conv-placeholder"), false);
+        show($("conv"), true);
+        show($("tools"), false);
+        show($("reply-form"), false);
+        show($("claim-btn"), false);
+        $("conv-title").textContent = fill(S.conv_title, { id: shortId(id) });
+        $("conv-meta").replaceChildren();
+        $("transcript").replaceChildren();
+        st.rendered = { id: null, count: 0 };
+        show($("conv-notice"), false);
+        setConvMessage(r.status === 403 ? S.conv_forbidden : r.status === 404 ? S.conv_missing : S.conv_failed, true);
+        return;
+      }
+      renderConversation(r.data);
+    } finally {
+      if (convLoading === mine) {
+        convLoading = null;
+        if (mine.again && st.current === id) loadConversation(id);
+      }
+    }
+  }
+
+  function renderConversation(c) {
+    st.conv = c;
+    st.info.set(c.conversation_id, { risk: c.triage.risk, categories: c.triage.categories, channel: c.channel, state: c.state });
+    if (c.triage.risk === "crisis") st.crisisSeen.add(c.conversation_id);
+    show($("conv-placeholder"), false);
+    show($("conv"), true);
+    show($("tools"), true);
+    $("conv-title").textContent = fill(S.conv_title, { id: shortId(c.conversation_id) });
+
+    const meta = $("conv-meta");
+    meta.replaceChildren(
+      riskBadge(c.triage.risk),
+      categoryTags(c.triage.categories),
+      el("span", { cls: "channel", text: channelLabel(c.channel) }),
+      el("span", { cls: "state state-" + c.state, text: S.states[c.state] || c.state }),
+      el("span", { cls: "holder", text: c.counsellor ? fill(S.holder, { name: c.counsellor }) : S.no_holder }),
+    );
+
+    const writable = !c.read_only && c.state === "with_counsellor";
+    const notice = $("conv-notice");
+    let noticeText = "";
+    if (!writable) {
+      if (c.state === "waiting") noticeText = S.read_only_waiting;
+      else if (c.state === "closed") noticeText = S.read_only_closed;
+      else if (c.counsellor) noticeText = fill(S.read_only_other, { name: c.counsellor });
+      else noticeText = S.read_only_bot;
+    }
+    notice.textContent = noticeText;
+    show(notice, !!noticeText);
+    show($("claim-btn"), c.state === "waiting");
+    show($("reply-form"), writable);
+    for (const section of document.querySelectorAll("#tools .writable")) show(section, writable);
+
+    renderTranscript(c);
+    renderReasons(c);
+    renderIntake(c.intake || {});
+    renderNotes(c.notes || []);
+  }
+
+  function renderTranscript(c) {
+    const log = $("transcript");
+    const msgs = c.messages || [];
+    const same = st.rendered.id === c.conversation_id && msgs.length >= st.rendered.count;
+    if (!same) {
+      log.replaceChildren();
+      st.rendered = { id: c.conversation_id, count: 0 };
+    }
+    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+    for (let i = st.rendered.count; i < msgs.length; i++) log.append(messageItem(msgs[i], i));
+    const added = msgs.length - st.rendered.count;
+    st.rendered.count = msgs.length;
+    if (added > 0 && (atBottom || !same)) log.scrollTop = log.scrollHeight;
+  }
+
+  function messageItem(m, index) {
+    const from = ["user", "bot", "counsellor", "system"].includes(m.from) ? m.from : "system";
+    const li = el("li", { cls: "msg from-" + from, attrs: { "data-index": String(index), "data-from": from } });
+    const head = el("div", { cls: "msg-head" }, [
+      el("span", { cls: "msg-who", text: S["from_" + from] }),
+      el("time", { cls: "msg-time", text: time(m.at), attrs: { datetime: m.at } }),
+    ]);
+    if (from === "user" && m.risk && m.risk !== "low") head.append(riskBadge(m.risk));
+    const body = el("div", { cls: "msg-text" });
+    if (m.kind === "media" && !m.text) body.append(el("em", { text: S.media }));
+    else appendHighlighted(body, m.text || "", m.highlights || []);
+    li.append(head, body);
+    return li;
+  }
+
+  // The triage reasons' spans count Unicode code points (Python string offsets): split the same way,
+  // join overlapping spans, and wrap each joined range in a <mark> built with DOM calls.
+  function appendHighlighted(container, text, highlights) {
+    const chars = Array.from(text);
+    const spans = [];
+    for (const h of highlights) {
+      if (!h || !Array.isArray(h.span)) continue;
+      const a = Math.max(0, Math.min(chars.length, Number(h.span[0]) | 0));
+      const b = Math.max(0, Math.min(chars.length, Number(h.span[1]) | 0));
+      if (b > a) spans.push({ a, b, rules: [String(h.rule)] });
+    }
+    spans.sort((x, y) => x.a - y.a || x.b - y.b);
+    const merged = [];
+    for (const s of spans) {
+      const last = merged[merged.length - 1];
+      if (last && s.a <= last.b) {
+        last.b = Math.max(last.b, s.b);
+        for (const r of s.rules) if (!last.rules.includes(r)) last.rules.push(r);
+      } else {
+        merged.push({ a: s.a, b: s.b, rules: [...s.rules] });
+      }
+    }
+    let pos = 0;
+    for (const m of merged) {
+      if (m.a > pos) container.append(document.createTextNode(chars.slice(pos, m.a).join("")));
+      const mark = document.createElement("mark");
+      mark.textContent = chars.slice(m.a, m.b).join("");
+      mark.title = fill(S.highlight_title, { rules: m.rules.join("、") });
+      mark.dataset.rules = m.rules.join(" ");
+      container.append(mark);
+      pos = m.b;
+    }
+    if (pos < chars.length) container.append(document.createTextNode(chars.slice(pos).join("")));
+  }
+
+  function renderReasons(c) {
+    const ul = $("reasons");
+    const reasons = (c.triage && c.triage.reasons) || [];
+    ul.replaceChildren();
+    if (!reasons.length) {
+      ul.append(el("li", { cls: "empty", text: S.reasons_none }));
+      return;
+    }
+    const seen = new Set();
+    for (const r of reasons) {
+      const key = r.rule + "\u0000" + r.matched + "\u0000" + r.message;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const li = el("li", {}, [el("code", { text: r.rule }), document.createTextNode(" "), el("mark", { text: r.matched })]);
+      ul.append(li);
+    }
+  }
+
+  function renderIntake(intake) {
+    $("intake-age").textContent = intake.age_band ? (S.age_bands[intake.age_band] || intake.age_band) : S.intake_none;
+    $("intake-prefecture").textContent = intake.prefecture || S.intake_none;
+    $("intake-safe").textContent = intake.safe_now ? (S.safe_now[intake.safe_now] || intake.safe_now) : S.intake_none;
+  }
+
+  function renderNotes(notes) {
+    const ul = $("notes-list");
+    ul.replaceChildren();
+    if (!notes.length) {
+      ul.append(el("li", { cls: "empty", text: S.notes_none }));
+      return;
+    }
+    for (const n of notes) {
+      ul.append(el("li", { cls: "note" }, [
+        el("div", { cls: "note-by", text: fill(S.note_by, { name: n.by, time: time(n.at, true) }) }),
+        el("div", { cls: "note-text", text: n.text }), // a counsellor's words: text only
+      ]));
+    }
+  }
+
+  // Enter sends; Shift+Enter is a new line; the Enter that confirms a Japanese IME conversion never sends.
+  let composing = false;
+  const reply = $("reply");
+  reply.addEventListener("compositionstart", () => { composing = true; });
+  reply.addEventListener("compositionend", () => { setTimeout(() => { composing = false; }, 0); });
+  reply.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.shiftKey) return;
+    if (e.isComposing || composing || e.keyCode === 229) return;
+    e.preventDefault();
+    $("reply-form").requestSubmit();
+  });
+
+  let sending = false;
+  $("reply-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = st.current;
+    const text = reply.value;
+    if (!id || !text.trim() || sending) return;
+    sending = true;
+    $("reply-send").disabled = true;
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/messages`, { text });
+    sending = false;
+    $("reply-send").disabled = false;
+    if (r.ok) {
+      if (reply.value === text) reply.value = "";
+      setConvMessage("");
+      await loadConversation(id, true);
+      reply.focus();
+      return;
+    }
+    const detail = detailOf(r.data);
+    setConvMessage(r.status === 409 || r.status === 403 ? S.reply_not_yours : fill(S.reply_failed, { detail: detail || r.status }), true);
+    if (r.status === 409 || r.status === 403) loadConversation(id, true);
+  });
+
+  $("note-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = st.current;
+    const text = $("note-text").value;
+    if (!id || !text.trim()) return;
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/notes`, { text });
+    if (r.ok) {
+      $("note-text").value = "";
+      setConvMessage(S.note_saved);
+      await loadConversation(id, true);
+    } else {
+      setConvMessage(fill(S.note_failed, { detail: detailOf(r.data) || r.status }), true);
+    }
+  });
+
+  async function transfer(to) {
+    const id = st.current;
+    if (!id) return;
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/transfer`, { to: to || null });
+    if (r.ok) {
+      $("transfer-to").value = "";
+      if (r.data.state === "with_counsellor") {
+        // Now with someone else, whose conversation a counsellor may not read: keep the view, read-only.
+        st.handedOver.add(id);
+        if (st.conv && st.conv.conversation_id === id) {
+          renderConversation({ ...st.conv, counsellor: r.data.counsellor, read_only: true });
+        }
+        setConvMessage(fill(S.transfer_done, { name: r.data.counsellor }));
+        await refreshLists();
+        if (supervises()) await loadConversation(id, true);
+        return;
+      }
+      setConvMessage(to ? fill(S.transfer_fallback, { name: to }) : S.transfer_queued, !!to);
+      await refreshLists();
+      await loadConversation(id, true);
+      return;
+    }
+    const detail = detailOf(r.data);
+    const text = r.status === 404 ? S.transfer_missing : r.status === 422 && /that is you/.test(detail) ? S.transfer_self
+      : r.status === 409 && /already has/.test(detail) ? S.transfer_full : fill(S.transfer_failed, { detail: detail || r.status });
+    setConvMessage(text, true);
+  }
+  $("transfer-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const to = $("transfer-to").value.trim();
+    if (to) transfer(to);
+  });
+  $("requeue-btn").addEventListener("click", () => transfer(null));
+
+  $("close-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = st.current;
+    const outcome = $("close-outcome").value;
+    if (!id) return;
+    if (!outcome) { setConvMessage(S.close_pick, true); $("close-outcome").focus(); return; }
+    const referrals = [...document.querySelectorAll("#close-refs-list input:checked")].map((x) => x.value);
+    $("close-btn").disabled = true;
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/close`, { outcome, referrals });
+    $("close-btn").disabled = false;
+    if (r.ok) {
+      $("close-outcome").value = "";
+      for (const x of document.querySelectorAll("#close-refs-list input")) x.checked = false;
+      // A counsellor may not read a conversation once it is closed (only supervisors may): keep what
+      // the page has, shown as closed, instead of fetching it again.
+      st.handedOver.add(id);
+      if (st.conv && st.conv.conversation_id === id) {
+        renderConversation({ ...st.conv, state: "closed", counsellor: null, read_only: true });
+      }
+      setConvMessage(S.close_done);
+      await refreshLists();
+      if (supervises()) await loadConversation(id, true);
+      $("conv-title").focus();
+      return;
+    }
+    setConvMessage(fill(S.close_failed, { detail: detailOf(r.data) || r.status }), true);
+  });
+
+  // -- live updates ---------------------------------------------------------------------------------
+
+  let live = null;
+  let liveRetry = 0;
+  let liveTimer = null;
+  let listsTimer = null;
+  let convTimer = null;
+  let overviewTimer = null;
+
+  function setLive(on) {
+    $("live-status").textContent = on ? S.live_on : S.live_off;
+    $("live-status").classList.toggle("offline", !on);
+  }
+
+  function connectLive() {
+    if (!st.me || live) return;
+    clearTimeout(liveTimer);
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(scheme + "//" + location.host + API + "/live");
+    live = ws;
+    ws.addEventListener("open", () => {
+      liveRetry = 0;
+      setLive(true);
+      // Whatever happened while the socket was down: fetch it now.
+      refreshLists();
+      if (st.current) loadConversation(st.current);
+      if (st.view === "supervisor") refreshOverview();
+    });
+    ws.addEventListener("message", (ev) => {
+      let event;
+      try { event = JSON.parse(ev.data); } catch { return; }
+      onEvent(event);
+    });
+    ws.addEventListener("close", () => {
+      if (live !== ws) return;
+      live = null;
+      if (!st.me) return;
+      setLive(false);
+      const delay = Math.min(30000, 1000 * 2 ** liveRetry++) * (0.75 + Math.random() * 0.5);
+      liveTimer = setTimeout(async () => {
+        if (!st.me) return;
+        const r = await api("GET", "/me"); // a closed socket may mean the session ended
+        if (r.ok) connectLive();
+        else if (r.status !== 401 && st.me) liveTimer = setTimeout(connectLive, delay);
+      }, delay);
+    });
+  }
+
+  function stopLive() {
+    clearTimeout(liveTimer);
+    if (live) {
+      const ws = live;
+      live = null;
+      ws.close();
+    }
+  }
+
+  function later(timerName, fn, ms = 150) {
+    // Events come in bursts: one refetch per burst.
+    if (timerName === "lists") { clearTimeout(listsTimer); listsTimer = setTimeout(fn, ms); }
+    if (timerName === "conv") { clearTimeout(convTimer); convTimer = setTimeout(fn, ms); }
+    if (timerName === "overview") { clearTimeout(overviewTimer); overviewTimer = setTimeout(fn, ms); }
+  }
+
+  // Events carry ids, states and risk only (never text): they say when to refetch.
+  function onEvent(ev) {
+    const id = ev.conversation_id || "";
+    if (id) {
+      const prev = st.info.get(id) || {};
+      st.info.set(id, { ...prev, risk: ev.risk || prev.risk, state: ev.state || prev.state });
+      if (ev.risk === "crisis") {
+        const fresh = !st.crisisSeen.has(id);
+        st.crisisSeen.add(id);
+        const waiting = ev.state === "waiting";
+        if (fresh && (waiting || (ev.kind === "alert" && supervises()))) alarm(id);
+      }
+      if (id === st.current) later("conv", () => { if (st.current === id) loadConversation(id); });
+      else if (st.me && (st.me.held || []).includes(id) && ev.kind === "conversation") st.updated.add(id);
+    }
+    later("lists", refreshLists);
+    if (st.view === "supervisor") later("overview", refreshOverview, 300);
+  }
+
+  let tickTimer = null;
+  let pollTimer = null;
+  function startTimers() {
+    stopTimers();
+    tickTimer = setInterval(tickWaits, TICK_MS);
+    pollTimer = setInterval(() => {
+      refreshLists();
+      if (st.view === "supervisor") refreshOverview();
+    }, POLL_MS);
+  }
+  function stopTimers() {
+    clearInterval(tickTimer);
+    clearInterval(pollTimer);
+    for (const t of [listsTimer, convTimer, overviewTimer]) clearTimeout(t);
+  }
+
+  // -- the crisis alarm: a sound, a flashing title, a notification, a banner --------------------------
+
+  let audio = null;
+  function unlockAudio() {
+    // Browsers let a page make sound only after a user gesture: make (or wake) the context on one.
+    try {
+      const Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!Ctx) return;
+      if (!audio) audio = new Ctx();
+      if (audio.state === "suspended") audio.resume();
+    } catch { /* no sound, then */ }
+  }
+  document.addEventListener("pointerdown", unlockAudio, { capture: true });
+  document.addEventListener("keydown", unlockAudio, { capture: true });
+
+  function beep() {
+    try {
+      const Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!Ctx) return;
+      if (!audio) audio = new Ctx();
+      if (audio.state === "suspended") audio.resume();
+      const t0 = audio.currentTime + 0.02;
+      [880, 660, 880].forEach((freq, i) => {
+        const osc = audio.createOscillator();
+        const gain = audio.createGain();
+        const t = t0 + i * 0.22;
+        osc.type = "sine";
+        osc.frequency.setValueAtTime(freq, t);
+        gain.gain.setValueAtTime(0.0001, t);
+        gain.gain.exponentialRampToValueAtTime(0.25, t + 0.02);
+        gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.18);
+        osc.connect(gain);
+        gain.connect(audio.destination);
+        osc.start(t);
+        osc.stop(t + 0.2);
+      });
+    } catch { /* no sound, then */ }
+  }
+
+  let flashTimer = null;
+  let flashEnd = null;
+  function flashTitle() {
+    clearInterval(flashTimer);
+    clearTimeout(flashEnd);
+    let on = true;
+    document.title = S.title_alert;
+    flashTimer = setInterval(() => {
+      on = !on;
+      document.title = on ? S.title_alert : S.title;
+    }, 1000);
+    flashEnd = setTimeout(stopFlash, 120000);
+  }
+  function stopFlash() {
+    clearInterval(flashTimer);
+    clearTimeout(flashEnd);
+    flashTimer = null;
+    document.title = S.title;
+  }
+
+  function notify(id) {
+    try {
+      if (!("Notification" in window) || Notification.permission !== "granted") return;
+      // Nothing the person wrote goes into a notification: other people may see the screen.
+      const n = new Notification(S.notify_title, { body: S.notify_body, tag: "tsunagi-crisis-" + id });
+      n.onclick = () => { window.focus(); openConversation(id, { focus: true }); n.close(); };
+    } catch { /* notifications unavailable */ }
+  }
+
+  function alarm(id) {
+    st.lastCrisis = id;
+    beep();
+    flashTitle();
+    notify(id);
+    $("crisis-banner-text").textContent = S.crisis_banner;
+    show($("crisis-banner"), true);
+  }
+
+  function stopAlarm() {
+    stopFlash();
+    show($("crisis-banner"), false);
+  }
+
+  $("crisis-open").addEventListener("click", () => {
+    const id = st.lastCrisis;
+    stopAlarm();
+    if (id) openConversation(id, { focus: true });
+  });
+  $("crisis-dismiss").addEventListener("click", stopAlarm);
+  // Someone is at the keyboard: the title has done its job.
+  document.addEventListener("pointerdown", () => { if (flashTimer) stopFlash(); });
+  document.addEventListener("keydown", () => { if (flashTimer) stopFlash(); });
+
+  function renderNotifyButton() {
+    const btn = $("notify-btn");
+    const state = $("notify-state");
+    if (!("Notification" in window)) { show(btn, false); show(state, false); return; }
+    const p = Notification.permission;
+    show(btn, p === "default");
+    state.textContent = p === "granted" ? S.notify_on : p === "denied" ? S.notify_denied : "";
+    show(state, p !== "default");
+  }
+  // Permission is asked for on a click only, never on load.
+  $("notify-btn").addEventListener("click", async () => {
+    try { await Notification.requestPermission(); } catch { /* older browsers: callback form */ }
+    renderNotifyButton();
+  });
+
+  // -- supervisors ---------------------------------------------------------------------------------------
+
+  async function refreshOverview() {
+    if (!supervises()) return;
+    const r = await api("GET", "/overview");
+    if (!r.ok) return;
+    const o = r.data;
+    st.overview = o;
+    st.overviewAt = performance.now();
+    $("ov-waiting").textContent = fill(S.count, { n: o.waiting });
+    $("ov-longest").textContent = o.waiting ? duration(o.longest_wait_seconds) : "—";
+    $("ov-active-count").textContent = fill(S.count, { n: o.active.length });
+
+    const alerts = $("ov-alerts");
+    alerts.replaceChildren();
+    if (!o.alerts.length) alerts.append(el("li", { cls: "empty", text: S.alerts_none }));
+    for (const a of o.alerts) {
+      const b = el("button", { cls: "link", text: fill(S.conv_title, { id: shortId(a.conversation_id) }), attrs: { type: "button" } });
+      b.addEventListener("click", () => openConversation(a.conversation_id, { focus: true }));
+      alerts.append(el("li", {}, [el("span", { cls: "alert-kind", text: (S.alert_kinds[a.kind] || a.kind) + " " + time(a.at) + " " }), b]));
+    }
+
+    const active = $("ov-active");
+    active.replaceChildren();
+    if (!o.active.length) {
+      active.append(el("tr", {}, [el("td", { cls: "empty", text: S.active_none, attrs: { colspan: "6" } })]));
+    }
+    for (const a of o.active) {
+      st.info.set(a.conversation_id, { risk: a.risk, categories: a.categories, channel: a.channel, state: "with_counsellor" });
+      const watch = el("button", { cls: "btn btn-small btn-secondary", text: S.watch, attrs: { type: "button", "aria-label": S.watch + "：" + fill(S.conv_title, { id: shortId(a.conversation_id) }) } });
+      watch.addEventListener("click", () => openConversation(a.conversation_id, { focus: true }));
+      active.append(el("tr", { attrs: { "data-conversation-id": a.conversation_id } }, [
+        el("td", {}, [riskBadge(a.risk)]),
+        el("td", {}, [categoryTags(a.categories)]),
+        el("td", { text: channelLabel(a.channel) }),
+        el("td", { cls: "counsellor", text: a.counsellor }),
+        el("td", { text: a.since ? time(a.since) : "" }),
+        el("td", {}, [watch]),
+      ]));
+    }
+
+    const cs = $("ov-counsellors");
+    cs.replaceChildren();
+    for (const c of o.counsellors) {
+      cs.append(el("tr", { attrs: { "data-username": c.username } }, [
+        el("td", { text: c.username }),
+        el("td", { text: S["role_" + c.role] || c.role }),
+        el("td", { cls: c.on_duty ? "on-duty" : "off-duty", text: c.on_duty ? S.on_duty : S.off_duty }),
+        el("td", { cls: "load", text: fill(S.load, { load: c.load, limit: c.limit }) }),
+      ]));
+    }
+  }
+
+  async function refreshStats() {
+    if (!supervises()) return;
+    const days = Number($("stats-days").value) || 30;
+    $("csv-link").href = API + "/stats.csv?days=" + days;
+    const r = await api("GET", "/stats?days=" + days);
+    if (!r.ok) return;
+    const s = r.data;
+    const total = typeof s.conversations === "number" ? s.conversations : Object.values(s.by_day).reduce((a, b) => a + b, 0);
+    $("stats-totals").textContent = fill(S.stats_totals, { conversations: total, emergencies: s.emergencies, handed_off: s.handed_off });
+    const charts = $("charts");
+    charts.replaceChildren(
+      dayChart(s.by_day),
+      barChart("category", S.chart_category, Object.entries(s.by_category).map(([k, v]) => ({ key: k, label: categoryLabel(k), value: v }))
+        .sort((a, b) => b.value - a.value)),
+      barChart("risk", S.chart_risk, RISKS.filter((k) => k in s.by_risk).map((k) => ({ key: k, label: S["risk_" + k], value: s.by_risk[k], cls: "fill-" + k }))),
+      barChart("channel", S.chart_channel, Object.entries(s.by_channel).map(([k, v]) => ({ key: k, label: channelLabel(k), value: v }))),
+    );
+  }
+  $("stats-days").addEventListener("change", refreshStats);
+
+  function chartFigure(name, title) {
+    const id = "chart-" + name + "-title";
+    const fig = el("figure", { cls: "chart", attrs: { "data-chart": name, "aria-labelledby": id } });
+    fig.append(el("figcaption", { text: title, attrs: { id } }));
+    return fig;
+  }
+
+  // Horizontal bars: a list of label, bar and number (the bar is decoration; the number is the data).
+  function barChart(name, title, rows) {
+    const fig = chartFigure(name, title);
+    if (!rows.length) { fig.append(el("p", { cls: "empty", text: S.no_data })); return fig; }
+    const max = Math.max(...rows.map((r) => r.value), 1);
+    const ul = el("ul", { cls: "bars" });
+    for (const r of rows) {
+      const fill_ = el("span", { cls: "bar-fill " + (r.cls || "") });
+      fill_.style.width = Math.max(2, (r.value / max) * 100) + "%"; // CSSOM, which the CSP allows
+      ul.append(el("li", { cls: "bar-row", attrs: { "data-key": r.key } }, [
+        el("span", { cls: "bar-label", text: r.label }),
+        el("span", { cls: "bar-track", attrs: { "aria-hidden": "true" } }, [fill_]),
+        el("span", { cls: "bar-value", text: fill(S.count, { n: r.value }) }),
+      ]));
+    }
+    fig.append(ul);
+    return fig;
+  }
+
+  // Conversations by day: columns in an SVG made with DOM calls, every day from the first to the last.
+  function dayChart(byDay) {
+    const fig = chartFigure("day", S.chart_day);
+    const keys = Object.keys(byDay).sort();
+    if (!keys.length) { fig.append(el("p", { cls: "empty", text: S.no_data })); return fig; }
+    const days = [];
+    const first = new Date(keys[0] + "T00:00:00Z");
+    const last = new Date(keys[keys.length - 1] + "T00:00:00Z");
+    for (let d = first; d <= last && days.length < 3700; d = new Date(d.getTime() + 86400000)) {
+      const k = d.toISOString().slice(0, 10);
+      days.push({ day: k, n: byDay[k] || 0 });
+    }
+    const NS = "http://www.w3.org/2000/svg";
+    const W = 600, H = 160, pad = 24;
+    const max = Math.max(...days.map((d) => d.n), 1);
+    const bw = Math.min(48, (W - pad * 2) / days.length); // one day's slot; a short range stays narrow
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H + 24}`);
+    svg.setAttribute("class", "day-chart");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", S.chart_day + "：" + days.map((d) => fill(S.day_bar, d)).join("、"));
+    const axis = document.createElementNS(NS, "line");
+    for (const [k, v] of [["x1", pad], ["x2", W - pad], ["y1", H], ["y2", H]]) axis.setAttribute(k, v);
+    axis.setAttribute("class", "axis");
+    svg.append(axis);
+    days.forEach((d, i) => {
+      const h = (d.n / max) * (H - 20);
+      const rect = document.createElementNS(NS, "rect");
+      rect.setAttribute("x", String(pad + i * bw + bw * 0.15));
+      rect.setAttribute("y", String(H - h));
+      rect.setAttribute("width", String(Math.max(1, bw * 0.7)));
+      rect.setAttribute("height", String(h));
+      rect.setAttribute("class", "day-bar");
+      rect.setAttribute("data-day", d.day);
+      const t = document.createElementNS(NS, "title");
+      t.textContent = fill(S.day_bar, d);
+      rect.append(t);
+      svg.append(rect);
+      if (d.n > 0) {
+        const label = document.createElementNS(NS, "text");
+        label.setAttribute("x", String(pad + i * bw + bw / 2));
+        label.setAttribute("y", String(H - h - 4));
+        label.setAttribute("class", "day-value");
+        label.textContent = String(d.n);
+        svg.append(label);
+      }
+    });
+    for (const [i, d] of [[0, days[0]], [days.length - 1, days[days.length - 1]]]) {
+      const label = document.createElementNS(NS, "text");
+      label.setAttribute("x", String(pad + i * bw + bw / 2));
+      label.setAttribute("y", String(H + 16));
+      label.setAttribute("class", "day-label");
+      label.textContent = d.day.slice(5).replace("-", "/");
+      svg.append(label);
+      if (days.length === 1) break;
+    }
+    fig.append(svg);
+    return fig;
+  }
+
+  async function refreshAudit() {
+    if (!supervises()) return;
+    const r = await api("GET", "/audit?limit=200");
+    if (!r.ok) return;
+    const body = $("audit");
+    body.replaceChildren();
+    if (!r.data.length) body.append(el("tr", {}, [el("td", { cls: "empty", text: S.audit_none, attrs: { colspan: "5" } })]));
+    for (const a of r.data) {
+      const conv = el("td");
+      if (a.conversation_id) {
+        const b = el("button", { cls: "link", text: shortId(a.conversation_id), attrs: { type: "button", title: a.conversation_id } });
+        b.addEventListener("click", () => openConversation(a.conversation_id, { focus: true }));
+        conv.append(b);
+      }
+      body.append(el("tr", {}, [
+        el("td", { text: time(a.at, true) }),
+        el("td", { text: a.actor }),
+        el("td", { text: a.action }),
+        conv,
+        el("td", { text: a.detail }),
+      ]));
+    }
+  }
+  $("audit-refresh").addEventListener("click", refreshAudit);
+
+  // -- go -------------------------------------------------------------------------------------------------
+
+  document.title = S.title;
+  start();
+})();

@@ -1,0 +1,809 @@
+"""The counsellors' console in a real browser: ``tsunagi serve`` in a subprocess, Debian's Chromium
+through Playwright, and the person on the other side through the web chat's WebSocket.
+
+Every test gets a server of its own (a copy of one database whose accounts the CLI made once), so
+that no test sees another's queue. Everything stays on loopback. Chromium is never downloaded (no
+``playwright install``): a missing /usr/bin/chromium fails these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Error,
+    Locator,
+    Page,
+    Request,
+    expect,
+    sync_playwright,
+)
+from websockets.sync.client import ClientConnection, connect
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 8_000  # the longest any single wait in a page may take
+WAIT_S = WAIT_MS / 1000
+CRISIS = "もう死にたい。今から飛び降りる"
+ACCOUNTS = {
+    "kana": ("counsellor", "kana-password-1234"),
+    "yui": ("counsellor", "yui-password-12345"),
+    "sato": ("supervisor", "sato-password-1234"),
+}
+CSV_HEADER = "day,channel,risk,category,age_band,metric,count"
+
+# Stand-ins installed before the page's own script: a Notification that records what it is asked
+# (and when permission is requested), and a count of the oscillators the alarm sound starts.
+OBSERVE = """
+(() => {
+  window.__notifications = [];
+  window.__permissionRequests = 0;
+  let permission = "default";
+  class RecordingNotification {
+    constructor(title, options) { window.__notifications.push({ title, body: options && options.body }); }
+    close() {}
+    static get permission() { return permission; }
+    static requestPermission() {
+      window.__permissionRequests += 1;
+      permission = "granted";
+      return Promise.resolve(permission);
+    }
+  }
+  window.Notification = RecordingNotification;
+  window.__oscillators = 0;
+  const create = AudioContext.prototype.createOscillator;
+  AudioContext.prototype.createOscillator = function () {
+    window.__oscillators += 1;
+    return create.call(this);
+  };
+})();
+"""
+
+
+# -- servers ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    base: str
+    log: Path
+
+    @property
+    def ws(self) -> str:
+        return self.base.replace("http://", "ws://")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
+    env.update(
+        TSUNAGI_VAR_DIR=str(home / "var"),
+        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
+        TSUNAGI_SMTP_LISTEN="",
+    )
+    return env
+
+
+def _serve(home: Path) -> Iterator[Server]:
+    if not TSUNAGI.exists():
+        pytest.fail(f"{TSUNAGI} is missing: install the project into .venv first (make test does)")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = home / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=home,  # no stray .env from the working directory
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _healthy(f"{base}/healthz"):
+            if proc.poll() is not None:
+                pytest.fail(f"tsunagi serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"tsunagi serve did not become healthy in 30 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        yield Server(base=base, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with the accounts, made once with the CLI; each test's server starts from a copy."""
+    home = tmp_path_factory.mktemp("console-template")
+    for username, (role, password) in ACCOUNTS.items():
+        done = subprocess.run(
+            [str(TSUNAGI), "counsellor", "add", username, "--role", role],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            cwd=home,
+            env=_env(home),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    return home
+
+
+@pytest.fixture
+def server(template: Path, tmp_path: Path) -> Iterator[Server]:
+    home = tmp_path / "server"
+    shutil.copytree(template, home)
+    yield from _serve(home)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """No accounts at all: the first start makes 'admin' with a one-time password on stdout."""
+    home = tmp_path / "fresh"
+    home.mkdir()
+    yield from _serve(home)
+
+
+# -- the browser ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; never `playwright install`)"
+        )
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclass
+class Watched:
+    """What a page did that a test must not allow: script errors, dialogs, CSP violations, and any
+    unsafe request to the console API without the CSRF header."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> Page:
+        def on_error(error: Error) -> None:
+            self.errors.append(f"pageerror: {error}")
+
+        def on_dialog(dialog: Dialog) -> None:
+            self.errors.append(f"dialog: {dialog.message}")
+            dialog.dismiss()
+
+        def on_console(message: ConsoleMessage) -> None:
+            if "Content Security Policy" in message.text:
+                self.errors.append(f"console: {message.text}")
+
+        def check(request: Request) -> None:
+            unsafe = request.method not in ("GET", "HEAD")
+            if unsafe and "/api/console/" in request.url and not request.url.endswith("/login"):
+                if not request.headers.get("x-csrf-token"):
+                    self.errors.append(f"no X-CSRF-Token on {request.method} {request.url}")
+
+        page.on("pageerror", on_error)
+        page.on("dialog", on_dialog)
+        page.on("console", on_console)
+        page.on("request", check)
+        return page
+
+
+@pytest.fixture
+def watched() -> Iterator[Watched]:
+    w = Watched()
+    yield w
+    assert w.errors == [], f"problems in the page: {w.errors}"
+
+
+@pytest.fixture
+def new_page(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
+    """Pages, each in a browser context of its own (its own cookie: its own login), 1280x800."""
+    contexts: list[BrowserContext] = []
+
+    def make() -> Page:
+        ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
+        ctx.set_default_timeout(WAIT_MS)
+        ctx.add_init_script(OBSERVE)
+        contexts.append(ctx)
+        return watched.attach(ctx.new_page())
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def log_in(page: Page, server: Server, username: str, password: str | None = None) -> None:
+    page.goto(f"{server.base}/console")
+    expect(page.locator("#view-login")).to_be_visible()
+    page.get_by_label("ユーザー名", exact=True).fill(username)
+    page.get_by_label("パスワード", exact=True).fill(password or ACCOUNTS[username][1])
+    page.get_by_role("button", name="ログイン").click()
+    expect(page.locator("#view-app")).to_be_visible()
+    expect(page.locator("#who")).to_contain_text(username)
+    expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
+
+
+def fetch_status(page: Page, path: str) -> int:
+    return int(page.evaluate("async (p) => (await fetch(p)).status", path))
+
+
+def queue_items(page: Page) -> Locator:
+    return page.locator("#queue-list > li")
+
+
+def lines(page: Page, who: str) -> Locator:
+    return page.locator(f"#transcript li.from-{who}")
+
+
+# -- the person on the other side: the web chat's WebSocket ------------------------------------------
+
+
+class Person:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self.n = 0
+        self.ws.send(json.dumps({"type": "hello", "resume": None}))
+        self.wait(lambda f: f["type"] == "status")
+
+    def wait(self, until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first frame, received before or within the wait, that satisfies ``until``."""
+        for old in self.frames:
+            if until(old):
+                return old
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching frame; got {self.frames}")
+            try:
+                frame: dict[str, Any] = json.loads(self.ws.recv(timeout=left))
+            except TimeoutError:
+                continue
+            self.frames.append(frame)
+            if until(frame):
+                return frame
+
+    def say(self, text: str) -> None:
+        self.n += 1
+        mid = f"m-{self.n}"
+        self.ws.send(json.dumps({"type": "message", "text": text, "id": mid}))
+        self.wait(lambda f: f["type"] == "ack" and f["id"] == mid)
+
+    def in_crisis(self, text: str = CRISIS) -> None:
+        """Consent, then a crisis: the conversation waits for a counsellor."""
+        self.say("同意")
+        self.wait(lambda f: f["type"] == "message" and "どんなことでも" in f["text"])
+        self.say(text)
+        self.wait(lambda f: f["type"] == "status" and f["state"] == "waiting")
+
+    def got(self, who: str, text: str) -> dict[str, Any]:
+        return self.wait(lambda f: f["type"] == "message" and f["from"] == who and text in f["text"])
+
+
+@pytest.fixture
+def people(server: Server) -> Iterator[Callable[[], Person]]:
+    with ExitStack() as stack:
+
+        def make() -> Person:
+            return Person(stack.enter_context(connect(f"{server.ws}/chat/ws", open_timeout=WAIT_S)))
+
+        yield make
+
+
+class Api:
+    """The console API from Python, for setting a scene (cookie and CSRF token as a page has them)."""
+
+    def __init__(self, server: Server, username: str) -> None:
+        self.base = f"{server.base}/api/console"
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        self.csrf = ""
+        self.csrf = self.call("POST", "/login", {"username": username, "password": ACCOUNTS[username][1]})[
+            "csrf_token"
+        ]
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.csrf:
+            req.add_header("X-CSRF-Token", self.csrf)
+        with self.opener.open(req, timeout=WAIT_S) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+    def waiting(self) -> list[str]:
+        return [x["conversation_id"] for x in self.call("GET", "/queue")]
+
+
+# -- (1) a crisis from arrival to close -------------------------------------------------------------
+
+
+def test_counsellor_sees_a_crisis_claims_replies_and_closes(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    page = new_page()
+    log_in(page, server, "kana")
+    expect(page.locator("#tab-supervisor")).to_be_hidden()
+    expect(page.locator("#queue-empty")).to_be_visible()
+
+    # On duty; notifications are asked for on a click, never on load.
+    with page.expect_response(lambda r: r.url.endswith("/api/console/duty")) as duty:
+        page.get_by_label("対応可能（オンデューティ）").check()
+    assert duty.value.status == 200
+    assert page.evaluate("fetch('/api/console/me').then((r) => r.json())")["on_duty"] is True
+    assert page.evaluate("window.__permissionRequests") == 0
+    page.get_by_role("button", name="デスクトップ通知を有効にする").click()
+    expect(page.locator("#notify-state")).to_have_text("デスクトップ通知：有効")
+    assert page.evaluate("window.__permissionRequests") == 1
+
+    # A crisis arrives while the console is open: at the top, with its badge; sound, title, notification.
+    quiet = people()
+    quiet.say("同意")  # someone still with the bot: not in the queue
+    person = people()
+    person.in_crisis(CRISIS + "（テスト1）")
+    first = queue_items(page).first
+    expect(first).to_have_attribute("data-risk", "crisis")
+    expect(first.locator(".risk")).to_have_text("リスク：危機")
+    expect(first.locator(".risk")).to_have_css("background-color", "rgb(176, 0, 32)")
+    expect(first.locator(".preview")).to_have_text(CRISIS + "（テスト1）")
+    expect(first.locator(".cat")).to_have_text(["自殺・自傷"])
+    expect(first.locator(".channel")).to_have_text("Webチャット")
+    expect(first.locator(".wait")).to_have_text(re.compile(r"待ち時間 \d+秒"))
+    expect(page).to_have_title(re.compile("緊急"))
+    expect(page.locator("#crisis-banner")).to_be_visible()
+    page.wait_for_function("window.__oscillators > 0")
+    assert page.evaluate("window.__notifications") == [
+        {"title": "つなぎ：危機レベルの相談", "body": "待機キューに危機レベルの相談が入りました。"}
+    ]
+    # The waiting time keeps counting.
+    before = first.locator(".wait").text_content()
+    expect(first.locator(".wait")).not_to_have_text(before or "", timeout=WAIT_MS)
+
+    # Claim it: the transcript, with the triage reasons marked where they matched.
+    first.get_by_role("button", name=re.compile("担当する")).click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    expect(page.locator("#conv-meta .state")).to_have_text("相談員が対応中")
+    expect(page.locator("#held-list > li")).to_have_count(1)
+    expect(queue_items(page)).to_have_count(0)
+    expect(lines(page, "user").last).to_contain_text(CRISIS + "（テスト1）")
+    expect(lines(page, "user").last.locator("mark").first).to_be_visible()
+    marked = "".join(lines(page, "user").last.locator("mark").all_inner_texts())
+    assert "死に" in marked
+    expect(page.locator("#reasons")).to_contain_text("suicide")
+    expect(lines(page, "bot").first).to_be_visible()
+    person.got("bot", "相談員につながりました")
+
+    # A canned reply, with the counsellor's name, edited and sent with Enter.
+    page.locator("#canned-list").get_by_role("button", name="はじめのあいさつ").click()
+    expect(page.locator("#reply")).to_have_value(re.compile("^相談員のkanaです。"))
+    page.locator("#reply").fill("相談員のkanaです。話してくれてありがとう。")
+    page.locator("#reply").press("Enter")
+    expect(page.locator("#reply")).to_have_value("")
+    person.got("counsellor", "相談員のkanaです。話してくれてありがとう。")
+    expect(lines(page, "counsellor").last).to_contain_text("話してくれてありがとう")
+
+    # A referral from the directory goes into the box (not sent until the counsellor sends it).
+    page.get_by_label("紹介先の検索").fill("救急")
+    ambulance = page.locator("#ref-results li[data-referral='ambulance']")
+    ambulance.get_by_role("button", name=re.compile("挿入")).click()
+    expect(page.locator("#reply")).to_have_value(re.compile("救急 119"))
+    page.locator("#reply").fill("")
+
+    # A private note: listed, marked as never sent.
+    page.get_by_label("メモを追加（相談者には送信されません）").fill("初回：安全確認を続ける")
+    page.get_by_role("button", name="メモを保存").click()
+    expect(page.locator("#notes-list")).to_contain_text("初回：安全確認を続ける")
+    expect(page.locator("#notes-section")).to_contain_text("相談者には送信されません")
+
+    # The person answers: the transcript grows by itself.
+    person.say("ありがとう、少し落ち着きました")
+    expect(lines(page, "user").last).to_contain_text("少し落ち着きました")
+
+    # Close with an outcome and the referral given: the person gets the closing words.
+    page.get_by_label("対応結果").select_option("referred")
+    page.locator("#close-refs-list").get_by_label(re.compile("救急 119")).check()
+    page.get_by_role("button", name="終了する").click()
+    expect(page.locator("#conv-msg")).to_have_text("相談を終了しました。")
+    person.got("bot", "これで今回の相談を終わります")
+    expect(page.locator("#conv-meta .state")).to_have_text("終了")
+    expect(page.locator("#reply-form")).to_be_hidden()
+    expect(page.locator("#held-list > li")).to_have_count(0)
+    assert not [f for f in person.frames if "安全確認を続ける" in json.dumps(f, ensure_ascii=False)]
+
+
+# -- (2) what people write is text, never markup ---------------------------------------------------------
+
+
+def test_markup_shows_as_text_in_the_queue_the_transcript_and_the_notes(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    img = "<img src=x onerror=window.__xss=1>"
+    script = "<script>window.__xss=2</script>"
+    person = people()
+    person.in_crisis(CRISIS + img)
+    person.say(script)
+
+    page = new_page()
+    log_in(page, server, "kana")
+    item = queue_items(page).first
+    expect(item.locator(".preview")).to_have_text(script)  # the last thing the person wrote
+    item.locator(".queue-open").click()
+    expect(lines(page, "user")).to_have_count(3)
+    expect(lines(page, "user").nth(1).locator(".msg-text")).to_have_text(CRISIS + img)
+    expect(lines(page, "user").nth(1).locator("mark").first).to_contain_text("死に")
+    expect(lines(page, "user").nth(2).locator(".msg-text")).to_have_text(script)
+    expect(page.locator("#conv-notice")).to_contain_text("閲覧のみ")
+
+    page.locator("#claim-btn").click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    page.get_by_label("メモを追加（相談者には送信されません）").fill("<img src=x onerror=window.__xss=3>")
+    page.get_by_role("button", name="メモを保存").click()
+    expect(page.locator("#notes-list .note-text")).to_have_text("<img src=x onerror=window.__xss=3>")
+    page.locator("#reply").fill("<b onmouseover=window.__xss=4>返信</b>")
+    page.locator("#reply").press("Enter")
+    expect(lines(page, "counsellor").last.locator(".msg-text")).to_have_text(
+        "<b onmouseover=window.__xss=4>返信</b>"
+    )
+
+    page.reload()  # and again when everything is drawn from scratch
+    expect(page.locator("#view-app")).to_be_visible()
+    page.locator("#held-list button").first.click()
+    expect(lines(page, "user").nth(2).locator(".msg-text")).to_have_text(script)
+    expect(page.locator("#notes-list .note-text")).to_have_text("<img src=x onerror=window.__xss=3>")
+    assert page.locator("main img, main script, #transcript b").count() == 0
+    assert page.evaluate("typeof window.__xss") == "undefined"
+
+    # Back to the queue: waiting again, with its place; the preview is still text.
+    page.get_by_role("button", name="キューに戻す").click()
+    expect(page.locator("#conv-msg")).to_have_text("キューに戻しました。")
+    expect(page.locator("#conv-notice")).to_contain_text("待機中の相談です")
+    expect(queue_items(page)).to_have_count(1)
+    expect(queue_items(page).first.locator(".preview")).to_have_text(script)
+    expect(page.locator("#held-list > li")).to_have_count(0)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    # The watched fixture fails the test on any dialog or script error.
+
+
+# -- (3) supervisors' views ------------------------------------------------------------------------------
+
+
+def test_supervisor_views_are_for_supervisors_only(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    # The scene: one conversation kana has, one kana has closed (so that there are statistics).
+    kana = Api(server, "kana")
+    held = people()
+    held.in_crisis()
+    held_id = kana.waiting()[0]
+    kana.call("POST", f"/conversations/{held_id}/claim")
+    kana.call("POST", f"/conversations/{held_id}/messages", {"text": "相談員です。ここにいますよ。"})
+    done = people()
+    done.in_crisis()
+    done_id = kana.waiting()[0]
+    kana.call("POST", f"/conversations/{done_id}/claim")
+    kana.call("POST", f"/conversations/{done_id}/close", {"outcome": "listened", "referrals": []})
+
+    counsellor = new_page()
+    log_in(counsellor, server, "kana")
+    expect(counsellor.locator("#tab-supervisor")).to_be_hidden()
+    expect(counsellor.locator("#supervisor")).to_be_hidden()
+    for path in ("overview", "stats", "stats.csv", "audit"):
+        assert fetch_status(counsellor, f"/api/console/{path}") == 403, path
+
+    page = new_page()
+    log_in(page, server, "sato")
+    page.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
+    expect(page.locator("#supervisor")).to_be_visible()
+    expect(page.locator("#console")).to_be_hidden()
+
+    # Every active conversation and who has it; the waiting count; each counsellor's load.
+    row = page.locator(f"#ov-active tr[data-conversation-id='{held_id}']")
+    expect(row.locator(".counsellor")).to_have_text("kana")
+    expect(row.locator(".risk")).to_have_text("リスク：危機")
+    expect(page.locator("#ov-waiting")).to_have_text("0件")
+    expect(page.locator("#ov-longest")).to_have_text("—")
+    expect(page.locator("#ov-counsellors tr[data-username='kana'] .load")).to_have_text("1 / 2件")
+    expect(page.locator("#ov-counsellors tr[data-username='yui'] .load")).to_have_text("0 / 2件")
+
+    # The charts: by day, category, risk and channel.
+    charts = page.locator("#charts")
+    expect(charts.locator("[data-chart='day'] rect.day-bar")).to_have_count(1)
+    expect(charts.locator("[data-chart='category'] .bar-row[data-key='suicide']")).to_contain_text(
+        "自殺・自傷"
+    )
+    expect(charts.locator("[data-chart='risk'] .bar-row[data-key='crisis']")).to_contain_text("1件")
+    expect(charts.locator("[data-chart='channel'] .bar-row[data-key='webchat']")).to_contain_text(
+        "Webチャット"
+    )
+    bar = charts.locator("[data-chart='risk'] .bar-fill").first.bounding_box()
+    assert bar is not None and bar["width"] > 10
+    day = charts.locator("rect.day-bar").first.bounding_box()
+    assert day is not None and day["height"] > 10
+
+    expect(page.locator("#stats-totals")).to_have_text("相談 1件 ／ 緊急対応 1件 ／ 相談員につないだ相談 1件")
+
+    # The CSV export downloads text that starts with the header row.
+    with page.expect_download(timeout=WAIT_MS) as download:
+        page.get_by_role("link", name="CSVをダウンロード").click()
+    text = Path(download.value.path()).read_bytes().decode("utf-8")
+    assert text.lstrip("\ufeff").startswith(CSV_HEADER + "\r\n")
+    assert ",webchat,crisis,suicide," in text
+
+    # The audit log.
+    audit = page.locator("#audit")
+    expect(audit.locator("tr").filter(has_text="kana").filter(has_text="close").first).to_be_visible()
+
+    # Watching a conversation someone else has: read-only.
+    row.get_by_role("button", name=re.compile("見守る")).click()
+    expect(page.locator("#console")).to_be_visible()
+    expect(page.locator("#conv-notice")).to_have_text("閲覧のみ：この相談は kana さんが担当しています。")
+    expect(lines(page, "counsellor").last).to_contain_text("ここにいますよ")
+    expect(page.locator("#reply-form")).to_be_hidden()
+    expect(page.locator("#claim-btn")).to_be_hidden()
+    expect(page.locator("#close-section")).to_be_hidden()
+    expect(page.locator("#notes-section")).to_be_visible()
+    expect(page.locator("#note-form")).to_be_hidden()
+
+    # Another counsellor may not read it at all.
+    yui = new_page()
+    log_in(yui, server, "yui")
+    assert fetch_status(yui, f"/api/console/conversations/{held_id}") == 403
+
+
+# -- (4) Japanese input ---------------------------------------------------------------------------------
+
+
+def test_enter_during_ime_composition_does_not_send_the_reply(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    """A real IME composition through the DevTools protocol (Input.imeSetComposition, then
+    Input.insertText to commit), as tests/test_browser.py does for the web chat."""
+    person = people()
+    person.in_crisis()
+    page = new_page()
+    log_in(page, server, "kana")
+    queue_items(page).first.get_by_role("button", name=re.compile("担当する")).click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    box = page.get_by_label("相談者への返信")
+    box.focus()
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.imeSetComposition", {"text": "そうだん", "selectionStart": 4, "selectionEnd": 4})
+    expect(box).to_have_value(re.compile("そうだん"))
+
+    page.keyboard.press("Enter")  # confirms the conversion: must not send
+    page.wait_for_timeout(400)  # a send would have cleared the box and drawn the line by now
+    expect(lines(page, "counsellor")).to_have_count(0)
+    expect(box).to_have_value(re.compile("そうだん"))
+
+    cdp.send("Input.insertText", {"text": "相談ですね"})  # commits the composition
+    expect(box).to_have_value(re.compile("相談ですね"))
+    page.wait_for_timeout(50)  # the page lets compositionend settle before Enter sends again
+    # (Emulated, the confirming Enter also left a line break that a real IME swallows: start clean.)
+    box.fill("相談ですね")
+    box.press("Shift+Enter")
+    box.press_sequentially("続けてどうぞ")
+    expect(box).to_have_value("相談ですね\n続けてどうぞ")
+    expect(lines(page, "counsellor")).to_have_count(0)
+    box.press("Enter")
+    expect(lines(page, "counsellor")).to_have_count(1)
+    expect(lines(page, "counsellor").last.locator(".msg-text")).to_have_text("相談ですね\n続けてどうぞ")
+    person.got("counsellor", "相談ですね\n続けてどうぞ")
+    assert [f for f in person.frames if f.get("from") == "counsellor"] == [person.frames[-1]]
+    cdp.detach()
+
+    # Transfer: to nobody known, then to yui, who has it from then on.
+    page.get_by_label("転送先の相談員（ユーザー名）").fill("nobody")
+    page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_have_text("その相談員は見つかりません。")
+    page.get_by_label("転送先の相談員（ユーザー名）").fill("yui")
+    page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_have_text("yui さんに転送しました。")
+    expect(page.locator("#conv-notice")).to_have_text("閲覧のみ：この相談は yui さんが担当しています。")
+    expect(page.locator("#reply-form")).to_be_hidden()
+    expect(page.locator("#held-list > li")).to_have_count(0)
+    assert len(Api(server, "yui").call("GET", "/me")["held"]) == 1
+
+
+# -- (5) logging in and out ------------------------------------------------------------------------------
+
+
+def test_wrong_password_claim_conflict_and_logout(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    page = new_page()
+    muted = {"on": False}
+
+    def events(route: Any) -> None:  # the live socket, with a switch to hold its events back
+        upstream = route.connect_to_server()
+        upstream.on_message(lambda m: None if muted["on"] else route.send(m))
+
+    page.route_web_socket(re.compile(r"/api/console/live$"), events)
+    page.goto(f"{server.base}/console")
+    page.get_by_label("ユーザー名", exact=True).fill("kana")
+    page.get_by_label("パスワード", exact=True).fill("not-the-password")
+    page.get_by_role("button", name="ログイン").click()
+    expect(page.locator("#login-error")).to_have_text("ユーザー名またはパスワードが正しくありません。")
+    expect(page.locator("#view-app")).to_be_hidden()
+    log_in(page, server, "kana")
+
+    # yui claims what kana is looking at before kana's page hears of it: kana's claim gets a 409,
+    # and the page says why.
+    person = people()
+    person.in_crisis()
+    queue_items(page).first.locator(".queue-open").click()
+    expect(page.locator("#claim-btn")).to_be_visible()
+    muted["on"] = True
+    yui = Api(server, "yui")
+    yui.call("POST", f"/conversations/{yui.waiting()[0]}/claim")
+    with page.expect_response(lambda r: r.url.endswith("/claim")) as claim:
+        page.locator("#claim-btn").click()
+    assert claim.value.status == 409
+    expect(page.locator("#conv-msg")).to_have_text("ほかの相談員がすでにこの相談を担当しています。")
+    expect(queue_items(page)).to_have_count(0)  # and the queue is fetched again
+    muted["on"] = False
+
+    page.get_by_role("button", name="ログアウト").click()
+    expect(page.locator("#view-login")).to_be_visible()
+    expect(page.locator("#login-info")).to_have_text("ログアウトしました。")
+    assert fetch_status(page, "/api/console/me") == 401
+
+
+def test_live_updates_come_back_after_the_socket_drops(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    page = new_page()
+    routes: list[Any] = []
+
+    def through(route: Any) -> None:
+        routes.append(route)
+        route.connect_to_server()
+
+    page.route_web_socket(re.compile(r"/api/console/live$"), through)
+    log_in(page, server, "kana")
+    assert len(routes) == 1
+    routes[0].close(code=1001)
+    expect(page.locator("#live-status")).to_have_text("リアルタイム更新：再接続しています…")
+    expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
+    assert len(routes) == 2
+    people().in_crisis()  # shown through the new socket (the page polls only every 30 s)
+    expect(queue_items(page)).to_have_count(1)
+    expect(page).to_have_title(re.compile("緊急"))
+
+
+def test_first_admin_changes_the_one_time_password_then_logins_are_rate_limited(
+    fresh_server: Server, new_page: Callable[[], Page]
+) -> None:
+    found = re.search(r"one-time password\s+(\S+)", fresh_server.log.read_text())
+    assert found, fresh_server.log.read_text()
+    one_time = found.group(1)
+    page = new_page()
+    page.goto(f"{fresh_server.base}/console")
+    page.get_by_label("ユーザー名", exact=True).fill("admin")
+    page.get_by_label("パスワード", exact=True).fill(one_time)
+    page.get_by_role("button", name="ログイン").click()
+    expect(page.locator("#view-password")).to_be_visible()
+    expect(page.locator("#view-app")).to_be_hidden()
+    assert fetch_status(page, "/api/console/queue") == 403  # nothing else until it is changed
+
+    page.get_by_label("現在（仮）のパスワード").fill(one_time)
+    page.get_by_label("新しいパスワード（12文字以上）").fill("short")
+    page.get_by_label("新しいパスワード（確認）").fill("short")
+    page.get_by_role("button", name="変更する").click()
+    expect(page.locator("#pw-error")).to_have_text("新しいパスワードは12文字以上にしてください。")
+    page.get_by_label("新しいパスワード（12文字以上）").fill("a-new-admin-password")
+    page.get_by_label("新しいパスワード（確認）").fill("a-new-admin-passwordX")
+    page.get_by_role("button", name="変更する").click()
+    expect(page.locator("#pw-error")).to_have_text("新しいパスワードが確認用と一致しません。")
+    page.get_by_label("現在（仮）のパスワード").fill("wrong-one-time")
+    page.get_by_label("新しいパスワード（確認）").fill("a-new-admin-password")
+    page.get_by_role("button", name="変更する").click()
+    expect(page.locator("#pw-error")).to_have_text("現在のパスワードが正しくありません。")
+    page.get_by_label("現在（仮）のパスワード").fill(one_time)
+    page.get_by_role("button", name="変更する").click()
+    expect(page.locator("#view-app")).to_be_visible()
+    expect(page.locator("#tab-supervisor")).to_be_visible()  # an admin supervises
+    assert fetch_status(page, "/api/console/overview") == 200
+
+    # Five failed logins, then the wait message (the limit counts per name and per address).
+    page.get_by_role("button", name="ログアウト").click()
+    expect(page.locator("#view-login")).to_be_visible()
+    for _ in range(5):
+        page.get_by_label("ユーザー名", exact=True).fill("admin")
+        page.get_by_label("パスワード", exact=True).fill(one_time)  # the old one: wrong now
+        page.get_by_role("button", name="ログイン").click()
+        expect(page.locator("#login-error")).to_have_text("ユーザー名またはパスワードが正しくありません。")
+        page.evaluate("document.getElementById('login-error').textContent = ''")
+    page.get_by_label("パスワード", exact=True).fill("a-new-admin-password")
+    page.get_by_role("button", name="ログイン").click()
+    expect(page.locator("#login-error")).to_contain_text("しばらくログインできません")
+    expect(page.locator("#view-app")).to_be_hidden()
+
+
+# -- accessibility -----------------------------------------------------------------------------------------
+
+
+def test_accessibility_basics(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    page = new_page()
+    page.goto(f"{server.base}/console")
+    expect(page.locator("html")).to_have_attribute("lang", "ja")
+    expect(page.get_by_label("ユーザー名", exact=True)).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("パスワード", exact=True)).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="ログイン")).to_be_focused()
+    expect(page.locator("#login-error")).to_have_attribute("role", "alert")
+
+    people().in_crisis()
+    log_in(page, server, "kana")
+    queue_items(page).first.locator(".queue-open").click()
+    expect(page.locator("#conv-title")).to_be_focused()
+    log = page.get_by_role("log", name="会話の記録")
+    expect(log).to_have_attribute("aria-live", "polite")
+    expect(lines(page, "user").first.locator(".msg-who")).to_have_text("相談者")
+    expect(lines(page, "bot").first.locator(".msg-who")).to_have_text("ボット")
+    expect(page.locator("#crisis-banner")).to_have_attribute("role", "alert")
+    # Every form control has a name.
+    unnamed = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+            .filter((e) => e.offsetParent !== null)
+            .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                           && !(e.textContent || '').trim())
+            .map((e) => e.id || e.outerHTML.slice(0, 60))"""
+    )
+    assert unnamed == []
