@@ -1141,3 +1141,33 @@ def test_the_counsellor_add_command(tmp_path: Path, database_url: str) -> None:
         assert db(client, names) == [("alice", "supervisor")]
         me = Session(client, "alice", ok.cookies[COOKIE], ok.json()["csrf_token"])
         assert me.get("audit").status_code == 200
+
+
+def test_the_transcript_says_what_became_of_each_message_to_the_person(client: TestClient) -> None:
+    amy = account(client, "amy")
+    with person(client) as p:
+        assert amy.claim(p.conversation_id).status_code == 200
+        connected(client, p)
+        assert amy.reply(p.conversation_id, "相談員のamyです").status_code == 202
+        wait_for(p.ws, lambda f: f.get("from") == "counsellor", what="the counsellor's message")
+
+        def delivered() -> bool:
+            messages = amy.read(p.conversation_id).json()["messages"]
+            mine = [m for m in messages if m["from"] == "counsellor"]
+            return bool(mine) and mine[-1].get("delivery", {}).get("status") == "delivered"
+
+        eventually(delivered, "the reply recorded as delivered")
+    messages = amy.read(p.conversation_id).json()["messages"]
+    assert all("delivery" in m for m in messages if m["from"] != "user")
+    assert all("delivery" not in m for m in messages if m["from"] == "user")
+
+
+def test_a_supervisor_clears_the_crisis_alerts_they_have_seen(client: TestClient) -> None:
+    sup = account(client, "sue", Role.SUPERVISOR)
+    assert sup.post("duty", {"on_duty": True}).status_code == 200
+    with person(client, "もう死にたい。今から飛び降りる") as p:
+        alerts = sup.get("overview").json()["alerts"]
+        assert [a["conversation_id"] for a in alerts] == [p.conversation_id]
+    assert sup.post("alerts/seen").json() == {"seen": 1}
+    assert sup.get("overview").json()["alerts"] == []
+    assert sup.post("alerts/seen").json() == {"seen": 0}

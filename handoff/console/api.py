@@ -18,7 +18,7 @@ import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -35,6 +35,7 @@ from bot.models import (
     HandoffStatus,
     Message,
     Note,
+    Outbox,
     StatCount,
     State,
     utcnow,
@@ -327,6 +328,12 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     .order_by(col(Message.id))
                 )
             ).all()
+            deliveries = {
+                o.message_id: o
+                for o in (
+                    await s.scalars(select(Outbox).where(col(Outbox.conversation_id) == conversation_id))
+                ).all()
+            }
             notes = (
                 await s.execute(
                     select(Note, col(Counsellor.username))
@@ -361,6 +368,9 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 "kind": m.kind,
                 "at": m.created_at.isoformat(),
             }
+            if m.id in deliveries:  # what became of a message to the person: pending, delivered, failed
+                o = deliveries[m.id]
+                item["delivery"] = {"status": o.status, "attempts": o.attempts, "error": o.last_error}
             if m.triage_enc:
                 t = json.loads(svc.crypto.decrypt(m.triage_enc))
                 item["risk"] = t.get("risk")
@@ -591,6 +601,17 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="tsunagi-statistics.csv"'},
         )
+
+    @r.post("/alerts/seen")
+    async def alerts_seen(me: MeDep) -> dict[str, int]:
+        """The supervisor has seen their crisis alerts."""
+        async with svc.db.session() as s, s.begin():
+            result = await s.execute(
+                update(Alert)
+                .where(col(Alert.counsellor_id) == me.id, col(Alert.seen_at).is_(None))
+                .values(seen_at=utcnow())
+            )
+        return {"seen": int(result.rowcount)}  # type: ignore[attr-defined]
 
     @r.get("/audit")
     async def audit(me: SupervisorDep, limit: int = 200) -> list[dict[str, Any]]:
