@@ -53,6 +53,7 @@ MESSAGE_KEYS: dict[str, set[str]] = {
     "erase_done": set(),
     "erase_cancelled": set(),
     "truncated": {"max"},
+    "media_unreadable": set(),
 }
 FORMAT_KEYS: dict[str, set[str]] = {
     "line": {"name", "number", "hours", "status"},

@@ -300,8 +300,11 @@ class ConversationEngine:
                 conv.risk = result.risk.value
             conv.categories = _merge_categories(conv.categories, result.categories)
         if kind is Kind.MEDIA:
-            # Pictures and files bypass text triage: a person must look.
-            if conv.state not in (State.WAITING, State.WITH_COUNSELLOR) and conv.consent_at is not None:
+            # Pictures, stickers and files bypass text triage: say so kindly, and let a person look.
+            if conv.state == State.WITH_COUNSELLOR:
+                return  # the counsellor sees it in the console
+            step.say(self.content.text("media_unreadable"))
+            if conv.state != State.WAITING and conv.consent_at is not None:
                 await self._enqueue(s, step)
             return
         keyword = c.keyword_of(text)

@@ -158,6 +158,30 @@ class Outbox(SQLModel, table=True):
     delivered_at: datetime | None = _at(default=None)
 
 
+class InboxStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Inbox(SQLModel, table=True):
+    """Platform events stored as they arrive (webhooks answer at once), processed by the inbox worker.
+    The payload is the platform's own event, encrypted: it holds the person's words and id."""
+
+    __table_args__ = (sa.UniqueConstraint("channel", "external_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=32)
+    external_id: str = Field(max_length=128)  # the platform's event id: a redelivery is stored once
+    payload_enc: str
+    status: str = Field(default=InboxStatus.PENDING, max_length=12, index=True)
+    attempts: int = 0
+    lease_until: datetime | None = _at(default=None)
+    last_error: str = Field(default="", max_length=500)
+    received_at: datetime = _at(default_factory=utcnow)
+    processed_at: datetime | None = _at(default=None)
+
+
 class Handoff(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)

@@ -20,6 +20,8 @@ from bot.models import (
     Contact,
     Conversation,
     Handoff,
+    Inbox,
+    InboxStatus,
     Message,
     Note,
     Outbox,
@@ -79,6 +81,13 @@ class Retention:
             ids = sorted(set(expired) | set(erased))
             if ids:
                 await _purge(s, ids)
+            # Platform events are kept only until handled (a day, for redeliveries to find them).
+            await s.execute(
+                delete(Inbox).where(
+                    col(Inbox.status).in_([InboxStatus.DONE, InboxStatus.FAILED]),
+                    col(Inbox.received_at) < now - timedelta(days=1),
+                )
+            )
             orphans = (
                 await s.scalars(
                     select(col(Contact.id)).where(

@@ -16,6 +16,7 @@ from bot.db import Database
 from bot.engine import ConversationEngine
 from bot.events import EventBus, RedisEventBus
 from bot.hours import Hours
+from bot.inbox import InboxWorker
 from bot.models import Conversation, Handoff, HandoffStatus
 from bot.outbox import OutboxWorker, wait_any
 from bot.retention import Retention
@@ -77,6 +78,9 @@ class Service:
             events=self.events,
             fault=settings.fault,
         )
+        self.inbox = InboxWorker(
+            db=self.db, crypto=self.crypto, channels=self.channels, wakeup=asyncio.Event()
+        )
         idle = timedelta(hours=settings.idle_hours)
         self.retention = Retention(
             db=self.db, days=settings.retention_days, before=lambda: self.engine.close_idle(idle)
@@ -95,6 +99,7 @@ class Service:
             await channel.start()
         if workers:
             self._tasks.append(asyncio.create_task(self.outbox.run(self._stopping), name="outbox"))
+            self._tasks.append(asyncio.create_task(self.inbox.run(self._stopping), name="inbox"))
             self._tasks.append(asyncio.create_task(self.retention.run(self._stopping), name="retention"))
             self._tasks.append(asyncio.create_task(self.watch_queue(self._stopping), name="queue-watchdog"))
         log.info("tsunagi started: channels %s", ", ".join(self.channels))

@@ -49,6 +49,15 @@ class Channel(ABC):
         """Can this contact be sent to right now? Only channels that defer (the web chat) say no."""
         return True
 
+    async def process(self, payload: str) -> None:
+        """Handle one stored platform event (channels whose webhooks store events first)."""
+        raise NotImplementedError(f"{self.name} does not store events")
+
+    @final
+    async def store_events(self, events: list[tuple[str, str]]) -> int:
+        """Store platform events (event id, payload) for ``process``; returns how many were new."""
+        return await self.service.inbox.store(self.name, events)
+
     @final
     async def receive(self, inbound: Inbound) -> Handled:
         handled = await self.service.engine.handle(inbound)

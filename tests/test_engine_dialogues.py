@@ -16,6 +16,7 @@ from sqlmodel import col
 
 from bot.models import Alert, Counsellor, Role, utcnow
 from bot.service import Service
+from bot.types import Kind
 from tests.engine_helpers import Chat, reply_keys, running
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -283,3 +284,14 @@ async def test_a_crisis_with_a_counsellor_alerts_supervisors_once_and_the_bot_st
         async with svc.db.session() as s:
             alerts = (await s.scalars(select(Alert))).all()
         assert [(a.counsellor_id, a.conversation_id) for a in alerts] == [(sup.id, chat.conversation_id)]
+
+
+async def test_a_picture_gets_a_kind_note_and_a_person_to_look(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        await chat.say("こんにちは")
+        assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable"]
+        assert await chat.state() == "welcome", "no queue before consent"
+        await chat.say("同意")
+        assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable", "waiting"]
+        assert await chat.state() == "waiting"
