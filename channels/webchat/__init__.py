@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender, State, utcnow
+from bot.pages import StaticFiles, page_headers
 from bot.types import Delivery, Inbound, Kind, Outbound
 from channels.base import Channel
 from triage.paths import CONTENT_DIR
@@ -54,16 +55,7 @@ STATUS = {
     State.WITH_COUNSELLOR: "connected",
     State.CLOSED: "closed",
 }
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-}
+SECURITY_HEADERS = page_headers()
 
 
 @dataclass(eq=False)
@@ -184,6 +176,7 @@ class WebChatChannel(Channel):
     def router(self) -> APIRouter:
         r = APIRouter()
         page = PAGE.read_text(encoding="utf-8")
+        static = StaticFiles(STATIC)
 
         @r.get("/chat", include_in_schema=False)
         async def chat_page() -> HTMLResponse:
@@ -192,11 +185,7 @@ class WebChatChannel(Channel):
 
         @r.get("/chat/static/{name}", include_in_schema=False)
         async def chat_static(name: str) -> Response:
-            path = STATIC / name
-            if name not in {p.name for p in STATIC.iterdir()}:
-                return Response(status_code=404)
-            media = "text/javascript" if name.endswith(".js") else "text/css"
-            return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+            return static.response(name)
 
         @r.websocket("/chat/ws")
         async def chat_ws(ws: WebSocket) -> None:

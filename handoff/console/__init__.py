@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import func, select
 
 from bot.models import AuditLog, Counsellor, Role
+from bot.pages import StaticFiles, page_headers
 from handoff.console.api import build_router
 from handoff.console.auth import create_counsellor
 from triage.paths import CONTENT_DIR
@@ -20,33 +21,23 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = CONTENT_DIR.parent / "console" / "page.html"
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
-        "media-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-}
+SECURITY_HEADERS = page_headers(img="'self' data:", media="'self' data:")
 
 __all__ = ["console_router", "ensure_first_admin"]
 
 
 def console_router(svc: Service) -> APIRouter:
     router = build_router(svc)
+    files = StaticFiles(STATIC)
+    page_html = PAGE.read_text(encoding="utf-8")
 
     @router.get("/console", include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers=SECURITY_HEADERS)
+        return HTMLResponse(page_html, headers=SECURITY_HEADERS)
 
     @router.get("/console/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
-        if not STATIC.is_dir() or name not in {p.name for p in STATIC.iterdir()}:
-            return Response(status_code=404)
-        media = {"js": "text/javascript", "css": "text/css", "png": "image/png"}.get(name.rsplit(".", 1)[-1])
-        return Response((STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+        return files.response(name)
 
     return router
 
