@@ -158,6 +158,49 @@ def cmd_counsellor_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
+    """Tell Telegram where to deliver updates, with the secret token it must send back on each."""
+    import asyncio
+
+    from telegram.error import InvalidToken, TelegramError
+
+    from bot.config import Settings
+    from channels.telegram import ALLOWED_UPDATES, make_bot
+
+    prog = "tsunagi telegram set-webhook"
+    settings = Settings()
+    if not (settings.telegram_bot_token and settings.telegram_secret_token):
+        print(
+            f"{prog}: set TSUNAGI_TELEGRAM_BOT_TOKEN and TSUNAGI_TELEGRAM_SECRET_TOKEN first", file=sys.stderr
+        )
+        return 2
+    if not args.url.startswith("https://"):
+        print(f"{prog}: Telegram only delivers to https:// URLs, not {args.url!r}", file=sys.stderr)
+        return 2
+
+    async def set_webhook() -> bool:
+        async with make_bot(settings) as bot:
+            return await bot.set_webhook(
+                args.url,
+                secret_token=settings.telegram_secret_token,
+                allowed_updates=list(ALLOWED_UPDATES),
+            )
+
+    try:
+        ok = asyncio.run(set_webhook())
+    except InvalidToken:  # its message would print the token
+        print(f"{prog}: Telegram rejected the bot token (TSUNAGI_TELEGRAM_BOT_TOKEN)", file=sys.stderr)
+        return 1
+    except TelegramError as e:
+        print(f"{prog}: Telegram refused: {e.message}", file=sys.stderr)
+        return 1
+    if not ok:
+        print(f"{prog}: Telegram answered false", file=sys.stderr)
+        return 1
+    print(f"webhook set: {args.url} (updates: {', '.join(ALLOWED_UPDATES)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsunagi", description="tsunagi consultation chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.set_defaults(func=cmd_counsellor_add)
     k = sub.add_parser("rotate-keys", help="re-encrypt stored data with the first key of TSUNAGI_DATA_KEY")
     k.set_defaults(func=cmd_rotate_keys)
+    t = sub.add_parser("telegram", help="the Telegram bot")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tw = tsub.add_parser(
+        "set-webhook", help="point the bot's webhook at URL (https://<host>/webhooks/telegram)"
+    )
+    tw.add_argument("url")
+    tw.set_defaults(func=cmd_telegram_set_webhook)
     return parser
 
 

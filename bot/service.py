@@ -108,14 +108,14 @@ class Service:
         """Stop at safe points: workers finish the pass they are in (a task cancelled in the middle of a
         database call leaves its connection to be torn down while the pool is being disposed)."""
         self._stopping.set()
-        for channel in self.channels.values():
-            await channel.stop()
-        if self._tasks:
+        if self._tasks:  # the workers first: a send in progress still needs its channel
             _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         self._tasks.clear()
+        for channel in self.channels.values():
+            await channel.stop()
         await self.events.stop()
         await self.queue.close()
         await self.db.dispose()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.line import LineChannel
 from channels.loopback import LoopbackChannel
+from channels.telegram import TelegramChannel
 from channels.webchat import WebChatChannel
 
 CHANNELS: dict[str, type[Channel]] = {
     WebChatChannel.name: WebChatChannel,
+    LineChannel.name: LineChannel,
     LoopbackChannel.name: LoopbackChannel,
+    TelegramChannel.name: TelegramChannel,
 }

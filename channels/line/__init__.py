@@ -1,0 +1,361 @@
+"""LINE: the Messaging API webhook (``POST /webhooks/line``) and sending through reply or push.
+
+The webhook checks ``X-Line-Signature`` over the raw body, stores each event of the batch in the inbox
+(keyed on ``webhookEventId``, so a redelivery is stored once) and answers 200 at once; the inbox worker
+then calls ``process`` with one event. Replies use the event's reply token while it is fresh (it is free
+and single use); otherwise they are pushed with an ``X-Line-Retry-Key`` derived from the outbox row, so
+a retried push never reaches the person twice.
+
+Only one-to-one chats are served: events from groups and rooms are not stored. Profiles (display name,
+picture) are never fetched: counsellors need not see them (../shared/REFERENCE.md).
+
+Docs: https://developers.line.biz/en/reference/messaging-api/#webhooks (payloads),
+https://developers.line.biz/en/reference/messaging-api/#send-reply-message,
+https://developers.line.biz/en/reference/messaging-api/#send-push-message (retry key),
+https://developers.line.biz/en/reference/messaging-api/#display-a-loading-indicator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+# The SDK ships no type information (no py.typed): its names are Any to mypy, and this module keeps
+# them inside (only the project's own types leave it).
+from linebot.v3 import SignatureValidator  # type: ignore[import-untyped]
+from linebot.v3.messaging import (  # type: ignore[import-untyped]
+    ApiException,
+    AsyncApiClient,
+    AsyncMessagingApi,
+    Configuration,
+    MessageAction,
+    PushMessageRequest,
+    QuickReply,
+    QuickReplyItem,
+    ReplyMessageRequest,
+    ShowLoadingAnimationRequest,
+    TextMessage,
+)
+
+from bot.types import Delivery, Inbound, Kind, Outbound
+from channels.base import Channel
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.service import Service
+
+log = logging.getLogger("tsunagi.line")
+
+# Limits of the Messaging API (https://developers.line.biz/en/reference/messaging-api/#text-message,
+# #items-object, #send-reply-message).
+MAX_TEXT = 5000  # characters in one text message
+MAX_MESSAGES = 5  # messages in one reply or push request
+MAX_QUICK_REPLIES = 13
+MAX_LABEL = 20  # characters in a quick reply item's label
+# A reply token must be used within about a minute of the event; leave a margin for the request.
+REPLY_TOKEN_SECONDS = 50.0
+LOADING_SECONDS = 20  # the indicator disappears when a message arrives, or after this (5..60, by 5)
+REQUEST_TIMEOUT = 15.0  # seconds for one API call (the SDK's default is five minutes)
+MAX_BODY = 1024 * 1024  # bytes of one webhook request we are willing to read
+MEDIA = {"sticker", "image", "video", "audio", "file", "location"}
+HANDLED = {"message", "follow", "unfollow", "postback"}
+RETRY_NAMESPACE = uuid.UUID("5b0e6c1e-7a43-4e4b-9a1e-2f1d2f6c9a10")  # uuid5 namespace of our retry keys
+
+
+@dataclass
+class _ReplyToken:
+    token: str
+    issued: float  # epoch seconds of the event that carried it
+
+
+def retry_key(outbox_id: int, part: int) -> str:
+    """The X-Line-Retry-Key for one push request of one outbox row: the same on every attempt."""
+    return str(uuid.uuid5(RETRY_NAMESPACE, f"{outbox_id}:{part}"))
+
+
+class LineChannel(Channel):
+    name: ClassVar[str] = "line"
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return bool(settings.line_channel_secret and settings.line_channel_access_token)
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(service)
+        settings = service.settings
+        self._validator = SignatureValidator(settings.line_channel_secret)
+        self._config = Configuration(
+            host=settings.line_api_base.rstrip("/"), access_token=settings.line_channel_access_token
+        )
+        self._client: Any = None  # AsyncApiClient: its aiohttp session is made inside the event loop
+        # The latest unused reply token of each person (by LINE user id), in memory: a token is only
+        # good for a minute, so it is not worth storing, and a restart simply pushes instead.
+        self._tokens: dict[str, _ReplyToken] = {}
+        # API calls under way: ``stop`` (which the service calls before its workers finish) lets them
+        # end before the HTTP session is closed under them.
+        self._calls = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def _api(self) -> Any:
+        if self._client is None:
+            self._client = AsyncApiClient(self._config)
+        return AsyncMessagingApi(self._client)
+
+    @asynccontextmanager
+    async def _calling(self) -> AsyncIterator[Any]:
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield self._api()
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._idle.set()
+
+    async def start(self) -> None:
+        self._api()
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), REQUEST_TIMEOUT)
+        except TimeoutError:
+            log.warning("LINE calls still under way at stop; closing anyway")
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    # -- webhook ----------------------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        r = APIRouter()
+
+        @r.post("/webhooks/line", include_in_schema=False)
+        async def webhook(request: Request) -> Response:
+            signature = request.headers.get("x-line-signature", "")
+            raw = await request.body()
+            if len(raw) > MAX_BODY:
+                return _error(413, "request too large")
+            try:
+                body = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return _error(400, "body is not UTF-8")
+            # The signature is over the raw body, before any parsing.
+            if not signature or not self._validator.validate(body, signature):
+                log.warning("LINE webhook with a missing or bad signature refused")
+                return _error(400, "invalid signature")
+            events = _events(body)
+            if events is None:
+                return _error(400, "malformed webhook body")
+            await self.store_events(events)
+            return JSONResponse({})
+
+        return r
+
+    # -- inbound ------------------------------------------------------------------------------------------
+
+    async def process(self, payload: str) -> None:
+        event = json.loads(payload)
+        inbound = self._inbound(event)
+        if inbound is None:
+            return
+        user = inbound.user_id
+        token = _str(event.get("replyToken"))
+        issued = _timestamp(event)
+        self._prune()
+        if token and time.time() - issued < REPLY_TOKEN_SECONDS:
+            # Kept before the engine runs: the outbox may send the first reply while we are still here.
+            self._tokens[user] = _ReplyToken(token, issued)
+            if inbound.kind in (Kind.TEXT, Kind.CHOICE):
+                await self._loading(user)
+        await self.receive(inbound)
+
+    def _inbound(self, event: dict[str, Any]) -> Inbound | None:
+        """One stored webhook event as the project's own ``Inbound``; None for what is not handled.
+
+        Parsed from the documented JSON rather than the SDK's models: those turn a text message event
+        without ``quoteToken`` (older payloads, redeliveries) silently into ``UnknownEvent``."""
+        source = event.get("source")
+        if not isinstance(source, dict) or source.get("type") != "user":
+            return None  # groups and rooms: the service is one-to-one
+        user = _str(source.get("userId"))
+        if not user:
+            return None
+        kind_name = event.get("type")
+        at = datetime.fromtimestamp(_timestamp(event), UTC)
+        base: dict[str, Any] = {"channel": self.name, "user_id": user, "at": at}
+        event_id = _str(event.get("webhookEventId"))
+        if kind_name == "follow":
+            return Inbound(kind=Kind.FOLLOW, external_id=f"event:{event_id}" if event_id else None, **base)
+        if kind_name == "unfollow":
+            return Inbound(kind=Kind.UNFOLLOW, external_id=f"event:{event_id}" if event_id else None, **base)
+        if kind_name == "postback":
+            postback = event.get("postback")
+            data = _str(postback.get("data")) if isinstance(postback, dict) else ""
+            if not data:
+                return None
+            return Inbound(
+                kind=Kind.CHOICE, text=data, external_id=f"event:{event_id}" if event_id else None, **base
+            )
+        if kind_name != "message":
+            return None
+        message = event.get("message")
+        if not isinstance(message, dict):
+            return None
+        message_id = _str(message.get("id")) or None
+        if message.get("type") == "text":
+            text = _str(message.get("text"))
+            if not text.strip():
+                return None
+            return Inbound(kind=Kind.TEXT, text=text, external_id=message_id, **base)
+        if message.get("type") in MEDIA:
+            return Inbound(kind=Kind.MEDIA, external_id=message_id, **base)
+        return None
+
+    def _prune(self) -> None:
+        now = time.time()
+        for user in [u for u, t in self._tokens.items() if now - t.issued >= REPLY_TOKEN_SECONDS]:
+            del self._tokens[user]
+
+    async def _loading(self, user: str) -> None:
+        """The typing indicator while the engine works; only a courtesy, so a failure is ignored."""
+        try:
+            async with self._calling() as api:
+                await api.show_loading_animation(
+                    ShowLoadingAnimationRequest(chatId=user, loadingSeconds=LOADING_SECONDS),
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+        except Exception as e:
+            log.info("LINE loading indicator failed: %s", _reason(e))
+
+    # -- outbound -------------------------------------------------------------------------------------------
+
+    async def send(self, out: Outbound) -> Delivery:
+        async with self._calling() as api:
+            return await self._send(api, out)
+
+    async def _send(self, api: Any, out: Outbound) -> Delivery:
+        batches = _batches(_messages(out.text, out.quick_replies))
+        first = 0
+        token = self._tokens.pop(out.address, None)  # single use: taken before the call
+        if token is not None and time.time() - token.issued < REPLY_TOKEN_SECONDS:
+            try:
+                await api.reply_message(
+                    ReplyMessageRequest(replyToken=token.token, messages=batches[0]),
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+                first = 1
+            except ApiException as e:
+                if not (e.status == 400 and "reply token" in _body_message(e).lower()):
+                    return _delivery(e)
+                log.info("LINE reply token expired or used; pushing instead")
+        for part in range(first, len(batches)):
+            try:
+                await api.push_message(
+                    PushMessageRequest(to=out.address, messages=batches[part]),
+                    x_line_retry_key=retry_key(out.outbox_id, part),
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+            except ApiException as e:
+                if e.status == 409:
+                    continue  # this retry key was accepted before: the message went out already
+                return _delivery(e)
+        return Delivery.delivered()
+
+
+def _messages(text: str, quick_replies: tuple[str, ...]) -> list[Any]:
+    """Text messages of at most MAX_TEXT characters; the quick replies go on the last one."""
+    chunks = [text[i : i + MAX_TEXT] for i in range(0, len(text), MAX_TEXT)] or [" "]
+    messages = [TextMessage(text=c) for c in chunks]
+    if quick_replies:
+        items = [
+            # A label longer than LINE allows is cut; the text sent on a tap stays the full choice.
+            QuickReplyItem(action=MessageAction(label=q[:MAX_LABEL], text=q))
+            for q in quick_replies[:MAX_QUICK_REPLIES]
+        ]
+        messages[-1] = TextMessage(text=chunks[-1], quickReply=QuickReply(items=items))
+    return messages
+
+
+def _batches(messages: list[Any]) -> list[list[Any]]:
+    return [messages[i : i + MAX_MESSAGES] for i in range(0, len(messages), MAX_MESSAGES)]
+
+
+def _delivery(e: ApiException) -> Delivery:
+    status = int(e.status or 0)
+    reason = f"LINE {status}: {_body_message(e)}"[:300]
+    if status == 429 or status >= 500 or status == 0:
+        return Delivery.retry(reason)
+    return Delivery.failed(reason)
+
+
+def _body_message(e: ApiException) -> str:
+    """The API's error message (never message text: LINE does not echo it back)."""
+    body = e.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str):
+        return str(e.reason or "")
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return body[:200]
+    message = data.get("message") if isinstance(data, dict) else None
+    return message if isinstance(message, str) else str(e.reason or "")
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, ApiException):
+        return f"LINE {e.status}: {_body_message(e)}"
+    return e.__class__.__name__
+
+
+def _events(body: str) -> list[tuple[str, str]] | None:
+    """The batch as (event id, one event's JSON), or None when the body is not a webhook body.
+
+    Events that will never be handled (groups and rooms, types we do not serve) are not stored."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("events"), list):
+        return None
+    out = []
+    for event in data["events"]:
+        if not isinstance(event, dict):
+            return None
+        source = event.get("source")
+        if event.get("type") not in HANDLED or not isinstance(source, dict) or source.get("type") != "user":
+            continue
+        payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        event_id = _str(event.get("webhookEventId"))
+        out.append((event_id or "sha256:" + hashlib.sha256(payload.encode()).hexdigest(), payload))
+    return out
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _timestamp(event: dict[str, Any]) -> float:
+    """The event's time (epoch seconds); now when it has none."""
+    ms = event.get("timestamp")
+    return ms / 1000.0 if isinstance(ms, int | float) and not isinstance(ms, bool) else time.time()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)

@@ -1,0 +1,337 @@
+"""Telegram: ``POST /webhooks/telegram`` (the Bot API's webhook), as ../shared/CONTRACT.md says.
+
+The webhook checks ``X-Telegram-Bot-Api-Secret-Token`` (the ``secret_token`` given to setWebhook), stores
+the update in the inbox keyed on its ``update_id`` (Telegram redelivers until it gets a 2xx) and answers at
+once; the inbox worker hands each stored update to ``process``, which turns it into an ``Inbound``.
+Replies go out through python-telegram-bot's ``Bot`` (wrapped, never subclassed), pointed at
+``TSUNAGI_TELEGRAM_API_BASE`` so that tests use a local fake Bot API.
+
+Only private chats are read: a message in a group (or the bot being added to one) is ignored, so the bot
+never reads or stores what other people write. The person's platform id is the private chat's id.
+
+Update shapes: https://core.telegram.org/bots/api#update (``message``, ``callback_query``,
+``my_chat_member``); webhook: https://core.telegram.org/bots/api#setwebhook.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from telegram import (
+    Bot,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+)
+from telegram.constants import ChatMemberStatus, ChatType, MessageLimit
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
+
+from bot.types import Delivery, Inbound, Kind, Outbound
+from channels.base import Channel
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.service import Service
+
+log = logging.getLogger("tsunagi.telegram")
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_BODY = 1024 * 1024  # bytes; an update is a few kilobytes at most
+MAX_TEXT = MessageLimit.MAX_TEXT_LENGTH  # 4096, counted by Telegram in UTF-16 code units
+MAX_CALLBACK_DATA = 64  # bytes (https://core.telegram.org/bots/api#inlinekeyboardbutton)
+INDEX_PREFIX = "#"  # callback_data "#<n>": the n-th button of the message, for labels over 64 bytes
+# What setWebhook asks for: everything ``process`` reads, nothing more.
+ALLOWED_UPDATES = ("message", "callback_query", "my_chat_member")
+
+
+def make_bot(settings: Settings) -> Bot:
+    """A Bot for the configured token, talking to ``TSUNAGI_TELEGRAM_API_BASE``. PTB appends the token
+    to ``base_url`` (``<base>/bot<token>/<method>``), as the Bot API expects."""
+    base = settings.telegram_api_base.rstrip("/")
+    return Bot(
+        settings.telegram_bot_token,
+        base_url=f"{base}/bot",
+        base_file_url=f"{base}/file/bot",
+    )
+
+
+class TelegramChannel(Channel):
+    name: ClassVar[str] = "telegram"
+    buttons: ClassVar[bool] = True
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(service)
+        self.settings = service.settings
+        self._bot: Bot | None = None
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return bool(settings.telegram_bot_token and settings.telegram_secret_token)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def bot(self) -> Bot:
+        if self._bot is None:
+            raise RuntimeError("the Telegram channel is not started")
+        return self._bot
+
+    async def start(self) -> None:
+        # httpx logs every request URL at INFO, and a Bot API URL carries the bot token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self._bot = make_bot(self.settings)
+        try:
+            await self._bot.initialize()  # getMe: checks the token
+        except TelegramError as e:
+            # Never str(e): InvalidToken's message contains the token. Sends still work once the Bot API
+            # is reachable (the outbox retries), so the service starts anyway.
+            log.warning("Telegram getMe failed at start (%s); sending will be retried", type(e).__name__)
+
+    async def stop(self) -> None:
+        if self._bot is not None:
+            try:
+                await self._bot.shutdown()
+            except Exception as e:
+                log.warning("Telegram bot shutdown failed: %s", type(e).__name__)
+            self._bot = None
+
+    # -- webhook ---------------------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        r = APIRouter()
+        expected = self.settings.telegram_secret_token.encode()
+
+        @r.post("/webhooks/telegram", include_in_schema=False)
+        async def telegram_webhook(request: Request) -> Response:
+            given = request.headers.get(SECRET_HEADER, "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": "forbidden"}, status_code=403)
+            body = await request.body()
+            if len(body) > MAX_BODY:
+                return JSONResponse({"error": "too large"}, status_code=413)
+            try:
+                raw = body.decode("utf-8")  # Telegram sends UTF-8 (json.loads alone would take UTF-16 too)
+                update = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                return JSONResponse({"error": "not valid JSON"}, status_code=400)
+            update_id = update.get("update_id") if isinstance(update, dict) else None
+            if not isinstance(update_id, int) or isinstance(update_id, bool):
+                return JSONResponse({"error": "an update needs an integer update_id"}, status_code=400)
+            # Names are never stored (pseudonymous contacts): only ids and what was written.
+            await self.store_events(
+                [(str(update_id), json.dumps(_without_names(update), ensure_ascii=False))]
+            )
+            return JSONResponse({})
+
+        return r
+
+    # -- inbound ---------------------------------------------------------------------------------------
+
+    async def process(self, payload: str) -> None:
+        update = Update.de_json(json.loads(payload), None)
+        if update.callback_query is not None:
+            await self._callback(update.callback_query)
+        elif update.message is not None:
+            await self._message(update.message)
+        elif update.my_chat_member is not None:
+            member = update.my_chat_member
+            if member.chat.type != ChatType.PRIVATE:
+                return
+            if member.new_chat_member.status == ChatMemberStatus.BANNED:  # "kicked": they blocked the bot
+                await self.receive(
+                    Inbound(
+                        channel=self.name,
+                        user_id=str(member.chat.id),
+                        kind=Kind.UNFOLLOW,
+                        external_id=f"u{update.update_id}",
+                    )
+                )
+        # Anything else (edited messages, channel posts...) is not asked for and not read.
+
+    async def _message(self, msg: Message) -> None:
+        if msg.chat.type != ChatType.PRIVATE:
+            return  # groups are never read
+        user = str(msg.chat.id)
+        ident = f"{msg.chat.id}:{msg.message_id}"
+        text = msg.text
+        if text is not None:
+            command = text.split(maxsplit=1)[0] if text.strip() else ""
+            if command == "/start" or command.startswith("/start@"):
+                # The first message of every Telegram chat (the Start button), possibly with a deep link.
+                await self.receive(
+                    Inbound(channel=self.name, user_id=user, kind=Kind.FOLLOW, external_id=ident)
+                )
+                return
+            await self.receive(Inbound(channel=self.name, user_id=user, text=text, external_id=ident))
+            return
+        if msg.effective_attachment is not None or msg.location is not None or msg.venue is not None:
+            # Pictures, stickers, files, voice, video and places bypass text triage: a person looks.
+            await self.receive(Inbound(channel=self.name, user_id=user, kind=Kind.MEDIA, external_id=ident))
+            if msg.caption:
+                # A caption is text the person wrote: triage it like any message.
+                await self.receive(
+                    Inbound(
+                        channel=self.name,
+                        user_id=user,
+                        text=msg.caption,
+                        external_id=f"{ident}:caption",
+                    )
+                )
+        # Service messages (a pinned message, a new chat photo...) say nothing to answer.
+
+    async def _callback(self, query: CallbackQuery) -> None:
+        message = query.message
+        if message is not None and message.chat.type != ChatType.PRIVATE:
+            return
+        # Stop the button's spinner first; a stale query (processed late) cannot be answered, which
+        # does not matter.
+        try:
+            await self.bot.answer_callback_query(query.id)
+        except TelegramError as e:
+            log.info("answerCallbackQuery failed: %s", type(e).__name__)
+        label = _label(query)
+        if not label:
+            return
+        chat_id = message.chat.id if message is not None else query.from_user.id
+        await self.receive(
+            Inbound(
+                channel=self.name,
+                user_id=str(chat_id),
+                text=label,
+                kind=Kind.CHOICE,
+                external_id=f"cb:{query.id}",
+            )
+        )
+
+    # -- outbound --------------------------------------------------------------------------------------
+
+    async def send(self, out: Outbound) -> Delivery:
+        try:
+            chat_id = int(out.address)
+        except ValueError:
+            return Delivery.failed("not a Telegram chat id")
+        chunks = split_text(out.text)
+        markup = keyboard(out.quick_replies)
+        try:
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
+                await self.bot.send_message(
+                    chat_id=chat_id, text=chunk, reply_markup=markup if last else None
+                )
+        except RetryAfter:
+            return Delivery.retry("RetryAfter (429)")
+        except Forbidden as e:  # the person blocked the bot, or deleted their account
+            return Delivery.failed(self._reason(e))
+        except ChatMigrated as e:
+            return Delivery.failed(self._reason(e))
+        except BadRequest as e:  # before NetworkError: BadRequest is one of its subclasses
+            return Delivery.failed(self._reason(e))
+        except InvalidToken:  # a configuration error: it may be fixed, so try again later
+            return Delivery.retry("InvalidToken")
+        except NetworkError as e:  # TimedOut, connection errors and 5xx answers
+            return Delivery.retry(self._reason(e))
+        except TelegramError as e:
+            return Delivery.retry(self._reason(e))
+        return Delivery.delivered()
+
+    def _reason(self, e: TelegramError) -> str:
+        """The platform's error for the outbox row: Telegram's description, never the token."""
+        text = f"{type(e).__name__}: {e.message}"
+        token = self.settings.telegram_bot_token
+        return text.replace(token, "***") if token else text
+
+
+def _fits(data: str) -> bool:
+    return 0 < len(data.encode("utf-8")) <= MAX_CALLBACK_DATA
+
+
+def keyboard(quick_replies: tuple[str, ...]) -> InlineKeyboardMarkup | None:
+    """One button per row. The label itself is the callback data when it fits in 64 bytes (so a press is
+    understood even without the message); otherwise "#<n>", read back from the pressed message's own
+    keyboard (the callback query carries that message)."""
+    if not quick_replies:
+        return None
+    rows = []
+    for i, label in enumerate(quick_replies):
+        data = label if _fits(label) and not label.startswith(INDEX_PREFIX) else f"{INDEX_PREFIX}{i}"
+        rows.append([InlineKeyboardButton(label, callback_data=data)])
+    return InlineKeyboardMarkup(rows)
+
+
+def _label(query: CallbackQuery) -> str:
+    data = query.data or ""
+    if not data.startswith(INDEX_PREFIX):
+        return data
+    message = query.message
+    markup = message.reply_markup if isinstance(message, Message) else None
+    if markup is not None:
+        for row in markup.inline_keyboard:
+            for button in row:
+                if button.callback_data == data:
+                    return button.text
+    return ""  # the message is too old to be sent with the query: the press cannot be read
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Pieces of at most ``limit`` UTF-16 code units (Telegram's count), cut at a line break where there
+    is one in the second half of a piece, else at a character boundary; never an empty piece."""
+    if _utf16(text) <= limit:
+        return [text or " "]
+    pieces: list[str] = []
+    rest = text
+    while _utf16(rest) > limit:
+        # The longest prefix that fits (a surrogate pair counts two).
+        n, units = 0, 0
+        for ch in rest:
+            w = 2 if ord(ch) > 0xFFFF else 1
+            if units + w > limit:
+                break
+            units += w
+            n += 1
+        cut = rest.rfind("\n", 0, n)
+        if cut < n // 2:
+            cut = n
+        else:
+            cut += 1  # the line break stays with the first piece
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+_NAME_KEYS = ("last_name", "username")
+
+
+def _without_names(value: Any) -> Any:
+    """The update with every person's and chat's name taken out (first_name, which the Bot API's
+    User requires, becomes "-")."""
+    if isinstance(value, dict):
+        out = {k: _without_names(v) for k, v in value.items() if k not in _NAME_KEYS}
+        if "first_name" in out:
+            out["first_name"] = "-"
+        if "title" in out and out.get("type") in ("group", "supergroup", "channel"):
+            out["title"] = "-"
+        return out
+    if isinstance(value, list):
+        return [_without_names(v) for v in value]
+    return value

@@ -1,0 +1,505 @@
+"""The LINE channel end to end: signed webhook bodies shaped like the platform's go into the real app
+(Starlette's TestClient, with the service's own inbox and outbox workers running), and what the app sends
+goes to a local fake of the Messaging API (tests/fake_line.py) that checks what LINE checks.
+
+Payload shapes follow https://developers.line.biz/en/reference/messaging-api/#webhook-event-objects.
+Every wait is bounded (``eventually``); every test ends by checking that the profile endpoint (or any
+other unexpected path) was never called.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx2 import Response
+from sqlalchemy import func, select
+from sqlmodel import col
+
+from bot.models import Contact, Conversation, Inbox, Message, Outbox, Role, Sender, State
+from bot.service import Service
+from bot.web import create_app
+from channels.line import retry_key
+from handoff.console.auth import create_counsellor
+from tests.conftest import make_settings
+from tests.engine_helpers import reply_keys
+from tests.fake_line import FakeLine, Sent
+
+T = TypeVar("T")
+SECRET = "0123456789abcdef0123456789abcdef"
+ACCESS_TOKEN = "test-channel-access-token"
+BOT = "U" + "f" * 32  # the bot's own user id: the webhook's "destination"
+WAIT = 10.0  # seconds any condition gets to become true (the outbox's first retry comes after ~2 s)
+CRISIS = "もう死にたい。今から飛び降りる"
+
+
+def user_id() -> str:
+    return "U" + uuid.uuid4().hex
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    """X-Line-Signature: base64 of HMAC-SHA256 over the raw body, keyed with the channel secret."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+# -- webhook events, as the platform sends them --------------------------------------------------------------
+
+
+def _event(
+    kind: str, user: str, *, token: str | None, redelivery: bool = False, **extra: Any
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": kind,
+        "mode": "active",
+        "timestamp": int(time.time() * 1000),
+        "source": {"type": "user", "userId": user},
+        "webhookEventId": extra.pop("event_id", None) or "01" + uuid.uuid4().hex[:24].upper(),
+        "deliveryContext": {"isRedelivery": redelivery},
+    }
+    if token is not None:
+        event["replyToken"] = token
+    event.update(extra)
+    return event
+
+
+def text_event(user: str, text: str, token: str | None, **kw: Any) -> dict[str, Any]:
+    message = {
+        "type": "text",
+        "id": str(uuid.uuid4().int)[:18],
+        "quoteToken": "q3Plxr4AgKd" + uuid.uuid4().hex,
+        "text": text,
+    }
+    return _event("message", user, token=token, message=message, **kw)
+
+
+def sticker_event(user: str, token: str) -> dict[str, Any]:
+    message = {
+        "type": "sticker",
+        "id": str(uuid.uuid4().int)[:18],
+        "quoteToken": "yHAz4Ua2wx7" + uuid.uuid4().hex,
+        "stickerId": "52002734",
+        "packageId": "11537",
+        "stickerResourceType": "STATIC",
+        "keywords": ["cony", "sally", "Staring", "hi"],
+    }
+    return _event("message", user, token=token, message=message)
+
+
+def image_event(user: str, token: str) -> dict[str, Any]:
+    message = {
+        "type": "image",
+        "id": str(uuid.uuid4().int)[:18],
+        "quoteToken": "yHAz4Ua2wx7" + uuid.uuid4().hex,
+        "contentProvider": {"type": "line"},
+    }
+    return _event("message", user, token=token, message=message)
+
+
+def follow_event(user: str, token: str) -> dict[str, Any]:
+    return _event("follow", user, token=token, follow={"isUnblocked": False})
+
+
+def unfollow_event(user: str) -> dict[str, Any]:
+    return _event("unfollow", user, token=None)
+
+
+def body(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"destination": BOT, "events": list(events)}, ensure_ascii=False).encode()
+
+
+# -- the running app -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Line:
+    client: TestClient
+    fake: FakeLine
+    svc: Service
+
+    def post(self, raw: bytes, signature: str | None = None) -> Response:
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        headers["X-Line-Signature"] = sign(raw) if signature is None else signature
+        return self.client.post("/webhooks/line", content=raw, headers=headers)
+
+    def send(self, *events: dict[str, Any]) -> None:
+        r = self.post(body(*events))
+        assert r.status_code == 200, r.text
+
+    def run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine in the app's own event loop (the database lives there)."""
+        assert self.client.portal is not None
+        return self.client.portal.call(work)
+
+    def said(self, user: str, text: str, *, count: int = 1) -> list[Sent]:
+        """Send a text with a fresh reply token; wait for ``count`` more requests to reach the person."""
+        before = len(self.fake.to(user))
+        self.send(text_event(user, text, self.fake.issue_token(user)))
+        return self.wait_sent(user, before + count)[before:]
+
+    def wait_sent(self, user: str, count: int) -> list[Sent]:
+        eventually(lambda: len(self.fake.to(user)) >= count, f"{count} requests to {user}")
+        return self.fake.to(user)
+
+    def count(self, model: Any, *where: Any) -> int:
+        async def work() -> int:
+            async with self.svc.db.session() as s:
+                return int(await s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+        return self.run(work)
+
+    def conversations(self) -> list[Conversation]:
+        async def work() -> list[Conversation]:
+            async with self.svc.db.session() as s:
+                rows = await s.scalars(select(Conversation).where(col(Conversation.channel) == "line"))
+                return list(rows.all())
+
+        return self.run(work)
+
+    def status(self, index: int = 0) -> str:
+        """The status of the ``index``-th outbox row, or "" while it is not there yet."""
+        rows = self.outbox()
+        return rows[index].status if len(rows) > index else ""
+
+    def outbox(self) -> list[Outbox]:
+        async def work() -> list[Outbox]:
+            async with self.svc.db.session() as s:
+                return list((await s.scalars(select(Outbox).order_by(col(Outbox.id)))).all())
+
+        return self.run(work)
+
+
+def eventually(cond: Callable[[], bool], what: str, seconds: float = WAIT) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def quiet(seconds: float = 0.8) -> None:
+    """Give the workers time to do something they should not (then the test checks they did not)."""
+    time.sleep(seconds)
+
+
+def keys(sent: list[Sent]) -> list[str]:
+    return reply_keys([t for s in sent for t in s.texts])
+
+
+@pytest.fixture
+def line(tmp_path: Path) -> Iterator[Line]:
+    yield from _line(tmp_path)
+
+
+def _line(tmp_path: Path, **settings: Any) -> Iterator[Line]:
+    with FakeLine(ACCESS_TOKEN) as fake:
+        config = make_settings(
+            tmp_path,
+            line_channel_secret=SECRET,
+            line_channel_access_token=ACCESS_TOKEN,
+            line_api_base=fake.url,
+            loopback_channel=False,
+            **settings,
+        )
+        app = create_app(config)
+        with TestClient(app) as client:
+            svc = app.state.service
+            assert "line" in svc.channels
+            yield Line(client, fake, svc)
+        # Never the profile (display name, picture), never anything the channel has no business with.
+        assert not [c for c in fake.calls if "/profile" in c.path]
+        assert fake.unexpected == []
+        assert all(c.status != 401 for c in fake.calls), "every call carries the access token"
+
+
+# -- the tests -----------------------------------------------------------------------------------------------
+
+
+def test_disabled_without_both_settings(tmp_path: Path) -> None:
+    from channels.line import LineChannel
+
+    assert not LineChannel.enabled(make_settings(tmp_path, line_channel_secret=SECRET))
+    assert not LineChannel.enabled(make_settings(tmp_path, line_channel_access_token=ACCESS_TOKEN))
+    assert LineChannel.enabled(
+        make_settings(tmp_path, line_channel_secret=SECRET, line_channel_access_token=ACCESS_TOKEN)
+    )
+
+
+def test_welcome_by_reply_then_consent_and_crisis(line: Line) -> None:
+    user = user_id()
+    first = line.said(user, "こんにちは")
+    assert [s.via for s in first] == ["reply"], "the reply token is used, not a (billed) push"
+    assert keys(first) == ["welcome"]
+    assert ("同意して話す", "同意して話す") in first[0].quick_replies
+    assert line.fake.loading == [user], "the loading indicator was shown for the text"
+
+    assert keys(line.said(user, "同意")) == ["listening"]
+
+    sent = line.said(user, CRISIS)
+    assert sent[0].via == "reply"
+    assert "crisis" in keys(sent)
+    text = "\n".join(sent[0].texts)
+    assert "110" in text and "119" in text
+    [conv] = line.conversations()
+    assert conv.state == State.WAITING and conv.risk == "crisis"
+
+
+def test_bad_or_missing_signature_is_refused_and_nothing_stored(line: Line) -> None:
+    user = user_id()
+    raw = body(text_event(user, "こんにちは", line.fake.issue_token(user)))
+    assert line.post(raw, signature=sign(raw, "another-secret")).status_code == 400
+    assert line.post(raw, signature="").status_code == 400
+    # Signed, then changed by one byte: the signature is over the raw bytes.
+    assert line.post(raw.replace(b"\\u3053", b"x") + b" ", signature=sign(raw)).status_code == 400
+    quiet()
+    assert line.count(Inbox) == 0
+    assert line.fake.sent == []
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b'{"destination": "U1", "events": "x"}', b"\xff\xfe"])
+def test_malformed_body_is_400(line: Line, raw: bytes) -> None:
+    assert line.post(raw).status_code == 400
+    assert line.count(Inbox) == 0
+
+
+def test_verify_request_with_no_events_is_200(line: Line) -> None:
+    # The console's "Verify" button sends an empty batch.
+    assert line.post(body()).status_code == 200
+
+
+def test_unknown_event_types_and_groups_are_ignored(line: Line) -> None:
+    user = user_id()
+    unknown = _event("somethingNew", user, token=line.fake.issue_token(user), somethingNew={"x": 1})
+    beacon = _event(
+        "beacon", user, token=line.fake.issue_token(user), beacon={"hwid": "d41d8cd98f", "type": "enter"}
+    )
+    group = text_event(user, "こんにちは", line.fake.issue_token(user))
+    group["source"] = {"type": "group", "groupId": "C" + uuid.uuid4().hex, "userId": user}
+    room = text_event(user, "こんにちは", line.fake.issue_token(user))
+    room["source"] = {"type": "room", "roomId": "R" + uuid.uuid4().hex, "userId": user}
+    line.send(unknown, beacon, group, room)
+    quiet()
+    assert line.count(Inbox) == 0
+    assert line.count(Contact) == 0
+    assert line.fake.sent == []
+
+
+def test_a_batch_of_two_people_makes_two_contacts_each_answered(line: Line) -> None:
+    a, b = user_id(), user_id()
+    line.send(
+        text_event(a, "こんにちは", line.fake.issue_token(a)),
+        text_event(b, "はじめまして", line.fake.issue_token(b)),
+    )
+    assert keys(line.wait_sent(a, 1)) == ["welcome"]
+    assert keys(line.wait_sent(b, 1)) == ["welcome"]
+    assert line.fake.to(a)[0].via == line.fake.to(b)[0].via == "reply"
+    assert line.count(Contact, col(Contact.channel) == "line") == 2
+    assert len(line.conversations()) == 2
+
+
+def test_a_redelivery_is_stored_and_answered_once(line: Line) -> None:
+    user = user_id()
+    event = text_event(user, "こんにちは", line.fake.issue_token(user))
+    line.send(event)
+    line.wait_sent(user, 1)
+    again = {**event, "deliveryContext": {"isRedelivery": True}}
+    line.send(again)
+    line.send(again)
+    quiet()
+    assert line.count(Inbox) == 1
+    assert keys(line.fake.to(user)) == ["welcome"]
+
+
+def test_an_expired_reply_token_falls_back_to_push(line: Line) -> None:
+    user = user_id()
+    line.send(text_event(user, "こんにちは", line.fake.issue_token(user, ttl=0.0)))
+    [sent] = line.wait_sent(user, 1)
+    assert sent.via == "push"
+    assert keys([sent]) == ["welcome"]
+    [row] = line.outbox()
+    assert sent.retry_key == retry_key(row.id or 0, 0)
+    eventually(lambda: line.status() == "delivered", "the row recorded as delivered")
+
+
+def test_an_old_event_is_pushed_without_trying_its_token(line: Line) -> None:
+    user = user_id()
+    event = text_event(user, "こんにちは", line.fake.issue_token(user))
+    event["timestamp"] -= 120_000  # processed two minutes after it happened: the token is gone
+    line.send(event)
+    [sent] = line.wait_sent(user, 1)
+    assert sent.via == "push"
+    assert "/v2/bot/message/reply" not in line.fake.paths()
+
+
+def test_429_then_success_is_delivered_once(line: Line) -> None:
+    user = user_id()
+    line.fake.fail(429)
+    line.send(text_event(user, "こんにちは", line.fake.issue_token(user)))
+    sent = line.wait_sent(user, 1)
+    eventually(lambda: line.status() == "delivered", "delivery after the retry")
+    quiet()
+    assert len(line.fake.to(user)) == 1
+    assert keys(sent) == ["welcome"]
+    row = line.outbox()[0]
+    assert row.attempts == 2
+
+
+def test_a_lost_response_is_not_sent_twice(line: Line) -> None:
+    """LINE took the push but the answer was lost (500): the retry carries the same key, LINE answers 409,
+    and the row is delivered with the person having it once."""
+    user = user_id()
+    line.fake.lose()
+    line.send(text_event(user, "こんにちは", line.fake.issue_token(user, ttl=0.0)))
+    eventually(lambda: line.status() == "delivered", "delivery after the retry")
+    assert len(line.fake.to(user)) == 1
+    push_statuses = [c.status for c in line.fake.calls if c.path == "/v2/bot/message/push"]
+    assert push_statuses == [500, 409]
+
+
+def test_server_errors_are_retried_and_other_4xx_fail(line: Line) -> None:
+    user = user_id()
+    line.fake.fail(500, 2)
+    line.send(text_event(user, "こんにちは", line.fake.issue_token(user, ttl=0.0)))
+    eventually(
+        lambda: line.outbox()[0].last_error.startswith("LINE 500") if line.outbox() else False, "a 500"
+    )
+    assert line.outbox()[0].status == "pending"
+    line.fake.fail(403, 5)  # e.g. a channel that lost its permission: no point trying again
+    eventually(lambda: line.status() == "failed", "a permanent failure", seconds=15)
+    assert line.outbox()[0].last_error.startswith("LINE 403")
+
+
+def test_follow_gets_the_welcome(line: Line) -> None:
+    user = user_id()
+    line.send(follow_event(user, line.fake.issue_token(user)))
+    sent = line.wait_sent(user, 1)
+    assert keys(sent) == ["welcome"] and sent[0].via == "reply"
+
+
+def test_unfollow_closes_and_nothing_is_sent_after(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    line.send(unfollow_event(user))
+    eventually(lambda: line.conversations()[0].state == State.CLOSED, "the conversation closed")
+    quiet()
+    assert len(line.fake.to(user)) == 2
+    assert line.count(Outbox) == 2
+
+
+def test_sticker_and_image_get_the_media_note_and_a_person(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    before = len(line.fake.to(user))
+    line.send(image_event(user, line.fake.issue_token(user)))  # before consent: the note, not queued
+    assert keys(line.wait_sent(user, before + 1)[before:]) == ["media_unreadable"]
+    assert line.conversations()[0].state == State.WELCOME
+    line.said(user, "同意")
+    before = len(line.fake.to(user))
+    line.send(sticker_event(user, line.fake.issue_token(user)))
+    sent = line.wait_sent(user, before + 1)[before:]
+    assert keys(sent)[0] == "media_unreadable"
+    eventually(lambda: line.conversations()[0].state == State.WAITING, "the conversation queued")
+    assert not line.fake.loading.count(user) > 2, "no loading indicator for media"
+
+
+def test_postback_is_a_choice(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    before = len(line.fake.to(user))
+    line.send(_event("postback", user, token=line.fake.issue_token(user), postback={"data": "同意"}))
+    assert keys(line.wait_sent(user, before + 1)[before:]) == ["listening"]
+
+
+def _waiting_with_counsellor(line: Line, user: str) -> tuple[str, int]:
+    """Consent, ask for a person, a counsellor claims: the conversation id and the counsellor's id."""
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    line.said(user, "相談員と話したい")
+    eventually(lambda: line.conversations()[0].state == State.WAITING, "the conversation queued")
+    conv_id = line.conversations()[0].id
+
+    async def claim() -> int:
+        async with line.svc.db.session() as s, s.begin():
+            counsellor = await create_counsellor(s, "aoi", "correct horse battery staple", Role.COUNSELLOR)
+            counsellor_id = counsellor.id
+        assert counsellor_id is not None
+        assert await line.svc.engine.assign(conv_id, counsellor_id)
+        return counsellor_id
+
+    return conv_id, line.run(claim)
+
+
+def test_a_counsellors_reply_is_pushed_and_delivered(line: Line) -> None:
+    user = user_id()
+    conv_id, counsellor_id = _waiting_with_counsellor(line, user)
+    before = len(line.fake.to(user))
+
+    async def reply() -> bool:
+        return await line.svc.engine.counsellor_reply(
+            conv_id, counsellor_id, "相談員の佐藤です。お話を聞かせてください。"
+        )
+
+    assert line.run(reply)
+    sent = line.wait_sent(user, before + 2)[before:]
+    assert reply_keys([sent[0].texts[0]]) == ["with_counsellor"]
+    assert sent[1].texts == ("相談員の佐藤です。お話を聞かせてください。",)
+    assert sent[1].via == "push" and sent[1].retry_key is not None
+
+    async def counsellor_rows() -> list[str]:
+        async with line.svc.db.session() as s:
+            rows = await s.scalars(
+                select(col(Outbox.status))
+                .join(Message, col(Message.id) == col(Outbox.message_id))
+                .where(col(Message.sender) == Sender.COUNSELLOR)
+            )
+            return list(rows.all())
+
+    eventually(
+        lambda: line.run(counsellor_rows) == ["delivered"], "the counsellor's message recorded as delivered"
+    )
+
+
+@pytest.fixture
+def long_line(tmp_path: Path) -> Iterator[Line]:
+    yield from _line(tmp_path, max_message_chars=30000)
+
+
+def test_a_long_reply_is_split_within_limits(long_line: Line) -> None:
+    line = long_line
+    user = user_id()
+    conv_id, counsellor_id = _waiting_with_counsellor(line, user)
+    before = len(line.fake.to(user))
+    text = "".join(f"{i:05d}あいうえお" for i in range(2600))  # 26000 characters: six messages
+
+    async def reply() -> bool:
+        return await line.svc.engine.counsellor_reply(conv_id, counsellor_id, text)
+
+    assert line.run(reply)
+    sent = line.wait_sent(user, before + 3)[before + 1 :]  # after the "with_counsellor" notice
+    assert [len(s.texts) for s in sent] == [5, 1], "at most five messages a request"
+    assert all(len(t) <= 5000 for s in sent for t in s.texts)
+    assert "".join(t for s in sent for t in s.texts) == text
+    assert len({s.retry_key for s in sent}) == 2, "each request its own retry key"
+
+
+def test_quick_replies_within_limits() -> None:
+    from channels.line import _messages
+
+    labels = tuple(f"選択肢{i}" for i in range(15)) + ("とても長い選択肢の名前で二十文字を超えてしまうもの",)
+    [message] = _messages("どれにしますか", labels)
+    items = message.to_dict()["quickReply"]["items"]
+    assert len(items) == 13
+    assert all(len(i["action"]["label"]) <= 20 for i in items)
+    [long] = _messages("x", (labels[-1],))
+    action = long.to_dict()["quickReply"]["items"][0]["action"]
+    assert action == {"type": "message", "label": labels[-1][:20], "text": labels[-1]}
