@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.email import EmailChannel
 from channels.line import LineChannel
 from channels.loopback import LoopbackChannel
 from channels.telegram import TelegramChannel
@@ -13,4 +14,5 @@ CHANNELS: dict[str, type[Channel]] = {
     LineChannel.name: LineChannel,
     LoopbackChannel.name: LoopbackChannel,
     TelegramChannel.name: TelegramChannel,
+    EmailChannel.name: EmailChannel,
 }

@@ -1,0 +1,381 @@
+"""E-mail: an inbound SMTP listener (aiosmtpd) at ``TSUNAGI_SMTP_LISTEN`` and replies through
+``TSUNAGI_SMTP_RELAY`` (aiosmtplib), as ../shared/CONTRACT.md says.
+
+Inbound: the listener runs on the service's own event loop (started and stopped with the channel). It
+accepts mail for ``TSUNAGI_MAIL_ADDRESS`` and its plus-addresses (``soudan+<token>@domain``; anything
+else is 550), at most ``TSUNAGI_MAIL_MAX_BYTES`` (552 above it). Inside DATA the mail is parsed
+(channels/email/parse.py) and what is needed of it (sender, ids, subject, the new text only, a count of
+attachments, never the attachments) stored in the inbox, keyed on its Message-ID (or a hash of the raw
+mail); only then is it 250. If it cannot be stored the answer is 451, so the sending server tries again.
+The inbox worker hands it to ``process``; the person's platform id is the sender address, lower-cased.
+
+Loops: mail no person wrote (Auto-Submitted, Precedence bulk/junk/list, X-Autoreply, a list, a
+mailer-daemon or postmaster sender, an empty return path) is stored but never answered; a bounce that
+carries one of our Message-IDs marks that delivery failed. Our own replies from the bot say
+``Auto-Submitted: auto-replied`` so that other robots do not answer them.
+
+Outbound: one mail per reply, UTF-8, "Re: <their subject>" (or 「ご相談について」), threaded to the person's
+last mail (In-Reply-To, References), with a deterministic Message-ID per outbox row (a retry is the same
+mail) and ``Reply-To: soudan+<token>@domain``. With no relay configured the reply is deferred (it waits
+in the outbox); connection errors and 4xx are retries, 5xx are permanent failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+import unicodedata
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiosmtplib
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import select, update
+from sqlmodel import col
+
+from bot.models import Contact, Conversation, Direction, Inbox, Message, Outbox, OutboxStatus, Sender
+from bot.types import Delivery, Inbound, Kind, Outbound
+from channels.base import Channel
+from channels.email.parse import parse_mail
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.service import Service
+
+log = logging.getLogger("tsunagi.email")
+
+DEFAULT_SUBJECT = "ご相談について"
+THREAD_LOOKBACK = 500  # inbox rows searched for the person's last mail
+SEND_TIMEOUT = 30.0
+_OUR_ID = re.compile(rb"<tsunagi\.(\d+)\.([0-9a-f]{12})@")
+_NUMBER = re.compile(r"(\d{1,2})\s*[.)]?")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class MailSettings(BaseSettings):
+    """The channel's own knobs (not in the contract's table)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TSUNAGI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+    mail_max_bytes: int = 10 * 1024 * 1024
+
+
+def host_port(value: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep:
+        return value.strip(), default_port
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Handler:
+    """aiosmtpd's hooks: recipients checked at RCPT, the mail stored inside DATA."""
+
+    def __init__(self, channel: EmailChannel) -> None:
+        self.channel = channel
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not self.channel.accepts(address):
+            return "550 5.1.1 No such mailbox here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        if raw is None:
+            return "554 5.6.0 No message"
+        try:
+            key, payload = self.channel.payload_of(raw, envelope.mail_from)
+        except Exception as e:
+            log.warning("an inbound mail could not be read: %s", type(e).__name__)
+            return "554 5.6.0 The message could not be read"
+        try:
+            await self.channel.store_events([(key, payload)])
+        except Exception as e:
+            log.warning("an inbound mail could not be stored: %s", type(e).__name__)
+            return "451 4.3.0 Could not store the message, try again later"
+        return "250 2.0.0 OK: stored"
+
+
+class EmailChannel(Channel):
+    name: ClassVar[str] = "email"
+    buttons: ClassVar[bool] = False  # quick replies become numbered lines
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(service)
+        self.settings = service.settings
+        self.mail_settings = MailSettings()
+        self.max_bytes = self.mail_settings.mail_max_bytes
+        local, _, domain = self.settings.mail_address.strip().partition("@")
+        self.local = local.lower()
+        self.domain = (domain or "localhost").lower()
+        self._server: asyncio.Server | None = None
+
+    @classmethod
+    def enabled(cls, settings: Settings) -> bool:
+        return bool(settings.smtp_listen.strip() or settings.smtp_relay.strip())
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int | None:
+        """The port the listener is bound to (None when it is not running)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        listen = self.settings.smtp_listen.strip()
+        if not listen:
+            return
+        host, port = host_port(listen, 25)
+        handler = _Handler(self)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            return SMTP(
+                handler,
+                data_size_limit=self.max_bytes,
+                enable_SMTPUTF8=True,
+                hostname=self.domain,
+                ident="tsunagi",
+                timeout=120,
+            )
+
+        try:
+            self._server = await loop.create_server(factory, host=host, port=port)
+        except OSError as e:
+            # The rest of the service (web chat, console) still runs; a real MX keeps the mail and retries.
+            log.error("the SMTP listener could not bind %s: %s", listen, e)
+            return
+        log.info("SMTP listener on %s:%s for %s", host, self.port, self.settings.mail_address)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout=5)
+            except TimeoutError:
+                log.warning("SMTP sessions still open at stop")
+
+    def reachable(self, contact_id: str) -> bool:
+        """Without a relay nothing can be sent: the outbox keeps the mail for later, not in a loop."""
+        return bool(self.settings.smtp_relay.strip())
+
+    # -- addresses -------------------------------------------------------------------------------------
+
+    def token(self, address: str) -> str:
+        digest = hmac.new(
+            self.settings.resolved_secret_key.encode(), b"mail:" + address.lower().encode(), hashlib.sha256
+        )
+        return digest.hexdigest()[:16]
+
+    def reply_to(self, address: str) -> str:
+        return f"{self.local}+{self.token(address)}@{self.domain}"
+
+    def accepts(self, address: str) -> bool:
+        local, at, domain = address.strip().strip("<>").rpartition("@")
+        if not at or domain.lower() != self.domain:
+            return False
+        local = local.lower()
+        if local == self.local:
+            return True
+        base, plus, token = local.partition("+")
+        return bool(plus) and base == self.local and bool(_TOKEN.match(token))
+
+    # -- inbound ---------------------------------------------------------------------------------------
+
+    def payload_of(self, raw: bytes, envelope_from: str | None) -> tuple[str, str]:
+        mail = parse_mail(raw, envelope_from)
+        bounced = sorted({int(m.group(1)) for m in _OUR_ID.finditer(mail.scanned) if self._ours(m)})
+        payload = {
+            "key": mail.key,
+            "from": mail.sender,
+            "message_id": mail.message_id,
+            "subject": mail.subject,
+            "references": mail.references[-20:],
+            "text": mail.text,
+            "attachments": mail.attachments,
+            "automatic": mail.automatic,
+            "bounced": bounced,
+        }
+        return mail.key, json.dumps(payload, ensure_ascii=False)
+
+    def message_id(self, outbox_id: int) -> str:
+        sig = hmac.new(
+            self.settings.resolved_secret_key.encode(), f"msgid:{outbox_id}".encode(), hashlib.sha256
+        ).hexdigest()[:12]
+        return f"<tsunagi.{outbox_id}.{sig}@{self.domain}>"
+
+    def _ours(self, m: re.Match[bytes]) -> bool:
+        return self.message_id(int(m.group(1))).encode().startswith(m.group(0))
+
+    async def process(self, payload: str) -> None:
+        data: dict[str, Any] = json.loads(payload)
+        if data.get("automatic"):
+            for outbox_id in data.get("bounced", []):
+                await self._bounced(int(outbox_id))
+            return  # never answer a robot
+        sender = str(data.get("from", ""))
+        if not sender:
+            return
+        ident = str(data.get("key") or "sha:" + hashlib.sha256(payload.encode()).hexdigest()[:40])
+        text = str(data.get("text", ""))
+        subject = str(data.get("subject", ""))
+        if not data.get("references") and subject == _bare_subject(subject) and subject != DEFAULT_SUBJECT:
+            # A new mail (not a reply): what its subject says is part of what they wrote ("死にたい" as the
+            # subject of a first mail must be read).
+            if subject and subject not in text:
+                text = f"{subject}\n{text}" if text else subject
+        attachments = int(data.get("attachments", 0))
+        if text:
+            label = await self._choice(sender, text)
+            if label:
+                await self.receive(
+                    Inbound(
+                        channel=self.name, user_id=sender, text=label, kind=Kind.CHOICE, external_id=ident
+                    )
+                )
+            else:
+                await self.receive(Inbound(channel=self.name, user_id=sender, text=text, external_id=ident))
+        if attachments:
+            # Files are not kept: text triage cannot read them, and a person looks (as with pictures).
+            await self.receive(
+                Inbound(channel=self.name, user_id=sender, kind=Kind.MEDIA, external_id=f"{ident}:files")
+            )
+        if not text and not attachments:
+            subject = _bare_subject(subject)
+            await self.receive(
+                Inbound(channel=self.name, user_id=sender, text=subject or " ", external_id=ident)
+            )
+
+    async def _choice(self, address: str, text: str) -> str:
+        """A reply that is only a number ("1", "２.") picks that line of the numbered choices in our last
+        message (quick replies are sent as numbered text); "" when it is not one."""
+        m = _NUMBER.fullmatch(unicodedata.normalize("NFKC", text).strip())
+        if not m:
+            return ""
+        lookup = self.service.crypto.lookup(self.name, address)
+        async with self.service.db.session() as s:
+            raw = await s.scalar(
+                select(col(Message.quick_replies))
+                .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                .join(Contact, col(Contact.id) == col(Conversation.contact_id))
+                .where(col(Contact.channel) == self.name, col(Contact.lookup) == lookup)
+                .where(col(Message.direction) == Direction.OUT)
+                .order_by(col(Message.id).desc())
+                .limit(1)
+            )
+        labels = json.loads(raw) if raw else []
+        n = int(m.group(1))
+        return str(labels[n - 1]) if isinstance(labels, list) and 1 <= n <= len(labels) else ""
+
+    async def _bounced(self, outbox_id: int) -> None:
+        async with self.service.db.session() as s, s.begin():
+            await s.execute(
+                update(Outbox)
+                .where(col(Outbox.id) == outbox_id, col(Outbox.channel) == self.name)
+                .values(status=OutboxStatus.FAILED, last_error="bounced")
+            )
+        log.info("outbox %s bounced", outbox_id)
+
+    async def _last_mail(self, address: str) -> dict[str, Any] | None:
+        """The person's last mail (what the reply threads to), from the inbox."""
+        crypto = self.service.crypto
+        async with self.service.db.session() as s:
+            rows = (
+                await s.scalars(
+                    select(col(Inbox.payload_enc))
+                    .where(col(Inbox.channel) == self.name)
+                    .order_by(col(Inbox.id).desc())
+                    .limit(THREAD_LOOKBACK)
+                )
+            ).all()
+        for enc in rows:
+            try:
+                data: dict[str, Any] = json.loads(crypto.decrypt(enc))
+            except Exception:
+                continue
+            if data.get("from") == address and not data.get("automatic"):
+                return data
+        return None
+
+    # -- outbound --------------------------------------------------------------------------------------
+
+    async def build(self, out: Outbound) -> EmailMessage:
+        last = await self._last_mail(out.address)
+        msg = EmailMessage()
+        msg["From"] = self.settings.mail_address
+        msg["To"] = out.address
+        subject = _bare_subject(str(last.get("subject", ""))) if last else ""
+        msg["Subject"] = f"Re: {subject}" if subject else DEFAULT_SUBJECT
+        msg["Date"] = formatdate(localtime=False, usegmt=True)
+        msg["Message-ID"] = self.message_id(out.outbox_id)
+        msg["Reply-To"] = self.reply_to(out.address)
+        if last and last.get("message_id"):
+            refs = [str(r) for r in last.get("references", [])]
+            refs.append(str(last["message_id"]))
+            msg["In-Reply-To"] = str(last["message_id"])
+            msg["References"] = " ".join(refs[-10:])
+        if out.sender is Sender.BOT:
+            msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: other robots must not answer it
+        msg.set_content(out.text, charset="utf-8")
+        return msg
+
+    async def send(self, out: Outbound) -> Delivery:
+        relay = self.settings.smtp_relay.strip()
+        if not relay:
+            return Delivery.deferred("no relay configured")
+        if "@" not in out.address:
+            return Delivery.failed("not a mail address")
+        host, port = host_port(relay, 25)
+        msg = await self.build(out)
+        try:
+            await aiosmtplib.send(
+                msg,
+                sender=self.settings.mail_address,
+                recipients=[out.address],
+                hostname=host,
+                port=port,
+                username=self.settings.smtp_username or None,
+                password=self.settings.smtp_password or None,
+                start_tls=self.settings.smtp_starttls,
+                local_hostname=self.domain,
+                timeout=SEND_TIMEOUT,
+            )
+        except aiosmtplib.SMTPAuthenticationError as e:  # a configuration error: it may be fixed
+            return Delivery.retry(f"authentication failed ({e.code})")
+        except aiosmtplib.SMTPRecipientsRefused as e:
+            codes = [r.code for r in e.recipients]
+            reason = f"recipient refused ({', '.join(map(str, codes))})"
+            return (
+                Delivery.failed(reason) if codes and all(c >= 500 for c in codes) else Delivery.retry(reason)
+            )
+        except aiosmtplib.SMTPResponseException as e:
+            reason = f"{type(e).__name__} {e.code}: {e.message[:200]}"
+            return Delivery.failed(reason) if e.code >= 500 else Delivery.retry(reason)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            return Delivery.retry(type(e).__name__)
+        return Delivery.delivered()
+
+
+def _bare_subject(subject: str) -> str:
+    """The subject without its "Re:" / "Fwd:" / "返信:" prefixes."""
+    s = subject.strip()
+    while True:
+        m = re.match(r"^(re|fw|fwd|aw|返信|転送)\s*(\[\d+\])?\s*[:：]\s*", s, re.I)
+        if not m:
+            return s
+        s = s[m.end() :]
