@@ -124,6 +124,18 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             raise HTTPException(403, "for supervisors only")
         return me
 
+    def limit_of(counsellor: Counsellor) -> int:
+        return counsellor.max_conversations or settings.counsellor_limit
+
+    async def take(conversation_id: str, counsellor_id: int, limit: int) -> Claim:
+        """Claim in the queue (atomic, within the limit), then in the database; undone if the database
+        says it is no longer waiting (TAKEN)."""
+        result = await svc.queue.claim(conversation_id, counsellor_id, limit)
+        if result is Claim.CLAIMED and not await svc.engine.assign(conversation_id, counsellor_id):
+            await svc.queue.release(conversation_id, counsellor_id)
+            return Claim.TAKEN
+        return result
+
     MeDep = Annotated[Me, Depends(authenticated)]
     SupervisorDep = Annotated[Me, Depends(supervisor)]
 
@@ -192,7 +204,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             "csrf_token": me.csrf_token,
             "must_change_password": me.must_change_password,
             "on_duty": c.on_duty,
-            "limit": c.max_conversations or settings.counsellor_limit,
+            "limit": limit_of(c),
             "held": sorted(await svc.queue.held(me.id)),
         }
 
@@ -305,15 +317,12 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         if conv is None or conv.erased:
             raise HTTPException(404, "no such conversation")
         assert c is not None
-        limit = c.max_conversations or settings.counsellor_limit
-        result = await svc.queue.claim(conversation_id, me.id, limit)
+        limit = limit_of(c)
+        result = await take(conversation_id, me.id, limit)
         if result is Claim.FULL:
             raise HTTPException(409, f"you already have {limit} conversations")
         if result is Claim.TAKEN:
             raise HTTPException(409, "someone else has this conversation")
-        if not await svc.engine.assign(conversation_id, me.id):
-            await svc.queue.release(conversation_id, me.id)
-            raise HTTPException(409, "this conversation is no longer waiting")
         await _audit(me, "claim", conversation_id)
         return {"conversation_id": conversation_id, "state": State.WITH_COUNSELLOR}
 
@@ -430,19 +439,15 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     raise HTTPException(404, "no such counsellor")
                 if target.id == me.id:
                     raise HTTPException(422, "that is you")
-                limit = target.max_conversations or settings.counsellor_limit
+                limit = limit_of(target)
                 if len(await svc.queue.held(target.id)) >= limit:
                     raise HTTPException(409, f"{target.username} already has {limit} conversations")
         if await svc.engine.requeue(conversation_id, me.id) is None:
             raise HTTPException(409, "the conversation is not with you any more")
         state = State.WAITING
         if target is not None and target.id is not None:
-            limit = target.max_conversations or settings.counsellor_limit
-            if await svc.queue.claim(conversation_id, target.id, limit) is Claim.CLAIMED:
-                if await svc.engine.assign(conversation_id, target.id):
-                    state = State.WITH_COUNSELLOR
-                else:
-                    await svc.queue.release(conversation_id, target.id)
+            if await take(conversation_id, target.id, limit_of(target)) is Claim.CLAIMED:
+                state = State.WITH_COUNSELLOR
         await _audit(me, "transfer", conversation_id, f"to={body.to or 'queue'} result={state}")
         return {
             "conversation_id": conversation_id,
@@ -541,7 +546,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     "role": c.role,
                     "on_duty": c.on_duty,
                     "load": load.get(c.username, 0),
-                    "limit": c.max_conversations or settings.counsellor_limit,
+                    "limit": limit_of(c),
                 }
                 for c in counsellors
             ],
