@@ -8,6 +8,7 @@ that no test sees another's queue. Everything stays on loopback. Chromium is nev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,12 +18,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.cookiejar import CookieJar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import (
@@ -37,7 +40,16 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from sqlalchemy import select, update
+from sqlmodel import col
 from websockets.sync.client import ClientConnection, connect
+
+from bot.config import Settings
+from bot.db import Database
+from bot.models import Message, Outbox, OutboxStatus
+from bot.service import Service
+from bot.types import Inbound
+from channels.loopback import LoopbackChannel
 
 pytestmark = pytest.mark.browser
 
@@ -516,6 +528,217 @@ def test_markup_shows_as_text_in_the_queue_the_transcript_and_the_notes(
     expect(page.locator("#held-list > li")).to_have_count(0)
     assert page.evaluate("typeof window.__xss") == "undefined"
     # The watched fixture fails the test on any dialog or script error.
+
+
+# -- (2b) a mail's whole text, its attachments, and messages not (yet) delivered -------------------------
+
+T = TypeVar("T")
+MAIL_NEW = "最近眠れなくて、誰かに話を聞いてほしいです。"
+HOSTILE = "<img src=x onerror=alert(1)>"
+MAIL_FULL = (
+    MAIL_NEW
+    + "\n\n2026年11月20日 10:00 つなぎ <soudan@example.jp>:\n> 前回のメールの引用です。"
+    + HOSTILE
+    + "\n> "
+    + "とても長い引用の行が続きます。" * 30
+    + "\n-- \n山田（署名）"
+)
+
+
+def in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """An asyncio coroutine run to its end on a thread of its own (Playwright's sync API owns this one's
+    event loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _settings(home: Path) -> Settings:
+    """What ``tsunagi serve`` in ``home`` reads (same database, same keys under var/), plus the loopback
+    channel through which the scene is played."""
+    env = _env(home)
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        var_dir=Path(env["TSUNAGI_VAR_DIR"]),
+        database_url=env["TSUNAGI_DATABASE_URL"],
+        smtp_listen="",
+        loopback_channel=True,
+        redis_url="",
+    )
+
+
+@dataclass
+class MailScene:
+    server: Server
+    home: Path
+    replies: list[tuple[int, str]]  # the bot's replies: (outbox id, first line of the text), in order
+
+
+async def _play_mail_scene(home: Path) -> list[tuple[int, str]]:
+    """Before the server starts: a person writes through the engine (a mail-like message with its
+    quoted thread and two attachments, then a request for a counsellor); every reply is delivered."""
+    svc = Service(_settings(home))
+    await svc.start(workers=False)
+    try:
+        channel = svc.channels["loopback"]
+        assert isinstance(channel, LoopbackChannel)
+        user = "mail-person"
+        await channel.say(user, "こんにちは")
+        await channel.say(user, "同意")
+        await channel.receive(
+            Inbound(
+                channel="loopback",
+                user_id=user,
+                text=MAIL_NEW,
+                full_text=MAIL_FULL,
+                attachments=2,
+                external_id="mail-1",
+            )
+        )
+        await channel.say(user, "相談したい")
+        await svc.outbox.send_due()
+        async with svc.db.session() as s:
+            rows = (
+                await s.execute(
+                    select(Outbox, col(Message.text_enc))
+                    .join(Message, col(Message.id) == col(Outbox.message_id))
+                    .order_by(col(Outbox.id))
+                )
+            ).all()
+        assert [o.status for o, _ in rows] == [OutboxStatus.DELIVERED] * len(rows)
+        return [(o.id or 0, svc.crypto.decrypt(text).splitlines()[0]) for o, text in rows]
+    finally:
+        await svc.stop()
+
+
+async def _set_outbox(home: Path, states: dict[int, tuple[str, int, str]]) -> None:
+    """Outbox rows put as the sending worker leaves them: {id: (status, attempts, last error)}. Rows
+    left pending are due only tomorrow, so the server's worker leaves them alone (it has no loopback
+    channel to send them on)."""
+    db = Database(_settings(home).resolved_database_url)
+    try:
+        async with db.session() as s, s.begin():
+            for outbox_id, (status, attempts, error) in states.items():
+                await s.execute(
+                    update(Outbox)
+                    .where(col(Outbox.id) == outbox_id)
+                    .values(
+                        status=status,
+                        attempts=attempts,
+                        last_error=error,
+                        lease_until=None,
+                        next_attempt_at=datetime.now(UTC) + timedelta(days=1),
+                    )
+                )
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def mail_scene(template: Path, tmp_path: Path) -> Iterator[MailScene]:
+    home = tmp_path / "server"
+    shutil.copytree(template, home)
+    replies = in_thread(_play_mail_scene(home))
+    assert len(replies) >= 3, replies
+    for server in _serve(home):
+        yield MailScene(server=server, home=home, replies=replies)
+
+
+def test_a_mail_shows_its_whole_text_and_attachments_and_replies_show_what_became_of_them(
+    mail_scene: MailScene, new_page: Callable[[], Page]
+) -> None:
+    server, home, replies = mail_scene.server, mail_scene.home, mail_scene.replies
+    first, retried, failed = replies[0], replies[-2], replies[-1]
+    in_thread(
+        _set_outbox(
+            home,
+            {
+                first[0]: (OutboxStatus.PENDING, 0, ""),
+                retried[0]: (OutboxStatus.PENDING, 1, "no relay configured"),
+                failed[0]: (OutboxStatus.FAILED, 12, "bounced"),
+            },
+        )
+    )
+    page = new_page()
+    log_in(page, server, "kana")
+    expect(queue_items(page)).to_have_count(1)
+    queue_items(page).first.locator(".queue-open").click()
+    expect(page.locator("#conv-notice")).to_contain_text("待機中の相談です")
+
+    # The mail: its new text in the transcript, the whole mail folded away, the files counted.
+    mail = lines(page, "user").filter(has_text=MAIL_NEW)
+    expect(mail).to_have_count(1)
+    expect(mail.locator(".msg-text")).to_have_text(MAIL_NEW)
+    details = mail.locator("details.msg-full")
+    whole = details.locator(".msg-full-text")
+    expect(details.locator("summary")).to_have_text("メール全文を見る（引用・署名を含む）")
+    assert details.evaluate("(d) => d.open") is False
+    expect(whole).to_be_hidden()
+    expect(mail.locator(".msg-attachments")).to_have_text("添付ファイル 2件（保存していません）")
+    expect(lines(page, "user").locator(".msg-full")).to_have_count(1)  # only on the mail
+    expect(page.locator("#transcript .msg-attachments")).to_have_count(1)
+    expect(lines(page, "user").locator(".msg-delivery")).to_have_count(0)  # nothing is sent to us
+
+    details.locator("summary").click()
+    expect(whole).to_be_visible()
+    assert whole.text_content() == MAIL_FULL  # exactly, markup and all, as text
+    expect(whole).to_contain_text(HOSTILE)
+    expect(whole).to_have_css("white-space", "pre-wrap")
+    assert whole.evaluate("(e) => e.scrollWidth <= e.clientWidth")  # the long quoted line wraps
+    assert page.locator("#transcript img").count() == 0
+
+    # Replies not delivered say so under their text; the reason is in the title only (it is English).
+    def reply(text: str) -> Locator:
+        found = lines(page, "bot").filter(has_text=text)
+        expect(found).to_have_count(1)
+        return found
+
+    waiting = reply(first[1]).locator(".msg-delivery")
+    expect(waiting).to_have_text("送信待ち")
+    expect(waiting).to_have_class("msg-delivery pending")
+    expect(waiting).not_to_have_attribute("title", re.compile("."))
+    retrying = reply(retried[1]).locator(".msg-delivery")
+    expect(retrying).to_have_text("送信待ち（再試行中）")
+    expect(retrying).to_have_class("msg-delivery pending")
+    expect(retrying).to_have_attribute("title", "no relay configured")
+    given_up = reply(failed[1]).locator(".msg-delivery")
+    expect(given_up).to_have_text("届けられませんでした")
+    expect(given_up).to_have_class("msg-delivery failed")
+    expect(given_up).to_have_attribute("title", "bounced")
+    expect(page.locator("#transcript .msg-delivery")).to_have_count(3)  # the delivered ones say nothing
+    muted = waiting.evaluate("(e) => getComputedStyle(e).color")
+    warning = given_up.evaluate("(e) => getComputedStyle(e).color")
+    assert muted != warning
+
+    # What became of them changes, and a live event (kana takes it, from elsewhere) reloads the
+    # conversation: the lines already drawn follow; the opened mail stays open where it was.
+    transcript = page.locator("#transcript")
+    assert transcript.evaluate("(e) => e.scrollHeight > e.clientHeight")  # the open mail is long
+    transcript.evaluate("(e) => { e.scrollTop = 0; }")  # the counsellor reads from the top
+    count = page.locator("#transcript > li").count()
+    in_thread(
+        _set_outbox(
+            home,
+            {
+                first[0]: (OutboxStatus.DELIVERED, 1, ""),
+                retried[0]: (OutboxStatus.FAILED, 12, "no relay configured"),
+            },
+        )
+    )
+    kana = Api(server, "kana")
+    kana.call("POST", f"/conversations/{kana.waiting()[0]}/claim")
+    expect(page.locator("#reply-form")).to_be_visible()
+    expect(page.locator("#transcript > li")).to_have_count(count + 1)  # "相談員につながりました"
+    expect(page.locator("#transcript > li").last).to_have_class(re.compile("from-system"))
+    expect(reply(first[1]).locator(".msg-delivery")).to_have_count(0)
+    expect(retrying).to_have_text("届けられませんでした")
+    expect(retrying).to_have_class("msg-delivery failed")
+    expect(retrying).to_have_attribute("title", "no relay configured")
+    expect(given_up).to_have_text("届けられませんでした")
+    assert details.evaluate("(d) => d.open") is True
+    expect(whole).to_be_visible()
+    assert transcript.evaluate("(e) => e.scrollTop") == 0  # not pulled to the bottom
+    assert page.locator("#transcript img").count() == 0
+    # The watched fixture fails the test on any dialog (the alert(1) above) or script error.
 
 
 # -- (3) supervisors' views ------------------------------------------------------------------------------

@@ -616,10 +616,16 @@
       st.rendered = { id: c.conversation_id, count: 0 };
     }
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+    // What became of a message already shown can change (sent, retried, failed): update its line.
+    let changed = false;
+    for (const li of log.children) {
+      const i = Number(li.dataset.index);
+      if (i < st.rendered.count && msgs[i]) changed = renderDelivery(li, msgs[i].delivery) || changed;
+    }
     for (let i = st.rendered.count; i < msgs.length; i++) log.append(messageItem(msgs[i], i));
     const added = msgs.length - st.rendered.count;
     st.rendered.count = msgs.length;
-    if (added > 0 && (atBottom || !same)) log.scrollTop = log.scrollHeight;
+    if ((added > 0 || changed) && (atBottom || !same)) log.scrollTop = log.scrollHeight;
   }
 
   function messageItem(m, index) {
@@ -630,11 +636,50 @@
       el("time", { cls: "msg-time", text: time(m.at), attrs: { datetime: m.at } }),
     ]);
     if (from === "user" && m.risk && m.risk !== "low") head.append(riskBadge(m.risk));
+    const attachments = Number(m.attachments) > 0 ? Math.floor(Number(m.attachments)) : 0;
     const body = el("div", { cls: "msg-text" });
-    if (m.kind === "media" && !m.text) body.append(el("em", { text: S.media }));
-    else appendHighlighted(body, m.text || "", m.highlights || []);
+    if (m.kind === "media" && !m.text) {
+      if (!attachments) body.append(el("em", { text: S.media })); // else the note below says it
+    } else {
+      appendHighlighted(body, m.text || "", m.highlights || []);
+    }
     li.append(head, body);
+    if (typeof m.full_text === "string" && m.full_text) {
+      // A mail: the text above is its new part; the whole of it (quoted thread, signature) on demand.
+      li.append(el("details", { cls: "msg-full" }, [
+        el("summary", { text: S.mail_full }),
+        el("pre", { cls: "msg-full-text", text: m.full_text }),
+      ]));
+    }
+    if (attachments) li.append(el("p", { cls: "msg-attachments", text: fill(S.attachments_note, { n: attachments }) }));
+    renderDelivery(li, m.delivery);
     return li;
+  }
+
+  // A line under a message to the person while it is not delivered: waiting (or being retried), or
+  // failed. The reason is the server's own (English, internal): in the title only. Returns whether
+  // the line changed.
+  function renderDelivery(li, delivery) {
+    const status = delivery && delivery.status;
+    const attempts = delivery ? Number(delivery.attempts) || 0 : 0;
+    const error = delivery && typeof delivery.error === "string" ? delivery.error : "";
+    const key = !status || status === "delivered" ? "" : JSON.stringify([status, attempts, error]);
+    if ((li.dataset.delivery || "") === key) return false;
+    const old = li.querySelector(":scope > .msg-delivery");
+    if (old) old.remove();
+    if (key) {
+      const failed = status === "failed"; // "pending" and "sending" both wait
+      // A row being sent counts the attempt in progress; a pending one only the attempts that failed.
+      const retrying = attempts > (status === "sending" ? 1 : 0);
+      const text = failed ? S.delivery_failed : retrying ? S.delivery_retrying : S.delivery_pending;
+      const line = el("p", { cls: "msg-delivery " + (failed ? "failed" : "pending"), text, attrs: { "data-status": status } });
+      if (error) line.title = error;
+      li.append(line);
+      li.dataset.delivery = key;
+    } else {
+      delete li.dataset.delivery;
+    }
+    return true;
   }
 
   // The triage reasons' spans count Unicode code points (Python string offsets): split the same way,
