@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = ""
     smtp_starttls: bool = False
+    # A CA bundle (PEM) the relay's certificate is checked against, for a relay with a private CA;
+    # unset: the system's trusted CAs.
+    smtp_ca_file: str = ""
+    # Largest inbound mail in bytes (SIZE is announced; larger mail is refused with 552).
+    mail_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
 
     hours: str = "mon-sun 00:00-24:00"
     timezone: str = "Asia/Tokyo"

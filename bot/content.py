@@ -54,6 +54,7 @@ MESSAGE_KEYS: dict[str, set[str]] = {
     "erase_cancelled": set(),
     "truncated": {"max"},
     "media_unreadable": set(),
+    "attachments_not_kept": {"count"},
 }
 FORMAT_KEYS: dict[str, set[str]] = {
     "line": {"name", "number", "hours", "status"},

@@ -56,6 +56,7 @@ from triage.normalize import sanitize
 log = logging.getLogger("tsunagi.engine")
 
 HISTORY = 10  # earlier messages read with each new one
+FULL_TEXT_FACTOR = 20  # the whole of a mail is kept up to this many times the longest message
 ALL_CATEGORIES = "*"  # the statistics row that counts each conversation once
 STORY_CHARS = 20  # a message this long is taken as telling something, not a greeting
 
@@ -119,6 +120,8 @@ class ConversationEngine:
         self.triage = get_engine()
         self._locks = KeyedLocks()
         self.outbox_wakeup = asyncio.Event()
+        # Channels whose replies to one message go out as one (see ``_joined``).
+        self.joined_channels: set[str] = set()
         self.queue_dirty = False  # a queue update failed: the watchdog rebuilds the queue
         self.clock: Callable[[], datetime] = utcnow  # tests set the time of day
 
@@ -245,9 +248,15 @@ class ConversationEngine:
         else:
             history = await self._history(s, conv)
             result = self.triage.triage_conversation(text, history)
-        await self._store_inbound(s, step, replace(inbound, text=text), result)
+        full = inbound.full_text[: self.max_chars * FULL_TEXT_FACTOR]
+        await self._store_inbound(s, step, replace(inbound, text=text, full_text=full), result)
         conv.last_user_at = now
-        await self._step(s, step, text, inbound.kind, result)
+        await self._step(s, step, text, inbound.kind, result, inbound.attachments)
+        if inbound.attachments and inbound.kind is not Kind.MEDIA and not step.erase:
+            # Files are never kept: they must not think a counsellor has seen them. Said first, before
+            # the answer and its choices, but never before what a crisis needs said.
+            note = (self.content.text("attachments_not_kept", count=inbound.attachments), Sender.BOT)
+            step.replies.insert(len(step.replies) if step.alert else 0, note)
         return step
 
     def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
@@ -278,6 +287,10 @@ class ConversationEngine:
                 sender=Sender.USER,
                 kind=inbound.kind.value,
                 text_enc=self.crypto.encrypt(inbound.text),
+                full_enc=self.crypto.encrypt(inbound.full_text)
+                if inbound.full_text and inbound.full_text != inbound.text
+                else "",
+                attachments=max(0, inbound.attachments),
                 external_id=inbound.external_id,
                 risk=result.risk.value if result else "",
                 triage_enc=self.crypto.encrypt(json.dumps(result.to_json(), ensure_ascii=False))
@@ -291,7 +304,13 @@ class ConversationEngine:
     # -- the flow ------------------------------------------------------------------------------------
 
     async def _step(
-        self, s: AsyncSession, step: _Step, text: str, kind: Kind, result: TriageResult | None
+        self,
+        s: AsyncSession,
+        step: _Step,
+        text: str,
+        kind: Kind,
+        result: TriageResult | None,
+        attachments: int = 0,
     ) -> None:
         conv, c = step.conv, self.content
         before = _risk(conv.risk)
@@ -303,7 +322,10 @@ class ConversationEngine:
             # Pictures, stickers and files bypass text triage: say so kindly, and let a person look.
             if conv.state == State.WITH_COUNSELLOR:
                 return  # the counsellor sees it in the console
-            step.say(self.content.text("media_unreadable"))
+            if attachments:
+                step.say(self.content.text("attachments_not_kept", count=attachments))
+            else:
+                step.say(self.content.text("media_unreadable"))
             if conv.state != State.WAITING and conv.consent_at is not None:
                 await self._enqueue(s, step)
             return
@@ -722,7 +744,8 @@ class ConversationEngine:
     async def _write_replies(self, s: AsyncSession, step: _Step) -> int:
         conv = step.conv
         conv.updated_at = step.now
-        for text, sender in step.replies:
+        replies = self._joined(conv.channel, step.replies)
+        for text, sender in replies:
             msg = Message(
                 conversation_id=conv.id,
                 channel=conv.channel,
@@ -744,7 +767,21 @@ class ConversationEngine:
                 .where(col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING)
                 .values(risk=conv.risk)
             )
-        return len(step.replies)
+        return len(replies)
+
+    def _joined(self, channel: str, replies: list[tuple[Text, Sender]]) -> list[tuple[Text, Sender]]:
+        """On channels where each message is a whole letter (e-mail), what one step says in a row by the
+        same sender goes out as one message, its parts a blank line apart, with the last choices."""
+        if channel not in self.joined_channels:
+            return replies
+        out: list[tuple[Text, Sender]] = []
+        for text, sender in replies:
+            if out and out[-1][1] == sender:
+                prev = out[-1][0]
+                out[-1] = (Text(f"{prev.text}\n\n{text.text}", text.quick or prev.quick), sender)
+            else:
+                out.append((text, sender))
+        return out
 
     async def _after_commit(self, step: _Step, contact_id: str) -> None:
         """Once the transaction is in: the queue, the live views and the outbox are told."""

@@ -133,6 +133,10 @@ class Message(SQLModel, table=True):
     sender: str = Field(max_length=12)
     kind: str = Field(default="text", max_length=16)
     text_enc: str
+    # Inbound mail: the whole mail as received (quoted thread, signature), when it differs from
+    # ``text_enc`` (only the new text, which triage reads); encrypted like the text.
+    full_enc: str = ""
+    attachments: int = 0  # files that came with it and were not kept (counted only)
     # Platform message id (inbound) for idempotent ingest; null for our own messages.
     external_id: str | None = Field(default=None, max_length=128)
     risk: str = Field(default="", max_length=10)

@@ -70,6 +70,7 @@ class Service:
         self.channels: dict[str, Channel] = {
             name: cls(self) for name, cls in CHANNELS.items() if cls.enabled(settings)
         }
+        self.engine.joined_channels = {name for name, ch in self.channels.items() if ch.joins_replies}
         self.outbox = OutboxWorker(
             db=self.db,
             crypto=self.crypto,

@@ -26,6 +26,10 @@ class Inbound:
     kind: Kind = Kind.TEXT
     external_id: str | None = None  # the platform's message or event id: the same id is handled once
     at: datetime = field(default_factory=utcnow)
+    # What the counsellor sees when it is more than ``text`` (a mail with its quoted thread and
+    # signature; triage reads only ``text``, the new part). "" when it is the same.
+    full_text: str = ""
+    attachments: int = 0  # files sent with it that were not kept (the person is told)
 
 
 @dataclass(frozen=True)

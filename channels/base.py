@@ -28,6 +28,8 @@ log = logging.getLogger("tsunagi.channels")
 class Channel(ABC):
     name: ClassVar[str]
     buttons: ClassVar[bool] = True  # can show quick replies as buttons
+    # Each message is a whole letter (e-mail): what the bot says to one message goes out as one.
+    joins_replies: ClassVar[bool] = False
 
     def __init__(self, service: Service) -> None:
         self.service = service

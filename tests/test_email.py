@@ -7,12 +7,15 @@ records what it is given and can refuse with 451 for a while). Every wait is bou
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import smtplib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid, parseaddr
@@ -21,18 +24,23 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlmodel import col
 
-from bot.models import Conversation, Inbox, InboxStatus, Outbox, OutboxStatus
+from bot.models import Conversation, Inbox, InboxStatus, Message, Outbox, OutboxStatus, Role
 from bot.service import Service
 from bot.web import create_app
 from channels.email import EmailChannel
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
 from tests.conftest import make_settings
-from tests.engine_helpers import reply_keys
+from tests.engine_helpers import _patterns, reply_keys
+from tests.test_console_api import account
 
 ADDRESS = "soudan@tsunagi.example"
 USER = "hanako@example.jp"
@@ -97,6 +105,7 @@ def relay() -> Iterator[tuple[FakeRelay, int]]:
 
 
 def app(tmp_path: Path, relay_port: int | None, **overrides: Any) -> TestClient:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     settings = make_settings(
         tmp_path,
         smtp_listen=f"127.0.0.1:{free_port()}",
@@ -231,9 +240,29 @@ def body(msg: EmailMessage) -> str:
 
 
 def keys(msgs: list[EmailMessage]) -> list[str]:
-    """The template of each reply, the numbered choices (quick replies as text) taken off."""
+    """The templates each reply is made of (one mail holds all the bot says to one mail, its parts a blank
+    line apart), the numbered choices (quick replies as text) taken off."""
     texts = [re.sub(r"(\n\d+\. [^\n]*)+$", "", body(m).replace("\r\n", "\n").rstrip("\n")) for m in msgs]
-    return reply_keys(texts)
+    return [k for text in texts for k in reply_keys(parts(text))]
+
+
+def parts(text: str) -> list[str]:
+    """A joined reply cut back into its messages: the fewest runs of paragraphs that each are one whole
+    template (templates may hold blank lines themselves)."""
+    paragraphs = text.split("\n\n")
+    templates = [rx for rx, _ in _patterns().values()]
+    best: dict[int, list[str]] = {0: []}
+    for i in range(len(paragraphs)):
+        if i not in best:
+            continue
+        for j in range(i + 1, len(paragraphs) + 1):
+            chunk = "\n\n".join(paragraphs[i:j])
+            if any(rx.fullmatch(chunk) for rx in templates) and (
+                j not in best or len(best[j]) > len(best[i]) + 1
+            ):
+                best[j] = [*best[i], chunk]
+    assert len(paragraphs) in best, f"no run of templates makes {text[:80]!r}"
+    return best[len(paragraphs)]
 
 
 def consent(client: TestClient, fake: FakeRelay) -> EmailMessage:
@@ -262,7 +291,11 @@ def test_a_plain_mail_gets_a_threaded_japanese_reply(client: TestClient, fake: F
     assert "=?utf-8?" in reply.as_string().lower(), "the subject is encoded on the wire"
     assert parseaddr(str(reply["From"]))[1] == ADDRESS
     reply_to = parseaddr(str(reply["Reply-To"]))[1]
-    assert re.fullmatch(r"soudan\+[0-9a-f]{16}@tsunagi\.example", reply_to)
+    conv = conversations(client)
+    assert reply_to == f"soudan+{channel(client).token(conv[0].id)}@tsunagi.example", (
+        "the conversation's token"
+    )
+    assert re.fullmatch(r"soudan\+[0-9a-f]{40}@tsunagi\.example", reply_to)
     assert reply["Auto-Submitted"] == "auto-replied"
     assert reply["Message-ID"].endswith("@tsunagi.example>")
     assert fake.envelopes[0] == (ADDRESS, [USER])
@@ -296,6 +329,100 @@ def test_a_reply_to_our_mail_continues_the_same_conversation(client: TestClient,
     assert listening["Message-ID"] in str(replies[2]["References"])
 
 
+def test_a_reply_from_another_address_stays_in_its_thread(client: TestClient, fake: FakeRelay) -> None:
+    listening = consent(client, fake)
+    other = "hanako.yamada@univ.example.ac.jp"
+    # From a second address, answering our mail (In-Reply-To names it): the same conversation, and the
+    # answer goes where the conversation's mail goes.
+    deliver(client, mail(CALM, sender=other, reply_to=listening).as_bytes(), sender=other)
+    settled(client, 3)
+    assert len(conversations(client)) == 1
+    assert len(fake.to(USER)) == 3 and fake.to(other) == []
+    # The plus-address alone (a new mail to the Reply-To address, no In-Reply-To) does the same.
+    to_plus = parseaddr(str(listening["Reply-To"]))[1]
+    deliver(client, mail("続きです。", sender=other, to=to_plus).as_bytes(), sender=other, to=to_plus)
+    settled(client, 4)
+    assert len(conversations(client)) == 1 and fake.to(other) == []
+
+
+def test_a_token_we_did_not_give_is_only_an_address(client: TestClient, fake: FakeRelay) -> None:
+    consent(client, fake)
+    (conv,) = conversations(client)
+    stranger = "someone@example.com"
+    forged = f"soudan+{conv.id}{'0' * 8}@tsunagi.example"
+    deliver(client, mail(CALM, sender=stranger, to=forged).as_bytes(), sender=stranger, to=forged)
+    settled(client, 3)
+    assert len(conversations(client)) == 2, "a forged token starts the sender's own conversation"
+    assert keys(fake.wait(stranger, 1)) == ["welcome"]
+
+
+def test_a_mail_after_closure_starts_a_new_conversation(client: TestClient, fake: FakeRelay) -> None:
+    listening = consent(client, fake)
+    deliver(client, mail("終わり", reply_to=listening).as_bytes())
+    settled(client, 3)
+    (closed,) = conversations(client)
+    assert closed.state == "closed"
+    last = fake.to(USER)[-1]
+    deliver(client, mail(CALM, reply_to=last).as_bytes())
+    settled(client, 4)
+    convs = conversations(client)
+    assert len(convs) == 2 and {c.state for c in convs} == {"closed", "welcome"}
+    assert keys(fake.to(USER)[-1:]) == ["welcome"]
+    assert fake.to(USER)[-1]["In-Reply-To"] != last["In-Reply-To"], "threaded to the new mail"
+
+
+def test_a_counsellor_reads_the_whole_mail_and_answers_by_mail(client: TestClient, fake: FakeRelay) -> None:
+    listening = consent(client, fake)
+    quoted = (
+        QUOTES["japanese"].format(new="相談員と話したい", old="前のメールに書いたことです")
+        + "-- \n山田花子\n"
+    )
+    asked = mail(quoted, reply_to=listening)
+    asked.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="memo.pdf")
+    deliver(client, asked.as_bytes())
+    settled(client, 3)
+    (conv,) = conversations(client)
+    assert conv.state == "waiting"
+    amy = account(client, "amy")
+    assert amy.claim(conv.id).status_code == 200
+    read = amy.read(conv.id)
+    assert read.status_code == 200, read.text
+    said = [m for m in read.json()["messages"] if m["from"] == "user"][-1]
+    assert said["text"] == "相談員と話したい", "what triage read: the new text"
+    assert "前のメールに書いたことです" in said["full_text"] and "山田花子" in said["full_text"], (
+        "the whole mail"
+    )
+    assert said["attachments"] == 1
+
+    before = len(fake.to(USER))
+    assert amy.reply(conv.id, "相談員の山田です。メールを読みました。").status_code == 202
+    eventually(
+        lambda: any("相談員の山田です" in body(m) for m in fake.to(USER)[before:]), "the counsellor's mail"
+    )
+    answer = next(m for m in fake.to(USER)[before:] if "相談員の山田です" in body(m))
+    assert answer["In-Reply-To"] == asked["Message-ID"], "in the person's thread"
+    assert asked["Message-ID"] in str(answer["References"])
+    assert str(answer["Subject"]) == "Re: 相談したいことがあります"
+    assert answer["Auto-Submitted"] is None, "a person wrote it: it may be answered"
+    assert parseaddr(str(answer["Reply-To"]))[1] == channel(client).reply_to(conv.id)
+
+    # Their answer to the counsellor's mail reaches the counsellor, and no robot answers it.
+    sent = len(fake.to(USER))
+    deliver(client, mail("ありがとうございます。少し安心しました。", reply_to=answer).as_bytes())
+    settled(client, 4)
+
+    def last_from_user() -> str:
+        texts = [m["text"] for m in amy.read(conv.id).json()["messages"] if m["from"] == "user"]
+        return str(texts[-1])
+
+    eventually(
+        lambda: last_from_user() == "ありがとうございます。少し安心しました。", "their answer in the console"
+    )
+    assert len(fake.to(USER)) == sent
+    delivered = [m for m in amy.read(conv.id).json()["messages"] if m["from"] == "counsellor"]
+    assert delivered[-1]["delivery"]["status"] == "delivered"
+
+
 QUOTES = {
     "angle": "{new}\n\n> {old}\n> よろしくお願いします\n",
     "japanese": "{new}\n\n2026年11月25日(水) 10:00 つなぎ <soudan@tsunagi.example>:\n{old}\n",
@@ -324,6 +451,28 @@ def test_iso2022jp_as_outlook_writes_it(client: TestClient, fake: FakeRelay) -> 
     assert str(reply["Subject"]) == "Re: 相談①について"
 
 
+def test_iso2022jp_as_iphone_mail_writes_a_reply(client: TestClient, fake: FakeRelay) -> None:
+    listening = consent(client, fake)
+    deliver(client, _iphone_reply(listening, new=CALM, old=CRISIS))
+    settled(client, 3)
+    assert "crisis" not in keys(fake.to(USER)[2:]), "the quoted mail is not read as theirs"
+    (conv,) = conversations(client)
+    assert conv.risk != "crisis"
+
+    async def last_message() -> tuple[str, str]:
+        async with service(client).db.session() as s:
+            m = await s.scalar(
+                select(Message).where(col(Message.direction) == "in").order_by(col(Message.id).desc())
+            )
+            assert m is not None
+            crypto = service(client).crypto
+            return crypto.decrypt(m.text_enc), crypto.decrypt(m.full_enc)
+
+    text, full = in_app(client, last_message)
+    assert text == CALM
+    assert CRISIS in full and "iPhoneから送信" in full, "the counsellor can read the whole mail"
+
+
 def test_shift_jis_and_html_only_mails_are_answered(client: TestClient, fake: FakeRelay) -> None:
     deliver(client, _sjis_mail("ｶﾀｶﾅの件名です", "こんにちは、よろしくお願いします。"))
     assert keys(fake.wait(USER, 1)) == ["welcome"]
@@ -336,7 +485,8 @@ def test_shift_jis_and_html_only_mails_are_answered(client: TestClient, fake: Fa
     html.set_content("<html><body><p>同意して話す</p></body></html>", subtype="html")
     deliver(client, html.as_bytes())
     # The first mail's subject and text told something already: consent thanks them for it.
-    assert keys(fake.wait(USER, 2)[1:2]) == ["listening_after_consent_with_story"]
+    # It is one mail, with the first intake question after it.
+    assert keys(fake.wait(USER, 2)[1:2]) == ["listening_after_consent_with_story", "intake_age"]
 
 
 def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -> None:
@@ -345,14 +495,23 @@ def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -
     msg.add_attachment(b"\x89PNG\r\n\x1a\n" + b"\0" * 2000, maintype="image", subtype="png", filename="a.png")
     deliver(client, msg.as_bytes())
     settled(client, 3)
-    assert "media_unreadable" in keys(fake.to(USER)[2:])
+    (reply,) = fake.to(USER)[2:]
+    assert keys([reply]) == ["attachments_not_kept", "intake_intro", "intake_age"], "one mail says it all"
+    assert "添付ファイル（1件）" in body(reply)
+    only_files = mail("", reply_to=reply)
+    only_files.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="b.pdf")
+    only_files.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="c.pdf")
+    deliver(client, only_files.as_bytes())
+    settled(client, 4)
+    assert keys(fake.to(USER)[3:]) == ["attachments_not_kept", "waiting"], "as with pictures, a person looks"
+    assert "添付ファイル（2件）" in body(fake.to(USER)[3])
 
-    async def payload() -> str:
-        rows_ = [r for r in await _inbox(client)]
-        return service(client).inbox.crypto.decrypt(rows_[-1].payload_enc)
+    async def payloads() -> list[str]:
+        return [service(client).inbox.crypto.decrypt(r.payload_enc) for r in await _inbox(client)]
 
-    stored = in_app(client, payload)
-    assert '"attachments": 1' in stored and "PNG" not in stored and "a.png" not in stored
+    stored = in_app(client, payloads)
+    assert '"attachments": 1' in stored[2] and '"attachments": 2' in stored[3]
+    assert not any(x in "".join(stored) for x in ("PNG", "PDF", "a.png", "b.pdf")), "files are not kept"
 
 
 async def _inbox(client: TestClient) -> list[Inbox]:
@@ -482,6 +641,117 @@ def test_no_relay_keeps_the_reply_waiting(tmp_path: Path) -> None:
         eventually(lambda: len(rows(c, Outbox)) == 1, "the reply in the outbox")
         eventually(lambda: rows(c, Outbox)[0].last_error == "no relay configured", "the deferral")
         assert rows(c, Outbox)[0].status == OutboxStatus.PENDING
+        # The console shows it waiting.
+        (conv,) = conversations(c)
+        sue = account(c, "sue", Role.SUPERVISOR)
+        (welcome,) = [m for m in sue.read(conv.id).json()["messages"] if m["from"] == "bot"]
+        assert welcome["delivery"]["status"] == "pending"
+        assert welcome["delivery"]["error"] == "no relay configured"
+
+
+# -- a relay with STARTTLS and a login ------------------------------------------------------------------
+
+
+def last_error(client: TestClient) -> str:
+    outbox = rows(client, Outbox)
+    return str(outbox[0].last_error) if outbox else ""
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "relay.pem", folder / "relay.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+class SecureRelay(FakeRelay):
+    """A relay that takes mail only over STARTTLS from a logged-in client, as a provider's relay does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: list[tuple[bool, bool, bytes]] = []  # (encrypted, logged in, login)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else b""
+        self.sessions.append((bool(session.ssl), session.authenticated, login))
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def secure_relay(tmp_path: Path) -> Iterator[tuple[SecureRelay, int, Path]]:
+    cert_file, key_file = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+    def authenticate(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"tsunagi", b"relay-pass")
+        return AuthResult(success=ok, handled=False, auth_data=data)
+
+    fake = SecureRelay()
+    port = free_port()
+    controller = Controller(
+        fake,
+        hostname="127.0.0.1",
+        port=port,
+        server_hostname="relay.test",
+        tls_context=context,
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_required=True,
+        auth_require_tls=True,
+    )
+    controller.start()
+    try:
+        yield fake, port, cert_file
+    finally:
+        controller.stop()
+
+
+def test_replies_go_over_starttls_with_a_login(
+    tmp_path: Path, secure_relay: tuple[SecureRelay, int, Path]
+) -> None:
+    fake, port, cert_file = secure_relay
+    relay = {"smtp_starttls": True, "smtp_username": "tsunagi", "smtp_ca_file": str(cert_file)}
+    with app(tmp_path / "good", port, smtp_password="relay-pass", **relay) as c:
+        deliver(c, mail("こんにちは").as_bytes())
+        assert keys(fake.wait(USER, 1)) == ["welcome"]
+        assert fake.sessions == [(True, True, b"tsunagi")]
+    with app(tmp_path / "wrong", port, smtp_password="not-the-password", **relay) as c:
+        deliver(c, mail("こんにちは", sender="taro@example.jp").as_bytes(), sender="taro@example.jp")
+        eventually(lambda: "authentication failed" in last_error(c), "the refused login")
+        assert rows(c, Outbox)[0].status == OutboxStatus.PENDING, "kept, to go once the login is fixed"
+    with app(
+        tmp_path / "untrusted", port, smtp_password="relay-pass", smtp_starttls=True, smtp_username="tsunagi"
+    ) as c:
+        deliver(c, mail("こんにちは", sender="jiro@example.jp").as_bytes(), sender="jiro@example.jp")
+        eventually(lambda: last_error(c) != "", "a refusal")
+        assert rows(c, Outbox)[0].status == OutboxStatus.PENDING
+        assert "Certificate" in last_error(c) or "SSL" in last_error(c) or "TLS" in last_error(c)
+    assert len(fake.received) == 1, "nothing went to a relay whose certificate is not trusted"
 
 
 def test_a_permanent_refusal_is_failed(client: TestClient, fake: FakeRelay) -> None:
@@ -518,6 +788,25 @@ def _outlook_mail() -> bytes:
         "X-Mailer: Microsoft Outlook 16.0\r\n\r\n"
     )
     return headers.encode("ascii") + text
+
+
+def _iphone_reply(ours: EmailMessage, *, new: str, old: str) -> bytes:
+    """A reply as iPhone Mail in Japanese writes it: ISO-2022-JP in 7 bits, its "iPhoneから送信" signature
+    line, and the quote header "<date>、<name> <address>のメール:" above "> " lines."""
+    text = (
+        f"{new}\r\n\r\niPhoneから送信\r\n\r\n"
+        f"2026/11/25 22:14、つなぎ <{ADDRESS}>のメール:\r\n\r\n> {old}\r\n> \r\n"
+    )
+    subject = base64.b64encode(f"Re: {ours['Subject']}".encode("iso2022_jp")).decode()
+    headers = (
+        f"From: {USER}\r\nTo: {ADDRESS}\r\n"
+        f"Subject: =?iso-2022-jp?B?{subject}?=\r\n"
+        f"Message-Id: <A1B2C3D4-0000-4000-8000-{int(time.time() * 1000) % 10**12:012d}@example.jp>\r\n"
+        f"In-Reply-To: {ours['Message-ID']}\r\nReferences: {ours['Message-ID']}\r\n"
+        "Mime-Version: 1.0 (1.0)\r\nX-Mailer: iPhone Mail (22B83)\r\n"
+        "Content-Type: text/plain; charset=iso-2022-jp\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+    )
+    return headers.encode("ascii") + text.encode("iso2022_jp")
 
 
 def _sjis_mail(subject: str, text: str) -> bytes:
@@ -557,6 +846,9 @@ def test_parse_charsets_and_encodings() -> None:
 def test_strip_quoted_styles() -> None:
     for style in QUOTES.values():
         assert strip_quoted(style.format(new=CALM, old=CRISIS)) == CALM
+    for phone in ("iPhoneから送信", "Android から送信", "Sent from my iPhone", "Get Outlook for iOS"):
+        assert strip_quoted(f"{CALM}\n\n{phone}\n") == CALM
+    assert strip_quoted("Sent from home, sorry for the late mail.") != "", "only the phones' own lines"
     interleaved = "> 質問1\n答え1\n> 質問2\n答え2"
     assert strip_quoted(interleaved) == "答え1\n答え2"
     outlook = f"{CALM}\n\nFrom: つなぎ <{ADDRESS}>\nSent: Wednesday\nTo: {USER}\n{CRISIS}"

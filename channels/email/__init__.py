@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select, update
 from sqlmodel import col
 
+from bot.engine import FULL_TEXT_FACTOR
 from bot.models import Contact, Conversation, Direction, Inbox, Message, Outbox, OutboxStatus, Sender
 from bot.types import Delivery, Inbound, Kind, Outbound
 from channels.base import Channel
-from channels.email.parse import parse_mail
+from channels.email.parse import Mail, parse_mail
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -56,15 +56,7 @@ SEND_TIMEOUT = 30.0
 _OUR_ID = re.compile(rb"<tsunagi\.(\d+)\.([0-9a-f]{12})@")
 _NUMBER = re.compile(r"(\d{1,2})\s*[.)]?")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class MailSettings(BaseSettings):
-    """The channel's own knobs (not in the contract's table)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="TSUNAGI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
-    mail_max_bytes: int = 10 * 1024 * 1024
+_CONVERSATION_TOKEN = re.compile(r"^([0-9a-f]{32})([0-9a-f]{8})$")
 
 
 def host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -95,11 +87,12 @@ class _Handler:
         if raw is None:
             return "554 5.6.0 No message"
         try:
-            key, payload = self.channel.payload_of(raw, envelope.mail_from)
+            mail = parse_mail(raw, envelope.mail_from)
         except Exception as e:
             log.warning("an inbound mail could not be read: %s", type(e).__name__)
             return "554 5.6.0 The message could not be read"
         try:
+            key, payload = await self.channel.payload_of(mail, envelope.rcpt_tos)
             await self.channel.store_events([(key, payload)])
         except Exception as e:
             log.warning("an inbound mail could not be stored: %s", type(e).__name__)
@@ -110,12 +103,12 @@ class _Handler:
 class EmailChannel(Channel):
     name: ClassVar[str] = "email"
     buttons: ClassVar[bool] = False  # quick replies become numbered lines
+    joins_replies: ClassVar[bool] = True  # one mail answers one mail
 
     def __init__(self, service: Service) -> None:
         super().__init__(service)
         self.settings = service.settings
-        self.mail_settings = MailSettings()
-        self.max_bytes = self.mail_settings.mail_max_bytes
+        self.max_bytes = self.settings.mail_max_bytes
         local, _, domain = self.settings.mail_address.strip().partition("@")
         self.local = local.lower()
         self.domain = (domain or "localhost").lower()
@@ -176,14 +169,25 @@ class EmailChannel(Channel):
 
     # -- addresses -------------------------------------------------------------------------------------
 
-    def token(self, address: str) -> str:
-        digest = hmac.new(
-            self.settings.resolved_secret_key.encode(), b"mail:" + address.lower().encode(), hashlib.sha256
-        )
-        return digest.hexdigest()[:16]
+    def _tag(self, purpose: str, value: str, length: int) -> str:
+        key = self.settings.resolved_secret_key.encode()
+        return hmac.new(key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()[:length]
 
-    def reply_to(self, address: str) -> str:
-        return f"{self.local}+{self.token(address)}@{self.domain}"
+    def token(self, conversation_id: str) -> str:
+        """The conversation's token in the Reply-To plus-address: its id and a tag made with the secret
+        key, so that only the tokens we gave out are taken."""
+        return conversation_id + self._tag("mailtoken", conversation_id, 8)
+
+    def reply_to(self, conversation_id: str) -> str:
+        return f"{self.local}+{self.token(conversation_id)}@{self.domain}"
+
+    def conversation_of_token(self, address: str) -> str | None:
+        """The conversation a recipient's plus-address names (None when it names none of ours)."""
+        local = address.strip().strip("<>").rpartition("@")[0].lower()
+        m = _CONVERSATION_TOKEN.match(local.partition("+")[2])
+        if not m or not hmac.compare_digest(m.group(2), self._tag("mailtoken", m.group(1), 8)):
+            return None
+        return m.group(1)
 
     def accepts(self, address: str) -> bool:
         local, at, domain = address.strip().strip("<>").rpartition("@")
@@ -197,21 +201,64 @@ class EmailChannel(Channel):
 
     # -- inbound ---------------------------------------------------------------------------------------
 
-    def payload_of(self, raw: bytes, envelope_from: str | None) -> tuple[str, str]:
-        mail = parse_mail(raw, envelope_from)
+    async def payload_of(self, mail: Mail, recipients: list[str]) -> tuple[str, str]:
+        """What the inbox keeps of a mail: never the attachments, and the whole text only as the counsellor
+        may read it (the inbox is encrypted like messages)."""
         bounced = sorted({int(m.group(1)) for m in _OUR_ID.finditer(mail.scanned) if self._ours(m)})
+        thread = "" if mail.automatic else await self.thread_of(mail, recipients)
         payload = {
             "key": mail.key,
             "from": mail.sender,
+            "thread": thread,
             "message_id": mail.message_id,
             "subject": mail.subject,
             "references": mail.references[-20:],
             "text": mail.text,
+            "full": mail.full[: self.settings.max_message_chars * FULL_TEXT_FACTOR],
             "attachments": mail.attachments,
             "automatic": mail.automatic,
             "bounced": bounced,
         }
         return mail.key, json.dumps(payload, ensure_ascii=False)
+
+    async def thread_of(self, mail: Mail, recipients: list[str]) -> str:
+        """Whose conversation a mail continues: the person our mail it answers went to (In-Reply-To or
+        References naming one of our Message-IDs), else the person of the conversation its plus-address
+        names, else its sender. So a reply from another of their addresses stays in its thread (and our
+        answer goes where the conversation's mail goes)."""
+        outbox_ids = [int(m.group(1)) for ref in reversed(mail.references) if (m := self._our_id(ref))]
+        conversation_ids = [c for r in recipients if (c := self.conversation_of_token(r))]
+        if not outbox_ids and not conversation_ids:
+            return mail.sender
+        async with self.service.db.session() as s:
+            enc = None
+            for outbox_id in outbox_ids[:5]:
+                enc = await s.scalar(
+                    select(col(Contact.address_enc))
+                    .join(Conversation, col(Conversation.contact_id) == col(Contact.id))
+                    .join(Outbox, col(Outbox.conversation_id) == col(Conversation.id))
+                    .where(col(Outbox.id) == outbox_id, col(Contact.channel) == self.name)
+                )
+                if enc:
+                    break
+            for conversation_id in conversation_ids[:5] if not enc else []:
+                enc = await s.scalar(
+                    select(col(Contact.address_enc))
+                    .join(Conversation, col(Conversation.contact_id) == col(Contact.id))
+                    .where(col(Conversation.id) == conversation_id, col(Contact.channel) == self.name)
+                )
+                if enc:
+                    break
+        if not enc:
+            return mail.sender
+        address = self.service.crypto.decrypt(enc)
+        if address != mail.sender:
+            log.info("a mail from another address continues its conversation's thread")
+        return address
+
+    def _our_id(self, value: str) -> re.Match[bytes] | None:
+        m = _OUR_ID.match(value.strip().encode("utf-8", "replace"))
+        return m if m and self._ours(m) else None
 
     def message_id(self, outbox_id: int) -> str:
         sig = hmac.new(
@@ -228,38 +275,45 @@ class EmailChannel(Channel):
             for outbox_id in data.get("bounced", []):
                 await self._bounced(int(outbox_id))
             return  # never answer a robot
-        sender = str(data.get("from", ""))
+        sender = str(data.get("thread") or data.get("from") or "")
         if not sender:
             return
         ident = str(data.get("key") or "sha:" + hashlib.sha256(payload.encode()).hexdigest()[:40])
-        text = str(data.get("text", ""))
+        text = new = str(data.get("text", ""))
         subject = str(data.get("subject", ""))
         if not data.get("references") and subject == _bare_subject(subject) and subject != DEFAULT_SUBJECT:
             # A new mail (not a reply): what its subject says is part of what they wrote ("死にたい" as the
             # subject of a first mail must be read).
             if subject and subject not in text:
                 text = f"{subject}\n{text}" if text else subject
-        attachments = int(data.get("attachments", 0))
+        attachments = max(0, int(data.get("attachments", 0)))
+        full = str(data.get("full", ""))
         if text:
             label = await self._choice(sender, text)
-            if label:
-                await self.receive(
-                    Inbound(
-                        channel=self.name, user_id=sender, text=label, kind=Kind.CHOICE, external_id=ident
-                    )
-                )
-            else:
-                await self.receive(Inbound(channel=self.name, user_id=sender, text=text, external_id=ident))
-        if attachments:
-            # Files are not kept: text triage cannot read them, and a person looks (as with pictures).
-            await self.receive(
-                Inbound(channel=self.name, user_id=sender, kind=Kind.MEDIA, external_id=f"{ident}:files")
+            inbound = Inbound(
+                channel=self.name,
+                user_id=sender,
+                text=label or text,
+                kind=Kind.CHOICE if label else Kind.TEXT,
+                external_id=ident,
+                full_text=full if full.strip() != new.strip() else "",
+                attachments=attachments,
             )
-        if not text and not attachments:
-            subject = _bare_subject(subject)
-            await self.receive(
-                Inbound(channel=self.name, user_id=sender, text=subject or " ", external_id=ident)
+        elif attachments:
+            # Only files: they are not kept (text triage cannot read them, and a person looks).
+            inbound = Inbound(
+                channel=self.name,
+                user_id=sender,
+                kind=Kind.MEDIA,
+                external_id=ident,
+                full_text=full,
+                attachments=attachments,
             )
+        else:
+            inbound = Inbound(
+                channel=self.name, user_id=sender, text=_bare_subject(subject) or " ", external_id=ident
+            )
+        await self.receive(inbound)
 
     async def _choice(self, address: str, text: str) -> str:
         """A reply that is only a number ("1", "２.") picks that line of the numbered choices in our last
@@ -308,7 +362,7 @@ class EmailChannel(Channel):
                 data: dict[str, Any] = json.loads(crypto.decrypt(enc))
             except Exception:
                 continue
-            if data.get("from") == address and not data.get("automatic"):
+            if (data.get("thread") or data.get("from")) == address and not data.get("automatic"):
                 return data
         return None
 
@@ -323,7 +377,7 @@ class EmailChannel(Channel):
         msg["Subject"] = f"Re: {subject}" if subject else DEFAULT_SUBJECT
         msg["Date"] = formatdate(localtime=False, usegmt=True)
         msg["Message-ID"] = self.message_id(out.outbox_id)
-        msg["Reply-To"] = self.reply_to(out.address)
+        msg["Reply-To"] = self.reply_to(out.conversation_id)
         if last and last.get("message_id"):
             refs = [str(r) for r in last.get("references", [])]
             refs.append(str(last["message_id"]))
@@ -352,6 +406,7 @@ class EmailChannel(Channel):
                 username=self.settings.smtp_username or None,
                 password=self.settings.smtp_password or None,
                 start_tls=self.settings.smtp_starttls,
+                cert_bundle=self.settings.smtp_ca_file or None,
                 local_hostname=self.domain,
                 timeout=SEND_TIMEOUT,
             )

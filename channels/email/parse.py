@@ -189,6 +189,12 @@ _QUOTE_HEADERS = [
     re.compile(r"^.+(のメッセージ|が書きました|wrote)\s*[:：]\s*$"),
     re.compile(r"^_{10,}\s*$"),
 ]
+# The signature a phone's mail app adds ("iPhoneから送信", "Sent from my iPhone"): the end of what they wrote.
+_SENT_FROM = re.compile(
+    r"^((iPhone|iPad|Android|Galaxy|Xperia|AQUOS|Outlook for (iOS|Android)|Yahoo!メール|Gmail)\s*(から|より)送信"
+    r"|Sent from my (iPhone|iPad|Android|Galaxy|Samsung|phone|mobile).*|Get Outlook for (iOS|Android))\s*$",
+    re.I,
+)
 _OUTLOOK_FROM = re.compile(r"^\s*(From|差出人|送信者)\s*[:：]")
 _OUTLOOK_NEXT = re.compile(r"^\s*(Sent|Date|送信日時|日付|To|宛先)\s*[:：]")
 
@@ -201,7 +207,7 @@ def strip_quoted(text: str) -> str:
     kept: list[str] = []
     for i, line in enumerate(lines):
         bare = line.strip()
-        if line.rstrip("\n") in ("-- ", "--"):
+        if line.rstrip("\n") in ("-- ", "--") or _SENT_FROM.match(bare):
             break
         joined = (bare + " " + lines[i + 1].strip()) if i + 1 < len(lines) else bare
         if any(rx.match(bare) for rx in _QUOTE_HEADERS):
@@ -227,6 +233,7 @@ class Mail:
     subject: str
     text: str  # the new text only
     attachments: int
+    full: str = ""  # the whole body as text (quoted thread and signature included), for the counsellor
     references: list[str] = field(default_factory=list)  # References, then In-Reply-To, oldest first
     automatic: bool = False  # an auto-reply, a list, a bounce: never answered
     bounce: bool = False
@@ -313,6 +320,7 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> Mail:
         else:
             attachments += 1  # text/calendar, text/csv... are files, not what they wrote
     body = "\n".join(plain) if plain else "\n".join(html)
+    body = re.sub(r"\n{3,}", "\n\n", body.replace("\r\n", "\n").replace("\r", "\n")).strip()
     automatic = is_automatic(msg, sender, envelope_from)
     bounce = report or sender.partition("@")[0] in ("mailer-daemon", "postmaster")
     return Mail(
@@ -320,6 +328,7 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> Mail:
         message_id=message_id,
         subject=subject,
         text=strip_quoted(body),
+        full=body,
         attachments=0 if report else attachments,
         references=references,
         automatic=automatic or report,

@@ -377,6 +377,10 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 "kind": m.kind,
                 "at": m.created_at.isoformat(),
             }
+            if m.full_enc:  # a mail: the whole of it (quoted thread, signature) besides the new text
+                item["full_text"] = svc.crypto.decrypt(m.full_enc)
+            if m.attachments:  # counted, never kept
+                item["attachments"] = m.attachments
             if m.id in deliveries:  # what became of a message to the person: pending, delivered, failed
                 o = deliveries[m.id]
                 item["delivery"] = {"status": o.status, "attempts": o.attempts, "error": o.last_error}
