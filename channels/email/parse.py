@@ -191,7 +191,8 @@ _QUOTE_HEADERS = [
 ]
 # The signature a phone's mail app adds ("iPhoneから送信", "Sent from my iPhone"): the end of what they wrote.
 _SENT_FROM = re.compile(
-    r"^((iPhone|iPad|Android|Galaxy|Xperia|AQUOS|Outlook for (iOS|Android)|Yahoo!メール|Gmail)\s*(から|より)送信"
+    r"^((iPhone|iPad|Android|Galaxy|Xperia|AQUOS|Outlook for (iOS|Android)|Yahoo!メール|Gmail)"
+    r"\s*(から|より)送信"
     r"|Sent from my (iPhone|iPad|Android|Galaxy|Samsung|phone|mobile).*|Get Outlook for (iOS|Android))\s*$",
     re.I,
 )
