@@ -33,6 +33,7 @@ log = logging.getLogger("tsunagi.outbox")
 
 LEASE = timedelta(seconds=30)
 MAX_ATTEMPTS = 12
+MAX_WAIT_ASKED = 3600.0  # seconds: the longest wait a platform's retry_after is taken for
 DEFER = timedelta(minutes=10)  # a person not reachable now: look again later (or when they come back)
 
 
@@ -192,7 +193,9 @@ class OutboxWorker:
         elif delivery.outcome is Outcome.RETRY and row.attempts + 1 < MAX_ATTEMPTS:
             values.update(
                 status=OutboxStatus.PENDING,
-                next_attempt_at=now + backoff(row.attempts + 1),
+                # Never sooner than the platform asked (a 429's retry_after), never later than an hour.
+                next_attempt_at=now
+                + max(backoff(row.attempts + 1), timedelta(seconds=min(delivery.after, MAX_WAIT_ASKED))),
                 last_error=delivery.reason[:500],
             )
         else:

@@ -57,6 +57,7 @@ class Outcome(StrEnum):
 class Delivery:
     outcome: Outcome
     reason: str = ""  # the platform's error, never message text
+    after: float = 0.0  # seconds the platform asked us to wait before trying again (429 retry_after)
 
     @classmethod
     def delivered(cls) -> Delivery:
@@ -67,8 +68,8 @@ class Delivery:
         return cls(Outcome.DEFERRED, reason)
 
     @classmethod
-    def retry(cls, reason: str) -> Delivery:
-        return cls(Outcome.RETRY, reason)
+    def retry(cls, reason: str, after: float = 0.0) -> Delivery:
+        return cls(Outcome.RETRY, reason, max(0.0, after))
 
     @classmethod
     def failed(cls, reason: str) -> Delivery:

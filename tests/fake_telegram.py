@@ -68,6 +68,7 @@ class Call:
     method: str
     params: dict[str, Any]
     status: int
+    at: float = field(default_factory=time.monotonic)  # when it was answered (monotonic clock)
 
 
 @dataclass

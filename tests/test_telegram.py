@@ -377,12 +377,14 @@ def test_blocking_closes_the_conversation_and_nothing_is_sent_after(
 
 
 def test_rate_limit_then_success_is_delivered_once(client: TestClient, fake: FakeTelegram) -> None:
-    fake.fail_next = [(429, 1)]
+    fake.fail_next = [(429, 4)]  # longer than the outbox's own first backoff (about 2 s)
     assert post(client, message("/start")) == 200
     sent = fake.wait_sent(CHAT, 1, timeout=15)
     assert reply_keys([sent[0]["text"]]) == ["welcome"]
-    statuses = [c.status for c in fake.of("sendMessage")]
-    assert statuses == [429, 200]
+    calls = fake.of("sendMessage")
+    assert [c.status for c in calls] == [429, 200]
+    assert calls[1].at - calls[0].at >= 4, "not again before the time Telegram asked for"
+    assert "429, 4 s" in outbox_rows(client)[0].last_error or outbox_rows(client)[0].last_error == ""
     processed(client, 1)
     assert [r.status for r in outbox_rows(client)] == [OutboxStatus.DELIVERED]
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import APIRouter, Request
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
     from bot.service import Service
 
 log = logging.getLogger("tsunagi.telegram")
+# python-telegram-bot 22 gives time periods (RetryAfter.retry_after) as timedelta with this set, as its next
+# major version will; without it every flood-control error also warns that the int form is deprecated.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY = 1024 * 1024  # bytes; an update is a few kilobytes at most
@@ -233,8 +238,9 @@ class TelegramChannel(Channel):
                 await self.bot.send_message(
                     chat_id=chat_id, text=chunk, reply_markup=markup if last else None
                 )
-        except RetryAfter:
-            return Delivery.retry("RetryAfter (429)")
+        except RetryAfter as e:  # flood control: Telegram says how long to wait
+            seconds = _seconds(e)
+            return Delivery.retry(f"RetryAfter (429, {seconds:.0f} s)", after=seconds)
         except Forbidden as e:  # the person blocked the bot, or deleted their account
             return Delivery.failed(self._reason(e))
         except ChatMigrated as e:
@@ -335,3 +341,9 @@ def _without_names(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_names(v) for v in value]
     return value
+
+
+def _seconds(e: RetryAfter) -> float:
+    """RetryAfter's wait in seconds (a timedelta with PTB_TIMEDELTA, an int without)."""
+    wait = e.retry_after
+    return wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
