@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -125,7 +126,7 @@ def cmd_counsellor_add(args: argparse.Namespace) -> int:
     from bot.config import Settings
     from bot.db import Database
     from bot.models import Counsellor, Role
-    from handoff.console.auth import create_counsellor, password_problem
+    from handoff.console.auth import USERNAME, create_counsellor, password_problem
 
     if sys.stdin.isatty():
         import getpass
@@ -134,6 +135,8 @@ def cmd_counsellor_add(args: argparse.Namespace) -> int:
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     problem = password_problem(password)
+    if not re.match(USERNAME, args.username):
+        problem = "a username is 1 to 64 letters, digits, '.', '_' or '-'"
     if problem:
         print(f"tsunagi counsellor add: {problem}", file=sys.stderr)
         return 2
@@ -155,6 +158,75 @@ def cmd_counsellor_add(args: argparse.Namespace) -> int:
         print(f"tsunagi counsellor add: {error}", file=sys.stderr)
         return 1
     print(f"added {args.role} '{args.username}'")
+    return 0
+
+
+def cmd_counsellor_list(args: argparse.Namespace) -> int:
+    """The console accounts, a line each: name, role, and whether it is disabled, on duty, or still has a
+    one-time password."""
+    import asyncio
+
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from bot.config import Settings
+    from bot.db import Database
+    from bot.models import Counsellor
+
+    async def read() -> list[Counsellor]:
+        db = Database(Settings().resolved_database_url)
+        try:
+            await db.migrate()
+            async with db.session() as s:
+                return list((await s.scalars(select(Counsellor).order_by(col(Counsellor.username)))).all())
+        finally:
+            await db.dispose()
+
+    for c in asyncio.run(read()):
+        marks = [
+            "active" if c.active else "disabled",
+            *(["on duty"] if c.on_duty else []),
+            *(["one-time password"] if c.must_change_password else []),
+        ]
+        print(f"{c.username}\t{c.role}\t{', '.join(marks)}")
+    return 0
+
+
+def cmd_counsellor_reset_password(args: argparse.Namespace) -> int:
+    """A new one-time password for an account, printed once (to be changed at the next login); its
+    sessions end. The way back in when the last administrator has forgotten theirs."""
+    import asyncio
+
+    from sqlalchemy import delete, select
+    from sqlmodel import col
+
+    from bot.config import Settings
+    from bot.db import Database
+    from bot.models import AuditLog, ConsoleSession, Counsellor
+    from handoff.console.auth import hash_password, one_time_password
+
+    password = one_time_password()
+
+    async def reset() -> bool:
+        db = Database(Settings().resolved_database_url)
+        try:
+            await db.migrate()
+            async with db.session() as s, s.begin():
+                c = await s.scalar(select(Counsellor).where(col(Counsellor.username) == args.username))
+                if c is None:
+                    return False
+                c.password_hash = hash_password(password)
+                c.must_change_password = True
+                await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == c.id))
+                s.add(AuditLog(actor="cli", action="account.password_reset", detail=args.username))
+        finally:
+            await db.dispose()
+        return True
+
+    if not asyncio.run(reset()):
+        print(f"tsunagi counsellor reset-password: no account '{args.username}'", file=sys.stderr)
+        return 1
+    print(f"one-time password for '{args.username}' (to be changed at the next login): {password}")
     return 0
 
 
@@ -217,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("username")
     ca.add_argument("--role", choices=["counsellor", "supervisor", "admin"], default="counsellor")
     ca.set_defaults(func=cmd_counsellor_add)
+    cl = csub.add_parser("list", help="the accounts, a line each")
+    cl.set_defaults(func=cmd_counsellor_list)
+    cr = csub.add_parser("reset-password", help="a new one-time password for an account, printed once")
+    cr.add_argument("username")
+    cr.set_defaults(func=cmd_counsellor_reset_password)
     k = sub.add_parser("rotate-keys", help="re-encrypt stored data with the first key of TSUNAGI_DATA_KEY")
     k.set_defaults(func=cmd_rotate_keys)
     t = sub.add_parser("telegram", help="the Telegram bot")

@@ -35,6 +35,7 @@ from sqlmodel import col
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+import handoff.console.api as console_api
 from bot.models import (
     AuditLog,
     ConsoleSession,
@@ -86,6 +87,11 @@ KNOWN_ROUTES = {
     ("GET", "/stats"),
     ("GET", "/stats.csv"),
     ("GET", "/audit"),
+    ("GET", "/colleagues"),
+    ("GET", "/accounts"),
+    ("POST", "/accounts"),
+    ("POST", "/accounts/{username}"),
+    ("POST", "/accounts/{username}/password"),
 }
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 # Valid bodies, so that a route that forgot a check would act rather than fail validation.
@@ -97,6 +103,8 @@ BODIES: dict[str, Any] = {
     "/conversations/{conversation_id}/notes": {"text": "メモ"},
     "/conversations/{conversation_id}/transfer": {"to": None},
     "/conversations/{conversation_id}/close": {"outcome": "listened", "referrals": []},
+    "/accounts": {"username": "newbie", "role": "counsellor", "limit": None},
+    "/accounts/{username}": {"active": False},
 }
 
 
@@ -462,6 +470,24 @@ def test_live_updates_refuse_anonymous_sessions_and_foreign_origins(client: Test
     # After logout the cookie opens nothing.
     assert me.post("logout").status_code == 204
     assert_refused(client, cookie)
+
+
+def test_a_live_socket_ends_with_its_session(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_api, "LIVE_RECHECK_SECONDS", 0.1)
+    boss = account(client, "boss", Role.ADMIN)
+    amy, ben = account(client, "amy"), account(client, "ben")
+    endings: list[tuple[Session, Callable[[], Response]]] = [
+        (amy, lambda: boss.post("accounts/amy", {"active": False})),  # disabled by an administrator
+        (ben, lambda: ben.post("logout")),  # logged out in another tab
+    ]
+    for who, end in endings:
+        with live_socket(client, {"cookie": f"{COOKIE}={who.token}"}) as ws:
+            drain(ws, 0.3)  # open: a close would raise
+            assert end().status_code in (200, 204)
+            with pytest.raises(WebSocketDisconnect) as closed:
+                for _ in range(50):
+                    recv(ws, WAIT)
+            assert closed.value.code == 1008
 
 
 # -- 2. logging in -------------------------------------------------------------------------------------
@@ -1099,13 +1125,14 @@ def test_the_statistics_csv_has_a_bom_a_header_and_no_ids(client: TestClient) ->
 # -- 11. the command line ------------------------------------------------------------------------------
 
 
-def cli(database_url: str, tmp_path: Path, *args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+def cli(database_url: str, tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``tsunagi counsellor <args>`` as a subprocess, on the test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
     env.update({"TSUNAGI_DATABASE_URL": database_url, "TSUNAGI_VAR_DIR": str(tmp_path / "var")})
     command = Path(sys.executable).parent / "tsunagi"
     assert command.exists(), command
     return subprocess.run(
-        [str(command), "counsellor", "add", *args],
+        [str(command), "counsellor", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -1117,13 +1144,15 @@ def cli(database_url: str, tmp_path: Path, *args: str, stdin: str) -> subprocess
 
 
 def test_the_counsellor_add_command(tmp_path: Path, database_url: str) -> None:
-    added = cli(database_url, tmp_path, "alice", "--role", "supervisor", stdin=PASSWORD + "\n")
+    added = cli(database_url, tmp_path, "add", "alice", "--role", "supervisor", stdin=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     assert PASSWORD not in added.stdout + added.stderr
-    short = cli(database_url, tmp_path, "shorty", stdin="tooshort\n")
+    short = cli(database_url, tmp_path, "add", "shorty", stdin="tooshort\n")
     assert short.returncode == 2, short.stderr
     assert "12" in short.stderr
-    duplicate = cli(database_url, tmp_path, "alice", "--role", "counsellor", stdin="another-long-password\n")
+    duplicate = cli(
+        database_url, tmp_path, "add", "alice", "--role", "counsellor", stdin="another-long-password\n"
+    )
     assert duplicate.returncode == 1, duplicate.stderr
     assert "already exists" in duplicate.stderr
 
@@ -1141,6 +1170,33 @@ def test_the_counsellor_add_command(tmp_path: Path, database_url: str) -> None:
         assert db(client, names) == [("alice", "supervisor")]
         me = Session(client, "alice", ok.cookies[COOKIE], ok.json()["csrf_token"])
         assert me.get("audit").status_code == 200
+
+
+def test_the_counsellor_list_and_reset_password_commands(tmp_path: Path, database_url: str) -> None:
+    assert (
+        cli(database_url, tmp_path, "add", "alice", "--role", "admin", stdin=PASSWORD + "\n").returncode == 0
+    )
+    assert cli(database_url, tmp_path, "add", "bob", stdin=PASSWORD + "\n").returncode == 0
+    bad = cli(database_url, tmp_path, "add", MARKUP, stdin=PASSWORD + "\n")
+    assert bad.returncode == 2 and "username" in bad.stderr
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        alice = login(client, "alice")
+        assert alice.post("accounts/bob", {"active": False}).status_code == 200
+        listed = cli(database_url, tmp_path, "list")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == ["alice\tadmin\tactive", "bob\tcounsellor\tdisabled"]
+
+        # The last administrator forgot their password: the command gives a one-time one.
+        reset = cli(database_url, tmp_path, "reset-password", "alice")
+        assert reset.returncode == 0, reset.stderr
+        one_time = reset.stdout.strip().rsplit(" ", 1)[-1]
+        assert alice.get("me").status_code == 401, "their sessions ended"
+        assert try_login(client, "alice", PASSWORD).status_code == 401
+        again = login(client, "alice", one_time)
+        assert again.get("me").json()["must_change_password"] is True
+        assert "one-time password" in cli(database_url, tmp_path, "list").stdout
+        missing = cli(database_url, tmp_path, "reset-password", "nobody")
+        assert missing.returncode == 1 and "nobody" in missing.stderr
 
 
 def test_the_transcript_says_what_became_of_each_message_to_the_person(client: TestClient) -> None:
@@ -1171,3 +1227,157 @@ def test_a_supervisor_clears_the_crisis_alerts_they_have_seen(client: TestClient
     assert sup.post("alerts/seen").json() == {"seen": 1}
     assert sup.get("overview").json()["alerts"] == []
     assert sup.post("alerts/seen").json() == {"seen": 0}
+
+
+# -- accounts --------------------------------------------------------------------------------------------
+
+
+def audit_actions(client: TestClient) -> list[tuple[str, str, str]]:
+    async def work(s: AsyncSession) -> list[tuple[str, str, str]]:
+        rows = (await s.scalars(select(AuditLog).order_by(col(AuditLog.id)))).all()
+        return [(a.actor, a.action, a.detail) for a in rows]
+
+    return db(client, work)
+
+
+def test_an_admin_adds_an_account_whose_one_time_password_must_be_changed(client: TestClient) -> None:
+    boss = account(client, "boss", Role.ADMIN)
+    added = boss.post("accounts", {"username": "kana.sato", "role": "counsellor", "limit": 3})
+    assert added.status_code == 201, added.text
+    one_time = added.json()["password"]
+    assert added.json()["username"] == "kana.sato" and len(one_time) >= 12
+    first = login(client, "kana.sato", one_time)
+    assert first.get("me").json()["must_change_password"] is True
+    assert first.get("queue").status_code == 403, "nothing but a new password first"
+    assert first.post("password", {"old": one_time, "new": "kana-chooses-this-one"}).status_code == 204
+    assert first.get("queue").status_code == 200
+    (listed,) = [a for a in boss.get("accounts").json() if a["username"] == "kana.sato"]
+    assert listed | {"created_at": ""} == {
+        "username": "kana.sato",
+        "role": "counsellor",
+        "active": True,
+        "on_duty": False,
+        "held": 0,
+        "limit": 3,
+        "custom_limit": 3,
+        "must_change_password": False,
+        "created_at": "",
+    }
+    assert ("boss", "account.add", "kana.sato role=counsellor") in audit_actions(client)
+    assert one_time not in json.dumps(audit_actions(client)), "a password is never logged"
+
+    taken = boss.post("accounts", {"username": "kana.sato", "role": "admin"})
+    assert taken.status_code == 409, taken.text
+    for bad in (
+        {"username": MARKUP},
+        {"username": ""},
+        {"username": "a" * 65},
+        {"username": "ok", "role": "owner"},
+        {"username": "ok", "limit": 0},
+        {"username": "ok", "limit": 21},
+    ):
+        r = boss.post("accounts", bad)
+        assert r.status_code == 422, (bad, r.text)
+    assert {a["username"] for a in boss.get("accounts").json()} == {"admin", "boss", "kana.sato"}
+
+
+def test_only_admins_manage_accounts(client: TestClient) -> None:
+    account(client, "boss", Role.ADMIN)
+    for role in (Role.COUNSELLOR, Role.SUPERVISOR):
+        who = account(client, f"not-admin-{role}", role)
+        assert who.get("accounts").status_code == 403
+        assert who.post("accounts", {"username": "sneaky", "role": "admin"}).status_code == 403
+        assert who.post("accounts/boss", {"active": False}).status_code == 403
+        assert who.post(f"accounts/{who.username}", {"role": "admin"}).status_code == 403
+        assert who.post("accounts/boss/password").status_code == 403
+    boss = login(client, "boss")
+    by_name = {a["username"]: a for a in boss.get("accounts").json()}
+    assert "sneaky" not in by_name and by_name["boss"]["active"] and by_name["boss"]["role"] == "admin"
+    assert by_name["not-admin-counsellor"]["role"] == "counsellor"
+
+
+def test_disabling_an_account_ends_its_sessions_and_returns_its_conversations(client: TestClient) -> None:
+    boss = account(client, "boss", Role.ADMIN)
+    amy = account(client, "amy")
+    assert amy.post("duty", {"on_duty": True}).status_code == 200
+    with person(client) as p:
+        cid = p.conversation_id
+        assert amy.claim(cid).status_code == 200
+        assert cid not in queued_ids(client)
+        r = boss.post("accounts/amy", {"active": False})
+        assert r.status_code == 200, r.text
+        assert r.json()["active"] is False and r.json()["on_duty"] is False
+        assert r.json()["requeued"] == 1 and r.json()["held"] == 0
+        assert conversation(client, cid).state == "waiting", "back in the queue, not lost"
+        eventually(lambda: cid in queued_ids(client), "the conversation back in the queue")
+        assert amy.get("me").status_code == 401, "the session ended"
+        assert try_login(client, "amy", PASSWORD).status_code == 401, "and no new one"
+        # Someone else takes it from where it was.
+        ben = account(client, "ben")
+        assert ben.claim(cid).status_code == 200
+    again = boss.post("accounts/amy", {"active": True})
+    assert again.status_code == 200 and again.json()["requeued"] == 0
+    assert try_login(client, "amy", PASSWORD).status_code == 200
+    actions = [(a, d) for _, a, d in audit_actions(client) if a.startswith("account.")]
+    assert actions == [("account.update", "amy disabled"), ("account.update", "amy active")]
+
+
+def test_roles_and_limits_change_but_an_admin_cannot_lock_themselves_out(client: TestClient) -> None:
+    boss = account(client, "boss", Role.ADMIN)
+    account(client, "amy")
+    r = boss.post("accounts/amy", {"role": "supervisor", "limit": 4})
+    assert r.status_code == 200, r.text
+    assert (r.json()["role"], r.json()["limit"], r.json()["custom_limit"]) == ("supervisor", 4, 4)
+    amy = login(client, "amy")
+    assert amy.get("me").json()["limit"] == 4
+    assert amy.get("overview").status_code == 200, "a supervisor now"
+    back = boss.post("accounts/amy", {"limit": None})
+    default = service(client).settings.counsellor_limit
+    assert (back.json()["limit"], back.json()["custom_limit"], back.json()["role"]) == (
+        default,
+        None,
+        "supervisor",
+    )
+    assert boss.post("accounts/amy", {"limit": 99}).status_code == 422
+    assert boss.post("accounts/nobody", {"active": False}).status_code == 404
+    assert boss.post("accounts/nobody/password").status_code == 404
+    for change in ({"active": False}, {"role": "counsellor"}):
+        mine = boss.post("accounts/boss", change)
+        assert mine.status_code == 422 and "you" in mine.json()["detail"], mine.text
+    assert boss.post("accounts/boss", {"limit": 5}).status_code == 200, "their own limit is theirs to set"
+    assert boss.get("me").status_code == 200
+
+
+def test_a_password_reset_gives_a_one_time_password_and_ends_the_sessions(client: TestClient) -> None:
+    boss = account(client, "boss", Role.ADMIN)
+    amy = account(client, "amy")
+    r = boss.post("accounts/amy/password")
+    assert r.status_code == 200, r.text
+    one_time = r.json()["password"]
+    assert amy.get("me").status_code == 401
+    assert try_login(client, "amy", PASSWORD).status_code == 401, "the old password is gone"
+    again = login(client, "amy", one_time)
+    assert again.get("me").json()["must_change_password"] is True
+    assert again.get("queue").status_code == 403
+    assert ("boss", "account.password_reset", "amy") in audit_actions(client)
+
+
+def test_colleagues_are_the_other_active_accounts_on_duty_first(client: TestClient) -> None:
+    # The first-start "admin" has not chosen a password yet: nobody can pass a conversation to it.
+    boss = account(client, "boss", Role.ADMIN)
+    amy, ben = account(client, "amy"), account(client, "ben")
+    account(client, "cho")
+    assert ben.post("duty", {"on_duty": True}).status_code == 200
+    with person(client) as p:
+        assert ben.claim(p.conversation_id).status_code == 200
+        assert boss.post("accounts/cho", {"active": False}).status_code == 200
+        got = amy.get("colleagues")
+        assert got.status_code == 200, got.text
+        limit = service(client).settings.counsellor_limit
+        assert got.json() == [
+            {"username": "ben", "role": "counsellor", "on_duty": True, "held": 1, "limit": limit},
+            {"username": "boss", "role": "admin", "on_duty": False, "held": 0, "limit": limit},
+        ]
+        refused = ben.post(f"conversations/{p.conversation_id}/transfer", {"to": "admin"})
+        assert refused.status_code == 409 and "not chosen" in refused.json()["detail"], refused.text
+        assert ben.held() == [p.conversation_id]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +12,7 @@ from sqlalchemy import func, select
 from bot.models import AuditLog, Counsellor, Role
 from bot.pages import StaticFiles, page_headers
 from handoff.console.api import build_router
-from handoff.console.auth import create_counsellor
+from handoff.console.auth import create_counsellor, one_time_password
 from triage.paths import CONTENT_DIR
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ async def ensure_first_admin(svc: Service) -> str | None:
     async with svc.db.session() as s, s.begin():
         if await s.scalar(select(func.count()).select_from(Counsellor)):
             return None
-        password = secrets.token_urlsafe(12)
+        password = one_time_password()
         admin = await create_counsellor(s, "admin", password, Role.ADMIN)
         admin.must_change_password = True
         s.add(AuditLog(actor="system", action="admin.created"))

@@ -18,7 +18,7 @@ import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -36,6 +36,7 @@ from bot.models import (
     Message,
     Note,
     Outbox,
+    Role,
     StatCount,
     State,
     utcnow,
@@ -43,13 +44,16 @@ from bot.models import (
 from handoff.console.auth import (
     COOKIE,
     CSRF_HEADER,
+    USERNAME,
     Me,
     csrf_ok,
     current,
     hash_password,
     login,
+    one_time_password,
     password_problem,
     rate_limited,
+    still_valid,
     verify_password,
 )
 from handoff.queue import Claim
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PREVIEW_CHARS = 60
 VIEW_AUDIT_EVERY = timedelta(minutes=10)
+LIVE_RECHECK_SECONDS = 30.0  # how often a live socket checks that its session still stands
 MAX_TEXT = 5000
 
 
@@ -89,6 +94,21 @@ class CloseIn(BaseModel):
 
 class DutyIn(BaseModel):
     on_duty: bool
+
+
+MAX_LIMIT = 20  # conversations one counsellor may be given at once, at most
+
+
+class AccountIn(BaseModel):
+    username: str = Field(pattern=USERNAME)
+    role: Role = Role.COUNSELLOR
+    limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)  # None: TSUNAGI_COUNSELLOR_LIMIT
+
+
+class AccountChange(BaseModel):
+    role: Role | None = None
+    limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)  # given as null: back to the default
+    active: bool | None = None
 
 
 def load_console_content() -> dict[str, Any]:
@@ -136,8 +156,14 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             return Claim.TAKEN
         return result
 
+    async def admin(me: Annotated[Me, Depends(authenticated)]) -> Me:
+        if me.role != Role.ADMIN:
+            raise HTTPException(403, "for administrators only")
+        return me
+
     MeDep = Annotated[Me, Depends(authenticated)]
     SupervisorDep = Annotated[Me, Depends(supervisor)]
+    AdminDep = Annotated[Me, Depends(admin)]
 
     public = APIRouter(prefix="/api/console")
     r = APIRouter(prefix="/api/console", dependencies=[Depends(authenticated)])
@@ -231,6 +257,142 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             c.on_duty = body.on_duty
             s.add(AuditLog(actor=me.username, action="duty.on" if body.on_duty else "duty.off"))
         return {"on_duty": body.on_duty}
+
+    # -- colleagues and accounts -------------------------------------------------------------------------
+
+    async def held_counts() -> Counter[int]:
+        """Conversations each counsellor has now, from the database (the queue may be rebuilding)."""
+        async with svc.db.session() as s:
+            ids = (
+                await s.scalars(
+                    select(col(Handoff.counsellor_id)).where(col(Handoff.status) == HandoffStatus.CLAIMED)
+                )
+            ).all()
+        return Counter(i for i in ids if i is not None)
+
+    def account_of(c: Counsellor, held: Counter[int]) -> dict[str, Any]:
+        return {
+            "username": c.username,
+            "role": c.role,
+            "active": c.active,
+            "on_duty": c.on_duty,
+            "held": held[c.id or 0],
+            "limit": limit_of(c),
+            "custom_limit": c.max_conversations,
+            "must_change_password": c.must_change_password,
+            "created_at": c.created_at.isoformat(),
+        }
+
+    async def account_named(s: AsyncSession, username: str) -> Counsellor:
+        c = await s.scalar(select(Counsellor).where(col(Counsellor.username) == username))
+        if c is None or c.id is None:
+            raise HTTPException(404, "no such account")
+        return c
+
+    @r.get("/colleagues")
+    async def colleagues(me: MeDep) -> list[dict[str, Any]]:
+        """Whom a conversation can be passed to: the other active accounts that have chosen their password,
+        those on duty first."""
+        async with svc.db.session() as s:
+            rows = (await s.scalars(select(Counsellor).where(col(Counsellor.active)))).all()
+        held = await held_counts()
+        out = [
+            {"username": c.username, "role": c.role, "on_duty": c.on_duty, "held": held[c.id or 0]}
+            | {"limit": limit_of(c)}
+            for c in rows
+            if c.id != me.id and not c.must_change_password
+        ]
+        return sorted(out, key=lambda x: (not x["on_duty"], x["username"]))
+
+    @r.get("/accounts")
+    async def accounts(me: AdminDep) -> list[dict[str, Any]]:
+        async with svc.db.session() as s:
+            rows = (await s.scalars(select(Counsellor).order_by(col(Counsellor.username)))).all()
+        held = await held_counts()
+        return [account_of(c, held) for c in rows]
+
+    @r.post("/accounts", status_code=201)
+    async def add_account(body: AccountIn, me: AdminDep) -> dict[str, str]:
+        password = one_time_password()
+        async with svc.db.session() as s, s.begin():
+            if await s.scalar(select(col(Counsellor.id)).where(col(Counsellor.username) == body.username)):
+                raise HTTPException(409, "that username is taken")
+            s.add(
+                Counsellor(
+                    username=body.username,
+                    password_hash=hash_password(password),
+                    role=body.role,
+                    max_conversations=body.limit,
+                    must_change_password=True,
+                )
+            )
+            s.add(
+                AuditLog(actor=me.username, action="account.add", detail=f"{body.username} role={body.role}")
+            )
+        return {"username": body.username, "password": password}
+
+    @r.post("/accounts/{username}")
+    async def change_account(username: str, body: AccountChange, me: AdminDep) -> dict[str, Any]:
+        given = body.model_fields_set
+        changes = []
+        async with svc.db.session() as s, s.begin():
+            c = await account_named(s, username)
+            if c.id == me.id and (
+                ("role" in given and body.role != Role.ADMIN) or ("active" in given and body.active is False)
+            ):
+                raise HTTPException(422, "that is you: another administrator must do it")
+            if "role" in given and body.role is not None and body.role != c.role:
+                c.role = body.role
+                changes.append(f"role={body.role}")
+            if "limit" in given and body.limit != c.max_conversations:
+                c.max_conversations = body.limit
+                changes.append(f"limit={body.limit or 'default'}")
+            disabling = "active" in given and body.active is False and c.active
+            if "active" in given and body.active is not None and body.active != c.active:
+                c.active = body.active
+                changes.append("active" if body.active else "disabled")
+            if disabling:
+                c.on_duty = False
+                await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == c.id))
+            held_ids = (
+                (
+                    await s.scalars(
+                        select(col(Handoff.conversation_id)).where(
+                            col(Handoff.counsellor_id) == c.id, col(Handoff.status) == HandoffStatus.CLAIMED
+                        )
+                    )
+                ).all()
+                if disabling
+                else []
+            )
+            if changes:
+                s.add(
+                    AuditLog(
+                        actor=me.username, action="account.update", detail=f"{username} {' '.join(changes)}"
+                    )
+                )
+            counsellor_id = c.id
+            assert counsellor_id is not None
+        # A disabled account's conversations go back to the queue, keeping their place.
+        requeued = 0
+        for conversation_id in held_ids:
+            if await svc.engine.requeue(conversation_id, counsellor_id) is not None:
+                requeued += 1
+        async with svc.db.session() as s:
+            c = await account_named(s, username)
+        return account_of(c, await held_counts()) | {"requeued": requeued}
+
+    @r.post("/accounts/{username}/password")
+    async def reset_password(username: str, me: AdminDep) -> dict[str, str]:
+        """A new one-time password (they choose their own at the next login); their sessions end."""
+        password = one_time_password()
+        async with svc.db.session() as s, s.begin():
+            c = await account_named(s, username)
+            c.password_hash = hash_password(password)
+            c.must_change_password = True
+            await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == c.id))
+            s.add(AuditLog(actor=me.username, action="account.password_reset", detail=username))
+        return {"username": username, "password": password}
 
     # -- the queue -----------------------------------------------------------------------------------
 
@@ -443,6 +605,8 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     raise HTTPException(404, "no such counsellor")
                 if target.id == me.id:
                     raise HTTPException(422, "that is you")
+                if target.must_change_password:
+                    raise HTTPException(409, f"{target.username} has not chosen a password yet")
                 limit = limit_of(target)
                 if len(await svc.queue.held(target.id)) >= limit:
                     raise HTTPException(409, f"{target.username} already has {limit} conversations")
@@ -674,8 +838,21 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             while (await ws.receive())["type"] != "websocket.disconnect":
                 pass  # the console sends nothing; anything it does send is ignored
 
+        async def until_session_ends() -> None:
+            """A logout elsewhere, an expired session or a disabled account ends the socket too."""
+            while True:
+                await asyncio.sleep(LIVE_RECHECK_SECONDS)
+                async with svc.db.session() as s:
+                    if not await still_valid(s, me.session_id, utcnow()):
+                        break
+            await ws.close(code=1008)
+
         async with svc.events.subscribe() as events:
-            tasks = [asyncio.create_task(pump(events)), asyncio.create_task(until_closed())]
+            tasks = [
+                asyncio.create_task(pump(events)),
+                asyncio.create_task(until_closed()),
+                asyncio.create_task(until_session_ends()),
+            ]
             try:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -48,6 +48,14 @@ def verify_password(stored: str, password: str) -> bool:
 _DUMMY = hash_password(secrets.token_urlsafe(16))
 
 
+USERNAME = r"^[A-Za-z0-9._-]{1,64}$"  # what an account may be called (it is shown in the console)
+
+
+def one_time_password() -> str:
+    """A password to give once (a new account, a reset, the first admin); it must be changed at login."""
+    return secrets.token_urlsafe(12)
+
+
 def token_id(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -147,6 +155,16 @@ async def current(s: AsyncSession, token: str | None, *, hours: int, now: dateti
         session.id,
         counsellor.must_change_password,
     )
+
+
+async def still_valid(s: AsyncSession, session_id: str, now: datetime) -> bool:
+    """Whether a session still stands (not ended, not expired, its account active), without sliding its
+    expiry: for a live socket that outlasts the requests that opened it."""
+    session = await s.get(ConsoleSession, session_id)
+    if session is None or session.expires_at <= now:
+        return False
+    counsellor = await s.get(Counsellor, session.counsellor_id)
+    return counsellor is not None and counsellor.active
 
 
 def csrf_ok(me: Me, header: str | None) -> bool:
