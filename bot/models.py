@@ -158,6 +158,8 @@ class Outbox(SQLModel, table=True):
     next_attempt_at: datetime = _at(default_factory=utcnow)
     lease_until: datetime | None = _at(default=None)
     last_error: str = Field(default="", max_length=500)
+    # Parts of a text the channel split (Telegram's 4096-character limit) that earlier attempts delivered.
+    progress: int = 0
     created_at: datetime = _at(default_factory=utcnow)
     delivered_at: datetime | None = _at(default=None)
 

@@ -174,6 +174,7 @@ class OutboxWorker:
             quick_replies=tuple(json.loads(msg.quick_replies)) if msg.quick_replies else (),
             sender=Sender(msg.sender),
             attempt=row.attempts + 1,
+            progress=row.progress,
         )
 
     async def _record(
@@ -192,6 +193,7 @@ class OutboxWorker:
             )
         elif delivery.outcome is Outcome.RETRY and row.attempts + 1 < MAX_ATTEMPTS:
             values.update(
+                progress=max(row.progress, delivery.progress),
                 status=OutboxStatus.PENDING,
                 # Never sooner than the platform asked (a 429's retry_after), never later than an hour.
                 next_attempt_at=now

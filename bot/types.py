@@ -44,6 +44,7 @@ class Outbound:
     quick_replies: tuple[str, ...]
     sender: Sender
     attempt: int
+    progress: int = 0  # parts of a long text (split by the channel) delivered by earlier attempts
 
 
 class Outcome(StrEnum):
@@ -58,6 +59,7 @@ class Delivery:
     outcome: Outcome
     reason: str = ""  # the platform's error, never message text
     after: float = 0.0  # seconds the platform asked us to wait before trying again (429 retry_after)
+    progress: int = 0  # parts of a split text delivered so far, in all: a retry starts after them
 
     @classmethod
     def delivered(cls) -> Delivery:
@@ -68,8 +70,8 @@ class Delivery:
         return cls(Outcome.DEFERRED, reason)
 
     @classmethod
-    def retry(cls, reason: str, after: float = 0.0) -> Delivery:
-        return cls(Outcome.RETRY, reason, max(0.0, after))
+    def retry(cls, reason: str, after: float = 0.0, progress: int = 0) -> Delivery:
+        return cls(Outcome.RETRY, reason, max(0.0, after), max(0, progress))
 
     @classmethod
     def failed(cls, reason: str) -> Delivery:

@@ -75,7 +75,8 @@ class Call:
 class FakeTelegram:
     token: str
     calls: list[Call] = field(default_factory=list)
-    # (status, retry_after) for the next calls of sendMessage: 429 with retry_after, or 500.
+    # (status, retry_after) for the next calls of sendMessage: 429 with retry_after, 500, or 200 (answered
+    # as usual, so that a later call of the list fails).
     fail_next: list[tuple[int, int]] = field(default_factory=list)
     blocked: set[int] = field(default_factory=set)
     webhook: dict[str, Any] = field(default_factory=dict)
@@ -181,8 +182,8 @@ class FakeTelegram:
         if markup is not None:
             _check_markup(markup)
         with self._lock:
-            if self.fail_next:
-                code, retry_after = self.fail_next.pop(0)
+            code, retry_after = self.fail_next.pop(0) if self.fail_next else (200, 0)
+            if code != 200:
                 if code == 429:
                     raise ApiError(
                         429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}

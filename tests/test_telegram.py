@@ -406,9 +406,13 @@ def test_blocked_by_the_user_is_a_permanent_failure(client: TestClient, fake: Fa
     assert TOKEN not in rows[0].last_error
 
 
-def test_a_long_counsellor_reply_is_split_and_delivered(client: TestClient, fake: FakeTelegram) -> None:
+@pytest.mark.parametrize("trouble", [None, 429, 500], ids=["calm", "rate-limited", "server-error"])
+def test_a_long_counsellor_reply_is_split_and_delivered(
+    client: TestClient, fake: FakeTelegram, trouble: int | None
+) -> None:
     """A counsellor's reply reaches the person on Telegram; one longer than 4096 characters is split,
-    and the outbox row shows it delivered."""
+    and the outbox row shows it delivered. When the second part fails, the retry sends only what is
+    missing: the person never gets the first part twice."""
     consent(client, fake)
     assert post(client, message(CRISIS)) == 200
     eventually(lambda: conversation(client).state == State.WAITING, "the conversation to wait for a person")
@@ -426,8 +430,12 @@ def test_a_long_counsellor_reply_is_split_and_delivered(client: TestClient, fake
     before = len(fake.sent(CHAT))
     long_text = ("話してくれてありがとう。\n" * 350) + "ゆっくりで大丈夫です。"
     assert len(long_text) > 4096
+    if trouble:  # the notice and the first part go through, then the second part fails once
+        fake.fail_next = [(200, 0), (200, 0), (trouble, 1)]
     in_app(client, lambda: claim_and_reply(long_text))
     processed(client, 3)
+    eventually(lambda: len(fake.texts(CHAT)) >= before + 3, "every part")
+    eventually(lambda: outbox_rows(client)[-1].status == OutboxStatus.DELIVERED, "the reply delivered")
     texts = fake.texts(CHAT)[before:]
     assert reply_keys(texts[:1]) == ["with_counsellor"]
     pieces = texts[1:]

@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import os
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -232,15 +233,25 @@ class TelegramChannel(Channel):
             return Delivery.failed("not a Telegram chat id")
         chunks = split_text(out.text)
         markup = keyboard(out.quick_replies)
+        sent = min(out.progress, len(chunks))  # parts a failed attempt already delivered: not again
+        delivery = await self._send_parts(chat_id, chunks, sent, markup)
+        return replace(delivery, progress=delivery.progress or sent)
+
+    async def _send_parts(
+        self, chat_id: int, chunks: list[str], start: int, markup: InlineKeyboardMarkup | None
+    ) -> Delivery:
+        """Send ``chunks[start:]`` in order; a failure says how many parts arrived in all (progress)."""
+        sent = start
         try:
-            for i, chunk in enumerate(chunks):
+            for i in range(start, len(chunks)):
                 last = i == len(chunks) - 1
                 await self.bot.send_message(
-                    chat_id=chat_id, text=chunk, reply_markup=markup if last else None
+                    chat_id=chat_id, text=chunks[i], reply_markup=markup if last else None
                 )
+                sent = i + 1
         except RetryAfter as e:  # flood control: Telegram says how long to wait
             seconds = _seconds(e)
-            return Delivery.retry(f"RetryAfter (429, {seconds:.0f} s)", after=seconds)
+            return Delivery.retry(f"RetryAfter (429, {seconds:.0f} s)", after=seconds, progress=sent)
         except Forbidden as e:  # the person blocked the bot, or deleted their account
             return Delivery.failed(self._reason(e))
         except ChatMigrated as e:
@@ -248,11 +259,11 @@ class TelegramChannel(Channel):
         except BadRequest as e:  # before NetworkError: BadRequest is one of its subclasses
             return Delivery.failed(self._reason(e))
         except InvalidToken:  # a configuration error: it may be fixed, so try again later
-            return Delivery.retry("InvalidToken")
+            return Delivery.retry("InvalidToken", progress=sent)
         except NetworkError as e:  # TimedOut, connection errors and 5xx answers
-            return Delivery.retry(self._reason(e))
+            return Delivery.retry(self._reason(e), progress=sent)
         except TelegramError as e:
-            return Delivery.retry(self._reason(e))
+            return Delivery.retry(self._reason(e), progress=sent)
         return Delivery.delivered()
 
     def _reason(self, e: TelegramError) -> str:
