@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -94,8 +94,11 @@ class OutboxWorker:
                 q = q.where(col(Outbox.conversation_id) == conversation_id)
             rows = (await s.scalars(q.order_by(col(Outbox.id)).limit(500))).all()
         blocked: set[str] = set()
+        taken: set[int] = set()
         sent = 0
-        for row in rows:
+        for i, row in enumerate(rows):
+            if row.id in taken:
+                continue  # went out with an earlier row of its conversation
             if row.conversation_id in blocked:
                 continue  # an earlier message of this conversation is not out yet: keep the order
             if row.status == OutboxStatus.SENDING and row.lease_until is not None and row.lease_until >= now:
@@ -104,17 +107,73 @@ class OutboxWorker:
             if conversation_id is None and row.next_attempt_at > now:
                 blocked.add(row.conversation_id)
                 continue
-            if not await self._send_one(row, now):
+            group = [row, *self._joining(row, rows[i + 1 :], now, due_only=conversation_id is None)]
+            taken.update(r.id or 0 for r in group)
+            delivered = await self._send_group(group, now)
+            sent += delivered
+            if delivered < len(group):
                 blocked.add(row.conversation_id)
-            else:
-                sent += 1
         return sent
 
-    async def _send_one(self, row: Outbox, now: datetime) -> bool:
-        self._seen.add(row.id or 0)
-        if self._kill_at and len(self._seen) >= self._kill_at:
-            # Fault injection for the crash test: die as a process killed by the system would.
-            os.kill(os.getpid(), signal.SIGKILL)
+    def _joining(
+        self, first: Outbox, later: Sequence[Outbox], now: datetime, *, due_only: bool
+    ) -> list[Outbox]:
+        """The next waiting rows of ``first``'s conversation that go out with it, on a channel that sends
+        several at once. Only rows tried as often as ``first``: a group that failed is retried as the same
+        group (LINE's retry key names its rows), and a newer message waits for the next send."""
+        channel = self.channels.get(first.channel)
+        if channel is None or channel.batch <= 1:
+            return []
+        out: list[Outbox] = []
+        for row in later:
+            if len(out) + 1 >= channel.batch:
+                break
+            if row.conversation_id != first.conversation_id:
+                continue
+            if row.attempts != first.attempts or row.status != OutboxStatus.PENDING:
+                break
+            if due_only and row.next_attempt_at > now:
+                break
+            out.append(row)
+        return out
+
+    async def _send_group(self, group: list[Outbox], now: datetime) -> int:
+        """Send rows of one conversation (one, or a group in one send); how many were delivered."""
+        claimed: list[Outbox] = []
+        for row in group:
+            self._seen.add(row.id or 0)
+            if self._kill_at and len(self._seen) >= self._kill_at:
+                # Fault injection for the crash test: die as a process killed by the system would.
+                os.kill(os.getpid(), signal.SIGKILL)
+            if not await self._claim(row, now):
+                break  # someone else has it: the rest waits its turn
+            claimed.append(row)
+        channel = self.channels.get(group[0].channel)
+        pairs: list[tuple[Outbox, Outbound]] = []
+        for row in claimed:
+            out = await self._outbound(row)
+            if out is None or channel is None:
+                reason = "no such channel" if channel is None else "message or contact gone"
+                await self._record(row, Delivery.failed(reason), now)
+                continue
+            pairs.append((row, out))
+        if channel is None or not pairs:
+            return 0
+        outs = [out for _, out in pairs]
+        delivery = await (channel.deliver(outs[0]) if len(outs) == 1 else channel.deliver_many(outs))
+        # Deferred while the person came back (the web chat reconnected during the send): try again
+        # at once rather than after the deferral.
+        retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(outs[0].contact_id)
+        for row, _ in pairs:
+            await self._record(row, delivery, now, defer_until=now if retry_now else None)
+        if retry_now:
+            self.wakeup.set()
+        elif delivery.outcome is Outcome.DEFERRED and self.events is not None:
+            # With several instances, the person may be connected to another one: it sends on this.
+            self.events.publish(Event("deferred", group[0].conversation_id, outs[0].contact_id))
+        return len(pairs) if delivery.outcome is Outcome.DELIVERED else 0
+
+    async def _claim(self, row: Outbox, now: datetime) -> bool:
         async with self.db.session() as s, s.begin():
             claimed = await s.execute(
                 update(Outbox)
@@ -129,25 +188,7 @@ class OutboxWorker:
                     status=OutboxStatus.SENDING, lease_until=now + LEASE, attempts=col(Outbox.attempts) + 1
                 )
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return False  # someone else has it
-        out = await self._outbound(row)
-        channel = self.channels.get(row.channel)
-        if out is None or channel is None:
-            reason = "no such channel" if channel is None else "message or contact gone"
-            await self._record(row, Delivery.failed(reason), now)
-            return False
-        delivery = await channel.deliver(out)
-        # Deferred while the person came back (the web chat reconnected during the send): try again
-        # at once rather than after the deferral.
-        retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(out.contact_id)
-        await self._record(row, delivery, now, defer_until=now if retry_now else None)
-        if retry_now:
-            self.wakeup.set()
-        elif delivery.outcome is Outcome.DEFERRED and self.events is not None:
-            # With several instances, the person may be connected to another one: it sends on this.
-            self.events.publish(Event("deferred", row.conversation_id, out.contact_id))
-        return delivery.outcome is Outcome.DELIVERED
+            return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
     async def _outbound(self, row: Outbox) -> Outbound | None:
         async with self.db.session() as s:

@@ -253,6 +253,20 @@ def test_welcome_by_reply_then_consent_and_crisis(line: Line) -> None:
     assert conv.state == State.WAITING and conv.risk == "crisis"
 
 
+def test_what_the_bot_says_to_one_message_goes_in_one_free_reply(line: Line) -> None:
+    """Two messages for one (thanks for the story, then the first intake question): one reply request
+    with both, the question's quick replies on the last, and no push (pushes count against the quota)."""
+    user = user_id()
+    line.said(user, "最近、部活のことで少し悩んでいて、誰かに話を聞いてほしいです。")
+    (sent,) = line.said(user, "同意")
+    assert sent.via == "reply"
+    assert keys([sent]) == ["listening_after_consent_with_story", "intake_age"]
+    assert sent.quick_replies, "the question's choices"
+    quiet()
+    assert len(line.fake.to(user)) == 2 and "/v2/bot/message/push" not in line.fake.paths()
+    assert line.count(Outbox, col(Outbox.status) == "delivered") == 3
+
+
 def test_bad_or_missing_signature_is_refused_and_nothing_stored(line: Line) -> None:
     user = user_id()
     raw = body(text_event(user, "こんにちは", line.fake.issue_token(user)))
@@ -326,7 +340,7 @@ def test_an_expired_reply_token_falls_back_to_push(line: Line) -> None:
     assert sent.via == "push"
     assert keys([sent]) == ["welcome"]
     [row] = line.outbox()
-    assert sent.retry_key == retry_key(row.id or 0, 0)
+    assert sent.retry_key == retry_key([row.id or 0], 0)
     eventually(lambda: line.status() == "delivered", "the row recorded as delivered")
 
 

@@ -304,6 +304,31 @@ async def test_a_conversation_keeps_its_order_when_the_first_reply_is_retried(
         assert keys_to(svc, USER) == ["welcome", "waiting"]
 
 
+async def test_a_batching_channel_gets_waiting_messages_together_and_retries_the_same_group(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a channel that sends several messages at once (LINE), a conversation's waiting messages go in
+    one send; a group that failed is retried as the same group (a push's retry key names its rows),
+    and a message written meanwhile waits for the next send."""
+    monkeypatch.setattr(LoopbackChannel, "batch", 5)
+    async with running(tmp_path, database_url) as svc:
+        channel = loopback(svc)
+        channel.fail_next = [Delivery.retry("503")]
+        await channel.say(USER, "相談したい")  # two replies: welcome, then waiting
+        now = utcnow()
+        assert await svc.outbox.send_due(now=now) == 0
+        first, second = await outbox(svc)
+        assert [(r.status, r.attempts) for r in (first, second)] == [(OutboxStatus.PENDING, 1)] * 2
+
+        await channel.say(USER, "まだですか")  # a newer message, and its reply
+        later = max(first.next_attempt_at, second.next_attempt_at) + timedelta(seconds=1)
+        assert await svc.outbox.send_due(now=later) == 3
+        rows_ = await outbox(svc)
+        assert len(rows_) == 3 and all(r.status == OutboxStatus.DELIVERED for r in rows_)
+        assert channel.groups == [[first.id, second.id]], "the retried pair together, the newer one alone"
+        assert keys_to(svc, USER)[:2] == ["welcome", "waiting"]
+
+
 async def test_a_reply_being_sent_holds_back_the_next_one(tmp_path: Path, database_url: str) -> None:
     """While one worker has the first reply out (a live lease), another must not send the second."""
     async with running(tmp_path, database_url) as svc:

@@ -80,13 +80,17 @@ class _ReplyToken:
     issued: float  # epoch seconds of the event that carried it
 
 
-def retry_key(outbox_id: int, part: int) -> str:
-    """The X-Line-Retry-Key for one push request of one outbox row: the same on every attempt."""
-    return str(uuid.uuid5(RETRY_NAMESPACE, f"{outbox_id}:{part}"))
+def retry_key(outbox_ids: list[int], part: int) -> str:
+    """The X-Line-Retry-Key for one push request of the outbox rows sent together: the same on every
+    attempt (the outbox retries a group as the same group)."""
+    return str(uuid.uuid5(RETRY_NAMESPACE, f"{','.join(map(str, outbox_ids))}:{part}"))
 
 
 class LineChannel(Channel):
     name: ClassVar[str] = "line"
+    # Messages of one conversation waiting together go in one request: the reply token takes five
+    # message objects, and a reply is free where each push counts against the account's quota.
+    batch: ClassVar[int] = MAX_MESSAGES
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -245,11 +249,15 @@ class LineChannel(Channel):
     # -- outbound -------------------------------------------------------------------------------------------
 
     async def send(self, out: Outbound) -> Delivery:
-        async with self._calling() as api:
-            return await self._send(api, out)
+        return await self.send_many([out])
 
-    async def _send(self, api: Any, out: Outbound) -> Delivery:
-        batches = _batches(_messages(out.text, out.quick_replies))
+    async def send_many(self, outs: list[Outbound]) -> Delivery:
+        async with self._calling() as api:
+            return await self._send(api, outs)
+
+    async def _send(self, api: Any, outs: list[Outbound]) -> Delivery:
+        out = outs[0]
+        batches = _batches([m for o in outs for m in _messages(o.text, o.quick_replies)])
         first = 0
         token = self._tokens.pop(out.address, None)  # single use: taken before the call
         if token is not None and time.time() - token.issued < REPLY_TOKEN_SECONDS:
@@ -267,7 +275,7 @@ class LineChannel(Channel):
             try:
                 await api.push_message(
                     PushMessageRequest(to=out.address, messages=batches[part]),
-                    x_line_retry_key=retry_key(out.outbox_id, part),
+                    x_line_retry_key=retry_key([o.outbox_id for o in outs], part),
                     _request_timeout=REQUEST_TIMEOUT,
                 )
             except ApiException as e:
