@@ -111,7 +111,11 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
         print("tsunagi rotate-keys: put the new key first in TSUNAGI_DATA_KEY (new,old)", file=sys.stderr)
         return 2
     done = asyncio.run(rotate_keys(settings))
-    print(f"re-encrypted {done.messages} messages and {done.contacts} contacts with the first key")
+    tables = ", ".join(f"{name} {n}" for name, n in done.cells.items() if n)
+    print(
+        f"re-encrypted {sum(done.cells.values())} values ({tables or 'none'}) with the first key, "
+        f"and re-hashed {done.contacts} contacts"
+    )
     return 0
 
 

@@ -11,15 +11,17 @@ Generate a key with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlmodel import col
+import sqlalchemy as sa
+from sqlalchemy import select
+from sqlmodel import SQLModel
 
 from bot.config import Settings
 from bot.crypto import Crypto
 from bot.db import Database
-from bot.models import Contact, Message
+from bot.models import Contact
 
 BATCH = 500
 
@@ -28,6 +30,38 @@ BATCH = 500
 class Rotated:
     messages: int = 0
     contacts: int = 0
+    cells: dict[str, int] = field(default_factory=dict)  # re-encrypted values, by table
+
+
+def encrypted_columns() -> dict[sa.Table, list[sa.Column[Any]]]:
+    """Every table's ``*_enc`` columns (messages, notes, the inbox, contacts...): a column added later
+    is rotated too, without anyone remembering to list it here."""
+    out: dict[sa.Table, list[sa.Column[Any]]] = {}
+    for table in SQLModel.metadata.sorted_tables:
+        columns = [c for c in table.columns if c.name.endswith("_enc")]
+        if columns:
+            out[table] = columns
+    return out
+
+
+async def _rotate_table(db: Database, crypto: Crypto, table: sa.Table, columns: list[sa.Column[Any]]) -> int:
+    (key,) = table.primary_key.columns
+    done = 0
+    last: Any = None
+    while True:
+        async with db.session() as s, s.begin():
+            q = select(key, *columns).order_by(key).limit(BATCH)
+            if last is not None:
+                q = q.where(key > last)
+            rows = (await s.execute(q)).all()
+            for row in rows:
+                values = {c.name: crypto.rotate(v) for c, v in zip(columns, row[1:], strict=True) if v}
+                if values:
+                    await s.execute(sa.update(table).where(key == row[0]).values(**values))
+                    done += len(values)
+        if not rows:
+            return done
+        last = rows[-1][0]
 
 
 async def rotate_keys(settings: Settings) -> Rotated:
@@ -36,35 +70,16 @@ async def rotate_keys(settings: Settings) -> Rotated:
     done = Rotated()
     try:
         await db.migrate()
-        last = 0
-        while True:
-            async with db.session() as s, s.begin():
-                rows = (
-                    await s.execute(
-                        select(col(Message.id), col(Message.text_enc), col(Message.triage_enc))
-                        .where(col(Message.id) > last)
-                        .order_by(col(Message.id))
-                        .limit(BATCH)
-                    )
-                ).all()
-                for mid, text_enc, triage_enc in rows:
-                    await s.execute(
-                        update(Message)
-                        .where(col(Message.id) == mid)
-                        .values(
-                            text_enc=crypto.rotate(text_enc),
-                            triage_enc=crypto.rotate(triage_enc) if triage_enc else "",
-                        )
-                    )
-            if not rows:
-                break
-            last = rows[-1][0] or last
-            done.messages += len(rows)
+        for table, columns in encrypted_columns().items():
+            done.cells[table.name] = await _rotate_table(db, crypto, table, columns)
+        async with db.session() as s:
+            done.messages = int(
+                await s.scalar(select(sa.func.count()).select_from(SQLModel.metadata.tables["message"])) or 0
+            )
         async with db.session() as s, s.begin():
             for contact in (await s.scalars(select(Contact))).all():
-                address = crypto.decrypt(contact.address_enc)
-                contact.address_enc = crypto.rotate(contact.address_enc)
-                contact.lookup = crypto.lookup(contact.channel, address)
+                # The look-up hash is keyed too: recomputed from the (now re-encrypted) platform id.
+                contact.lookup = crypto.lookup(contact.channel, crypto.decrypt(contact.address_enc))
                 done.contacts += 1
     finally:
         await db.dispose()

@@ -9,8 +9,9 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlmodel import col
 
-from bot.keys import rotate_keys
-from bot.models import Message
+from bot.crypto import Crypto
+from bot.keys import encrypted_columns, rotate_keys
+from bot.models import Counsellor, Inbox, Message, Note
 from tests.conftest import make_settings
 from tests.engine_helpers import Chat, running
 
@@ -23,8 +24,36 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
         await chat.say("同意")
         first = chat.conversation_id
 
+        # A counsellor's note, a mail's whole text and an inbox event not yet processed: every
+        # encrypted column has to move to the new key, not only the messages.
+        async with svc.db.session() as s, s.begin():
+            (inbound,) = (
+                await s.scalars(select(Message).where(col(Message.direction) == "in").limit(1))
+            ).all()
+            inbound.full_enc = svc.crypto.encrypt("全文\n> 引用")
+            counsellor = Counsellor(username="amy", password_hash="x")
+            s.add(counsellor)
+            await s.flush()
+            assert counsellor.id is not None
+            s.add(
+                Note(conversation_id=first, counsellor_id=counsellor.id, text_enc=svc.crypto.encrypt("メモ"))
+            )
+            s.add(Inbox(channel="loopback", external_id="evt-9", payload_enc=svc.crypto.encrypt("{}")))
+
     done = await rotate_keys(make_settings(tmp_path, database_url, data_key=f"{new},{old}"))
     assert done.messages >= 4 and done.contacts == 1
+    assert done.cells["note"] == 1 and done.cells["inbox"] == 1
+
+    only_new = Crypto([new.encode()])
+    read: dict[str, int] = {}
+    async with running(tmp_path, database_url, data_key=new) as svc, svc.db.session() as s:
+        for table, columns in encrypted_columns().items():
+            for row in (await s.execute(select(*columns))).all():
+                for value in row:
+                    if value:
+                        only_new.decrypt(value)  # raises if anything was left under the old key
+                        read[table.name] = read.get(table.name, 0) + 1
+    assert {"message", "note", "inbox", "contact"} <= set(read), read
 
     async with running(tmp_path, database_url, data_key=new) as svc:  # the old key is gone
         chat = Chat(svc, user="U-rotating")
