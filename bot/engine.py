@@ -201,6 +201,8 @@ class ConversationEngine:
             await s.flush()
         else:
             contact.last_seen_at = inbound.at
+        if inbound.contact_state:  # in this transaction, so the replies it leads to see it
+            contact.state_enc = self.crypto.encrypt(inbound.contact_state)
         return contact
 
     async def _route(self, s: AsyncSession, contact: Contact, inbound: Inbound) -> _Step | None:

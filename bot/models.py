@@ -95,6 +95,9 @@ class Contact(SQLModel, table=True):
     channel: str = Field(max_length=32)
     lookup: str = Field(max_length=64)
     address_enc: str
+    # What the channel keeps to answer this person well (e-mail: the mail a reply threads to), encrypted;
+    # opaque to the engine, replaced by each message that brings one.
+    state_enc: str = ""
     created_at: datetime = _at(default_factory=utcnow)
     last_seen_at: datetime = _at(default_factory=utcnow)
 

@@ -216,6 +216,7 @@ class OutboxWorker:
             sender=Sender(msg.sender),
             attempt=row.attempts + 1,
             progress=row.progress,
+            contact_state=self.crypto.decrypt(contact.state_enc) if contact.state_enc else "",
         )
 
     async def _record(

@@ -30,6 +30,9 @@ class Inbound:
     # signature; triage reads only ``text``, the new part). "" when it is the same.
     full_text: str = ""
     attachments: int = 0  # files sent with it that were not kept (the person is told)
+    # The channel's own state for this person, kept with the contact (see Contact.state_enc); "" keeps
+    # what is there.
+    contact_state: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Outbound:
     sender: Sender
     attempt: int
     progress: int = 0  # parts of a long text (split by the channel) delivered by earlier attempts
+    contact_state: str = ""  # what the channel last kept for this person (Inbound.contact_state)
 
 
 class Outcome(StrEnum):

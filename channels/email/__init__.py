@@ -39,7 +39,7 @@ from sqlalchemy import select, update
 from sqlmodel import col
 
 from bot.engine import FULL_TEXT_FACTOR
-from bot.models import Contact, Conversation, Direction, Inbox, Message, Outbox, OutboxStatus, Sender
+from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender
 from bot.types import Delivery, Inbound, Kind, Outbound
 from channels.base import Channel
 from channels.email.parse import Mail, parse_mail
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tsunagi.email")
 
 DEFAULT_SUBJECT = "ご相談について"
-THREAD_LOOKBACK = 500  # inbox rows searched for the person's last mail
 SEND_TIMEOUT = 30.0
 _OUR_ID = re.compile(rb"<tsunagi\.(\d+)\.([0-9a-f]{12})@")
 _NUMBER = re.compile(r"(\d{1,2})\s*[.)]?")
@@ -288,6 +287,10 @@ class EmailChannel(Channel):
                 text = f"{subject}\n{text}" if text else subject
         attachments = max(0, int(data.get("attachments", 0)))
         full = str(data.get("full", ""))
+        # What our answer threads to (kept with the contact, as long as the conversation's data).
+        last_mail = json.dumps(
+            {k: data.get(k) for k in ("message_id", "references", "subject")}, ensure_ascii=False
+        )
         if text:
             label = await self._choice(sender, text)
             inbound = Inbound(
@@ -298,6 +301,7 @@ class EmailChannel(Channel):
                 external_id=ident,
                 full_text=full if full.strip() != new.strip() else "",
                 attachments=attachments,
+                contact_state=last_mail,
             )
         elif attachments:
             # Only files: they are not kept (text triage cannot read them, and a person looks).
@@ -308,10 +312,15 @@ class EmailChannel(Channel):
                 external_id=ident,
                 full_text=full,
                 attachments=attachments,
+                contact_state=last_mail,
             )
         else:
             inbound = Inbound(
-                channel=self.name, user_id=sender, text=_bare_subject(subject) or " ", external_id=ident
+                channel=self.name,
+                user_id=sender,
+                text=_bare_subject(subject) or " ",
+                external_id=ident,
+                contact_state=last_mail,
             )
         await self.receive(inbound)
 
@@ -345,31 +354,10 @@ class EmailChannel(Channel):
             )
         log.info("outbox %s bounced", outbox_id)
 
-    async def _last_mail(self, address: str) -> dict[str, Any] | None:
-        """The person's last mail (what the reply threads to), from the inbox."""
-        crypto = self.service.crypto
-        async with self.service.db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(col(Inbox.payload_enc))
-                    .where(col(Inbox.channel) == self.name)
-                    .order_by(col(Inbox.id).desc())
-                    .limit(THREAD_LOOKBACK)
-                )
-            ).all()
-        for enc in rows:
-            try:
-                data: dict[str, Any] = json.loads(crypto.decrypt(enc))
-            except Exception:
-                continue
-            if (data.get("thread") or data.get("from")) == address and not data.get("automatic"):
-                return data
-        return None
-
     # -- outbound --------------------------------------------------------------------------------------
 
     async def build(self, out: Outbound) -> EmailMessage:
-        last = await self._last_mail(out.address)
+        last = _thread_of(out.contact_state)
         msg = EmailMessage()
         msg["From"] = self.settings.mail_address
         msg["To"] = out.address
@@ -434,3 +422,12 @@ def _bare_subject(subject: str) -> str:
         if not m:
             return s
         s = s[m.end() :]
+
+
+def _thread_of(state: str) -> dict[str, Any] | None:
+    """The person's last mail as kept with the contact ({"message_id", "references", "subject"})."""
+    try:
+        data = json.loads(state) if state else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
