@@ -31,6 +31,8 @@ USER tsunagi
 # Generated keys and the default SQLite database: keep them across container restarts.
 VOLUME ["/app/var"]
 
-EXPOSE 8000
-# Inside a container the app must listen beyond loopback; publish the port only where intended.
+# The mail listener too: inside a container loopback is the container's own, out of the MX's reach.
+ENV TSUNAGI_SMTP_LISTEN=0.0.0.0:2525
+EXPOSE 8000 2525
+# Inside a container the app must listen beyond loopback; publish the ports only where intended.
 CMD [".venv/bin/tsunagi", "serve", "--host", "0.0.0.0", "--port", "8000"]
