@@ -1246,6 +1246,7 @@ def test_an_admin_adds_an_account_whose_one_time_password_must_be_changed(client
     assert added.status_code == 201, added.text
     one_time = added.json()["password"]
     assert added.json()["username"] == "kana.sato" and len(one_time) >= 12
+    assert not set(one_time) & set("0O1lI5S2Z8B"), "no look-alike characters to misread"
     first = login(client, "kana.sato", one_time)
     assert first.get("me").json()["must_change_password"] is True
     assert first.get("queue").status_code == 403, "nothing but a new password first"
@@ -1271,6 +1272,9 @@ def test_an_admin_adds_an_account_whose_one_time_password_must_be_changed(client
     for bad in (
         {"username": MARKUP},
         {"username": ""},
+        {"username": "."},
+        {"username": ".."},
+        {"username": "-rf"},
         {"username": "a" * 65},
         {"username": "ok", "role": "owner"},
         {"username": "ok", "limit": 0},

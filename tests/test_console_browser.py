@@ -868,11 +868,10 @@ def test_enter_during_ime_composition_does_not_send_the_reply(
     assert [f for f in person.frames if f.get("from") == "counsellor"] == [person.frames[-1]]
     cdp.detach()
 
-    # Transfer: to nobody known, then to yui, who has it from then on.
-    page.get_by_label("転送先の相談員（ユーザー名）").fill("nobody")
-    page.get_by_role("button", name="転送する").click()
-    expect(page.locator("#conv-msg")).to_have_text("その相談員は見つかりません。")
-    page.get_by_label("転送先の相談員（ユーザー名）").fill("yui")
+    # Transfer: to yui, chosen from the list of colleagues, who has it from then on.
+    picker = page.get_by_label("転送先の相談員（ユーザー名）")
+    expect(picker.locator("option[value='yui']")).to_have_text("yui（勤務外・対応 0/2）")
+    picker.select_option("yui")
     page.get_by_role("button", name="転送する").click()
     expect(page.locator("#conv-msg")).to_have_text("yui さんに転送しました。")
     expect(page.locator("#conv-notice")).to_have_text("閲覧のみ：この相談は yui さんが担当しています。")

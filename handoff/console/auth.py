@@ -48,12 +48,16 @@ def verify_password(stored: str, password: str) -> bool:
 _DUMMY = hash_password(secrets.token_urlsafe(16))
 
 
-USERNAME = r"^[A-Za-z0-9._-]{1,64}$"  # what an account may be called (it is shown in the console)
+# What an account may be called: shown in the console and part of its URLs (so never "." or "..").
+USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# One-time passwords are read off a screen and typed: no 0/O, 1/l/I, 5/S, 2/Z, 8/B look-alikes.
+_READABLE = "abcdefghijkmnpqrstuvwxyzACDEFGHJKLMNPQRTUVWXY34679"
 
 
 def one_time_password() -> str:
-    """A password to give once (a new account, a reset, the first admin); it must be changed at login."""
-    return secrets.token_urlsafe(12)
+    """A password to give once (a new account, a reset, the first admin); it must be changed at login.
+    16 characters of a 50-letter alphabet: about 90 bits."""
+    return "".join(secrets.choice(_READABLE) for _ in range(16))
 
 
 def token_id(token: str) -> str:
