@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlmodel import col
@@ -17,7 +17,7 @@ from bot.engine import ConversationEngine
 from bot.events import EventBus, RedisEventBus
 from bot.hours import Hours
 from bot.inbox import InboxWorker
-from bot.models import Conversation, Handoff, HandoffStatus
+from bot.models import Conversation, Handoff, HandoffStatus, utcnow
 from bot.outbox import OutboxWorker, wait_any
 from bot.retention import Retention
 from channels.base import Channel
@@ -180,9 +180,12 @@ class Service:
         return {"database": await self.db.ping(), "queue": queue_ok}
 
     async def metrics(self) -> str:
-        """Prometheus text: counts by state and status only (no ids, no text)."""
-        from bot.models import Outbox
+        """Prometheus text: counts by channel, state and status only (no ids, no text). What an operator
+        alerts on: messages that cannot go out (outbox pending or failed, and how old the oldest waiting
+        one is, e.g. the mail relay down) and platform events that could not be handled (inbox failed)."""
+        from bot.models import Inbox, Outbox, OutboxStatus
 
+        now = utcnow()
         async with self.db.session() as s:
             states = (
                 await s.execute(
@@ -190,19 +193,59 @@ class Service:
                 )
             ).all()
             outbox = (
-                await s.execute(select(col(Outbox.status), func.count()).group_by(col(Outbox.status)))
+                await s.execute(
+                    select(col(Outbox.channel), col(Outbox.status), func.count()).group_by(
+                        col(Outbox.channel), col(Outbox.status)
+                    )
+                )
+            ).all()
+            oldest = (
+                await s.execute(
+                    select(col(Outbox.channel), func.min(col(Outbox.created_at)))
+                    .where(col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
+                    .group_by(col(Outbox.channel))
+                )
+            ).all()
+            inbox = (
+                await s.execute(
+                    select(col(Inbox.channel), col(Inbox.status), func.count()).group_by(
+                        col(Inbox.channel), col(Inbox.status)
+                    )
+                )
             ).all()
         waiting = len(await self.queue.entries())
         return render_metrics(
             [
-                ("tsunagi_conversations", "Conversations by state", "state", dict(states)),
-                ("tsunagi_outbox_messages", "Outbox rows by status", "status", dict(outbox)),
-                ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", "", {"": waiting}),
+                ("tsunagi_conversations", "Conversations by state", ("state",), {(k,): v for k, v in states}),
+                (
+                    "tsunagi_outbox_messages",
+                    "Messages to people by channel and status",
+                    ("channel", "status"),
+                    {(c, st): n for c, st, n in outbox},
+                ),
+                (
+                    "tsunagi_outbox_oldest_waiting_seconds",
+                    "Age of the oldest message not yet delivered, by channel",
+                    ("channel",),
+                    {(c,): max(0.0, (now - _aware(at)).total_seconds()) for c, at in oldest if at},
+                ),
+                (
+                    "tsunagi_inbox_events",
+                    "Platform events kept until handled, by channel and status (failed: not handled)",
+                    ("channel", "status"),
+                    {(c, st): n for c, st, n in inbox},
+                ),
+                ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
             ]
         )
 
 
-def render_metrics(families: list[tuple[str, str, str, dict[str, int]]]) -> str:
+def _aware(at: datetime) -> datetime:
+    """SQLite hands back naive datetimes from an aggregate: they are UTC."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def render_metrics(families: list[tuple[str, str, tuple[str, ...], dict[tuple[str, ...], float]]]) -> str:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.registry import Collector
@@ -210,10 +253,10 @@ def render_metrics(families: list[tuple[str, str, str, dict[str, int]]]) -> str:
     class _Snapshot(Collector):
         def collect(self) -> list[GaugeMetricFamily]:
             out = []
-            for name, doc, label, values in families:
-                g = GaugeMetricFamily(name, doc, labels=[label] if label else None)
+            for name, doc, labels, values in families:
+                g = GaugeMetricFamily(name, doc, labels=list(labels) if labels else None)
                 for key, value in sorted(values.items()):
-                    g.add_metric([key] if label else [], value)
+                    g.add_metric(list(key), value)
                 out.append(g)
             return out
 

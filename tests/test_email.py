@@ -653,6 +653,12 @@ def test_no_relay_keeps_the_reply_waiting(tmp_path: Path) -> None:
         (welcome,) = [m for m in sue.read(conv.id).json()["messages"] if m["from"] == "bot"]
         assert welcome["delivery"]["status"] == "pending"
         assert welcome["delivery"]["error"] == "no relay configured"
+        # And an operator's monitoring sees mail waiting, and for how long.
+        metrics = c.get("/metrics").text
+        assert 'tsunagi_outbox_messages{channel="email",status="pending"} 1.0' in metrics
+        age = re.search(r'tsunagi_outbox_oldest_waiting_seconds\{channel="email"\} ([0-9.e+]+)', metrics)
+        assert age is not None and 0 <= float(age.group(1)) < 600
+        assert 'tsunagi_inbox_events{channel="email",status="done"} 1.0' in metrics
 
 
 # -- a relay with STARTTLS and a login ------------------------------------------------------------------

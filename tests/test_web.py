@@ -59,6 +59,10 @@ def test_metrics_are_prometheus_text_without_ids(tmp_path: Path) -> None:
     assert "# TYPE tsunagi_conversations gauge" in text
     assert 'tsunagi_conversations{state="welcome"} 1.0' in text
     # The welcome is in the outbox (delivered, or just being recorded as such).
-    assert re.search(r'tsunagi_outbox_messages\{status="(delivered|sending|pending)"\} 1\.0', text)
+    assert re.search(
+        r'tsunagi_outbox_messages\{channel="webchat",status="(delivered|sending|pending)"\} 1\.0', text
+    )
+    assert "# TYPE tsunagi_outbox_oldest_waiting_seconds gauge" in text
+    assert "# TYPE tsunagi_inbox_events gauge" in text
     assert "tsunagi_queue_waiting 0.0" in text
     assert token not in text
