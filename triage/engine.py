@@ -412,6 +412,12 @@ class Engine:
             hits = doc.by_concept.get(marker)
             if hits:
                 marked[marker] = {m.sentence for m in hits if not m.suppressed}
+        # A negator that is part of a phrase found as a whole (しぬ read by the dictionary as す+ぬ,
+        # 居場所がない) belongs to that phrase: it negates nothing before it (今からしぬ).
+        inside: set[int] = set()
+        for h in doc.hits:
+            if not h.suppressed and h.last > h.first and h.concept in flagged:
+                inside.update(range(h.first + 1, h.last + 1))
         for h in doc.hits:
             if h.suppressed or h.concept not in flagged:
                 continue  # settings, people: no rule asks about their context
@@ -429,6 +435,8 @@ class Engine:
                     only = True  # 消えたいしか思わない: "nothing but", not a negation
                 elif tok.surface == "ない" and j + 1 < len(tokens) and tokens[j + 1].lemma in ("てる", "て"):
                     pass  # ないてる is 泣いてる written in kana, not a negation
+                elif j in inside and j > h.last:
+                    pass  # the end of another phrase (しぬ), not a negation of this one
                 elif (
                     tok.lemma in ctx.negators
                     and tok.pos1 in ("助動詞", "形容詞")
