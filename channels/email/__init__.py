@@ -4,19 +4,23 @@
 Inbound: the listener runs on the service's own event loop (started and stopped with the channel). It
 accepts mail for ``TSUNAGI_MAIL_ADDRESS`` and its plus-addresses (``soudan+<token>@domain``; anything
 else is 550), at most ``TSUNAGI_MAIL_MAX_BYTES`` (552 above it). Inside DATA the mail is parsed
-(channels/email/parse.py) and what is needed of it (sender, ids, subject, the new text only, a count of
-attachments, never the attachments) stored in the inbox, keyed on its Message-ID (or a hash of the raw
-mail); only then is it 250. If it cannot be stored the answer is 451, so the sending server tries again.
-The inbox worker hands it to ``process``; the person's platform id is the sender address, lower-cased.
+(channels/email/parse.py) and what is needed of it (sender, ids, subject, the new text that triage reads,
+the whole text for the counsellor, a count of attachments, never the attachments) stored in the inbox,
+keyed on its Message-ID (or a hash of the raw mail); only then is it 250. If it cannot be stored the
+answer is 451, so the sending server tries again. The inbox worker hands it to ``process``. The person
+is the address of the conversation the mail continues (our Message-ID in In-Reply-To/References, or the
+conversation's token in the plus-address), else the sender address, lower-cased; what a reply threads
+to is kept with the contact.
 
 Loops: mail no person wrote (Auto-Submitted, Precedence bulk/junk/list, X-Autoreply, a list, a
 mailer-daemon or postmaster sender, an empty return path) is stored but never answered; a bounce that
 carries one of our Message-IDs marks that delivery failed. Our own replies from the bot say
 ``Auto-Submitted: auto-replied`` so that other robots do not answer them.
 
-Outbound: one mail per reply, UTF-8, "Re: <their subject>" (or 「ご相談について」), threaded to the person's
-last mail (In-Reply-To, References), with a deterministic Message-ID per outbox row (a retry is the same
-mail) and ``Reply-To: soudan+<token>@domain``. With no relay configured the reply is deferred (it waits
+Outbound: one mail per reply (the engine joins what the bot says to one mail), UTF-8, "Re: <their
+subject>" (or 「ご相談について」), threaded to the person's last mail (In-Reply-To, References), with a
+deterministic Message-ID per outbox row (a retry is the same mail) and ``Reply-To:
+soudan+<conversation token>@domain``. With no relay configured the reply is deferred (it waits
 in the outbox); connection errors and 4xx are retries, 5xx are permanent failures.
 """
 
