@@ -114,6 +114,7 @@ HELD_OUT_FLOORS = {
     "holdout8.jsonl": {"crisis_recall": 0.78, "under_triage_rate": 0.2, "category_micro_f1": 0.78},
     "holdout9.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.03, "category_micro_f1": 0.92},
     "holdout10.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.88},
+    "holdout11.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
 }
 
 
