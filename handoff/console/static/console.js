@@ -25,6 +25,7 @@
     updated: new Set(), // held conversations with news not yet looked at
     crisisSeen: new Set(),
     handedOver: new Set(),
+    actions: 0, // counts transfers and closes: a read begun before one of them is out of date
     lastCrisis: null,
     canned: [],
     outcomes: [],
@@ -575,9 +576,12 @@
     if (convLoading && convLoading.id === id && !force) { convLoading.again = true; return; }
     const mine = { id, again: false };
     convLoading = mine;
+    const actions = st.actions;
     try {
       const r = await api("GET", `/conversations/${encodeURIComponent(id)}`);
       if (st.current !== id) return;
+      // A transfer or close happened while this read was on its way: what it says is from before.
+      if (actions !== st.actions) { mine.again = true; return; }
       if (!r.ok) {
         if (r.status === 401) return;
         // Closed or transferred from here: a counsellor may not read it any more; keep what is shown.
@@ -851,6 +855,7 @@
   async function transfer(to) {
     const id = st.current;
     if (!id) return;
+    st.actions += 1;
     const r = await api("POST", `/conversations/${encodeURIComponent(id)}/transfer`, { to: to || null });
     if (r.ok) {
       $("transfer-to").value = "";
@@ -930,6 +935,7 @@
     if (!outcome) { setConvMessage(S.close_pick, true); $("close-outcome").focus(); return; }
     const referrals = [...document.querySelectorAll("#close-refs-list input:checked")].map((x) => x.value);
     $("close-btn").disabled = true;
+    st.actions += 1;
     const r = await api("POST", `/conversations/${encodeURIComponent(id)}/close`, { outcome, referrals });
     $("close-btn").disabled = false;
     if (r.ok) {
