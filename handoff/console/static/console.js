@@ -25,7 +25,7 @@
     updated: new Set(), // held conversations with news not yet looked at
     crisisSeen: new Set(),
     handedOver: new Set(),
-    actions: 0, // counts transfers and closes: a read begun before one of them is out of date
+    actions: 0, // counts transfers and closes, before and after: a read begun before one ended is out of date
     lastCrisis: null,
     canned: [],
     outcomes: [],
@@ -857,6 +857,7 @@
     if (!id) return;
     st.actions += 1;
     const r = await api("POST", `/conversations/${encodeURIComponent(id)}/transfer`, { to: to || null });
+    st.actions += 1; // and a read begun while it was under way (the conversation passed through the queue)
     if (r.ok) {
       $("transfer-to").value = "";
       if (r.data.state === "with_counsellor") {
@@ -937,6 +938,7 @@
     $("close-btn").disabled = true;
     st.actions += 1;
     const r = await api("POST", `/conversations/${encodeURIComponent(id)}/close`, { outcome, referrals });
+    st.actions += 1;
     $("close-btn").disabled = false;
     if (r.ok) {
       $("close-outcome").value = "";
