@@ -864,7 +864,8 @@
         // Now with someone else, whose conversation a counsellor may not read: keep the view, read-only.
         st.handedOver.add(id);
         if (st.conv && st.conv.conversation_id === id) {
-          renderConversation({ ...st.conv, counsellor: r.data.counsellor, read_only: true });
+          // The state too: a read that landed during the transfer may have drawn it as waiting.
+          renderConversation({ ...st.conv, state: r.data.state, counsellor: r.data.counsellor, read_only: true });
         }
         setConvMessage(fill(S.transfer_done, { name: r.data.counsellor }));
         await refreshLists();
