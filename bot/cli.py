@@ -201,33 +201,30 @@ def cmd_counsellor_reset_password(args: argparse.Namespace) -> int:
     sessions end. The way back in when the last administrator has forgotten theirs."""
     import asyncio
 
-    from sqlalchemy import delete, select
+    from sqlalchemy import select
     from sqlmodel import col
 
     from bot.config import Settings
     from bot.db import Database
-    from bot.models import AuditLog, ConsoleSession, Counsellor
-    from handoff.console.auth import hash_password, one_time_password
+    from bot.models import AuditLog, Counsellor
+    from handoff.console.auth import reset_password
 
-    password = one_time_password()
-
-    async def reset() -> bool:
+    async def reset() -> str | None:
         db = Database(Settings().resolved_database_url)
         try:
             await db.migrate()
             async with db.session() as s, s.begin():
                 c = await s.scalar(select(Counsellor).where(col(Counsellor.username) == args.username))
                 if c is None:
-                    return False
-                c.password_hash = hash_password(password)
-                c.must_change_password = True
-                await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == c.id))
+                    return None
+                password = await reset_password(s, c)
                 s.add(AuditLog(actor="cli", action="account.password_reset", detail=args.username))
         finally:
             await db.dispose()
-        return True
+        return password
 
-    if not asyncio.run(reset()):
+    password = asyncio.run(reset())
+    if password is None:
         print(f"tsunagi counsellor reset-password: no account '{args.username}'", file=sys.stderr)
         return 1
     print(f"one-time password for '{args.username}' (to be changed at the next login): {password}")

@@ -44,9 +44,12 @@ def encrypted_columns() -> dict[sa.Table, list[sa.Column[Any]]]:
     return out
 
 
-async def _rotate_table(db: Database, crypto: Crypto, table: sa.Table, columns: list[sa.Column[Any]]) -> int:
+async def _rotate_table(
+    db: Database, crypto: Crypto, table: sa.Table, columns: list[sa.Column[Any]]
+) -> tuple[int, int]:
+    """Rows read and values re-encrypted, in batches by primary key."""
     (key,) = table.primary_key.columns
-    done = 0
+    read = done = 0
     last: Any = None
     while True:
         async with db.session() as s, s.begin():
@@ -60,7 +63,8 @@ async def _rotate_table(db: Database, crypto: Crypto, table: sa.Table, columns: 
                     await s.execute(sa.update(table).where(key == row[0]).values(**values))
                     done += len(values)
         if not rows:
-            return done
+            return read, done
+        read += len(rows)
         last = rows[-1][0]
 
 
@@ -71,11 +75,9 @@ async def rotate_keys(settings: Settings) -> Rotated:
     try:
         await db.migrate()
         for table, columns in encrypted_columns().items():
-            done.cells[table.name] = await _rotate_table(db, crypto, table, columns)
-        async with db.session() as s:
-            done.messages = int(
-                await s.scalar(select(sa.func.count()).select_from(SQLModel.metadata.tables["message"])) or 0
-            )
+            rows, done.cells[table.name] = await _rotate_table(db, crypto, table, columns)
+            if table.name == "message":
+                done.messages = rows
         async with db.session() as s, s.begin():
             for contact in (await s.scalars(select(Contact))).all():
                 # The look-up hash is keyed too: recomputed from the (now re-encrypted) platform id.

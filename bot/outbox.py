@@ -160,7 +160,7 @@ class OutboxWorker:
         if channel is None or not pairs:
             return 0
         outs = [out for _, out in pairs]
-        delivery = await (channel.deliver(outs[0]) if len(outs) == 1 else channel.deliver_many(outs))
+        delivery = await channel.deliver(outs)
         # Deferred while the person came back (the web chat reconnected during the send): try again
         # at once rather than after the deferral.
         retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(outs[0].contact_id)

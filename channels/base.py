@@ -69,26 +69,22 @@ class Channel(ABC):
         return handled
 
     @final
-    async def deliver(self, out: Outbound) -> Delivery:
-        if out.quick_replies and not self.buttons:
-            numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(out.quick_replies, 1))
-            out = replace(out, text=f"{out.text}\n{numbered}", quick_replies=())
+    async def deliver(self, outs: list[Outbound]) -> Delivery:
+        """Messages of one conversation, in order, in one send: one, or up to ``batch`` on a channel
+        that sends several at once (``send_many``). One outcome for all of them."""
+        outs = [self._as_sent(out) for out in outs]
         try:
-            return await self.send(out)
+            return await (self.send(outs[0]) if len(outs) == 1 else self.send_many(outs))
         except Exception as e:  # a platform failure is a retry, never a crash of the worker
             log.warning("send on %s failed: %s", self.name, e.__class__.__name__)
             return Delivery.retry(e.__class__.__name__)
 
-    @final
-    async def deliver_many(self, outs: list[Outbound]) -> Delivery:
-        """Several messages of one conversation, in order, in one send (at most ``batch``): one outcome."""
-        if len(outs) == 1:
-            return await self.deliver(outs[0])
-        try:
-            return await self.send_many(outs)
-        except Exception as e:
-            log.warning("send on %s failed: %s", self.name, e.__class__.__name__)
-            return Delivery.retry(e.__class__.__name__)
+    def _as_sent(self, out: Outbound) -> Outbound:
+        """Without buttons, quick replies become numbered lines under the text."""
+        if out.quick_replies and not self.buttons:
+            numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(out.quick_replies, 1))
+            return replace(out, text=f"{out.text}\n{numbered}", quick_replies=())
+        return out
 
     async def send_many(self, outs: list[Outbound]) -> Delivery:
         """Only for channels with ``batch`` above one."""

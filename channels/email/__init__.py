@@ -229,22 +229,20 @@ class EmailChannel(Channel):
         References naming one of our Message-IDs), else the person of the conversation its plus-address
         names, else its sender. So a reply from another of their addresses stays in its thread (and our
         answer goes where the conversation's mail goes)."""
-        outbox_ids = [int(m.group(1)) for ref in reversed(mail.references) if (m := self._our_id(ref))]
-        conversation_ids = [c for r in recipients if (c := self.conversation_of_token(r))]
-        if not outbox_ids and not conversation_ids:
+        outbox_ids = [int(m.group(1)) for ref in reversed(mail.references) if (m := self._our_id(ref))][:5]
+        tokens = [c for r in recipients if (c := self.conversation_of_token(r))][:5]
+        if not outbox_ids and not tokens:
             return mail.sender
         async with self.service.db.session() as s:
+            answered = (
+                (
+                    await s.scalars(select(col(Outbox.conversation_id)).where(col(Outbox.id).in_(outbox_ids)))
+                ).all()
+                if outbox_ids
+                else []
+            )
             enc = None
-            for outbox_id in outbox_ids[:5]:
-                enc = await s.scalar(
-                    select(col(Contact.address_enc))
-                    .join(Conversation, col(Conversation.contact_id) == col(Contact.id))
-                    .join(Outbox, col(Outbox.conversation_id) == col(Conversation.id))
-                    .where(col(Outbox.id) == outbox_id, col(Contact.channel) == self.name)
-                )
-                if enc:
-                    break
-            for conversation_id in conversation_ids[:5] if not enc else []:
+            for conversation_id in [*answered, *tokens]:  # our Message-IDs first, then the plus-address
                 enc = await s.scalar(
                     select(col(Contact.address_enc))
                     .join(Conversation, col(Conversation.contact_id) == col(Contact.id))

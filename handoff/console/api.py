@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,7 +19,7 @@ import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -48,11 +49,13 @@ from handoff.console.auth import (
     Me,
     csrf_ok,
     current,
+    end_sessions,
     hash_password,
     login,
     one_time_password,
     password_problem,
     rate_limited,
+    reset_password,
     still_valid,
     verify_password,
 )
@@ -297,8 +300,13 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             rows = (await s.scalars(select(Counsellor).where(col(Counsellor.active)))).all()
         held = await held_counts()
         out = [
-            {"username": c.username, "role": c.role, "on_duty": c.on_duty, "held": held[c.id or 0]}
-            | {"limit": limit_of(c)}
+            {
+                "username": c.username,
+                "role": c.role,
+                "on_duty": c.on_duty,
+                "held": held[c.id or 0],
+                "limit": limit_of(c),
+            }
             for c in rows
             if c.id != me.id and not c.must_change_password
         ]
@@ -347,24 +355,22 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             if "limit" in given and body.limit != c.max_conversations:
                 c.max_conversations = body.limit
                 changes.append(f"limit={body.limit or 'default'}")
-            disabling = "active" in given and body.active is False and c.active
+            held_ids: Sequence[str] = []
             if "active" in given and body.active is not None and body.active != c.active:
                 c.active = body.active
                 changes.append("active" if body.active else "disabled")
-            if disabling:
-                c.on_duty = False
-                await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == c.id))
-            held_ids = (
-                (
-                    await s.scalars(
-                        select(col(Handoff.conversation_id)).where(
-                            col(Handoff.counsellor_id) == c.id, col(Handoff.status) == HandoffStatus.CLAIMED
+                if not c.active:  # disabled: out everywhere, and what it held goes back to the queue
+                    c.on_duty = False
+                    assert c.id is not None
+                    await end_sessions(s, c.id)
+                    held_ids = (
+                        await s.scalars(
+                            select(col(Handoff.conversation_id)).where(
+                                col(Handoff.counsellor_id) == c.id,
+                                col(Handoff.status) == HandoffStatus.CLAIMED,
+                            )
                         )
-                    )
-                ).all()
-                if disabling
-                else []
-            )
+                    ).all()
             if changes:
                 s.add(
                     AuditLog(
@@ -383,14 +389,10 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         return account_of(c, await held_counts()) | {"requeued": requeued}
 
     @r.post("/accounts/{username}/password")
-    async def reset_password(username: str, me: AdminDep) -> dict[str, str]:
+    async def new_password(username: str, me: AdminDep) -> dict[str, str]:
         """A new one-time password (they choose their own at the next login); their sessions end."""
-        password = one_time_password()
         async with svc.db.session() as s, s.begin():
-            c = await account_named(s, username)
-            c.password_hash = hash_password(password)
-            c.must_change_password = True
-            await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == c.id))
+            password = await reset_password(s, await account_named(s, username))
             s.add(AuditLog(actor=me.username, action="account.password_reset", detail=username))
         return {"username": username, "password": password}
 

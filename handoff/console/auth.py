@@ -161,6 +161,21 @@ async def current(s: AsyncSession, token: str | None, *, hours: int, now: dateti
     )
 
 
+async def end_sessions(s: AsyncSession, counsellor_id: int) -> None:
+    """Log an account out everywhere (its live sockets notice within LIVE_RECHECK_SECONDS)."""
+    await s.execute(delete(ConsoleSession).where(col(ConsoleSession.counsellor_id) == counsellor_id))
+
+
+async def reset_password(s: AsyncSession, counsellor: Counsellor) -> str:
+    """A new one-time password, returned to be shown once; the account's sessions end."""
+    password = one_time_password()
+    counsellor.password_hash = hash_password(password)
+    counsellor.must_change_password = True
+    assert counsellor.id is not None
+    await end_sessions(s, counsellor.id)
+    return password
+
+
 async def still_valid(s: AsyncSession, session_id: str, now: datetime) -> bool:
     """Whether a session still stands (not ended, not expired, its account active), without sliding its
     expiry: for a live socket that outlasts the requests that opened it."""
