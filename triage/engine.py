@@ -78,6 +78,7 @@ class Engine:
         self.tokenizer = Tokenizer()
         self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
         self.tokenizer.known_katakana = self.rules.known_katakana
+        self.tokenizer.learn_words(self.rules.kanji_words)
         self.tokenizer.index = self.rules.seq_index
         self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
         ctx = self.rules.context
@@ -191,7 +192,9 @@ class Engine:
 
     def _read(self, original: str) -> _Doc:
         norm = self.normalizer.normalize(original)
-        tokens = self.tokenizer.tokenize(norm) if norm.text.strip() or norm.emoji else []
+        tokens: list[Token] = []
+        if norm.text.strip() or norm.emoji:
+            norm, tokens = self.tokenizer.tokenize(norm)
         sentence_of, clause_of, quote_depth = self._segment(norm.text, tokens)
         doc = _Doc(original, norm, tokens, sentence_of, clause_of, quote_depth, [], {})
         if tokens:

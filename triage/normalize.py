@@ -17,6 +17,8 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import jaconv
+
 # Code points that are not valid in UTF-8 on their own (lone surrogates) or that a
 # person never types on purpose (controls other than newline and tab).
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -113,6 +115,38 @@ class Normalized:
 
 
 Replacer = Callable[[re.Match[str]], str]
+
+
+def respell(norm: Normalized, spans: list[tuple[int, int, str]]) -> Normalized:
+    """``norm`` with the text of each (start, end) span replaced by a word, its origin map and
+    emoji places carried along (the word points at what it replaced in the original)."""
+    text, origin = norm.text, norm.origin
+    out: list[str] = []
+    org: list[int] = []
+    shift: list[tuple[int, int]] = []  # (old position, change in length from there on)
+    last = 0
+    delta = 0
+    for start, end, word in sorted(spans):
+        out.append(text[last:start])
+        org.extend(origin[last:start])
+        out.append(word)
+        width = max(end - start, 1)
+        org.extend(origin[start + min(i * width // max(len(word), 1), width - 1)] for i in range(len(word)))
+        delta += len(word) - (end - start)
+        shift.append((end, delta))
+        last = end
+    out.append(text[last:])
+    org.extend(origin[last:])
+
+    def moved(pos: int) -> int:
+        d = 0
+        for at, change in shift:
+            if pos >= at:
+                d = change
+        return pos + d
+
+    emoji = [EmojiMark(moved(m.start), m.word, m.origin) for m in norm.emoji]
+    return Normalized("".join(out), org, emoji, norm.half_width_kana)
 
 
 def _rewrite(text: str, origin: list[int], pattern: re.Pattern[str], repl: Replacer) -> tuple[str, list[int]]:
@@ -279,6 +313,10 @@ class Normalizer:
         origin = list(range(len(text) + 1))
         t = text
         marks: list[tuple[int, int, str]] = []  # (original start, original end, word)
+        # Vertical posts (one character a line) and letter-spaced text (し に た い) first:
+        # every later pass, and the dictionary, need the words whole.
+        if ("\n" in t or " " in t) and _spread_out(t):
+            t, origin = _join_spread(t, origin)
         # Most messages need few passes: one search over a combined pattern decides whether
         # a whole group of passes can be skipped.
         if self._quick_pre.search(t) and self._gate_pre.search(t):
@@ -292,6 +330,9 @@ class Normalizer:
             t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
         if not unicodedata.is_normalized("NFKC", t):
             t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
+        if _LATIN_WORD.search(t):
+            # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
+            t, origin = _rewrite(t, origin, _LATIN_WORD, _romaji_reader(t))
         if (self._quick_subs is None or self._quick_subs.search(t)) and self._gate_subs.search(t):
             for pattern, repl in self.config.substitutions:
                 t, origin = _rewrite(t, origin, pattern, _expander(repl))
@@ -395,6 +436,93 @@ class Normalizer:
 
 
 _HIRA_SET = frozenset(chr(c) for c in range(ord("ぁ"), ord("ゖ") + 1))
+
+# ---------------------------------------------------------------- spread-out writing
+
+_SEPARATORS = (" ", "\n")
+_SINGLE = {" ": re.compile("(?<! ) (?! )"), "\n": re.compile("(?<!\n)\n(?!\n)")}
+_DOUBLED = {" ": re.compile(" {2,}"), "\n": re.compile("\n{2,}")}
+
+
+def _constant_repl(word: str) -> Replacer:
+    return lambda m: word
+
+
+def _spread_out(t: str) -> bool:
+    """Text written one character a line, or with a space between every character: most of its
+    pieces (between single separators) are one character long."""
+    for sep in _SEPARATORS:
+        if t.count(sep) < 3:
+            continue
+        pieces = [p for p in t.split(sep) if p]
+        if len(pieces) >= 4 and sum(1 for p in pieces if len(p.strip()) <= 1) * 10 >= len(pieces) * 7:
+            return True
+    return False
+
+
+def _join_spread(t: str, origin: list[int]) -> tuple[str, list[int]]:
+    """Join the characters: a single separator goes, a doubled one was the writer's own
+    (し\nに\n\n\nい: the empty line is a line break of the original)."""
+    for sep in _SEPARATORS:
+        if t.count(sep) < 3:
+            continue
+        pieces = [p for p in t.split(sep) if p]
+        if sum(1 for p in pieces if len(p.strip()) <= 1) * 10 < len(pieces) * 7:
+            continue
+        t, origin = _rewrite(t, origin, _SINGLE[sep], lambda m: "")
+        t, origin = _rewrite(t, origin, _DOUBLED[sep], _constant_repl(sep))
+    return t, origin
+
+
+# ---------------------------------------------------------------- romaji
+
+# A run of Latin letters (after NFKC: full-width letters are ASCII here), with the apostrophe
+# of kon'ya and the hyphen of long vowels.
+_LATIN_WORD = re.compile("[A-Za-z][A-Za-z'\\-]{2,}")
+_LATIN_LETTERS = re.compile("[A-Za-z]")
+_JA_LETTERS = re.compile(f"[{JA_CHARS}]")
+# Latin words that are words of their own in Japanese writing, never romaji for kana.
+_KEEP_LATIN = frozenset(
+    {"line", "sns", "dm", "dv", "od", "av", "jk", "jc", "ng", "ok", "lol", "help", "sos", "gps", "www", "ww"}
+)
+_ROMAJI_REST = re.compile("[a-z]")
+
+
+def _as_kana(word: str) -> str | None:
+    """The kana a romaji word spells, or None when it is not romaji (letters left over)."""
+    low = word.lower().replace("-", "ー")
+    if low in _KEEP_LATIN:
+        return None
+    kana = str(jaconv.alphabet2kana(low)).replace("'", "")
+    if _ROMAJI_REST.search(kana) or kana.endswith("っ") or "っっ" in kana:
+        return None
+    return kana
+
+
+def _romaji_reader(t: str) -> Replacer:
+    """Romaji words as kana. In text written mostly in Latin letters every word that spells
+    kana is read; among Japanese, only longer ones (a short Latin word is more often English
+    or a name)."""
+    latin = len(_LATIN_LETTERS.findall(t))
+    japanese = len(_JA_LETTERS.findall(t))
+    mostly_latin = latin >= 2 * japanese
+
+    def repl(m: re.Match[str]) -> str:
+        # Capitals inside romaji are an acronym of their own (kurumaniGPSwotsuketa)
+        return "".join(read(piece) for piece in _ACRONYM.split(m.group()))
+
+    def read(word: str) -> str:
+        if not word or (not mostly_latin and len(word) < 5) or _ACRONYM.fullmatch(word):
+            return word
+        kana = _as_kana(word)
+        return word if kana is None else kana
+
+    return repl
+
+
+_ACRONYM = re.compile("([A-Z]{2,}(?![a-z]))")
+
+
 _NO_WORD_START = frozenset("んっゃゅょぁぃぅぇぉゎンッャュョァィゥェォヮー")
 _STANDALONE_KANJI = frozenset("今朝昼夜夕春夏秋冬私僕俺母父兄姉弟妹夫妻彼誰何毎中高小")
 

@@ -155,6 +155,7 @@ class Ruleset:
     trie: dict[str, Any]
     rules: list[Rule]
     known_katakana: frozenset[str]  # katakana words of the lexicon (リスカ): never re-read as kana
+    kanji_words: frozenset[str] = frozenset()  # words of the lexicon written with kanji (練炭)
 
 
 TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
@@ -168,17 +169,51 @@ def _load_yaml(path: Path) -> Any:
         raise ContentError(f"{path}: {e}") from e
 
 
-def _parse_element(text: str, where: str) -> Element:
+def _parse_element(text: str, where: str, reading: Any = None) -> Element:
     optional = text.endswith("?")
     if optional:
         text = text[:-1]
     cform = ""
     if "#" in text:
         text, cform = text.split("#", 1)
-    keys = frozenset(k for k in text.split("|") if k)
-    if not keys:
+    words = [k for k in text.split("|") if k]
+    if not words:
         raise ContentError(f"{where}: empty token in pattern")
-    return Element(keys, cform, optional, any="*" in keys)
+    return Element(frozenset(words) | _readings(words, reading), cform, optional, any="*" in words)
+
+
+def _has_kanji(word: str) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" or c == "々" for c in word)
+
+
+def _readings(words: list[str], reading: Any) -> frozenset[str]:
+    """The hiragana readings of the words written with kanji (殴る: なぐる), so that a word typed
+    in kana is found whichever word of that reading the dictionary took it for (see tokens.py).
+    One kana is too little to tell a word by (死: し is also する's)."""
+    if reading is None:
+        return frozenset()
+    out = set()
+    for w in words:
+        if w != "*" and _has_kanji(w):
+            kana = reading(w)
+            if len(kana) >= 2 and kana not in COMMON_KANA:
+                out.add(READING + kana)
+    return frozenset(out)
+
+
+# The mark of a reading key: a word's reading, matched only in messages typed in kana.
+READING = "〃"
+# Kana words so common in their own sense that a lexicon word of the same reading is not read
+# into them (あと is "after" far more often than 痕).
+# Nor is a word of the lexicon written into kana that read as common words (いない is not 以内).
+COMMON_KANA = frozenset(
+    {
+        *("あと", "いい", "こと", "もの", "とき", "ため", "ところ", "うち", "まえ", "なか", "うえ", "した"),
+        *("ほう", "よう", "かた", "いない", "しない", "いない", "こない", "できる", "いける", "かける"),
+        *("いく", "いける", "あるく", "いきる", "しんで", "かいた", "きかい", "いがい", "いじょう"),
+        *("いか", "こんど"),
+    }
+)
 
 
 def _parse_condition(value: Any, where: str, concepts: dict[str, Concept]) -> Condition:
@@ -227,6 +262,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     trie: dict[str, Any] = {}
     actor_concepts: dict[str, str] = {}
     known_katakana: set[str] = set()
+    kanji_words: set[str] = set()
     for name, spec in (lex_doc.get("concepts") or {}).items():
         where = f"lexicon.yaml: concept {name}"
         if not isinstance(spec, dict) or "terms" not in spec:
@@ -247,7 +283,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         for term in spec["terms"]:
             term = str(term)
             if any(c in term for c in "+#|?") and len(term) > 1:
-                elements = tuple(_parse_element(t, f"{where}: {term}") for t in term.split("+"))
+                elements = tuple(_parse_element(t, f"{where}: {term}", reading) for t in term.split("+"))
+                kanji_words.update(k for el in elements for k in el.keys if _has_kanji(k))
                 anchor = _anchor(elements)
                 required = tuple(
                     el.keys for k, el in enumerate(elements) if k != anchor and not el.optional and not el.any
@@ -280,8 +317,12 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 )
                 if any("\u30a1" <= c <= "\u30fa" for c in term):
                     known_katakana.add(term)
-                el = Element(frozenset({term}))
-                seq_index.setdefault(term, []).append(SeqPattern(name, term, (el,)))
+                el = Element(frozenset({term}) | _readings([term], reading))
+                if _has_kanji(term):
+                    kanji_words.add(term)
+                plain = SeqPattern(name, term, (el,))
+                for key in el.keys:
+                    seq_index.setdefault(key, []).append(plain)
                 # (not for one kanji alone: 痕 would read as あと, "after")
                 if reading is not None and len(term) > 1 and any("\u4e00" <= c <= "\u9fff" for c in term):
                     kana = reading(term)
@@ -361,5 +402,13 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         if c not in concepts:
             raise ContentError(f"rules.yaml: conversation: unknown concept {c!r}")
     return Ruleset(
-        normalizer, context, conversation, concepts, seq_index, trie, rules, frozenset(known_katakana)
+        normalizer,
+        context,
+        conversation,
+        concepts,
+        seq_index,
+        trie,
+        rules,
+        frozenset(known_katakana),
+        frozenset(kanji_words),
     )

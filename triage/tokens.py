@@ -14,8 +14,8 @@ from typing import Any
 import fugashi
 import unidic_lite
 
-from triage.normalize import KATAKANA, Normalized, katakana_to_hiragana
-from triage.ruleset import SeqPattern
+from triage.normalize import HIRAGANA, KANJI, KATAKANA, Normalized, fold, katakana_to_hiragana, respell
+from triage.ruleset import COMMON_KANA, READING, SeqPattern
 
 
 class Token:
@@ -69,6 +69,15 @@ def _clean_lemma(lemma: str | None, surface: str) -> str:
     return lemma[:dash] if dash > 0 else lemma
 
 
+def _kana_typed(text: str) -> bool:
+    """Typed without kanji conversion: kanji are few among the Japanese letters."""
+    kanji = len(_KANJI_CHAR.findall(text))
+    if kanji * 8 > len(text):
+        return False
+    letters = len(_JA_LETTER.findall(text))
+    return letters >= 4 and kanji * 8 <= letters
+
+
 def _keys(*values: str) -> tuple[str, ...]:
     out: list[str] = []
     for v in values:
@@ -78,10 +87,28 @@ def _keys(*values: str) -> tuple[str, ...]:
 
 
 _KATA_RUN = re.compile(f"[{KATAKANA}ー]+")
+_NOUN_PARTS = frozenset({"名詞", "接頭辞", "接尾辞"})
+_END = "\0"
+_KANA_WORD = re.compile(f"[{HIRAGANA}{KATAKANA}ー]+")
+_KANJI_CHAR = re.compile(f"[{KANJI}]")
+_JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
 # lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown,
-# katakana only, the sequence patterns indexed under the keys
-_Morph = tuple[str, str, str, str, str, tuple[str, ...], bool, bool, tuple[SeqPattern, ...]]
+# katakana only, the sequence patterns indexed under the keys, the reading keys of a word written in
+# kana and their patterns (used when the message is typed in kana)
+_Morph = tuple[
+    str,
+    str,
+    str,
+    str,
+    str,
+    tuple[str, ...],
+    bool,
+    bool,
+    tuple[SeqPattern, ...],
+    tuple[str, ...],
+    tuple[SeqPattern, ...],
+]
 
 
 class Tokenizer:
@@ -95,6 +122,76 @@ class Tokenizer:
         self.known_katakana: frozenset[str] = frozenset()
         # The lexicon's sequence patterns by key word; set by the engine before first use.
         self.index: dict[str, list[SeqPattern]] = {}
+        self._spellings: dict[str, Any] = {}
+
+    def learn_words(self, words: frozenset[str]) -> None:
+        """Readings of the lexicon's nouns written with kanji (れんたん: 練炭), for text typed in
+        kana that the dictionary cuts in the wrong places (れん|た|んかっ)."""
+        trie: dict[str, Any] = {}
+        for word in sorted(words):
+            nodes = list(self._tagger(word))
+            if not nodes or any(n.feature.pos1 not in _NOUN_PARTS for n in nodes):
+                continue
+            kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes))
+            if (
+                len(kana) < 3
+                or kana in COMMON_KANA
+                or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana)
+            ):
+                continue
+            node = trie
+            for ch in kana:
+                node = node.setdefault(ch, {})
+            node.setdefault(_END, word)
+        self._spellings = trie
+
+    def spell_out(self, norm: Normalized, tokens: list[Token]) -> tuple[Normalized, list[Token]] | None:
+        """Where kana the dictionary cut badly spells a word of the lexicon (きしねんりょ cut as
+        岸/ねん/り/ょ), write the word in kanji and read the message again. A word the
+        dictionary found whole is left as it is (its reading is a key already)."""
+        trie = self._spellings
+        if not trie:
+            return None
+        hira = fold(norm.text)
+        kana_typed = _kana_typed(norm.text)
+        ends = {t.end for t in tokens}
+        spans: list[tuple[int, int, str]] = []
+        taken = 0
+        for i, tok in enumerate(tokens):
+            pos = tok.start
+            if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
+                continue
+            node: dict[str, Any] | None = trie
+            j = pos
+            found: tuple[int, str] | None = None
+            while j < len(hira) and node is not None:
+                node = node.get(hira[j])
+                if node is None:
+                    break
+                j += 1
+                if _END in node:
+                    found = (j, str(node[_END]))
+            if found is None:
+                continue
+            end, word = found
+            if end == tok.end or not _KANA_WORD.fullmatch(norm.text[pos:end]):
+                continue  # one whole word as the dictionary read it, or not all kana
+            if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
+                continue  # a prefix of a longer word the dictionary knows
+            covered = [t for t in tokens[i:] if t.start < end]
+            # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
+            # runs through a word, three pieces or more, or a piece unknown to the dictionary
+            # shows that the dictionary did not find the word.
+            # In a message typed all in kana two pieces are enough.
+            pieces = 2 if kana_typed else 3
+            if end in ends and len(covered) < pieces and not any(t.unknown for t in covered):
+                continue
+            spans.append((pos, end, word))
+            taken = end
+        if not spans:
+            return None
+        respelled = respell(norm, spans)
+        return respelled, self._tokens_of(respelled)
 
     def word_across(self, left: str, right: str) -> bool:
         """Whether the dictionary reads one word across the join of ``left`` and ``right``."""
@@ -110,9 +207,20 @@ class Tokenizer:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
         return katakana_to_hiragana("".join(n.feature.kana or n.surface for n in self._tagger(word)))
 
-    def tokenize(self, norm: Normalized) -> list[Token]:
+    def tokenize(self, norm: Normalized) -> tuple[Normalized, list[Token]]:
+        """The words of a normalised text, and the text they were read from (the same, or with
+        badly cut kana written as the lexicon's words: see ``spell_out``)."""
+        tokens = self._tokens_of(norm)
+        respelled = self.spell_out(norm, tokens)
+        return respelled if respelled is not None else (norm, tokens)
+
+    def _tokens_of(self, norm: Normalized) -> list[Token]:
         tokens = self._tokenize(norm.text)
-        if self._needs_kana_reading(norm, tokens):
+        if self._typed_in_katakana(norm.text):
+            # A whole message typed in katakana (ツマガホウチョウヲ...): the dictionary reads
+            # katakana as loanwords. Read it as hiragana, but for the loanwords it does know.
+            tokens = self._tokenize(self._hiraganize_native_runs(norm, tokens))
+        elif self._needs_kana_reading(norm, tokens):
             # Katakana written for kanji or hiragana words (ｼﾆﾀｲ -> シニタイ -> 四/二/タイ):
             # read the broken runs as hiragana; the length is the same, so offsets hold.
             tokens = self._tokenize(self._hiraganize_broken_runs(norm, tokens))
@@ -121,6 +229,7 @@ class Tokenizer:
         return tokens
 
     def _tokenize(self, text: str) -> list[Token]:
+        kana_typed = _kana_typed(text)
         out: list[Token] = []
         pos = 0
         cache = self._cache
@@ -149,7 +258,10 @@ class Tokenizer:
                         self._unknown[(raw, surface)] = morph
                     else:
                         cache[raw] = morph
-            lemma, orth, pos1, pos2, cform, keys, unknown, kata, patterns = morph
+            lemma, orth, pos1, pos2, cform, keys, unknown, kata, patterns, readings, by_reading = morph
+            if kana_typed and readings:
+                keys = keys + readings
+                patterns = patterns + by_reading
             out.append(
                 Token(
                     surface,
@@ -176,6 +288,14 @@ class Tokenizer:
         lemma = _clean_lemma(f.lemma, surface)
         orth = f.orthBase if f.orthBase and f.orthBase != "*" else surface
         keys = _keys(lemma, orth, surface, katakana_to_hiragana(surface))
+        readings: tuple[str, ...] = ()
+        if _KANA_WORD.fullmatch(surface):
+            # In a message typed in kana a word can be any word of its reading: つま is 妻 as well
+            # as the dictionary's 褄, たっ is 立つ as well as 経つ. Its readings (as written, and
+            # of its dictionary form) are keys there, matched against the readings of the
+            # lexicon's words (ruleset.py: READING).
+            base = f.lForm if f.lForm and f.lForm != "*" else surface
+            readings = _keys(READING + katakana_to_hiragana(surface), READING + katakana_to_hiragana(base))
         return (
             lemma,
             orth,
@@ -186,6 +306,8 @@ class Tokenizer:
             not f.lemma or f.lemma == "*",
             _KATA_RUN.fullmatch(surface) is not None,
             self.patterns_for(keys),
+            readings,
+            self.patterns_for(readings),
         )
 
     def patterns_for(self, keys: tuple[str, ...]) -> tuple[SeqPattern, ...]:
@@ -230,6 +352,34 @@ class Tokenizer:
         # there, two short pieces are enough to read the run as kana.
         short = 2 if half_width else 1
         return j - i >= 2 and any(len(t.surface) <= short or t.pos2 == "数詞" for t in run)
+
+    @staticmethod
+    def _typed_in_katakana(text: str) -> bool:
+        """No kanji, and most of the Japanese letters katakana."""
+        if _KANJI_CHAR.search(text):
+            return False
+        kata = sum(1 for c in text if "\u30a1" <= c <= "\u30fa")
+        hira = sum(1 for c in text if "\u3041" <= c <= "\u3096")
+        return kata >= 6 and kata >= 2 * hira
+
+    def _hiraganize_native_runs(self, norm: Normalized, tokens: list[Token]) -> str:
+        """Every katakana run as hiragana, but for one loanword the dictionary knows whole
+        (ベランダ, ロープ) or a katakana word of the lexicon (リスカ)."""
+        chars = list(norm.text)
+        for i, j in self._katakana_runs(tokens):
+            run = tokens[i:j]
+            text = "".join(t.surface for t in run)
+            if text in self.known_katakana:
+                continue
+            if j - i == 1 and len(text) >= 3 and not run[0].unknown and self._is_loanword(text):
+                continue
+            for k in range(run[0].start, run[-1].end):
+                chars[k] = katakana_to_hiragana(chars[k])
+        return "".join(chars)
+
+    def _is_loanword(self, word: str) -> bool:
+        nodes = list(self._tagger(word))
+        return len(nodes) == 1 and nodes[0].feature.goshu == "外"
 
     def _hiraganize_broken_runs(self, norm: Normalized, tokens: list[Token]) -> str:
         chars = list(norm.text)
