@@ -123,6 +123,7 @@ class Tokenizer:
         # The lexicon's sequence patterns by key word; set by the engine before first use.
         self.index: dict[str, list[SeqPattern]] = {}
         self._spellings: dict[str, Any] = {}
+        self._spelling_prefixes: set[str] = set()
 
     def learn_words(self, words: frozenset[str]) -> None:
         """Readings of the lexicon's nouns written with kanji (れんたん: 練炭), for text typed in
@@ -143,6 +144,7 @@ class Tokenizer:
             for ch in kana:
                 node = node.setdefault(ch, {})
             node.setdefault(_END, word)
+            self._spelling_prefixes.add(kana[:2])
         self._spellings = trie
 
     def spell_out(self, norm: Normalized, tokens: list[Token]) -> tuple[Normalized, list[Token]] | None:
@@ -157,8 +159,11 @@ class Tokenizer:
         ends = {t.end for t in tokens}
         spans: list[tuple[int, int, str]] = []
         taken = 0
+        prefixes = self._spelling_prefixes
         for i, tok in enumerate(tokens):
             pos = tok.start
+            if hira[pos : pos + 2] not in prefixes:
+                continue  # no word of the lexicon starts so (most words: one look-up)
             if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
                 continue
             node: dict[str, Any] | None = trie
