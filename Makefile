@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: run test lint typecheck unit bench score clean compile pure
+.PHONY: run test lint typecheck unit bench score clean compile pure metamorphic
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed triage/.compiled
 	$(BIN)/python -m triage.bench
+
+# Risk kept under other spellings (tests/transforms.py), per transformation; a measurement, exits 0.
+metamorphic: $(VENV)/.installed-dev triage/.compiled
+	TSUNAGI_SHARED=$(abspath $(SHARED)) $(BIN)/python -m tests.metamorphic_report
 
 # Score the development set with the shared scorer.
 score: $(VENV)/.installed triage/.compiled

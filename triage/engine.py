@@ -438,6 +438,8 @@ class Engine:
                     only = True  # 消えたいしか思わない: "nothing but", not a negation
                 elif tok.surface == "ない" and j + 1 < len(tokens) and tokens[j + 1].lemma in ("てる", "て"):
                     pass  # ないてる is 泣いてる written in kana, not a negation
+                elif tok.surface == "ん" and j + 1 < len(tokens) and tokens[j + 1].lemma in ("です", "だ"):
+                    pass  # もらえるんです: the ん of explanation, not a negation
                 elif j in inside and j > h.last:
                     pass  # the end of another phrase (しぬ), not a negation of this one
                 elif (

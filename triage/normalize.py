@@ -332,7 +332,12 @@ class Normalizer:
             t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
         if _LATIN_WORD.search(t):
             # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
-            t, origin = _rewrite(t, origin, _LATIN_WORD, _romaji_reader(t))
+            romaji = _romaji_text(t)
+            t, origin = _rewrite(
+                t, origin, _LATIN_SENTENCE if romaji else _LATIN_WORD, _romaji_reader(t, romaji)
+            )
+            if romaji:
+                t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
         if (self._quick_subs is None or self._quick_subs.search(t)) and self._gate_subs.search(t):
             for pattern, repl in self.config.substitutions:
                 t, origin = _rewrite(t, origin, pattern, _expander(repl))
@@ -488,39 +493,85 @@ _KEEP_LATIN = frozenset(
 _ROMAJI_REST = re.compile("[a-z]")
 
 
-def _as_kana(word: str) -> str | None:
+# Keyboard spellings (si, tu, hu, zi, tyo): there nn is always ん (konnya is こんや).
+_KEYBOARD = re.compile("(?<![sc])si|ti|tu|hu|zi|[stz]y[aou]")
+# Hepburn writes ん before や, ゆ, よ as n (konya is こんや, not こにゃ).
+_NN = re.compile("nn(?=y|[^aiueoy]|$)")
+_N_BEFORE_Y = re.compile("(?<=[aeiou])n(?=y[aou])")
+# Particles written alone: o is を, wa は, e へ.
+_PARTICLES = {"o": "を", "wo": "を", "wa": "は", "ha": "は", "e": "へ", "he": "へ"}
+
+
+def _as_kana(word: str, keyboard: bool = False) -> str | None:
     """The kana a romaji word spells, or None when it is not romaji (letters left over)."""
     low = word.lower().replace("-", "ー")
     if low in _KEEP_LATIN:
         return None
+    if low in _PARTICLES:
+        return _PARTICLES[low]
+    if keyboard:
+        low = _NN.sub("n'", low)
+    low = _N_BEFORE_Y.sub("n'", low)
     kana = str(jaconv.alphabet2kana(low)).replace("'", "")
     if _ROMAJI_REST.search(kana) or kana.endswith("っ") or "っっ" in kana:
         return None
     return kana
 
 
-def _romaji_reader(t: str) -> Replacer:
+def _romaji_text(t: str) -> bool:
+    """Written mostly in Latin letters, and most of its words spell kana (not English)."""
+    if len(_LATIN_LETTERS.findall(t)) < 2 * len(_JA_LETTERS.findall(t)):
+        return False
+    words = [w for w in _LATIN_WORDS.findall(t) if w.lower() not in _KEEP_LATIN]
+    keyboard = _KEYBOARD.search(t.lower()) is not None
+    spelled = sum(1 for w in words if _as_kana(w, keyboard) is not None)
+    return bool(words) and spelled * 10 >= len(words) * 6
+
+
+_LATIN_WORDS = re.compile("[A-Za-z][A-Za-z'\\-]*")
+# Full stops and commas after kana read from romaji
+_LATIN_STOPS = re.compile("(?<=[ぁ-ゖー])[.,]")
+
+
+# Words of Latin letters with single spaces between them (a romaji sentence).
+_LATIN_SENTENCE = re.compile("[A-Za-z][A-Za-z'\\-]*(?: [A-Za-z][A-Za-z'\\-]*)*")
+
+
+def _romaji_reader(t: str, mostly_latin: bool) -> Replacer:
     """Romaji words as kana. In text written mostly in Latin letters every word that spells
     kana is read; among Japanese, only longer ones (a short Latin word is more often English
     or a name)."""
-    latin = len(_LATIN_LETTERS.findall(t))
-    japanese = len(_JA_LETTERS.findall(t))
-    mostly_latin = latin >= 2 * japanese
+    keyboard = _KEYBOARD.search(t.lower()) is not None
 
     def repl(m: re.Match[str]) -> str:
-        # Capitals inside romaji are an acronym of their own (kurumaniGPSwotsuketa)
-        return "".join(read(piece) for piece in _ACRONYM.split(m.group()))
-
-    def read(word: str) -> str:
-        if not word or (not mostly_latin and len(word) < 5) or _ACRONYM.fullmatch(word):
-            return word
-        kana = _as_kana(word)
-        return word if kana is None else kana
+        words = m.group().split(" ")
+        read = [_read_latin(w, mostly_latin, keyboard) for w in words]
+        if not mostly_latin:
+            return " ".join(read)
+        # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
+        # words read as kana are joined again.
+        out = read[0]
+        for k in range(1, len(words)):
+            both_read = read[k - 1] != words[k - 1] and read[k] != words[k]
+            out += read[k] if both_read else " " + read[k]
+        return out
 
     return repl
 
 
-_ACRONYM = re.compile("([A-Z]{2,}(?![a-z]))")
+def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> str:
+    # Capitals inside romaji are an acronym of their own (kurumaniGPSwotsuketa)
+    out = []
+    for word in _ACRONYM.split(run):
+        if not word or (not mostly_latin and len(word) < 5) or _ACRONYM.fullmatch(word):
+            out.append(word)
+            continue
+        kana = _as_kana(word, keyboard)
+        out.append(word if kana is None else kana)
+    return "".join(out)
+
+
+_ACRONYM = re.compile("([A-Z]{2,})")
 
 
 _NO_WORD_START = frozenset("んっゃゅょぁぃぅぇぉゎンッャュョァィゥェォヮー")

@@ -373,13 +373,16 @@ class Tokenizer:
         chars = list(norm.text)
         for i, j in self._katakana_runs(tokens):
             run = tokens[i:j]
-            text = "".join(t.surface for t in run)
-            if text in self.known_katakana:
+            if "".join(t.surface for t in run) in self.known_katakana:
                 continue
-            if j - i == 1 and len(text) >= 3 and not run[0].unknown and self._is_loanword(text):
-                continue
-            for k in range(run[0].start, run[-1].end):
-                chars[k] = katakana_to_hiragana(chars[k])
+            for tok in run:
+                word = tok.surface
+                if word in self.known_katakana or (
+                    len(word) >= 3 and not tok.unknown and self._is_loanword(word)
+                ):
+                    continue  # スカート, エスカレーター: loanwords the dictionary found whole
+                for k in range(tok.start, tok.end):
+                    chars[k] = katakana_to_hiragana(chars[k])
         return "".join(chars)
 
     def _is_loanword(self, word: str) -> bool:
