@@ -105,13 +105,16 @@ class Normalized:
     origin: list[int]
     emoji: list[EmojiMark] = field(default_factory=list)
     half_width_kana: bool = False  # the writer typed half-width katakana (ｼﾆﾀｲ): read it as kana
+    # for characters read from several of the original (romaji: ぬ from nu), where those end
+    ends: dict[int, int] = field(default_factory=dict)
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
         """The span in the original text covered by normalised characters [start, end)."""
         if end <= start:
             pos = self.origin[start]
             return pos, pos
-        return self.origin[start], self.origin[end - 1] + 1
+        last = self.origin[end - 1]
+        return self.origin[start], self.ends.get(last, last + 1)
 
 
 Replacer = Callable[[re.Match[str]], str]
@@ -126,12 +129,14 @@ def respell(norm: Normalized, spans: list[tuple[int, int, str]]) -> Normalized:
     shift: list[tuple[int, int]] = []  # (old position, change in length from there on)
     last = 0
     delta = 0
+    ends = dict(norm.ends)
     for start, end, word in sorted(spans):
         out.append(text[last:start])
         org.extend(origin[last:start])
         out.append(word)
-        width = max(end - start, 1)
-        org.extend(origin[start + min(i * width // max(len(word), 1), width - 1)] for i in range(len(word)))
+        # every character of the word stands for all it replaced (練炭 for れんたん)
+        org.extend([origin[start]] * len(word))
+        ends[origin[start]] = max(ends.get(origin[start], 0), origin[end - 1] + 1)
         delta += len(word) - (end - start)
         shift.append((end, delta))
         last = end
@@ -146,7 +151,7 @@ def respell(norm: Normalized, spans: list[tuple[int, int, str]]) -> Normalized:
         return pos + d
 
     emoji = [EmojiMark(moved(m.start), m.word, m.origin) for m in norm.emoji]
-    return Normalized("".join(out), org, emoji, norm.half_width_kana)
+    return Normalized("".join(out), org, emoji, norm.half_width_kana, ends)
 
 
 def _rewrite(text: str, origin: list[int], pattern: re.Pattern[str], repl: Replacer) -> tuple[str, list[int]]:
@@ -175,6 +180,40 @@ def _rewrite(text: str, origin: list[int], pattern: re.Pattern[str], repl: Repla
             org.extend(origin[s + min(i * span // max(len(new), 1), span - 1)] for i in range(len(new)))
         last = e
     if not changed:
+        return text, origin
+    out.append(text[last:])
+    org.extend(origin[last:])
+    return "".join(out), org
+
+
+# A replacement that says where each of its characters comes from: (start, end) offsets into the match.
+MappedReplacer = Callable[[re.Match[str]], tuple[str, list[tuple[int, int]]]]
+
+
+def _rewrite_mapped(
+    text: str, origin: list[int], pattern: re.Pattern[str], repl: MappedReplacer, ends: dict[int, int]
+) -> tuple[str, list[int]]:
+    """``_rewrite`` for replacements that know their own map (romaji read as kana: しぬ points at
+    shi and nu, not at letters spread evenly over the word). ``ends`` gets, for the original start
+    of each new character, the original end of what it stands for."""
+    out: list[str] = []
+    org: list[int] = []
+    last = 0
+    for m in pattern.finditer(text):
+        s, e = m.span()
+        new, spans = repl(m)
+        if new == m.group():
+            continue
+        out.append(text[last:s])
+        org.extend(origin[last:s])
+        out.append(new)
+        width = e - s
+        for a, b in spans:
+            start = origin[s + min(max(a, 0), width - 1)]
+            org.append(start)
+            ends[start] = max(ends.get(start, 0), origin[s + min(max(b, a + 1), width) - 1] + 1)
+        last = e
+    if last == 0 and not out:
         return text, origin
     out.append(text[last:])
     org.extend(origin[last:])
@@ -313,6 +352,7 @@ class Normalizer:
         origin = list(range(len(text) + 1))
         t = text
         marks: list[tuple[int, int, str]] = []  # (original start, original end, word)
+        ends: dict[int, int] = {}  # where a character read from several (romaji) ends in the original
         # Vertical posts (one character a line) and letter-spaced text (し に た い) first:
         # every later pass, and the dictionary, need the words whole.
         if ("\n" in t or " " in t) and _spread_out(t):
@@ -333,8 +373,8 @@ class Normalizer:
         if _LATIN_WORD.search(t):
             # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
             romaji = _romaji_text(t)
-            t, origin = _rewrite(
-                t, origin, _LATIN_SENTENCE if romaji else _LATIN_WORD, _romaji_reader(t, romaji)
+            t, origin = _rewrite_mapped(
+                t, origin, _LATIN_SENTENCE if romaji else _LATIN_WORD, _romaji_reader(t, romaji), ends
             )
             if romaji:
                 t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
@@ -355,7 +395,7 @@ class Normalizer:
             t, origin = self._join_spaced_words(t, origin)
             t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
         emoji = self._place_marks(origin, marks)
-        return Normalized(t, origin, emoji, half_width_kana=bool(_HALF_KANA.search(text)))
+        return Normalized(t, origin, emoji, half_width_kana=bool(_HALF_KANA.search(text)), ends=ends)
 
     def _post_may_apply(self, t: str) -> bool:
         """A cheap superset of where the elongation and masking passes act."""
@@ -509,6 +549,12 @@ def _as_kana(word: str, keyboard: bool = False) -> str | None:
         return None
     if low in _PARTICLES:
         return _PARTICLES[low]
+    return _spell(low, keyboard)
+
+
+def _spell(low: str, keyboard: bool) -> str | None:
+    """jaconv's reading of romaji, None when letters are left over."""
+    low = low.lower()
     if keyboard:
         low = _NN.sub("n'", low)
     low = _N_BEFORE_Y.sub("n'", low)
@@ -537,38 +583,74 @@ _LATIN_STOPS = re.compile("(?<=[ぁ-ゖー])[.,]")
 _LATIN_SENTENCE = re.compile("[A-Za-z][A-Za-z'\\-]*(?: [A-Za-z][A-Za-z'\\-]*)*")
 
 
-def _romaji_reader(t: str, mostly_latin: bool) -> Replacer:
+def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
     """Romaji words as kana. In text written mostly in Latin letters every word that spells
     kana is read; among Japanese, only longer ones (a short Latin word is more often English
     or a name)."""
     keyboard = _KEYBOARD.search(t.lower()) is not None
 
-    def repl(m: re.Match[str]) -> str:
-        words = m.group().split(" ")
-        read = [_read_latin(w, mostly_latin, keyboard) for w in words]
-        if not mostly_latin:
-            return " ".join(read)
-        # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
-        # words read as kana are joined again.
-        out = read[0]
-        for k in range(1, len(words)):
-            both_read = read[k - 1] != words[k - 1] and read[k] != words[k]
-            out += read[k] if both_read else " " + read[k]
-        return out
+    def repl(m: re.Match[str]) -> tuple[str, list[tuple[int, int]]]:
+        text: list[str] = []
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        previous_read = False
+        for k, word in enumerate(m.group().split(" ")):
+            read, where = _read_latin(word, mostly_latin, keyboard)
+            was_read = read != word
+            # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
+            # words read as kana are joined again.
+            if k > 0 and not (mostly_latin and previous_read and was_read):
+                text.append(" ")
+                spans.append((pos - 1, pos))
+            text.append(read)
+            spans.extend((pos + a, pos + b) for a, b in where)
+            pos += len(word) + 1
+            previous_read = was_read
+        return "".join(text), spans
 
     return repl
 
 
-def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> str:
+def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> tuple[str, list[tuple[int, int]]]:
+    """A Latin word read as kana where it spells kana, with each character's span in ``run``."""
+    out: list[str] = []
+    where: list[tuple[int, int]] = []
+    pos = 0
     # Capitals inside romaji are an acronym of their own (kurumaniGPSwotsuketa)
-    out = []
     for word in _ACRONYM.split(run):
-        if not word or (not mostly_latin and len(word) < 5) or _ACRONYM.fullmatch(word):
+        kana = None
+        if word and (mostly_latin or len(word) >= 5) and not _ACRONYM.fullmatch(word):
+            kana = _as_kana(word, keyboard)
+        if kana is None:
             out.append(word)
-            continue
-        kana = _as_kana(word, keyboard)
-        out.append(word if kana is None else kana)
-    return "".join(out)
+            where.extend((i, i + 1) for i in range(pos, pos + len(word)))
+        else:
+            out.append(kana)
+            where.extend((pos + a, pos + b) for a, b in _syllable_spans(word, kana, keyboard))
+        pos += len(word)
+    return "".join(out), where
+
+
+_SYLLABLE = re.compile("n'|[^aiueo']*[aiueo]|n(?![aiueoy])|[^aiueo']+$", re.IGNORECASE)
+
+
+def _syllable_spans(word: str, kana: str, keyboard: bool) -> list[tuple[int, int]]:
+    """Which letters of ``word`` each character of its kana reads: each syllable read alone;
+    where that does not give the same kana, the letters spread evenly."""
+    spans: list[tuple[int, int]] = []
+    pieces: list[str] = []
+    for m in _SYLLABLE.finditer(word):
+        piece = _spell(m.group(), keyboard) if m.group() != "n'" else "ん"
+        if piece is None:
+            break
+        pieces.append(piece)
+        spans.extend([m.span()] * len(piece))
+    if "".join(pieces) == kana:
+        return spans
+    n = max(len(kana), 1)
+    return [
+        (i * len(word) // n, max((i + 1) * len(word) // n, i * len(word) // n + 1)) for i in range(len(kana))
+    ]
 
 
 _ACRONYM = re.compile("([A-Z]{2,})")

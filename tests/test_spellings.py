@@ -1,0 +1,67 @@
+"""The same words however they are typed: the reading channel of the triage.
+
+Each row is a message as a person might type it, the risk it must get, and the words its reasons
+must point at (in the text as typed: a romaji reason quotes the romaji). The second table holds
+kana that sound like a word of the lexicon and mean something harmless: they stay low.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from triage import triage
+
+SPELLINGS = [
+    # kana typed without kanji conversion: the lexicon's words found by their readings
+    ("つまがほうちょうをもっておいかけてきて、いまふろばにかぎかけてにげてる", "crisis", ["ほうちょう"]),
+    ("ツマガホウチョウヲモッテオイカケテキテ、イマフロバニカギカケテニゲテル", "crisis", ["ホウチョウ"]),
+    ("れんたんかった　こんやくるまでやる", "crisis", ["れんたん"]),
+    ("きしねんりょがはんとしくらいきえません", "high", ["きしねんりょ"]),
+    ("けいふにまいばんなぐられる", "high", ["なぐら"]),
+    # romaji, Hepburn and keyboard spellings, with and without spaces
+    ("ima kara shinu", "crisis", ["shinu", "ima"]),
+    ("kyouokujoukaratobioriru", "crisis", ["tobioriru"]),
+    ("konnya kubi turu", "crisis", ["kubi turu"]),
+    ("sinitai", "high", ["sinitai"]),
+    ("今日はsinitaiです", "crisis", ["sinitai"]),
+    # one character a line, a space between every character
+    ("し\nに\nた\nい", "high", ["し\nに\nた\nい"]),
+    ("今 夜 、 屋 上 か ら 飛 び 降 り る", "crisis", ["飛 び 降 り る"]),
+    # digits and symbols for kana
+    ("もう42たい", "high", []),
+    ("かれしにくび4められた", "high", ["くび4め"]),
+    ("練炭で今夜氏ぬ", "crisis", []),
+    ("電車に夜中の3時に飛び込む", "crisis", ["飛び込む"]),
+]
+
+
+@pytest.mark.parametrize("text,risk,spans", SPELLINGS)
+def test_spelling_keeps_its_meaning(text: str, risk: str, spans: list[str]) -> None:
+    result = triage(text)
+    assert result.risk.value == risk, [(r.rule, r.matched) for r in result.reasons]
+    matched = {r.matched for r in result.reasons}
+    for words in spans:
+        assert words in matched, (words, matched)
+    for reason in result.reasons:
+        start, end = reason.span
+        assert text[start:end] == reason.matched  # reasons point at the text as typed
+
+
+HARMLESS_HOMOPHONES = [
+    "あとでれんらくするね",  # あと is "later", not 痕 (a mark)
+    "あしたいくね",  # いく is "go", not 逝く
+    "まだだれもいないよ",  # いない is "nobody is here", not 以内
+    "しないでね、おねがい",  # し is する, not 死
+    "ふつうにいきてるよ、げんき",  # alive and well
+    "いくつあるの？",  # 幾つ, not 逝く
+    "LINEでそうだんしたい",  # LINE stays a word, not romaji
+    "I want to talk to someone",  # English is not read as romaji words
+    "だいがく4ねんです",  # a year of study, not し
+    "しぬほどねむい",  # the idiom, typed in kana
+]
+
+
+@pytest.mark.parametrize("text", HARMLESS_HOMOPHONES)
+def test_harmless_homophones_stay_low(text: str) -> None:
+    result = triage(text)
+    assert result.risk.value == "low", [(r.rule, r.matched) for r in result.reasons]
