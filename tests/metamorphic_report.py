@@ -36,24 +36,23 @@ MIN_KEPT = 0.98  # the target of the triage issue: not reached yet for the kana 
 # What the tests hold the engine to until then: the share measured when the reading channel landed,
 # less about a point and a half (a floor against regressions, raised as the engine improves).
 FLOORS = {
-    "hiragana": 0.88,
+    "hiragana": 0.89,
     "hiragana_all": 0.85,
-    "katakana": 0.85,
+    "katakana": 0.86,
     "half_width": 0.98,
     "katakana_half_width": 0.86,
-    "romaji_hepburn": 0.80,
-    "romaji_hepburn_unspaced": 0.77,
-    "romaji_keyboard": 0.82,
+    "romaji_hepburn": 0.82,
+    "romaji_hepburn_unspaced": 0.8,
+    "romaji_keyboard": 0.84,
     "spaced": 0.98,
     "one_per_line": 0.98,
     "elongated": 0.98,
-    "digits_for_kana": 0.86,
+    "digits_for_kana": 0.87,
     "masked": 0.98,
-    "masked_symbols": 0.94,
+    "masked_symbols": 0.95,
 }
-# Low messages that become crisis, per transformation, known and not yet fixed (romaji read wrongly:
-# a question about the stalker law's warnings reads as being kept in). Every other one must stay 0.
-LOW_TO_CRISIS_KNOWN = {"romaji_hepburn": 1, "romaji_hepburn_unspaced": 2}
+# Low messages allowed to become crisis under a transformation, known and not yet fixed: none.
+LOW_TO_CRISIS_KNOWN: dict[str, int] = {}
 ORDER = {"low": 0, "medium": 1, "high": 2, "crisis": 3}
 SERIOUS = ("high", "crisis")
 SETS = ("dev", "holdout")

@@ -537,6 +537,7 @@ _ROMAJI_REST = re.compile("[a-z]")
 _KEYBOARD = re.compile("(?<![sc])si|ti|tu|hu|zi|[stz]y[aou]")
 # Hepburn writes ん before や, ゆ, よ as n (konya is こんや, not こにゃ).
 _NN = re.compile("nn(?=y|[^aiueoy]|$)")
+_NN_VOWEL = re.compile("nn(?=[aiueo])")
 _N_BEFORE_Y = re.compile("(?<=[aeiou])n(?=y[aou])")
 # Particles written alone: o is を, wa は, e へ.
 _PARTICLES = {"o": "を", "wo": "を", "wa": "は", "ha": "は", "e": "へ", "he": "へ"}
@@ -555,6 +556,8 @@ def _as_kana(word: str, keyboard: bool = False) -> str | None:
 def _spell(low: str, keyboard: bool) -> str | None:
     """jaconv's reading of romaji, None when letters are left over."""
     low = low.lower()
+    # nn before a vowel is ん and a kana of the な row (sannen, onna), as in Hepburn
+    low = _NN_VOWEL.sub("n'n", low)
     if keyboard:
         low = _NN.sub("n'", low)
     low = _N_BEFORE_Y.sub("n'", low)

@@ -69,6 +69,54 @@ def _clean_lemma(lemma: str | None, surface: str) -> str:
     return lemma[:dash] if dash > 0 else lemma
 
 
+# Godan verbs by the row of their last kana: the five kana of the row and the sound-changed form
+# (死ぬ: しな しに しぬ しね しの, しん before だ and で).
+_ROWS = {
+    "カ": ("かきくけこ", "い"),
+    "ガ": ("がぎぐげご", "い"),
+    "サ": ("さしすせそ", ""),
+    "タ": ("たちつてと", "っ"),
+    "ナ": ("なにぬねの", "ん"),
+    "バ": ("ばびぶべぼ", "ん"),
+    "マ": ("まみむめも", "ん"),
+    "ラ": ("らりるれろ", "っ"),
+    "ワ": ("わいうえお", "っ"),
+}
+# What may follow a verb's form: the form of wanting, negation, politeness, te and ta, will.
+_AFTER_STEM = "たてでだまなずせれよそさうがにのとば"
+_AFTER_ONBIN = "たてでだ"
+
+
+def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
+    """(kana form, the same form written as in the lexicon, kana that may follow it) for a verb
+    or adjective of the lexicon: only forms of three kana or more, or of two before a fitting
+    ending (しん before だ), so that short kana are never read as the word alone."""
+    reading = katakana_to_hiragana(f.kanaBase or f.lForm or "")
+    ctype = f.cType or ""
+    if len(reading) < 2 or not word.endswith(reading[-1]):
+        return []
+    stem_kana, stem_word = reading[:-1], word[:-1]
+    out: list[tuple[str, str, str]] = []
+    if ctype.startswith("五段"):
+        row = _ROWS.get(ctype.split("-")[1][0]) if "-" in ctype else None
+        if row is None:
+            return []
+        kanas, onbin = row
+        for k in kanas:
+            out.append((stem_kana + k, stem_word + k, _AFTER_STEM))
+        if onbin:
+            out.append((stem_kana + onbin, stem_word + onbin, _AFTER_ONBIN))
+    elif ctype.startswith(("上一段", "下一段")):
+        out.append((stem_kana, stem_word, _AFTER_STEM))
+        for k in "るれろ":
+            out.append((stem_kana + k, stem_word + k, ""))
+    elif ctype == "形容詞":
+        for ending, after in (("い", ""), ("く", ""), ("かっ", "た"), ("さ", ""), ("そう", "")):
+            out.append((stem_kana + ending, stem_word + ending, after))
+    # Two kana are a form of their own only as the ん of 死んだ, 飲んで (たっ, たこ are everywhere).
+    return [(k, w, a) for k, w, a in out if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))]
+
+
 def _kana_typed(text: str) -> bool:
     """Typed without kanji conversion: kanji are few among the Japanese letters."""
     kanji = len(_KANJI_CHAR.findall(text))
@@ -126,26 +174,31 @@ class Tokenizer:
         self._spelling_prefixes: set[str] = set()
 
     def learn_words(self, words: frozenset[str]) -> None:
-        """Readings of the lexicon's nouns written with kanji (れんたん: 練炭), for text typed in
-        kana that the dictionary cuts in the wrong places (れん|た|んかっ)."""
+        """Readings of the lexicon's words written with kanji, for text typed in kana that the
+        dictionary cuts in the wrong places: nouns (れんたん: 練炭, cut れん|た|んかっ) and the
+        forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん)."""
         trie: dict[str, Any] = {}
         for word in sorted(words):
             nodes = list(self._tagger(word))
-            if not nodes or any(n.feature.pos1 not in _NOUN_PARTS for n in nodes):
+            if not nodes:
                 continue
-            kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes))
-            if (
-                len(kana) < 3
-                or kana in COMMON_KANA
-                or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana)
-            ):
-                continue
-            node = trie
-            for ch in kana:
-                node = node.setdefault(ch, {})
-            node.setdefault(_END, word)
-            self._spelling_prefixes.add(kana[:2])
+            if all(n.feature.pos1 in _NOUN_PARTS for n in nodes):
+                kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes))
+                if len(kana) >= 3:
+                    self._learn(trie, kana, word, "")
+            elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
+                for kana, spelling, after in _forms(word, nodes[0].feature):
+                    self._learn(trie, kana, spelling, after)
         self._spellings = trie
+
+    def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
+        if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
+            return
+        node = trie
+        for ch in kana:
+            node = node.setdefault(ch, {})
+        node.setdefault(_END, (spelling, after))
+        self._spelling_prefixes.add(kana[:2])
 
     def spell_out(self, norm: Normalized, tokens: list[Token]) -> tuple[Normalized, list[Token]] | None:
         """Where kana the dictionary cut badly spells a word of the lexicon (きしねんりょ cut as
@@ -175,7 +228,10 @@ class Tokenizer:
                     break
                 j += 1
                 if _END in node:
-                    found = (j, str(node[_END]))
+                    spelling, after = node[_END]
+                    # a verb's form only before what may follow it (しん before だ or で)
+                    if not after or (j < len(hira) and hira[j] in after):
+                        found = (j, str(spelling))
             if found is None:
                 continue
             end, word = found
@@ -198,6 +254,18 @@ class Tokenizer:
         respelled = respell(norm, spans)
         return respelled, self._tokens_of(respelled)
 
+    def _spell_out_all(self, norm: Normalized, tokens: list[Token]) -> tuple[Normalized, list[Token]] | None:
+        """``spell_out`` until nothing changes (a respelt word lets the dictionary cut the rest
+        better: 飲んでしぬ, then 飲んで死ぬ), at most three rounds."""
+        result = None
+        for _ in range(3):
+            again = self.spell_out(norm, tokens)
+            if again is None:
+                break
+            result = again
+            norm, tokens = again
+        return result
+
     def word_across(self, left: str, right: str) -> bool:
         """Whether the dictionary reads one word across the join of ``left`` and ``right``."""
         pos = 0
@@ -216,7 +284,7 @@ class Tokenizer:
         """The words of a normalised text, and the text they were read from (the same, or with
         badly cut kana written as the lexicon's words: see ``spell_out``)."""
         tokens = self._tokens_of(norm)
-        respelled = self.spell_out(norm, tokens)
+        respelled = self._spell_out_all(norm, tokens)
         return respelled if respelled is not None else (norm, tokens)
 
     def _tokens_of(self, norm: Normalized) -> list[Token]:
