@@ -293,6 +293,7 @@ class ConversationEngine:
                 if inbound.full_text and inbound.full_text != inbound.text
                 else "",
                 attachments=max(0, inbound.attachments),
+                flags=",".join(inbound.flags)[:64],
                 external_id=inbound.external_id,
                 risk=result.risk.value if result else "",
                 triage_enc=self.crypto.encrypt(json.dumps(result.to_json(), ensure_ascii=False))

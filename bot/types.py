@@ -9,6 +9,9 @@ from enum import StrEnum
 
 from bot.models import Sender, utcnow
 
+# Marks a channel puts on an inbound message for the counsellor (Message.flags).
+WHOLE_MAIL = "whole_mail"  # no new text could be told from the quoted: the whole mail is the text
+
 
 class Kind(StrEnum):
     TEXT = "text"  # something the person wrote
@@ -33,6 +36,7 @@ class Inbound:
     # The channel's own state for this person, kept with the contact (see Contact.state_enc); "" keeps
     # what is there.
     contact_state: str = ""
+    flags: tuple[str, ...] = ()  # marks for the counsellor (WHOLE_MAIL ...), stored with the message
 
 
 @dataclass(frozen=True)

@@ -545,6 +545,8 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 item["full_text"] = svc.crypto.decrypt(m.full_enc)
             if m.attachments:  # counted, never kept
                 item["attachments"] = m.attachments
+            if m.flags:  # whole_mail, edited, withdrawn: said to the counsellor in words
+                item["flags"] = [f for f in m.flags.split(",") if f]
             if m.id in deliveries:  # what became of a message to the person: pending, delivered, failed
                 o = deliveries[m.id]
                 item["delivery"] = {"status": o.status, "attempts": o.attempts, "error": o.last_error}

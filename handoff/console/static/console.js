@@ -698,6 +698,8 @@
       ]));
     }
     if (attachments) li.append(el("p", { cls: "msg-attachments", text: fill(S.attachments_note, { n: attachments }) }));
+    const flags = Array.isArray(m.flags) ? m.flags : [];
+    if (flags.includes("whole_mail")) li.append(el("p", { cls: "msg-flag", text: S.flag_whole_mail, attrs: { "data-flag": "whole_mail" } }));
     renderDelivery(li, m.delivery);
     return li;
   }
