@@ -166,7 +166,7 @@ class Media(SQLModel, table=True):
     width: int
     height: int
     size: int  # bytes of the re-encoded picture
-    data_enc: str  # the picture's bytes (base64), encrypted
+    data_enc: str  # the picture's bytes, encrypted (a Fernet token, rotated like the text)
     created_at: datetime = _at(default_factory=utcnow)
 
 

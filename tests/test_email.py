@@ -620,21 +620,23 @@ def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -
     settled(client, 3)
     (reply,) = fake.to(USER)[2:]
     assert keys([reply]) == ["attachments_not_kept", "intake_intro", "intake_age"], "one mail says it all"
-    assert "添付ファイル（1件）" in body(reply)
+    assert "添付ファイル（1件：開けない画像）" in body(reply), "a PNG that is not one is refused"
     only_files = mail("", reply_to=reply)
     only_files.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="b.pdf")
     only_files.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="c.pdf")
     deliver(client, only_files.as_bytes())
     settled(client, 4)
-    assert keys(fake.to(USER)[3:]) == ["attachments_not_kept", "waiting"], "as with pictures, a person looks"
-    assert "添付ファイル（2件）" in body(fake.to(USER)[3])
+    # Only files, at low risk: refused and said so; nobody is queued for them alone.
+    assert keys(fake.to(USER)[3:]) == ["attachments_not_kept"]
+    assert "添付ファイル（2件：PDF）" in body(fake.to(USER)[3])
 
     async def payloads() -> list[str]:
         return [service(client).inbox.crypto.decrypt(r.payload_enc) for r in await _inbox(client)]
 
     stored = in_app(client, payloads)
     assert '"attachments": 1' in stored[2] and '"attachments": 2' in stored[3]
-    assert not any(x in "".join(stored) for x in ("PNG", "PDF", "a.png", "b.pdf")), "files are not kept"
+    assert "%PDF" not in "".join(stored) and "PNG" not in "".join(stored), "the files themselves are not kept"
+    assert '"refused": "pdf"' in stored[3] and "b.pdf" in stored[3], "their names and kinds, for the counsellor"
 
 
 async def _inbox(client: TestClient) -> list[Inbox]:

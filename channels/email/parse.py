@@ -274,6 +274,15 @@ def strip_quoted(text: str) -> str:
 # -- the mail -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MailFile:
+    """A file sent with a mail (decoration is not one): kept only if it is a picture (bot/images.py)."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class Mail:
     sender: str  # the From address, lower-cased ("" when there is none)
@@ -282,6 +291,7 @@ class Mail:
     text: str  # the new text only (the whole body when ``whole``)
     attachments: int  # files sent with it (decoration the HTML shows inline is not counted)
     whole: bool = False  # no new text could be told from the quoted: ``text`` is the whole body
+    files: list[MailFile] = field(default_factory=list)  # the attachments, decoration left out
     full: str = ""  # the whole body as text (quoted thread and signature included), for the counsellor
     references: list[str] = field(default_factory=list)  # References, then In-Reply-To, oldest first
     automatic: bool = False  # an auto-reply, a list, a bounce: never answered
@@ -313,6 +323,16 @@ def _decoration(part: Message, cids: set[str]) -> bool:
         return False
     cid = _raw_header(part, "Content-ID").strip().strip("<>").lower()
     return bool(cid) and cid in cids
+
+
+def _file(part: Message) -> MailFile:
+    payload = part.get_payload(decode=True)
+    name = part.get_filename() or ""
+    return MailFile(
+        name=decode_header_value(name) if name else "",
+        content_type=part.get_content_type(),
+        data=payload if isinstance(payload, bytes) else b"",
+    )
 
 
 def _raw_header(msg: Message, name: str) -> str:
@@ -384,7 +404,7 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> Mail:
             files.append(part)  # text/calendar, text/csv... are files, not what they wrote
     # Decoration (decomail's pictures and emoji, a signature's logo): inline parts the HTML shows by their
     # Content-ID. They are the look of the mail, not files the person sent.
-    attachments = sum(1 for part in files if not _decoration(part, cids))
+    sent = [_file(part) for part in files if not _decoration(part, cids)]
     body = "\n".join(plain) if plain else "\n".join(html)
     body = re.sub(r"\n{3,}", "\n\n", body.replace("\r\n", "\n").replace("\r", "\n")).strip()
     automatic = is_automatic(msg, sender, envelope_from)
@@ -400,7 +420,8 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> Mail:
         text=body if whole else text,
         whole=whole,
         full=body,
-        attachments=0 if report else attachments,
+        attachments=0 if report else len(sent),
+        files=[] if report else sent,
         references=references,
         automatic=automatic or report,
         bounce=bounce,
