@@ -1,6 +1,6 @@
-"""Retention: closed conversations are purged after ``TSUNAGI_RETENTION_DAYS``, pictures with them; erased contacts go as
-soon as their last reply is out. What outlives them is the de-identified counts in ``stat_count``
-(written when each conversation closed) and the audit log (which holds no text)."""
+"""Retention: closed conversations are purged after ``TSUNAGI_RETENTION_DAYS``, pictures with them;
+erased contacts go as soon as their last reply is out. What outlives them is the de-identified counts
+in ``stat_count`` (written when each conversation closed) and the audit log (which holds no text)."""
 
 from __future__ import annotations
 

@@ -636,7 +636,7 @@ def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -
     stored = in_app(client, payloads)
     assert '"attachments": 1' in stored[2] and '"attachments": 2' in stored[3]
     assert "%PDF" not in "".join(stored) and "PNG" not in "".join(stored), "the files themselves are not kept"
-    assert '"refused": "pdf"' in stored[3] and "b.pdf" in stored[3], "their names and kinds, for the counsellor"
+    assert '"refused": "pdf"' in stored[3] and "b.pdf" in stored[3], "names and kinds, for the counsellor"
 
 
 async def _inbox(client: TestClient) -> list[Inbox]:
