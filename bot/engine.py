@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -332,10 +332,11 @@ class ConversationEngine:
 
     async def withdraw(self, channel: str, user_id: str, external_id: str) -> bool:
         """The person took a message back (LINE's unsend): its text, the whole of it, what came with it
-        and its pictures are erased, and so is whatever the triage quoted of it (its reasons, and later
-        messages' context). The message stays in the transcript as withdrawn; the conversation's risk and
-        categories stay as they were (a crisis withdrawn still needs a counsellor's eyes), and its reasons
-        say that a withdrawn message raised them. False when no such message of theirs is stored."""
+        and its pictures are erased, with its edited versions (external id ``<id>:...``), and so is
+        whatever the triage quoted of it (its reasons, and later messages' context). It stays in the
+        transcript as withdrawn; the conversation's risk and categories stay as they were (a crisis
+        withdrawn still needs a counsellor's eyes), and its reasons say that a withdrawn message raised
+        them. False when no such message of theirs is stored."""
         lookup = self.crypto.lookup(channel, sanitize(user_id))
         now = self.clock()
         async with self._locks.hold(lookup), self.db.session() as s, s.begin():
@@ -344,39 +345,48 @@ class ConversationEngine:
                     select(Message, Conversation)
                     .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
                     .join(Contact, col(Contact.id) == col(Conversation.contact_id))
-                    .where(col(Message.channel) == channel, col(Message.external_id) == external_id)
+                    .where(
+                        col(Message.channel) == channel,
+                        or_(
+                            col(Message.external_id) == external_id,
+                            col(Message.external_id).startswith(external_id + ":", autoescape=True),
+                        ),
+                    )
                     .where(col(Contact.lookup) == lookup, col(Message.direction) == Direction.IN)
+                    .order_by(col(Message.id))
                 )
-            ).first()
-            if found is None:
+            ).all()
+            if not found:
                 log.info("a withdrawn message on %s is not stored (never was, or already gone)", channel)
                 return False
-            msg, conv = found
-            if msg.withdrawn_at is not None:
-                return True
-            text = self.crypto.decrypt(msg.text_enc)
-            if msg.triage_enc:
-                t = json.loads(self.crypto.decrypt(msg.triage_enc))
-                reasons = [
-                    {"rule": f"{WITHDRAWN}.{r.get('rule', '')}", "matched": "", "span": [0, 0]}
-                    for r in t.get("reasons", [])
-                ]
-                kept = {"risk": t.get("risk"), "categories": t.get("categories", []), "reasons": reasons}
-                msg.triage_enc = self.crypto.encrypt(json.dumps(kept, ensure_ascii=False))
-            msg.text_enc = self.crypto.encrypt("")
-            msg.full_enc = ""
-            msg.meta_enc = ""
-            msg.flags = ",".join([*[f for f in msg.flags.split(",") if f], WITHDRAWN])[:64]
-            msg.withdrawn_at = now
-            await s.execute(delete(Media).where(col(Media.message_id) == msg.id))
-            if text.strip():
-                await self._forget_quotes(s, conv.id, msg.id or 0, text)
-            self._audit(s, "message.withdrawn", conv.id)
+            for msg, conv in found:
+                if msg.withdrawn_at is None:
+                    await self._withdraw_one(s, msg, conv, now)
             contact_id = conv.contact_id or ""
         self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
         self.events.publish(Event("queue"))  # its preview may have been this message
         log.info("a message of conversation %s was withdrawn; risk stays %s", conv.id, conv.risk)
         return True
+
+    async def _withdraw_one(self, s: AsyncSession, msg: Message, conv: Conversation, now: datetime) -> None:
+        text = self.crypto.decrypt(msg.text_enc)
+        if msg.triage_enc:
+            t = json.loads(self.crypto.decrypt(msg.triage_enc))
+            reasons = [
+                {"rule": f"{WITHDRAWN}.{r.get('rule', '')}", "matched": "", "span": [0, 0]}
+                for r in t.get("reasons", [])
+            ]
+            kept = {"risk": t.get("risk"), "categories": t.get("categories", []), "reasons": reasons}
+            msg.triage_enc = self.crypto.encrypt(json.dumps(kept, ensure_ascii=False))
+        msg.text_enc = self.crypto.encrypt("")
+        msg.full_enc = ""
+        msg.meta_enc = ""
+        msg.flags = ",".join([*[f for f in msg.flags.split(",") if f], WITHDRAWN])[:64]
+        msg.withdrawn_at = now
+        await s.execute(delete(Media).where(col(Media.message_id) == msg.id))
+        if text.strip():
+            await self._forget_quotes(s, conv.id, msg.id or 0, text)
+        self._audit(s, "message.withdrawn", conv.id)
 
     async def _forget_quotes(self, s: AsyncSession, conversation_id: str, after: int, text: str) -> None:
         """Later messages' triage context quotes earlier ones (``history.<rule>``): what it quoted of a

@@ -109,6 +109,10 @@ def refused_kind(name: str, content_type: str) -> str:
     return "other"
 
 
+def is_picture_name(name: str) -> bool:
+    return bool(name) and PurePath(name.lower()).suffix in _PICTURES
+
+
 def file_item(name: str, content_type: str, data: bytes) -> Item:
     """A file someone sent: a picture when it decodes as one (re-encoded), else refused by its kind."""
     suffix = PurePath(name.lower()).suffix if name else ""

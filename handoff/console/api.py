@@ -432,7 +432,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             await s.execute(
                 select(col(Message.conversation_id), col(Message.text_enc))
                 .where(col(Message.conversation_id).in_(ids), col(Message.direction) == Direction.IN)
-                .where(col(Message.kind) == "text")
+                .where(col(Message.kind) == "text", col(Message.withdrawn_at).is_(None))
                 .order_by(col(Message.id))
             )
         ).all()
