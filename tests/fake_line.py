@@ -90,9 +90,10 @@ class FakeLine:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def issue_token(self, user: str, ttl: float = 60.0) -> str:
-        """A reply token for an event of ``user``, valid for ``ttl`` seconds (LINE: about a minute)."""
-        token = secrets.token_hex(16)
+    def issue_token(self, user: str, ttl: float = 60.0, token: str | None = None) -> str:
+        """A reply token for an event of ``user`` (a group's or room's id for events there), valid for
+        ``ttl`` seconds (LINE: about a minute); ``token`` when a fixture names it."""
+        token = token or secrets.token_hex(16)
         with self._lock:
             self._tokens[token] = _Token(user, time.monotonic() + ttl)
         return token
