@@ -258,12 +258,8 @@ class TelegramChannel(Channel):
         try:
             file = await self.bot.get_file(file_id)
             data = await file.download_as_bytearray()
-        except BadRequest as e:
-            log.info("Telegram file not available: %s", type(e).__name__)
-            return None
-        except TelegramError as e:
-            if isinstance(e, NetworkError) and "404" not in str(e):
-                raise
+        except (BadRequest, Forbidden, InvalidToken) as e:
+            # 400 for an unknown or too large file; PTB reads a 404 on the download as InvalidToken.
             log.info("Telegram file not available: %s", type(e).__name__)
             return None
         return bytes(data) if len(data) <= MAX_FETCH else None
