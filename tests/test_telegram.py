@@ -33,7 +33,7 @@ from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_telegram import BOT_USER, FakeTelegram, running_fake
-from tests.pictures import exif_of, photo_with_gps
+from tests.pictures import exif_of, photo_with_gps, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "123456789:AAH-test_token-not-real_0123456789ab"
@@ -305,6 +305,33 @@ def test_a_photo_is_kept_re_encoded_and_the_person_told(client: TestClient, fake
     (picture,) = in_app(client, media)
     data = service(client).crypto.decrypt_bytes(picture.data_enc)
     assert (picture.width, picture.height) == (800, 600) and exif_of(data) == {}
+
+
+def test_an_album_gets_one_reply_and_a_file_telegram_lost_is_not_kept(
+    client: TestClient, fake: FakeTelegram
+) -> None:
+    consent(client, fake)
+    for i in range(3):
+        if i != 1:  # the second one Telegram no longer has
+            fake.put_file(f"AgAlbum{i}", screenshot(120, 240))
+        size = {
+            "file_id": f"AgAlbum{i}",
+            "file_unique_id": f"U{i}",
+            "file_size": 900,
+            "width": 120,
+            "height": 240,
+        }
+        assert post(client, message(photo=[size], media_group_id="13579")) == 200
+    processed(client, 5)
+    eventually(lambda: len(fake.sent(CHAT)) >= 3, "the note")
+    time.sleep(0.5)
+    assert reply_keys(fake.texts(CHAT)[2:]) == ["media_picture_kept"], "one reply for the album"
+
+    async def media() -> int:
+        async with service(client).db.session() as s:
+            return len((await s.scalars(select(Media))).all())
+
+    assert in_app(client, media) == 2
 
 
 def test_a_document_that_is_not_a_picture_is_refused_by_kind(client: TestClient, fake: FakeTelegram) -> None:
