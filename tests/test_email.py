@@ -34,13 +34,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 from sqlmodel import col
 
-from bot.models import Conversation, Inbox, InboxStatus, Message, Outbox, OutboxStatus, Role
+from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox, OutboxStatus, Role
 from bot.service import Service
 from bot.web import create_app
 from channels.email import EmailChannel, trim_references
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
 from tests.conftest import make_settings
 from tests.engine_helpers import _patterns, reply_keys
+from tests.pictures import exif_of, photo_with_gps
 from tests.test_console_api import account
 
 ADDRESS = "soudan@tsunagi.example"
@@ -637,6 +638,37 @@ def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -
     assert '"attachments": 1' in stored[2] and '"attachments": 2' in stored[3]
     assert "%PDF" not in "".join(stored) and "PNG" not in "".join(stored), "the files themselves are not kept"
     assert '"refused": "pdf"' in stored[3] and "b.pdf" in stored[3], "names and kinds, for the counsellor"
+
+
+def test_a_picture_attached_is_kept_for_the_counsellor_and_other_files_refused(
+    client: TestClient, fake: FakeRelay
+) -> None:
+    listening = consent(client, fake)
+    msg = mail(CALM, reply_to=listening)
+    photo = photo_with_gps()
+    msg.add_attachment(photo, maintype="image", subtype="jpeg", filename="スクリーンショット.jpg")
+    msg.add_attachment(b"PK\x03\x04 archive", maintype="application", subtype="zip", filename="logs.zip")
+    deliver(client, msg.as_bytes())
+    settled(client, 3)
+    (reply,) = fake.to(USER)[2:]
+    assert keys([reply])[:2] == ["media_picture_kept", "attachments_not_kept"]
+    assert "添付ファイル（1件：圧縮ファイル）" in body(reply)
+    (media,) = rows(client, Media)
+    data = service(client).crypto.decrypt_bytes(media.data_enc)
+    assert exif_of(data) == {} and (media.width, media.height) == (640, 480)
+    (conv,) = conversations(client)
+    amy = account(client, "amy", Role.SUPERVISOR)
+    said = [m for m in amy.read(conv.id).json()["messages"] if m["from"] == "user"][-1]
+    assert said["items"] == [
+        {"kind": "image", "name": "スクリーンショット.jpg", "size": len(photo), "picture": True},
+        {"kind": "file", "name": "logs.zip", "size": 12, "refused": "archive"},
+    ]
+    (picture,) = said["pictures"]
+    got = amy.get(f"conversations/{conv.id}/pictures/{picture['id']}")
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["content-type"] == "image/jpeg" and got.headers["cache-control"] == "no-store"
+    stranger = account(client, "bob")
+    assert stranger.get(f"conversations/{conv.id}/pictures/{picture['id']}").status_code == 403
 
 
 async def _inbox(client: TestClient) -> list[Inbox]:
