@@ -54,7 +54,9 @@ MESSAGE_KEYS: dict[str, set[str]] = {
     "erase_cancelled": set(),
     "truncated": {"max"},
     "media_unreadable": set(),
-    "attachments_not_kept": {"count"},
+    "media_picture_kept": set(),
+    "attachments_not_kept": {"count", "kinds"},
+    "line_group_only": set(),
 }
 FORMAT_KEYS: dict[str, set[str]] = {
     "line": {"name", "number", "hours", "status"},
@@ -68,7 +70,17 @@ FORMAT_KEYS: dict[str, set[str]] = {
     "hours_range": {"days", "start", "end"},
     "day_range": {"first", "last"},
     "hours_joiner": set(),
+    "kind_pdf": set(),
+    "kind_archive": set(),
+    "kind_program": set(),
+    "kind_document": set(),
+    "kind_video": set(),
+    "kind_audio": set(),
+    "kind_other": set(),
+    "kind_broken_image": set(),
+    "kind_joiner": set(),
 }
+REFUSED_KINDS = ("pdf", "archive", "program", "document", "video", "audio", "other", "broken_image")
 KEYWORD_GROUPS = ("counsellor", "end", "erase", "crisis")
 ANSWER_GROUPS = (
     "consent",

@@ -37,6 +37,16 @@ class Crypto:
         except InvalidToken as e:
             raise DecryptError("stored data does not decrypt with the configured TSUNAGI_DATA_KEY") from e
 
+    def encrypt_bytes(self, data: bytes) -> str:
+        """Bytes (a picture) as a Fernet token, stored and rotated like text."""
+        return self._fernet.encrypt(data).decode("ascii")
+
+    def decrypt_bytes(self, token: str) -> bytes:
+        try:
+            return self._fernet.decrypt(token.encode("ascii"))
+        except InvalidToken as e:
+            raise DecryptError("stored data does not decrypt with the configured TSUNAGI_DATA_KEY") from e
+
     def rotate(self, token: str) -> str:
         """Re-encrypt with the primary key."""
         return self._fernet.rotate(token.encode("ascii")).decode("ascii")

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -39,16 +39,18 @@ from bot.models import (
     Direction,
     Handoff,
     HandoffStatus,
+    Media,
     Message,
     Note,
     Outbox,
+    OutboxStatus,
     Role,
     Sender,
     StatCount,
     State,
     utcnow,
 )
-from bot.types import Inbound, Kind
+from bot.types import EDITED, WITHDRAWN, Inbound, Item, Kind
 from handoff.queue import HandoffQueue, QueueEntry
 from triage import Category, Risk, TriageResult, get_engine
 from triage.normalize import sanitize
@@ -214,7 +216,9 @@ class ConversationEngine:
             .limit(1)
         )
         if inbound.kind is Kind.UNFOLLOW:
-            # They left or blocked us: close quietly, say nothing more.
+            # They left or blocked us: close quietly, say nothing more, and what was still waiting to go
+            # to them is cancelled (a push to someone who blocked us is refused, and counted).
+            await self._cancel_unsent(s, contact)
             if conv is None or conv.state == State.CLOSED:
                 return None
             step = _Step(conv, now)
@@ -253,13 +257,158 @@ class ConversationEngine:
         full = inbound.full_text[: self.max_chars * FULL_TEXT_FACTOR]
         await self._store_inbound(s, step, replace(inbound, text=text, full_text=full), result)
         conv.last_user_at = now
-        await self._step(s, step, text, inbound.kind, result, inbound.attachments)
-        if inbound.attachments and inbound.kind is not Kind.MEDIA and not step.erase:
-            # Files are never kept: they must not think a counsellor has seen them. Said first, before
-            # the answer and its choices, but never before what a crisis needs said.
-            note = (self.content.text("attachments_not_kept", count=inbound.attachments), Sender.BOT)
-            step.replies.insert(len(step.replies) if step.alert else 0, note)
+        if EDITED in inbound.flags:
+            await self._revised(s, step, result)
+            return step
+        if inbound.kind is Kind.MEDIA:
+            await self._media(s, step, inbound)
+        else:
+            await self._step(s, step, text, inbound.kind, result)
+        if inbound.items and not inbound.quiet and not step.erase and conv.state != State.WITH_COUNSELLOR:
+            # Files that were not kept, pictures that were: said first, before the answer and its
+            # choices, but never before what a crisis needs said.
+            notes = [(t, Sender.BOT) for t in self._items_said(inbound.items)]
+            at = len(step.replies) if step.alert else 0
+            step.replies[at:at] = notes
         return step
+
+    async def _media(self, s: AsyncSession, step: _Step, inbound: Inbound) -> None:
+        """A picture, a sticker, a place or a file, without text: text triage cannot read it. It is stored
+        and shown to the counsellor; the person is told what became of it (``_items_said``) without being
+        promised a look. Alone it puts nobody in the queue, unless the conversation is already at medium
+        risk or above (then a person should look) or they asked for a counsellor (already waiting)."""
+        conv = step.conv
+        if conv.state == State.NEW:
+            await self._welcome(s, step)  # a first contact that is a picture still gets the terms
+            return
+        if conv.state == State.WITH_COUNSELLOR or inbound.quiet:
+            return  # the counsellor sees it; the rest of an album was answered with its first picture
+        if not any(i.refused or i.picture for i in inbound.items):
+            step.say(self.content.text("media_unreadable"))
+        if conv.state == State.WAITING or conv.consent_at is None:
+            return
+        if _risk(conv.risk).rank >= Risk.MEDIUM.rank:
+            await self._enqueue(s, step)
+
+    def _items_said(self, items: tuple[Item, ...]) -> list[Text]:
+        """What the person is told about what came with a message: pictures kept (a counsellor who talks
+        with them can see them), files refused by kind."""
+        out = []
+        if any(i.picture is not None for i in items):
+            out.append(self.content.text("media_picture_kept"))
+        refused = [i.refused for i in items if i.refused]
+        if refused:
+            kinds = self.content.fmt("kind_joiner").join(
+                self.content.fmt(f"kind_{k}") for k in dict.fromkeys(refused)
+            )
+            out.append(self.content.text("attachments_not_kept", count=len(refused), kinds=kinds))
+        return out
+
+    async def _revised(self, s: AsyncSession, step: _Step, result: TriageResult | None) -> None:
+        """An edited message: stored beside the first version and triaged; the dialogue does not move for
+        it, but a risk it raises counts (a crisis takes the crisis path, a waiting conversation moves up)."""
+        conv = step.conv
+        before = _risk(conv.risk)
+        if result is None:
+            return
+        if result.risk.rank > before.rank:
+            conv.risk = result.risk.value
+        conv.categories = _merge_categories(conv.categories, result.categories)
+        if result.risk is Risk.CRISIS and result.reasons:
+            await self._crisis(s, step)
+        elif conv.state == State.WAITING and _risk(conv.risk).rank > before.rank:
+            step.enqueue = True
+
+    async def _cancel_unsent(self, s: AsyncSession, contact: Contact) -> None:
+        """Messages to a person not yet sent are cancelled (recorded failed, with why)."""
+        ids = select(col(Conversation.id)).where(col(Conversation.contact_id) == contact.id)
+        done = await s.execute(
+            update(Outbox)
+            .where(col(Outbox.conversation_id).in_(ids), col(Outbox.status) == OutboxStatus.PENDING)
+            .values(status=OutboxStatus.FAILED, last_error="cancelled: the person blocked or left")
+        )
+        if done.rowcount:  # type: ignore[attr-defined]
+            log.info("cancelled %d unsent messages on %s", done.rowcount, contact.channel)  # type: ignore[attr-defined]
+
+    async def withdraw(self, channel: str, user_id: str, external_id: str) -> bool:
+        """The person took a message back (LINE's unsend): its text, the whole of it, what came with it
+        and its pictures are erased, with its edited versions (external id ``<id>:...``), and so is
+        whatever the triage quoted of it (its reasons, and later messages' context). It stays in the
+        transcript as withdrawn; the conversation's risk and categories stay as they were (a crisis
+        withdrawn still needs a counsellor's eyes), and its reasons say that a withdrawn message raised
+        them. False when no such message of theirs is stored."""
+        lookup = self.crypto.lookup(channel, sanitize(user_id))
+        now = self.clock()
+        async with self._locks.hold(lookup), self.db.session() as s, s.begin():
+            found = (
+                await s.execute(
+                    select(Message, Conversation)
+                    .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                    .join(Contact, col(Contact.id) == col(Conversation.contact_id))
+                    .where(
+                        col(Message.channel) == channel,
+                        or_(
+                            col(Message.external_id) == external_id,
+                            col(Message.external_id).startswith(external_id + ":", autoescape=True),
+                        ),
+                    )
+                    .where(col(Contact.lookup) == lookup, col(Message.direction) == Direction.IN)
+                    .order_by(col(Message.id))
+                )
+            ).all()
+            if not found:
+                log.info("a withdrawn message on %s is not stored (never was, or already gone)", channel)
+                return False
+            for msg, conv in found:
+                if msg.withdrawn_at is None:
+                    await self._withdraw_one(s, msg, conv, now)
+            contact_id = conv.contact_id or ""
+        self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
+        self.events.publish(Event("queue"))  # its preview may have been this message
+        log.info("a message of conversation %s was withdrawn; risk stays %s", conv.id, conv.risk)
+        return True
+
+    async def _withdraw_one(self, s: AsyncSession, msg: Message, conv: Conversation, now: datetime) -> None:
+        text = self.crypto.decrypt(msg.text_enc)
+        if msg.triage_enc:
+            t = json.loads(self.crypto.decrypt(msg.triage_enc))
+            reasons = [
+                {"rule": f"{WITHDRAWN}.{r.get('rule', '')}", "matched": "", "span": [0, 0]}
+                for r in t.get("reasons", [])
+            ]
+            kept = {"risk": t.get("risk"), "categories": t.get("categories", []), "reasons": reasons}
+            msg.triage_enc = self.crypto.encrypt(json.dumps(kept, ensure_ascii=False))
+        msg.text_enc = self.crypto.encrypt("")
+        msg.full_enc = ""
+        msg.meta_enc = ""
+        msg.flags = ",".join([*[f for f in msg.flags.split(",") if f], WITHDRAWN])[:64]
+        msg.withdrawn_at = now
+        await s.execute(delete(Media).where(col(Media.message_id) == msg.id))
+        if text.strip():
+            await self._forget_quotes(s, conv.id, msg.id or 0, text)
+        self._audit(s, "message.withdrawn", conv.id)
+
+    async def _forget_quotes(self, s: AsyncSession, conversation_id: str, after: int, text: str) -> None:
+        """Later messages' triage context quotes earlier ones (``history.<rule>``): what it quoted of a
+        withdrawn text goes, the rule stays."""
+        rows = (
+            await s.scalars(
+                select(Message).where(
+                    col(Message.conversation_id) == conversation_id,
+                    col(Message.id) > after,
+                    col(Message.triage_enc) != "",
+                )
+            )
+        ).all()
+        for m in rows:
+            t = json.loads(self.crypto.decrypt(m.triage_enc))
+            context = t.get("context") or []
+            if not any(c.get("matched") and c["matched"] in text for c in context):
+                continue
+            for c in context:
+                if c.get("matched") and c["matched"] in text:
+                    c["matched"] = ""
+            m.triage_enc = self.crypto.encrypt(json.dumps(t, ensure_ascii=False))
 
     def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
         conv = Conversation(contact_id=contact.id, channel=contact.channel, created_at=now, updated_at=now)
@@ -271,7 +420,7 @@ class ConversationEngine:
             await s.scalars(
                 select(col(Message.text_enc))
                 .where(col(Message.conversation_id) == conv.id, col(Message.direction) == Direction.IN)
-                .where(col(Message.kind) == Kind.TEXT)
+                .where(col(Message.kind) == Kind.TEXT, col(Message.withdrawn_at).is_(None))
                 .order_by(col(Message.id).desc())
                 .limit(HISTORY)
             )
@@ -281,27 +430,46 @@ class ConversationEngine:
     async def _store_inbound(
         self, s: AsyncSession, step: _Step, inbound: Inbound, result: TriageResult | None
     ) -> None:
-        s.add(
-            Message(
-                conversation_id=step.conv.id,
-                channel=inbound.channel,
-                direction=Direction.IN,
-                sender=Sender.USER,
-                kind=inbound.kind.value,
-                text_enc=self.crypto.encrypt(inbound.text),
-                full_enc=self.crypto.encrypt(inbound.full_text)
-                if inbound.full_text and inbound.full_text != inbound.text
-                else "",
-                attachments=max(0, inbound.attachments),
-                external_id=inbound.external_id,
-                risk=result.risk.value if result else "",
-                triage_enc=self.crypto.encrypt(json.dumps(result.to_json(), ensure_ascii=False))
-                if result
-                else "",
-                created_at=inbound.at,
-            )
+        message = Message(
+            conversation_id=step.conv.id,
+            channel=inbound.channel,
+            direction=Direction.IN,
+            sender=Sender.USER,
+            kind=inbound.kind.value,
+            text_enc=self.crypto.encrypt(inbound.text),
+            full_enc=self.crypto.encrypt(inbound.full_text)
+            if inbound.full_text and inbound.full_text != inbound.text
+            else "",
+            attachments=max(0, inbound.attachments),
+            flags=",".join(inbound.flags)[:64],
+            meta_enc=self.crypto.encrypt(json.dumps([i.shown() for i in inbound.items], ensure_ascii=False))
+            if inbound.items
+            else "",
+            external_id=inbound.external_id,
+            risk=result.risk.value if result else "",
+            triage_enc=self.crypto.encrypt(json.dumps(result.to_json(), ensure_ascii=False))
+            if result
+            else "",
+            created_at=inbound.at,
         )
+        s.add(message)
         await s.flush()  # the unique external id is checked here, inside the transaction
+        assert message.id is not None
+        for item in inbound.items:
+            if item.picture is not None:
+                p = item.picture
+                s.add(
+                    Media(
+                        message_id=message.id,
+                        conversation_id=step.conv.id,
+                        content_type=p.content_type,
+                        width=p.width,
+                        height=p.height,
+                        size=len(p.data),
+                        data_enc=self.crypto.encrypt_bytes(p.data),
+                        created_at=inbound.at,
+                    )
+                )
 
     # -- the flow ------------------------------------------------------------------------------------
 
@@ -312,7 +480,6 @@ class ConversationEngine:
         text: str,
         kind: Kind,
         result: TriageResult | None,
-        attachments: int = 0,
     ) -> None:
         conv, c = step.conv, self.content
         before = _risk(conv.risk)
@@ -320,17 +487,6 @@ class ConversationEngine:
             if result.risk.rank > before.rank:
                 conv.risk = result.risk.value
             conv.categories = _merge_categories(conv.categories, result.categories)
-        if kind is Kind.MEDIA:
-            # Pictures, stickers and files bypass text triage: say so kindly, and let a person look.
-            if conv.state == State.WITH_COUNSELLOR:
-                return  # the counsellor sees it in the console
-            if attachments:
-                step.say(self.content.text("attachments_not_kept", count=attachments))
-            else:
-                step.say(self.content.text("media_unreadable"))
-            if conv.state != State.WAITING and conv.consent_at is not None:
-                await self._enqueue(s, step)
-            return
         keyword = c.keyword_of(text)
 
         if conv.pending == "erase_confirm":
@@ -583,6 +739,7 @@ class ConversationEngine:
             )
         ).all()
         await s.execute(delete(Outbox).where(col(Outbox.conversation_id).in_(ids)))
+        await s.execute(delete(Media).where(col(Media.conversation_id).in_(ids)))
         await s.execute(delete(Message).where(col(Message.conversation_id).in_(ids)))
         await s.execute(delete(Note).where(col(Note.conversation_id).in_(ids)))
         await s.execute(

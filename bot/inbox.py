@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,24 @@ class InboxWorker:
             self.wakeup.set()
         return new
 
+    async def scrub(self, channel: str, matches: Callable[[str], bool], *, days: int = 2) -> int:
+        """Empty the stored events of ``channel`` whose payload ``matches`` (a message the person withdrew:
+        its text must not outlive it in the inbox); how many were emptied. Events are kept a day after
+        they are handled, so only recent rows are read."""
+        since = utcnow() - timedelta(days=days)
+        emptied = 0
+        async with self.db.session() as s, s.begin():
+            rows = (
+                await s.scalars(
+                    select(Inbox).where(col(Inbox.channel) == channel, col(Inbox.received_at) >= since)
+                )
+            ).all()
+            for row in rows:
+                if matches(self.crypto.decrypt(row.payload_enc)):
+                    row.payload_enc = self.crypto.encrypt("{}")
+                    emptied += 1
+        return emptied
+
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
@@ -95,19 +114,29 @@ class InboxWorker:
                 row = await s.get(Inbox, row_id)
             assert row is not None
             channel = self.channels.get(row.channel)
+            payload = ""
             try:
                 if channel is None:
                     raise LookupError(f"no channel {row.channel!r}")
-                await channel.process(self.crypto.decrypt(row.payload_enc))
+                payload = self.crypto.decrypt(row.payload_enc)
+                await channel.process(payload)
             except Exception as e:
                 final = row.attempts >= MAX_ATTEMPTS
-                log.warning(
-                    "inbox %s on %s failed (%s)%s",
-                    row_id,
-                    row.channel,
-                    e.__class__.__name__,
-                    ": given up" if final else "",
-                )
+                if final:
+                    # Once, with where it failed: the traceback's frames and the exception's class, never
+                    # its message (which may quote what the person wrote), and the event's type only.
+                    kind = _describe(channel, payload)
+                    frames = "".join(traceback.format_tb(e.__traceback__))
+                    log.error(
+                        "inbox %s on %s (%s) failed for good: %s\nTraceback (most recent call last):\n%s",
+                        row_id,
+                        row.channel,
+                        kind,
+                        e.__class__.__name__,
+                        frames.rstrip(),
+                    )
+                else:
+                    log.warning("inbox %s on %s failed (%s)", row_id, row.channel, e.__class__.__name__)
                 # Not final: it stays leased until the backoff is over, then it is due again.
                 values = {
                     "status": InboxStatus.FAILED if final else InboxStatus.PROCESSING,
@@ -125,3 +154,12 @@ class InboxWorker:
                 )
             done += 1
         return done
+
+
+def _describe(channel: Channel | None, payload: str) -> str:
+    if channel is None or not payload:
+        return "unknown"
+    try:
+        return channel.describe(payload)
+    except Exception:
+        return "unreadable"

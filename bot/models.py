@@ -145,6 +145,28 @@ class Message(SQLModel, table=True):
     risk: str = Field(default="", max_length=10)
     triage_enc: str = ""  # the triage result (its reasons quote the text), encrypted
     quick_replies: str = ""  # JSON list for outbound choices (labels are ours, not the user's)
+    # Marks for the counsellor, comma-separated: whole_mail (no new text could be told from the quoted),
+    # edited (a new version of an earlier message), withdrawn (the person took it back: its text is gone).
+    flags: str = Field(default="", max_length=64)
+    # What came when it was not text (a sticker's keywords, a place, a file's name and size): JSON,
+    # encrypted like the text (a file name or an address says who someone is).
+    meta_enc: str = ""
+    withdrawn_at: datetime | None = _at(default=None)
+    created_at: datetime = _at(default_factory=utcnow)
+
+
+class Media(SQLModel, table=True):
+    """A picture a person sent, as the counsellor sees it: decoded and re-encoded (no EXIF or GPS, never
+    anything that is not a picture), encrypted at rest like text, gone with its message."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="message.id", index=True)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
+    content_type: str = Field(max_length=32)  # image/jpeg or image/png, as re-encoded
+    width: int
+    height: int
+    size: int  # bytes of the re-encoded picture
+    data_enc: str  # the picture's bytes, encrypted (a Fernet token, rotated like the text)
     created_at: datetime = _at(default_factory=utcnow)
 
 

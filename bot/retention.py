@@ -1,6 +1,6 @@
-"""Retention: closed conversations are purged after ``TSUNAGI_RETENTION_DAYS``; erased contacts go as
-soon as their last reply is out. What outlives them is the de-identified counts in ``stat_count``
-(written when each conversation closed) and the audit log (which holds no text)."""
+"""Retention: closed conversations are purged after ``TSUNAGI_RETENTION_DAYS``, pictures with them;
+erased contacts go as soon as their last reply is out. What outlives them is the de-identified counts
+in ``stat_count`` (written when each conversation closed) and the audit log (which holds no text)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from bot.models import (
     Handoff,
     Inbox,
     InboxStatus,
+    Media,
     Message,
     Note,
     Outbox,
@@ -112,6 +113,7 @@ class Retention:
 
 async def _purge(s: AsyncSession, ids: list[str]) -> None:
     await s.execute(delete(Outbox).where(col(Outbox.conversation_id).in_(ids)))
+    await s.execute(delete(Media).where(col(Media.conversation_id).in_(ids)))  # pictures go with their text
     await s.execute(delete(Message).where(col(Message.conversation_id).in_(ids)))
     await s.execute(delete(Handoff).where(col(Handoff.conversation_id).in_(ids)))
     await s.execute(delete(Alert).where(col(Alert.conversation_id).in_(ids)))

@@ -9,6 +9,12 @@ from enum import StrEnum
 
 from bot.models import Sender, utcnow
 
+# Marks on an inbound message for the counsellor (Message.flags).
+WHOLE_MAIL = "whole_mail"  # no new text could be told from the quoted: the whole mail is the text
+EDITED = "edited"  # a new version of a message the person edited (stored beside the first)
+WITHDRAWN = "withdrawn"  # the person took it back (LINE's unsend): its text and pictures are gone
+ALBUM = "album"  # one picture of several sent together (answered once)
+
 
 class Kind(StrEnum):
     TEXT = "text"  # something the person wrote
@@ -16,6 +22,48 @@ class Kind(StrEnum):
     MEDIA = "media"  # image, video, audio, file, sticker, location: text triage cannot read it
     FOLLOW = "follow"  # they opened the chat or added the account: greet them
     UNFOLLOW = "unfollow"  # they blocked or left: close, send nothing more
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image as it is kept: decoded and re-encoded (bot/images.py), nothing else of the file."""
+
+    content_type: str  # image/jpeg or image/png
+    width: int
+    height: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Item:
+    """What came when it was not text, as the counsellor is shown it (never read by triage)."""
+
+    kind: str  # image, video, audio, file, sticker, location, or the platform's own name for the type
+    name: str = ""  # a file's name
+    size: int = 0  # a file's size in bytes (0 when not known)
+    keywords: tuple[str, ...] = ()  # a sticker's keywords
+    title: str = ""  # a place's name
+    address: str = ""  # a place's address
+    # A file that was not kept, by what it is (pdf, archive, program, document, video, audio, other,
+    # broken_image: an "image" that does not decode); "" when nothing was refused. The person is told.
+    refused: str = ""
+    picture: Picture | None = None  # an image that could be read: the counsellor sees it
+
+    def shown(self) -> dict[str, object]:
+        """What is stored (encrypted) for the console: everything but the picture's bytes."""
+        out: dict[str, object] = {"kind": self.kind}
+        for key in ("name", "title", "address"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.size:
+            out["size"] = self.size
+        if self.keywords:
+            out["keywords"] = list(self.keywords)
+        if self.refused:
+            out["refused"] = self.refused
+        if self.picture is not None:
+            out["picture"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -33,6 +81,9 @@ class Inbound:
     # The channel's own state for this person, kept with the contact (see Contact.state_enc); "" keeps
     # what is there.
     contact_state: str = ""
+    flags: tuple[str, ...] = ()  # marks for the counsellor (WHOLE_MAIL ...), stored with the message
+    items: tuple[Item, ...] = ()  # pictures, stickers, places, files that came with it
+    quiet: bool = False  # stored and shown, nothing said (the second picture of an album onwards)
 
 
 @dataclass(frozen=True)

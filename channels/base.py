@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, ClassVar, final
 
@@ -57,6 +58,18 @@ class Channel(ABC):
     async def process(self, payload: str) -> None:
         """Handle one stored platform event (channels whose webhooks store events first)."""
         raise NotImplementedError(f"{self.name} does not store events")
+
+    def describe(self, payload: str) -> str:
+        """What kind of event a stored payload is, for a log line (its type only: never text or ids)."""
+        return self.name
+
+    @final
+    async def withdraw(self, user_id: str, external_id: str, matches: Callable[[str], bool]) -> bool:
+        """The person took a message back: erased from storage (the engine) and from the stored platform
+        events that carried it (``matches`` picks them)."""
+        found = await self.service.engine.withdraw(self.name, user_id, external_id)
+        await self.service.inbox.scrub(self.name, matches)
+        return found
 
     @final
     async def store_events(self, events: list[tuple[str, str]]) -> int:

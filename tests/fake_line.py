@@ -9,7 +9,11 @@ TCP) and records every request. What it enforces, after the API reference
 - reply tokens are issued here (tests put them into webhook events), single use and short-lived:
   a used, expired or unknown one answers 400 ``Invalid reply token``;
 - ``X-Line-Retry-Key`` on push: a key already accepted answers 409 and nothing is recorded again;
-- loading indicator (``/v2/bot/chat/loading/start``): ``chatId`` and ``loadingSeconds`` 5..60 by 5.
+- loading indicator (``/v2/bot/chat/loading/start``): ``chatId`` and ``loadingSeconds`` 5..60 by 5;
+- content (``GET /v2/bot/message/{messageId}/content``, on api-data.line.me in production): the bytes a
+  test put there with ``put_content``, with their Content-Type; 404 for any other id (content expires);
+- leaving (``POST /v2/bot/group/{groupId}/leave``, ``/v2/bot/room/{roomId}/leave``): recorded in ``left``;
+  404 for a group or room the bot is not in (one it already left).
 It can be told to answer an error status for the next N message calls (``fail``), or to accept the
 next N message calls and then answer 500 as if the response were lost (``lose``).
 Any other path (the profile endpoint included) answers 404 and is recorded in ``unexpected``.
@@ -18,6 +22,7 @@ Any other path (the profile endpoint included) answers 404 and is recorded in ``
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 import time
@@ -28,6 +33,8 @@ from typing import Any
 
 MESSAGE_PATHS = ("/v2/bot/message/reply", "/v2/bot/message/push")
 LOADING_PATH = "/v2/bot/chat/loading/start"
+CONTENT_PATH = re.compile(r"^/v2/bot/message/([0-9]+)/content$")
+LEAVE_PATH = re.compile(r"^/v2/bot/(group|room)/([A-Za-z0-9]+)/leave$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class FakeLine:
     calls: list[Call] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     loading: list[str] = field(default_factory=list)  # chatIds the indicator was shown to
+    left: list[tuple[str, str]] = field(default_factory=list)  # ("group" or "room", its id)
+    content: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # message id -> (bytes, type)
+    fetched: list[str] = field(default_factory=list)  # message ids whose content was asked for
+    joined: set[str] = field(default_factory=set)  # groups and rooms the bot is in
     unexpected: list[Call] = field(default_factory=list)
     _tokens: dict[str, _Token] = field(default_factory=dict)
     _retry_keys: set[str] = field(default_factory=set)
@@ -79,9 +90,10 @@ class FakeLine:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def issue_token(self, user: str, ttl: float = 60.0) -> str:
-        """A reply token for an event of ``user``, valid for ``ttl`` seconds (LINE: about a minute)."""
-        token = secrets.token_hex(16)
+    def issue_token(self, user: str, ttl: float = 60.0, token: str | None = None) -> str:
+        """A reply token for an event of ``user`` (a group's or room's id for events there), valid for
+        ``ttl`` seconds (LINE: about a minute); ``token`` when a fixture names it."""
+        token = token or secrets.token_hex(16)
         with self._lock:
             self._tokens[token] = _Token(user, time.monotonic() + ttl)
         return token
@@ -95,6 +107,14 @@ class FakeLine:
         """Accept the next ``times`` reply or push calls, then answer 500 (a response lost on the way)."""
         with self._lock:
             self._lose += times
+
+    def put_content(self, message_id: str, data: bytes, content_type: str = "image/jpeg") -> None:
+        with self._lock:
+            self.content[message_id] = (data, content_type)
+
+    def join(self, group: str) -> None:
+        with self._lock:
+            self.joined.add(group)
 
     def to(self, user: str) -> list[Sent]:
         with self._lock:
@@ -130,9 +150,9 @@ class FakeLine:
                     body = raw.decode("utf-8", "replace")
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, answer, extra = fake._answer(method, self.path, headers, body)
-                data = json.dumps(answer).encode()
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", extra.pop("content-type", "application/json"))
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("x-line-request-id", str(uuid.uuid4()))
                 for k, v in extra.items():
@@ -159,7 +179,7 @@ class FakeLine:
             status, answer, extra = self._route(method, path, headers, body)
             call = Call(method, path, headers, body, status)
             self.calls.append(call)
-            if status == 404:
+            if status == 404 and not (CONTENT_PATH.match(path) or LEAVE_PATH.match(path)):
                 self.unexpected.append(call)
             return status, answer, extra
 
@@ -168,6 +188,20 @@ class FakeLine:
     ) -> tuple[int, Any, dict[str, str]]:
         if headers.get("authorization") != f"Bearer {self.access_token}":
             return 401, {"message": "Authentication failed. Confirm that the access token is valid."}, {}
+        content = CONTENT_PATH.match(path)
+        if method == "GET" and content:
+            self.fetched.append(content.group(1))
+            found = self.content.get(content.group(1))
+            if found is None:
+                return 404, {"message": "Not found"}, {}
+            return 200, found[0], {"content-type": found[1]}
+        leave = LEAVE_PATH.match(path)
+        if method == "POST" and leave:
+            if leave.group(2) not in self.joined:
+                return 404, {"message": "Not found"}, {}  # a 404 that is expected: not "unexpected"
+            self.joined.discard(leave.group(2))
+            self.left.append((leave.group(1), leave.group(2)))
+            return 200, {}, {}
         if method != "POST" or path not in (*MESSAGE_PATHS, LOADING_PATH):
             return 404, {"message": "Not found"}, {}
         if not headers.get("content-type", "").startswith("application/json") or not isinstance(body, dict):

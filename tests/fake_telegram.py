@@ -3,11 +3,13 @@
 
 It checks what the real one checks for the methods tsunagi uses: the token in the path
 (``/bot<token>/<method>``; a wrong one is 401), form-encoded or JSON bodies (PTB sends
-``application/x-www-form-urlencoded`` with JSON-encoded non-string values), ``getMe``,
-``sendMessage`` (``chat_id``; ``text`` of 1 to 4096 UTF-16 units; a valid ``reply_markup`` with
-``callback_data`` of 1 to 64 bytes), ``answerCallbackQuery`` and ``setWebhook`` (an https ``url``; a
-``secret_token`` of 1 to 256 characters from ``A-Z a-z 0-9 _ -``). Every call is recorded; it answers in
-the Bot API's envelope (``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code", "description"}``)
+``application/x-www-form-urlencoded`` with JSON-encoded non-string values), ``getMe``, ``getFile`` (a
+``file_id`` a test put with ``put_file``, else 400 as for an unknown or expired one) and the file
+download (``/file/bot<token>/<file_path>``), ``sendMessage`` (``chat_id``; ``text`` of 1 to 4096 UTF-16
+units; a valid ``reply_markup`` with ``callback_data`` of 1 to 64 bytes), ``answerCallbackQuery`` and
+``setWebhook`` (an https ``url``; a ``secret_token`` of 1 to 256 characters from ``A-Z a-z 0-9 _ -``).
+Every call is recorded; it answers in the Bot API's envelope (``{"ok": true, "result": ...}`` or
+``{"ok": false, "error_code", "description"}``)
 with Message objects PTB can parse. ``fail_next`` makes the next calls answer 429 (with ``retry_after``)
 or 500; ``blocked`` chats answer 403 as for a person who blocked the bot.
 """
@@ -28,7 +30,7 @@ from urllib.parse import parse_qsl
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 BOT_ID = 7000000001
 BOT_USER = {
@@ -80,9 +82,15 @@ class FakeTelegram:
     fail_next: list[tuple[int, int]] = field(default_factory=list)
     blocked: set[int] = field(default_factory=set)
     webhook: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # file_id -> the file's bytes
+    downloaded: list[str] = field(default_factory=list)  # file paths fetched
     base_url: str = ""
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def put_file(self, file_id: str, data: bytes) -> None:
+        with self._lock:
+            self.files[file_id] = data
 
     # -- what tests read -------------------------------------------------------------------------------
 
@@ -138,6 +146,18 @@ class FakeTelegram:
                 self.calls.append(Call(method, params, status))
             return response
 
+        @app.get("/file/bot{token}/{file_path:path}")
+        async def download(token: str, file_path: str) -> Response:
+            if token != self.token:
+                return _error(401, "Unauthorized")
+            file_id = file_path.rpartition("/")[2].partition(".")[0]
+            with self._lock:
+                data = self.files.get(file_id)
+                self.downloaded.append(file_path)
+            if data is None:
+                return _error(404, "Not Found")
+            return Response(content=data, media_type="application/octet-stream")
+
         @app.api_route("/{path:path}", methods=["GET", "POST"])
         async def other(path: str) -> JSONResponse:
             return _error(404, "Not Found")
@@ -157,6 +177,18 @@ class FakeTelegram:
             return True
         if method == "setWebhook":
             return self._set_webhook(p)
+        if method == "getFile":
+            file_id = p.get("file_id")
+            with self._lock:
+                data = self.files.get(file_id) if isinstance(file_id, str) else None
+            if data is None:
+                raise ApiError(400, "Bad Request: invalid file_id")
+            return {
+                "file_id": file_id,
+                "file_unique_id": f"u{file_id}",
+                "file_size": len(data),
+                "file_path": f"photos/{file_id}.jpg",
+            }
         if method == "getWebhookInfo":
             return {
                 "url": self.webhook.get("url", ""),

@@ -354,6 +354,27 @@ def test_a_message_written_while_offline_is_sent_after_the_reconnect_in_order(
 # -- (b) quick exit ----------------------------------------------------------------------------------------
 
 
+def test_a_picture_is_sent_with_the_attach_button(page: Page, server: Server, tmp_path: Path) -> None:
+    from tests.pictures import photo_with_gps
+
+    open_chat(page, server)
+    consent(page)
+    picture = tmp_path / "スクショ.jpg"
+    picture.write_bytes(photo_with_gps())
+    expect(page.locator("#attach")).to_have_accessible_name("画像を送る")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#attach").click()
+    chooser.value.set_files(str(picture))
+    expect(user_lines(page).last).to_contain_text("（画像を送りました）")
+    expect(bot_lines(page).last).to_contain_text("画像を受け取りました", timeout=WAIT_MS)
+    expect(page.locator("#log li.pending")).to_have_count(0)  # acknowledged
+    assert page.locator("#log img").count() == 0, "the page keeps no picture"
+    notes = tmp_path / "memo.txt"
+    notes.write_text("not a picture")
+    page.locator("#attach-file").set_input_files(str(notes))
+    expect(page.locator("#attach-error")).to_have_text("画像ファイルだけを送れます。")
+
+
 def test_quick_exit_leaves_nothing_behind(page: Page, server: Server, context: BrowserContext) -> None:
     before = f"{server.base}/healthz?before-chat"
     page.goto(before)

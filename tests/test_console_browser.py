@@ -48,7 +48,7 @@ from bot.config import Settings
 from bot.db import Database
 from bot.models import Message, Outbox, OutboxStatus
 from bot.service import Service
-from bot.types import Inbound
+from bot.types import Inbound, Kind
 from channels.loopback import LoopbackChannel
 
 pytestmark = pytest.mark.browser
@@ -739,6 +739,123 @@ def test_a_mail_shows_its_whole_text_and_attachments_and_replies_show_what_becam
     assert transcript.evaluate("(e) => e.scrollTop") == 0  # not pulled to the bottom
     assert page.locator("#transcript img").count() == 0
     # The watched fixture fails the test on any dialog (the alert(1) above) or script error.
+
+
+# -- pictures, stickers, places, files and a withdrawn message -------------------------------------------
+
+WITHDRAWN_TEXT = "もう死にたい。今から薬を全部飲む"
+EVIL_NAME = "<img src=x onerror=alert(2)>.pdf"
+
+
+async def _play_media_scene(home: Path) -> None:
+    """Before the server starts: a person sends, through the engine, a picture (a screenshot), a sticker,
+    a place and a PDF that is refused, then a crisis that they withdraw (LINE's unsend), and a message
+    they edit."""
+    from bot.images import file_item
+    from bot.types import EDITED, Item
+    from tests.pictures import screenshot
+
+    svc = Service(_settings(home))
+    await svc.start(workers=False)
+    try:
+        channel = svc.channels["loopback"]
+        assert isinstance(channel, LoopbackChannel)
+        user = "media-person"
+        await channel.say(user, "こんにちは")
+        await channel.say(user, "同意")
+        picture = file_item("スクショ.png", "image/png", screenshot(300, 600))
+        assert picture.picture is not None
+        items = [
+            picture,
+            Item("sticker", keywords=("sad", "泣く")),
+            Item("location", title="渋谷駅", address="東京都渋谷区道玄坂１丁目"),
+            Item("file", name=EVIL_NAME, size=2048, refused="pdf"),
+        ]
+        for i, item in enumerate(items):
+            await channel.receive(
+                Inbound(channel="loopback", user_id=user, kind=Kind.MEDIA, items=(item,), external_id=f"m{i}")
+            )
+        await channel.say(user, WITHDRAWN_TEXT, external_id="to-withdraw")
+        assert await svc.engine.withdraw("loopback", user, "to-withdraw")
+        await channel.say(user, "話を聞いてほしいです", external_id="to-edit")
+        await channel.receive(
+            Inbound(
+                channel="loopback",
+                user_id=user,
+                text="話を聞いてほしいです。学校に行けません",
+                external_id="to-edit:edit:1",
+                flags=(EDITED,),
+            )
+        )
+        await svc.outbox.send_due()
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+def media_server(template: Path, tmp_path: Path) -> Iterator[Server]:
+    home = tmp_path / "server"
+    shutil.copytree(template, home)
+    in_thread(_play_media_scene(home))
+    yield from _serve(home)
+
+
+def test_pictures_are_behind_a_click_and_a_withdrawn_message_says_so(
+    media_server: Server, new_page: Callable[[], Page]
+) -> None:
+    page = new_page()
+    log_in(page, media_server, "kana")
+    expect(queue_items(page)).to_have_count(1)  # the withdrawn crisis still needs a counsellor's eyes
+    expect(queue_items(page).first).not_to_contain_text("死にたい")  # not in the preview
+    queue_items(page).first.locator(".queue-open").click()
+    expect(page.locator("#conv-notice")).to_contain_text("待機中の相談です")
+    transcript = page.locator("#transcript")
+
+    # The withdrawn message: said so, its text gone; the reason that it raised the risk stays, in words.
+    gone = lines(page, "user").filter(has=page.locator(".msg-withdrawn"))
+    expect(gone).to_have_count(1)
+    expect(gone.locator(".msg-text")).to_have_text(
+        "（相談者がこのメッセージを取り消しました。内容は消去されています）"
+    )
+    expect(transcript).not_to_contain_text("死にたい")
+    expect(page.locator("#reasons .reason-withdrawn").first).to_contain_text(
+        "取り消されたメッセージがこの判定を上げました"
+    )
+    expect(page.locator("#reasons")).not_to_contain_text("死にたい")
+
+    # The edited message: both versions, the second marked.
+    expect(lines(page, "user").filter(has_text="学校に行けません").locator(".msg-flag")).to_have_text(
+        "編集後のメッセージです（編集前のものも上に残っています）。"
+    )
+
+    # What came besides text, in words; a file name with markup is text.
+    items = transcript.locator(".msg-item")
+    expect(items).to_have_count(4)
+    expect(items.nth(0)).to_have_text("画像")
+    expect(items.nth(1)).to_have_text("スタンプ（キーワード：sad、泣く）")
+    expect(items.nth(2)).to_have_text("位置情報：渋谷駅／東京都渋谷区道玄坂１丁目")
+    expect(items.nth(3)).to_have_text(f"ファイル：{EVIL_NAME}（2KB） — 安全のため受け取っていません（PDF）")
+
+    # The picture: a warning and a button, and no image until the counsellor asks for it.
+    block = transcript.locator(".msg-picture")
+    expect(block).to_have_count(1)
+    expect(block.locator(".picture-warning")).to_contain_text("つらい内容")
+    assert page.locator("#transcript img").count() == 0
+    block.get_by_role("button", name="画像を表示する").click()
+    img = block.locator("img.picture")
+    expect(img).to_be_visible()
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+    assert img.evaluate("(i) => [i.naturalWidth, i.naturalHeight]") == [300, 600]
+    assert page.locator("#transcript img").count() == 1, "the file name's markup made no image"
+    src = str(img.get_attribute("src"))
+    block.get_by_role("button", name="画像を隠す").click()
+    expect(block.locator("img")).to_have_count(0)
+    expect(block.get_by_role("button", name="画像を表示する")).to_be_visible()
+    # The picture's address answers only a session that may read the conversation.
+    stranger = new_page()
+    stranger.goto(f"{media_server.base}/console")
+    assert fetch_status(stranger, src) == 401
+    assert fetch_status(page, src) == 200
 
 
 # -- (3) supervisors' views ------------------------------------------------------------------------------

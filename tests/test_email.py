@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import re
 import smtplib
 import socket
@@ -33,13 +34,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 from sqlmodel import col
 
-from bot.models import Conversation, Inbox, InboxStatus, Message, Outbox, OutboxStatus, Role
+from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox, OutboxStatus, Role
 from bot.service import Service
 from bot.web import create_app
-from channels.email import EmailChannel
+from channels.email import EmailChannel, trim_references
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
 from tests.conftest import make_settings
 from tests.engine_helpers import _patterns, reply_keys
+from tests.pictures import exif_of, photo_with_gps
 from tests.test_console_api import account
 
 ADDRESS = "soudan@tsunagi.example"
@@ -450,6 +452,122 @@ def test_only_the_new_text_is_triaged(client: TestClient, fake: FakeRelay, style
     assert all(c.risk != "crisis" for c in conversations(client))
 
 
+PILLS = "さっき家にあった薬を全部飲みました。"
+BELOW = {
+    # Thunderbird's default: the attribution, the quote, and the answer under it.
+    "thunderbird_ja": "{{name}} さんが書きました:\n> {old}\n> よろしくお願いします\n\n{new}\n",
+    "thunderbird_en": "On 2026/11/25 10:00, {{name}} wrote:\n> {old}\n\n{new}\n",
+    "gmail_ja": "2026年11月25日(水) 10:00 {{name}} <soudan@tsunagi.example>:\n\n> {old}\n\n{new}\n",
+    # A phone's mail: the separator and its header fields, the quote marked with full-width ＞.
+    "phone": "-----Original Message-----\nFrom: {{name}}\n件名: Re: ご相談\n＞{old}\n\n{new}\n",
+}
+
+
+@pytest.mark.parametrize("style", sorted(BELOW))
+def test_an_answer_written_below_the_quote_is_read(client: TestClient, fake: FakeRelay, style: str) -> None:
+    """The person answers under our quoted mail: what they wrote there is theirs, and it is triaged."""
+    listening = consent(client, fake)
+    text = BELOW[style].format(new=PILLS, old="よろしければ、お話を聞かせてください。").format(name="つなぎ")
+    deliver(client, mail(text, subject="Re: ご相談", reply_to=listening).as_bytes())
+    eventually(lambda: "crisis" in keys(fake.to(USER)[2:]), "the crisis reply")
+    (conv,) = conversations(client)
+    assert conv.risk == "crisis" and conv.state == "waiting"
+    stored = in_app(client, lambda: _last_inbound(client))
+    assert stored[0] == PILLS, "only their words, without the quote"
+    assert "よろしければ" in stored[1], "the whole mail for the counsellor"
+
+
+async def _last_inbound(client: TestClient) -> tuple[str, str, str]:
+    async with service(client).db.session() as s:
+        m = await s.scalar(
+            select(Message).where(col(Message.direction) == "in").order_by(col(Message.id).desc())
+        )
+        assert m is not None
+        crypto = service(client).crypto
+        return crypto.decrypt(m.text_enc), crypto.decrypt(m.full_enc) if m.full_enc else "", m.flags
+
+
+def test_a_mail_that_is_all_quote_is_kept_whole_and_the_counsellor_told(
+    client: TestClient, fake: FakeRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing outside the quote: the whole mail is stored and triaged (never only its subject), and the
+    console says that it is the whole mail. One log line says so, without the text or the address."""
+    caplog.set_level(logging.INFO, logger="tsunagi.email")
+    listening = consent(client, fake)
+    quoted = f"> {PILLS}\n> 助けてください\n"
+    deliver(client, mail(quoted, subject="Re: ご相談", reply_to=listening).as_bytes())
+    eventually(lambda: "crisis" in keys(fake.to(USER)[2:]), "the crisis reply: the whole mail was read")
+    text, full, flags = in_app(client, lambda: _last_inbound(client))
+    assert PILLS in text and text != "ご相談", "never the subject alone"
+    assert full == "" and flags == "whole_mail"
+    (conv,) = conversations(client)
+    amy = account(client, "amy")
+    said = [m for m in amy.read(conv.id).json()["messages"] if m["from"] == "user"][-1]
+    assert said["flags"] == ["whole_mail"] and PILLS in said["text"]
+    lines = [r.getMessage() for r in caplog.records if "whole mail" in r.getMessage()]
+    assert len(lines) == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert USER not in logged and "薬" not in logged
+
+
+def test_an_automatic_mail_leaves_one_log_line(
+    client: TestClient, fake: FakeRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tsunagi.email")
+    deliver(client, mail("不在にしています。", headers={"Auto-Submitted": "auto-replied"}).as_bytes())
+    settled(client, 1)
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "tsunagi.email" and "automatic" in r.getMessage()
+    ]
+    assert len(lines) == 1
+    assert USER not in lines[0] and "不在" not in lines[0]
+
+
+def _decomail(text: str, decorations: int, files: int) -> EmailMessage:
+    """A decomail as Japanese phones send it: HTML that shows its pictures by Content-ID (multipart/related),
+    and maybe real attachments besides."""
+    msg = mail(text)
+    html = "<html><body><p>" + text + "</p>"
+    cids = [make_msgid(domain="deco.example")[1:-1] for _ in range(decorations)]
+    html += "".join(f'<img src="cid:{c}">' for c in cids) + "</body></html>"
+    msg.add_alternative(html, subtype="html")
+    html_part = msg.get_payload()[1]
+    assert isinstance(html_part, EmailMessage)
+    for c in cids:
+        html_part.add_related(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image", "gif", cid=f"<{c}>")
+    for i in range(files):
+        msg.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename=f"f{i}.pdf")
+    return msg
+
+
+def test_decomail_decoration_is_not_an_attachment(client: TestClient, fake: FakeRelay) -> None:
+    listening = consent(client, fake)
+    deco = _decomail(CALM, decorations=3, files=0)
+    for h in ("In-Reply-To", "References"):
+        deco[h] = listening["Message-ID"]
+    deliver(client, deco.as_bytes())
+    settled(client, 3)
+    assert "attachments_not_kept" not in keys(fake.to(USER)[2:]), "its pictures are the mail's look"
+    parsed = parse_mail(_decomail(CALM, decorations=3, files=1).as_bytes())
+    assert parsed.attachments == 1 and parsed.text == CALM
+
+
+def test_references_keep_the_threads_first_message_id(client: TestClient, fake: FakeRelay) -> None:
+    """A long thread: our reply's References is trimmed, and keeps the thread's root (RFC 5322 3.6.4)."""
+    root = make_msgid(domain="example.jp")
+    middle = [make_msgid(domain="example.jp") for _ in range(25)]
+    msg = mail("こんにちは")
+    msg["In-Reply-To"] = middle[-1]
+    msg["References"] = " ".join([root, *middle])
+    deliver(client, msg.as_bytes())
+    reply = fake.wait(USER, 1)[0]
+    refs = str(reply["References"]).split()
+    assert len(refs) == 10
+    assert refs[0] == root and refs[-1] == msg["Message-ID"] and refs[-2] == middle[-1]
+    assert trim_references(["a", "b"], 10) == ["a", "b"]
+    assert trim_references([str(i) for i in range(30)], 5) == ["0", "26", "27", "28", "29"]
+
+
 def test_iso2022jp_as_outlook_writes_it(client: TestClient, fake: FakeRelay) -> None:
     deliver(client, _outlook_mail())
     reply = fake.wait(USER, 1)[0]
@@ -503,21 +621,54 @@ def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -
     settled(client, 3)
     (reply,) = fake.to(USER)[2:]
     assert keys([reply]) == ["attachments_not_kept", "intake_intro", "intake_age"], "one mail says it all"
-    assert "添付ファイル（1件）" in body(reply)
+    assert "添付ファイル（1件：開けない画像）" in body(reply), "a PNG that is not one is refused"
     only_files = mail("", reply_to=reply)
     only_files.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="b.pdf")
     only_files.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="c.pdf")
     deliver(client, only_files.as_bytes())
     settled(client, 4)
-    assert keys(fake.to(USER)[3:]) == ["attachments_not_kept", "waiting"], "as with pictures, a person looks"
-    assert "添付ファイル（2件）" in body(fake.to(USER)[3])
+    # Only files, at low risk: refused and said so; nobody is queued for them alone.
+    assert keys(fake.to(USER)[3:]) == ["attachments_not_kept"]
+    assert "添付ファイル（2件：PDF）" in body(fake.to(USER)[3])
 
     async def payloads() -> list[str]:
         return [service(client).inbox.crypto.decrypt(r.payload_enc) for r in await _inbox(client)]
 
     stored = in_app(client, payloads)
     assert '"attachments": 1' in stored[2] and '"attachments": 2' in stored[3]
-    assert not any(x in "".join(stored) for x in ("PNG", "PDF", "a.png", "b.pdf")), "files are not kept"
+    assert "%PDF" not in "".join(stored) and "PNG" not in "".join(stored), "the files themselves are not kept"
+    assert '"refused": "pdf"' in stored[3] and "b.pdf" in stored[3], "names and kinds, for the counsellor"
+
+
+def test_a_picture_attached_is_kept_for_the_counsellor_and_other_files_refused(
+    client: TestClient, fake: FakeRelay
+) -> None:
+    listening = consent(client, fake)
+    msg = mail(CALM, reply_to=listening)
+    photo = photo_with_gps()
+    msg.add_attachment(photo, maintype="image", subtype="jpeg", filename="スクリーンショット.jpg")
+    msg.add_attachment(b"PK\x03\x04 archive", maintype="application", subtype="zip", filename="logs.zip")
+    deliver(client, msg.as_bytes())
+    settled(client, 3)
+    (reply,) = fake.to(USER)[2:]
+    assert keys([reply])[:2] == ["media_picture_kept", "attachments_not_kept"]
+    assert "添付ファイル（1件：圧縮ファイル）" in body(reply)
+    (media,) = rows(client, Media)
+    data = service(client).crypto.decrypt_bytes(media.data_enc)
+    assert exif_of(data) == {} and (media.width, media.height) == (640, 480)
+    (conv,) = conversations(client)
+    amy = account(client, "amy", Role.SUPERVISOR)
+    said = [m for m in amy.read(conv.id).json()["messages"] if m["from"] == "user"][-1]
+    assert said["items"] == [
+        {"kind": "image", "name": "スクリーンショット.jpg", "size": len(photo), "picture": True},
+        {"kind": "file", "name": "logs.zip", "size": 12, "refused": "archive"},
+    ]
+    (picture,) = said["pictures"]
+    got = amy.get(f"conversations/{conv.id}/pictures/{picture['id']}")
+    assert got.status_code == 200 and got.content == data
+    assert got.headers["content-type"] == "image/jpeg" and got.headers["cache-control"] == "no-store"
+    stranger = account(client, "bob")
+    assert stranger.get(f"conversations/{conv.id}/pictures/{picture['id']}").status_code == 403
 
 
 async def _inbox(client: TestClient) -> list[Inbox]:
@@ -863,5 +1014,14 @@ def test_strip_quoted_styles() -> None:
     assert strip_quoted("Sent from home, sorry for the late mail.") != "", "only the phones' own lines"
     interleaved = "> 質問1\n答え1\n> 質問2\n答え2"
     assert strip_quoted(interleaved) == "答え1\n答え2"
+    inline = "On Wed, tsunagi wrote:\n> 年齢は？\n16歳です\n>\n> 住んでいる所は？\n\n東京です\n-- \n花子\n"
+    assert strip_quoted(inline) == "16歳です\n\n東京です", "answers between quotes, the signature left out"
+    below = "山田 さんが書きました:\n> 古い話\n\n新しい話\n\niPhoneから送信"
+    assert strip_quoted(below) == "新しい話"
+    # A signature placed above the quote, and the answer under the quote (Thunderbird's other setting).
+    assert strip_quoted("-- \n花子\nOn Wed, tsunagi wrote:\n> 古い話\n\n新しい話") == "新しい話"
+    assert strip_quoted("> 全部引用\n> です") == ""
+    whole = parse_mail(mail("> 全部引用\n> です").as_bytes())
+    assert whole.whole and whole.text == "> 全部引用\n> です"
     outlook = f"{CALM}\n\nFrom: つなぎ <{ADDRESS}>\nSent: Wednesday\nTo: {USER}\n{CRISIS}"
     assert strip_quoted(outlook) == CALM

@@ -286,12 +286,20 @@ async def test_a_crisis_with_a_counsellor_alerts_supervisors_once_and_the_bot_st
         assert [(a.counsellor_id, a.conversation_id) for a in alerts] == [(sup.id, chat.conversation_id)]
 
 
-async def test_a_picture_gets_a_kind_note_and_a_person_to_look(tmp_path: Path) -> None:
+async def test_a_sticker_alone_queues_nobody_unless_the_risk_is_medium(tmp_path: Path) -> None:
+    """Media bypasses text triage: the person is told so (without a promise that someone will look), and
+    it alone puts nobody in the queue at low risk; at medium risk or above a person should look."""
     async with running(tmp_path) as svc:
+        first = Chat(svc, user="first-contact")
+        assert await first.keys("", kind=Kind.MEDIA) == ["welcome"], "a first contact gets the terms"
         chat = Chat(svc)
         await chat.say("こんにちは")
         assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable"]
         assert await chat.state() == "welcome", "no queue before consent"
         await chat.say("同意")
+        assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable"]
+        assert await chat.state() == "listening", "a sticker alone at low risk queues nobody"
+        await chat.say("最近眠れなくてつらい")
+        assert (await chat.conversation()).risk == "medium"
         assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable", "waiting"]
         assert await chat.state() == "waiting"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from sqlalchemy import select, text
 from sqlmodel import col
 
@@ -26,10 +28,15 @@ class Recording(Channel):
         self.processed: list[dict[str, Any]] = []
         self.fail = 0
 
+    def describe(self, payload: str) -> str:
+        return str(json.loads(payload).get("type", "message"))
+
     async def process(self, payload: str) -> None:
         if self.fail:
             self.fail -= 1
-            raise ConnectionError("the platform was down")
+            event = json.loads(payload)
+            # An error whose message quotes the event, as real ones can: it must never reach the log.
+            raise ConnectionError(f"the platform was down for {event['user']}: {event['text']}")
         event = json.loads(payload)
         self.processed.append(event)
         await self.receive(Inbound(channel="loopback", user_id=event["user"], text=event["text"]))
@@ -94,3 +101,41 @@ async def test_an_event_that_keeps_failing_is_given_up_and_kept_for_a_look(tmp_p
         (row,) = await rows(svc)
         assert (row.status, row.attempts) == (InboxStatus.FAILED, 5)
         assert await svc.inbox.process_due(now=now + timedelta(days=1)) == 0
+
+
+async def test_an_event_that_fails_for_good_is_logged_once_with_its_traceback_and_type(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with running(tmp_path) as svc:
+        channel = Recording(svc)
+        svc.channels["recording"] = channel
+        event = {"type": "postback", "user": "U-secret-id", "text": "ひみつの相談"}
+        await channel.store_events([("e1", json.dumps(event, ensure_ascii=False))])
+        channel.fail = 99
+        now = utcnow()
+        for _ in range(5):
+            await svc.inbox.process_due(now=now)
+            (row,) = await rows(svc)
+            now = (row.lease_until or now) + timedelta(seconds=1)
+    final = [r for r in caplog.records if r.name == "tsunagi.inbox" and "for good" in r.getMessage()]
+    assert len(final) == 1, "once, when it is given up"
+    message = final[0].getMessage()
+    assert "(postback)" in message and "ConnectionError" in message
+    assert "Traceback (most recent call last)" in message and "in process" in message
+    logged = "\n".join(r.getMessage() for r in caplog.records) + "\n".join(
+        str(r.exc_text or "") for r in caplog.records
+    )
+    assert "U-secret-id" not in logged and "ひみつ" not in logged
+
+
+async def test_scrub_empties_the_events_that_carried_a_withdrawn_message(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        channel = Recording(svc)
+        svc.channels["recording"] = channel
+        await channel.store_events(
+            [(f"e{i}", json.dumps({"user": "u1", "text": t, "id": str(i)})) for i, t in enumerate(["a", "b"])]
+        )
+        assert await svc.inbox.scrub("recording", lambda p: json.loads(p).get("id") == "1") == 1
+        payloads = [svc.crypto.decrypt(r.payload_enc) for r in await rows(svc)]
+        assert json.loads(payloads[0])["text"] == "a" and payloads[1] == "{}"

@@ -11,7 +11,7 @@ from sqlmodel import col
 
 from bot.crypto import Crypto
 from bot.keys import encrypted_columns, rotate_keys
-from bot.models import Counsellor, Inbox, Message, Note
+from bot.models import Counsellor, Inbox, Media, Message, Note
 from tests.conftest import make_settings
 from tests.engine_helpers import Chat, running
 
@@ -31,6 +31,19 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
                 await s.scalars(select(Message).where(col(Message.direction) == "in").limit(1))
             ).all()
             inbound.full_enc = svc.crypto.encrypt("全文\n> 引用")
+            inbound.meta_enc = svc.crypto.encrypt('[{"kind": "file", "name": "memo.pdf"}]')
+            assert inbound.id is not None
+            s.add(
+                Media(
+                    message_id=inbound.id,
+                    conversation_id=first,
+                    content_type="image/png",
+                    width=1,
+                    height=1,
+                    size=3,
+                    data_enc=svc.crypto.encrypt_bytes(b"png"),
+                )
+            )
             counsellor = Counsellor(username="amy", password_hash="x")
             s.add(counsellor)
             await s.flush()
@@ -42,7 +55,7 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
 
     done = await rotate_keys(make_settings(tmp_path, database_url, data_key=f"{new},{old}"))
     assert done.messages >= 4 and done.contacts == 1
-    assert done.cells["note"] == 1 and done.cells["inbox"] == 1
+    assert done.cells["note"] == 1 and done.cells["inbox"] == 1 and done.cells["media"] == 1
 
     only_new = Crypto([new.encode()])
     read: dict[str, int] = {}
@@ -53,7 +66,7 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
                     if value:
                         only_new.decrypt(value)  # raises if anything was left under the old key
                         read[table.name] = read.get(table.name, 0) + 1
-    assert {"message", "note", "inbox", "contact"} <= set(read), read
+    assert {"message", "note", "inbox", "contact", "media"} <= set(read), read
 
     async with running(tmp_path, database_url, data_key=new) as svc:  # the old key is gone
         chat = Chat(svc, user="U-rotating")

@@ -26,7 +26,7 @@ from httpx2 import Response
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from bot.models import Contact, Conversation, Inbox, Message, Outbox, Role, Sender, State
+from bot.models import Contact, Conversation, Inbox, Media, Message, Outbox, Role, Sender, State
 from bot.service import Service
 from bot.web import create_app
 from channels.line import retry_key
@@ -34,6 +34,8 @@ from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine, Sent
+from tests.pictures import GPS_TAG, exif_of, photo_with_gps, screenshot
+from tests.test_console_api import Session, account
 
 T = TypeVar("T")
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -410,20 +412,24 @@ def test_unfollow_closes_and_nothing_is_sent_after(line: Line) -> None:
     assert line.count(Outbox) == 2
 
 
-def test_sticker_and_image_get_the_media_note_and_a_person(line: Line) -> None:
+def test_a_sticker_alone_is_noted_and_queues_nobody_at_low_risk(line: Line) -> None:
+    """Stickers bypass text triage: the person is told so, without a promise that someone will look, and a
+    sticker alone does not put them in the queue (the dialogue test covers medium risk)."""
     user = user_id()
     line.said(user, "こんにちは")
-    before = len(line.fake.to(user))
-    line.send(image_event(user, line.fake.issue_token(user)))  # before consent: the note, not queued
-    assert keys(line.wait_sent(user, before + 1)[before:]) == ["media_unreadable"]
-    assert line.conversations()[0].state == State.WELCOME
     line.said(user, "同意")
     before = len(line.fake.to(user))
     line.send(sticker_event(user, line.fake.issue_token(user)))
-    sent = line.wait_sent(user, before + 1)[before:]
-    assert keys(sent)[0] == "media_unreadable"
-    eventually(lambda: line.conversations()[0].state == State.WAITING, "the conversation queued")
-    assert not line.fake.loading.count(user) > 2, "no loading indicator for media"
+    assert keys(line.wait_sent(user, before + 1)[before:]) == ["media_unreadable"]
+    quiet()
+    assert line.conversations()[0].state == State.LISTENING
+    assert line.fake.loading.count(user) == 2, "no loading indicator for media"
+
+
+def test_a_first_contact_that_is_a_sticker_gets_the_welcome(line: Line) -> None:
+    user = user_id()
+    line.send(sticker_event(user, line.fake.issue_token(user)))
+    assert keys(line.wait_sent(user, 1)) == ["welcome"]
 
 
 def test_postback_is_a_choice(line: Line) -> None:
@@ -517,3 +523,265 @@ def test_quick_replies_within_limits() -> None:
     [long] = _messages("x", (labels[-1],))
     action = long.to_dict()["quickReply"]["items"][0]["action"]
     assert action == {"type": "message", "label": labels[-1][:20], "text": labels[-1]}
+
+
+# -- every event LINE sends, pictures, unsend, groups ---------------------------------------------------
+
+ALL_EVENTS = Path(__file__).parent / "data" / "line" / "all_events.json"
+
+
+def messages_of(line: Line) -> list[Message]:
+    async def work() -> list[Message]:
+        async with line.svc.db.session() as s:
+            return list((await s.scalars(select(Message).order_by(col(Message.id)))).all())
+
+    return line.run(work)
+
+
+def inbox_ids(line: Line) -> set[str]:
+    async def work() -> set[str]:
+        async with line.svc.db.session() as s:
+            return set((await s.scalars(select(col(Inbox.external_id)))).all())
+
+    return line.run(work)
+
+
+def test_every_documented_event_and_source(line: Line) -> None:
+    """One webhook body with every event type and source the Messaging API reference lists (each with its
+    own event id): what a person sends one-to-one is stored and answered; nothing said in a group or room
+    is stored; joining one is answered once and left; standby events and events we do not serve are not
+    stored; an unknown message type is kept and shown, never dropped."""
+    raw = json.loads(ALL_EVENTS.read_text(encoding="utf-8"))
+    now = int(time.time() * 1000)
+    for event in raw["events"]:
+        event["timestamp"] = now  # fresh, so that reply tokens are tried
+        if "replyToken" in event:
+            source = event.get("source", {})
+            owner = source.get("groupId") or source.get("roomId") or source.get("userId", "")
+            line.fake.issue_token(owner, token=event["replyToken"])
+    ids = {e["webhookEventId"] for e in raw["events"]}
+    assert len(ids) == len(raw["events"]), "each event its own id"
+    group, room = "Ca56f94637c1b2c3d4e5f60718293a4b5", "Ra8dc8c4d7e1b2c3d4e5f60718293a4b5"
+    line.fake.join(group)
+    line.fake.join(room)
+    line.fake.put_content("468200000000000003", photo_with_gps())
+    line.send(*raw["events"])
+
+    by_n = {int(e["webhookEventId"][4:]): e["webhookEventId"] for e in raw["events"]}
+    stored = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 23, 25, 31}
+    assert inbox_ids(line) == {by_n[n] for n in stored}
+    eventually(lambda: sorted(line.fake.left) == [("group", group), ("room", room)], "both left")
+    eventually(
+        lambda: all(r.status == "done" for r in _inbox_rows(line)) and len(_inbox_rows(line)) == len(stored),
+        "every stored event handled",
+    )
+    for place in (group, room):
+        (notice,) = line.fake.to(place)
+        assert notice.via == "reply" and keys([notice]) == ["line_group_only"]
+
+    a = "U4af4980629a1b2c3d4e5f60718293a4b"
+    crypto = line.svc.crypto
+    rows = messages_of(line)
+    texts = [crypto.decrypt(m.text_enc) for m in rows]
+    for said_elsewhere in (
+        "グループでの会話です",
+        "トークルームでの会話です",
+        "グループで編集した文です",
+        "待機中",
+    ):
+        assert not any(said_elsewhere in t for t in texts)
+    inbound = [m for m in rows if m.direction == "in"]
+    assert [m.kind for m in inbound] == [
+        "follow", "text", "media", "media", "media", "media", "media", "media", "media", "choice", "text",
+    ]  # fmt: skip
+    withdrawn = inbound[1]
+    assert "withdrawn" in withdrawn.flags and texts[rows.index(withdrawn)] == ""
+    assert "edited" in inbound[-1].flags
+    shown = [json.loads(crypto.decrypt(m.meta_enc)) if m.meta_enc else [] for m in inbound]
+    assert shown[2] == [{"kind": "image", "size": len(photo_with_gps()), "picture": True}]
+    assert shown[3] == [{"kind": "video"}] and shown[4] == [{"kind": "audio"}]
+    assert shown[5] == [{"kind": "file", "name": "証拠のメモ.pdf", "size": 2138, "refused": "pdf"}]
+    assert shown[6] == [{"kind": "location", "title": "渋谷駅", "address": "東京都渋谷区道玄坂１丁目"}]
+    assert shown[7] == [{"kind": "sticker", "keywords": ["cony", "sad", "Crying"]}]
+    assert shown[8] == [{"kind": "hologram"}], "a type LINE added later is named, not dropped"
+    assert line.count(Media) == 1
+    assert line.count(Contact, col(Contact.channel) == "line") == 2  # the person, and the one who blocked us
+    assert [c.channel for c in line.conversations()] == ["line"]
+    assert line.fake.to(a), "the person was answered"
+    assert not line.fake.to("U6cf6ba2841c3d4e5f60718293a4b5c6d"), "standby: never answered"
+    assert "468200000000000003" in line.fake.fetched
+
+
+def _inbox_rows(line: Line) -> list[Inbox]:
+    async def work() -> list[Inbox]:
+        async with line.svc.db.session() as s:
+            return list((await s.scalars(select(Inbox))).all())
+
+    return line.run(work)
+
+
+def image_event_of(user: str, token: str | None, message_id: str, **extra: Any) -> dict[str, Any]:
+    message = {
+        "type": "image",
+        "id": message_id,
+        "quoteToken": "yHAz4Ua2wx7" + uuid.uuid4().hex,
+        "contentProvider": {"type": "line"},
+        **extra,
+    }
+    return _event("message", user, token=token, message=message)
+
+
+def test_a_picture_is_kept_without_its_exif_and_shown_to_the_counsellor(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    photo = photo_with_gps()
+    assert GPS_TAG in exif_of(photo)
+    line.fake.put_content("900000000000000001", photo)
+    before = len(line.fake.to(user))
+    line.send(image_event_of(user, line.fake.issue_token(user), "900000000000000001"))
+    assert keys(line.wait_sent(user, before + 1)[before:]) == ["media_picture_kept"]
+
+    async def stored() -> list[Media]:
+        async with line.svc.db.session() as s:
+            return list((await s.scalars(select(Media))).all())
+
+    (media,) = line.run(stored)
+    data = line.svc.crypto.decrypt_bytes(media.data_enc)
+    assert data.startswith(b"\xff\xd8") and data != photo, "re-encoded"
+    assert exif_of(data) == {}, "no EXIF, no GPS"
+    assert (media.width, media.height, media.content_type) == (640, 480, "image/jpeg")
+    assert photo not in line.svc.crypto.encrypt_bytes(data).encode(), "encrypted at rest"
+
+
+def test_an_album_gets_one_reply_and_a_broken_picture_is_refused(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    album = uuid.uuid4().hex.upper()
+    events = []
+    for i in range(1, 4):
+        mid = f"91000000000000000{i}"
+        line.fake.put_content(mid, screenshot() if i != 2 else b"\x89PNG\r\n\x1a\nnot really a picture")
+        token = line.fake.issue_token(user)
+        events.append(image_event_of(user, token, mid, imageSet={"id": album, "index": i, "total": 3}))
+    before = len(line.fake.to(user))
+    line.send(*reversed(events))  # arrival order is not the album's order
+    eventually(lambda: all(r.status == "done" for r in _inbox_rows(line)), "the album handled")
+    quiet()
+    sent = line.fake.to(user)[before:]
+    assert keys(sent) == ["media_picture_kept"], "one reply for the album"
+    assert line.count(Media) == 2, "the two real pictures"
+    inbound = [m for m in messages_of(line) if m.kind == "media"]
+    assert len(inbound) == 3 and all("album" in m.flags for m in inbound)
+
+
+def test_unsend_erases_the_text_everywhere_and_the_risk_stays(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    event = text_event(user, CRISIS, line.fake.issue_token(user))
+    message_id = event["message"]["id"]
+    before = len(line.fake.to(user))
+    line.send(event)
+    line.wait_sent(user, before + 1)
+    eventually(lambda: line.conversations()[0].risk == "crisis", "the crisis")
+    line.send(text_event(user, "もう無理", line.fake.issue_token(user)))  # its context quotes the crisis
+    eventually(lambda: len([m for m in messages_of(line) if m.direction == "in"]) == 4, "four stored")
+    line.send(_event("unsend", user, token=None, unsend={"messageId": message_id}))
+
+    def withdrawn() -> list[Message]:
+        return [m for m in messages_of(line) if m.withdrawn_at is not None]
+
+    eventually(lambda: len(withdrawn()) == 1, "the message withdrawn")
+    (gone,) = withdrawn()
+    crypto = line.svc.crypto
+    assert crypto.decrypt(gone.text_enc) == "" and "withdrawn" in gone.flags
+    everything = "".join(
+        crypto.decrypt(v) for m in messages_of(line) for v in (m.text_enc, m.triage_enc, m.full_enc) if v
+    )
+    everything += "".join(crypto.decrypt(r.payload_enc) for r in _inbox_rows(line))
+    for piece in ("死にたい", "飛び降りる"):
+        assert piece not in everything, "not in any text, triage reason or stored event"
+    (conv,) = line.conversations()
+    assert conv.risk == "crisis" and conv.state == State.WAITING, "a withdrawn crisis still needs a person"
+    amy = _console(line, "amy")
+    read = amy.read(conv.id).json()
+    said = [m for m in read["messages"] if m["from"] == "user"]
+    assert said[2]["flags"] == ["withdrawn"] and said[2]["text"] == ""
+    assert any(r["rule"].startswith("withdrawn.suicide") for r in read["triage"]["reasons"])
+    queue = amy.get("queue").json()
+    assert [q["preview"] for q in queue] == ["もう無理"]
+
+
+def test_an_edited_message_is_stored_as_a_new_version_and_triaged(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    event = text_event(user, "ちょっと話したいです", line.fake.issue_token(user))
+    line.send(event)
+    eventually(lambda: len([m for m in messages_of(line) if m.direction == "in"]) == 3, "stored")
+    edited = _event(
+        "messageEdited",
+        user,
+        token=line.fake.issue_token(user),
+        message={
+            "id": event["message"]["id"],
+            "type": "text",
+            "text": CRISIS,
+            "quoteToken": "q" + uuid.uuid4().hex,
+        },
+    )
+    line.send(edited)
+    eventually(lambda: line.conversations()[0].risk == "crisis", "the edit triaged")
+    inbound = [m for m in messages_of(line) if m.direction == "in"]
+    assert [m.flags for m in inbound[-2:]] == ["", "edited"]
+    assert line.svc.crypto.decrypt(inbound[-2].text_enc) == "ちょっと話したいです", "the first version stays"
+    assert line.conversations()[0].state == State.WAITING
+
+
+def test_after_an_unfollow_waiting_messages_are_cancelled_not_pushed(line: Line) -> None:
+    user = user_id()
+    conv_id, counsellor_id = _waiting_with_counsellor(line, user)
+    before = len(line.fake.to(user))
+
+    async def reply() -> bool:
+        return await line.svc.engine.counsellor_reply(conv_id, counsellor_id, "相談員の佐藤です。")
+
+    line.fake.fail(500, 3)
+    assert line.run(reply)
+    eventually(lambda: any(r.last_error.startswith("LINE 500") for r in line.outbox()), "a failed push")
+    line.send(unfollow_event(user))
+    eventually(lambda: line.conversations()[0].state == State.CLOSED, "closed")
+    eventually(lambda: line.outbox()[-1].status == "failed", "the waiting message cancelled")
+    assert line.outbox()[-1].last_error.startswith("cancelled")
+    quiet(3.0)  # past the retry the row would have had
+    assert not [s for s in line.fake.to(user)[before:] if "相談員の佐藤です。" in s.texts]
+
+
+def test_standby_events_are_not_answered(line: Line) -> None:
+    user = user_id()
+    event = text_event(user, "こんにちは", line.fake.issue_token(user))
+    event["mode"] = "standby"
+    line.send(event)
+    quiet()
+    assert line.count(Inbox) == 0 and line.fake.to(user) == []
+
+
+def test_a_group_join_is_answered_once_and_left(line: Line) -> None:
+    group = "C" + uuid.uuid4().hex
+    line.fake.join(group)
+    join = _event("join", "", token=line.fake.issue_token(group))
+    join["source"] = {"type": "group", "groupId": group}
+    line.send(join)
+    eventually(lambda: line.fake.left == [("group", group)], "the group left")
+    line.send({**join, "deliveryContext": {"isRedelivery": True}})  # redelivered: said once
+    quiet()
+    (notice,) = line.fake.to(group)
+    assert keys([notice]) == ["line_group_only"]
+    assert line.count(Contact) == 0 and line.count(Message) == 0
+
+
+def _console(line: Line, name: str) -> Session:
+    """A supervisor's console session on the same app (supervisors read every conversation)."""
+    return account(line.client, name, Role.SUPERVISOR)

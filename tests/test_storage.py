@@ -23,12 +23,14 @@ from sqlmodel import SQLModel, col
 
 from bot.crypto import Crypto, DecryptError
 from bot.db import Database, alembic_config
+from bot.images import file_item
 from bot.models import (
     AuditLog,
     Contact,
     Conversation,
     Direction,
     Handoff,
+    Media,
     Message,
     Outbox,
     OutboxStatus,
@@ -37,9 +39,10 @@ from bot.models import (
 )
 from bot.outbox import OutboxWorker
 from bot.service import Service
-from bot.types import Delivery, Inbound
+from bot.types import Delivery, Inbound, Kind
 from channels.loopback import LoopbackChannel
 from tests.engine_helpers import Chat, reply_keys, running
+from tests.pictures import screenshot
 
 JST = ZoneInfo("Asia/Tokyo")
 SENTENCE = "駅前のパン屋で店長に毎晩どなられて眠れません"  # triage quotes どなら in its reasons
@@ -389,6 +392,12 @@ async def test_concurrent_workers_send_each_row_once(tmp_path: Path, database_ur
 # -- 7. retention ----------------------------------------------------------------------------------
 
 
+async def _picture(svc: Service, user: str) -> None:
+    item = file_item("shot.png", "image/png", screenshot(40, 80))
+    assert item.picture is not None
+    await loopback(svc).receive(Inbound(channel="loopback", user_id=user, kind=Kind.MEDIA, items=(item,)))
+
+
 async def test_retention_purges_old_closed_conversations_only(tmp_path: Path, database_url: str) -> None:
     now = utcnow()
     long_ago = now - timedelta(days=91)
@@ -401,14 +410,18 @@ async def test_retention_purges_old_closed_conversations_only(tmp_path: Path, da
                 await chat.say(t)
             return chat
 
-        old = await talk("old", long_ago, "相談したい", "終了")  # handed off, then closed
+        old = await talk("old", long_ago, "相談したい")
+        await _picture(svc, "old")  # a picture goes with its conversation
+        await talk("old", long_ago, "終了")  # handed off, then closed
         returning = await talk("returning", long_ago, "相談したい", "終了")
         await talk("returning", now, "こんにちは")  # a new conversation: the contact stays
         recent = await talk("recent", now - timedelta(days=1), "相談したい", "終了")
         open_ = await talk("open", long_ago, "こんにちは", "同意")  # old but never closed
         assert await count(svc, Handoff, col(Handoff.conversation_id) == old.conversation_id) == 1
 
+        assert await count(svc, Media, col(Media.conversation_id) == old.conversation_id) == 1
         assert await svc.retention.sweep(now=now) == 2
+        assert await count(svc, Media) == 0
         for gone in (old.conversation_id, returning.conversation_id):
             for model in (Message, Outbox, Handoff):
                 assert await count(svc, model, col(model.conversation_id) == gone) == 0
@@ -435,11 +448,13 @@ async def test_an_erased_conversation_is_gone_once_its_last_reply_is_out(
         chat = Chat(svc, USER)
         await chat.say("相談したい")
         await chat.say(SENTENCE)
+        await _picture(svc, USER)
         await chat.say("削除")
         loopback(svc).fail_next = [Delivery.retry("503")]
         await chat.say("削除する")
 
-        # At once: nothing the person wrote is left; only the reply that says so, waiting to go.
+        # At once: nothing the person wrote or sent is left; only the reply that says so, waiting to go.
+        assert await count(svc, Media) == 0
         (left,) = await rows(svc, Message)
         assert left.direction == Direction.OUT
         assert reply_keys([svc.crypto.decrypt(left.text_enc)]) == ["erase_done"]

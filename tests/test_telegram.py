@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlmodel import col
 
-from bot.models import Conversation, Inbox, InboxStatus, Outbox, OutboxStatus, Role, State
+from bot.models import Conversation, Inbox, InboxStatus, Media, Outbox, OutboxStatus, Role, State
 from bot.service import Service
 from bot.web import create_app
 from channels.telegram import split_text
@@ -33,6 +33,7 @@ from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_telegram import BOT_USER, FakeTelegram, running_fake
+from tests.pictures import exif_of, photo_with_gps, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "123456789:AAH-test_token-not-real_0123456789ab"
@@ -272,7 +273,7 @@ def test_crisis_text_gets_emergency_numbers(client: TestClient, fake: FakeTelegr
     assert "110" in crisis and "119" in crisis
 
 
-def test_photo_gets_the_media_note(client: TestClient, fake: FakeTelegram) -> None:
+def test_a_photo_is_kept_re_encoded_and_the_person_told(client: TestClient, fake: FakeTelegram) -> None:
     consent(client, fake)
     photo = [
         {
@@ -290,10 +291,58 @@ def test_photo_gets_the_media_note(client: TestClient, fake: FakeTelegram) -> No
             "height": 600,
         },
     ]
+    fake.put_file("AgACAgUAAxkBAAIBY2Zy", photo_with_gps(800, 600))
     assert post(client, message(photo=photo)) == 200
-    eventually(lambda: len(fake.sent(CHAT)) >= 3, "the media note")
+    eventually(lambda: len(fake.sent(CHAT)) >= 3, "the note")
     processed(client, 3)
-    assert "media_unreadable" in reply_keys(fake.texts(CHAT)[2:])
+    assert reply_keys(fake.texts(CHAT)[2:]) == ["media_picture_kept"]
+    assert fake.downloaded == ["photos/AgACAgUAAxkBAAIBY2Zy.jpg"], "the largest size, once"
+
+    async def media() -> list[Media]:
+        async with service(client).db.session() as s:
+            return list((await s.scalars(select(Media))).all())
+
+    (picture,) = in_app(client, media)
+    data = service(client).crypto.decrypt_bytes(picture.data_enc)
+    assert (picture.width, picture.height) == (800, 600) and exif_of(data) == {}
+
+
+def test_an_album_gets_one_reply_and_a_file_telegram_lost_is_not_kept(
+    client: TestClient, fake: FakeTelegram
+) -> None:
+    consent(client, fake)
+    for i in range(3):
+        if i != 1:  # the second one Telegram no longer has
+            fake.put_file(f"AgAlbum{i}", screenshot(120, 240))
+        size = {
+            "file_id": f"AgAlbum{i}",
+            "file_unique_id": f"U{i}",
+            "file_size": 900,
+            "width": 120,
+            "height": 240,
+        }
+        assert post(client, message(photo=[size], media_group_id="13579")) == 200
+    processed(client, 5)
+    eventually(lambda: len(fake.sent(CHAT)) >= 3, "the note")
+    time.sleep(0.5)
+    assert reply_keys(fake.texts(CHAT)[2:]) == ["media_picture_kept"], "one reply for the album"
+
+    async def media() -> int:
+        async with service(client).db.session() as s:
+            return len((await s.scalars(select(Media))).all())
+
+    assert in_app(client, media) == 2
+
+
+def test_a_document_that_is_not_a_picture_is_refused_by_kind(client: TestClient, fake: FakeTelegram) -> None:
+    consent(client, fake)
+    document = {"file_id": "BQACAgUAAxkBAAIBZ", "file_unique_id": "AgADx", "file_name": "tool.exe",
+                "mime_type": "application/x-msdownload", "file_size": 40960}  # fmt: skip
+    assert post(client, message(document=document)) == 200
+    eventually(lambda: len(fake.sent(CHAT)) >= 3, "the note")
+    (note,) = fake.texts(CHAT)[2:]
+    assert reply_keys([note]) == ["attachments_not_kept"] and "実行ファイル" in note
+    assert fake.downloaded == [], "never fetched"
 
 
 def test_sticker_with_no_text_is_media(client: TestClient, fake: FakeTelegram) -> None:

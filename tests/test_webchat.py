@@ -8,6 +8,7 @@ bounded wait (``recv``) until the one they want (``wait_for``).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -17,12 +18,15 @@ from typing import Any
 import anyio
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
+from bot.models import Media
 from bot.web import create_app
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
+from tests.pictures import screenshot
 
 Frame = dict[str, Any]
 RECV_TIMEOUT = 5.0  # seconds to wait for one frame before the test fails (never hangs)
@@ -520,3 +524,37 @@ def test_markup_comes_back_as_the_same_literal_text(client: TestClient) -> None:
     assert ("user", markup) in history(frames)
     raw_users = [f["text"] for f in messages(frames) if f["from"] == "user"]
     assert markup in raw_users  # not escaped, not stripped: the page shows it as text
+
+
+def test_a_picture_from_the_attach_button_is_kept_and_a_non_picture_refused(client: TestClient) -> None:
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    with client.websocket_connect("/chat/ws") as ws:
+        token, _ = start_fresh(ws)
+        say(ws, "同意", "c1")
+        data = base64.b64encode(screenshot()).decode()
+        ws.send_json({"type": "image", "data": data, "name": "スクショ.png", "id": "img-1"})
+        note, seen = wait_for(ws, is_bot, what="the note on the picture")
+        seen += drain(ws)
+        assert reply_keys([note["text"]]) == ["media_picture_kept"]
+        assert any(is_ack("img-1")(f) for f in seen)
+        fake = base64.b64encode(b"MZ\x90\x00 a program, not a picture").decode()
+        ws.send_json({"type": "image", "data": fake, "name": "photo.jpg", "id": "img-2"})
+        refused, _ = wait_for(ws, is_bot, what="the refusal")
+        assert reply_keys([refused["text"]]) == ["attachments_not_kept"] and "開けない画像" in refused["text"]
+        drain(ws)
+        ws.send_json({"type": "image", "data": "not base64!", "id": "img-3"})
+        error, _ = wait_for(ws, lambda f: f.get("type") == "error", what="an error frame")
+        assert "base64" in error["error"]
+
+    async def stored() -> list[Any]:
+        async with svc.db.session() as s:
+            return list((await s.scalars(select(Media))).all())
+
+    assert client.portal is not None
+    (media,) = client.portal.call(stored)
+    assert media.content_type == "image/jpeg" and (media.width, media.height) == (390, 844)
+
+    with client.websocket_connect("/chat/ws") as ws:
+        _, frames = hello(ws, token)
+    users = [f for f in messages(frames) if f["from"] == "user"]
+    assert [f.get("kind") for f in users] == [None, "image", "image"], "the page says a picture was sent"

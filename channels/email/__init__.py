@@ -43,8 +43,9 @@ from sqlalchemy import select, update
 from sqlmodel import col
 
 from bot.engine import FULL_TEXT_FACTOR
+from bot.images import file_item, item_from_json, item_to_json
 from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender
-from bot.types import Delivery, Inbound, Kind, Outbound
+from bot.types import WHOLE_MAIL, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
 from channels.email.parse import Mail, parse_mail
 
@@ -205,8 +206,10 @@ class EmailChannel(Channel):
     # -- inbound ---------------------------------------------------------------------------------------
 
     async def payload_of(self, mail: Mail, recipients: list[str]) -> tuple[str, str]:
-        """What the inbox keeps of a mail: never the attachments, and the whole text only as the counsellor
-        may read it (the inbox is encrypted like messages)."""
+        """What the inbox keeps of a mail (encrypted like messages): the whole text only as the counsellor
+        may read it, and of its files only the pictures, decoded and re-encoded (bot/images.py), and the
+        names, sizes and kinds of the rest; never the files as they came."""
+        items = [] if mail.automatic else await asyncio.to_thread(_items, mail)
         bounced = sorted({int(m.group(1)) for m in _OUR_ID.finditer(mail.scanned) if self._ours(m)})
         thread = "" if mail.automatic else await self.thread_of(mail, recipients)
         payload = {
@@ -215,10 +218,12 @@ class EmailChannel(Channel):
             "thread": thread,
             "message_id": mail.message_id,
             "subject": mail.subject,
-            "references": mail.references[-20:],
+            "references": trim_references(mail.references, 20),
             "text": mail.text,
             "full": mail.full[: self.settings.max_message_chars * FULL_TEXT_FACTOR],
             "attachments": mail.attachments,
+            "items": [item_to_json(i) for i in items],
+            "whole": mail.whole,
             "automatic": mail.automatic,
             "bounced": bounced,
         }
@@ -273,8 +278,14 @@ class EmailChannel(Channel):
     async def process(self, payload: str) -> None:
         data: dict[str, Any] = json.loads(payload)
         if data.get("automatic"):
-            for outbox_id in data.get("bounced", []):
-                await self._bounced(int(outbox_id))
+            bounced = [int(x) for x in data.get("bounced", [])]
+            for outbox_id in bounced:
+                await self._bounced(outbox_id)
+            # One line, without the address or the text: that it came, and what became of it.
+            log.info(
+                "an automatic mail (auto-reply, list or bounce) was not answered; %d of ours bounced",
+                len(bounced),
+            )
             return  # never answer a robot
         sender = str(data.get("thread") or data.get("from") or "")
         if not sender:
@@ -287,8 +298,15 @@ class EmailChannel(Channel):
             # subject of a first mail must be read).
             if subject and subject not in text:
                 text = f"{subject}\n{text}" if text else subject
-        attachments = max(0, int(data.get("attachments", 0)))
+        if "items" in data:
+            items = tuple(item_from_json(i) for i in data["items"])
+        else:  # stored before pictures were kept: files counted only
+            items = tuple(Item("file", refused="other") for _ in range(int(data.get("attachments", 0))))
+        attachments = sum(1 for i in items if i.refused)
         full = str(data.get("full", ""))
+        whole = bool(data.get("whole"))
+        if whole:
+            log.info("a mail had no new text once its quotes were out: the whole mail is kept and shown")
         # What our answer threads to (kept with the contact, as long as the conversation's data).
         last_mail = json.dumps(
             {k: data.get(k) for k in ("message_id", "references", "subject")}, ensure_ascii=False
@@ -303,10 +321,12 @@ class EmailChannel(Channel):
                 external_id=ident,
                 full_text=full if full.strip() != new.strip() else "",
                 attachments=attachments,
+                items=items,
                 contact_state=last_mail,
+                flags=(WHOLE_MAIL,) if whole else (),
             )
-        elif attachments:
-            # Only files: they are not kept (text triage cannot read them, and a person looks).
+        elif items:
+            # Only files: pictures are kept for the counsellor, the rest is refused (the person is told).
             inbound = Inbound(
                 channel=self.name,
                 user_id=sender,
@@ -314,15 +334,19 @@ class EmailChannel(Channel):
                 external_id=ident,
                 full_text=full,
                 attachments=attachments,
+                items=items,
                 contact_state=last_mail,
             )
         else:
+            # A mail with an empty body: its subject is the whole of it (said so to the counsellor).
+            log.info("a mail had an empty body: its subject is kept as the whole mail")
             inbound = Inbound(
                 channel=self.name,
                 user_id=sender,
                 text=_bare_subject(subject) or " ",
                 external_id=ident,
                 contact_state=last_mail,
+                flags=(WHOLE_MAIL,),
             )
         await self.receive(inbound)
 
@@ -354,7 +378,6 @@ class EmailChannel(Channel):
                 .where(col(Outbox.id) == outbox_id, col(Outbox.channel) == self.name)
                 .values(status=OutboxStatus.FAILED, last_error="bounced")
             )
-        log.info("outbox %s bounced", outbox_id)
 
     # -- outbound --------------------------------------------------------------------------------------
 
@@ -372,7 +395,7 @@ class EmailChannel(Channel):
             refs = [str(r) for r in last.get("references", [])]
             refs.append(str(last["message_id"]))
             msg["In-Reply-To"] = str(last["message_id"])
-            msg["References"] = " ".join(refs[-10:])
+            msg["References"] = " ".join(trim_references(refs, 10))
         if out.sender is Sender.BOT:
             msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: other robots must not answer it
         msg.set_content(out.text, charset="utf-8")
@@ -414,6 +437,28 @@ class EmailChannel(Channel):
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
             return Delivery.retry(type(e).__name__)
         return Delivery.delivered()
+
+
+MAX_PICTURES = 10  # pictures kept of one mail; more are refused like other files
+
+
+def _items(mail: Mail) -> list[Item]:
+    """The mail's files as the counsellor will see them (CPU work: run in a thread)."""
+    out: list[Item] = []
+    for f in mail.files:
+        item = file_item(f.name, f.content_type, f.data)
+        if item.picture is not None and len([i for i in out if i.picture is not None]) >= MAX_PICTURES:
+            item = Item("file", name=f.name, size=len(f.data), refused="other")
+        out.append(item)
+    return out
+
+
+def trim_references(refs: list[str], limit: int) -> list[str]:
+    """At most ``limit`` Message-IDs of a thread, keeping its first one (the thread's root) and the most
+    recent ones, as RFC 5322 section 3.6.4 asks of a References field that has to be trimmed."""
+    if len(refs) <= limit:
+        return list(refs)
+    return [refs[0], *refs[len(refs) - (limit - 1) :]]
 
 
 def _bare_subject(subject: str) -> str:

@@ -186,10 +186,10 @@ _QUOTE_HEADERS = [
     ),
     re.compile(r"^On\s.+\swrote:\s*$", re.S),
     re.compile(r"^\d{4}\s*[年/\-]\s*\d{1,2}\s*[月/\-]\s*\d{1,2}.*[:：]\s*$", re.S),
-    re.compile(r"^.+(のメッセージ|が書きました|wrote)\s*[:：]\s*$"),
+    re.compile(r"^.+(のメッセージ|のメール|が書きました|wrote)\s*[:：]\s*$"),
     re.compile(r"^_{10,}\s*$"),
 ]
-# The signature a phone's mail app adds ("iPhoneから送信", "Sent from my iPhone"): the end of what they wrote.
+# The signature a phone's mail app adds ("iPhoneから送信", "Sent from my iPhone"): not what they wrote.
 _SENT_FROM = re.compile(
     r"^((iPhone|iPad|Android|Galaxy|Xperia|AQUOS|Outlook for (iOS|Android)|Yahoo!メール|Gmail)"
     r"\s*(から|より)送信"
@@ -198,28 +198,75 @@ _SENT_FROM = re.compile(
 )
 _OUTLOOK_FROM = re.compile(r"^\s*(From|差出人|送信者)\s*[:：]")
 _OUTLOOK_NEXT = re.compile(r"^\s*(Sent|Date|送信日時|日付|To|宛先)\s*[:：]")
+# The fields of a quote header block ("From:", "Sent:", "件名:" ...) under "-----Original Message-----".
+_HEADER_FIELD = re.compile(
+    r"^\s*(From|Sent|Date|To|Cc|Subject|差出人|送信者|送信日時|日付|日時|宛先|件名|CC)\s*[:：]", re.I
+)
+
+
+def _quoted(bare: str) -> bool:
+    return bare.startswith(">") or bare.startswith("＞")
+
+
+def _header_at(lines: list[str], i: int) -> int:
+    """How many lines the quote header starting at line ``i`` takes (0 when none starts there): an
+    attribution ("On ... wrote:", also wrapped over two lines; "...さんが書きました:";
+    "2026年11月25日(水) ...:"; "...のメール:"), a "-----Original Message-----" line with the header fields
+    under it, or an Outlook "From:/Sent:" block."""
+    bare = lines[i].strip()
+    if any(rx.match(bare) for rx in _QUOTE_HEADERS):
+        n = 1
+        while i + n < len(lines) and _HEADER_FIELD.match(lines[i + n]):
+            n += 1
+        return n
+    if (
+        i + 1 < len(lines)
+        and re.match(r"^On\s", bare)
+        and _QUOTE_HEADERS[1].match(bare + " " + lines[i + 1].strip())
+    ):
+        return 2
+    if _OUTLOOK_FROM.match(bare) and any(_OUTLOOK_NEXT.match(x) for x in lines[i + 1 : i + 4]):
+        n = 1
+        while i + n < len(lines) and _HEADER_FIELD.match(lines[i + n]):
+            n += 1
+        return n
+    return 0
 
 
 def strip_quoted(text: str) -> str:
-    """What the person wrote this time: quoted lines ("> "), everything from a quote header
-    ("On ... wrote:", "2026年11月25日(水) 10:00 山田 <x@example.jp>:", "-----Original Message-----",
-    an Outlook "From:/Sent:" block) and the signature (from a "-- " line) are left out."""
+    """What the person wrote this time, wherever they wrote it: above the quote, below it (Thunderbird's
+    default), or between quoted lines (answering inline).
+
+    Left out: quoted lines ("> ", "＞") wherever they are; a quote header ("On ... wrote:",
+    "2026年11月25日(水) 10:00 山田 <x@example.jp>:", "-----Original Message-----", an Outlook "From:/Sent:"
+    block) with the quoted lines under it; the phones' "Sent from" lines; a signature (from a "-- " line
+    to the next quote). A quote header followed by lines that are not marked as quoted (Outlook's and most
+    phones' top-posted replies) is the old mail down to the end: nothing marks where it would stop."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     kept: list[str] = []
-    for i, line in enumerate(lines):
+    signature = False
+    i = 0
+    while i < len(lines):
+        line = lines[i]
         bare = line.strip()
-        if line.rstrip("\n") in ("-- ", "--") or _SENT_FROM.match(bare):
-            break
-        joined = (bare + " " + lines[i + 1].strip()) if i + 1 < len(lines) else bare
-        if any(rx.match(bare) for rx in _QUOTE_HEADERS):
-            break
-        if re.match(r"^On\s", bare) and _QUOTE_HEADERS[1].match(joined):  # "On ..." wrapped in two lines
-            break
-        if _OUTLOOK_FROM.match(bare) and any(_OUTLOOK_NEXT.match(x) for x in lines[i + 1 : i + 4]):
-            break
-        if bare.startswith(">") or bare.startswith("＞"):
+        if _quoted(bare):
+            signature = False  # a quote after a signature: whatever follows it is theirs again
+            i += 1
             continue
-        kept.append(line.rstrip())
+        header = _header_at(lines, i)
+        if header:
+            j = i + header
+            while j < len(lines) and not lines[j].strip():
+                j += 1
+            if j < len(lines) and _quoted(lines[j].strip()):
+                i = j  # the quoted lines under it go; what follows them is kept
+                continue
+            break  # the old mail without quote marks: the rest of the body
+        if line.rstrip() in ("-- ", "--"):
+            signature = True
+        elif not signature and not _SENT_FROM.match(bare):
+            kept.append(line.rstrip())
+        i += 1
     out = "\n".join(kept)
     return re.sub(r"\n{3,}", "\n\n", out).strip()
 
@@ -227,13 +274,24 @@ def strip_quoted(text: str) -> str:
 # -- the mail -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MailFile:
+    """A file sent with a mail (decoration is not one): kept only if it is a picture (bot/images.py)."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class Mail:
     sender: str  # the From address, lower-cased ("" when there is none)
     message_id: str  # as written, with its angle brackets ("" when missing)
     subject: str
-    text: str  # the new text only
-    attachments: int
+    text: str  # the new text only (the whole body when ``whole``)
+    attachments: int  # files sent with it (decoration the HTML shows inline is not counted)
+    whole: bool = False  # no new text could be told from the quoted: ``text`` is the whole body
+    files: list[MailFile] = field(default_factory=list)  # the attachments, decoration left out
     full: str = ""  # the whole body as text (quoted thread and signature included), for the counsellor
     references: list[str] = field(default_factory=list)  # References, then In-Reply-To, oldest first
     automatic: bool = False  # an auto-reply, a list, a bounce: never answered
@@ -254,6 +312,27 @@ def _part_text(part: Message) -> str:
     if not isinstance(payload, bytes):
         return ""
     return decode_bytes(payload, part.get_content_charset())
+
+
+_CID = re.compile(r"cid:([^\"'\s<>)]+)", re.I)
+
+
+def _decoration(part: Message, cids: set[str]) -> bool:
+    """An inline part the HTML shows by its Content-ID (a decomail picture, an emoji, a logo)."""
+    if part.get_content_disposition() == "attachment":
+        return False
+    cid = _raw_header(part, "Content-ID").strip().strip("<>").lower()
+    return bool(cid) and cid in cids
+
+
+def _file(part: Message) -> MailFile:
+    payload = part.get_payload(decode=True)
+    name = part.get_filename() or ""
+    return MailFile(
+        name=decode_header_value(name) if name else "",
+        content_type=part.get_content_type(),
+        data=payload if isinstance(payload, bytes) else b"",
+    )
 
 
 def _raw_header(msg: Message, name: str) -> str:
@@ -298,10 +377,11 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> Mail:
             references.append(mid)
     subject = decode_header_value(_raw_header(msg, "Subject"))
     report = msg.get_content_type() == "multipart/report"
+    cids: set[str] = set()  # the Content-IDs the HTML shows ("cid:...")
 
     plain: list[str] = []
     html: list[str] = []
-    attachments = 0
+    files: list[Message] = []
     scanned: list[bytes] = []
     for part in msg.walk():
         if part.is_multipart():
@@ -312,25 +392,36 @@ def parse_mail(raw: bytes, envelope_from: str | None = None) -> Mail:
                 scanned.append(decoded)
         ctype = part.get_content_type()
         if part.get_content_disposition() == "attachment" or not ctype.startswith("text/"):
-            attachments += 1
+            files.append(part)
             continue
         if ctype == "text/plain":
             plain.append(_part_text(part))
         elif ctype == "text/html":
-            html.append(html_to_text(_part_text(part)))
+            source = _part_text(part)
+            html.append(html_to_text(source))
+            cids.update(c.lower() for c in _CID.findall(source))
         else:
-            attachments += 1  # text/calendar, text/csv... are files, not what they wrote
+            files.append(part)  # text/calendar, text/csv... are files, not what they wrote
+    # Decoration (decomail's pictures and emoji, a signature's logo): inline parts the HTML shows by their
+    # Content-ID. They are the look of the mail, not files the person sent.
+    sent = [_file(part) for part in files if not _decoration(part, cids)]
     body = "\n".join(plain) if plain else "\n".join(html)
     body = re.sub(r"\n{3,}", "\n\n", body.replace("\r\n", "\n").replace("\r", "\n")).strip()
     automatic = is_automatic(msg, sender, envelope_from)
     bounce = report or sender.partition("@")[0] in ("mailer-daemon", "postmaster")
+    text = strip_quoted(body)
+    # Nothing left once the quotes are out (a client that quotes everything, a mail that is all quote):
+    # the whole mail is what there is to read, and the counsellor is told so.
+    whole = not text and bool(body)
     return Mail(
         sender=sender,
         message_id=message_id,
         subject=subject,
-        text=strip_quoted(body),
+        text=body if whole else text,
+        whole=whole,
         full=body,
-        attachments=0 if report else attachments,
+        attachments=0 if report else len(sent),
+        files=[] if report else sent,
         references=references,
         automatic=automatic or report,
         bounce=bounce,

@@ -6,10 +6,23 @@ then calls ``process`` with one event. Replies use the event's reply token while
 and single use); otherwise they are pushed with an ``X-Line-Retry-Key`` derived from the outbox row, so
 a retried push never reaches the person twice.
 
-Only one-to-one chats are served: events from groups and rooms are not stored. Profiles (display name,
+Only one-to-one chats are served: nothing said in a group or room is stored. When the bot is added to one
+(``join``), it says once that it answers one-to-one and how to add it as a friend, then leaves. Events in
+``mode: standby`` (another module has the chat) are neither stored nor answered. Profiles (display name,
 picture) are never fetched: counsellors need not see them (../shared/REFERENCE.md).
 
+What a person sends besides text is shown to the counsellor: a sticker's keywords (and a message sticker's
+text, which is triaged), a place's name and address, a file's name and size, and pictures, fetched with the
+content API and re-encoded (bot/images.py); an album (``imageSet``) is answered once. A message type this
+code does not know is stored and shown as such, never dropped. ``unsend`` erases the message (and its
+stored event); ``messageEdited`` is stored beside the first version and triaged.
+
 Docs: https://developers.line.biz/en/reference/messaging-api/#webhooks (payloads),
+https://developers.line.biz/en/reference/messaging-api/#unsend-event,
+https://developers.line.biz/en/reference/messaging-api/#edit-event,
+https://developers.line.biz/en/reference/messaging-api/#join-event,
+https://developers.line.biz/en/reference/messaging-api/#leave-group,
+https://developers.line.biz/en/reference/messaging-api/#get-content (pictures),
 https://developers.line.biz/en/reference/messaging-api/#send-reply-message,
 https://developers.line.biz/en/reference/messaging-api/#send-push-message (retry key),
 https://developers.line.biz/en/reference/messaging-api/#display-a-loading-indicator.
@@ -25,7 +38,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,6 +52,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     ApiException,
     AsyncApiClient,
     AsyncMessagingApi,
+    AsyncMessagingApiBlob,
     Configuration,
     MessageAction,
     PushMessageRequest,
@@ -49,7 +63,8 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     TextMessage,
 )
 
-from bot.types import Delivery, Inbound, Kind, Outbound
+from bot.images import file_item, is_picture_name, refused_kind
+from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
 
 if TYPE_CHECKING:
@@ -70,7 +85,11 @@ LOADING_SECONDS = 20  # the indicator disappears when a message arrives, or afte
 REQUEST_TIMEOUT = 15.0  # seconds for one API call (the SDK's default is five minutes)
 MAX_BODY = 1024 * 1024  # bytes of one webhook request we are willing to read
 MEDIA = {"sticker", "image", "video", "audio", "file", "location"}
-HANDLED = {"message", "follow", "unfollow", "postback"}
+# Events of a one-to-one chat that are stored and handled; in a group or room, only the bot's joining.
+HANDLED = {"message", "follow", "unfollow", "postback", "unsend", "messageEdited"}
+GROUP_HANDLED = {"join"}
+ALBUM_SECONDS = 600.0  # an album's pictures arrive within seconds; its id is remembered this long
+MAX_FETCH = 20 * 1024 * 1024  # bytes of a picture fetched from the content API
 RETRY_NAMESPACE = uuid.UUID("5b0e6c1e-7a43-4e4b-9a1e-2f1d2f6c9a10")  # uuid5 namespace of our retry keys
 
 
@@ -107,6 +126,8 @@ class LineChannel(Channel):
         # The latest unused reply token of each person (by LINE user id), in memory: a token is only
         # good for a minute, so it is not worth storing, and a restart simply pushes instead.
         self._tokens: dict[str, _ReplyToken] = {}
+        # Albums (imageSet ids) already answered, with when: one reply for several pictures.
+        self._albums: dict[str, float] = {}
         # API calls under way: ``stop`` (which the service calls before its workers finish) lets them
         # end before the HTTP session is closed under them.
         self._calls = 0
@@ -172,11 +193,30 @@ class LineChannel(Channel):
 
     # -- inbound ------------------------------------------------------------------------------------------
 
+    def describe(self, payload: str) -> str:
+        event = json.loads(payload)
+        message = event.get("message") if isinstance(event, dict) else None
+        kind = _str(event.get("type")) if isinstance(event, dict) else ""
+        if isinstance(message, dict) and _str(message.get("type")):
+            kind += "/" + _str(message.get("type"))
+        return kind[:64] or "unknown"
+
     async def process(self, payload: str) -> None:
         event = json.loads(payload)
+        if not isinstance(event, dict) or event.get("mode") == "standby":
+            return  # emptied (a withdrawn message's event), or a chat another module has
+        source = event.get("source")
+        if isinstance(source, dict) and source.get("type") in ("group", "room"):
+            if event.get("type") == "join":
+                await self._join(event, source)
+            return  # nothing said in a group or room is read
+        if event.get("type") == "unsend":
+            await self._unsend(event)
+            return
         inbound = self._inbound(event)
         if inbound is None:
             return
+        inbound = await self._with_content(event, inbound)
         user = inbound.user_id
         token = _str(event.get("replyToken"))
         issued = _timestamp(event)
@@ -187,6 +227,137 @@ class LineChannel(Channel):
             if inbound.kind in (Kind.TEXT, Kind.CHOICE):
                 await self._loading(user)
         await self.receive(inbound)
+
+    async def _unsend(self, event: dict[str, Any]) -> None:
+        """The person unsent a message: erased from our storage and from the stored events that carried
+        it (the message itself and its edits)."""
+        source = event.get("source")
+        user = _str(source.get("userId")) if isinstance(source, dict) else ""
+        unsend = event.get("unsend")
+        message_id = _str(unsend.get("messageId")) if isinstance(unsend, dict) else ""
+        if not user or not message_id:
+            return
+
+        def carries(payload: str) -> bool:
+            stored = json.loads(payload)
+            message = stored.get("message") if isinstance(stored, dict) else None
+            return (
+                isinstance(message, dict)
+                and message.get("id") == message_id
+                and stored.get("type") in ("message", "messageEdited")
+            )
+
+        await self.withdraw(user, message_id, carries)
+
+    async def _join(self, event: dict[str, Any], source: dict[str, Any]) -> None:
+        """Added to a group or room: say once, kindly, that the service is one-to-one and how to reach it,
+        then leave. Nothing of the group is stored."""
+        group = _str(source.get("groupId")) or _str(source.get("roomId"))
+        if not group:
+            return
+        text = self.service.content.text("line_group_only").text
+        messages = [
+            TextMessage(text=c) for c in [text[i : i + MAX_TEXT] for i in range(0, len(text), MAX_TEXT)]
+        ]
+        token = _str(event.get("replyToken"))
+        said = False
+        async with self._calling() as api:
+            if token and time.time() - _timestamp(event) < REPLY_TOKEN_SECONDS:
+                try:
+                    await api.reply_message(
+                        ReplyMessageRequest(replyToken=token, messages=messages[:MAX_MESSAGES]),
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+                    said = True
+                except ApiException as e:
+                    log.info("LINE group notice by reply failed (%s); pushing instead", e.status)
+            if not said:
+                key = str(uuid.uuid5(RETRY_NAMESPACE, "join:" + _str(event.get("webhookEventId"))))
+                try:
+                    await api.push_message(
+                        PushMessageRequest(to=group, messages=messages[:MAX_MESSAGES]),
+                        x_line_retry_key=key,
+                        _request_timeout=REQUEST_TIMEOUT,
+                    )
+                except ApiException as e:
+                    if e.status != 409:  # 409: this key went out before
+                        log.warning("LINE group notice could not be sent: %s", _reason(e))
+            for attempt in range(3):
+                try:
+                    if source.get("type") == "group":
+                        await api.leave_group(group, _request_timeout=REQUEST_TIMEOUT)
+                    else:
+                        await api.leave_room(group, _request_timeout=REQUEST_TIMEOUT)
+                    break
+                except ApiException as e:
+                    if e.status and 400 <= int(e.status) < 500:
+                        break  # gone already, or never there: nothing to leave
+                    if attempt == 2:
+                        log.error("LINE: could not leave a %s: %s", source.get("type"), _reason(e))
+                    else:
+                        await asyncio.sleep(1.0 + attempt)
+        log.info("LINE: added to a %s; said it is one-to-one only, and left", source.get("type"))
+
+    async def _with_content(self, event: dict[str, Any], inbound: Inbound) -> Inbound:
+        """Pictures (and files named as pictures) fetched from the content API and re-encoded; an album's
+        later pictures are stored without a reply of their own."""
+        message = event.get("message")
+        if not isinstance(message, dict) or not inbound.items:
+            return inbound
+        item = inbound.items[0]
+        kind = _str(message.get("type"))
+        if kind == "image":
+            provider = message.get("contentProvider")
+            if isinstance(provider, dict) and provider.get("type") == "line":
+                data = await self._content(_str(message.get("id")))
+                picture = await asyncio.to_thread(file_item, "", "image/*", data) if data else None
+                if picture is not None and picture.picture is not None:
+                    item = Item("image", size=len(data or b""), picture=picture.picture)
+                else:
+                    item = Item("image", refused="broken_image")
+            else:
+                item = Item("image", refused="broken_image")  # an external URL is never fetched
+            image_set = message.get("imageSet")
+            if isinstance(image_set, dict) and _str(image_set.get("id")):
+                quiet = not self._first_of_album(_str(image_set.get("id")), image_set.get("index"))
+                return replace(inbound, items=(item,), flags=(*inbound.flags, ALBUM), quiet=quiet)
+            return replace(inbound, items=(item,))
+        if kind == "file" and is_picture_name(item.name):  # a picture sent as a file
+            data = await self._content(_str(message.get("id")))
+            if data:
+                kept = await asyncio.to_thread(file_item, item.name, "", data)
+                return replace(inbound, items=(kept,))
+        return inbound
+
+    async def _content(self, message_id: str) -> bytes | None:
+        """The bytes of a message's content; None when LINE no longer has them (they expire). Other errors
+        are raised, so that the event is tried again."""
+        if not message_id:
+            return None
+        async with self._calling():
+            assert self._client is not None
+            try:
+                data = await AsyncMessagingApiBlob(self._client).get_message_content(
+                    message_id, _request_timeout=REQUEST_TIMEOUT
+                )
+            except ApiException as e:
+                if e.status in (400, 404, 410):
+                    log.info("LINE content is no longer there (%s)", e.status)
+                    return None
+                raise
+        raw = bytes(data or b"")
+        return raw if len(raw) <= MAX_FETCH else None
+
+    def _first_of_album(self, set_id: str, index: object) -> bool:
+        now = time.monotonic()
+        for old in [k for k, t in self._albums.items() if now - t > ALBUM_SECONDS]:
+            del self._albums[old]
+        if isinstance(index, int) and not isinstance(index, bool):
+            self._albums.setdefault(set_id, now)
+            return index == 1
+        first = set_id not in self._albums  # no index (older Android apps): the first to arrive
+        self._albums[set_id] = now
+        return first
 
     def _inbound(self, event: dict[str, Any]) -> Inbound | None:
         """One stored webhook event as the project's own ``Inbound``; None for what is not handled.
@@ -215,20 +386,36 @@ class LineChannel(Channel):
             return Inbound(
                 kind=Kind.CHOICE, text=data, external_id=f"event:{event_id}" if event_id else None, **base
             )
-        if kind_name != "message":
+        if kind_name not in ("message", "messageEdited"):
             return None
         message = event.get("message")
         if not isinstance(message, dict):
             return None
         message_id = _str(message.get("id")) or None
+        if kind_name == "messageEdited":
+            # A new version of a message: stored beside the first (its id, then the event's), triaged.
+            text = _str(message.get("text"))
+            if not message_id or not text.strip():
+                return None
+            return Inbound(
+                kind=Kind.TEXT,
+                text=text,
+                external_id=f"{message_id}:edit:{event_id}",
+                flags=(EDITED,),
+                **base,
+            )
         if message.get("type") == "text":
             text = _str(message.get("text"))
             if not text.strip():
                 return None
             return Inbound(kind=Kind.TEXT, text=text, external_id=message_id, **base)
-        if message.get("type") in MEDIA:
-            return Inbound(kind=Kind.MEDIA, external_id=message_id, **base)
-        return None
+        item = _item(message)
+        if message.get("type") == "sticker" and _str(message.get("text")).strip():
+            # A message sticker carries words the person typed: they are read like any text.
+            return Inbound(
+                kind=Kind.TEXT, text=_str(message.get("text")), external_id=message_id, items=(item,), **base
+            )
+        return Inbound(kind=Kind.MEDIA, external_id=message_id, items=(item,), **base)
 
     def _prune(self) -> None:
         now = time.time()
@@ -347,12 +534,38 @@ def _events(body: str) -> list[tuple[str, str]] | None:
         if not isinstance(event, dict):
             return None
         source = event.get("source")
-        if event.get("type") not in HANDLED or not isinstance(source, dict) or source.get("type") != "user":
-            continue
+        if not isinstance(source, dict) or event.get("mode") == "standby":
+            continue  # standby: another module has the chat, and we neither store nor answer
+        if source.get("type") == "user":
+            if event.get("type") not in HANDLED:
+                continue
+        elif source.get("type") not in ("group", "room") or event.get("type") not in GROUP_HANDLED:
+            continue  # nothing said in a group or room is stored
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
         event_id = _str(event.get("webhookEventId"))
         out.append((event_id or "sha256:" + hashlib.sha256(payload.encode()).hexdigest(), payload))
     return out
+
+
+def _item(message: dict[str, Any]) -> Item:
+    """What the counsellor is shown of a message that is not text. The shapes:
+    https://developers.line.biz/en/reference/messaging-api/#message-event (image, video, audio, file,
+    location, sticker); any other type is named as LINE names it."""
+    kind = _str(message.get("type"))[:32] or "unknown"
+    if kind == "sticker":
+        keywords = message.get("keywords")
+        words = tuple(_str(k)[:40] for k in keywords[:15]) if isinstance(keywords, list) else ()
+        return Item("sticker", keywords=tuple(w for w in words if w))
+    if kind == "location":
+        return Item(
+            "location", title=_str(message.get("title"))[:200], address=_str(message.get("address"))[:300]
+        )
+    if kind == "file":
+        name = _str(message.get("fileName"))[:200]
+        size = message.get("fileSize")
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
+        return Item("file", name=name, size=size, refused=refused_kind(name, ""))
+    return Item(kind)  # image (fetched by _with_content), video, audio, or a type LINE added later
 
 
 def _str(value: object) -> str:

@@ -15,10 +15,12 @@ Update shapes: https://core.telegram.org/bots/api#update (``message``, ``callbac
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import os
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -44,7 +46,8 @@ from telegram.error import (
     TelegramError,
 )
 
-from bot.types import Delivery, Inbound, Kind, Outbound
+from bot.images import file_item, is_picture_name, refused_kind
+from bot.types import ALBUM, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
 
 if TYPE_CHECKING:
@@ -63,6 +66,8 @@ MAX_CALLBACK_DATA = 64  # bytes (https://core.telegram.org/bots/api#inlinekeyboa
 INDEX_PREFIX = "#"  # callback_data "#<n>": the n-th button of the message, for labels over 64 bytes
 # What setWebhook asks for: everything ``process`` reads, nothing more.
 ALLOWED_UPDATES = ("message", "callback_query", "my_chat_member")
+MAX_FETCH = 20 * 1024 * 1024  # bytes: the Bot API's own getFile limit
+ALBUM_SECONDS = 600.0
 
 
 def make_bot(settings: Settings) -> Bot:
@@ -84,6 +89,7 @@ class TelegramChannel(Channel):
         super().__init__(service)
         self.settings = service.settings
         self._bot: Bot | None = None
+        self._albums: dict[str, float] = {}  # media_group_id -> when first seen: one reply per album
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -186,8 +192,23 @@ class TelegramChannel(Channel):
             await self.receive(Inbound(channel=self.name, user_id=user, text=text, external_id=ident))
             return
         if msg.effective_attachment is not None or msg.location is not None or msg.venue is not None:
-            # Pictures, stickers, files, voice, video and places bypass text triage: a person looks.
-            await self.receive(Inbound(channel=self.name, user_id=user, kind=Kind.MEDIA, external_id=ident))
+            # Pictures, stickers, files, voice, video and places bypass text triage: they are stored and
+            # shown to the counsellor (pictures re-encoded; other files refused by kind, the person told).
+            item = await self._item(msg)
+            quiet = False
+            if msg.media_group_id:  # an album: several messages, one reply
+                quiet = not self._first_of_album(msg.media_group_id)
+            await self.receive(
+                Inbound(
+                    channel=self.name,
+                    user_id=user,
+                    kind=Kind.MEDIA,
+                    external_id=ident,
+                    items=(item,),
+                    quiet=quiet,
+                    flags=(ALBUM,) if msg.media_group_id else (),
+                )
+            )
             if msg.caption:
                 # A caption is text the person wrote: triage it like any message.
                 await self.receive(
@@ -199,6 +220,57 @@ class TelegramChannel(Channel):
                     )
                 )
         # Service messages (a pinned message, a new chat photo...) say nothing to answer.
+
+    async def _item(self, msg: Message) -> Item:
+        """What the counsellor is shown of a message that is not text (https://core.telegram.org/bots/api#message)."""
+        if msg.photo:
+            # The largest size Telegram made of it that is not too large to fetch.
+            sizes = [p for p in msg.photo if (p.file_size or 0) <= MAX_FETCH] or list(msg.photo[:1])
+            best = max(sizes, key=lambda p: p.width * p.height)
+            data = await self._download(best.file_id)
+            kept = await asyncio.to_thread(file_item, "", "image/jpeg", data) if data else None
+            if kept is not None and kept.picture is not None:
+                return Item("image", size=len(data or b""), picture=kept.picture)
+            return Item("image", refused="broken_image")
+        if msg.document is not None:
+            doc = msg.document
+            name, mime, size = doc.file_name or "", doc.mime_type or "", doc.file_size or 0
+            if (mime.startswith("image/") or is_picture_name(name)) and size <= MAX_FETCH:
+                data = await self._download(doc.file_id)
+                if data:
+                    return await asyncio.to_thread(file_item, name, mime, data)
+            return Item("file", name=name, size=size, refused=refused_kind(name, mime))
+        if msg.sticker is not None:
+            return Item("sticker", keywords=(msg.sticker.emoji,) if msg.sticker.emoji else ())
+        if msg.venue is not None:
+            return Item("location", title=msg.venue.title, address=msg.venue.address)
+        if msg.location is not None:
+            return Item("location")
+        if msg.voice is not None or msg.audio is not None:
+            return Item("audio")
+        if msg.video is not None or msg.video_note is not None or msg.animation is not None:
+            return Item("video")
+        return Item(type(msg.effective_attachment).__name__.lower()[:32] or "unknown")
+
+    async def _download(self, file_id: str) -> bytes | None:
+        """A file's bytes through getFile; None when Telegram refuses it (too large, unknown, expired).
+        Network errors are raised: the update is tried again."""
+        try:
+            file = await self.bot.get_file(file_id)
+            data = await file.download_as_bytearray()
+        except (BadRequest, Forbidden, InvalidToken) as e:
+            # 400 for an unknown or too large file; PTB reads a 404 on the download as InvalidToken.
+            log.info("Telegram file not available: %s", type(e).__name__)
+            return None
+        return bytes(data) if len(data) <= MAX_FETCH else None
+
+    def _first_of_album(self, group_id: str) -> bool:
+        now = time.monotonic()
+        for old in [k for k, t in self._albums.items() if now - t > ALBUM_SECONDS]:
+            del self._albums[old]
+        first = group_id not in self._albums
+        self._albums[group_id] = now
+        return first
 
     async def _callback(self, query: CallbackQuery) -> None:
         message = query.message

@@ -2,7 +2,9 @@
 
 Protocol (JSON text frames):
 - client: ``{"type": "hello", "resume": token|null}`` first, then
-  ``{"type": "message", "text": "...", "id": "<client id, optional>"}``;
+  ``{"type": "message", "text": "...", "id": "<client id, optional>"}``; beyond the contract, a picture as
+  ``{"type": "image", "data": "<base64>", "name": "<file name, optional>", "id": ...}`` (the attach
+  button): decoded and re-encoded (bot/images.py) and shown to the counsellor, never sent back;
 - server: ``{"type": "session", "token"}`` after hello; ``{"type": "message", "from": "bot"|"counsellor",
   "text", "quick_replies"}``; ``{"type": "status", "state": "bot"|"waiting"|"connected"|"closed",
   "position"}``. Beyond the contract: on resume the history is replayed as ``message`` frames with
@@ -17,6 +19,7 @@ encrypted at rest like any platform id; the page keeps it in sessionStorage only
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
@@ -31,6 +34,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlmodel import col
 
+from bot.images import file_item
 from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender, State, utcnow
 from bot.pages import StaticFiles, page_headers
 from bot.types import Delivery, Inbound, Kind, Outbound
@@ -43,7 +47,9 @@ T = TypeVar("T")
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = CONTENT_DIR.parent / "webchat" / "page.html"
 HELLO_TIMEOUT = 30.0
-MAX_FRAME = 64 * 1024  # characters in one frame; longer messages are refused with an error frame
+MAX_FRAME = 64 * 1024  # characters in one text frame; longer messages are refused with an error frame
+MAX_IMAGE_BYTES = 8 * 1024 * 1024  # a picture from the attach button (the page checks it first)
+MAX_IMAGE_FRAME = MAX_IMAGE_BYTES * 4 // 3 + 4096  # its frame: base64 and a little JSON
 TOKEN_MAX = 128
 MAX_ID = 64  # a client message id (the page uses UUIDs)
 STATUS = {
@@ -243,12 +249,18 @@ class WebChatChannel(Channel):
             if raw.get("text") is None:
                 await client.send({"type": "error", "error": "frames must be JSON text"})
                 continue
-            if len(raw["text"]) > MAX_FRAME:
+            if len(raw["text"]) > MAX_IMAGE_FRAME:
                 await client.send({"type": "error", "error": "message too long"})
                 continue
             frame = _parse(raw["text"])
             if frame is None:
                 await client.send({"type": "error", "error": "not valid JSON"})
+                continue
+            if frame.get("type") == "image":
+                await self._image(client, token, prefix, frame)
+                continue
+            if len(raw["text"]) > MAX_FRAME:
+                await client.send({"type": "error", "error": "message too long"})
                 continue
             if frame.get("type") != "message" or not isinstance(frame.get("text"), str):
                 await client.send({"type": "error", "error": 'expected {"type": "message", "text": ...}'})
@@ -277,6 +289,40 @@ class WebChatChannel(Channel):
                 client.conversation_id = handled.conversation_id
             if client_id:
                 await client.send({"type": "ack", "id": client_id})
+
+    async def _image(self, client: _Client, token: str, prefix: str, frame: dict[str, Any]) -> None:
+        """A picture from the attach button: kept re-encoded if it is one, else refused (and said)."""
+        client_id = frame.get("id")
+        if client_id is not None and not (isinstance(client_id, str) and 0 < len(client_id) <= MAX_ID):
+            await client.send(
+                {"type": "error", "error": f"'id' must be a string of 1 to {MAX_ID} characters"}
+            )
+            return
+        data_b64, name = frame.get("data"), frame.get("name")
+        name = name[:200] if isinstance(name, str) else ""
+        try:
+            data = base64.b64decode(data_b64, validate=True) if isinstance(data_b64, str) else b""
+        except ValueError:
+            data = b""
+        if not data or len(data) > MAX_IMAGE_BYTES:
+            await client.send({"type": "error", "error": "an image frame needs 'data': a picture in base64"})
+            return
+        item = await asyncio.to_thread(file_item, name, "image/*", data)
+        handled = await self._guard(
+            self.receive(
+                Inbound(
+                    channel=self.name,
+                    user_id=token,
+                    kind=Kind.MEDIA,
+                    items=(item,),
+                    external_id=f"{prefix}:{client_id}" if client_id else None,
+                )
+            )
+        )
+        if handled.conversation_id:
+            client.conversation_id = handled.conversation_id
+        if client_id:
+            await client.send({"type": "ack", "id": client_id})
 
     async def _contact(self, token: str) -> Contact | None:
         lookup = self.service.crypto.lookup(self.name, token)
@@ -310,7 +356,9 @@ class WebChatChannel(Channel):
         for msg, status in rows:
             extra: dict[str, Any] = {}
             if msg.direction == Direction.IN:
-                if msg.kind != Kind.TEXT:
+                if msg.kind == Kind.MEDIA:
+                    extra["kind"] = "image"  # the page shows that a picture was sent, not the picture
+                elif msg.kind != Kind.TEXT:
                     continue
                 who = "user"
                 if msg.external_id and ":" in msg.external_id:

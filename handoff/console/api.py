@@ -34,6 +34,7 @@ from bot.models import (
     Direction,
     Handoff,
     HandoffStatus,
+    Media,
     Message,
     Note,
     Outbox,
@@ -432,7 +433,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             await s.execute(
                 select(col(Message.conversation_id), col(Message.text_enc))
                 .where(col(Message.conversation_id).in_(ids), col(Message.direction) == Direction.IN)
-                .where(col(Message.kind) == "text")
+                .where(col(Message.kind) == "text", col(Message.withdrawn_at).is_(None))
                 .order_by(col(Message.id))
             )
         ).all()
@@ -507,6 +508,15 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     await s.scalars(select(Outbox).where(col(Outbox.conversation_id) == conversation_id))
                 ).all()
             }
+            pictures: dict[int, list[dict[str, Any]]] = {}
+            for media in (
+                await s.scalars(
+                    select(Media).where(col(Media.conversation_id) == conversation_id).order_by(col(Media.id))
+                )
+            ).all():
+                pictures.setdefault(media.message_id, []).append(
+                    {"id": media.id, "type": media.content_type, "width": media.width, "height": media.height}
+                )
             notes = (
                 await s.execute(
                     select(Note, col(Counsellor.username))
@@ -545,6 +555,12 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 item["full_text"] = svc.crypto.decrypt(m.full_enc)
             if m.attachments:  # counted, never kept
                 item["attachments"] = m.attachments
+            if m.flags:  # whole_mail, edited, withdrawn, album: said to the counsellor in words
+                item["flags"] = [f for f in m.flags.split(",") if f]
+            if m.meta_enc:  # what came besides text: a sticker's keywords, a place, a file's name and size
+                item["items"] = json.loads(svc.crypto.decrypt(m.meta_enc))
+            if m.id in pictures:  # shown behind a click, from the picture route (with the same check)
+                item["pictures"] = pictures[m.id]
             if m.id in deliveries:  # what became of a message to the person: pending, delivered, failed
                 o = deliveries[m.id]
                 item["delivery"] = {"status": o.status, "attempts": o.attempts, "error": o.last_error}
@@ -571,6 +587,34 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             ],
             "read_only": holder != me.id,
         }
+
+    @r.get("/conversations/{conversation_id}/pictures/{picture_id}")
+    async def get_picture(conversation_id: str, picture_id: int, me: MeDep) -> Response:
+        """A picture a person sent, for whoever may read the conversation (the one access check); the
+        counsellor asked for it with a click after a warning. Never cached; every view is audited."""
+        async with svc.db.session() as s, s.begin():
+            await access(s, me, conversation_id, write=False)
+            media = await s.get(Media, picture_id)
+            if media is None or media.conversation_id != conversation_id:
+                raise HTTPException(404, "no such picture")
+            s.add(
+                AuditLog(
+                    actor=me.username,
+                    action="picture.view",
+                    conversation_id=conversation_id,
+                    detail=f"picture={picture_id}",
+                )
+            )
+        data = svc.crypto.decrypt_bytes(media.data_enc)
+        headers = {
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": "inline",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        }
+        # Only what bot/images.py wrote is served, under the type it wrote.
+        media_type = media.content_type if media.content_type in ("image/jpeg", "image/png") else "image/jpeg"
+        return Response(content=data, media_type=media_type, headers=headers)
 
     @r.post("/conversations/{conversation_id}/messages", status_code=202)
     async def post_message(conversation_id: str, body: TextIn, me: MeDep) -> dict[str, str]:

@@ -10,6 +10,10 @@
   const form = document.getElementById("composer");
   const input = document.getElementById("input");
   const exitButton = document.getElementById("quick-exit");
+  const attach = document.getElementById("attach");
+  const attachFile = document.getElementById("attach-file");
+  const attachError = document.getElementById("attach-error");
+  const MAX_IMAGE_BYTES = 8 * 1024 * 1024; // the server refuses more
 
   let ws = null;
   let leaving = false;
@@ -65,14 +69,38 @@
     if (!text.trim()) return;
     const id = newId();
     const item = addMessage("user", text, { pendingId: id });
-    unacked.set(id, { text, item });
+    unacked.set(id, { text, item, frame: { type: "message", text, id } });
     showChoices([]);
-    if (!replaying) transmit(id, text);
+    if (!replaying) transmit(unacked.get(id).frame);
   }
 
-  function transmit(id, text) {
+  // A picture from the attach button: sent as base64; the page shows only that it was sent (the picture
+  // itself is not kept in the page either).
+  function sendImage(file) {
+    attachError.hidden = true;
+    if (!file) return;
+    if (!/^image\//.test(file.type)) return showAttachError(strings.image_not_picture);
+    if (file.size > MAX_IMAGE_BYTES) return showAttachError(strings.image_too_large);
+    const reader = new FileReader();
+    reader.addEventListener("load", () => {
+      const data = String(reader.result).replace(/^data:[^,]*,/, "");
+      const id = newId();
+      const item = addMessage("user", strings.image_sent, { pendingId: id });
+      unacked.set(id, { text: strings.image_sent, item, frame: { type: "image", data, name: file.name, id } });
+      showChoices([]);
+      if (!replaying) transmit(unacked.get(id).frame);
+    });
+    reader.readAsDataURL(file);
+  }
+
+  function showAttachError(text) {
+    attachError.textContent = text;
+    attachError.hidden = false;
+  }
+
+  function transmit(frame) {
     if (ws && ws.readyState === WebSocket.OPEN) {
-      ws.send(JSON.stringify({ type: "message", text, id }));
+      ws.send(JSON.stringify(frame));
     }
   }
 
@@ -97,7 +125,7 @@
         if (frame.from === "user") {
           // Our own line, replayed: if we were still holding it, it was stored after all.
           if (frame.id) unacked.delete(frame.id);
-          addMessage("user", frame.text);
+          addMessage("user", frame.kind === "image" ? strings.image_sent : frame.text);
           return;
         }
         addMessage(frame.from === "counsellor" ? "counsellor" : "bot", frame.text);
@@ -112,7 +140,7 @@
           for (const [id, m] of unacked) {
             m.item.remove();
             m.item = addMessage("user", m.text, { pendingId: id });
-            transmit(id, m.text);
+            transmit(m.frame);
           }
         }
       }
@@ -154,6 +182,11 @@
     location.replace(exitButton.dataset.url || "about:blank");
   }
   exitButton.addEventListener("click", quickExit);
+  attach.addEventListener("click", () => attachFile.click());
+  attachFile.addEventListener("change", () => {
+    sendImage(attachFile.files && attachFile.files[0]);
+    attachFile.value = ""; // the same picture can be chosen again
+  });
   let lastEscape = 0;
   document.addEventListener("keydown", (e) => {
     if (e.key !== "Escape") return;

@@ -664,9 +664,15 @@
     const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
     // What became of a message already shown can change (sent, retried, failed): update its line.
     let changed = false;
-    for (const li of log.children) {
+    for (const li of [...log.children]) {
       const i = Number(li.dataset.index);
-      if (i < st.rendered.count && msgs[i]) changed = renderDelivery(li, msgs[i].delivery) || changed;
+      if (!(i < st.rendered.count && msgs[i])) continue;
+      if ((li.dataset.flags || "") !== flagsKey(msgs[i])) {
+        li.replaceWith(messageItem(msgs[i], i)); // withdrawn since it was drawn: drawn again, without its text
+        changed = true;
+      } else {
+        changed = renderDelivery(li, msgs[i].delivery) || changed;
+      }
     }
     for (let i = st.rendered.count; i < msgs.length; i++) log.append(messageItem(msgs[i], i));
     const added = msgs.length - st.rendered.count;
@@ -674,22 +680,35 @@
     if ((added > 0 || changed) && (atBottom || !same)) log.scrollTop = log.scrollHeight;
   }
 
+  function flagsKey(m) {
+    return (Array.isArray(m.flags) ? m.flags : []).map(String).join(",");
+  }
+
   function messageItem(m, index) {
     const from = ["user", "bot", "counsellor", "system"].includes(m.from) ? m.from : "system";
     const li = el("li", { cls: "msg from-" + from, attrs: { "data-index": String(index), "data-from": from } });
+    li.dataset.flags = flagsKey(m);
     const head = el("div", { cls: "msg-head" }, [
       el("span", { cls: "msg-who", text: S["from_" + from] }),
       el("time", { cls: "msg-time", text: time(m.at), attrs: { datetime: m.at } }),
     ]);
     if (from === "user" && m.risk && m.risk !== "low") head.append(riskBadge(m.risk));
     const attachments = Number(m.attachments) > 0 ? Math.floor(Number(m.attachments)) : 0;
+    const flags = Array.isArray(m.flags) ? m.flags : [];
+    const items = Array.isArray(m.items) ? m.items : [];
+    const pictures = Array.isArray(m.pictures) ? m.pictures : [];
     const body = el("div", { cls: "msg-text" });
-    if (m.kind === "media" && !m.text) {
-      if (!attachments) body.append(el("em", { text: S.media })); // else the note below says it
+    if (flags.includes("withdrawn")) {
+      body.append(el("em", { cls: "msg-withdrawn", text: S.withdrawn }));
+    } else if (m.kind === "media" && !m.text) {
+      if (!attachments && !items.length) body.append(el("em", { text: S.media })); // else the lines below say it
     } else {
       appendHighlighted(body, m.text || "", m.highlights || []);
     }
     li.append(head, body);
+    if (flags.includes("edited")) li.append(el("p", { cls: "msg-flag", text: S.flag_edited, attrs: { "data-flag": "edited" } }));
+    if (items.length) li.append(el("ul", { cls: "msg-items" }, items.map((it) => el("li", { cls: "msg-item", text: describeItem(it) }))));
+    for (const p of pictures) li.append(pictureBlock(st.current, p));
     if (typeof m.full_text === "string" && m.full_text) {
       // A mail: the text above is its new part; the whole of it (quoted thread, signature) on demand.
       li.append(el("details", { cls: "msg-full" }, [
@@ -698,8 +717,47 @@
       ]));
     }
     if (attachments) li.append(el("p", { cls: "msg-attachments", text: fill(S.attachments_note, { n: attachments }) }));
+    if (flags.includes("whole_mail")) li.append(el("p", { cls: "msg-flag", text: S.flag_whole_mail, attrs: { "data-flag": "whole_mail" } }));
     renderDelivery(li, m.delivery);
     return li;
+  }
+
+  function size(bytes) {
+    const n = Number(bytes) || 0;
+    if (n >= 1024 * 1024) return fill(S.size_mb, { n: (n / 1024 / 1024).toFixed(1) });
+    if (n >= 1024) return fill(S.size_kb, { n: Math.round(n / 1024) });
+    return fill(S.size_b, { n });
+  }
+
+  // What came besides text, in words: a sticker's keywords, a place, a file's name and size, and for what
+  // was not kept, why. Everything from the person is put in as text.
+  function describeItem(it) {
+    const kind = String(it && it.kind || "");
+    let text;
+    if (kind === "sticker") text = fill(S.item_sticker, { keywords: (it.keywords || []).map(String).join("、") || S.item_none });
+    else if (kind === "location") text = fill(S.item_location, { title: it.title || S.item_none, address: it.address || S.item_none });
+    else if (kind === "file") text = fill(S.item_file, { name: it.name || S.item_none, size: size(it.size) });
+    else if (kind === "image") text = it.picture ? S.item_image : S.item_image_broken;
+    else if (kind === "video" || kind === "audio") text = S["item_" + kind];
+    else text = fill(S.item_other, { kind });
+    if (it.refused && kind !== "image") text += " " + fill(S.item_refused, { kind: S.refused_kinds[it.refused] || it.refused });
+    return text;
+  }
+
+  // A picture is shown only after a click, under a warning: screenshots of harassment and worse.
+  function pictureBlock(conversationId, p) {
+    const box = el("div", { cls: "msg-picture" });
+    const show = el("button", { cls: "picture-show", text: S.picture_show, attrs: { type: "button" } });
+    const hide = el("button", { cls: "picture-hide", text: S.picture_hide, attrs: { type: "button" } });
+    const warning = el("p", { cls: "picture-warning", text: S.picture_warning });
+    const src = API + "/conversations/" + encodeURIComponent(conversationId) + "/pictures/" + String(Number(p.id));
+    show.addEventListener("click", () => {
+      const img = el("img", { cls: "picture", attrs: { src, alt: S.picture_alt, width: String(Number(p.width) || ""), height: String(Number(p.height) || "") } });
+      box.replaceChildren(img, hide);
+    });
+    hide.addEventListener("click", () => box.replaceChildren(warning, show));
+    box.append(warning, show);
+    return box;
   }
 
   // A line under a message to the person while it is not delivered: waiting (or being retried), or
@@ -776,7 +834,10 @@
       const key = r.rule + "\u0000" + r.matched + "\u0000" + r.message;
       if (seen.has(key)) continue;
       seen.add(key);
-      const li = el("li", {}, [el("code", { text: r.rule }), document.createTextNode(" "), el("mark", { text: r.matched })]);
+      const withdrawn = String(r.rule).startsWith("withdrawn.");
+      const li = withdrawn
+        ? el("li", { cls: "reason-withdrawn" }, [el("code", { text: String(r.rule).slice("withdrawn.".length) }), document.createTextNode(" " + S.reason_withdrawn)])
+        : el("li", {}, [el("code", { text: r.rule }), document.createTextNode(" "), el("mark", { text: r.matched })]);
       ul.append(li);
     }
   }
