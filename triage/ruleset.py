@@ -155,6 +155,8 @@ class Ruleset:
     trie: dict[str, Any]
     rules: list[Rule]
     known_katakana: frozenset[str]  # katakana words of the lexicon (リスカ): never re-read as kana
+    # Signals and the concepts that show them (distress.yaml): reported beside the risk, never raising it.
+    signals: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
@@ -210,6 +212,9 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     norm_doc = _load_yaml(content_dir / "normalize.yaml")
     lex_doc = _load_yaml(content_dir / "lexicon.yaml")
     rules_doc = _load_yaml(content_dir / "rules.yaml")
+    distress_doc = _load_yaml(content_dir / "distress.yaml") or {}
+    if not isinstance(distress_doc, dict) or not isinstance(distress_doc.get("concepts") or {}, dict):
+        raise ContentError("distress.yaml: needs 'concepts', a mapping of concept names")
 
     normalizer = NormalizerConfig(
         substitutions=[(re.compile(s["pattern"]), s["replace"]) for s in norm_doc.get("substitutions", [])],
@@ -227,8 +232,15 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     trie: dict[str, Any] = {}
     actor_concepts: dict[str, str] = {}
     known_katakana: set[str] = set()
-    for name, spec in (lex_doc.get("concepts") or {}).items():
-        where = f"lexicon.yaml: concept {name}"
+    distress: set[str] = set()
+    specs = [("lexicon.yaml", n, spec) for n, spec in (lex_doc.get("concepts") or {}).items()]
+    specs += [("distress.yaml", n, spec) for n, spec in (distress_doc.get("concepts") or {}).items()]
+    for file, name, spec in specs:
+        where = f"{file}: concept {name}"
+        if file == "distress.yaml":
+            if name in concepts:
+                raise ContentError(f"{where}: the name is taken in lexicon.yaml")
+            distress.add(name)
         if not isinstance(spec, dict) or "terms" not in spec:
             raise ContentError(f"{where}: needs a 'terms' list")
         flags = frozenset(spec.get("inactive_when", []))
@@ -361,5 +373,13 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         if c not in concepts:
             raise ContentError(f"rules.yaml: conversation: unknown concept {c!r}")
     return Ruleset(
-        normalizer, context, conversation, concepts, seq_index, trie, rules, frozenset(known_katakana)
+        normalizer,
+        context,
+        conversation,
+        concepts,
+        seq_index,
+        trie,
+        rules,
+        frozenset(known_katakana),
+        {"distress": frozenset(distress)},
     )
