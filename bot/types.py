@@ -33,6 +33,9 @@ class Inbound:
     # The channel's own state for this person, kept with the contact (see Contact.state_enc); "" keeps
     # what is there.
     contact_state: str = ""
+    # A choice the channel saw picked inside a longer text (a line of a mail that is one of our numbered
+    # choices): the answer, while ``text`` keeps all they wrote (stored and triaged).
+    choice: str = ""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ Step = tuple[str, str, list[str]]
 WELCOME: list[Step] = [("こんにちは", "welcome", ["welcome"])]
 LISTENING: list[Step] = WELCOME + [("同意して話す", "listening", ["listening"])]
 INTAKE: list[Step] = LISTENING + [
-    ("最近ちょっと学校に行きづらくて", "listening", ["intake_intro", "intake_age"]),
+    ("部活の先輩からのことで悩んでいて", "listening", ["intake_intro", "intake_age"]),
 ]
 OFFERED: list[Step] = INTAKE + [
     ("16〜18歳", "listening", ["intake_prefecture"]),
@@ -54,15 +54,23 @@ DIALOGUES: dict[str, list[Step]] = {
         ("答えない", "listening", ["intake_safe"]),
         ("わからない", "offered", ["offer"]),
     ],
-    "not safe now: raised to high, a safety note, then the offer": INTAKE
+    # At high no offer waits to be accepted: the queue at once, with the 24-hour lines.
+    "not safe now: raised to high, a safety note, then the queue": INTAKE
     + [
         ("15歳", "listening", ["intake_prefecture"]),
         ("答えない", "listening", ["intake_safe"]),
-        ("いいえ", "offered", ["unsafe", "offer"]),
-        ("相談したい", "waiting", ["waiting", "waiting_safety"]),
+        ("いいえ", "waiting", ["unsafe", "waiting", "waiting_safety"]),
+        ("相談したい", "waiting", ["waiting_update"]),
     ],
-    "high risk skips the questionnaire": LISTENING
-    + [("夫に毎日殴られていて、家に帰るのがこわいです", "offered", ["offer"])],
+    "high risk skips the questionnaire and the offer": LISTENING
+    + [("夫に毎日殴られていて、家に帰るのがこわいです", "waiting", ["waiting", "waiting_safety"])],
+    "medium: a counsellor offered with the first reply, before any question": LISTENING
+    + [
+        ("最近ちょっと学校に行きづらくて", "listening", ["offer_counsellor", "intake_age"]),
+        ("相談員と話したい", "waiting", ["waiting"]),
+    ],
+    "medium before consent: the services and a counsellor at once": WELCOME
+    + [("最近ちょっと学校に行きづらくて", "offered", ["offer"]), ("情報だけでよい", "closed", ["closing"])],
     "free text while offered": OFFERED + [("ありがとう、読んでみます", "offered", ["offer_again"])],
     "waiting, then writing while waiting": WAITING
     + [("まだですか", "waiting", ["waiting_update"]), ("相談したい", "waiting", ["waiting_update"])],
@@ -83,7 +91,7 @@ DIALOGUES: dict[str, list[Step]] = {
     "削除 then something else carries on": LISTENING
     + [
         ("削除", "listening", ["erase_confirm"]),
-        ("最近眠れない日が続いていて", "listening", ["intake_intro", "intake_age"]),
+        ("部活の先輩とうまくいかなくて悩んでいて", "listening", ["intake_intro", "intake_age"]),
     ],
     # Crisis from every state: at once, 110/119 and 24-hour lines, and the queue.
     "crisis as the first message": [("もう死にたい。今から飛び降りる", "waiting", ["crisis"])],
