@@ -6,6 +6,7 @@ improved. Every state, every keyword, crisis from every state, and out of hours.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import col
 
-from bot.models import Alert, Counsellor, Role, utcnow
+from bot.models import Alert, Contact, Counsellor, Role, utcnow
 from bot.service import Service
 from bot.types import Kind
 from tests.engine_helpers import Chat, reply_keys, running
@@ -303,3 +304,85 @@ async def test_a_picture_gets_a_kind_note_and_a_person_to_look(tmp_path: Path) -
         await chat.say("同意")
         assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable", "waiting"]
         assert await chat.state() == "waiting"
+
+
+# -- the safety net (bot/dialogue.py): the tables of tests/test_dialogue_table.py, with the real triage ------
+
+SAFETY_NET: dict[str, list[Step]] = {
+    "the issue's case: a message the triage misses, then one that is no prefecture": INTAKE
+    + [
+        ("16〜18歳", "listening", ["intake_prefecture"]),
+        ("もう終わり。全部準備できた", "offered", ["offer"]),
+    ],
+    "distress gets the direct question at once; はい takes the crisis path": LISTENING
+    + [("今夜、全部終わらせる", "listening", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
+    "わからない takes the crisis path too": LISTENING
+    + [("何もかも終わらせたい", "listening", ["ask_danger"]), ("わからない", "waiting", ["crisis"])],
+    "いいえ goes on, and the question is not asked again": LISTENING
+    + [
+        ("何もかも終わらせたい", "listening", ["ask_danger"]),
+        ("いいえ", "offered", ["danger_no", "offer"]),
+        ("全部やめたい", "offered", ["offer_again"]),
+    ],
+    "anything else in reply is a message": LISTENING
+    + [
+        ("何もかも終わらせたい", "listening", ["ask_danger"]),
+        ("消えたいって思うことはある", "waiting", ["waiting", "waiting_safety"]),
+    ],
+    "exhaustion and hopelessness during the intake: the question, not the form": INTAKE
+    + [("もう何もかも疲れた。どうでもいい", "offered", ["offer", "ask_danger"])],
+    "distress before consent: asked at once, then the terms again": WELCOME
+    + [
+        ("何もかも終わらせたい", "welcome", ["ask_danger"]),
+        ("いいえ", "welcome", ["danger_no", "consent_needed"]),
+        ("同意", "offered", ["listening_after_consent_with_story", "offer"]),
+    ],
+    "distress while waiting": WAITING
+    + [("何もかも終わらせたい", "waiting", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
+}
+
+
+@pytest.mark.parametrize("name", list(SAFETY_NET))
+async def test_safety_net(name: str, tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        for i, (text, state, replies) in enumerate(SAFETY_NET[name]):
+            got = await chat.keys(text)
+            assert got == replies, f"step {i} ({text!r}): replies {got}, expected {replies}"
+            assert await chat.state() == state, f"step {i} ({text!r})"
+
+
+async def test_the_remembered_risk_is_encrypted_and_erasing_forgets_it(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        await chat.say("もう死にたい。今から飛び降りる")
+        async with svc.db.session() as s:
+            contact = await s.scalar(select(Contact))
+        assert contact is not None and contact.risk_enc
+        assert "crisis" not in contact.risk_enc and chat.conversation_id not in contact.risk_enc
+        memory = json.loads(svc.crypto.decrypt(contact.risk_enc))
+        assert (memory["risk"], memory["conversation"]) == ("crisis", chat.conversation_id)
+        await chat.say("削除")
+        await chat.say("削除する")
+        async with svc.db.session() as s:
+            contact = await s.scalar(select(Contact))
+        assert contact is not None and contact.risk_enc == ""
+
+
+async def test_an_unanswered_direct_question_goes_to_a_counsellor_instead_of_closing(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        asked = Chat(svc, user="u-asked")
+        for text in ["こんにちは", "同意", "何もかも終わらせたい"]:
+            await asked.say(text)
+        quiet = Chat(svc, user="u-quiet")
+        await quiet.say("こんにちは")
+        sent_before = len(svc.channels["loopback"].sent)
+        svc.engine.clock = lambda: utcnow() + timedelta(hours=25)
+        assert await svc.engine.close_idle(timedelta(hours=24)) == 2
+        await svc.outbox.send_due()
+        assert len(svc.channels["loopback"].sent) == sent_before, "nothing is sent out of the blue"
+        conv = await asked.conversation()
+        assert (conv.state, conv.danger_answer) == ("waiting", "none")
+        await asyncio.sleep(0)
+        assert await svc.queue.position(asked.conversation_id, utcnow()) == 1
+        assert await quiet.state() == "closed"
