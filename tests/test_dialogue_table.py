@@ -376,3 +376,10 @@ def test_docs_safety_md_is_up_to_date() -> None:
     assert doc == render(get_content()), (
         "docs/safety.md is out of date: run `tsunagi safety-table > docs/safety.md`"
     )
+
+
+def test_the_command_writes_docs_safety_md(capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    assert main(["safety-table"]) == 0
+    assert capsys.readouterr().out == (ROOT / "docs" / "safety.md").read_text(encoding="utf-8")
