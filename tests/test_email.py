@@ -33,7 +33,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 from sqlmodel import col
 
-from bot.models import Conversation, Inbox, InboxStatus, Message, Outbox, OutboxStatus, Role
+from bot.models import Conversation, Inbox, InboxStatus, Message, Outbox, OutboxStatus, Role, utcnow
 from bot.service import Service
 from bot.web import create_app
 from channels.email import EmailChannel
@@ -934,3 +934,20 @@ def test_a_serious_first_mail_goes_to_the_queue_at_once(client: TestClient, fake
     assert keys(fake.wait(USER, 1)) == ["welcome", "waiting", "waiting_safety"]
     (conv,) = conversations(client)
     assert (conv.state, conv.risk) == ("waiting", "high")
+
+
+def test_writing_again_within_seven_days_of_a_crisis_starts_at_crisis(
+    client: TestClient, fake: FakeRelay
+) -> None:
+    deliver(client, mail(CRISIS).as_bytes())
+    crisis = fake.wait(USER, 1)[0]
+    assert keys([crisis]) == ["crisis"]
+    deliver(client, mail("終了", reply_to=crisis).as_bytes())
+    fake.wait(USER, 2)
+    (first,) = conversations(client)
+    assert first.state == "closed"
+    service(client).engine.clock = lambda: utcnow() + timedelta(days=6)
+    deliver(client, mail("こんにちは", subject="また相談です").as_bytes())
+    assert keys([fake.wait(USER, 3)[2]]) == ["welcome", "waiting", "waiting_safety"]
+    second = next(c for c in conversations(client) if c.id != first.id)
+    assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)

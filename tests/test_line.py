@@ -558,12 +558,17 @@ def test_an_intake_answer_that_is_not_one_is_read_as_a_message_on_line(line: Lin
     assert line.count(Message, col(Message.direction) == "in", col(Message.triage_enc) != "") == 5
 
 
-def test_high_goes_to_the_queue_at_once_on_line(line: Line) -> None:
+def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first_on_line(line: Line) -> None:
     user = user_id()
     sent = line.said(user, "夫に毎日殴られていて、家に帰るのがこわいです")
     assert keys(sent) == ["welcome", "waiting", "waiting_safety"]
     [conv] = line.conversations()
     assert (conv.state, conv.risk) == ("waiting", "high")
+    other = user_id()
+    line.said(other, "こんにちは")
+    line.said(other, "同意")
+    (sent,) = line.said(other, "最近ちょっと学校に行きづらくて")
+    assert keys([sent]) == ["offer_counsellor", "intake_age"], "a counsellor before any question"
 
 
 def test_coming_back_within_seven_days_starts_at_that_risk_with_the_earlier_conversation_linked(
