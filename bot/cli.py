@@ -274,6 +274,20 @@ def cmd_telegram_set_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_safety_table(args: argparse.Namespace) -> int:
+    """docs/safety.md: the conversation's safety table, made from bot/dialogue.py and content/."""
+    from bot.content import get_content
+    from bot.safety_doc import render
+
+    try:
+        text = render(get_content())
+    except ContentError as e:
+        print(f"tsunagi safety-table: the content is invalid: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsunagi", description="tsunagi consultation chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     cr = csub.add_parser("reset-password", help="a new one-time password for an account, printed once")
     cr.add_argument("username")
     cr.set_defaults(func=cmd_counsellor_reset_password)
+    st = sub.add_parser("safety-table", help="print docs/safety.md (the dialogue's safety table) again")
+    st.set_defaults(func=cmd_safety_table)
     k = sub.add_parser("rotate-keys", help="re-encrypt stored data with the first key of TSUNAGI_DATA_KEY")
     k.set_defaults(func=cmd_rotate_keys)
     t = sub.add_parser("telegram", help="the Telegram bot")

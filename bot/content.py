@@ -33,10 +33,13 @@ MESSAGE_KEYS: dict[str, set[str]] = {
     "listening": set(),
     "listening_after_consent_with_story": set(),
     "intake_intro": set(),
+    "offer_counsellor": set(),
     "intake_age": set(),
     "intake_prefecture": set(),
     "intake_safe": set(),
     "unsafe": set(),
+    "ask_danger": set(),
+    "danger_no": set(),
     "offer": {"referrals"},
     "offer_again": set(),
     "waiting": {"position", "wait"},
@@ -92,6 +95,9 @@ ANSWER_GROUPS = (
     "safe_yes",
     "safe_no",
     "safe_unsure",
+    "danger_yes",
+    "danger_no",
+    "danger_unsure",
     "survey",
 )
 ANY = "any"
@@ -154,6 +160,12 @@ class Content:
         self.age_words: dict[str, str] = {
             key(str(k)): str(v) for k, v in (intake.get("age_words") or {}).items()
         }
+        self.age_units = frozenset(key(str(w)) for w in intake.get("age_units") or ())
+        self.school_year_suffixes = frozenset(key(str(w)) for w in intake.get("school_year_suffixes") or ())
+        self.answer_endings = tuple(
+            sorted((key(str(w)) for w in intake.get("answer_endings") or ()), key=len, reverse=True)
+        )
+        self.answer_separators: tuple[str, ...] = tuple(str(w) for w in intake.get("answer_separators") or ())
         self.prefectures: tuple[str, ...] = tuple(str(p) for p in intake.get("prefectures") or ())
         if len(self.prefectures) != 47:
             raise ContentError(f"intake.yaml: prefectures: expected 47, found {len(self.prefectures)}")
@@ -261,6 +273,11 @@ class Content:
 
     # -- use ---------------------------------------------------------------------------------------
 
+    def fields_of(self, message_name: str) -> frozenset[str]:
+        """The placeholders a message uses."""
+        template = self.messages[message_name].text
+        return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f)
+
     def text(self, message_name: str, /, **fields: object) -> Text:
         t = self.messages[message_name]
         return Text(t.text.format(**fields) if fields else t.text, t.quick)
@@ -272,7 +289,8 @@ class Content:
         return key(text) in self.keywords[group]
 
     def is_answer(self, group: str, text: str) -> bool:
-        return key(text) in self.answers[group]
+        words = self.answers[group]
+        return key(text) in words or self._bare(text) in words
 
     def keyword_of(self, text: str) -> str | None:
         k = key(text)
@@ -281,25 +299,37 @@ class Content:
                 return group
         return None
 
-    def age_band(self, text: str) -> str | None:
-        """The band of an answer ("16〜18歳", "17", "高2"); None when it does not tell one."""
+    def _bare(self, text: str) -> str:
+        """An answer's key without a polite ending (大阪です -> 大阪)."""
         k = key(text)
+        for ending in self.answer_endings:
+            if k.endswith(ending) and len(k) > len(ending):
+                return k[: -len(ending)]
+        return k
+
+    def age_band(self, text: str) -> str | None:
+        """The band of a text that plainly is an age ("16〜18歳", "17", "17歳です", "高2", "大学3年");
+        "" for one that tells no band (社会人); None for anything else (a message, not an answer)."""
+        k = self._bare(text)
         for b in self.age_bands:
             if k == key(b.label):
                 return b.band
         digits = "".join(ch for ch in k if ch.isdigit())
-        if digits and len(digits) <= 3 and k.replace(digits, "", 1) in ("", "さい", "歳", "才"):
+        unit = k[len(digits) :]
+        if digits and len(digits) <= 3 and k.startswith(digits) and (unit == "" or unit in self.age_units):
             age = int(digits)
             for b in self.age_bands:
                 if b.low <= age <= b.high:
                     return b.band
         for word, band in self.age_words.items():
-            if k.startswith(word) and band:
+            rest = k[len(word) :].lstrip("0123456789") if k.startswith(word) else None
+            if rest is not None and (rest == "" or rest in self.school_year_suffixes):
                 return band
         return None
 
     def prefecture(self, text: str) -> str | None:
-        k = key(text)
+        """The prefecture a text plainly names (東京都, 東京, 大阪です); None for anything else."""
+        k = self._bare(text)
         for p in self.prefectures:
             short = p if p == "北海道" else p[:-1]
             if k in (key(p), key(short)):

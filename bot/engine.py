@@ -1,13 +1,14 @@
 """The conversation engine: one for every channel.
 
 A channel hands it an ``Inbound``; in one database transaction the engine stores the message
-(encrypted), triages it with its conversation, moves the conversation along its states and writes
-the replies to the outbox. Only after the commit are the queue and live views told, and the outbox
-worker woken to send. So a reply is never sent for a message that was not stored, and a stored
-message always gets its reply, even across a crash.
+(encrypted), triages it with its conversation, asks the dialogue (bot/dialogue.py, pure: the states,
+what moves them and what the bot says) what follows, does it (the queue's handoff row, alerts, closing,
+erasing) and writes the replies to the outbox. Only after the commit are the queue and live views told,
+and the outbox worker woken to send. So a reply is never sent for a message that was not stored, and a
+stored message always gets its reply, even across a crash.
 
-States: new -> welcome -> listening -> offered -> waiting -> with_counsellor -> closed.
-A crisis skips the flow from any state; 相談したい, 終了, 削除 and たすけて work in every state.
+A person who writes again within ``REMEMBER`` of a conversation that reached high or crisis starts at
+that risk (the contact keeps it, encrypted), and the new conversation links the earlier one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -25,9 +26,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from bot.content import Content, Text, key
+from bot.content import Content, Text
 from bot.crypto import Crypto
 from bot.db import Database
+from bot.dialogue import (
+    QUEUE_FIELDS,
+    Claimed,
+    ClosedByCounsellor,
+    Conv,
+    Dialogue,
+    Left,
+    Opened,
+    Reply,
+    Requeued,
+    Said,
+    Timeout,
+    Turn,
+)
 from bot.events import Event, EventBus
 from bot.hours import Hours
 from bot.models import (
@@ -50,9 +65,9 @@ from bot.models import (
     State,
     utcnow,
 )
-from bot.types import EDITED, WITHDRAWN, Inbound, Item, Kind
+from bot.types import EDITED, WITHDRAWN, Inbound, Kind
 from handoff.queue import HandoffQueue, QueueEntry
-from triage import Category, Risk, TriageResult, get_engine
+from triage import Risk, TriageResult, get_engine
 from triage.normalize import sanitize
 
 log = logging.getLogger("tsunagi.engine")
@@ -60,7 +75,7 @@ log = logging.getLogger("tsunagi.engine")
 HISTORY = 10  # earlier messages read with each new one
 FULL_TEXT_FACTOR = 20  # the whole of a mail is kept up to this many times the longest message
 ALL_CATEGORIES = "*"  # the statistics row that counts each conversation once
-STORY_CHARS = 20  # a message this long is taken as telling something, not a greeting
+REMEMBER = timedelta(days=7)  # how long a conversation at high or crisis sets the risk of the next
 
 
 @dataclass
@@ -83,6 +98,7 @@ class _Step:
     alert: bool = False
     erase: bool = False
     release_from: int | None = None  # the counsellor who held it, freed once the change is in
+    action: str = ""  # the safety table's action (bot/dialogue.py), for the log
 
     def say(self, text: Text, sender: Sender = Sender.BOT) -> None:
         self.replies.append((text, sender))
@@ -92,10 +108,47 @@ def _risk(value: str) -> Risk:
     return Risk(value) if value in Risk.__members__.values() else Risk.LOW
 
 
-def _merge_categories(current: str, new: Iterable[Category]) -> str:
-    cats = {c for c in current.split(",") if c} | {c.value for c in new}
-    order = {c.value: i for i, c in enumerate(Category)}
-    return ",".join(sorted(cats, key=lambda c: order.get(c, 99)))
+def _snapshot(conv: Conversation) -> Conv:
+    """What the dialogue reads of a conversation."""
+    return Conv(
+        state=State(conv.state),
+        risk=_risk(conv.risk),
+        categories=tuple(c for c in conv.categories.split(",") if c),
+        pending=conv.pending,
+        consented=conv.consent_at is not None,
+        emergency=conv.emergency,
+        out_of_hours=conv.out_of_hours,
+        told=conv.told,
+        danger_asked=conv.danger_asked,
+        danger_answer=conv.danger_answer,
+        age_band=conv.age_band,
+        prefecture=conv.prefecture,
+        safe_now=conv.safe_now,
+        survey_answer=conv.survey_answer,
+        outcome=conv.outcome,
+        referrals=conv.referrals,
+    )
+
+
+def _write_back(conv: Conversation, new: Conv, now: datetime) -> None:
+    """What the dialogue decided, into the stored conversation."""
+    conv.state = new.state.value
+    conv.risk = new.risk.value
+    conv.categories = ",".join(new.categories)[:400]
+    conv.pending = new.pending
+    if new.consented and conv.consent_at is None:
+        conv.consent_at = now
+    conv.emergency = new.emergency
+    conv.out_of_hours = new.out_of_hours
+    conv.told = new.told
+    conv.danger_asked = new.danger_asked
+    conv.danger_answer = new.danger_answer
+    conv.age_band = new.age_band
+    conv.prefecture = new.prefecture
+    conv.safe_now = new.safe_now
+    conv.survey_answer = new.survey_answer
+    conv.outcome = new.outcome
+    conv.referrals = new.referrals
 
 
 class ConversationEngine:
@@ -120,6 +173,7 @@ class ConversationEngine:
         self.minutes_per_place = minutes_per_place
         self.max_chars = max_chars
         self.triage = get_engine()
+        self.dialogue = Dialogue(content, hours)
         self._locks = KeyedLocks()
         self.outbox_wakeup = asyncio.Event()
         # Channels whose replies to one message go out as one (see ``_joined``).
@@ -177,12 +231,13 @@ class ConversationEngine:
             conv = step.conv
         await self._after_commit(step, contact.id)
         log.info(
-            "handled %s on %s: conversation %s state %s risk %s, %d replies",
+            "handled %s on %s: conversation %s state %s risk %s action %s, %d replies",
             inbound.kind.value,
             inbound.channel,
             conv.id,
             conv.state,
             conv.risk,
+            step.action or "-",
             replies,
         )
         return Handled(conversation_id=conv.id, replies=replies, contact_id=contact.id)
@@ -223,101 +278,44 @@ class ConversationEngine:
                 return None
             step = _Step(conv, now)
             await self._store_inbound(s, step, inbound, None)
-            await self._close(s, step, outcome="left", survey=False)
+            await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), Left(), now))
             return step
-        if conv is not None and conv.state == State.CLOSED:
-            if conv.pending == "survey" and self.content.is_answer("survey", inbound.text):
-                step = _Step(conv, now)
-                await self._store_inbound(s, step, inbound, None)
-                conv.pending = ""
-                skipped = self.content.is_answer("skip", inbound.text)
-                conv.survey_answer = "" if skipped else key(inbound.text)[:32]
-                step.say(self.content.text("survey_thanks"))
-                return step
+        if conv is not None and not self.dialogue.continues(_snapshot(conv), inbound.text):
             conv = None  # a message after closure starts a new conversation
         if conv is None:
-            conv = self._new_conversation(s, contact, now)
-            await s.flush()
-            self._audit(s, "conversation.start", conv.id, f"channel={conv.channel}")
+            conv = await self._new_conversation(s, contact, now)
         step = _Step(conv, now)
         if inbound.kind is Kind.FOLLOW:
             await self._store_inbound(s, step, inbound, None)
-            if conv.state == State.NEW:
-                await self._welcome(s, step)
+            await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), Opened(), now))
             return step
         text = inbound.text
+        truncated = 0
         if len(text) > self.max_chars:
             text = text[: self.max_chars]
-            step.say(self.content.text("truncated", max=self.max_chars))
-        if inbound.kind is Kind.MEDIA:
-            result = None
-        else:
+            truncated = self.max_chars
+        result = None
+        if inbound.kind is not Kind.MEDIA and conv.state != State.CLOSED:  # (a closed one: its survey)
             history = await self._history(s, conv)
             result = self.triage.triage_conversation(text, history)
         full = inbound.full_text[: self.max_chars * FULL_TEXT_FACTOR]
         await self._store_inbound(s, step, replace(inbound, text=text, full_text=full), result)
-        conv.last_user_at = now
-        if EDITED in inbound.flags:
-            await self._revised(s, step, result)
-            return step
-        if inbound.kind is Kind.MEDIA:
-            await self._media(s, step, inbound)
-        else:
-            await self._step(s, step, text, inbound.kind, result)
-        if inbound.items and not inbound.quiet and not step.erase and conv.state != State.WITH_COUNSELLOR:
-            # Files that were not kept, pictures that were: said first, before the answer and its
-            # choices, but never before what a crisis needs said.
-            notes = [(t, Sender.BOT) for t in self._items_said(inbound.items)]
-            at = len(step.replies) if step.alert else 0
-            step.replies[at:at] = notes
+        if conv.state != State.CLOSED:
+            conv.last_user_at = now
+        event = Said(
+            text,
+            result,
+            choice=inbound.choice,
+            media=inbound.kind is Kind.MEDIA,
+            attachments=max(0, inbound.attachments),
+            truncated=truncated,
+            pictures=sum(1 for i in inbound.items if i.picture is not None),
+            refused=tuple(i.refused for i in inbound.items if i.refused),
+            quiet=inbound.quiet,
+            edited=EDITED in inbound.flags,
+        )
+        await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), event, now))
         return step
-
-    async def _media(self, s: AsyncSession, step: _Step, inbound: Inbound) -> None:
-        """A picture, a sticker, a place or a file, without text: text triage cannot read it. It is stored
-        and shown to the counsellor; the person is told what became of it (``_items_said``) without being
-        promised a look. Alone it puts nobody in the queue, unless the conversation is already at medium
-        risk or above (then a person should look) or they asked for a counsellor (already waiting)."""
-        conv = step.conv
-        if conv.state == State.NEW:
-            await self._welcome(s, step)  # a first contact that is a picture still gets the terms
-            return
-        if conv.state == State.WITH_COUNSELLOR or inbound.quiet:
-            return  # the counsellor sees it; the rest of an album was answered with its first picture
-        if not any(i.refused or i.picture for i in inbound.items):
-            step.say(self.content.text("media_unreadable"))
-        if conv.state == State.WAITING or conv.consent_at is None:
-            return
-        if _risk(conv.risk).rank >= Risk.MEDIUM.rank:
-            await self._enqueue(s, step)
-
-    def _items_said(self, items: tuple[Item, ...]) -> list[Text]:
-        """What the person is told about what came with a message: pictures kept (a counsellor who talks
-        with them can see them), files refused by kind."""
-        out = []
-        if any(i.picture is not None for i in items):
-            out.append(self.content.text("media_picture_kept"))
-        refused = [i.refused for i in items if i.refused]
-        if refused:
-            kinds = self.content.fmt("kind_joiner").join(
-                self.content.fmt(f"kind_{k}") for k in dict.fromkeys(refused)
-            )
-            out.append(self.content.text("attachments_not_kept", count=len(refused), kinds=kinds))
-        return out
-
-    async def _revised(self, s: AsyncSession, step: _Step, result: TriageResult | None) -> None:
-        """An edited message: stored beside the first version and triaged; the dialogue does not move for
-        it, but a risk it raises counts (a crisis takes the crisis path, a waiting conversation moves up)."""
-        conv = step.conv
-        before = _risk(conv.risk)
-        if result is None:
-            return
-        if result.risk.rank > before.rank:
-            conv.risk = result.risk.value
-        conv.categories = _merge_categories(conv.categories, result.categories)
-        if result.risk is Risk.CRISIS and result.reasons:
-            await self._crisis(s, step)
-        elif conv.state == State.WAITING and _risk(conv.risk).rank > before.rank:
-            step.enqueue = True
 
     async def _cancel_unsent(self, s: AsyncSession, contact: Contact) -> None:
         """Messages to a person not yet sent are cancelled (recorded failed, with why)."""
@@ -410,10 +408,37 @@ class ConversationEngine:
                     c["matched"] = ""
             m.triage_enc = self.crypto.encrypt(json.dumps(t, ensure_ascii=False))
 
-    def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
+    async def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
         conv = Conversation(contact_id=contact.id, channel=contact.channel, created_at=now, updated_at=now)
+        remembered = self._remembered(contact, now)
+        if remembered is not None:
+            # They come back soon after a conversation at high or crisis: this one starts at that risk
+            # (so it goes to the queue at once), and the counsellor sees the earlier one linked.
+            conv.risk, conv.previous_id = remembered
         s.add(conv)
+        await s.flush()
+        self._audit(s, "conversation.start", conv.id, f"channel={conv.channel}")
+        if remembered is not None:
+            self._audit(s, "conversation.returning", conv.id, f"risk={conv.risk} previous={conv.previous_id}")
         return conv
+
+    def _remembered(self, contact: Contact, now: datetime) -> tuple[str, str] | None:
+        """The risk and id of this person's last conversation at high or crisis, if within REMEMBER."""
+        if not contact.risk_enc:
+            return None
+        memory = json.loads(self.crypto.decrypt(contact.risk_enc))
+        at = datetime.fromisoformat(str(memory.get("at", "")))
+        risk = str(memory.get("risk", ""))
+        if risk not in (Risk.HIGH.value, Risk.CRISIS.value) or now - at > REMEMBER:
+            return None
+        return risk, str(memory.get("conversation", ""))[:32]
+
+    def _remember(self, contact: Contact | None, conv: Conversation, now: datetime) -> None:
+        """A conversation at high or crisis is remembered with the contact (encrypted), from its last word."""
+        if contact is None or conv.erased or _risk(conv.risk).rank < Risk.HIGH.rank:
+            return
+        memory = {"conversation": conv.id, "risk": conv.risk, "at": now.isoformat()}
+        contact.risk_enc = self.crypto.encrypt(json.dumps(memory))
 
     async def _history(self, s: AsyncSession, conv: Conversation) -> list[str]:
         rows = (
@@ -471,209 +496,37 @@ class ConversationEngine:
                     )
                 )
 
-    # -- the flow ------------------------------------------------------------------------------------
+    # -- doing what the dialogue says ------------------------------------------------------------------
 
-    async def _step(
-        self,
-        s: AsyncSession,
-        step: _Step,
-        text: str,
-        kind: Kind,
-        result: TriageResult | None,
-    ) -> None:
-        conv, c = step.conv, self.content
-        before = _risk(conv.risk)
-        if result is not None:
-            if result.risk.rank > before.rank:
-                conv.risk = result.risk.value
-            conv.categories = _merge_categories(conv.categories, result.categories)
-        keyword = c.keyword_of(text)
-
-        if conv.pending == "erase_confirm":
-            conv.pending = ""
-            if c.is_answer("erase_yes", text):
-                await self._erase(s, step)
-                return
-            if c.is_answer("erase_no", text):
-                step.say(c.text("erase_cancelled"))
-                return
-
-        crisis = keyword == "crisis" or (
-            result is not None
-            and result.risk is Risk.CRISIS
-            and (bool(result.reasons) or before is not Risk.CRISIS)
-        )
-        if crisis:
-            await self._crisis(s, step)
-            return
-        if keyword == "end" and conv.state not in (State.NEW, State.WELCOME):
-            await self._close(s, step, outcome="ended_by_user", survey=True)
-            return
-        if keyword == "erase":
-            conv.pending = "erase_confirm"
-            step.say(c.text("erase_confirm"))
-            return
-        if keyword == "counsellor":
-            if conv.state == State.NEW:
-                await self._welcome(s, step)
-            if conv.state in (State.WAITING, State.WITH_COUNSELLOR):
-                if conv.state == State.WAITING:
-                    await self._waiting_update(step)
-                return
-            if conv.consent_at is None:
-                conv.consent_at = step.now  # they read the terms in the welcome and asked for a person
-            await self._enqueue(s, step)
-            return
-
-        state = State(conv.state)
-        if state == State.NEW:
-            await self._welcome(s, step)
-        elif state == State.WELCOME:
-            if c.is_answer("consent", text):
-                conv.consent_at = step.now
-                conv.state = State.LISTENING
-                if await self._told_something(s, conv):  # they already told us before agreeing
-                    step.say(c.text("listening_after_consent_with_story"))
-                    self._ask_intake(step)
-                else:
-                    step.say(c.text("listening"))
-            elif c.is_answer("decline", text):
-                step.say(c.text("declined", lines=self._lines(conv, step.now, always_open=True)))
-                await self._close(s, step, outcome="declined", survey=False)
-            else:
-                step.say(c.text("consent_needed"))
-        elif state == State.LISTENING:
-            await self._listening(s, step, text)
-        elif state == State.OFFERED:
-            if c.is_answer("info_only", text):
-                await self._close(s, step, outcome="information", survey=True)
-            else:
-                step.say(c.text("offer_again"))
-        elif state == State.WAITING:
-            if _risk(conv.risk).rank > before.rank:
-                step.enqueue = True  # the queue moves it at once
-            await self._waiting_update(step)
-            if _risk(conv.risk).rank >= Risk.HIGH.rank and before.rank < Risk.HIGH.rank:
-                step.say(self._safety(conv, step.now))
-        # with_counsellor: the bot stays silent; the counsellor reads it in the console.
-
-    async def _listening(self, s: AsyncSession, step: _Step, text: str) -> None:
-        conv, c = step.conv, self.content
-        pending = conv.pending
-        if not pending:
-            if _risk(conv.risk).rank >= Risk.HIGH.rank:
-                await self._offer(s, step)  # no questionnaire before help when it is serious
-            else:
-                step.say(c.text("intake_intro"))
-                self._ask_intake(step)
-            return
-        if pending == "intake_age":
-            band = c.age_band(text)
-            if band:
-                conv.age_band = band
-            conv.pending = "intake_prefecture"
-            step.say(c.text("intake_prefecture"))
-        elif pending == "intake_prefecture":
-            pref = c.prefecture(text)
-            if pref:
-                conv.prefecture = pref
-            conv.pending = "intake_safe"
-            step.say(c.text("intake_safe"))
-        elif pending == "intake_safe":
-            conv.pending = ""
-            if c.is_answer("safe_no", text):
-                conv.safe_now = "no"
-                if _risk(conv.risk).rank < Risk.HIGH.rank:
-                    conv.risk = Risk.HIGH.value
-                step.say(c.text("unsafe"))
-            elif c.is_answer("safe_yes", text):
-                conv.safe_now = "yes"
-            elif c.is_answer("safe_unsure", text):
-                conv.safe_now = "unsure"
-            await self._offer(s, step)
-        else:
-            conv.pending = ""
-            await self._offer(s, step)
-
-    async def _told_something(self, s: AsyncSession, conv: Conversation) -> bool:
-        """Did an earlier message say something of their trouble (not just a greeting)?"""
-        rows = (
-            await s.execute(
-                select(col(Message.risk), col(Message.text_enc), col(Message.triage_enc))
-                .where(col(Message.conversation_id) == conv.id, col(Message.direction) == Direction.IN)
-                .where(col(Message.kind) == Kind.TEXT)
-                .order_by(col(Message.id))
-            )
-        ).all()
-        for risk, text_enc, triage_enc in rows[:-1]:  # the last one is the consent itself
-            if risk not in ("", Risk.LOW.value) or len(self.crypto.decrypt(text_enc)) >= STORY_CHARS:
-                return True
-            if triage_enc and json.loads(self.crypto.decrypt(triage_enc)).get("categories"):
-                return True
-        return False
-
-    def _ask_intake(self, step: _Step) -> None:
-        step.conv.pending = "intake_age"
-        step.say(self.content.text("intake_age"))
-
-    async def _welcome(self, s: AsyncSession, step: _Step) -> None:
-        step.conv.state = State.WELCOME
-        step.say(self.content.text("welcome", hours=self._hours_label()))
-        if not self.hours.is_open(step.now):
-            step.say(self._out_of_hours(step.conv, step.now))
-
-    async def _offer(self, s: AsyncSession, step: _Step) -> None:
+    async def _apply(self, s: AsyncSession, step: _Step, contact: Contact | None, turn: Turn) -> None:
+        """The dialogue's turn (bot/dialogue.py) in this transaction: the conversation's new state, the
+        queue's handoff row, the supervisors' alert, closing and erasing, and the replies."""
         conv = step.conv
-        conv.state = State.OFFERED
-        conv.pending = ""
-        cats = {x for x in conv.categories.split(",") if x}
-        referrals = self.content.referrals_for(cats)
-        conv.referrals = ",".join(r.id for r in referrals)[:400]
-        step.say(self.content.text("offer", referrals=self.content.lines(referrals, step.now)))
-
-    async def _enqueue(self, s: AsyncSession, step: _Step) -> None:
-        conv = step.conv
-        conv.state = State.WAITING
-        conv.pending = ""
-        step.enqueue = True
-        await self._ensure_handoff(s, conv, step.now)
-        position = await self.queue.rank(self._entry(conv, step.now), step.now)
-        step.say(self.content.text("waiting", position=position, wait=self._wait(position)))
-        if not self.hours.is_open(step.now):
-            conv.out_of_hours = True
-            step.say(self._out_of_hours(conv, step.now))
-        elif _risk(conv.risk).rank >= Risk.HIGH.rank:
-            step.say(self._safety(conv, step.now))
-
-    async def _waiting_update(self, step: _Step) -> None:
-        position = await self.queue.rank(self._entry(step.conv, step.now), step.now)
-        step.say(self.content.text("waiting_update", position=position, wait=self._wait(position)))
-
-    async def _crisis(self, s: AsyncSession, step: _Step) -> None:
-        """Life first: no consent needed (the confidentiality exception), no questions, the head of
-        the queue, and the supervisors on duty alerted once."""
-        conv, c = step.conv, self.content
-        conv.risk = Risk.CRISIS.value
-        first = not conv.emergency
-        conv.emergency = True
-        if first:
-            step.alert = True
-            self._audit(s, "crisis", conv.id, "crisis path")
-            await self._alert_supervisors(s, conv)
-        if conv.state == State.WITH_COUNSELLOR:
-            return  # the counsellor is there and the console flags it; the bot says nothing
-        if not first and conv.state == State.WAITING:
-            step.say(c.text("crisis_repeat"))
+        step.action = turn.action.value if turn.action else ""
+        _write_back(conv, turn.conv, step.now)
+        if turn.close:
+            await self._close(s, step)
+        if turn.erase:
+            await self._erase(s, step, contact)
+        if turn.enqueue and conv.state == State.WAITING:
             step.enqueue = True
-            return
-        step.say(c.text("crisis", lines=self._lines(conv, step.now, crisis=True)))
-        conv.state = State.WAITING
-        conv.pending = ""
-        step.enqueue = True
-        await self._ensure_handoff(s, conv, step.now)
-        if not self.hours.is_open(step.now):
-            conv.out_of_hours = True
-            step.say(c.text("back_later", back=self._back(step.now)))
+            await self._ensure_handoff(s, conv, step.now)
+        if turn.alert:
+            step.alert = True
+            await self._alert_supervisors(s, conv)
+        for action, detail in turn.audit:
+            self._audit(s, action, conv.id, detail)
+        for reply in turn.replies:
+            step.say(await self._render(reply, conv, step.now), reply.sender)
+        if not turn.erase:
+            self._remember(contact, conv, step.now)
+
+    async def _render(self, reply: Reply, conv: Conversation, now: datetime) -> Text:
+        fields: dict[str, object] = dict(reply.fields)
+        if QUEUE_FIELDS <= self.content.fields_of(reply.key):
+            position = await self.queue.rank(self._entry(conv, now), now)
+            fields.update(position=position, wait=self._wait(position))
+        return self.content.text(reply.key, **fields)
 
     async def _ensure_handoff(self, s: AsyncSession, conv: Conversation, now: datetime) -> None:
         """The waiting handoff row (the source of truth for the queue), made once."""
@@ -699,7 +552,8 @@ class ConversationEngine:
             assert sup.id is not None
             s.add(Alert(counsellor_id=sup.id, conversation_id=conv.id, kind="crisis"))
 
-    async def _close(self, s: AsyncSession, step: _Step, *, outcome: str, survey: bool) -> None:
+    async def _close(self, s: AsyncSession, step: _Step) -> None:
+        """The dialogue closed the conversation: its handoff ends, and it is counted."""
         conv = step.conv
         step.release_from = await s.scalar(
             select(col(Handoff.counsellor_id)).where(
@@ -718,21 +572,13 @@ class ConversationEngine:
             .values(status=HandoffStatus.CLOSED, closed_at=step.now)
         )
         step.dequeue = True
-        conv.state = State.CLOSED
         conv.closed_at = step.now
-        conv.outcome = conv.outcome or outcome
-        conv.pending = "survey" if survey else ""
-        if survey:
-            step.say(self.content.text("closing"))
         self._audit(s, "conversation.close", conv.id, f"outcome={conv.outcome}")
         await self._count(s, conv, handed_off=handed_off > 0)
 
-    async def _erase(self, s: AsyncSession, step: _Step) -> None:
+    async def _erase(self, s: AsyncSession, step: _Step, contact: Contact | None) -> None:
         """Erase every message of this person, then (once the last reply is out) the contact itself."""
         conv = step.conv
-        if conv.state != State.CLOSED:
-            await self._close(s, step, outcome="erased", survey=False)
-        conv.outcome = "erased"
         ids = (
             await s.scalars(
                 select(col(Conversation.id)).where(col(Conversation.contact_id) == conv.contact_id)
@@ -748,9 +594,10 @@ class ConversationEngine:
             .values(erased=True, age_band="", prefecture="", survey_answer="", pending="")
         )
         conv.erased = True
+        if contact is not None:
+            contact.risk_enc = ""
         step.erase = True
         self._audit(s, "erase", conv.id, f"conversations={len(ids)}")
-        step.say(self.content.text("erase_done"))
 
     async def _count(self, s: AsyncSession, conv: Conversation, *, handed_off: bool) -> None:
         """Add this conversation to the de-identified daily counts (they outlive it): once under the
@@ -769,7 +616,8 @@ class ConversationEngine:
 
     async def close_idle(self, idle: timedelta) -> int:
         """Close, quietly, conversations still with the bot after ``idle`` without a word from the person
-        (a message out of the blue could be read by someone else). Waiting ones keep their place."""
+        (a message out of the blue could be read by someone else). Waiting ones keep their place; one whose
+        direct question about danger went unanswered goes to the queue instead (bot/dialogue.py)."""
         now = self.clock()
         async with self.db.session() as s:
             ids = (
@@ -788,7 +636,8 @@ class ConversationEngine:
                 if conv is None or conv.state == State.CLOSED or conv.updated_at >= now - idle:
                     continue
                 step = _Step(conv, now)
-                await self._close(s, step, outcome="idle", survey=False)
+                await self._apply(s, step, None, self.dialogue.step(_snapshot(conv), Timeout(), now))
+                await self._write_replies(s, step)
                 contact_id = conv.contact_id or ""
             await self._after_commit(step, contact_id)
         return len(ids)
@@ -812,8 +661,7 @@ class ConversationEngine:
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             step = _Step(conv, now, dequeue=True)
-            conv.state = State.WITH_COUNSELLOR
-            step.say(self.content.text("with_counsellor"), Sender.SYSTEM)
+            await self._apply(s, step, None, self.dialogue.step(_snapshot(conv), Claimed(), now))
             self._audit(s, "handoff.claim", conv.id, f"counsellor={counsellor_id}")
             await self._write_replies(s, step)
             contact_id = conv.contact_id or ""
@@ -846,10 +694,10 @@ class ConversationEngine:
             if conv is None:
                 return False
             step = _Step(conv, now)
-            conv.outcome = outcome
             if referrals:
                 conv.referrals = ",".join(referrals)[:400]
-            await self._close(s, step, outcome=outcome, survey=True)
+            turn = self.dialogue.step(_snapshot(conv), ClosedByCounsellor(outcome), now)
+            await self._apply(s, step, None, turn)
             await self._write_replies(s, step)
             contact_id = conv.contact_id or ""
         await self._after_commit(step, contact_id)
@@ -872,7 +720,7 @@ class ConversationEngine:
             handoff.status = HandoffStatus.WAITING
             handoff.counsellor_id = None
             handoff.claimed_at = None
-            conv.state = State.WAITING
+            _write_back(conv, self.dialogue.step(_snapshot(conv), Requeued(), now).conv, now)
             conv.updated_at = now
             entry = QueueEntry(conv.id, _risk(conv.risk), handoff.queued_at, conv.channel)
             self._audit(s, "handoff.requeue", conv.id, f"from={counsellor_id}")
@@ -974,58 +822,11 @@ class ConversationEngine:
             return self.content.fmt("wait_soon")
         return self.content.fmt("wait_minutes", minutes=(position - 1) * self.minutes_per_place)
 
-    def _lines(
-        self, conv: Conversation, now: datetime, *, crisis: bool = False, always_open: bool = False
-    ) -> str:
-        cats = {x for x in conv.categories.split(",") if x}
-        # In a crisis and out of hours: the 24-hour lines only, short enough to read at once.
-        refs = self.content.referrals_for(cats, crisis_only=crisis or always_open)
-        return self.content.lines(refs, now)
-
-    def _safety(self, conv: Conversation, now: datetime) -> Text:
-        return self.content.text("waiting_safety", lines=self._lines(conv, now, always_open=True))
-
-    def _out_of_hours(self, conv: Conversation, now: datetime) -> Text:
-        back = self.content.text("back_later", back=self._back(now)).text
-        return self.content.text(
-            "out_of_hours", back_later=back, lines=self._lines(conv, now, always_open=True)
-        )
-
-    def _back(self, now: datetime) -> str:
-        nxt = self.hours.next_open(now)
-        if nxt is None:
-            return ""
-        local = nxt.astimezone(self.hours.tz)
-        return self.content.fmt(
-            "back",
-            month=local.month,
-            day=local.day,
-            weekday=self.content.formats["weekdays"][local.weekday()],
-            time=local.strftime("%H:%M"),
-        )
-
-    def _hours_label(self) -> str:
-        if self.hours.always():
-            return self.content.fmt("hours_always")
-        names = self.content.formats["weekdays"]
-        parts = []
-        for first, last, start, end in self.hours.parts:
-            if first == last:
-                days = names[first]
-            else:
-                days = self.content.fmt("day_range", first=names[first], last=names[last])
-            parts.append(self.content.fmt("hours_range", days=days, start=_hhmm(start), end=_hhmm(end)))
-        return self.content.fmt("hours_joiner").join(parts)
-
     @staticmethod
     def _audit(
         s: AsyncSession, action: str, conversation_id: str, detail: str = "", *, actor: str = "system"
     ) -> None:
         s.add(AuditLog(actor=actor, action=action, conversation_id=conversation_id, detail=detail))
-
-
-def _hhmm(minutes: int) -> str:
-    return f"{minutes // 60}:{minutes % 60:02d}"
 
 
 async def _increment(

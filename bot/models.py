@@ -98,6 +98,9 @@ class Contact(SQLModel, table=True):
     # What the channel keeps to answer this person well (e-mail: the mail a reply threads to), encrypted;
     # opaque to the engine, replaced by each message that brings one.
     state_enc: str = ""
+    # The last conversation of this person that reached high or crisis (its id, risk and time, as JSON),
+    # encrypted: someone who writes again within days starts at that risk (bot/engine.py).
+    risk_enc: str = ""
     created_at: datetime = _at(default_factory=utcnow)
     last_seen_at: datetime = _at(default_factory=utcnow)
 
@@ -121,6 +124,16 @@ class Conversation(SQLModel, table=True):
     emergency: bool = False  # the crisis path was taken
     erased: bool = False  # the person asked to erase: no message is left, the contact follows
     out_of_hours: bool = False
+    # Before consent, something of their trouble was said (not only a greeting).
+    told: bool = False
+    # The direct question (thinking of dying, of hurting themselves, in danger now?): the risk when it was
+    # last asked ("" never) and its answer (yes, no, unsure, message: something else was written, none: no
+    # reply before the idle time). See bot/dialogue.py.
+    danger_asked: str = Field(default="", max_length=10)
+    danger_answer: str = Field(default="", max_length=10)
+    # The earlier conversation of a person who came back soon after one at high or crisis (no foreign key:
+    # it may be purged first).
+    previous_id: str = Field(default="", max_length=32)
     created_at: datetime = _at(default_factory=utcnow)
     updated_at: datetime = _at(default_factory=utcnow)
     last_user_at: datetime | None = _at(default=None)

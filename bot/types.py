@@ -84,6 +84,9 @@ class Inbound:
     flags: tuple[str, ...] = ()  # marks for the counsellor (WHOLE_MAIL ...), stored with the message
     items: tuple[Item, ...] = ()  # pictures, stickers, places, files that came with it
     quiet: bool = False  # stored and shown, nothing said (the second picture of an album onwards)
+    # A choice the channel saw picked inside a longer text (a line of a mail that is one of our numbered
+    # choices): the answer, while ``text`` keeps all they wrote (stored and triaged).
+    choice: str = ""
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,20 @@ from bot.web import create_app
 from handoff.console import ensure_first_admin
 from handoff.console.auth import COOKIE, CSRF_HEADER, MAX_FAILURES, create_counsellor, token_id
 from tests.conftest import make_settings, postgres_database
+from tests.engine_helpers import reply_keys
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
-from tests.test_webchat import CRISIS, Frame, drain, is_ack, is_bot, is_status, recv, start_fresh, wait_for
+from tests.test_webchat import (
+    CRISIS,
+    Frame,
+    drain,
+    hello,
+    is_ack,
+    is_bot,
+    is_status,
+    recv,
+    start_fresh,
+    wait_for,
+)
 
 T = TypeVar("T")
 PASSWORD = "correct horse battery staple"
@@ -1385,3 +1397,50 @@ def test_colleagues_are_the_other_active_accounts_on_duty_first(client: TestClie
         refused = ben.post(f"conversations/{p.conversation_id}/transfer", {"to": "admin"})
         assert refused.status_code == 409 and "not chosen" in refused.json()["detail"], refused.text
         assert ben.held() == [p.conversation_id]
+
+
+# -- what the conversation itself found (bot/dialogue.py) --------------------------------------------------
+
+
+def test_the_direct_question_and_its_answer_are_in_the_queue_and_the_conversation(client: TestClient) -> None:
+    kana = account(client, "kana")
+    with person(client, "もう何もかも疲れた。どうでもいい", "はい") as p:
+        cid = p.conversation_id
+        (item,) = kana.get("queue").json()
+        assert item["conversation_id"] == cid and item["risk"] == "crisis"
+        assert item["reasons"] == [{"rule": "dialogue.danger_question", "answer": "yes", "matched": ""}]
+        view = kana.read(cid).json()
+        assert view["triage"]["reasons"][0] == item["reasons"][0]
+        assert (view["intake"]["danger_asked"], view["intake"]["danger_answer"]) == ("medium", "yes")
+        lines = [(m["from"], m["text"]) for m in view["messages"]]
+        question = lines.index(("bot", text_of(client, "ask_danger")))
+        assert lines[question + 1] == ("user", "はい"), "the answer right under the question"
+        assert view["previous"] is None
+
+
+def test_someone_back_soon_after_a_crisis_is_queued_with_the_earlier_conversation_a_click_away(
+    client: TestClient,
+) -> None:
+    amy, bob, carol = account(client, "amy"), account(client, "bob"), account(client, "carol")
+    with person(client, CRISIS) as p:
+        first, token = p.conversation_id, p.token
+        assert amy.claim(first).status_code == 200
+        closed = amy.post(f"conversations/{first}/close", {"outcome": "listened", "referrals": []})
+        assert closed.status_code == 200, closed.text
+    with client.websocket_connect("/chat/ws") as ws:
+        hello(ws, resume=token)
+        frames = tell(ws, "こんにちは", "back")
+    assert reply_keys([f["text"] for f in frames if is_bot(f)]) == ["welcome", "waiting", "waiting_safety"]
+    second = conversation_of(client, token)
+    assert second != first
+    assert conversation(client, second).state == "waiting"
+    (item,) = bob.get("queue").json()
+    assert item["risk"] == "crisis"
+    assert {"rule": "dialogue.returning", "previous": first, "matched": ""} in item["reasons"]
+    view = bob.read(second).json()
+    assert view["previous"]["conversation_id"] == first and view["previous"]["risk"] == "crisis"
+    # While it waits, anyone deciding to take it may read the earlier one; then only who has it.
+    assert bob.read(first).status_code == 200 and carol.read(first).status_code == 200
+    assert bob.claim(second).status_code == 200
+    assert bob.read(first).status_code == 200
+    assert carol.read(first).status_code == 403

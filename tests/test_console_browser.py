@@ -477,6 +477,45 @@ def test_counsellor_sees_a_crisis_claims_replies_and_closes(
     assert not [f for f in person.frames if "安全確認を続ける" in json.dumps(f, ensure_ascii=False)]
 
 
+# -- (1b) the direct question: in the web chat, then in the console ------------------------------------
+
+
+def test_a_hopeless_message_gets_the_direct_question_and_the_console_shows_question_and_answer(
+    server: Server, new_page: Callable[[], Page]
+) -> None:
+    """The web chat in one browser context, the console in another: a message of exhaustion and
+    hopelessness gets the direct question with its buttons; はい gets 110 / 119 and the queue; the console
+    shows the question, the answer under it, and the answer in the queue and in the reasons."""
+    chat = new_page()
+    chat.goto(f"{server.base}/chat")
+    bot = chat.locator("#log li.from-bot")
+    expect(bot.first).to_contain_text("相談窓口「つなぎ」")
+    chat.locator("#choices").get_by_role("button", name="同意して話す").click()
+    expect(bot.last).to_contain_text("どんなことでも大丈夫です")
+    chat.locator("#input").fill("もう何もかも疲れた。どうでもいい")
+    chat.locator("#input").press("Enter")
+    expect(bot.last).to_contain_text("死にたいと思ったり、自分を傷つけたいと思ったり")
+    expect(chat.locator("#choices").get_by_role("button")).to_have_text(["はい", "いいえ", "わからない"])
+    chat.locator("#choices").get_by_role("button", name="はい").click()
+    crisis = bot.filter(has_text="119")
+    expect(crisis.first).to_contain_text("110")
+    expect(chat.locator("#status")).to_have_text(re.compile(r"相談員を待っています（\d+番目）"))
+
+    page = new_page()
+    log_in(page, server, "kana")
+    first = queue_items(page).first
+    expect(first).to_have_attribute("data-risk", "crisis")
+    expect(first.locator(".queue-reasons")).to_have_text(re.compile("直接確認：はい"))
+    first.locator(".queue-open").click()
+    question = lines(page, "bot").filter(has_text="死にたいと思ったり")
+    expect(question).to_have_count(1)
+    answer = page.locator("#transcript li.from-bot:has-text('死にたいと思ったり') + li")
+    expect(answer).to_have_attribute("data-from", "user")
+    expect(answer.locator(".msg-text")).to_have_text("はい")
+    expect(page.locator("#reasons .dialogue-reason")).to_have_text(re.compile("ボットが直接確認：はい"))
+    expect(page.locator("#intake-danger")).to_have_text(re.compile("^はい"))
+
+
 # -- (2) what people write is text, never markup ---------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 from sqlmodel import col
 
-from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox, OutboxStatus, Role
+from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox, OutboxStatus, Role, utcnow
 from bot.service import Service
 from bot.web import create_app
 from channels.email import EmailChannel, trim_references
@@ -571,7 +571,8 @@ def test_references_keep_the_threads_first_message_id(client: TestClient, fake: 
 def test_iso2022jp_as_outlook_writes_it(client: TestClient, fake: FakeRelay) -> None:
     deliver(client, _outlook_mail())
     reply = fake.wait(USER, 1)[0]
-    assert keys([reply]) == ["welcome"]
+    # Weeks without sleep is medium: the services and a counsellor come with the first reply.
+    assert keys([reply]) == ["welcome", "offer"]
     assert str(reply["Subject"]) == "Re: 相談①について"
 
 
@@ -1025,3 +1026,88 @@ def test_strip_quoted_styles() -> None:
     assert whole.whole and whole.text == "> 全部引用\n> です"
     outlook = f"{CALM}\n\nFrom: つなぎ <{ADDRESS}>\nSent: Wednesday\nTo: {USER}\n{CRISIS}"
     assert strip_quoted(outlook) == CALM
+
+
+# -- the safety net: no form or offer between a person and help (bot/dialogue.py) --------------------------
+
+HOPELESS = "もう何もかも疲れた。どうでもいい"
+
+
+def asked(client: TestClient, fake: FakeRelay) -> EmailMessage:
+    """Consent, then a hopeless mail: the reply offers a counsellor and asks the direct question, its
+    choices as numbered lines. Returns that reply."""
+    listening = consent(client, fake)
+    deliver(client, mail(HOPELESS, subject="Re: ご相談", reply_to=listening).as_bytes())
+    reply = fake.wait(USER, 3)[2]
+    assert keys([reply]) == ["offer", "ask_danger"]
+    assert body(reply).replace("\r\n", "\n").rstrip("\n").endswith("1. はい\n2. いいえ\n3. わからない")
+    return reply
+
+
+@pytest.mark.parametrize("answer", ["1", "はい", "1. はい\n", "はい\n\nもう準備はできています。\n"])
+def test_the_direct_question_answered_yes_in_a_reply_mail(
+    client: TestClient, fake: FakeRelay, answer: str
+) -> None:
+    question = asked(client, fake)
+    deliver(client, mail(answer, subject="Re: ご相談", reply_to=question).as_bytes())
+    reply = fake.wait(USER, 4)[3]
+    assert keys([reply]) == ["crisis"]
+    assert "110" in body(reply) and "119" in body(reply)
+    (conv,) = conversations(client)
+    assert (conv.state, conv.risk, conv.danger_answer) == ("waiting", "crisis", "yes")
+
+
+def test_the_direct_question_answered_no_in_a_reply_mail_goes_on(client: TestClient, fake: FakeRelay) -> None:
+    question = asked(client, fake)
+    deliver(client, mail("いいえ\n\n話を聞いてもらえてよかったです。", reply_to=question).as_bytes())
+    assert keys([fake.wait(USER, 4)[3]]) == ["danger_no", "offer_again"]
+    (conv,) = conversations(client)
+    assert (conv.state, conv.danger_answer) == ("offered", "no")
+
+    # What they wrote below the answer is theirs: stored whole.
+    async def last_in() -> str:
+        async with service(client).db.session() as s:
+            m = await s.scalar(
+                select(Message).where(col(Message.direction) == "in").order_by(col(Message.id).desc())
+            )
+            assert m is not None
+            return service(client).crypto.decrypt(m.text_enc)
+
+    assert "話を聞いてもらえてよかった" in in_app(client, last_in)
+
+
+def test_an_intake_answer_that_is_not_one_is_read_as_a_message_by_mail(
+    client: TestClient, fake: FakeRelay
+) -> None:
+    listening = consent(client, fake)
+    deliver(client, mail("学校で友だちとうまくいかなくて悩んでいます", reply_to=listening).as_bytes())
+    age = fake.wait(USER, 3)[2]
+    assert keys([age]) == ["intake_intro", "intake_age"]
+    deliver(client, mail("もう終わり。全部準備できた", reply_to=age).as_bytes())
+    assert keys([fake.wait(USER, 4)[3]]) == ["offer"]
+    (conv,) = conversations(client)
+    assert (conv.state, conv.age_band, conv.pending) == ("offered", "", "")
+
+
+def test_a_serious_first_mail_goes_to_the_queue_at_once(client: TestClient, fake: FakeRelay) -> None:
+    deliver(client, mail("夫に毎日殴られていて、家に帰るのがこわいです").as_bytes())
+    assert keys(fake.wait(USER, 1)) == ["welcome", "waiting", "waiting_safety"]
+    (conv,) = conversations(client)
+    assert (conv.state, conv.risk) == ("waiting", "high")
+
+
+def test_writing_again_within_seven_days_of_a_crisis_starts_at_crisis(
+    client: TestClient, fake: FakeRelay
+) -> None:
+    deliver(client, mail(CRISIS).as_bytes())
+    crisis = fake.wait(USER, 1)[0]
+    assert keys([crisis]) == ["crisis"]
+    deliver(client, mail("終了", reply_to=crisis).as_bytes())
+    fake.wait(USER, 2)
+    (first,) = conversations(client)
+    assert first.state == "closed"
+    service(client).engine.clock = lambda: utcnow() + timedelta(days=6)
+    deliver(client, mail("こんにちは", subject="また相談です").as_bytes())
+    assert keys([fake.wait(USER, 3)[2]]) == ["welcome", "waiting", "waiting_safety"]
+    second = next(c for c in conversations(client) if c.id != first.id)
+    assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)

@@ -6,6 +6,7 @@ improved. Every state, every keyword, crisis from every state, and out of hours.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import select
 from sqlmodel import col
 
-from bot.models import Alert, Counsellor, Role, utcnow
+from bot.models import Alert, Contact, Counsellor, Role, utcnow
 from bot.service import Service
 from bot.types import Kind
 from tests.engine_helpers import Chat, reply_keys, running
@@ -27,7 +28,7 @@ Step = tuple[str, str, list[str]]
 WELCOME: list[Step] = [("こんにちは", "welcome", ["welcome"])]
 LISTENING: list[Step] = WELCOME + [("同意して話す", "listening", ["listening"])]
 INTAKE: list[Step] = LISTENING + [
-    ("最近ちょっと学校に行きづらくて", "listening", ["intake_intro", "intake_age"]),
+    ("部活の先輩からのことで悩んでいて", "listening", ["intake_intro", "intake_age"]),
 ]
 OFFERED: list[Step] = INTAKE + [
     ("16〜18歳", "listening", ["intake_prefecture"]),
@@ -54,15 +55,23 @@ DIALOGUES: dict[str, list[Step]] = {
         ("答えない", "listening", ["intake_safe"]),
         ("わからない", "offered", ["offer"]),
     ],
-    "not safe now: raised to high, a safety note, then the offer": INTAKE
+    # At high no offer waits to be accepted: the queue at once, with the 24-hour lines.
+    "not safe now: raised to high, a safety note, then the queue": INTAKE
     + [
         ("15歳", "listening", ["intake_prefecture"]),
         ("答えない", "listening", ["intake_safe"]),
-        ("いいえ", "offered", ["unsafe", "offer"]),
-        ("相談したい", "waiting", ["waiting", "waiting_safety"]),
+        ("いいえ", "waiting", ["unsafe", "waiting", "waiting_safety"]),
+        ("相談したい", "waiting", ["waiting_update"]),
     ],
-    "high risk skips the questionnaire": LISTENING
-    + [("夫に毎日殴られていて、家に帰るのがこわいです", "offered", ["offer"])],
+    "high risk skips the questionnaire and the offer": LISTENING
+    + [("夫に毎日殴られていて、家に帰るのがこわいです", "waiting", ["waiting", "waiting_safety"])],
+    "medium: a counsellor offered with the first reply, before any question": LISTENING
+    + [
+        ("最近ちょっと学校に行きづらくて", "listening", ["offer_counsellor", "intake_age"]),
+        ("相談員と話したい", "waiting", ["waiting"]),
+    ],
+    "medium before consent: the services and a counsellor at once": WELCOME
+    + [("最近ちょっと学校に行きづらくて", "offered", ["offer"]), ("情報だけでよい", "closed", ["closing"])],
     "free text while offered": OFFERED + [("ありがとう、読んでみます", "offered", ["offer_again"])],
     "waiting, then writing while waiting": WAITING
     + [("まだですか", "waiting", ["waiting_update"]), ("相談したい", "waiting", ["waiting_update"])],
@@ -83,7 +92,7 @@ DIALOGUES: dict[str, list[Step]] = {
     "削除 then something else carries on": LISTENING
     + [
         ("削除", "listening", ["erase_confirm"]),
-        ("最近眠れない日が続いていて", "listening", ["intake_intro", "intake_age"]),
+        ("部活の先輩とうまくいかなくて悩んでいて", "listening", ["intake_intro", "intake_age"]),
     ],
     # Crisis from every state: at once, 110/119 and 24-hour lines, and the queue.
     "crisis as the first message": [("もう死にたい。今から飛び降りる", "waiting", ["crisis"])],
@@ -303,3 +312,85 @@ async def test_a_sticker_alone_queues_nobody_unless_the_risk_is_medium(tmp_path:
         assert (await chat.conversation()).risk == "medium"
         assert await chat.keys("", kind=Kind.MEDIA) == ["media_unreadable", "waiting"]
         assert await chat.state() == "waiting"
+
+
+# -- the safety net (bot/dialogue.py): the tables of tests/test_dialogue_table.py, with the real triage ------
+
+SAFETY_NET: dict[str, list[Step]] = {
+    "the issue's case: a message the triage misses, then one that is no prefecture": INTAKE
+    + [
+        ("16〜18歳", "listening", ["intake_prefecture"]),
+        ("もう終わり。全部準備できた", "offered", ["offer"]),
+    ],
+    "distress gets the direct question at once; はい takes the crisis path": LISTENING
+    + [("今夜、全部終わらせる", "listening", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
+    "わからない takes the crisis path too": LISTENING
+    + [("何もかも終わらせたい", "listening", ["ask_danger"]), ("わからない", "waiting", ["crisis"])],
+    "いいえ goes on, and the question is not asked again": LISTENING
+    + [
+        ("何もかも終わらせたい", "listening", ["ask_danger"]),
+        ("いいえ", "offered", ["danger_no", "offer"]),
+        ("全部やめたい", "offered", ["offer_again"]),
+    ],
+    "anything else in reply is a message": LISTENING
+    + [
+        ("何もかも終わらせたい", "listening", ["ask_danger"]),
+        ("消えたいって思うことはある", "waiting", ["waiting", "waiting_safety"]),
+    ],
+    "exhaustion and hopelessness during the intake: the question, not the form": INTAKE
+    + [("もう何もかも疲れた。どうでもいい", "offered", ["offer", "ask_danger"])],
+    "distress before consent: asked at once, then the terms again": WELCOME
+    + [
+        ("何もかも終わらせたい", "welcome", ["ask_danger"]),
+        ("いいえ", "welcome", ["danger_no", "consent_needed"]),
+        ("同意", "offered", ["listening_after_consent_with_story", "offer"]),
+    ],
+    "distress while waiting": WAITING
+    + [("何もかも終わらせたい", "waiting", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
+}
+
+
+@pytest.mark.parametrize("name", list(SAFETY_NET))
+async def test_safety_net(name: str, tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        for i, (text, state, replies) in enumerate(SAFETY_NET[name]):
+            got = await chat.keys(text)
+            assert got == replies, f"step {i} ({text!r}): replies {got}, expected {replies}"
+            assert await chat.state() == state, f"step {i} ({text!r})"
+
+
+async def test_the_remembered_risk_is_encrypted_and_erasing_forgets_it(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        await chat.say("もう死にたい。今から飛び降りる")
+        async with svc.db.session() as s:
+            contact = await s.scalar(select(Contact))
+        assert contact is not None and contact.risk_enc
+        assert "crisis" not in contact.risk_enc and chat.conversation_id not in contact.risk_enc
+        memory = json.loads(svc.crypto.decrypt(contact.risk_enc))
+        assert (memory["risk"], memory["conversation"]) == ("crisis", chat.conversation_id)
+        await chat.say("削除")
+        await chat.say("削除する")
+        async with svc.db.session() as s:
+            contact = await s.scalar(select(Contact))
+        assert contact is not None and contact.risk_enc == ""
+
+
+async def test_an_unanswered_direct_question_goes_to_a_counsellor_instead_of_closing(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        asked = Chat(svc, user="u-asked")
+        for text in ["こんにちは", "同意", "何もかも終わらせたい"]:
+            await asked.say(text)
+        quiet = Chat(svc, user="u-quiet")
+        await quiet.say("こんにちは")
+        sent_before = len(svc.channels["loopback"].sent)
+        svc.engine.clock = lambda: utcnow() + timedelta(hours=25)
+        assert await svc.engine.close_idle(timedelta(hours=24)) == 2
+        await svc.outbox.send_due()
+        assert len(svc.channels["loopback"].sent) == sent_before, "nothing is sent out of the blue"
+        conv = await asked.conversation()
+        assert (conv.state, conv.danger_answer) == ("waiting", "none")
+        await asyncio.sleep(0)
+        assert await svc.queue.position(asked.conversation_id, utcnow()) == 1
+        assert await quiet.state() == "closed"

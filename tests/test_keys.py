@@ -3,6 +3,7 @@ still recognised on their channel."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -11,7 +12,7 @@ from sqlmodel import col
 
 from bot.crypto import Crypto
 from bot.keys import encrypted_columns, rotate_keys
-from bot.models import Counsellor, Inbox, Media, Message, Note
+from bot.models import Contact, Counsellor, Inbox, Media, Message, Note
 from tests.conftest import make_settings
 from tests.engine_helpers import Chat, running
 
@@ -22,6 +23,7 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
         chat = Chat(svc, user="U-rotating")
         await chat.say("こんにちは")
         await chat.say("同意")
+        await chat.say("夫に毎日殴られています")  # high: the contact remembers it (risk_enc)
         first = chat.conversation_id
 
         # A counsellor's note, a mail's whole text and an inbox event not yet processed: every
@@ -67,6 +69,10 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
                         only_new.decrypt(value)  # raises if anything was left under the old key
                         read[table.name] = read.get(table.name, 0) + 1
     assert {"message", "note", "inbox", "contact", "media"} <= set(read), read
+    async with running(tmp_path, database_url, data_key=new) as svc, svc.db.session() as s:
+        (contact,) = (await s.scalars(select(Contact))).all()
+        remembered = json.loads(only_new.decrypt(contact.risk_enc))
+        assert remembered["risk"] == "high", "the remembered risk was re-encrypted too"
 
     async with running(tmp_path, database_url, data_key=new) as svc:  # the old key is gone
         chat = Chat(svc, user="U-rotating")
@@ -80,4 +86,4 @@ async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database
                 )
             ).all()
         texts = [svc.crypto.decrypt(m.text_enc) for m in rows if m.kind == "text"]
-        assert texts == ["こんにちは", "同意", "最近ずっと眠れなくて困っています"]
+        assert texts == ["こんにちは", "同意", "夫に毎日殴られています", "最近ずっと眠れなくて困っています"]

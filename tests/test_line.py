@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from httpx2 import Response
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from bot.models import Contact, Conversation, Inbox, Media, Message, Outbox, Role, Sender, State
+from bot.models import Contact, Conversation, Inbox, Media, Message, Outbox, Role, Sender, State, utcnow
 from bot.service import Service
 from bot.web import create_app
 from channels.line import retry_key
@@ -785,3 +786,76 @@ def test_a_group_join_is_answered_once_and_left(line: Line) -> None:
 def _console(line: Line, name: str) -> Session:
     """A supervisor's console session on the same app (supervisors read every conversation)."""
     return account(line.client, name, Role.SUPERVISOR)
+
+
+# -- the safety net: no form or offer between a person and help (bot/dialogue.py) --------------------------
+
+
+def test_distress_gets_the_direct_question_as_quick_replies_and_yes_the_crisis_path(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    (sent,) = line.said(user, "何もかも終わらせたい")
+    assert keys([sent]) == ["ask_danger"]
+    assert sent.quick_replies == (("はい", "はい"), ("いいえ", "いいえ"), ("わからない", "わからない"))
+    crisis = line.said(user, "はい")  # a quick reply sends its label as the person's message
+    assert keys(crisis) == ["crisis"]
+    assert "110" in crisis[0].texts[0] and "119" in crisis[0].texts[0]
+    [conv] = line.conversations()
+    assert (conv.state, conv.risk, conv.danger_asked, conv.danger_answer) == (
+        "waiting",
+        "crisis",
+        "low",
+        "yes",
+    )
+
+
+def test_an_intake_answer_that_is_not_one_is_read_as_a_message_on_line(line: Line) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, "同意")
+    assert keys(line.said(user, "学校で友だちとうまくいかなくて悩んでいます")) == [
+        "intake_intro",
+        "intake_age",
+    ]
+    assert keys(line.said(user, "16〜18歳")) == ["intake_prefecture"]
+    assert keys(line.said(user, "もう終わり。全部準備できた")) == ["offer"]
+    [conv] = line.conversations()
+    assert (conv.age_band, conv.prefecture, conv.pending, conv.state) == ("16-18", "", "", "offered")
+    # Stored and triaged like any message.
+    assert line.count(Message, col(Message.direction) == "in", col(Message.triage_enc) != "") == 5
+
+
+def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first_on_line(line: Line) -> None:
+    user = user_id()
+    sent = line.said(user, "夫に毎日殴られていて、家に帰るのがこわいです")
+    assert keys(sent) == ["welcome", "waiting", "waiting_safety"]
+    [conv] = line.conversations()
+    assert (conv.state, conv.risk) == ("waiting", "high")
+    other = user_id()
+    line.said(other, "こんにちは")
+    line.said(other, "同意")
+    (sent,) = line.said(other, "最近ちょっと学校に行きづらくて")
+    assert keys([sent]) == ["offer_counsellor", "intake_age"], "a counsellor before any question"
+
+
+def test_coming_back_within_seven_days_starts_at_that_risk_with_the_earlier_conversation_linked(
+    line: Line,
+) -> None:
+    user = user_id()
+    line.said(user, "こんにちは")
+    line.said(user, CRISIS)
+    line.said(user, "終了")
+    (first,) = line.conversations()
+    assert first.state == "closed"
+    # Six days later: the new conversation starts at crisis, in the queue at once, the earlier one linked.
+    line.svc.engine.clock = lambda: utcnow() + timedelta(days=6)
+    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety"]
+    second = next(c for c in line.conversations() if c.id != first.id)
+    assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)
+    line.said(user, "終了")
+    # More than seven days after the last word of a conversation at crisis: a fresh start.
+    line.svc.engine.clock = lambda: utcnow() + timedelta(days=14)
+    assert keys(line.said(user, "こんにちは")) == ["welcome"]
+    third = next(c for c in line.conversations() if c.id not in (first.id, second.id))
+    assert (third.risk, third.previous_id) == ("low", "")

@@ -570,3 +570,39 @@ def test_names_are_never_stored(client: TestClient, fake: FakeTelegram) -> None:
     for name in ("花子", "山田", "hanako_y"):
         assert name not in stored
     assert "こんばんは" in stored
+
+
+# -- the safety net: no form or offer between a person and help (bot/dialogue.py) --------------------------
+
+
+def test_distress_gets_the_direct_question_as_buttons_and_yes_the_crisis_path(
+    client: TestClient, fake: FakeTelegram
+) -> None:
+    consent(client, fake)
+    assert post(client, message("何もかも終わらせたい")) == 200
+    question = fake.wait_sent(CHAT, 3)[2]
+    assert reply_keys([question["text"]]) == ["ask_danger"]
+    rows = question["reply_markup"]["inline_keyboard"]
+    assert [[b["text"] for b in row] for row in rows] == [["はい"], ["いいえ"], ["わからない"]]
+    assert post(client, press(question, "はい")) == 200
+    crisis = fake.wait_sent(CHAT, 4)[3]["text"]
+    assert reply_keys([crisis]) == ["crisis"] and "110" in crisis and "119" in crisis
+    processed(client, 4)
+    conv = conversation(client)
+    assert (conv.state, conv.risk, conv.danger_answer) == (State.WAITING, "crisis", "yes")
+
+
+def test_no_by_button_goes_on_and_high_goes_to_the_queue_at_once(
+    client: TestClient, fake: FakeTelegram
+) -> None:
+    consent(client, fake)
+    assert post(client, message("何もかも終わらせたい")) == 200
+    question = fake.wait_sent(CHAT, 3)[2]
+    assert post(client, press(question, "いいえ")) == 200
+    sent = fake.wait_sent(CHAT, 5)
+    assert reply_keys([m["text"] for m in sent[3:]]) == ["danger_no", "offer"]
+    assert post(client, message("実は彼氏に毎日殴られていて、家に帰るのがこわい")) == 200
+    sent = fake.wait_sent(CHAT, 7)
+    assert reply_keys([m["text"] for m in sent[5:]]) == ["waiting", "waiting_safety"]
+    processed(client, 5)
+    assert conversation(client).state == State.WAITING

@@ -558,3 +558,77 @@ def test_a_picture_from_the_attach_button_is_kept_and_a_non_picture_refused(clie
         _, frames = hello(ws, token)
     users = [f for f in messages(frames) if f["from"] == "user"]
     assert [f.get("kind") for f in users] == [None, "image", "image"], "the page says a picture was sent"
+
+
+# -- the safety net: no form or offer between a person and help (bot/dialogue.py) --------------------------
+
+HOPELESS = "もう何もかも疲れた。どうでもいい"  # exhaustion, hopelessness, no harm named
+DANGER_CHOICES = ["はい", "いいえ", "わからない"]
+
+
+def bot_keys(frames: list[Frame]) -> list[str]:
+    return reply_keys([f["text"] for f in frames if is_bot(f)])
+
+
+def test_a_hopeless_message_gets_the_direct_question_with_buttons_and_yes_the_crisis_path(
+    client: TestClient,
+) -> None:
+    with client.websocket_connect("/chat/ws") as ws:
+        start_fresh(ws)
+        say(ws, "同意", "c1")
+        frames = say(ws, HOPELESS, "m1")
+        assert bot_keys(frames) == ["offer", "ask_danger"], "a counsellor offered, then the question"
+        question = [f for f in frames if is_bot(f)][-1]
+        assert "死にたい" in question["text"] and question["quick_replies"] == DANGER_CHOICES
+        frames = say(ws, "はい", "m2")
+        assert bot_keys(frames) == ["crisis"]
+        crisis = [f for f in frames if is_bot(f)][0]["text"]
+        assert "110" in crisis and "119" in crisis
+        if not any(is_status(f) and f["state"] == "waiting" for f in frames):
+            wait_for(ws, lambda f: is_status(f) and f["state"] == "waiting", what="the waiting status")
+
+
+@pytest.mark.parametrize(
+    ("answer", "replies"), [("いいえ", ["danger_no", "offer_again"]), ("わからない", ["crisis"])]
+)
+def test_the_direct_questions_other_answers(client: TestClient, answer: str, replies: list[str]) -> None:
+    with client.websocket_connect("/chat/ws") as ws:
+        start_fresh(ws)
+        say(ws, "同意", "c1")
+        say(ws, HOPELESS, "m1")
+        assert bot_keys(say(ws, answer, "m2")) == replies
+        # Asked once: more of the same distress does not bring the question back.
+        if answer == "いいえ":
+            assert bot_keys(say(ws, "もう何もかも疲れた", "m3")) == ["offer_again"]
+
+
+def test_an_intake_answer_that_is_not_one_is_read_as_a_message(client: TestClient) -> None:
+    """The issue's case: a message the triage does not take for what it is, then the questions; the next
+    message is not the prefecture's answer but a message, and the questions stop."""
+    with client.websocket_connect("/chat/ws") as ws:
+        start_fresh(ws)
+        say(ws, "同意", "c1")
+        assert bot_keys(say(ws, "学校で友だちとうまくいかなくて悩んでいます", "m1")) == [
+            "intake_intro",
+            "intake_age",
+        ]
+        assert bot_keys(say(ws, "16〜18歳", "m2")) == ["intake_prefecture"]
+        assert bot_keys(say(ws, "もう終わり。全部準備できた", "m3")) == ["offer"]
+        assert bot_keys(say(ws, "今夜、全部終わらせる", "m4")) == ["ask_danger"], "distress: asked at once"
+
+
+def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first(client: TestClient) -> None:
+    with client.websocket_connect("/chat/ws") as ws:
+        start_fresh(ws)
+        say(ws, "同意", "c1")
+        frames = say(ws, "夫に毎日殴られていて、家に帰るのがこわいです", "m1")
+        assert bot_keys(frames) == ["waiting", "waiting_safety"], "no offer to accept first"
+        if not any(is_status(f) and f["state"] == "waiting" for f in frames):
+            wait_for(ws, lambda f: is_status(f) and f["state"] == "waiting", what="the waiting status")
+    with client.websocket_connect("/chat/ws") as ws:
+        start_fresh(ws)
+        say(ws, "同意", "c1")
+        frames = say(ws, "最近ちょっと学校に行きづらくて", "m1")
+        assert bot_keys(frames) == ["offer_counsellor", "intake_age"]
+        offer = [f for f in frames if is_bot(f)][0]
+        assert "相談員" in offer["text"] and offer["quick_replies"] == ["相談員と話したい"]

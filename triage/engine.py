@@ -98,6 +98,10 @@ class Engine:
         for pat in self.rules.seq_index.get("*", ()):
             by_form.setdefault(pat.elements[0].cform, []).append(pat)
         self._any_first = [(form, tuple(pats)) for form, pats in by_form.items()]
+        # Distress (distress.yaml): any of its concepts active in a message is the signal.
+        distress = sorted(self.rules.signals.get("distress", ()))
+        self._distress = Condition(tuple((name, "active") for name in distress))
+        self._signal_only: frozenset[str] = frozenset(distress)
 
     # ------------------------------------------------------------------ public API
 
@@ -150,6 +154,7 @@ class Engine:
             truncated=result.truncated,
             empty=result.empty,
             context=tuple(context),
+            signals=result.signals,
         )
 
     # ------------------------------------------------------------------ one message
@@ -188,7 +193,11 @@ class Engine:
                     seen.add(reason)
                     reasons.append(reason)
         categories -= removed
-        return TriageResult(risk, _ordered(categories), tuple(reasons), truncated=truncated), doc
+        signals = ("distress",) if self._distress.options and self._active(doc, self._distress) else ()
+        result = TriageResult(
+            risk, _ordered(categories), tuple(reasons), truncated=truncated, signals=signals
+        )
+        return result, doc
 
     def _read(self, original: str) -> _Doc:
         norm = self.normalizer.normalize(original)
@@ -417,9 +426,13 @@ class Engine:
                 marked[marker] = {m.sentence for m in hits if not m.suppressed}
         # A negator that is part of a phrase found as a whole (しぬ read by the dictionary as す+ぬ,
         # 居場所がない) belongs to that phrase: it negates nothing before it (今からしぬ).
+        # Signal concepts (distress.yaml) are left out: they must never change what the rules see.
         inside: set[int] = set()
+        signal_only = self._signal_only
         for h in doc.hits:
-            if not h.suppressed and h.last > h.first and h.concept in flagged:
+            if h.suppressed or h.last == h.first or h.concept in signal_only:
+                continue
+            if h.concept in flagged:
                 inside.update(range(h.first + 1, h.last + 1))
         for h in doc.hits:
             if h.suppressed or h.concept not in flagged:

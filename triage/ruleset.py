@@ -156,6 +156,8 @@ class Ruleset:
     rules: list[Rule]
     known_katakana: frozenset[str]  # katakana words of the lexicon (リスカ): never re-read as kana
     kanji_words: frozenset[str] = frozenset()  # words of the lexicon written with kanji (練炭)
+    # Signals and the concepts that show them (distress.yaml): reported beside the risk, never raising it.
+    signals: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
@@ -245,6 +247,9 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     norm_doc = _load_yaml(content_dir / "normalize.yaml")
     lex_doc = _load_yaml(content_dir / "lexicon.yaml")
     rules_doc = _load_yaml(content_dir / "rules.yaml")
+    distress_doc = _load_yaml(content_dir / "distress.yaml") or {}
+    if not isinstance(distress_doc, dict) or not isinstance(distress_doc.get("concepts") or {}, dict):
+        raise ContentError("distress.yaml: needs 'concepts', a mapping of concept names")
 
     normalizer = NormalizerConfig(
         substitutions=[(re.compile(s["pattern"]), s["replace"]) for s in norm_doc.get("substitutions", [])],
@@ -263,8 +268,15 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     actor_concepts: dict[str, str] = {}
     known_katakana: set[str] = set()
     kanji_words: set[str] = set()
-    for name, spec in (lex_doc.get("concepts") or {}).items():
-        where = f"lexicon.yaml: concept {name}"
+    distress: set[str] = set()
+    specs = [("lexicon.yaml", n, spec) for n, spec in (lex_doc.get("concepts") or {}).items()]
+    specs += [("distress.yaml", n, spec) for n, spec in (distress_doc.get("concepts") or {}).items()]
+    for file, name, spec in specs:
+        where = f"{file}: concept {name}"
+        if file == "distress.yaml":
+            if name in concepts:
+                raise ContentError(f"{where}: the name is taken in lexicon.yaml")
+            distress.add(name)
         if not isinstance(spec, dict) or "terms" not in spec:
             raise ContentError(f"{where}: needs a 'terms' list")
         flags = frozenset(spec.get("inactive_when", []))
@@ -411,4 +423,5 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         rules,
         frozenset(known_katakana),
         frozenset(kanji_words),
+        {"distress": frozenset(distress)},
     )

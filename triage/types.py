@@ -57,6 +57,10 @@ class TriageResult:
     truncated: bool = False  # the text was longer than MAX_CHARS and only its start was read
     empty: bool = False  # nothing to read (empty or whitespace)
     context: tuple[Reason, ...] = field(default=())  # reasons that came from earlier messages
+    # What the message shows beside any category (``distress``: exhaustion, hopelessness, being at the
+    # limit, wanting everything to stop, crying, fear; content/triage/distress.yaml). Not a risk: the
+    # conversation asks the person directly when it sees one and the risk is below high.
+    signals: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -66,6 +70,8 @@ class TriageResult:
         }
         if self.context:
             out["context"] = [{"rule": r.rule, "matched": r.matched} for r in self.context]
+        if self.signals:
+            out["signals"] = list(self.signals)
         if self.truncated:
             out["truncated"] = True
         if self.empty:

@@ -42,6 +42,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select, update
 from sqlmodel import col
 
+from bot.content import key
 from bot.engine import FULL_TEXT_FACTOR
 from bot.images import file_item, item_from_json, item_to_json
 from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender
@@ -59,8 +60,38 @@ DEFAULT_SUBJECT = "ご相談について"
 SEND_TIMEOUT = 30.0
 _OUR_ID = re.compile(rb"<tsunagi\.(\d+)\.([0-9a-f]{12})@")
 _NUMBER = re.compile(r"(\d{1,2})\s*[.)]?")
+_NUMBERED = re.compile(r"(\d{1,2})\s*[.)]?\s*(.*)")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONVERSATION_TOKEN = re.compile(r"^([0-9a-f]{32})([0-9a-f]{8})$")
+
+
+def pick_choice(labels: list[str], text: str) -> tuple[str, bool]:
+    """Which of our numbered choices a reply picks, and whether the reply is only its number.
+
+    A reply that is only a number ("1", "２.") picks that choice and says nothing else: it stands for the
+    choice. A line of the reply that is a number, a number with its choice ("1. はい") or the choice
+    itself ("はい") picks it too, and then what they wrote stays their message (stored, triaged). Lines
+    that pick different choices pick none. ("", False) when nothing is picked."""
+    if not labels:
+        return "", False
+    keys = [key(label) for label in labels]
+
+    def picked(line: str) -> str:
+        line = unicodedata.normalize("NFKC", line).strip()
+        m = _NUMBERED.fullmatch(line)
+        if m:
+            n, rest = int(m.group(1)), m.group(2).strip()
+            if 1 <= n <= len(labels) and (not rest or key(rest) == keys[n - 1]):
+                return labels[n - 1]
+            return ""
+        k = key(line)
+        return labels[keys.index(k)] if k and k in keys else ""
+
+    if _NUMBER.fullmatch(unicodedata.normalize("NFKC", text).strip()):
+        label = picked(text)
+        return label, bool(label)
+    found = {p for p in (picked(line) for line in text.splitlines()) if p}
+    return (found.pop(), False) if len(found) == 1 else ("", False)
 
 
 def host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -312,18 +343,20 @@ class EmailChannel(Channel):
             {k: data.get(k) for k in ("message_id", "references", "subject")}, ensure_ascii=False
         )
         if text:
-            label = await self._choice(sender, text)
+            # A choice answered in the mail: the whole new text is one (kind CHOICE), or a line of it is
+            label, only_choice = pick_choice(await self._choices(sender), new)
             inbound = Inbound(
                 channel=self.name,
                 user_id=sender,
-                text=label or text,
-                kind=Kind.CHOICE if label else Kind.TEXT,
+                text=label if only_choice else text,
+                kind=Kind.CHOICE if only_choice else Kind.TEXT,
                 external_id=ident,
                 full_text=full if full.strip() != new.strip() else "",
                 attachments=attachments,
                 items=items,
                 contact_state=last_mail,
                 flags=(WHOLE_MAIL,) if whole else (),
+                choice="" if only_choice else label,
             )
         elif items:
             # Only files: pictures are kept for the counsellor, the rest is refused (the person is told).
@@ -350,12 +383,8 @@ class EmailChannel(Channel):
             )
         await self.receive(inbound)
 
-    async def _choice(self, address: str, text: str) -> str:
-        """A reply that is only a number ("1", "２.") picks that line of the numbered choices in our last
-        message (quick replies are sent as numbered text); "" when it is not one."""
-        m = _NUMBER.fullmatch(unicodedata.normalize("NFKC", text).strip())
-        if not m:
-            return ""
+    async def _choices(self, address: str) -> list[str]:
+        """The choices of our last message to this person (sent as numbered lines)."""
         lookup = self.service.crypto.lookup(self.name, address)
         async with self.service.db.session() as s:
             raw = await s.scalar(
@@ -368,8 +397,7 @@ class EmailChannel(Channel):
                 .limit(1)
             )
         labels = json.loads(raw) if raw else []
-        n = int(m.group(1))
-        return str(labels[n - 1]) if isinstance(labels, list) and 1 <= n <= len(labels) else ""
+        return [str(x) for x in labels] if isinstance(labels, list) else []
 
     async def _bounced(self, outbox_id: int) -> None:
         async with self.service.db.session() as s, s.begin():

@@ -422,6 +422,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     "channel": conv.channel,
                     "waiting_seconds": int((now - e.queued_at).total_seconds()),
                     "preview": previews.get(e.conversation_id, ""),
+                    "reasons": _dialogue_reasons(conv),
                 }
             )
         return out
@@ -470,9 +471,27 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     col(Handoff.status) == HandoffStatus.CLOSED,
                 )
             )
-            if handled is None or holder is not None:
+            if (handled is None or holder is not None) and not await linked_to_mine(s, me, conv.id):
                 raise HTTPException(403, "this conversation is with another counsellor")
         return conv, holder
+
+    async def linked_to_mine(s: AsyncSession, me: Me, conversation_id: str) -> bool:
+        """Is this the earlier conversation of a person who came back, in a conversation this counsellor
+        may read (theirs, or waiting)? Then they may read it too."""
+        later = (
+            await s.scalars(select(Conversation).where(col(Conversation.previous_id) == conversation_id))
+        ).all()
+        for conv in later:
+            if conv.state == State.WAITING:
+                return True
+            holder = await s.scalar(
+                select(col(Handoff.counsellor_id)).where(
+                    col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.CLAIMED
+                )
+            )
+            if holder == me.id:
+                return True
+        return False
 
     @r.post("/conversations/{conversation_id}/claim")
     async def claim(conversation_id: str, me: MeDep) -> dict[str, Any]:
@@ -526,6 +545,19 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 )
             ).all()
             holder_name = (await s.get(Counsellor, holder)).username if holder else None  # type: ignore[union-attr]
+            # A person back soon after a conversation at high or crisis: the earlier one, linked.
+            earlier = await s.get(Conversation, conv.previous_id) if conv.previous_id else None
+            previous = (
+                {
+                    "conversation_id": earlier.id,
+                    "risk": earlier.risk,
+                    "categories": _cats(earlier),
+                    "created_at": earlier.created_at.isoformat(),
+                    "outcome": earlier.outcome,
+                }
+                if earlier is not None and not earlier.erased
+                else None
+            )
             # One "view" per counsellor and conversation in VIEW_AUDIT_EVERY (the page re-reads on
             # every live event; the log should say who read what, not count refreshes).
             recent = await s.scalar(
@@ -541,12 +573,13 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         out_messages: list[dict[str, Any]] = []
         reasons: list[dict[str, Any]] = []
         for m in messages:
-            if m.direction == Direction.IN and m.kind not in ("text", "media"):
+            # A choice they pressed is shown too: the answer to the direct question belongs under it.
+            if m.direction == Direction.IN and m.kind not in ("text", "media", "choice"):
                 continue
             item: dict[str, Any] = {
                 "from": "user" if m.direction == Direction.IN else m.sender,
                 "text": svc.crypto.decrypt(m.text_enc)
-                if m.kind == "text" or m.direction == Direction.OUT
+                if m.kind in ("text", "choice") or m.direction == Direction.OUT
                 else "",
                 "kind": m.kind,
                 "at": m.created_at.isoformat(),
@@ -579,8 +612,19 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             "channel": conv.channel,
             "counsellor": holder_name,
             "messages": out_messages,
-            "triage": {"risk": conv.risk, "categories": _cats(conv), "reasons": reasons},
-            "intake": {"age_band": conv.age_band, "prefecture": conv.prefecture, "safe_now": conv.safe_now},
+            "triage": {
+                "risk": conv.risk,
+                "categories": _cats(conv),
+                "reasons": _dialogue_reasons(conv) + reasons,
+            },
+            "intake": {
+                "age_band": conv.age_band,
+                "prefecture": conv.prefecture,
+                "safe_now": conv.safe_now,
+                "danger_asked": conv.danger_asked,
+                "danger_answer": conv.danger_answer,
+            },
+            "previous": previous,
             "notes": [
                 {"by": name, "text": svc.crypto.decrypt(n.text_enc), "at": n.created_at.isoformat()}
                 for n, name in notes
@@ -914,6 +958,19 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
     router.include_router(public)
     router.include_router(r)
     return router
+
+
+def _dialogue_reasons(conv: Conversation) -> list[dict[str, Any]]:
+    """What the conversation itself found (bot/dialogue.py), beside the triage's reasons: the direct
+    question about danger and its answer, and a return soon after a conversation at high or crisis."""
+    out: list[dict[str, Any]] = []
+    if conv.danger_asked:
+        out.append(
+            {"rule": "dialogue.danger_question", "answer": conv.danger_answer or "pending", "matched": ""}
+        )
+    if conv.previous_id:
+        out.append({"rule": "dialogue.returning", "previous": conv.previous_id, "matched": ""})
+    return out
 
 
 def _cats(conv: Conversation) -> list[str]:

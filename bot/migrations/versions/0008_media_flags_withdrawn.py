@@ -2,7 +2,7 @@
 when it was not text (meta_enc), when a message was withdrawn
 
 Revision ID: 0008
-Revises: 0006 (0007 is on another branch; the merge chains this after it)
+Revises: 0007
 Create Date: 2026-12-06 23:30:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import bot.models
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

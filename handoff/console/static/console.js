@@ -461,6 +461,8 @@
       wait.textContent = fill(S.waiting_for, { time: duration(item.waiting_seconds) });
       const preview = el("span", { cls: "preview", text: item.preview }); // what the person wrote: text only
       open.append(top, wait, preview);
+      const found = dialogueFlags(item.reasons || []);
+      if (found.length) open.append(el("span", { cls: "queue-reasons", text: found.join("・") }));
       open.addEventListener("click", () => openConversation(item.conversation_id, { focus: true }));
       const claim = el("button", { cls: "btn btn-primary btn-small claim", text: S.claim, attrs: { type: "button", "aria-label": S.claim + "：" + S["risk_" + item.risk] + " " + duration(item.waiting_seconds) } });
       claim.addEventListener("click", () => claimConversation(item.conversation_id));
@@ -627,6 +629,17 @@
       el("span", { cls: "state state-" + c.state, text: S.states[c.state] || c.state }),
       el("span", { cls: "holder", text: c.counsellor ? fill(S.holder, { name: c.counsellor }) : S.no_holder }),
     );
+    if (c.previous && c.previous.conversation_id) {
+      // Back soon after a conversation at high or crisis: the earlier one, a click away.
+      const prev = c.previous;
+      const link = el("button", {
+        cls: "btn btn-small btn-secondary previous-open",
+        text: fill(S.previous_open, { risk: S["risk_" + prev.risk] || prev.risk, date: time(prev.created_at, true) }),
+        attrs: { type: "button", "data-conversation-id": prev.conversation_id },
+      });
+      link.addEventListener("click", () => openConversation(prev.conversation_id, { focus: true }));
+      meta.append(link);
+    }
 
     const writable = !c.read_only && c.state === "with_counsellor";
     const notice = $("conv-notice");
@@ -821,6 +834,21 @@
     if (pos < chars.length) container.append(document.createTextNode(chars.slice(pos).join("")));
   }
 
+  // What the conversation itself found (the direct question and its answer, a return soon after a
+  // serious conversation), in the queue's words.
+  function dialogueFlags(reasons) {
+    const out = [];
+    for (const r of reasons) {
+      if (r.rule === "dialogue.danger_question") out.push(fill(S.queue_danger, { answer: dangerLabel(r.answer) }));
+      else if (r.rule === "dialogue.returning") out.push(S.queue_returning);
+    }
+    return out;
+  }
+
+  function dangerLabel(answer) {
+    return (S.danger_answer && S.danger_answer[answer]) || answer || S.intake_none;
+  }
+
   function renderReasons(c) {
     const ul = $("reasons");
     const reasons = (c.triage && c.triage.reasons) || [];
@@ -831,6 +859,13 @@
     }
     const seen = new Set();
     for (const r of reasons) {
+      if (typeof r.rule === "string" && r.rule.startsWith("dialogue.")) {
+        const label = (S.dialogue_reasons && S.dialogue_reasons[r.rule]) || r.rule;
+        ul.append(el("li", { cls: "dialogue-reason", attrs: { "data-rule": r.rule } }, [
+          el("strong", { text: fill(label, { answer: dangerLabel(r.answer) }) }),
+        ]));
+        continue;
+      }
       const key = r.rule + "\u0000" + r.matched + "\u0000" + r.message;
       if (seen.has(key)) continue;
       seen.add(key);
@@ -846,6 +881,7 @@
     $("intake-age").textContent = intake.age_band ? (S.age_bands[intake.age_band] || intake.age_band) : S.intake_none;
     $("intake-prefecture").textContent = intake.prefecture || S.intake_none;
     $("intake-safe").textContent = intake.safe_now ? (S.safe_now[intake.safe_now] || intake.safe_now) : S.intake_none;
+    $("intake-danger").textContent = intake.danger_asked ? dangerLabel(intake.danger_answer || "pending") : S.intake_none;
   }
 
   function renderNotes(notes) {
