@@ -1,0 +1,121 @@
+"""The coverage table: every situation of the coverage map, each in several voices.
+
+../shared/triage/COVERAGE.md lists the forms that law and clinical practice recognise for
+each category (the six types of power harassment, the four types of child abuse, the acts
+of the stalking law, ...), the steps of the Columbia suicide screen and the signs of danger
+from another person. tests/data/coverage_cases.jsonl holds cases written from each form's
+definition (not from a labelled set), one object a line:
+
+    {"id": "cov-<category>-<form>-<n>", "form": "<category>-<form>", "voice": ...,
+     "text": ..., "risk": ..., "categories": [...]}
+
+Voices: a teenager on LINE (teen_line), an adult by mail (adult_mail), someone writing about
+another person (third_party), regional speech (regional), typing without kanji (no_kanji).
+The "guard" forms are harmless words that look alarming (死ぬほど, 殺す気か, a quoted insult,
+negation, the past, homophones): they must stay low, or at the harm they really describe.
+
+What is checked for each case:
+- the risk is exact. A case may carry "higher_ok" with the reason why the issue's safety
+  rule (between a false alarm and a missed crisis, choose the false alarm) accepts one level
+  more for it: then the risk is the expected one or one level higher, never lower and never
+  two levels higher;
+- every expected category is present (a message may have others as well);
+- a case may carry "pending" with the reason it cannot pass yet (spellings the engine does
+  not read until the spelling work of the same issue lands): it runs, and is expected to
+  fail, without failing the suite.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from tests.conftest import DATA, load_jsonl
+from triage import Category, Risk, triage
+
+CASES = load_jsonl(DATA / "coverage_cases.jsonl")
+RANK = {r.value: r.rank for r in Risk}
+VOICES = {"teen_line", "adult_mail", "third_party", "regional", "no_kanji"}
+
+# Every form of the coverage map, as <category>-<form>, in the map's order.
+FORMS = [
+    # suicide and self-harm: the steps of the Columbia screen, and the time of each
+    "suicide-wish",  # 1. wish to be dead, to disappear, not to wake
+    "suicide-active",  # 2. active thoughts of killing oneself, no method
+    "suicide-method",  # 3. thoughts with a method, its places and objects, no time
+    "suicide-method_time",  # 3 with a time within hours: crisis without the word 死
+    "suicide-intent",  # 4. decided, about to act
+    "suicide-plan",  # 5. when, where, how
+    "suicide-preparation",  # 6. a note, belongings given away, pills saved, means bought
+    "suicide-attempt_now",  # 6. an attempt begun, interrupted or just done
+    "suicide-attempt_recent",  # 6. an attempt within the last months: high
+    "suicide-attempt_past",  # 6. an attempt years ago: medium, or low when over
+    "suicide-place_reached",  # 6. the place of a method reached
+    "suicide-goodbye",  # a goodbye
+    "suicide-self_harm",  # self-harm, repeated or recent
+    "suicide-self_harm_medical",  # self-harm that needs medical care
+    "suicide-overdose_now",  # an overdose just taken
+    "suicide-otc",  # over-the-counter medicines: generic names, brands, slang
+    "suicide-third_party",  # someone else about to do any of this
+    "suicide-past",  # ideation in the past
+    # harmless words that look alarming
+    "guard-idiom",  # 死ぬほど, 死ぬかと思った
+    "guard-joke",  # 殺す気か
+    "guard-quoted",  # 「死ね」と言われた: the insult, not ideation
+    "guard-negation",  # 死にたくない
+    "guard-past",  # ideation or self-harm long over
+    "guard-homophone",  # a platform, a rooftop, a bridge, a pill in everyday life
+    "guard-medicine",  # an ordinary dose of an ordinary medicine
+]
+
+_ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
+
+
+def _expected_failure(case: dict[str, Any]) -> Any:
+    if case.get("pending"):
+        return pytest.param(case, marks=pytest.mark.xfail(reason=case["pending"], strict=False))
+    return case
+
+
+@pytest.mark.parametrize("case", [_expected_failure(c) for c in CASES], ids=[c["id"] for c in CASES])
+def test_coverage_case(case: dict[str, Any]) -> None:
+    result = triage(case["text"])
+    got = result.risk.value
+    categories = {c.value for c in result.categories}
+    rules = [r.rule for r in result.reasons]
+    why = f"{case['text']}\nrisk {got}, categories {sorted(categories)}, reasons {rules}"
+    if case.get("higher_ok"):
+        assert RANK[case["risk"]] <= RANK[got] <= RANK[case["risk"]] + 1, why
+    else:
+        assert got == case["risk"], why
+    assert set(case["categories"]) <= categories, why
+
+
+def test_table_is_well_formed() -> None:
+    """Ids name their form and are unique; forms, voices, risks and categories are known."""
+    known_categories = {c.value for c in Category}
+    ids = [c["id"] for c in CASES]
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    for case in CASES:
+        m = _ID.match(case["id"])
+        assert m is not None, case["id"]
+        assert m["form"] == case["form"], case["id"]
+        assert case["form"] in FORMS, f"{case['id']}: form not in FORMS"
+        assert case["voice"] in VOICES, case["id"]
+        assert case["risk"] in RANK, case["id"]
+        assert set(case["categories"]) <= known_categories, case["id"]
+        assert isinstance(case["text"], str) and case["text"].strip(), case["id"]
+        for note in ("higher_ok", "pending"):
+            assert note not in case or (isinstance(case[note], str) and case[note].strip()), case["id"]
+
+
+def test_every_form_has_three_cases_in_two_voices() -> None:
+    cases: dict[str, list[str]] = defaultdict(list)
+    for case in CASES:
+        cases[case["form"]].append(case["voice"])
+    thin = {form: cases.get(form, []) for form in FORMS if len(cases.get(form, [])) < 3}
+    thin.update({form: cases[form] for form in FORMS if len(set(cases.get(form, []))) == 1})
+    assert thin == {}, f"forms with fewer than three cases or one voice: {thin}"
