@@ -69,6 +69,16 @@ FORMS = [
     "guard-past",  # ideation or self-harm long over
     "guard-homophone",  # a platform, a rooftop, a bridge, a pill in everyday life
     "guard-medicine",  # an ordinary dose of an ordinary medicine
+    # danger from another person (crisis when now)
+    "danger-weapon",  # a weapon shown or used
+    "danger-intruder",  # someone in the home or trying to get in
+    "danger-confinement",  # locked in, held, unable to leave
+    "danger-taken",  # being taken somewhere against one's will
+    "danger-threat_time",  # a threat to kill with a time or a means
+    "danger-strangulation",  # high at least; crisis when recent
+    "danger-pregnancy",  # violence during pregnancy
+    "danger-child_tonight",  # a child afraid of what will happen at home tonight
+    "guard-danger",  # a knife in the kitchen, a bat at practice, 殺す気ですか
 ]
 
 _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
