@@ -79,6 +79,20 @@ FORMS = [
     "danger-pregnancy",  # violence during pregnancy
     "danger-child_tonight",  # a child afraid of what will happen at home tonight
     "guard-danger",  # a knife in the kitchen, a bat at practice, 殺す気ですか
+    # partner violence, as the law and public guidance list it (dating violence counts the same)
+    "dv-physical",
+    "dv-psychological",  # insults, threats, ignoring, breaking things, blaming
+    "dv-economic",  # no living money, wages or cards taken, work forbidden, debts in her name
+    "dv-sexual",  # forced sex, contraception refused, abortion forced
+    "dv-isolation",  # cut off from family and friends, every contact checked
+    "dv-digital",  # the phone read, location apps, photos or live location demanded
+    "dv-children",  # using the children
+    "dv-dating",  # デートDV, whatever the sex of the partner or the writer
+    # child abuse: the four legal types; the writer may be the child or someone who sees it
+    "child_abuse-physical",
+    "child_abuse-sexual",  # including a step-parent, a mother's partner, a grandparent; photographing
+    "child_abuse-neglect",  # no food, no bath, no care, left alone, utilities cut, no doctor
+    "child_abuse-psychological",  # insults, threats, treated unlike siblings, witnessing violence
 ]
 
 _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
