@@ -93,6 +93,32 @@ FORMS = [
     "child_abuse-sexual",  # including a step-parent, a mother's partner, a grandparent; photographing
     "child_abuse-neglect",  # no food, no bath, no care, left alone, utilities cut, no doctor
     "child_abuse-psychological",  # insults, threats, treated unlike siblings, witnessing violence
+    # bullying: the forms of the national school survey
+    "bullying-teasing",  # teasing, insults and threats
+    "bullying-exclusion",  # left out or ignored by a group
+    "bullying-hitting",  # hit or kicked, "as a game" or hard
+    "bullying-extortion",  # money or goods demanded
+    "bullying-belongings",  # hidden, stolen, broken or thrown away
+    "bullying-humiliation",  # made to do embarrassing, dangerous or humiliating things
+    "bullying-online",  # group chats, photos passed round, posts
+    "bullying-serious",  # harm to life, body or property
+    # power harassment: the six types of the national guideline
+    "power_harassment-physical",
+    "power_harassment-mental",  # insults, public humiliation, threats
+    "power_harassment-isolation",  # cut off from colleagues
+    "power_harassment-excessive",  # impossible or needless work, long hours
+    "power_harassment-too_little",  # no work, trivial tasks, shifts or pay cut as punishment
+    "power_harassment-private",  # intrusion into private life
+    # sexual harassment: quid pro quo and hostile environment, by anyone at work
+    "sexual_harassment-quid_pro_quo",
+    "sexual_harassment-remarks",  # sexual questions, remarks, comments on the body
+    "sexual_harassment-touching",
+    "sexual_harassment-images",
+    "sexual_harassment-rumours",
+    # maternity and parental harassment
+    "maternity_harassment-leave",  # parental or care leave
+    "maternity_harassment-short_hours",  # short hours and childcare rights
+    "maternity_harassment-pregnancy",  # the state of pregnancy: remarks, pressure, dismissal
 ]
 
 _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
