@@ -119,6 +119,33 @@ FORMS = [
     "maternity_harassment-leave",  # parental or care leave
     "maternity_harassment-short_hours",  # short hours and childcare rights
     "maternity_harassment-pregnancy",  # the state of pregnancy: remarks, pressure, dismissal
+    # academic harassment
+    "academic_harassment-research_obstructed",
+    "academic_harassment-results_taken",  # ideas or results taken, authorship refused
+    "academic_harassment-supervision_refused",
+    "academic_harassment-graduation_threatened",  # graduation, a degree, grades or placements
+    "academic_harassment-errands",  # forced social events or private errands
+    "academic_harassment-career_obstructed",
+    "academic_harassment-personal_attack",
+    # job-hunting harassment (オワハラ, 就活ハラスメント)
+    "job_hunting-end_pressure",
+    "job_hunting-acceptance",  # pressed to sign an acceptance
+    "job_hunting-decline_in_front",  # made to decline other offers in front of the recruiter
+    "job_hunting-deadline",  # deadlines that make refusal impossible
+    "job_hunting-offer_withdrawn",  # an offer withdrawn as a threat
+    "job_hunting-sexual",  # by interviewers, recruiters, alumni, internship staff, online
+    # stalking: the acts of the Stalker Control Law
+    "stalking-following",
+    "stalking-lying_in_wait",
+    "stalking-watching",  # いつも見てるよ
+    "stalking-turning_up",  # at home, work or school
+    "stalking-demand_meeting",  # demanding meetings or a relationship
+    "stalking-violent_words",
+    "stalking-repeated_contact",  # silent or repeated calls, mail and messages after refusal
+    "stalking-filth",
+    "stalking-defamation",
+    "stalking-sexual_humiliation",
+    "stalking-location",  # location taken without consent, a GPS or a tracker
 ]
 
 _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
