@@ -146,6 +146,29 @@ FORMS = [
     "stalking-defamation",
     "stalking-sexual_humiliation",
     "stalking-location",  # location taken without consent, a GPS or a tracker
+    # exploitation
+    "exploitation-jk_business",  # walks, "reflexology", photo sessions with minors
+    "exploitation-av_coercion",  # adult video or nude filming, penalties and contracts as threats
+    "exploitation-papakatsu",  # sugar dating with minors or turning into coercion
+    "exploitation-sextortion",  # intimate images shared or threatened
+    "exploitation-host_debt",  # host club debts turned into forced sex work
+    "exploitation-sell_sex",  # made to sell sex
+    "exploitation-grooming",  # minors pressed by adults met online to meet or send images
+    # runaway and nowhere to stay
+    "runaway-days_out",  # not going home for days
+    "runaway-sleeping_out",  # public places, all-night shops
+    "runaway-gathering_spots",  # トー横, グリ下
+    "runaway-kamimachi",  # looking for a place to stay through SNS (神待ち)
+    "runaway-stranger_offer",  # a stranger offering a minor a room or a ride
+    # school refusal
+    "school_refusal-cannot_go",
+    "school_refusal-some_days",
+    "school_refusal-cannot_enter",  # unable to go in once there
+    "school_refusal-somatic_morning",  # body symptoms on school mornings
+    "school_refusal-cannot_get_up",  # orthostatic dysregulation (起立性調節障害)
+    "school_refusal-separate_room",  # 保健室登校, 別室登校
+    "school_refusal-after_holidays",
+    "school_refusal-wanting_to_quit",
 ]
 
 _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
