@@ -169,6 +169,8 @@ FORMS = [
     "school_refusal-separate_room",  # 保健室登校, 別室登校
     "school_refusal-after_holidays",
     "school_refusal-wanting_to_quit",
+    # everyday words of the categories that describe no harm (家出した猫, 仲直りした, パパ活って何)
+    "guard-everyday",
 ]
 
 _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
