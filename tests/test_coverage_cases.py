@@ -178,7 +178,7 @@ _ID = re.compile(r"^cov-(?P<form>[a-z_]+-[a-z_]+)-(?P<n>[1-9][0-9]*)$")
 
 def _expected_failure(case: dict[str, Any]) -> Any:
     if case.get("pending"):
-        return pytest.param(case, marks=pytest.mark.xfail(reason=case["pending"], strict=False))
+        return pytest.param(case, marks=pytest.mark.xfail(reason=case["pending"], strict=True))
     return case
 
 

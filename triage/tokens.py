@@ -136,6 +136,7 @@ def _keys(*values: str) -> tuple[str, ...]:
 
 _KATA_RUN = re.compile(f"[{KATAKANA}ー]+")
 _NOUN_PARTS = frozenset({"名詞", "接頭辞", "接尾辞"})
+_PHRASE_PARTS = frozenset({"動詞", "助動詞", "形容詞", "助詞"})
 _END = "\0"
 _KANA_WORD = re.compile(f"[{HIRAGANA}{KATAKANA}ー]+")
 _KANJI_CHAR = re.compile(f"[{KANJI}]")
@@ -194,13 +195,29 @@ class Tokenizer:
     def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
             return
+        if not kana.endswith("ん") and self._reads_whole(kana, spelling if not after else ""):
+            return  # the dictionary reads these kana as words of their own (したい, なくなり)
         node = trie
         for ch in kana:
             node = node.setdefault(ch, {})
         node.setdefault(_END, (spelling, after))
         self._spelling_prefixes.add(kana[:2])
 
-    def spell_out(self, norm: Normalized, tokens: list[Token]) -> tuple[Normalized, list[Token]] | None:
+    def _reads_whole(self, kana: str, noun: str) -> bool:
+        """Whether the dictionary, reading these kana alone, finds words it knows: one word (なくなり:
+        無くなる) other than the lexicon's noun itself (いしき alone is 意識: respelling it where the
+        dictionary cut it in a sentence only helps), or two that make an everyday phrase (したい:
+        する+たい, not 死体). Then they are not respelt: the same kana mean that far more often."""
+        nodes = list(self._tagger(kana))
+        if any(not n.feature.lemma or n.feature.lemma == "*" for n in nodes):
+            return False
+        if len(nodes) == 1:
+            return not noun or _clean_lemma(nodes[0].feature.lemma, kana) != noun
+        return len(nodes) == 2 and all(n.feature.pos1 in _PHRASE_PARTS for n in nodes)
+
+    def spell_out(
+        self, norm: Normalized, tokens: list[Token], kana_typed: bool | None = None
+    ) -> tuple[Normalized, list[Token]] | None:
         """Where kana the dictionary cut badly spells a word of the lexicon (きしねんりょ cut as
         岸/ねん/り/ょ), write the word in kanji and read the message again. A word the
         dictionary found whole is left as it is (its reading is a key already)."""
@@ -208,7 +225,8 @@ class Tokenizer:
         if not trie:
             return None
         hira = fold(norm.text)
-        kana_typed = _kana_typed(norm.text)
+        if kana_typed is None:
+            kana_typed = _kana_typed(norm.text)
         ends = {t.end for t in tokens}
         spans: list[tuple[int, int, str]] = []
         taken = 0
@@ -258,8 +276,9 @@ class Tokenizer:
         """``spell_out`` until nothing changes (a respelt word lets the dictionary cut the rest
         better: 飲んでしぬ, then 飲んで死ぬ), at most three rounds."""
         result = None
+        kana_typed = _kana_typed(norm.text)  # as written, not as respelt
         for _ in range(3):
-            again = self.spell_out(norm, tokens)
+            again = self.spell_out(norm, tokens, kana_typed)
             if again is None:
                 break
             result = again
