@@ -323,7 +323,7 @@ SAFETY_NET: dict[str, list[Step]] = {
         ("もう終わり。全部準備できた", "offered", ["offer"]),
     ],
     "distress gets the direct question at once; はい takes the crisis path": LISTENING
-    + [("今夜、全部終わらせる", "listening", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
+    + [("何もかも終わらせたい", "listening", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
     "わからない takes the crisis path too": LISTENING
     + [("何もかも終わらせたい", "listening", ["ask_danger"]), ("わからない", "waiting", ["crisis"])],
     "いいえ goes on, and the question is not asked again": LISTENING

@@ -614,7 +614,7 @@ def test_an_intake_answer_that_is_not_one_is_read_as_a_message(client: TestClien
         ]
         assert bot_keys(say(ws, "16〜18歳", "m2")) == ["intake_prefecture"]
         assert bot_keys(say(ws, "もう終わり。全部準備できた", "m3")) == ["offer"]
-        assert bot_keys(say(ws, "今夜、全部終わらせる", "m4")) == ["ask_danger"], "distress: asked at once"
+        assert bot_keys(say(ws, "何もかも終わらせたい", "m4")) == ["ask_danger"], "distress: asked at once"
 
 
 def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first(client: TestClient) -> None:

@@ -296,7 +296,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
             term = str(term)
             if any(c in term for c in "+#|?") and len(term) > 1:
                 elements = tuple(_parse_element(t, f"{where}: {term}", reading) for t in term.split("+"))
-                kanji_words.update(k for el in elements for k in el.keys if _has_kanji(k))
+                if file == "lexicon.yaml":  # signals never change how a message is read
+                    kanji_words.update(k for el in elements for k in el.keys if _has_kanji(k))
                 anchor = _anchor(elements)
                 required = tuple(
                     el.keys for k, el in enumerate(elements) if k != anchor and not el.optional and not el.any
@@ -330,7 +331,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 if any("\u30a1" <= c <= "\u30fa" for c in term):
                     known_katakana.add(term)
                 el = Element(frozenset({term}) | _readings([term], reading))
-                if _has_kanji(term):
+                if _has_kanji(term) and file == "lexicon.yaml":
                     kanji_words.add(term)
                 plain = SeqPattern(name, term, (el,))
                 for key in el.keys:
