@@ -115,6 +115,8 @@ HELD_OUT_FLOORS = {
     "holdout9.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.03, "category_micro_f1": 0.92},
     "holdout10.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.88},
     "holdout11.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
+    "holdout12.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
+    "holdout13.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
 }
 
 
