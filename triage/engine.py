@@ -551,10 +551,33 @@ class Engine:
                 # later in the sentence (上履き隠される　先生に言っても)
                 if doc.clause_of[h.first] == doc.clause_of[act.last]:
                     return actors[h.concept]
+                # words in quotes said by someone named after them: 「死ねばいいのに」って彼氏に言われた
+                if doc.quote_depth[act.first] > 0 and self._speaker_after_quote(doc, act, h):
+                    return actors[h.concept]
                 break
         if before is not None and act.sentence - self._ctx.actor_sentences_back <= before.sentence:
             return actors[before.concept]
         return "none"
+
+    def _speaker_after_quote(self, doc: _Doc, act: Hit, actor: Hit) -> bool:
+        """``actor`` is named right after the quote that holds ``act`` (a quote particle at most
+        between them) and followed by に or から and a verb of saying within a few words."""
+        tokens = doc.tokens
+        if doc.quote_depth[actor.first] > 0 or actor.sentence != act.sentence:
+            return False
+        between = [t for t in tokens[act.last + 1 : actor.first] if t.surface]
+        closed = [t for t in between if t.surface[-1] in self._ctx.close_quotes]
+        if not closed or len(between) > 12:
+            return False
+        after_close = between[between.index(closed[-1]) + 1 :]
+        if any(t.surface not in self._ctx.quote_particles and t.surface != "と" for t in after_close):
+            return False
+        nxt = tokens[actor.last + 1 : actor.last + 5]
+        return (
+            bool(nxt)
+            and nxt[0].surface in ("に", "から")
+            and any(t.lemma in self._ctx.speech_verbs for t in nxt[1:])
+        )
 
     def _fire(self, rule: Rule, doc: _Doc) -> list[Hit] | None:
         for cond in rule.unless:
