@@ -693,7 +693,27 @@ _FLAG_MARKERS = (
     ("sometimes", "sometimes"),
 )
 _MARKERS = tuple(m for _, m in _FLAG_MARKERS) + ("serious",)
-_THINKING = frozenset({"思う", "考える", "言う", "話す", "感じる", "思える", "悩む", "願う"})
+# Verbs before which と quotes (死ぬと決めた: decided to die) instead of making a condition.
+_THINKING = frozenset(
+    {
+        "思う",
+        "考える",
+        "言う",
+        "話す",
+        "感じる",
+        "思える",
+        "悩む",
+        "願う",
+        "決める",
+        "決心",
+        "決意",
+        "誓う",
+        "約束",
+        "書く",
+        "伝える",
+        "宣言",
+    }
+)
 
 
 def _is_completed(tokens: list[Token], last: int) -> bool:
