@@ -117,6 +117,11 @@ HELD_OUT_FLOORS = {
     "holdout11.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
     "holdout12.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
     "holdout13.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
+    "holdout14.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.09, "category_micro_f1": 0.9},
+    "holdout15.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.08, "category_micro_f1": 0.9},
+    # scored once, blind, and not yet worked on: the floors sit under their blind figures
+    "holdout16.jsonl": {"crisis_recall": 0.75, "under_triage_rate": 0.17, "category_micro_f1": 0.84},
+    "holdout17.jsonl": {"crisis_recall": 0.62, "under_triage_rate": 0.18, "category_micro_f1": 0.83},
 }
 
 
