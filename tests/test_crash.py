@@ -9,71 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from cryptography.fernet import Fernet
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from tests.engine_helpers import reply_keys
-
-ROOT = Path(__file__).resolve().parent.parent
-TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if not TSUNAGI.exists():
-        cmd = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log_path = Path(env["TSUNAGI_VAR_DIR"]).parent / f"server-{time.monotonic_ns()}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = log_path.read_text(errors="replace")
-                raise AssertionError(f"server did not start (exit {proc.returncode}): {err[-2000:]}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        log.close()
-        print(f"--- server log ({log_path.name}) ---\n" + log_path.read_text(errors="replace")[-4000:])
-
-
-def frames(ws: ClientConnection, until: Any, limit: int = 20) -> list[dict[str, Any]]:
-    """Read frames until one satisfies ``until`` (inclusive)."""
-    out = []
-    for _ in range(limit):
-        frame = json.loads(ws.recv(timeout=10))
-        out.append(frame)
-        if until(frame):
-            return out
-    raise AssertionError(f"no matching frame in {out}")
+from tests.helpers import frames, free_port, server
 
 
 def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
