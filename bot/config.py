@@ -66,9 +66,6 @@ class Settings(BaseSettings):
     counsellor_limit: int = Field(default=2, ge=1)
     # Console sessions expire after this many hours without use.
     session_hours: int = Field(default=12, ge=1)
-    # Fault injection for the crash test only: "kill-before-send:N" kills the process (SIGKILL) just
-    # before the outbox's Nth send. Never set it in production.
-    fault: str = ""
     # The in-process loopback channel (channels/loopback), for tests and demonstrations only.
     loopback_channel: bool = False
 

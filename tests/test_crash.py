@@ -1,15 +1,17 @@
 """Kill the server between accepting a message and sending its reply: after a restart the reply goes
 out, exactly once, and the message the person sent is not lost or doubled.
 
-The server is a real ``tsunagi serve`` process; ``TSUNAGI_FAULT=kill-before-send:2`` makes it SIGKILL
-itself just before its second send (the first is the welcome), i.e. after the person's message was
-stored with its reply in the outbox and before that reply left."""
+The server is a real ``tsunagi serve`` process, started through the test-only hook ``tests/crash_hook.py``
+(the service itself knows nothing of it), which makes it SIGKILL itself just before its second send (the
+first is the welcome), i.e. after the person's message was stored with its reply in the outbox and before
+that reply left."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -30,7 +32,7 @@ def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
         "TSUNAGI_DATA_KEY": Fernet.generate_key().decode(),
         "TSUNAGI_SMTP_LISTEN": "",
     }
-    with server({**env, "TSUNAGI_FAULT": "kill-before-send:2"}, port) as proc:
+    with server(env, port, command=[sys.executable, "-m", "tests.crash_hook", "2"]) as proc:
         with connect(f"ws://127.0.0.1:{port}/chat/ws") as ws:
             ws.send(json.dumps({"type": "hello", "resume": None}))
             got = frames(ws, lambda f: f["type"] == "message")
