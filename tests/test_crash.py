@@ -19,7 +19,7 @@ from cryptography.fernet import Fernet
 from websockets.sync.client import connect
 
 from tests.engine_helpers import reply_keys
-from tests.helpers import frames, free_port, server
+from tests.helpers import ROOT, frames, free_port, server
 
 
 def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
@@ -75,3 +75,13 @@ def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
         assert con.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall() == [
             ("delivered", 2)
         ]
+
+
+def test_the_service_itself_has_no_way_to_kill_itself() -> None:
+    """The fault lives in tests/crash_hook.py only: no setting, no signal in the packages."""
+    from bot.config import Settings
+
+    assert not [name for name in Settings.model_fields if "fault" in name]
+    for package in ("bot", "channels", "handoff", "triage"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert "SIGKILL" not in path.read_text(encoding="utf-8"), path
