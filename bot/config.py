@@ -1,4 +1,4 @@
-"""Configuration: the environment (or a ``.env`` file), as ../shared/CONTRACT.md lists it.
+"""Configuration: the environment (or a ``.env`` file), as docs/contract.md lists it.
 
 Secrets that are not given are generated once and kept under ``var/`` (mode 0600), so that a
 fresh ``make run`` works and a restart keeps the same keys."""

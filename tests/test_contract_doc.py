@@ -1,4 +1,4 @@
-"""docs/contract.md stays true.
+"""docs/contract.md stays true, and the documentation stays inside the repository.
 
 The app is built with every channel that has routes switched on (LINE and Telegram need their keys) and
 its routes are walked, through included routers too: each must have its heading in docs/contract.md
@@ -50,3 +50,41 @@ def test_every_route_of_the_app_is_documented_and_every_documented_route_exists(
     assert not missing, f"routes of the app without a section in docs/contract.md: {missing}"
     stale = sorted(set(docs) - set(routes))
     assert not stale, f"docs/contract.md documents routes the app does not have: {stale}"
+
+
+# -- links ----------------------------------------------------------------------------------------------
+
+LINK = re.compile(r"\]\(([^)\s]+)\)|<img[^>]* src=\"([^\"]+)\"")
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_no_link_leaves_the_repository_and_every_relative_link_resolves() -> None:
+    broken = []
+    for doc in markdown_files():
+        for groups in LINK.findall(doc.read_text(encoding="utf-8")):
+            target = next(g for g in groups if g)
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address, or a place on the same page
+            path = (doc.parent / target.split("#", 1)[0]).resolve()
+            if not path.is_relative_to(ROOT):
+                broken.append(f"{doc.name}: {target} leaves the repository")
+            elif not path.exists():
+                broken.append(f"{doc.name}: {target} does not exist")
+    assert broken == []
+
+
+def test_no_file_points_at_documents_outside_the_repository() -> None:
+    """The shared folder beside a clone holds data and scripts (`make score`); its documents are copied
+    into docs/, and nothing in the repository names the outside copies."""
+    pattern = re.compile(r"\.\./[\w./-]*\.md\b")
+    found = []
+    for folder in ("bot", "channels", "handoff", "triage", "content", "tests", "docs"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".md", ".yaml", ".html", ".js", ".css") and "data" not in path.parts:
+                found += [f"{path.relative_to(ROOT)}: {m}" for m in pattern.findall(path.read_text("utf-8"))]
+    for name in ("README.md", "Makefile", "Dockerfile", "pyproject.toml"):
+        found += [f"{name}: {m}" for m in pattern.findall((ROOT / name).read_text(encoding="utf-8"))]
+    assert found == []

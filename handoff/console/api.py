@@ -1,4 +1,4 @@
-"""The counsellors' console API, under ``/api/console`` (see ../shared/CONTRACT.md).
+"""The counsellors' console API, under ``/api/console`` (see docs/contract.md).
 
 Every route but login sits on a router whose dependency checks the session, and the CSRF token on
 unsafe methods, so a new route cannot forget either. Every route that touches a conversation goes
