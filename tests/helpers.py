@@ -22,6 +22,7 @@ import anyio
 import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
+from hypothesis import HealthCheck, settings
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.testclient import WebSocketTestSession
 from websockets.sync.client import ClientConnection
@@ -100,6 +101,18 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> N
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def repeatable(examples: int, *suppress: HealthCheck) -> settings:
+    """Hypothesis settings for the same examples on every run (derandomized, no example database), so that
+    a failure seen once is seen again; no deadline (the first call builds the triage engine)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, *suppress],
+    )
 
 
 # -- the app in a TestClient -------------------------------------------------------------------------------
