@@ -288,6 +288,24 @@ def cmd_safety_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_content_check(args: argparse.Namespace) -> int:
+    """Every content file, loaded as the service loads it; exit 1 with each problem named."""
+    from pathlib import Path
+
+    from bot.content_check import check
+    from triage.paths import CONTENT_ROOT
+
+    root = Path(args.dir).resolve() if args.dir else CONTENT_ROOT
+    problems = check(root)
+    for problem in problems:
+        print(f"{root}/{problem}" if not problem.startswith("/") else problem, file=sys.stderr)
+    if problems:
+        print(f"tsunagi content check: {len(problems)} problem(s) in {root}", file=sys.stderr)
+        return 1
+    print(f"content ok: {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsunagi", description="tsunagi consultation chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     cr.set_defaults(func=cmd_counsellor_reset_password)
     st = sub.add_parser("safety-table", help="print docs/safety.md (the dialogue's safety table) again")
     st.set_defaults(func=cmd_safety_table)
+    co = sub.add_parser("content", help="the content files (replies, referrals, rules, pages)")
+    cosub = co.add_subparsers(dest="action", required=True)
+    cc = cosub.add_parser("check", help="validate every content file; exit 1 with each problem named")
+    cc.add_argument(
+        "--dir", help="the content folder to check (default: TSUNAGI_CONTENT_DIR, or the shipped one)"
+    )
+    cc.set_defaults(func=cmd_content_check)
     k = sub.add_parser("rotate-keys", help="re-encrypt stored data with the first key of TSUNAGI_DATA_KEY")
     k.set_defaults(func=cmd_rotate_keys)
     t = sub.add_parser("telegram", help="the Telegram bot")

@@ -1,4 +1,4 @@
-"""Configuration: the environment (or a ``.env`` file), as ../shared/CONTRACT.md lists it.
+"""Configuration: the environment (or a ``.env`` file), as docs/contract.md lists it.
 
 Secrets that are not given are generated once and kept under ``var/`` (mode 0600), so that a
 fresh ``make run`` works and a restart keeps the same keys."""
@@ -66,9 +66,6 @@ class Settings(BaseSettings):
     counsellor_limit: int = Field(default=2, ge=1)
     # Console sessions expire after this many hours without use.
     session_hours: int = Field(default=12, ge=1)
-    # Fault injection for the crash test only: "kill-before-send:N" kills the process (SIGKILL) just
-    # before the outbox's Nth send. Never set it in production.
-    fault: str = ""
     # The in-process loopback channel (channels/loopback), for tests and demonstrations only.
     loopback_channel: bool = False
 

@@ -101,6 +101,8 @@ ANSWER_GROUPS = (
     "survey",
 )
 ANY = "any"
+REFERRAL_NEEDS = frozenset({"id", "name", "number", "hours", "hours_label", "for", "categories", "checked"})
+REFERRAL_MAY_HAVE = frozenset({"crisis", "listed", "url", "note"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Referral:
     checked: date
     url: str = ""
     note: str = ""
+    listed: bool = True  # false: never listed with the services that fit (the replies name it themselves)
 
     def serves(self, categories: set[str]) -> bool:
         return ANY in self.categories or bool(self.categories & categories)
@@ -237,11 +240,12 @@ class Content:
             where = f"{path.name}: entry {i} ({e.get('id', '?') if isinstance(e, dict) else '?'})"
             if not isinstance(e, dict):
                 raise ContentError(f"{where}: not a mapping")
-            missing = {"id", "name", "number", "hours", "hours_label", "for", "categories", "checked"} - set(
-                e
-            )
+            missing = REFERRAL_NEEDS - set(e)
             if missing:
                 raise ContentError(f"{where}: missing {sorted(missing)}")
+            unknown = set(e) - REFERRAL_NEEDS - REFERRAL_MAY_HAVE
+            if unknown:
+                raise ContentError(f"{where}: unknown fields {sorted(map(str, unknown))} (a typo?)")
             if e["id"] in seen:
                 raise ContentError(f"{where}: duplicate id")
             seen.add(str(e["id"]))
@@ -250,6 +254,8 @@ class Content:
                 raise ContentError(f"{where}: unknown categories {sorted(cats - known)}")
             if not isinstance(e["checked"], date):
                 raise ContentError(f"{where}: 'checked' must be a date (YYYY-MM-DD)")
+            if not isinstance(e.get("listed", True), bool):
+                raise ContentError(f"{where}: 'listed' must be true or false")
             try:
                 hours = Hours.parse(str(e["hours"])) if e["hours"] else None
             except HoursError as err:
@@ -267,6 +273,7 @@ class Content:
                     checked=e["checked"],
                     url=str(e.get("url", "")),
                     note=str(e.get("note", "")),
+                    listed=e.get("listed", True),
                 )
             )
         return tuple(out)
@@ -337,14 +344,11 @@ class Content:
         return None
 
     def referrals_for(self, categories: set[str], *, crisis_only: bool = False) -> list[Referral]:
-        """The services for these categories: specific ones first, then the general lines."""
-        specific = [
-            r
-            for r in self.referrals
-            if ANY not in r.categories and r.categories & categories and (r.crisis or not crisis_only)
-        ]
-        general = [r for r in self.referrals if ANY in r.categories and (r.crisis or not crisis_only)]
-        return specific + [r for r in general if r.id not in ("police", "ambulance")]
+        """The services for these categories: specific ones first, then the general lines; never those
+        the replies name in their own text (``listed: false``)."""
+        wanted = [r for r in self.referrals if r.listed and (r.crisis or not crisis_only)]
+        specific = [r for r in wanted if ANY not in r.categories and r.categories & categories]
+        return specific + [r for r in wanted if ANY in r.categories]
 
     def lines(self, referrals: list[Referral], now: datetime) -> str:
         out = []

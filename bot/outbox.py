@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
-import signal
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -62,18 +60,12 @@ class OutboxWorker:
         channels: Mapping[str, Channel],
         wakeup: asyncio.Event,
         events: EventBus | None = None,
-        fault: str = "",
     ) -> None:
         self.db = db
         self.events = events
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
-        # "kill-before-send[:N]": SIGKILL this process just before it sends its Nth message (tests only).
-        self._kill_at = 0
-        if fault.startswith("kill-before-send"):
-            self._kill_at = int(fault.partition(":")[2] or 1)
-        self._seen: set[int] = set()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Send until ``stopping`` is set; a pass in progress is finished first (never cut mid-send)."""
@@ -141,10 +133,6 @@ class OutboxWorker:
         """Send rows of one conversation (one, or a group in one send); how many were delivered."""
         claimed: list[Outbox] = []
         for row in group:
-            self._seen.add(row.id or 0)
-            if self._kill_at and len(self._seen) >= self._kill_at:
-                # Fault injection for the crash test: die as a process killed by the system would.
-                os.kill(os.getpid(), signal.SIGKILL)
             if not await self._claim(row, now):
                 break  # someone else has it: the rest waits its turn
             claimed.append(row)

@@ -77,7 +77,6 @@ class Service:
             channels=self.channels,
             wakeup=self.engine.outbox_wakeup,
             events=self.events,
-            fault=settings.fault,
         )
         self.inbox = InboxWorker(
             db=self.db, crypto=self.crypto, channels=self.channels, wakeup=asyncio.Event()

@@ -1,5 +1,5 @@
 """The project's own message types: what channels hand to the engine and get back to send.
-No vendor payload crosses into the engine (see ../shared/STYLE.md)."""
+No vendor payload crosses into the engine (see docs/style.md)."""
 
 from __future__ import annotations
 

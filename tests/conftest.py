@@ -28,7 +28,7 @@ def shared_dir() -> Path:
     return SHARED
 
 
-# -- services: real PostgreSQL and Redis (see ../shared/CONTRACT.md) ---------------------------------
+# -- services: real PostgreSQL and Redis (see docs/contract.md) ---------------------------------
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_DATABASE_URL = os.environ.get(

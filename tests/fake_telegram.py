@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +30,8 @@ from urllib.parse import parse_qsl
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from tests.helpers import free_port
 
 BOT_ID = 7000000001
 BOT_USER = {
@@ -328,17 +329,11 @@ def _error(code: int, description: str, parameters: dict[str, Any] | None = None
     return JSONResponse(body, status_code=code)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_fake(token: str) -> Iterator[FakeTelegram]:
     """The fake on a free loopback port; ``fake.base_url`` is what TSUNAGI_TELEGRAM_API_BASE should be."""
     fake = FakeTelegram(token=token)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="fake-telegram", daemon=True)

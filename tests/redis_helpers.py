@@ -1,4 +1,4 @@
-"""Real Redis for tests (../shared/CONTRACT.md): ``TSUNAGI_TEST_REDIS_URL``, a random key prefix per
+"""Real Redis for tests (docs/contract.md): ``TSUNAGI_TEST_REDIS_URL``, a random key prefix per
 test, and the prefix's keys deleted afterwards (never FLUSHALL: the server may be shared)."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ People reach the queue through the real web chat socket (hello, consent, then "�
 counsellors are accounts made with ``create_counsellor`` inside the app's own event loop (or with the
 ``tsunagi counsellor add`` command). Each counsellor's session is carried by hand (the cookie's token in
 a ``Cookie`` header, the CSRF token in ``X-CSRF-Token``), so one TestClient serves several counsellors.
-Every wait is bounded (``recv``/``wait_for`` from the web chat tests, ``eventually`` below).
+Every wait is bounded (``recv``, ``wait_for`` and ``eventually``, tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
@@ -51,30 +50,37 @@ from bot.models import (
     StatCount,
     utcnow,
 )
-from bot.service import Service
 from bot.web import create_app
 from handoff.console import ensure_first_admin
-from handoff.console.auth import COOKIE, CSRF_HEADER, MAX_FAILURES, create_counsellor, token_id
+from handoff.console.auth import COOKIE, CSRF_HEADER, MAX_FAILURES, token_id
 from tests.conftest import make_settings, postgres_database
 from tests.engine_helpers import reply_keys
-from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
-from tests.test_webchat import (
+from tests.helpers import (
+    API,
     CRISIS,
+    PASSWORD,
     Frame,
+    Session,
+    account,
+    add_account,
+    db,
     drain,
+    eventually,
     hello,
+    in_app,
     is_ack,
     is_bot,
     is_status,
+    login,
     recv,
+    service,
     start_fresh,
+    try_login,
     wait_for,
 )
+from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
 
-T = TypeVar("T")
-PASSWORD = "correct horse battery staple"
-API = "/api/console"
-WAIT = 5.0  # seconds any condition gets to become true before the test fails
+WAIT = 5.0  # seconds a frame gets to arrive before the test fails
 MARKUP = "<img src=x onerror=alert(1)>"
 TWO_CATEGORIES = "夫に毎日殴られていて、もう死にたい。今夜飛び降りる"  # crisis, suicide and dv
 NO_SUCH_ID = "0" * 32
@@ -148,48 +154,6 @@ def client(tmp_path: Path, backend: dict[str, str]) -> Iterator[TestClient]:
         yield c
 
 
-def service(client: TestClient) -> Service:
-    svc = client.app.state.service  # type: ignore[attr-defined]
-    assert isinstance(svc, Service)
-    return svc
-
-
-def in_app(client: TestClient, work: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine in the app's own event loop (where its database engine lives)."""
-    assert client.portal is not None, "use the TestClient as a context manager"
-    return client.portal.call(work)
-
-
-def db(client: TestClient, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run ``work`` in one committed transaction of the app's database."""
-    svc = service(client)
-
-    async def go() -> T:
-        async with svc.db.session() as s, s.begin():
-            return await work(s)
-
-    return in_app(client, go)
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def add_account(
-    client: TestClient, username: str, role: Role = Role.COUNSELLOR, password: str = PASSWORD
-) -> int:
-    async def work(s: AsyncSession) -> int:
-        c = await create_counsellor(s, username, password, role)
-        assert c.id is not None
-        return c.id
-
-    return db(client, work)
-
-
 def conversation(client: TestClient, conversation_id: str) -> Conversation:
     async def work(s: AsyncSession) -> Conversation:
         conv = await s.get(Conversation, conversation_id)
@@ -213,67 +177,6 @@ def text_of(client: TestClient, key: str) -> str:
 
 
 # -- counsellors ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Session:
-    """One logged-in counsellor: requests carry their cookie and, on unsafe methods, their CSRF token."""
-
-    client: TestClient
-    username: str
-    token: str
-    csrf: str
-
-    def request(
-        self, method: str, path: str, *, json: Any = None, csrf: str | None = "own", **kw: Any
-    ) -> Response:
-        headers = {"Cookie": f"{COOKIE}={self.token}"}
-        if csrf is not None:
-            headers[CSRF_HEADER] = self.csrf if csrf == "own" else csrf
-        return self.client.request(
-            method, path if path.startswith("/") else f"{API}/{path}", json=json, headers=headers, **kw
-        )
-
-    def get(self, path: str, **kw: Any) -> Response:
-        return self.request("GET", path, **kw)
-
-    def post(self, path: str, json: Any = None, **kw: Any) -> Response:
-        return self.request("POST", path, json=json, **kw)
-
-    def claim(self, cid: str) -> Response:
-        return self.post(f"conversations/{cid}/claim")
-
-    def reply(self, cid: str, text: str) -> Response:
-        return self.post(f"conversations/{cid}/messages", {"text": text})
-
-    def read(self, cid: str) -> Response:
-        return self.get(f"conversations/{cid}")
-
-    def held(self) -> list[str]:
-        me = self.get("me")
-        assert me.status_code == 200, me.text
-        held = me.json()["held"]
-        assert isinstance(held, list)
-        return held
-
-
-def try_login(client: TestClient, username: str, password: str) -> Response:
-    response = client.post(f"{API}/login", json={"username": username, "password": password})
-    client.cookies.clear()  # every request names its counsellor itself
-    return response
-
-
-def login(client: TestClient, username: str, password: str = PASSWORD) -> Session:
-    response = try_login(client, username, password)
-    assert response.status_code == 200, response.text
-    token = response.cookies.get(COOKIE)
-    assert token, response.headers
-    return Session(client, username, token, response.json()["csrf_token"])
-
-
-def account(client: TestClient, username: str, role: Role = Role.COUNSELLOR) -> Session:
-    add_account(client, username, role)
-    return login(client, username)
 
 
 # -- people in the web chat ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The coverage table: every situation of the coverage map, each in several voices.
 
-../shared/triage/COVERAGE.md lists the forms that law and clinical practice recognise for
+docs/coverage.md lists the forms that law and clinical practice recognise for
 each category (the six types of power harassment, the four types of child abuse, the acts
 of the stalking law, ...), the steps of the Columbia suicide screen and the signs of danger
 from another person. tests/data/coverage_cases.jsonl holds cases written from each form's

@@ -1,79 +1,25 @@
 """Kill the server between accepting a message and sending its reply: after a restart the reply goes
 out, exactly once, and the message the person sent is not lost or doubled.
 
-The server is a real ``tsunagi serve`` process; ``TSUNAGI_FAULT=kill-before-send:2`` makes it SIGKILL
-itself just before its second send (the first is the welcome), i.e. after the person's message was
-stored with its reply in the outbox and before that reply left."""
+The server is a real ``tsunagi serve`` process, started through the test-only hook ``tests/crash_hook.py``
+(the service itself knows nothing of it), which makes it SIGKILL itself just before its second send (the
+first is the welcome), i.e. after the person's message was stored with its reply in the outbox and before
+that reply left."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from cryptography.fernet import Fernet
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from tests.engine_helpers import reply_keys
-
-ROOT = Path(__file__).resolve().parent.parent
-TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def server(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if not TSUNAGI.exists():
-        cmd = [sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log_path = Path(env["TSUNAGI_VAR_DIR"]).parent / f"server-{time.monotonic_ns()}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = log_path.read_text(errors="replace")
-                raise AssertionError(f"server did not start (exit {proc.returncode}): {err[-2000:]}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        log.close()
-        print(f"--- server log ({log_path.name}) ---\n" + log_path.read_text(errors="replace")[-4000:])
-
-
-def frames(ws: ClientConnection, until: Any, limit: int = 20) -> list[dict[str, Any]]:
-    """Read frames until one satisfies ``until`` (inclusive)."""
-    out = []
-    for _ in range(limit):
-        frame = json.loads(ws.recv(timeout=10))
-        out.append(frame)
-        if until(frame):
-            return out
-    raise AssertionError(f"no matching frame in {out}")
+from tests.helpers import ROOT, frames, free_port, server
 
 
 def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
@@ -86,7 +32,7 @@ def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
         "TSUNAGI_DATA_KEY": Fernet.generate_key().decode(),
         "TSUNAGI_SMTP_LISTEN": "",
     }
-    with server({**env, "TSUNAGI_FAULT": "kill-before-send:2"}, port) as proc:
+    with server(env, port, command=[sys.executable, "-m", "tests.crash_hook", "2"]) as proc:
         with connect(f"ws://127.0.0.1:{port}/chat/ws") as ws:
             ws.send(json.dumps({"type": "hello", "resume": None}))
             got = frames(ws, lambda f: f["type"] == "message")
@@ -129,3 +75,13 @@ def test_reply_survives_a_kill_and_goes_out_once(tmp_path: Path) -> None:
         assert con.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall() == [
             ("delivered", 2)
         ]
+
+
+def test_the_service_itself_has_no_way_to_kill_itself() -> None:
+    """The fault lives in tests/crash_hook.py only: no setting, no signal in the packages."""
+    from bot.config import Settings
+
+    assert not [name for name in Settings.model_fields if "fault" in name]
+    for package in ("bot", "channels", "handoff", "triage"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert "SIGKILL" not in path.read_text(encoding="utf-8"), path

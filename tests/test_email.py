@@ -11,11 +11,10 @@ import ipaddress
 import logging
 import re
 import smtplib
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -35,27 +34,19 @@ from sqlalchemy import delete, select
 from sqlmodel import col
 
 from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox, OutboxStatus, Role, utcnow
-from bot.service import Service
 from bot.web import create_app
 from channels.email import EmailChannel, trim_references
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
 from tests.conftest import make_settings
 from tests.engine_helpers import _patterns, reply_keys
+from tests.helpers import account, eventually, free_port, in_app, service
 from tests.pictures import exif_of, photo_with_gps
-from tests.test_console_api import account
 
 ADDRESS = "soudan@tsunagi.example"
 USER = "hanako@example.jp"
 CRISIS = "もう死にたい。今から飛び降りる"
 CALM = "最近、部活のことで少し悩んでいます。"
 WAIT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- the fake relay ---------------------------------------------------------------------------------------
@@ -133,20 +124,6 @@ def fake(relay: tuple[FakeRelay, int]) -> FakeRelay:
 # -- helpers ----------------------------------------------------------------------------------------------
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def service(client: TestClient) -> Service:
-    svc = client.app.state.service  # type: ignore[attr-defined]
-    assert isinstance(svc, Service)
-    return svc
-
-
 def channel(client: TestClient) -> EmailChannel:
     ch = service(client).channels["email"]
     assert isinstance(ch, EmailChannel)
@@ -157,11 +134,6 @@ def listener(client: TestClient) -> int:
     port = channel(client).port
     assert port is not None
     return port
-
-
-def in_app(client: TestClient, work: Callable[[], Any]) -> Any:
-    assert client.portal is not None
-    return client.portal.call(work)
 
 
 def rows(client: TestClient, model: type[Any]) -> list[Any]:

@@ -35,15 +35,13 @@ from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine, Sent
+from tests.helpers import CRISIS, Session, account, eventually
 from tests.pictures import GPS_TAG, exif_of, photo_with_gps, screenshot
-from tests.test_console_api import Session, account
 
 T = TypeVar("T")
 SECRET = "0123456789abcdef0123456789abcdef"
 ACCESS_TOKEN = "test-channel-access-token"
 BOT = "U" + "f" * 32  # the bot's own user id: the webhook's "destination"
-WAIT = 10.0  # seconds any condition gets to become true (the outbox's first retry comes after ~2 s)
-CRISIS = "もう死にたい。今から飛び降りる"
 
 
 def user_id() -> str:
@@ -179,14 +177,6 @@ class Line:
                 return list((await s.scalars(select(Outbox).order_by(col(Outbox.id)))).all())
 
         return self.run(work)
-
-
-def eventually(cond: Callable[[], bool], what: str, seconds: float = WAIT) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def quiet(seconds: float = 0.8) -> None:
@@ -391,7 +381,7 @@ def test_server_errors_are_retried_and_other_4xx_fail(line: Line) -> None:
     )
     assert line.outbox()[0].status == "pending"
     line.fake.fail(403, 5)  # e.g. a channel that lost its permission: no point trying again
-    eventually(lambda: line.status() == "failed", "a permanent failure", seconds=15)
+    eventually(lambda: line.status() == "failed", "a permanent failure", timeout=15)
     assert line.outbox()[0].last_error.startswith("LINE 403")
 
 

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import repeatable
 from tests.metamorphic_report import (
     FLOORS,
     LOW_TO_CRISIS_KNOWN,
@@ -60,13 +61,7 @@ SHOWN = 15  # lost messages printed by a failure
 
 def _settings(n: int) -> settings:
     # The same examples on every run and no example database (as in test_triage_properties.py).
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
+    return repeatable(n, HealthCheck.filter_too_much)
 
 
 # --------------------------------------------------------------------------- the labelled sets

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import fields
 from pathlib import Path
@@ -20,6 +19,7 @@ from handoff.queue import QueueEntry
 from handoff.redis_queue import RedisQueue, connect
 from tests.conftest import make_settings
 from tests.engine_helpers import Chat
+from tests.helpers import free_port
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, prefix_keys, random_prefix, require_redis
 
 MakeService = Callable[..., Awaitable[Service]]
@@ -133,9 +133,7 @@ async def test_health_says_queue_down_while_redis_is_unreachable(
     make_service: MakeService, tmp_path: Path, prefix: str
 ) -> None:
     up = await make_service()
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()  # a port that nothing listens on
     (tmp_path / "down").mkdir()
     down = Service(
         make_settings(tmp_path / "down", redis_url=f"redis://127.0.0.1:{closed}/0", redis_prefix=prefix),

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,13 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from bot.models import Conversation, Inbox, InboxStatus, Media, Outbox, OutboxStatus, Role, State
-from bot.service import Service
 from bot.web import create_app
 from channels.telegram import split_text
 from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_telegram import BOT_USER, FakeTelegram, running_fake
+from tests.helpers import eventually, in_app, service
 from tests.pictures import exif_of, photo_with_gps, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,6 @@ TOKEN = "123456789:AAH-test_token-not-real_0123456789ab"
 SECRET = "s3cret_token-for-tests"
 CHAT = 555000111
 CRISIS = "もう死にたい。今から飛び降りる"
-WAIT = 10.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1", None}
 
 _real_getaddrinfo = socket.getaddrinfo
@@ -87,25 +86,6 @@ def client(tmp_path: Path, fake: FakeTelegram) -> Iterator[TestClient]:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 _ids = itertools.count(100000)
-
-
-def service(client: TestClient) -> Service:
-    svc = client.app.state.service  # type: ignore[attr-defined]
-    assert isinstance(svc, Service)
-    return svc
-
-
-def in_app(client: TestClient, work: Callable[[], Any]) -> Any:
-    assert client.portal is not None
-    return client.portal.call(work)
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def post(client: TestClient, update: dict[str, Any], secret: str | None = SECRET) -> int:

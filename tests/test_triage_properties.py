@@ -18,26 +18,15 @@ import unicodedata
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from tests.helpers import repeatable
+from tests.transforms import HALF_WIDTH, HALF_WIDTH_MARKS, to_hiragana, to_katakana
 from triage import MAX_CHARS, Category, Risk, TriageResult, triage, triage_conversation
 
-
-def _settings(n: int) -> settings:
-    # derandomize: the same examples on every run (and no example database), so a failure
-    # seen once is seen again; about 1 ms per example, the whole file runs in seconds.
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-
-
-FAST = _settings(200)
-MEDIUM = _settings(400)
+FAST = repeatable(200)
+MEDIUM = repeatable(400)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -164,7 +153,7 @@ def test_japanese_like_text_never_crashes_and_spans_match(text: str) -> None:
     _check_well_formed(text, triage(text))
 
 
-@_settings(40)
+@repeatable(40)
 @given(_long_text)
 def test_long_text_never_crashes(text: str) -> None:
     _check_well_formed(text, triage(text))
@@ -265,36 +254,13 @@ _KANA_WORD = re.compile("[ぁ-ゖァ-ヶー]+")
 _PUNCT = frozenset("。、　 ")
 
 
-def to_katakana(s: str) -> str:
-    return "".join(chr(ord(c) + 0x60) if "ぁ" <= c <= "ゖ" else c for c in s)
-
-
-def to_hiragana(s: str) -> str:
-    return "".join(chr(ord(c) - 0x60) if "ァ" <= c <= "ヶ" else c for c in s)
-
-
-def _half_width_table() -> dict[str, str]:
-    """Full-width katakana (and ー 。「」、・) to half-width, built from the half-width block."""
-    table: dict[str, str] = {}
-    for cp in range(0xFF61, 0xFFA0):
-        half = chr(cp)
-        full = unicodedata.normalize("NFKC", half)
-        if len(full) == 1 and full not in table:
-            table[full] = half
-    return table
-
-
-_HALF = _half_width_table()
-_HALF_MARK = {"\u3099": "\uff9e", "\u309a": "\uff9f"}  # dakuten, handakuten
-
-
 def to_half_width_katakana(s: str) -> str:
     out = []
     for c in s:
         if KATA.fullmatch(c) or c == "ー":
             base = unicodedata.normalize("NFD", c)  # ガ -> カ + U+3099
-            if all(b in _HALF or b in _HALF_MARK for b in base):
-                out.append("".join(_HALF.get(b) or _HALF_MARK[b] for b in base))
+            if all(b in HALF_WIDTH or b in HALF_WIDTH_MARKS for b in base):
+                out.append("".join(HALF_WIDTH.get(b) or HALF_WIDTH_MARKS[b] for b in base))
                 continue
         out.append(c)
     return "".join(out)

@@ -20,8 +20,8 @@ from cryptography.fernet import Fernet
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import postgres_database
+from tests.helpers import TSUNAGI, frames, free_port, server
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
-from tests.test_crash import TSUNAGI, frames, free_port, server
 
 
 class Console:

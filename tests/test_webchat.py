@@ -3,7 +3,7 @@
 Frames interleave: an ``ack`` may come before or after the bot's reply, and ``status`` frames come from
 a background watcher. So the tests never assume a fixed order beyond what the server guarantees
 (the session frame first; on resume, history before the first status frame) and read frames with a
-bounded wait (``recv``) until the one they want (``wait_for``).
+bounded wait (``recv``, tests/helpers.py) until the one they want (``wait_for``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -26,94 +25,21 @@ from bot.models import Media
 from bot.web import create_app
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
+from tests.helpers import (
+    CRISIS,
+    Frame,
+    drain,
+    hello,
+    is_ack,
+    is_bot,
+    is_status,
+    recv,
+    start_fresh,
+    wait_for,
+)
 from tests.pictures import screenshot
 
-Frame = dict[str, Any]
-RECV_TIMEOUT = 5.0  # seconds to wait for one frame before the test fails (never hangs)
-QUIET = 0.5  # seconds of silence taken to mean "nothing more is coming"
-CRISIS = "もう死にたい。今から飛び降りる"
-
-
 # -- helpers ---------------------------------------------------------------------------------------------
-
-
-def recv(ws: WebSocketTestSession, timeout: float = RECV_TIMEOUT) -> Frame:
-    """One JSON frame, or TimeoutError after ``timeout`` seconds; WebSocketDisconnect when the server
-    closed. (``receive_json`` itself would block forever, so this reads the session's stream with a
-    deadline.)"""
-
-    async def get() -> Any:
-        with anyio.fail_after(timeout):
-            return await ws._send_rx.receive()
-
-    try:
-        message = ws.portal.call(get)
-    except (anyio.EndOfStream, anyio.ClosedResourceError):
-        pytest.fail("the connection ended without a close frame: the server's handler failed")
-    ws._raise_on_close(message)
-    frame = json.loads(message["text"])
-    assert isinstance(frame, dict), frame
-    return frame
-
-
-def wait_for(
-    ws: WebSocketTestSession, pred: Callable[[Frame], bool], *, limit: int = 25, what: str = "a frame"
-) -> tuple[Frame, list[Frame]]:
-    """Read frames until one matches ``pred`` (at most ``limit`` frames): that frame and all read."""
-    seen: list[Frame] = []
-    for _ in range(limit):
-        try:
-            frame = recv(ws)
-        except TimeoutError:
-            pytest.fail(f"timed out waiting for {what}; frames so far: {seen}")
-        seen.append(frame)
-        if pred(frame):
-            return frame, seen
-    pytest.fail(f"no {what} in {limit} frames: {seen}")
-
-
-def drain(ws: WebSocketTestSession, seconds: float = QUIET) -> list[Frame]:
-    """Every frame that arrives until the socket has been silent for ``seconds``."""
-    out: list[Frame] = []
-    for _ in range(100):
-        try:
-            out.append(recv(ws, seconds))
-        except TimeoutError:
-            return out
-    pytest.fail(f"the server never went quiet: {out[-5:]}")
-
-
-def is_bot(frame: Frame) -> bool:
-    return frame.get("type") == "message" and frame.get("from") == "bot"
-
-
-def is_ack(msg_id: str) -> Callable[[Frame], bool]:
-    return lambda f: f.get("type") == "ack" and f.get("id") == msg_id
-
-
-def is_status(f: Frame) -> bool:
-    return f.get("type") == "status"
-
-
-def hello(ws: WebSocketTestSession, resume: Any = None) -> tuple[str, list[Frame]]:
-    """Send hello; return the session token and the frames up to the first status frame (on resume,
-    the replayed history comes before it)."""
-    ws.send_json({"type": "hello", "resume": resume})
-    first = recv(ws)
-    assert first.get("type") == "session", f"the first frame after hello must be the session: {first}"
-    token = first.get("token")
-    assert isinstance(token, str) and len(token) >= 20, first
-    _, seen = wait_for(ws, is_status, what="the first status frame")
-    return token, seen
-
-
-def start_fresh(ws: WebSocketTestSession, resume: Any = None) -> tuple[str, list[Frame]]:
-    """Hello for a new session: the token and every frame up to and including the welcome."""
-    token, seen = hello(ws, resume)
-    if not any(is_bot(f) for f in seen):
-        _, more = wait_for(ws, is_bot, what="the welcome")
-        seen += more
-    return token, seen
 
 
 def say(ws: WebSocketTestSession, text: str, msg_id: str) -> list[Frame]:

@@ -28,6 +28,8 @@ __all__ = [
     "digits_for_kana",
     "elongated",
     "half_width",
+    "HALF_WIDTH",
+    "HALF_WIDTH_MARKS",
     "has_kanji",
     "hiragana",
     "hiragana_all",
@@ -222,8 +224,8 @@ def _half_width_table() -> dict[str, str]:
     return table
 
 
-_HALF = _half_width_table()
-_HALF_MARK = {"\u3099": "\uff9e", "\u309a": "\uff9f"}  # combining dakuten, handakuten
+HALF_WIDTH = _half_width_table()
+HALF_WIDTH_MARKS = {"\u3099": "\uff9e", "\u309a": "\uff9f"}  # combining dakuten, handakuten
 
 
 def half_width(text: str) -> str:
@@ -237,12 +239,12 @@ def half_width(text: str) -> str:
             out.append(chr(ord(c) - 0xFEE0))
         elif c == "\u3000":
             out.append(" ")
-        elif c in _HALF:
-            out.append(_HALF[c])
+        elif c in HALF_WIDTH:
+            out.append(HALF_WIDTH[c])
         elif "ァ" <= c <= "ヺ":
             base = unicodedata.normalize("NFD", c)  # ガ -> カ + U+3099
-            if all(b in _HALF or b in _HALF_MARK for b in base):
-                out.append("".join(_HALF.get(b) or _HALF_MARK[b] for b in base))
+            if all(b in HALF_WIDTH or b in HALF_WIDTH_MARKS for b in base):
+                out.append("".join(HALF_WIDTH.get(b) or HALF_WIDTH_MARKS[b] for b in base))
             else:
                 out.append(c)  # ヵ, ヶ, ヮ, ヰ, ヱ have no half-width form
         else:

@@ -1,5 +1,5 @@
 """E-mail: an inbound SMTP listener (aiosmtpd) at ``TSUNAGI_SMTP_LISTEN`` and replies through
-``TSUNAGI_SMTP_RELAY`` (aiosmtplib), as ../shared/CONTRACT.md says.
+``TSUNAGI_SMTP_RELAY`` (aiosmtplib), as docs/contract.md says.
 
 Inbound: the listener runs on the service's own event loop (started and stopped with the channel). It
 accepts mail for ``TSUNAGI_MAIL_ADDRESS`` and its plus-addresses (``soudan+<token>@domain``; anything

@@ -4,7 +4,7 @@ Everything here is pure (bytes in, ``Mail`` out), so it is tested without a serv
 package (``policy.default``) splits the MIME structure; text is decoded here, because Japanese mail often
 lies about its charset: Windows writes "ISO-2022-JP" with NEC and IBM extensions (circled digits ①,
 half-width kana), which the stdlib codecs refuse, so ISO-2022-JP falls back to cp932 through the JIS
-codes (../shared/REFERENCE.md), and Shift_JIS is read as its superset cp932.
+codes (docs/reference.md), and Shift_JIS is read as its superset cp932.
 """
 
 from __future__ import annotations

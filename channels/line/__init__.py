@@ -9,7 +9,7 @@ a retried push never reaches the person twice.
 Only one-to-one chats are served: nothing said in a group or room is stored. When the bot is added to one
 (``join``), it says once that it answers one-to-one and how to add it as a friend, then leaves. Events in
 ``mode: standby`` (another module has the chat) are neither stored nor answered. Profiles (display name,
-picture) are never fetched: counsellors need not see them (../shared/REFERENCE.md).
+picture) are never fetched: counsellors need not see them (docs/reference.md).
 
 What a person sends besides text is shown to the counsellor: a sticker's keywords (and a message sticker's
 text, which is triaged), a place's name and address, a file's name and size, and pictures, fetched with the

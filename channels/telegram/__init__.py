@@ -1,4 +1,4 @@
-"""Telegram: ``POST /webhooks/telegram`` (the Bot API's webhook), as ../shared/CONTRACT.md says.
+"""Telegram: ``POST /webhooks/telegram`` (the Bot API's webhook), as docs/contract.md says.
 
 The webhook checks ``X-Telegram-Bot-Api-Secret-Token`` (the ``secret_token`` given to setWebhook), stores
 the update in the inbox keyed on its ``update_id`` (Telegram redelivers until it gets a 2xx) and answers at

@@ -1,4 +1,4 @@
-"""The web chat: ``GET /chat`` (the page) and ``GET /chat/ws`` (its WebSocket), as ../shared/CONTRACT.md says.
+"""The web chat: ``GET /chat`` (the page) and ``GET /chat/ws`` (its WebSocket), as docs/contract.md says.
 
 Protocol (JSON text frames):
 - client: ``{"type": "hello", "resume": token|null}`` first, then

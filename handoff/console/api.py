@@ -1,4 +1,4 @@
-"""The counsellors' console API, under ``/api/console`` (see ../shared/CONTRACT.md).
+"""The counsellors' console API, under ``/api/console`` (see docs/contract.md).
 
 Every route but login sits on a router whose dependency checks the session, and the CSRF token on
 unsafe methods, so a new route cannot forget either. Every route that touches a conversation goes
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
-import yaml
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
@@ -60,8 +59,8 @@ from handoff.console.auth import (
     still_valid,
     verify_password,
 )
+from handoff.console.content import load_console_content
 from handoff.queue import Claim
-from triage.paths import CONTENT_DIR
 
 if TYPE_CHECKING:
     from bot.service import Service
@@ -113,13 +112,6 @@ class AccountChange(BaseModel):
     role: Role | None = None
     limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)  # given as null: back to the default
     active: bool | None = None
-
-
-def load_console_content() -> dict[str, Any]:
-    with (CONTENT_DIR.parent / "console.yaml").open(encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    assert isinstance(data, dict) and data.get("canned") and data.get("outcomes"), "content/console.yaml"
-    return data
 
 
 def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run time by FastAPI)
