@@ -1185,3 +1185,80 @@ def test_accessibility_basics(
             .map((e) => e.id || e.outerHTML.slice(0, 60))"""
     )
     assert unnamed == []
+
+
+# -- issue 14: what loses a person -------------------------------------------------------------------------
+
+
+def in_view(page: Page, locator: Locator) -> bool:
+    """Is the element on screen, inside the transcript's visible part (not scrolled away in it)?"""
+    return bool(
+        locator.evaluate(
+            """(e) => { const r = e.getBoundingClientRect(); const box = e.closest('.transcript');
+                const b = box.getBoundingClientRect();
+                return r.height > 0 && r.top >= b.top - 1 && r.bottom <= b.bottom + 1
+                    && r.bottom <= window.innerHeight; }"""
+        )
+    )
+
+
+def test_the_transcript_follows_the_person_after_claiming_or_says_there_is_something_new(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    person = people()
+    person.in_crisis()
+    for i in range(6):  # enough to fill the transcript
+        person.say(
+            f"{i + 1}つめ。" + "ずっと前から家の中のことでつらい思いをしていて、誰にも言えませんでした。" * 2
+        )
+    page = new_page()
+    log_in(page, server, "kana")
+    queue_items(page).first.locator(".queue-open").click()
+    expect(lines(page, "user")).to_have_count(8)
+    # Claimed from the open conversation: the reply box appears under the transcript.
+    page.locator("#claim-btn").click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    expect(lines(page, "system").last).to_contain_text("相談員につながりました")
+    person.got("bot", "相談員につながりました")
+    assert page.locator("#transcript").evaluate("(e) => e.scrollHeight > e.clientHeight + 100")
+
+    # At the bottom: what the person writes next comes into view by itself.
+    person.say("彼がいまから家に来るって言ってる")
+    newest = lines(page, "user").filter(has_text="彼がいまから家に来る")
+    expect(newest).to_have_count(1)
+    page.wait_for_function(
+        "() => { const t = document.getElementById('transcript'); "
+        "return t.scrollHeight - t.scrollTop - t.clientHeight < 40; }"
+    )
+    assert in_view(page, newest)
+    expect(page.locator("#new-marker")).to_be_hidden()
+
+    # Scrolled up to read: a new message does not pull the view away, a marker says it came.
+    page.locator("#transcript").evaluate("(e) => { e.scrollTop = 0; }")
+    page.wait_for_timeout(100)
+    person.say("こわい、どうしよう")
+    expect(page.locator("#new-marker")).to_be_visible()
+    expect(page.locator("#new-marker")).to_have_text("新着メッセージ 1件 ↓ 最新へ移動")
+    scared = lines(page, "user").filter(has_text="こわい、どうしよう")
+    assert not in_view(page, scared)
+    page.locator("#new-marker").click()
+    expect(page.locator("#new-marker")).to_be_hidden()
+    page.wait_for_function(
+        "(e) => e.scrollHeight - e.scrollTop - e.clientHeight < 40",
+        arg=page.locator("#transcript").element_handle(),
+    )
+    assert in_view(page, scared)
+
+    # The counsellor's own reply comes into view wherever they had scrolled.
+    page.locator("#transcript").evaluate("(e) => { e.scrollTop = 0; }")
+    page.wait_for_timeout(100)
+    page.locator("#reply").fill("いま安全な場所にいますか？")
+    page.locator("#reply").press("Enter")
+    mine = lines(page, "counsellor").filter(has_text="いま安全な場所にいますか")
+    expect(mine).to_have_count(1)
+    page.wait_for_function(
+        "(e) => e.scrollHeight - e.scrollTop - e.clientHeight < 40",
+        arg=page.locator("#transcript").element_handle(),
+    )
+    assert in_view(page, mine)
+    expect(page.locator("#new-marker")).to_be_hidden()

@@ -21,6 +21,7 @@
     current: null, // id of the conversation on screen
     conv: null, // its last fetched state
     rendered: { id: null, count: 0 }, // what the transcript shows
+    ownReply: false, // the counsellor just sent a reply: the transcript goes to its bottom
     info: new Map(), // conversation id -> {risk, categories, channel, state}
     updated: new Set(), // held conversations with news not yet looked at
     crisisSeen: new Set(),
@@ -666,15 +667,47 @@
     renderNotes(c.notes || []);
   }
 
+  // The transcript follows new messages while the counsellor is at its bottom (``follow``, kept up to date
+  // by scrolling, not measured when a message arrives: the reply box appearing after 担当する shrinks the
+  // transcript without the counsellor having scrolled). Otherwise a 新着 marker with a jump button says
+  // that something came; the counsellor's own reply always comes into view.
+  let follow = true;
+  let unseen = 0;
+  const transcriptBox = $("transcript");
+
+  function nearBottom(log) {
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  }
+
+  function toBottom() {
+    transcriptBox.scrollTop = transcriptBox.scrollHeight;
+    follow = true;
+    setUnseen(0);
+  }
+
+  function setUnseen(n) {
+    unseen = n;
+    const marker = $("new-marker");
+    marker.textContent = n > 0 ? fill(S.new_messages, { n }) : "";
+    show(marker, n > 0);
+  }
+
+  transcriptBox.addEventListener("scroll", () => {
+    follow = nearBottom(transcriptBox);
+    if (follow && unseen) setUnseen(0);
+  });
+  // The box changes size (the reply box shown or hidden, the window resized): stay at the bottom.
+  if (window.ResizeObserver) new ResizeObserver(() => { if (follow) transcriptBox.scrollTop = transcriptBox.scrollHeight; }).observe(transcriptBox);
+  $("new-marker").addEventListener("click", () => { toBottom(); transcriptBox.focus(); });
+
   function renderTranscript(c) {
-    const log = $("transcript");
+    const log = transcriptBox;
     const msgs = c.messages || [];
     const same = st.rendered.id === c.conversation_id && msgs.length >= st.rendered.count;
     if (!same) {
       log.replaceChildren();
       st.rendered = { id: c.conversation_id, count: 0 };
     }
-    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
     // What became of a message already shown can change (sent, retried, failed): update its line.
     let changed = false;
     for (const li of [...log.children]) {
@@ -690,7 +723,14 @@
     for (let i = st.rendered.count; i < msgs.length; i++) log.append(messageItem(msgs[i], i));
     const added = msgs.length - st.rendered.count;
     st.rendered.count = msgs.length;
-    if ((added > 0 || changed) && (atBottom || !same)) log.scrollTop = log.scrollHeight;
+    if (!same || st.ownReply) {
+      st.ownReply = false;
+      toBottom();
+    } else if (follow) {
+      if (added > 0 || changed) toBottom();
+    } else if (added > 0) {
+      setUnseen(unseen + added);
+    }
   }
 
   function flagsKey(m) {
@@ -925,6 +965,7 @@
     if (r.ok) {
       if (reply.value === text) reply.value = "";
       setConvMessage("");
+      st.ownReply = true; // what the counsellor just sent comes into view, wherever they had scrolled
       await loadConversation(id, true);
       reply.focus();
       return;
