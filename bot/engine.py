@@ -59,13 +59,14 @@ from bot.models import (
     Note,
     Outbox,
     OutboxStatus,
+    Presence,
     Role,
     Sender,
     StatCount,
     State,
     utcnow,
 )
-from bot.types import EDITED, WITHDRAWN, Inbound, Kind
+from bot.types import BLOCKED_REASON, EDITED, QUICK_EXIT_REASON, WITHDRAWN, Inbound, Kind
 from handoff.queue import HandoffQueue, QueueEntry
 from triage import Risk, TriageResult, get_engine
 from triage.normalize import sanitize
@@ -273,7 +274,8 @@ class ConversationEngine:
         if inbound.kind is Kind.UNFOLLOW:
             # They left or blocked us: close quietly, say nothing more, and what was still waiting to go
             # to them is cancelled (a push to someone who blocked us is refused, and counted).
-            await self._cancel_unsent(s, contact)
+            contact.presence, contact.presence_at = Presence.BLOCKED, now
+            await self._cancel_unsent(s, contact, BLOCKED_REASON)
             if conv is None or conv.state == State.CLOSED:
                 return None
             step = _Step(conv, now)
@@ -285,6 +287,8 @@ class ConversationEngine:
         if conv is None:
             conv = await self._new_conversation(s, contact, now)
         step = _Step(conv, now)
+        if contact.presence == Presence.BLOCKED:  # they unblocked us (or wrote again): they are back
+            contact.presence, contact.presence_at = Presence.UNKNOWN, now
         if inbound.kind is Kind.FOLLOW:
             await self._store_inbound(s, step, inbound, None)
             await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), Opened(), now))
@@ -317,16 +321,43 @@ class ConversationEngine:
         await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), event, now))
         return step
 
-    async def _cancel_unsent(self, s: AsyncSession, contact: Contact) -> None:
+    async def _cancel_unsent(self, s: AsyncSession, contact: Contact, why: str) -> None:
         """Messages to a person not yet sent are cancelled (recorded failed, with why)."""
         ids = select(col(Conversation.id)).where(col(Conversation.contact_id) == contact.id)
         done = await s.execute(
             update(Outbox)
             .where(col(Outbox.conversation_id).in_(ids), col(Outbox.status) == OutboxStatus.PENDING)
-            .values(status=OutboxStatus.FAILED, last_error="cancelled: the person blocked or left")
+            .values(status=OutboxStatus.FAILED, last_error=why)
         )
         if done.rowcount:  # type: ignore[attr-defined]
             log.info("cancelled %d unsent messages on %s", done.rowcount, contact.channel)  # type: ignore[attr-defined]
+
+    async def set_presence(self, contact_id: str, presence: Presence) -> None:
+        """Whether the person is there (the web chat's page connected, left, or closed with the quick exit).
+        After the quick exit nothing can reach them on that page again (it forgot its token): what was still
+        waiting to go to them is cancelled, and so is whatever is written to them later (bot/outbox.py). The
+        console hears of it through the conversation's event."""
+        now = self.clock()
+        async with self.db.session() as s, s.begin():
+            contact = await s.get(Contact, contact_id)
+            if contact is None or contact.presence == presence:
+                return
+            if contact.presence == Presence.QUICK_EXIT:
+                return  # gone for good: a late disconnect does not make it "left"
+            contact.presence, contact.presence_at = presence, now
+            if presence == Presence.QUICK_EXIT:
+                await self._cancel_unsent(s, contact, QUICK_EXIT_REASON)
+            conv = await s.scalar(
+                select(Conversation)
+                .where(col(Conversation.contact_id) == contact_id)
+                .order_by(col(Conversation.created_at).desc())
+                .limit(1)
+            )
+            if conv is not None and presence != Presence.CONNECTED:
+                self._audit(s, f"presence.{presence.value}", conv.id)
+        log.info("contact %s on %s: %s", contact_id, contact.channel, presence.value)
+        if conv is not None:
+            self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
 
     async def withdraw(self, channel: str, user_id: str, external_id: str) -> bool:
         """The person took a message back (LINE's unsend): its text, the whole of it, what came with it

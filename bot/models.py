@@ -87,6 +87,16 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+class Presence(StrEnum):
+    """Whether a person is there to read a reply (Contact.presence)."""
+
+    UNKNOWN = ""  # the channel cannot tell (e-mail), or nothing happened yet
+    CONNECTED = "connected"  # the web chat page is open
+    LEFT = "left"  # the page was closed or lost its connection: replies wait until it is back
+    QUICK_EXIT = "quick_exit"  # すぐに閉じる: the page forgot its token, nothing can reach them there again
+    BLOCKED = "blocked"  # LINE or Telegram: they blocked the account
+
+
 class Contact(SQLModel, table=True):
     """A person on one channel, known by a keyed hash; the platform id is kept encrypted to reply."""
 
@@ -101,6 +111,10 @@ class Contact(SQLModel, table=True):
     # The last conversation of this person that reached high or crisis (its id, risk and time, as JSON),
     # encrypted: someone who writes again within days starts at that risk (bot/engine.py).
     risk_enc: str = ""
+    # Whether the person is there (``Presence``): connected, left or gone through the quick exit (web chat),
+    # blocked (LINE, Telegram); "" when the channel cannot tell (e-mail). Shown to the counsellor.
+    presence: str = Field(default="", max_length=16)
+    presence_at: datetime | None = _at(default=None)
     created_at: datetime = _at(default_factory=utcnow)
     last_seen_at: datetime = _at(default_factory=utcnow)
 

@@ -1262,3 +1262,89 @@ def test_the_transcript_follows_the_person_after_claiming_or_says_there_is_somet
     )
     assert in_view(page, mine)
     expect(page.locator("#new-marker")).to_be_hidden()
+
+
+@pytest.fixture
+def phone(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
+    """The web chat as a person has it: a phone-sized page (390x844), each in a context of its own.
+    The quick exit's neutral page is answered here, so that nothing leaves the machine."""
+    contexts: list[BrowserContext] = []
+
+    def make() -> Page:
+        ctx = browser.new_context(
+            locale="ja-JP", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        )
+        ctx.set_default_timeout(WAIT_MS)
+        ctx.route(
+            re.compile(r"^https?://(?!127\.0\.0\.1)"),
+            lambda route: route.fulfill(body="<title>neutral</title>", content_type="text/html"),
+        )
+        contexts.append(ctx)
+        return watched.attach(ctx.new_page())
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def chat_in_crisis(page: Page, server: Server) -> None:
+    page.goto(f"{server.base}/chat")
+    bot = page.locator("#log li.from-bot")
+    expect(bot.first).to_contain_text("相談窓口「つなぎ」")
+    page.locator("#choices").get_by_role("button", name="同意して話す").click()
+    expect(bot.last).to_contain_text("どんなことでも大丈夫です")
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile(r"相談員を待っています"))
+
+
+def test_the_console_says_when_the_person_has_gone_and_why_a_reply_cannot_reach_them(
+    server: Server, new_page: Callable[[], Page], phone: Callable[[], Page]
+) -> None:
+    console = new_page()
+    log_in(console, server, "kana")
+
+    # Connected: said on the queue card.
+    chat = phone()
+    chat_in_crisis(chat, server)
+    card = queue_items(console).first
+    expect(card.locator(".presence")).to_have_text("相談者：接続中")
+
+    # The quick exit: the card says it, and so does the transcript once taken; a reply says it cannot
+    # reach them (it never will: the page forgot its token).
+    chat.locator("#quick-exit").click()
+    chat.wait_for_url(re.compile(r"yahoo"))
+    expect(card.locator(".presence")).to_have_text(
+        re.compile(r"^相談者：「すぐに閉じる」で退出（\d\d:\d\d）$")
+    )
+    card.get_by_role("button", name=re.compile("担当する")).click()
+    expect(console.locator("#reply-form")).to_be_visible()
+    expect(console.locator("#conv-presence")).to_have_text(
+        re.compile(
+            r"^相談者は\d\d:\d\dに「すぐに閉じる」でページを閉じました。この相談への返信は、もう届きません。$"
+        )
+    )
+    console.locator("#reply").fill("相談員です。まだそこにいますか？")
+    console.locator("#reply").press("Enter")
+    mine = lines(console, "counsellor").last
+    expect(mine.locator(".msg-delivery")).to_have_text(
+        "届けられませんでした（相談者が「すぐに閉じる」で退出したため）"
+    )
+    expect(mine.locator(".msg-delivery")).to_have_attribute("data-status", "failed")
+
+    # A closed tab: left; a reply waits for them and says so (a reload would bring it).
+    second = phone()
+    chat_in_crisis(second, server)
+    card = queue_items(console).first
+    expect(card.locator(".presence")).to_have_text("相談者：接続中")
+    card.get_by_role("button", name=re.compile("担当する")).click()
+    expect(console.locator("#conv-presence")).to_have_text("相談者はいまチャットを開いています。")
+    second.close()
+    expect(console.locator("#conv-presence")).to_have_text(
+        re.compile(r"^相談者は\d\d:\d\dにページを離れました。戻ってくるまで、返信は届きません")
+    )
+    console.locator("#reply").fill("戻ってきたら、また話しましょう。")
+    console.locator("#reply").press("Enter")
+    expect(lines(console, "counsellor").last.locator(".msg-delivery")).to_have_text(
+        "送信待ち（相談者がページを離れています。戻ってきたときに届きます）"
+    )

@@ -411,6 +411,11 @@ def test_unfollow_closes_and_nothing_is_sent_after(line: Line) -> None:
     quiet()
     assert len(line.fake.to(user)) == 2
     assert line.count(Outbox) == 2
+    # The console says that they blocked the account (and that replies cannot reach them)...
+    assert line.count(Contact, col(Contact.presence) == "blocked", col(Contact.presence_at).is_not(None)) == 1
+    # ... until they add it again.
+    line.send(follow_event(user, line.fake.issue_token(user)))
+    eventually(lambda: line.count(Contact, col(Contact.presence) == "blocked") == 0, "presence cleared")
 
 
 def test_a_sticker_alone_is_noted_and_queues_nobody_at_low_risk(line: Line) -> None:

@@ -29,6 +29,7 @@ from bot.models import (
     Alert,
     AuditLog,
     ConsoleSession,
+    Contact,
     Conversation,
     Counsellor,
     Direction,
@@ -409,6 +410,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 c.id: c for c in (await s.scalars(select(Conversation).where(col(Conversation.id).in_(ids))))
             }
             previews = await _previews(s, ids)
+            presences = await _presences(s, list(convs.values()))
         out = []
         for e in entries:
             conv = convs.get(e.conversation_id)
@@ -423,7 +425,28 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     "waiting_seconds": int((now - e.queued_at).total_seconds()),
                     "preview": previews.get(e.conversation_id, ""),
                     "reasons": _dialogue_reasons(conv),
+                    "presence": presences.get(conv.id),
                 }
+            )
+        return out
+
+    async def _presences(s: AsyncSession, convs: list[Conversation]) -> dict[str, dict[str, Any] | None]:
+        """Whether each person is there (bot.models.Presence), with since when; None when unknown."""
+        contact_ids = {c.contact_id for c in convs if c.contact_id}
+        contacts = {
+            c.id: c
+            for c in (await s.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))).all()
+        }
+        out: dict[str, dict[str, Any] | None] = {}
+        for conv in convs:
+            contact = contacts.get(conv.contact_id or "")
+            out[conv.id] = (
+                {
+                    "state": contact.presence,
+                    "at": contact.presence_at.isoformat() if contact.presence_at else None,
+                }
+                if contact is not None and contact.presence
+                else None
             )
         return out
 
@@ -545,6 +568,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 )
             ).all()
             holder_name = (await s.get(Counsellor, holder)).username if holder else None  # type: ignore[union-attr]
+            presence = (await _presences(s, [conv]))[conv.id]
             # A person back soon after a conversation at high or crisis: the earlier one, linked.
             earlier = await s.get(Conversation, conv.previous_id) if conv.previous_id else None
             previous = (
@@ -625,6 +649,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 "danger_answer": conv.danger_answer,
             },
             "previous": previous,
+            "presence": presence,
             "notes": [
                 {"by": name, "text": svc.crypto.decrypt(n.text_enc), "at": n.created_at.isoformat()}
                 for n, name in notes

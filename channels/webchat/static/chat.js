@@ -176,7 +176,11 @@
     leaving = true;
     try { sessionStorage.clear(); } catch { /* storage may be disabled */ }
     unacked.clear();
-    if (ws) ws.close();
+    if (ws) {
+      // Tell the server first (sent before the close), so that the counsellor knows the person has gone.
+      try { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "bye", reason: "quick_exit" })); } catch { /* gone anyway */ }
+      ws.close();
+    }
     log.replaceChildren();
     document.title = "";
     location.replace(exitButton.dataset.url || "about:blank");

@@ -462,6 +462,8 @@
       wait.textContent = fill(S.waiting_for, { time: duration(item.waiting_seconds) });
       const preview = el("span", { cls: "preview", text: item.preview }); // what the person wrote: text only
       open.append(top, wait, preview);
+      const presence = item.presence ? presenceBadge(item.presence) : null;
+      if (presence) open.append(presence);
       const found = dialogueFlags(item.reasons || []);
       if (found.length) open.append(el("span", { cls: "queue-reasons", text: found.join("・") }));
       open.addEventListener("click", () => openConversation(item.conversation_id, { focus: true }));
@@ -475,6 +477,26 @@
       const again = ul.querySelector(`li[data-conversation-id="${CSS.escape(focusedId)}"] .queue-open`);
       if (again) again.focus();
     }
+  }
+
+  // Whether the person is there: connected, left, gone through the quick exit, blocked.
+  function presenceBadge(p) {
+    const state = String(p.state || "");
+    const label = S.presence_short[state];
+    if (!label) return null;
+    return el("span", { cls: "presence presence-" + state, text: fill(label, { time: p.at ? time(p.at) : "" }), attrs: { "data-presence": state } });
+  }
+
+  function renderPresence(c) {
+    const line = $("conv-presence");
+    const p = c.presence;
+    const state = p && p.state ? String(p.state) : "";
+    const label = state && S.presence_long[state];
+    line.textContent = label ? fill(label, { time: p.at ? time(p.at) : "" }) : "";
+    line.className = "presence-line presence-" + (state || "none");
+    line.dataset.presence = state;
+    // A closed conversation says only that they went for good (its replies are not awaited any more).
+    show(line, !!label && (c.state !== "closed" || state === "quick_exit" || state === "blocked"));
   }
 
   function tickWaits() {
@@ -662,6 +684,7 @@
     if (writable && freshPicker) later("colleagues", refreshColleagues, 0);
 
     renderTranscript(c);
+    renderPresence(c);
     renderReasons(c);
     renderIntake(c.intake || {});
     renderNotes(c.notes || []);
@@ -820,7 +843,9 @@
     const status = delivery && delivery.status;
     const attempts = delivery ? Number(delivery.attempts) || 0 : 0;
     const error = delivery && typeof delivery.error === "string" ? delivery.error : "";
-    const key = !status || status === "delivered" ? "" : JSON.stringify([status, attempts, error]);
+    // Whether the person is there says why a message waits or failed, in words the counsellor can act on.
+    const presence = st.conv && st.conv.presence ? String(st.conv.presence.state || "") : "";
+    const key = !status || status === "delivered" ? "" : JSON.stringify([status, attempts, error, presence]);
     if ((li.dataset.delivery || "") === key) return false;
     const old = li.querySelector(":scope > .msg-delivery");
     if (old) old.remove();
@@ -828,7 +853,10 @@
       const failed = status === "failed"; // "pending" and "sending" both wait
       // A row being sent counts the attempt in progress; a pending one only the attempts that failed.
       const retrying = attempts > (status === "sending" ? 1 : 0);
-      const text = failed ? S.delivery_failed : retrying ? S.delivery_retrying : S.delivery_pending;
+      let text = failed ? S.delivery_failed : retrying ? S.delivery_retrying : S.delivery_pending;
+      if (failed && (presence === "quick_exit" || /quick exit/.test(error))) text = S.delivery_quick_exit;
+      else if (failed && (presence === "blocked" || /blocked/.test(error))) text = S.delivery_blocked;
+      else if (!failed && presence === "left") text = S.delivery_left;
       const line = el("p", { cls: "msg-delivery " + (failed ? "failed" : "pending"), text, attrs: { "data-status": status } });
       if (error) line.title = error;
       li.append(line);
