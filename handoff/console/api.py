@@ -434,8 +434,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         """Whether each person is there (bot.models.Presence), with since when; None when unknown."""
         contact_ids = {c.contact_id for c in convs if c.contact_id}
         contacts = {
-            c.id: c
-            for c in (await s.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))).all()
+            c.id: c for c in (await s.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))).all()
         }
         out: dict[str, dict[str, Any] | None] = {}
         for conv in convs:
