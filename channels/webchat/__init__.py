@@ -203,7 +203,9 @@ class WebChatChannel(Channel):
         @r.get("/chat", include_in_schema=False)
         async def chat_page() -> HTMLResponse:
             exit_url = escape(self.service.settings.quick_exit_url, quote=True)
-            return HTMLResponse(page.replace("{{quick_exit_url}}", exit_url), headers=SECURITY_HEADERS)
+            title = escape(self.service.settings.chat_title, quote=True)
+            html = page.replace("{{quick_exit_url}}", exit_url).replace("{{title}}", title)
+            return HTMLResponse(html, headers=SECURITY_HEADERS)
 
         @r.get("/chat/static/{name}", include_in_schema=False)
         async def chat_static(name: str) -> Response:

@@ -702,8 +702,10 @@
     return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
   }
 
+  let placed = -1; // where the page itself last put the scroll: its own scrolls say nothing of the reader
   function toBottom() {
     transcriptBox.scrollTop = transcriptBox.scrollHeight;
+    placed = transcriptBox.scrollTop;
     follow = true;
     setUnseen(0);
   }
@@ -716,11 +718,12 @@
   }
 
   transcriptBox.addEventListener("scroll", () => {
+    if (Math.abs(transcriptBox.scrollTop - placed) < 2) return;
     follow = nearBottom(transcriptBox);
     if (follow && unseen) setUnseen(0);
   });
   // The box changes size (the reply box shown or hidden, the window resized): stay at the bottom.
-  if (window.ResizeObserver) new ResizeObserver(() => { if (follow) transcriptBox.scrollTop = transcriptBox.scrollHeight; }).observe(transcriptBox);
+  if (window.ResizeObserver) new ResizeObserver(() => { if (follow) { transcriptBox.scrollTop = transcriptBox.scrollHeight; placed = transcriptBox.scrollTop; } }).observe(transcriptBox);
   $("new-marker").addEventListener("click", () => { toBottom(); transcriptBox.focus(); });
 
   function renderTranscript(c) {
