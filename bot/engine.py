@@ -573,15 +573,15 @@ class ConversationEngine:
             existing.risk = conv.risk
 
     async def _alert_supervisors(self, s: AsyncSession, conv: Conversation) -> None:
-        for sup in await s.scalars(
-            select(Counsellor).where(
-                col(Counsellor.on_duty).is_(True),
-                col(Counsellor.active).is_(True),
-                col(Counsellor.role).in_([Role.SUPERVISOR, Role.ADMIN]),
-            )
-        ):
-            assert sup.id is not None
-            s.add(Alert(counsellor_id=sup.id, conversation_id=conv.id, kind="crisis"))
+        """A crisis is told to the supervisors on duty; when none is, to the counsellors on duty (someone must
+        hear it now); when nobody is on duty, to every supervisor, who sees it on logging in."""
+        active = (await s.scalars(select(Counsellor).where(col(Counsellor.active).is_(True)))).all()
+        supervisors = [c for c in active if c.role in (Role.SUPERVISOR, Role.ADMIN)]
+        on_duty = [c for c in active if c.on_duty]
+        recipients = [c for c in supervisors if c.on_duty] or on_duty or supervisors
+        for c in recipients:
+            assert c.id is not None
+            s.add(Alert(counsellor_id=c.id, conversation_id=conv.id, kind="crisis"))
 
     async def _close(self, s: AsyncSession, step: _Step) -> None:
         """The dialogue closed the conversation: its handoff ends, and it is counted."""
@@ -694,6 +694,12 @@ class ConversationEngine:
             step = _Step(conv, now, dequeue=True)
             await self._apply(s, step, None, self.dialogue.step(_snapshot(conv), Claimed(), now))
             self._audit(s, "handoff.claim", conv.id, f"counsellor={counsellor_id}")
+            # Someone has it now: its alerts are answered, for everyone they went to.
+            await s.execute(
+                update(Alert)
+                .where(col(Alert.conversation_id) == conv.id, col(Alert.seen_at).is_(None))
+                .values(seen_at=now)
+            )
             await self._write_replies(s, step)
             contact_id = conv.contact_id or ""
         await self._after_commit(step, contact_id)

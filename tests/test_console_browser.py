@@ -1028,7 +1028,11 @@ def test_enter_during_ime_composition_does_not_send_the_reply(
     picker = page.get_by_label("転送先の相談員（ユーザー名）")
     expect(picker.locator("option[value='yui']")).to_have_text("yui（勤務外・対応 0/2）")
     picker.select_option("yui")
+    # yui is off duty: said first, and the second press transfers.
     page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_contain_text("yui さんはいま勤務外です")
+    expect(page.locator("#held-list > li")).to_have_count(1)
+    page.get_by_role("button", name="勤務外でも転送する").click()
     expect(page.locator("#conv-msg")).to_have_text("yui さんに転送しました。")
     expect(page.locator("#conv-notice")).to_have_text("閲覧のみ：この相談は yui さんが担当しています。")
     expect(page.locator("#reply-form")).to_be_hidden()
@@ -1348,3 +1352,87 @@ def test_the_console_says_when_the_person_has_gone_and_why_a_reply_cannot_reach_
     expect(lines(console, "counsellor").last.locator(".msg-delivery")).to_have_text(
         "送信待ち（相談者がページを離れています。戻ってきたときに届きます）"
     )
+
+
+def test_a_crisis_alarm_sounds_again_until_someone_takes_it_and_then_goes(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    page = new_page()
+    page.clock.install()
+    log_in(page, server, "sato")
+    with page.expect_response(lambda r: r.url.endswith("/api/console/duty")):
+        page.get_by_label("対応可能（オンデューティ）").check()
+    person = people()
+    person.in_crisis()
+    expect(page.locator("#crisis-banner")).to_be_visible()
+    page.wait_for_function("window.__oscillators > 0")
+    first = page.evaluate("window.__oscillators")
+    page.clock.fast_forward(21_000)  # not taken yet: the sound comes again
+    page.wait_for_function("(n) => window.__oscillators > n", arg=first)
+
+    # The supervisor's alert list says what it is in Japanese.
+    page.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
+    expect(page.locator("#ov-alerts li").first).to_contain_text("危機レベルの相談")
+    expect(page.locator("#ov-alerts")).not_to_contain_text("crisis")
+
+    # A counsellor takes it: the banner goes by itself, and the sound stops.
+    kana = Api(server, "kana")
+    kana.call("POST", f"/conversations/{kana.waiting()[0]}/claim")
+    expect(page.locator("#crisis-banner")).to_be_hidden()
+    expect(page).not_to_have_title(re.compile("緊急"))
+    expect(page.locator("#ov-alerts")).to_contain_text("未確認のアラートはありません。")
+    after = page.evaluate("window.__oscillators")
+    page.clock.fast_forward(45_000)
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.__oscillators") == after
+
+
+def test_taking_a_lesser_conversation_while_a_crisis_waits_is_warned_first(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    asked = people()
+    asked.say("同意")
+    asked.say("相談したい")  # waits at low risk
+    people().in_crisis()
+    page = new_page()
+    log_in(page, server, "kana")
+    expect(queue_items(page)).to_have_count(2)
+    low = queue_items(page).nth(1)
+    expect(low).to_have_attribute("data-risk", "low")
+    low.get_by_role("button", name=re.compile("担当する")).click()
+    warning = page.locator("#claim-warning")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("危機レベルの相談が待っています")
+    expect(page.locator("#held-list > li")).to_have_count(0)  # nothing taken yet
+    # The way to the crisis.
+    warning.get_by_role("button", name="危機レベルの相談を開く").click()
+    expect(warning).to_be_hidden()
+    expect(page.locator("#conv-meta .risk")).to_have_text("リスク：危機")
+    # Or, on purpose, the lesser one all the same.
+    queue_items(page).nth(1).get_by_role("button", name=re.compile("担当する")).click()
+    expect(warning).to_be_visible()
+    warning.get_by_role("button", name="それでもこの相談を担当する").click()
+    expect(page.locator("#held-list > li")).to_have_count(1)
+    expect(page.locator("#reply-form")).to_be_visible()
+    expect(queue_items(page)).to_have_count(1)
+    expect(queue_items(page).first).to_have_attribute("data-risk", "crisis")
+
+
+def test_a_refused_or_warned_transfer_does_not_linger(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    people().in_crisis()
+    page = new_page()
+    log_in(page, server, "kana")
+    queue_items(page).first.get_by_role("button", name=re.compile("担当する")).click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_have_text("転送先の相談員を選んでください。")
+    picker = page.get_by_label("転送先の相談員（ユーザー名）")
+    picker.select_option("yui")
+    expect(page.locator("#conv-msg")).to_have_text("")
+    page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_contain_text("勤務外")
+    picker.select_option("")
+    expect(page.locator("#conv-msg")).to_have_text("")
+    expect(page.locator("#transfer-submit")).to_have_text("転送する")

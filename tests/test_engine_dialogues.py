@@ -228,6 +228,48 @@ async def test_on_duty_supervisors_are_alerted_of_a_crisis(tmp_path: Path) -> No
         assert alerted == ["sup-on"]
 
 
+async def alerted(svc: Service, *, unseen: bool = True) -> list[str]:
+    async with svc.db.session() as s:
+        q = select(Counsellor.username).join(Alert, col(Alert.counsellor_id) == col(Counsellor.id))
+        if unseen:
+            q = q.where(col(Alert.seen_at).is_(None))
+        return sorted((await s.scalars(q)).all())
+
+
+@pytest.mark.parametrize(
+    ("on_duty", "expected"),
+    [
+        ({"sup-on", "c-on"}, ["sup-on"]),  # the supervisors on duty
+        ({"c-on", "c-two"}, ["c-on", "c-two"]),  # no supervisor on duty: the counsellors on duty
+        (set(), ["admin", "sup-on"]),  # nobody on duty: every supervisor, who sees it on logging in
+    ],
+)
+async def test_a_crisis_alert_reaches_someone_on_duty_and_a_claim_answers_it(
+    tmp_path: Path, on_duty: set[str], expected: list[str]
+) -> None:
+    async with running(tmp_path) as svc:
+        async with svc.db.session() as s, s.begin():
+            s.add_all(
+                [
+                    Counsellor(username=name, role=role, on_duty=name in on_duty)
+                    for name, role in [
+                        ("sup-on", Role.SUPERVISOR),
+                        ("admin", Role.ADMIN),
+                        ("c-on", Role.COUNSELLOR),
+                        ("c-two", Role.COUNSELLOR),
+                    ]
+                ]
+            )
+            taker = Counsellor(username="taker", role=Role.COUNSELLOR, on_duty=False, active=True)
+            s.add(taker)
+        chat = Chat(svc)
+        await chat.say("薬を全部飲んだ")
+        assert await alerted(svc) == expected
+        assert taker.id is not None and await svc.engine.assign(chat.conversation_id, taker.id)
+        assert await alerted(svc) == [], "taken: the alert is answered for everyone it went to"
+        assert await alerted(svc, unseen=False) == expected
+
+
 async def test_the_bot_is_silent_with_a_counsellor(tmp_path: Path) -> None:
     async with running(tmp_path) as svc:
         chat = await wait_in_queue(svc, "u-1")

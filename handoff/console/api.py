@@ -889,6 +889,29 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             headers={"Content-Disposition": 'attachment; filename="tsunagi-statistics.csv"'},
         )
 
+    @r.get("/alerts")
+    async def my_alerts(me: MeDep) -> list[dict[str, Any]]:
+        """The crisis alerts addressed to me and not yet answered (the supervisors on duty; the counsellors
+        on duty when no supervisor is), with whether the conversation still waits."""
+        async with svc.db.session() as s:
+            rows = (
+                await s.execute(
+                    select(Alert, col(Conversation.state))
+                    .join(Conversation, col(Conversation.id) == col(Alert.conversation_id))
+                    .where(col(Alert.counsellor_id) == me.id, col(Alert.seen_at).is_(None))
+                    .order_by(col(Alert.id))
+                )
+            ).all()
+        return [
+            {
+                "conversation_id": a.conversation_id,
+                "kind": a.kind,
+                "at": a.created_at.isoformat(),
+                "state": state,
+            }
+            for a, state in rows
+        ]
+
     @r.post("/alerts/seen")
     async def alerts_seen(me: MeDep) -> dict[str, int]:
         """The supervisor has seen their crisis alerts."""

@@ -24,7 +24,9 @@
     ownReply: false, // the counsellor just sent a reply: the transcript goes to its bottom
     info: new Map(), // conversation id -> {risk, categories, channel, state}
     updated: new Set(), // held conversations with news not yet looked at
-    crisisSeen: new Set(),
+    crisisSeen: new Set(), // crises the alarm has already been raised for (once each)
+    alarmed: new Set(), // crises whose alarm still stands: not yet taken, opened or dismissed
+    alerts: new Set(), // conversations of my unanswered alerts
     handedOver: new Set(),
     actions: 0, // counts transfers and closes, before and after: a read begun before one ended is out of date
     lastCrisis: null,
@@ -407,7 +409,7 @@
     if (refreshing) { refreshing.again = true; return; }
     refreshing = { again: false };
     try {
-      const [q, me] = await Promise.all([api("GET", "/queue"), api("GET", "/me")]);
+      const [q, me, alerts] = await Promise.all([api("GET", "/queue"), api("GET", "/me"), api("GET", "/alerts")]);
       if (me.ok && st.me) {
         const role = st.me.role;
         st.me = Object.assign(st.me, me.data);
@@ -430,7 +432,18 @@
           }
         }
         renderQueue();
+        // Crisis alerts addressed to me (supervisors on duty; counsellors on duty when none is).
+        if (alerts.ok && Array.isArray(alerts.data)) {
+          st.alerts = new Set(alerts.data.map((a) => a.conversation_id));
+          for (const a of alerts.data) {
+            if (!st.crisisSeen.has(a.conversation_id)) {
+              st.crisisSeen.add(a.conversation_id);
+              fresh = fresh || a.conversation_id;
+            }
+          }
+        }
         if (fresh) alarm(fresh);
+        settleAlarm();
       }
       renderHeld();
     } finally {
@@ -532,8 +545,43 @@
     ul.replaceChildren(...rows);
   }
 
-  async function claimConversation(id) {
+  // Taking a conversation that is not a crisis while a crisis waits: said first, with a way to the crisis.
+  function showClaimWarning(id, crisisId) {
+    const box = $("claim-warning");
+    $("claim-warning-text").textContent = S.claim_warning;
+    box.dataset.conversationId = id;
+    box.dataset.crisisId = crisisId;
+    show(box, true);
+    $("claim-warning-crisis").focus();
+  }
+
+  function hideClaimWarning() {
+    const box = $("claim-warning");
+    show(box, false);
+    delete box.dataset.conversationId;
+    delete box.dataset.crisisId;
+  }
+
+  $("claim-warning-crisis").addEventListener("click", () => {
+    const id = $("claim-warning").dataset.crisisId;
+    hideClaimWarning();
+    if (id) openConversation(id, { focus: true });
+  });
+  $("claim-warning-anyway").addEventListener("click", () => {
+    const id = $("claim-warning").dataset.conversationId;
+    hideClaimWarning();
+    if (id) claimConversation(id, { confirmed: true });
+  });
+
+  async function claimConversation(id, { confirmed = false } = {}) {
     unlockAudio();
+    const risk = (st.queue.find((q) => q.conversation_id === id) || st.info.get(id) || {}).risk;
+    const crisis = st.queue.find((q) => q.risk === "crisis" && q.conversation_id !== id);
+    if (!confirmed && crisis && risk !== "crisis") {
+      showClaimWarning(id, crisis.conversation_id);
+      return;
+    }
+    hideClaimWarning();
     const r = await api("POST", `/conversations/${encodeURIComponent(id)}/claim`);
     if (r.ok) {
       st.updated.delete(id);
@@ -564,6 +612,10 @@
     const p = $("conv-msg");
     p.textContent = text;
     p.classList.toggle("error", isError);
+    // A message about an action is about that moment: it goes after a while, so that an old refusal is
+    // not read as being about what the counsellor does next.
+    clearTimeout(setConvMessage.timer);
+    if (text) setConvMessage.timer = setTimeout(() => { if (p.textContent === text) setConvMessage(""); }, 20000);
   }
 
   function flashMessage(text) {
@@ -585,10 +637,12 @@
       $("reply").value = "";
       $("note-text").value = "";
       $("transfer-to").value = "";
+      resetTransferButton();
+      hideClaimWarning();
       if (st.view !== "console") selectView("console");
     }
     st.updated.delete(id);
-    if (id === st.lastCrisis) stopAlarm();
+    if (st.alarmed.delete(id)) settleAlarm();
     for (const li of document.querySelectorAll("#queue-list li, #held-list li")) {
       li.classList.toggle("selected", li.dataset.conversationId === id);
     }
@@ -1052,14 +1106,35 @@
     setConvMessage(text, true);
     refreshColleagues(); // the list was out of date: someone left, or filled up
   }
+  // A colleague off duty may not be at their desk: said first; the second press transfers.
+  let offDutyConfirmed = "";
   $("transfer-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const to = $("transfer-to").value.trim();
-    if (to) transfer(to);
-    else {
+    const select = $("transfer-to");
+    const to = select.value.trim();
+    if (!to) {
       setConvMessage(S.transfer_pick, true);
-      $("transfer-to").focus();
+      select.focus();
+      return;
     }
+    const option = select.selectedOptions[0];
+    if (option && option.dataset.onDuty === "false" && offDutyConfirmed !== to) {
+      offDutyConfirmed = to;
+      setConvMessage(fill(S.transfer_off_duty, { name: to }), true);
+      $("transfer-submit").textContent = S.transfer_anyway;
+      return;
+    }
+    resetTransferButton();
+    transfer(to);
+  });
+  function resetTransferButton() {
+    offDutyConfirmed = "";
+    $("transfer-submit").textContent = S.transfer_submit;
+  }
+  // A refused transfer (or a warning about one) does not linger once the choice changes.
+  $("transfer-to").addEventListener("change", () => {
+    resetTransferButton();
+    if ($("conv-msg").classList.contains("error")) setConvMessage("");
   });
   $("requeue-btn").addEventListener("click", () => transfer(null));
 
@@ -1202,11 +1277,9 @@
     if (id) {
       const prev = st.info.get(id) || {};
       st.info.set(id, { ...prev, risk: ev.risk || prev.risk, state: ev.state || prev.state });
-      if (ev.risk === "crisis") {
-        const fresh = !st.crisisSeen.has(id);
+      if (ev.risk === "crisis" && ev.state === "waiting" && !st.crisisSeen.has(id)) {
         st.crisisSeen.add(id);
-        const waiting = ev.state === "waiting";
-        if (fresh && (waiting || (ev.kind === "alert" && supervises()))) alarm(id);
+        alarm(id); // (alerts addressed to me are fetched with the lists)
       }
       if (id === st.current) later("conv", () => { if (st.current === id) loadConversation(id); });
       else if (st.me && (st.me.held || []).includes(id) && ev.kind === "conversation") st.updated.add(id);
@@ -1304,16 +1377,39 @@
     } catch { /* notifications unavailable */ }
   }
 
+  // The alarm stands while a crisis it was raised for still needs someone (it waits in the queue, or an
+  // alert of mine about it is unanswered) and nobody here opened or dismissed it: the sound comes again
+  // every ALARM_REPEAT_MS; once someone takes the crisis, the banner goes by itself.
+  const ALARM_REPEAT_MS = 20000;
+  let repeatTimer = null;
   function alarm(id) {
     st.lastCrisis = id;
+    st.alarmed.add(id);
     beep();
     flashTitle();
     notify(id);
     $("crisis-banner-text").textContent = S.crisis_banner;
     show($("crisis-banner"), true);
+    clearInterval(repeatTimer);
+    repeatTimer = setInterval(beep, ALARM_REPEAT_MS);
+  }
+
+  function stillNeeded() {
+    const waiting = new Set(st.queue.filter((q) => q.risk === "crisis").map((q) => q.conversation_id));
+    return (id) => waiting.has(id) || st.alerts.has(id);
+  }
+
+  function settleAlarm() {
+    const needed = stillNeeded();
+    for (const id of [...st.alarmed]) if (!needed(id)) st.alarmed.delete(id);
+    if (!st.alarmed.size) stopAlarm();
+    else if (!st.alarmed.has(st.lastCrisis)) st.lastCrisis = [...st.alarmed].pop();
   }
 
   function stopAlarm() {
+    st.alarmed.clear();
+    clearInterval(repeatTimer);
+    repeatTimer = null;
     stopFlash();
     show($("crisis-banner"), false);
   }
