@@ -1427,6 +1427,9 @@ def test_someone_back_soon_after_a_crisis_is_queued_with_the_earlier_conversatio
         assert amy.claim(first).status_code == 200
         closed = amy.post(f"conversations/{first}/close", {"outcome": "listened", "referrals": []})
         assert closed.status_code == 200, closed.text
+        # The closing words reach the page before it goes (else they come with the next visit's history).
+        closing = text_of(client, "closing")
+        wait_for(p.ws, lambda f: is_bot(f) and f["text"] == closing, what="the closing words")
     with client.websocket_connect("/chat/ws") as ws:
         hello(ws, resume=token)
         frames = tell(ws, "こんにちは", "back")
