@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,8 @@ HISTORY = 10  # earlier messages read with each new one
 FULL_TEXT_FACTOR = 20  # the whole of a mail is kept up to this many times the longest message
 ALL_CATEGORIES = "*"  # the statistics row that counts each conversation once
 REMEMBER = timedelta(days=7)  # how long a conversation at high or crisis sets the risk of the next
+PROMISE = "promise"  # the placeholder of what can honestly be promised (content/messages.yaml)
+PROMISE_GROUPS = {"crisis_repeat": "crisis"}  # texts that share promises
 
 
 @dataclass
@@ -128,6 +131,8 @@ def _snapshot(conv: Conversation) -> Conv:
         survey_answer=conv.survey_answer,
         outcome=conv.outcome,
         referrals=conv.referrals,
+        acked=conv.acked,
+        age_asked=conv.age_asked,
     )
 
 
@@ -150,6 +155,8 @@ def _write_back(conv: Conversation, new: Conv, now: datetime) -> None:
     conv.survey_answer = new.survey_answer
     conv.outcome = new.outcome
     conv.referrals = new.referrals
+    conv.acked = new.acked
+    conv.age_asked = new.age_asked
 
 
 class ConversationEngine:
@@ -164,6 +171,7 @@ class ConversationEngine:
         hours: Hours,
         minutes_per_place: int = 10,
         max_chars: int = 5000,
+        counsellor_limit: int = 2,
     ) -> None:
         self.db = db
         self.crypto = crypto
@@ -173,6 +181,7 @@ class ConversationEngine:
         self.hours = hours
         self.minutes_per_place = minutes_per_place
         self.max_chars = max_chars
+        self.counsellor_limit = counsellor_limit  # TSUNAGI_COUNSELLOR_LIMIT, for accounts without their own
         self.triage = get_engine()
         self.dialogue = Dialogue(content, hours)
         self._locks = KeyedLocks()
@@ -548,16 +557,46 @@ class ConversationEngine:
         for action, detail in turn.audit:
             self._audit(s, action, conv.id, detail)
         for reply in turn.replies:
-            step.say(await self._render(reply, conv, step.now), reply.sender)
+            step.say(await self._render(s, reply, conv, step.now), reply.sender)
         if not turn.erase:
             self._remember(contact, conv, step.now)
 
-    async def _render(self, reply: Reply, conv: Conversation, now: datetime) -> Text:
+    async def _render(self, s: AsyncSession, reply: Reply, conv: Conversation, now: datetime) -> Text:
         fields: dict[str, object] = dict(reply.fields)
-        if QUEUE_FIELDS <= self.content.fields_of(reply.key):
+        wanted = self.content.fields_of(reply.key)
+        if wanted & (QUEUE_FIELDS | {PROMISE}):
             position = await self.queue.rank(self._entry(conv, now), now)
             fields.update(position=position, wait=self._wait(position))
+        if PROMISE in wanted:
+            # Never promise what will not happen: what is said depends on who is there now.
+            group = PROMISE_GROUPS.get(reply.key, reply.key)
+            staffing = await self._staffing(s, now)
+            fields[PROMISE] = self.content.fmt(f"promise_{group}_{staffing}", **fields)
         return self.content.text(reply.key, **fields)
+
+    async def _staffing(self, s: AsyncSession, now: datetime) -> str:
+        """Who can answer now: ``free`` (a counsellor on duty under their limit), ``busy`` (on duty, all at
+        their limit), ``none`` (nobody on duty), ``closed`` (out of counsellor hours)."""
+        if not self.hours.is_open(now):
+            return "closed"
+        on_duty = (
+            await s.execute(
+                select(col(Counsellor.id), col(Counsellor.max_conversations)).where(
+                    col(Counsellor.on_duty).is_(True), col(Counsellor.active).is_(True)
+                )
+            )
+        ).all()
+        if not on_duty:
+            return "none"
+        held = Counter(
+            (
+                await s.scalars(
+                    select(col(Handoff.counsellor_id)).where(col(Handoff.status) == HandoffStatus.CLAIMED)
+                )
+            ).all()
+        )
+        free = any(held[cid] < (limit or self.counsellor_limit) for cid, limit in on_duty)
+        return "free" if free else "busy"
 
     async def _ensure_handoff(self, s: AsyncSession, conv: Conversation, now: datetime) -> None:
         """The waiting handoff row (the source of truth for the queue), made once."""

@@ -148,6 +148,8 @@ class Conversation(SQLModel, table=True):
     # The earlier conversation of a person who came back soon after one at high or crisis (no foreign key:
     # it may be purged first).
     previous_id: str = Field(default="", max_length=32)
+    acked: bool = False  # what they told was acknowledged (the next replies do not say it again)
+    age_asked: bool = False  # the age band was asked (the intake, or once after high risk skipped it)
     created_at: datetime = _at(default_factory=utcnow)
     updated_at: datetime = _at(default_factory=utcnow)
     last_user_at: datetime | None = _at(default=None)

@@ -1,4 +1,5 @@
-"""whether a person is there: connected, left, gone through the quick exit, blocked (contact.presence)
+"""whether a person is there: connected, left, gone through the quick exit, blocked (contact.presence);
+what the dialogue said once: the acknowledgement, the age question (conversation.acked, age_asked)
 
 Revision ID: 0009
 Revises: 0008
@@ -24,9 +25,15 @@ def upgrade() -> None:
         text = sqlmodel.sql.sqltypes.AutoString(length=16)
         batch_op.add_column(sa.Column("presence", text, nullable=False, server_default=""))
         batch_op.add_column(sa.Column("presence_at", bot.models.UTCDateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("conversation", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("acked", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch_op.add_column(sa.Column("age_asked", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("conversation", schema=None) as batch_op:
+        batch_op.drop_column("age_asked")
+        batch_op.drop_column("acked")
     with op.batch_alter_table("contact", schema=None) as batch_op:
         batch_op.drop_column("presence_at")
         batch_op.drop_column("presence")
