@@ -148,6 +148,7 @@ class Referral:
     ages: frozenset[str] = frozenset()  # the age bands it is for; empty: everyone
     young: bool = False  # for young people whatever the trouble (offered beside the best line)
     same_as: str = ""  # another number of that service: not offered beside it
+    tags: tuple[str, ...] = ()  # words a counsellor may search it by (デートDV, 高校生, 彼氏)
 
     def serves(self, categories: set[str]) -> bool:
         return ANY in self.categories or bool(self.categories & categories)
@@ -309,6 +310,7 @@ class Content:
                     ages=frozenset(str(a) for a in e.get("ages") or ()),
                     young=bool(e.get("young", False)),
                     same_as=str(e.get("same_as", "")),
+                    tags=tuple(str(t) for t in e.get("tags") or ()),
                 )
             )
         return tuple(out)

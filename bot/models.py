@@ -293,6 +293,7 @@ class Note(SQLModel, table=True):
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
     counsellor_id: int = Field(foreign_key="counsellor.id")
     text_enc: str
+    kind: str = Field(default="note", max_length=12)  # note (a counsellor's), advice (a supervisor's)
     created_at: datetime = _at(default_factory=utcnow)
 
 

@@ -602,3 +602,42 @@ def test_phone_numbers_can_be_tapped_and_names_with_numbers_are_not_links(
     page.locator("#input").fill("110（警察）に電話するべき？ 0120-279-338")
     page.locator("#input").press("Enter")
     expect(user_lines(page).last.locator("a")).to_have_count(0)
+
+
+# -- accessibility: axe-core (axe-playwright-python ships its script: no network) ---------------------------
+
+
+def serious_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now (WCAG 2.x A and AA rules)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    options = {"resultTypes": ["violations"], "runOnly": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}
+    results = Axe().run(page, options=options)
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_no_serious_accessibility_violation_through_a_whole_conversation(sized: Page, server: Server) -> None:
+    page = sized
+    open_chat(page, server)
+    assert serious_violations(page) == [], "the welcome"
+    consent(page)
+    page.locator("#input").fill("最近ちょっと学校に行きづらくて")
+    page.locator("#input").press("Enter")
+    expect(page.locator("#choices button").first).to_be_visible()
+    assert serious_violations(page) == [], "a question with its buttons"
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile("相談員を待っています"))
+    expect(bot_lines(page).filter(has_text="119").first).to_be_visible()
+    assert serious_violations(page) == [], "waiting, with the crisis reply and its links"
+    # The page's title is neutral (someone may look over the person's shoulder).
+    assert page.title() == "チャット"
+    placeholder = page.locator("#input").get_attribute("placeholder") or ""
+    if page.viewport_size and page.viewport_size["width"] < 600:
+        assert "Shift" not in placeholder, "a phone has no Shift+Enter to speak of"
+    else:
+        assert "Shift+Enter" in placeholder

@@ -113,6 +113,7 @@ BODIES: dict[str, Any] = {
     "/duty": {"on_duty": True},
     "/conversations/{conversation_id}/messages": {"text": "こんにちは"},
     "/conversations/{conversation_id}/notes": {"text": "メモ"},
+    "/conversations/{conversation_id}/advice": {"text": "助言"},
     "/conversations/{conversation_id}/transfer": {"to": None},
     "/conversations/{conversation_id}/close": {"outcome": "listened", "referrals": []},
     "/accounts": {"username": "newbie", "role": "counsellor", "limit": None},
@@ -1447,3 +1448,24 @@ def test_someone_back_soon_after_a_crisis_is_queued_with_the_earlier_conversatio
     assert bob.claim(second).status_code == 200
     assert bob.read(first).status_code == 200
     assert carol.read(first).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("q", "found", "not_found"),
+    [
+        ("デートDV", {"dv_plus"}, {"dv_navi"}),
+        ("彼氏", {"dv_plus"}, set()),
+        ("交際相手", {"dv_plus"}, set()),
+        ("高校生", {"kodomo_sos", "childline"}, {"dv_navi"}),
+        ("24時間", {"yorisoi", "kodomo_sos", "dv_plus"}, {"inochi_navi", "childline"}),
+        ("ＤＶ　24時間", {"dv_plus"}, {"dv_navi"}),  # every word, widths and spaces folded
+        ("いじめ", {"kodomo_sos"}, set()),
+    ],
+)
+def test_the_referral_search_finds_names_categories_tags_and_hours(
+    client: TestClient, q: str, found: set[str], not_found: set[str]
+) -> None:
+    kana = account(client, "kana")
+    got = {r["id"] for r in kana.get("referrals", params={"q": q}).json()}
+    assert found <= got, got
+    assert not (not_found & got), got

@@ -435,7 +435,8 @@ def test_counsellor_sees_a_crisis_claims_replies_and_closes(
     expect(lines(page, "user").last.locator("mark").first).to_be_visible()
     marked = "".join(lines(page, "user").last.locator("mark").all_inner_texts())
     assert "死に" in marked
-    expect(page.locator("#reasons")).to_contain_text("suicide")
+    expect(page.locator("#reasons")).to_contain_text("自殺・自傷の危険")  # in Japanese, not the rule's id
+    expect(page.locator("#reasons")).not_to_contain_text("suicide.")
     expect(lines(page, "bot").first).to_be_visible()
     person.got("bot", "相談員につながりました")
 
@@ -474,7 +475,12 @@ def test_counsellor_sees_a_crisis_claims_replies_and_closes(
     expect(page.locator("#conv-meta .state")).to_have_text("終了")
     expect(page.locator("#reply-form")).to_be_hidden()
     expect(page.locator("#held-list > li")).to_have_count(0)
+    # A note after closing: what was learned after the last word belongs in the record too.
+    page.get_by_label("メモを追加（相談者には送信されません）").fill("終了後：翌日に再来の可能性")
+    page.get_by_role("button", name="メモを保存").click()
+    expect(page.locator("#notes-list")).to_contain_text("終了後：翌日に再来の可能性")
     assert not [f for f in person.frames if "安全確認を続ける" in json.dumps(f, ensure_ascii=False)]
+    assert not [f for f in person.frames if "終了後" in json.dumps(f, ensure_ascii=False)]
 
 
 # -- (1b) the direct question: in the web chat, then in the console ------------------------------------
@@ -531,7 +537,7 @@ def test_markup_shows_as_text_in_the_queue_the_transcript_and_the_notes(
     page = new_page()
     log_in(page, server, "kana")
     item = queue_items(page).first
-    expect(item.locator(".preview")).to_have_text(script)  # the last thing the person wrote
+    expect(item.locator(".preview")).to_have_text(CRISIS + img)  # the most serious line they wrote
     item.locator(".queue-open").click()
     expect(lines(page, "user")).to_have_count(3)
     expect(lines(page, "user").nth(1).locator(".msg-text")).to_have_text(CRISIS + img)
@@ -563,7 +569,7 @@ def test_markup_shows_as_text_in_the_queue_the_transcript_and_the_notes(
     expect(page.locator("#conv-msg")).to_have_text("キューに戻しました。")
     expect(page.locator("#conv-notice")).to_contain_text("待機中の相談です")
     expect(queue_items(page)).to_have_count(1)
-    expect(queue_items(page).first.locator(".preview")).to_have_text(script)
+    expect(queue_items(page).first.locator(".preview")).to_have_text(CRISIS + img)
     expect(page.locator("#held-list > li")).to_have_count(0)
     assert page.evaluate("typeof window.__xss") == "undefined"
     # The watched fixture fails the test on any dialog or script error.
@@ -976,6 +982,15 @@ def test_supervisor_views_are_for_supervisors_only(
     expect(page.locator("#close-section")).to_be_hidden()
     expect(page.locator("#notes-section")).to_be_visible()
     expect(page.locator("#note-form")).to_be_hidden()
+    # Advice to the counsellor (SV助言): kept beside the notes, shown to kana, never sent to the person.
+    page.get_by_label("担当の相談員への助言（SV助言・相談者には送信されません）").fill("場所の確認を先に")
+    page.get_by_role("button", name="助言を残す").click()
+    advice = page.locator("#notes-list li[data-kind='advice']")
+    expect(advice).to_contain_text("SV助言")
+    expect(advice).to_contain_text("場所の確認を先に")
+    kana_view = Api(server, "kana").call("GET", f"/conversations/{held_id}")
+    assert [(n["kind"], n["text"]) for n in kana_view["notes"]] == [("advice", "場所の確認を先に")]
+    assert not [f for f in held.frames if "場所の確認" in json.dumps(f, ensure_ascii=False)]
 
     # Another counsellor may not read it at all.
     yui = new_page()
@@ -1343,6 +1358,13 @@ def test_the_console_says_when_the_person_has_gone_and_why_a_reply_cannot_reach_
     expect(card.locator(".presence")).to_have_text("相談者：接続中")
     card.get_by_role("button", name=re.compile("担当する")).click()
     expect(console.locator("#conv-presence")).to_have_text("相談者はいまチャットを開いています。")
+    console.locator("#reply").fill("相談員です。ここにいますよ。")
+    console.locator("#reply").press("Enter")
+    # On the phone the counsellor's words carry a visible label, not a colour alone.
+    said = second.locator("#log li.from-counsellor")
+    expect(said.locator(".bubble")).to_have_text("相談員です。ここにいますよ。")
+    expect(said.locator(".who")).to_have_text("相談員")
+    expect(said.locator(".who")).to_be_visible()
     second.close()
     expect(console.locator("#conv-presence")).to_have_text(
         re.compile(r"^相談者は\d\d:\d\dにページを離れました。戻ってくるまで、返信は届きません")
@@ -1436,3 +1458,73 @@ def test_a_refused_or_warned_transfer_does_not_linger(
     picker.select_option("")
     expect(page.locator("#conv-msg")).to_have_text("")
     expect(page.locator("#transfer-submit")).to_have_text("転送する")
+
+
+def test_the_queue_card_shows_the_most_serious_line_and_each_message_its_own_risk(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    person = people()
+    person.in_crisis()
+    person.say("ありがとう")
+    page = new_page()
+    log_in(page, server, "kana")
+    card = queue_items(page).first
+    expect(card.locator(".preview")).to_have_text(CRISIS)  # not the latest ありがとう
+    expect(card.locator(".preview-reason")).to_have_text(re.compile(r"^自殺・自傷の危険：「.+」$"))
+    card.locator(".queue-open").click()
+    thanks = lines(page, "user").filter(has_text="ありがとう")
+    expect(thanks.locator(".msg-text")).to_have_text("ありがとう")
+    expect(thanks.locator(".risk")).to_have_count(0)  # its own risk is low: no badge
+    crisis = lines(page, "user").filter(has_text="飛び降りる")
+    expect(crisis.locator(".risk")).to_have_text("リスク：危機")
+    # Highlights cover whole words: each mark starts and ends where a word does.
+    marks = crisis.locator("mark").all_inner_texts()
+    assert marks and all(len(m) >= 2 for m in marks), marks
+    expect(page.locator("#reasons li[data-rule]").first).to_have_text(
+        re.compile(r"^(自殺・自傷の危険|ほかの人からの危険)")
+    )
+
+
+def test_no_serious_accessibility_violation_on_any_console_view(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    from tests.test_browser import serious_violations
+
+    home = Path(server.log).parent
+    done = subprocess.run(
+        [str(TSUNAGI), "counsellor", "add", "boss", "--role", "admin"],
+        input="boss-password-12345\n",
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=_env(home),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    page = new_page()
+    page.goto(f"{server.base}/console")
+    expect(page.locator("#view-login")).to_be_visible()
+    assert serious_violations(page) == [], "login"
+
+    person = people()
+    person.in_crisis()
+    log_in(page, server, "boss", "boss-password-12345")
+    expect(queue_items(page)).to_have_count(1)
+    assert serious_violations(page) == [], "the queue, with a crisis alarm"
+    page.locator("#crisis-dismiss").click()
+    queue_items(page).first.get_by_role("button", name=re.compile("担当する")).click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    person.say("ありがとう")
+    expect(lines(page, "user")).to_have_count(3)
+    assert serious_violations(page) == [], "a conversation taken, with its tools"
+    # The counsellor's bubbles are labelled, not told apart by colour alone.
+    page.locator("#reply").fill("相談員です。")
+    page.locator("#reply").press("Enter")
+    expect(lines(page, "counsellor").last.locator(".msg-who")).to_have_text("相談員")
+    page.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
+    expect(page.locator("#supervisor")).to_be_visible()
+    expect(page.locator("#charts")).not_to_be_empty()
+    assert serious_violations(page) == [], "the supervisor's view"
+    page.get_by_role("button", name="アカウント管理（管理者）").click()
+    expect(page.locator("#accounts-body tr")).to_have_count(4)
+    assert serious_violations(page) == [], "the accounts"

@@ -29,11 +29,14 @@
 
   function addMessage(from, text, { pendingId = null } = {}) {
     const item = document.createElement("li");
+    item.setAttribute("role", "article"); // a message in the log (role=log takes the list's semantics away)
     item.className = "from-" + from + (pendingId ? " pending" : "");
     if (pendingId) item.dataset.id = pendingId;
     const who = document.createElement("span");
-    who.className = "visually-hidden";
-    who.textContent = (strings[from === "user" ? "you" : from] || "") + ": ";
+    // A counsellor's words carry a visible label (not told apart by colour alone); the others say who
+    // spoke to screen readers only.
+    who.className = from === "counsellor" ? "who" : "visually-hidden";
+    who.textContent = (strings[from === "user" ? "you" : from] || "") + (from === "counsellor" ? "" : ": ");
     const bubble = document.createElement("div");
     bubble.className = "bubble";
     if (from === "user") bubble.textContent = text; // never innerHTML: what people write is text

@@ -392,7 +392,12 @@
         el("span", { cls: ref.open_now ? "open-now" : "closed-now", text: ref.open_now ? S.open_now : S.closed_now }),
       ]);
       const b = el("button", { cls: "btn btn-small", text: S.insert, attrs: { type: "button", "aria-label": S.insert + "：" + ref.name } });
-      b.addEventListener("click", () => insertReply(ref.line));
+      b.addEventListener("click", () => {
+        insertReply(ref.line);
+        // Given in a reply: ticked in the close form's referrals already (it can be unticked).
+        const box = document.getElementById("close-ref-" + ref.id);
+        if (box) box.checked = true;
+      });
       ul.append(el("li", { cls: "ref", attrs: { "data-referral": ref.id } }, [
         head,
         el("div", { cls: "ref-for", text: ref.for + "（" + ref.hours + "）" }),
@@ -473,8 +478,10 @@
       ]);
       const wait = el("span", { cls: "wait", attrs: { "data-waiting": String(item.waiting_seconds) } });
       wait.textContent = fill(S.waiting_for, { time: duration(item.waiting_seconds) });
-      const preview = el("span", { cls: "preview", text: item.preview }); // what the person wrote: text only
+      // The most serious line they wrote (not the latest), and why it counts: what the person wrote is text only.
+      const preview = el("span", { cls: "preview", text: item.preview });
       open.append(top, wait, preview);
+      if (item.preview_reason) open.append(el("span", { cls: "preview-reason", text: reasonLabel(item.preview_reason) }));
       const presence = item.presence ? presenceBadge(item.presence) : null;
       if (presence) open.append(presence);
       const found = dialogueFlags(item.reasons || []);
@@ -735,6 +742,9 @@
     const freshPicker = $("transfer-section").hidden || $("tools").dataset.conversationId !== c.conversation_id;
     $("tools").dataset.conversationId = c.conversation_id;
     for (const section of document.querySelectorAll("#tools .writable")) show(section, writable);
+    // Notes: the counsellor who has it, or had it once it is closed; a supervisor's advice (SV助言) anywhere.
+    show($("note-form"), !!c.can_note);
+    show($("advice-form"), supervises());
     if (writable && freshPicker) later("colleagues", refreshColleagues, 0);
 
     renderTranscript(c);
@@ -819,7 +829,8 @@
 
   function messageItem(m, index) {
     const from = ["user", "bot", "counsellor", "system"].includes(m.from) ? m.from : "system";
-    const li = el("li", { cls: "msg from-" + from, attrs: { "data-index": String(index), "data-from": from } });
+    // A message in the log (role=log takes the list's semantics away: each is an article).
+    const li = el("li", { cls: "msg from-" + from, attrs: { "data-index": String(index), "data-from": from, role: "article" } });
     li.dataset.flags = flagsKey(m);
     const head = el("div", { cls: "msg-head" }, [
       el("span", { cls: "msg-who", text: S["from_" + from] }),
@@ -926,13 +937,39 @@
 
   // The triage reasons' spans count Unicode code points (Python string offsets): split the same way,
   // join overlapping spans, and wrap each joined range in a <mark> built with DOM calls.
+  // Word boundaries (in code points) of a text, from the browser's Japanese word segmentation: a highlight
+  // covers whole words, never half a word or a lone kana.
+  function wordBounds(text) {
+    const bounds = new Set([0]);
+    try {
+      const seg = new Intl.Segmenter("ja", { granularity: "word" });
+      let cp = 0;
+      for (const part of seg.segment(text)) {
+        cp += Array.from(part.segment).length;
+        bounds.add(cp);
+      }
+    } catch { /* no segmenter: the spans as the triage gave them */ }
+    return [...bounds].sort((x, y) => x - y);
+  }
+
+  function widen(a, b, bounds, length) {
+    let start = a;
+    let end = b;
+    for (const x of bounds) if (x <= a) start = x;
+    for (const x of [...bounds].reverse()) if (x >= b) end = x;
+    if (end <= start) end = Math.min(length, b);
+    return [start, Math.min(end, length)];
+  }
+
   function appendHighlighted(container, text, highlights) {
     const chars = Array.from(text);
+    const bounds = highlights.length ? wordBounds(text) : [];
     const spans = [];
     for (const h of highlights) {
       if (!h || !Array.isArray(h.span)) continue;
-      const a = Math.max(0, Math.min(chars.length, Number(h.span[0]) | 0));
-      const b = Math.max(0, Math.min(chars.length, Number(h.span[1]) | 0));
+      let a = Math.max(0, Math.min(chars.length, Number(h.span[0]) | 0));
+      let b = Math.max(0, Math.min(chars.length, Number(h.span[1]) | 0));
+      if (b > a) [a, b] = widen(a, b, bounds, chars.length);
       if (b > a) spans.push({ a, b, rules: [String(h.rule)] });
     }
     spans.sort((x, y) => x.a - y.a || x.b - y.b);
@@ -951,7 +988,7 @@
       if (m.a > pos) container.append(document.createTextNode(chars.slice(pos, m.a).join("")));
       const mark = document.createElement("mark");
       mark.textContent = chars.slice(m.a, m.b).join("");
-      mark.title = fill(S.highlight_title, { rules: m.rules.join("、") });
+      mark.title = fill(S.highlight_title, { rules: [...new Set(m.rules.map((r) => reasonLabel({ rule: r })))].join("、") });
       mark.dataset.rules = m.rules.join(" ");
       container.append(mark);
       pos = m.b;
@@ -972,6 +1009,15 @@
 
   function dangerLabel(answer) {
     return (S.danger_answer && S.danger_answer[answer]) || answer || S.intake_none;
+  }
+
+  // A triage reason in Japanese: what kind of sign (content: the page's strings, by the rule's family) and
+  // the words it matched. The rule's id is for staff who edit the rules: in the title only.
+  function reasonLabel(r) {
+    const rule = String(r.rule || "");
+    const family = rule.split(".")[0];
+    const group = (S.reason_groups && S.reason_groups[family]) || (S.categories && S.categories[family]) || S.reason_other;
+    return r.matched ? fill(S.reason_matched, { group, matched: r.matched }) : group;
   }
 
   function renderReasons(c) {
@@ -996,8 +1042,12 @@
       seen.add(key);
       const withdrawn = String(r.rule).startsWith("withdrawn.");
       const li = withdrawn
-        ? el("li", { cls: "reason-withdrawn" }, [el("code", { text: String(r.rule).slice("withdrawn.".length) }), document.createTextNode(" " + S.reason_withdrawn)])
-        : el("li", {}, [el("code", { text: r.rule }), document.createTextNode(" "), el("mark", { text: r.matched })]);
+        ? el("li", { cls: "reason-withdrawn", attrs: { title: r.rule } }, [el("span", { cls: "reason-group", text: reasonLabel({ rule: String(r.rule).slice("withdrawn.".length) }) }), document.createTextNode(" " + S.reason_withdrawn)])
+        : el("li", { attrs: { title: r.rule, "data-rule": r.rule } }, [
+          el("span", { cls: "reason-group", text: reasonLabel({ rule: r.rule }) }),
+          document.createTextNode(" "),
+          el("mark", { text: r.matched }),
+        ]);
       ul.append(li);
     }
   }
@@ -1017,8 +1067,12 @@
       return;
     }
     for (const n of notes) {
-      ul.append(el("li", { cls: "note" }, [
-        el("div", { cls: "note-by", text: fill(S.note_by, { name: n.by, time: time(n.at, true) }) }),
+      const advice = n.kind === "advice";
+      ul.append(el("li", { cls: "note" + (advice ? " advice" : ""), attrs: { "data-kind": advice ? "advice" : "note" } }, [
+        el("div", { cls: "note-by" }, [
+          advice ? el("span", { cls: "advice-tag", text: S.advice_tag }) : null,
+          document.createTextNode(fill(S.note_by, { name: n.by, time: time(n.at, true) })),
+        ]),
         el("div", { cls: "note-text", text: n.text }), // a counsellor's words: text only
       ]));
     }
@@ -1069,6 +1123,21 @@
     if (r.ok) {
       $("note-text").value = "";
       setConvMessage(S.note_saved);
+      await loadConversation(id, true);
+    } else {
+      setConvMessage(fill(S.note_failed, { detail: detailOf(r.data) || r.status }), true);
+    }
+  });
+
+  $("advice-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = st.current;
+    const text = $("advice-text").value;
+    if (!id || !text.trim()) return;
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/advice`, { text });
+    if (r.ok) {
+      $("advice-text").value = "";
+      setConvMessage(S.advice_saved);
       await loadConversation(id, true);
     } else {
       setConvMessage(fill(S.note_failed, { detail: detailOf(r.data) || r.status }), true);
