@@ -34,7 +34,9 @@ def _patterns() -> dict[str, tuple[re.Pattern[str], int]]:
         # A placeholder alone on its line may leave nothing (the line is dropped): that line is optional.
         template = re.sub(r"\n\{[a-z_]+\}(?=\n)", "\x00", t.text)
         pieces = re.split(r"\{[a-z_]+\}", template)
-        rx = ".*?".join(re.escape(p) for p in pieces).replace("\x00", "(?:\n.*?)?")
+        # (What fills a placeholder never holds a blank line: a joined mail's parts stay apart.)
+        any_ = "(?:[^\n]|(?<!\n)\n(?!\n))*?"
+        rx = any_.join(re.escape(p) for p in pieces).replace("\x00", f"(?:\n(?!\n){any_})?")
         fixed = sum(len(p.replace("\x00", "")) for p in pieces)
         out[key] = (re.compile(rx, re.S), fixed)
     return out

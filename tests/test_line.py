@@ -804,7 +804,7 @@ def test_distress_gets_the_direct_question_as_quick_replies_and_yes_the_crisis_p
     assert keys([sent]) == ["ask_danger"]
     assert sent.quick_replies == (("はい", "はい"), ("いいえ", "いいえ"), ("わからない", "わからない"))
     crisis = line.said(user, "はい")  # a quick reply sends its label as the person's message
-    assert keys(crisis) == ["crisis"]
+    assert keys(crisis) == ["crisis", "ask_age"]  # (no intake yet: the age band, once)
     assert "110" in crisis[0].texts[0] and "119" in crisis[0].texts[0]
     [conv] = line.conversations()
     assert (conv.state, conv.risk, conv.danger_asked, conv.danger_answer) == (
@@ -834,7 +834,7 @@ def test_an_intake_answer_that_is_not_one_is_read_as_a_message_on_line(line: Lin
 def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first_on_line(line: Line) -> None:
     user = user_id()
     sent = line.said(user, "夫に毎日殴られていて、家に帰るのがこわいです")
-    assert keys(sent) == ["welcome", "waiting", "waiting_safety"]
+    assert keys(sent) == ["welcome", "waiting", "waiting_safety", "ask_age"]
     [conv] = line.conversations()
     assert (conv.state, conv.risk) == ("waiting", "high")
     other = user_id()
@@ -855,7 +855,7 @@ def test_coming_back_within_seven_days_starts_at_that_risk_with_the_earlier_conv
     assert first.state == "closed"
     # Six days later: the new conversation starts at crisis, in the queue at once, the earlier one linked.
     line.svc.engine.clock = lambda: utcnow() + timedelta(days=6)
-    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety"]
+    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety", "ask_age"]
     second = next(c for c in line.conversations() if c.id != first.id)
     assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)
     line.said(user, "終了")

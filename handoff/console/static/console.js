@@ -1037,9 +1037,12 @@
         ]));
         continue;
       }
-      const key = r.rule + "\u0000" + r.matched + "\u0000" + r.message;
+      // Once each: a kind of sign and the words it matched (the same words in several messages are one
+      // line); a lone kana says nothing to a reader (its whole word is marked in the transcript).
+      const key = reasonLabel({ rule: r.rule }) + "\u0000" + r.matched;
       if (seen.has(key)) continue;
       seen.add(key);
+      if (r.matched && /^[\u3040-\u30ff]$/.test(r.matched)) continue;
       const withdrawn = String(r.rule).startsWith("withdrawn.");
       const li = withdrawn
         ? el("li", { cls: "reason-withdrawn", attrs: { title: r.rule } }, [el("span", { cls: "reason-group", text: reasonLabel({ rule: String(r.rule).slice("withdrawn.".length) }) }), document.createTextNode(" " + S.reason_withdrawn)])
