@@ -598,6 +598,19 @@ def test_phone_numbers_can_be_tapped_and_names_with_numbers_are_not_links(
         expect(links.nth(i)).to_have_text(re.compile(r"^(#\d{4}|\d{3}|0\d{1,4}-\d{1,4}-\d{3,5})$"))
     # The page's own note too.
     expect(page.locator(".note a.tel")).to_have_count(2)
+    # A name that holds a number is not a link (みんなの人権110番 is not a call to the police).
+    other = sized.context.new_page()
+    open_chat(other, server)
+    consent(other)
+    for text in ("上司に毎日みんなの前で怒鳴られて、つらいです", "答えない", "答えない", "はい"):
+        other.locator("#input").fill(text)
+        other.locator("#input").press("Enter")
+        other.wait_for_timeout(300)
+    offer = bot_lines(other).filter(has_text="みんなの人権110番")
+    expect(offer).to_have_count(1)
+    hrefs = offer.locator("a.tel").evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
+    assert "tel:0570-003-110" in hrefs and "tel:110" not in hrefs, hrefs
+    other.close()
     # What the person wrote is never linked (it is text, whatever it holds).
     page.locator("#input").fill("110（警察）に電話するべき？ 0120-279-338")
     page.locator("#input").press("Enter")
