@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     minutes_per_place: int = Field(default=10, ge=1)
     # Where the web chat's quick-exit button goes: a neutral page that replaces the chat.
     quick_exit_url: str = "https://www.yahoo.co.jp/"
+    # The web chat's title (the browser tab and the page's heading): neutral, because someone may look over
+    # the person's shoulder or see the tab.
+    chat_title: str = Field(default="チャット", min_length=1, max_length=40)
     # Largest message accepted from any channel (characters); longer text is cut and the cut noted.
     max_message_chars: int = Field(default=5000, ge=100)
     # Conversations a counsellor may hold at once (a counsellor's own limit can be set per account).

@@ -32,23 +32,26 @@ MESSAGE_KEYS: dict[str, set[str]] = {
     "declined": {"lines"},
     "listening": set(),
     "listening_after_consent_with_story": set(),
-    "intake_intro": set(),
-    "offer_counsellor": set(),
+    "intake_intro": {"ack"},
+    "offer_counsellor": {"ack"},
     "intake_age": set(),
     "intake_prefecture": set(),
     "intake_safe": set(),
     "unsafe": set(),
-    "ask_danger": set(),
+    "ask_danger": {"ack"},
     "danger_no": set(),
-    "offer": {"referrals"},
+    "offer": {"ack", "referrals"},
     "offer_again": set(),
-    "waiting": {"position", "wait"},
-    "waiting_update": {"position", "wait"},
+    "waiting": {"ack", "position", "promise"},
+    "waiting_update": {"position", "promise"},
     "waiting_safety": {"lines"},
     "back_later": {"back"},
     "out_of_hours": {"back_later", "lines"},
-    "crisis": {"lines"},
+    "crisis": {"lines", "promise"},
     "crisis_repeat": set(),
+    "ask_age": set(),
+    "age_thanks": set(),
+    "age_young": {"lines"},
     "with_counsellor": set(),
     "closing": set(),
     "survey_thanks": set(),
@@ -62,7 +65,24 @@ MESSAGE_KEYS: dict[str, set[str]] = {
     "line_group_only": set(),
 }
 FORMAT_KEYS: dict[str, set[str]] = {
-    "line": {"name", "number", "hours", "status"},
+    "ack_default": set(),
+    "ack_harm": set(),
+    "ack_suicide": set(),
+    "promise_waiting_free": {"position", "wait"},
+    "promise_waiting_busy": {"position", "wait"},
+    "promise_waiting_none": {"position", "wait"},
+    "promise_waiting_closed": {"position", "wait"},
+    "promise_crisis_free": {"position", "wait"},
+    "promise_crisis_busy": {"position", "wait"},
+    "promise_crisis_none": {"position", "wait"},
+    "promise_crisis_closed": {"position", "wait"},
+    "promise_waiting_update_free": {"position", "wait"},
+    "promise_waiting_update_busy": {"position", "wait"},
+    "promise_waiting_update_none": {"position", "wait"},
+    "promise_waiting_update_closed": {"position", "wait"},
+    "line": {"name", "number"},
+    "line_hours": {"hours"},
+    "line_hours_status": {"hours", "status"},
     "line_note": {"note"},
     "open_now": set(),
     "closed_now": set(),
@@ -102,7 +122,9 @@ ANSWER_GROUPS = (
 )
 ANY = "any"
 REFERRAL_NEEDS = frozenset({"id", "name", "number", "hours", "hours_label", "for", "categories", "checked"})
-REFERRAL_MAY_HAVE = frozenset({"crisis", "listed", "url", "note"})
+REFERRAL_MAY_HAVE = frozenset({"crisis", "listed", "url", "note", "ages", "young", "same_as", "tags"})
+OFFERED_AT_MOST = 2  # services offered at once
+YOUNG_UP_TO = 18  # the children's lines are for this age and under
 
 
 @dataclass(frozen=True)
@@ -125,9 +147,17 @@ class Referral:
     url: str = ""
     note: str = ""
     listed: bool = True  # false: never listed with the services that fit (the replies name it themselves)
+    ages: frozenset[str] = frozenset()  # the age bands it is for; empty: everyone
+    young: bool = False  # for young people whatever the trouble (offered beside the best line)
+    same_as: str = ""  # another number of that service: not offered beside it
+    tags: tuple[str, ...] = ()  # words a counsellor may search it by (デートDV, 高校生, 彼氏)
 
     def serves(self, categories: set[str]) -> bool:
         return ANY in self.categories or bool(self.categories & categories)
+
+    def fits_age(self, age_band: str) -> bool:
+        """Unknown ages rule nothing out."""
+        return not self.ages or not age_band or age_band in self.ages
 
     def open_now(self, now: datetime) -> bool | None:
         """True or False when the hours are known, None when they vary by place."""
@@ -172,6 +202,15 @@ class Content:
         self.prefectures: tuple[str, ...] = tuple(str(p) for p in intake.get("prefectures") or ())
         if len(self.prefectures) != 47:
             raise ContentError(f"intake.yaml: prefectures: expected 47, found {len(self.prefectures)}")
+        self.prefecture_names: dict[str, str] = {}  # key() of a way of writing it -> the prefecture
+        for pref in self.prefectures:
+            short = pref if pref == "北海道" else pref[:-1]
+            self.prefecture_names[key(pref)] = self.prefecture_names[key(short)] = pref
+        for pref, names in (intake.get("prefecture_aliases") or {}).items():
+            if pref not in self.prefectures or not isinstance(names, list):
+                raise ContentError(f"intake.yaml: prefecture_aliases: {pref}: a prefecture, a list of names")
+            for name in names:
+                self.prefecture_names.setdefault(key(str(name)), pref)
         self.referrals = self._referrals(root / "referrals.yaml")
 
     # -- loading ---------------------------------------------------------------------------------
@@ -274,6 +313,10 @@ class Content:
                     url=str(e.get("url", "")),
                     note=str(e.get("note", "")),
                     listed=e.get("listed", True),
+                    ages=frozenset(str(a) for a in e.get("ages") or ()),
+                    young=bool(e.get("young", False)),
+                    same_as=str(e.get("same_as", "")),
+                    tags=tuple(str(t) for t in e.get("tags") or ()),
                 )
             )
         return tuple(out)
@@ -286,8 +329,12 @@ class Content:
         return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f)
 
     def text(self, message_name: str, /, **fields: object) -> Text:
+        """A message with its placeholders filled; a line a placeholder left empty is dropped."""
         t = self.messages[message_name]
-        return Text(t.text.format(**fields) if fields else t.text, t.quick)
+        if not fields:
+            return t
+        lines = t.text.format(**fields).split("\n")
+        return Text("\n".join(line for line in lines if line.strip()), t.quick)
 
     def fmt(self, format_name: str, /, **fields: object) -> str:
         return str(self.formats[format_name]).format(**fields)
@@ -335,27 +382,64 @@ class Content:
         return None
 
     def prefecture(self, text: str) -> str | None:
-        """The prefecture a text plainly names (東京都, 東京, 大阪です); None for anything else."""
-        k = self._bare(text)
-        for p in self.prefectures:
-            short = p if p == "北海道" else p[:-1]
-            if k in (key(p), key(short)):
-                return p
+        """The prefecture a text plainly names, as people write it (東京都, 東京, 大阪です, さいたま,
+        横浜在住); None for anything else."""
+        for k in (key(text), self._bare(text)):
+            if k in self.prefecture_names:
+                return self.prefecture_names[k]
         return None
 
-    def referrals_for(self, categories: set[str], *, crisis_only: bool = False) -> list[Referral]:
-        """The services for these categories: specific ones first, then the general lines; never those
-        the replies name in their own text (``listed: false``)."""
-        wanted = [r for r in self.referrals if r.listed and (r.crisis or not crisis_only)]
-        specific = [r for r in wanted if ANY not in r.categories and r.categories & categories]
-        return specific + [r for r in wanted if ANY in r.categories]
+    def young(self, age_band: str) -> bool:
+        """Is this band 18 or under (the children's lines are theirs)?"""
+        return any(b.band == age_band and b.high <= YOUNG_UP_TO for b in self.age_bands)
+
+    def referrals_for(
+        self,
+        categories: set[str],
+        *,
+        age_band: str = "",
+        crisis_only: bool = False,
+        now: datetime | None = None,
+        limit: int = OFFERED_AT_MOST,
+    ) -> list[Referral]:
+        """The services that fit best, at most ``limit`` (SNS相談 practice: one or two that fit the person,
+        not a list): the lines for these categories in the directory's order (its best fitting line of a
+        category first), for their age; for someone 18 or under, a young people's line beside the first;
+        and, when ``now`` is given and neither is open then, a line that is. ``crisis_only``: the 24-hour
+        lines only. Never a line with ``listed: false`` (110 and 119: the texts that need them say them)."""
+        usable = [
+            r for r in self.referrals if r.listed and r.fits_age(age_band) and (r.crisis or not crisis_only)
+        ]
+        specific = [r for r in usable if ANY not in r.categories and r.categories & categories]
+        general = [r for r in usable if ANY in r.categories]
+        order = specific + general
+        if self.young(age_band):
+            young = [r for r in usable if r.young]
+            order = specific[:1] + young + specific[1:] + general
+        ranked: list[Referral] = []
+        for r in order:
+            if r not in ranked and not any(r.same_as == x.id or x.same_as == r.id for x in ranked):
+                ranked.append(r)
+        order = ranked
+        chosen = order[:limit]
+        if now is not None and chosen and not any(r.open_now(now) for r in chosen):
+            open_now = [r for r in order if r.open_now(now) and r not in chosen]
+            if open_now:
+                chosen = [*chosen[: limit - 1], open_now[0]]
+        return chosen
 
     def lines(self, referrals: list[Referral], now: datetime) -> str:
+        """Each service on two short lines: its name and number, then its hours and whether it is open now
+        (no brackets inside brackets)."""
         out = []
         for r in referrals:
             is_open = r.open_now(now)
-            status = "" if is_open is None else self.fmt("open_now" if is_open else "closed_now")
-            out.append(self.fmt("line", name=r.name, number=r.number, hours=r.hours_label, status=status))
+            out.append(self.fmt("line", name=r.name, number=r.number))
+            if is_open is None:
+                out.append(self.fmt("line_hours", hours=r.hours_label))
+            else:
+                status = self.fmt("open_now" if is_open else "closed_now")
+                out.append(self.fmt("line_hours_status", hours=r.hours_label, status=status))
             if r.note:
                 out.append(self.fmt("line_note", note=r.note))
         return "\n".join(line.rstrip() for line in out)

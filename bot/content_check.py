@@ -96,7 +96,7 @@ def pages(age_bands: Collection[str] | None = None) -> list[Page]:
             file="webchat/page.html",
             static=WEBCHAT_STATIC,
             url="/chat/static/",
-            placeholders=frozenset({"quick_exit_url"}),
+            placeholders=frozenset({"quick_exit_url", "title"}),
             keys=prefixed("status_", STATUS.values()) | {"you", "bot", "counsellor"},
         ),
         Page(

@@ -44,8 +44,25 @@ INTAKE_SAFE = "intake_safe"
 ASK_DANGER = "ask_danger"
 ERASE_CONFIRM = "erase_confirm"
 SURVEY = "survey"
+ASK_AGE = "ask_age"  # the age band, asked once when high risk skipped the intake (children's lines need it)
 INTAKE = (INTAKE_AGE, INTAKE_PREFECTURE, INTAKE_SAFE)
 BEFORE_QUEUE = (State.NEW, State.WELCOME, State.LISTENING, State.OFFERED)
+# Categories in which someone else harmed them: the acknowledgement says it is not their fault.
+HARMED = frozenset(
+    {
+        Category.DV.value,
+        Category.SEXUAL_VIOLENCE.value,
+        Category.CHILD_ABUSE.value,
+        Category.SEXUAL_HARASSMENT.value,
+        Category.POWER_HARASSMENT.value,
+        Category.MATERNITY_HARASSMENT.value,
+        Category.ACADEMIC_HARASSMENT.value,
+        Category.JOB_HUNTING.value,
+        Category.BULLYING.value,
+        Category.STALKING.value,
+        Category.EXPLOITATION.value,
+    }
+)
 
 
 class Phase(StrEnum):
@@ -122,6 +139,8 @@ class Conv:
     survey_answer: str = ""
     outcome: str = ""
     referrals: str = ""  # ids of the services offered, comma-separated
+    acked: bool = False  # what they told was acknowledged (said once, not again in the next reply)
+    age_asked: bool = False  # the age band was asked (the intake's question, or once after high risk)
 
     @property
     def phase(self) -> Phase:
@@ -406,6 +425,16 @@ class Dialogue:
             out.say("survey_thanks")
             return
 
+        if before.pending == ASK_AGE:
+            out.set(pending="")
+            band = c.age_band(answer)
+            if band is not None or c.is_answer("skip", answer):
+                out.set(age_band=band or "")
+                out.action = Action.FLOW
+                self._age_answered(out, now)
+                return
+            # Anything else is a message like any other (the question is not asked again).
+
         out.action = action
         # An answer to the question asked is taken as such, unless the conversation is at high.
         if phase is Phase.ASKING and action is not Action.QUEUE:
@@ -426,12 +455,12 @@ class Dialogue:
             else:
                 if before.state == State.NEW:
                     self._welcome(out, now)
-                self._enqueue(out, now)
+                self._enqueue(out, now, ack=True)
         elif action is Action.OFFER and phase is Phase.LISTENING:
             # Their first words after consent: a counsellor offered at once, then the questions (still
             # optional: they find the services that fit, and feed the de-identified statistics).
-            out.say("offer_counsellor")
-            out.set(pending=INTAKE_AGE)
+            out.say("offer_counsellor", ack=self._ack(out))
+            out.set(pending=INTAKE_AGE, age_asked=True)
             out.say("intake_age")
         elif action is Action.OFFER_AND_ASK or action is Action.OFFER:
             if before.state == State.NEW:
@@ -519,8 +548,8 @@ class Dialogue:
             self._offer(out, now)
             return
         if intro:
-            out.say("intake_intro")
-        out.set(pending=INTAKE_AGE)
+            out.say("intake_intro", ack=self._ack(out))
+        out.set(pending=INTAKE_AGE, age_asked=True)
         out.say("intake_age")
 
     def _intake_answered(self, out: _Out, answer: str, now: datetime) -> bool:
@@ -574,7 +603,7 @@ class Dialogue:
 
     def _ask(self, out: _Out) -> None:
         out.set(pending=ASK_DANGER, danger_asked=out.conv.risk.value, danger_answer="")
-        out.say("ask_danger")
+        out.say("ask_danger", ack=self._ack(out))
         out.audit.append(("dialogue.ask_danger", f"risk={out.conv.risk.value}"))
 
     def _record_answer(self, out: _Out, answer: str) -> None:
@@ -632,19 +661,48 @@ class Dialogue:
 
     def _offer(self, out: _Out, now: datetime) -> None:
         conv = out.conv
-        referrals = self.content.referrals_for(set(conv.categories))
+        referrals = self.content.referrals_for(set(conv.categories), age_band=conv.age_band, now=now)
         out.set(state=State.OFFERED, pending="", referrals=",".join(r.id for r in referrals)[:400])
-        out.say("offer", referrals=self.content.lines(referrals, now))
+        out.say("offer", ack=self._ack(out), referrals=self.content.lines(referrals, now))
 
-    def _enqueue(self, out: _Out, now: datetime) -> None:
+    def _enqueue(self, out: _Out, now: datetime, *, ack: bool = False) -> None:
         out.set(state=State.WAITING, pending="")
         out.enqueue = True
-        out.say("waiting")
+        out.say("waiting", ack=self._ack(out) if ack else "")
         if not self.hours.is_open(now):
             out.set(out_of_hours=True)
             self._out_of_hours(out, now)
         elif out.conv.risk.rank >= Risk.HIGH.rank:
             out.say("waiting_safety", lines=self._lines(out.conv, now, always_open=True))
+        if out.conv.risk.rank >= Risk.HIGH.rank:
+            self._ask_age(out)
+
+    def _ack(self, out: _Out) -> str:
+        """The first reply to what they told receives it first (SNS相談 practice: what was heard, that it is
+        not their fault, that writing was right), once: the next replies do not say it again."""
+        if out.conv.acked:
+            return ""
+        out.set(acked=True)
+        cats = set(out.conv.categories)
+        name = "ack_harm" if cats & HARMED else "ack_default"
+        if Category.SUICIDE.value in cats:
+            name = "ack_suicide"
+        return self.content.fmt(name) + "\n"
+
+    def _ask_age(self, out: _Out) -> None:
+        """High risk skipped the intake: the age band is asked once, gently (the children's lines need it)."""
+        if out.conv.age_band or out.conv.age_asked:
+            return
+        out.set(pending=ASK_AGE, age_asked=True)
+        out.say("ask_age")
+
+    def _age_answered(self, out: _Out, now: datetime) -> None:
+        conv = out.conv
+        if self.content.young(conv.age_band):
+            refs = self.content.referrals_for(set(conv.categories), age_band=conv.age_band, now=now)
+            out.say("age_young", lines=self.content.lines(refs, now))
+        else:
+            out.say("age_thanks")
 
     def _waiting_update(self, out: _Out, now: datetime, *, rose: bool = False) -> None:
         if rose:
@@ -652,6 +710,7 @@ class Dialogue:
         out.say("waiting_update")
         if rose and out.conv.risk.rank >= Risk.HIGH.rank:
             out.say("waiting_safety", lines=self._lines(out.conv, now, always_open=True))
+            self._ask_age(out)
 
     def _crisis(self, out: _Out, now: datetime) -> None:
         """Life first: no consent needed (the confidentiality exception), no questions, the head of the
@@ -669,11 +728,12 @@ class Dialogue:
             out.enqueue = True
             return
         out.say("crisis", lines=self._lines(out.conv, now, crisis=True))
-        out.set(state=State.WAITING, pending="")
+        out.set(state=State.WAITING, pending="", acked=True)
         out.enqueue = True
         if not self.hours.is_open(now):
             out.set(out_of_hours=True)
             out.say("back_later", back=self._back(now))
+        self._ask_age(out)
 
     def _close(self, out: _Out, outcome: str, *, survey: bool) -> None:
         out.set(state=State.CLOSED, outcome=out.conv.outcome or outcome, pending=SURVEY if survey else "")
@@ -712,7 +772,9 @@ class Dialogue:
 
     def _lines(self, conv: Conv, now: datetime, *, crisis: bool = False, always_open: bool = False) -> str:
         # In a crisis and out of hours: the 24-hour lines only, short enough to read at once.
-        refs = self.content.referrals_for(set(conv.categories), crisis_only=crisis or always_open)
+        refs = self.content.referrals_for(
+            set(conv.categories), age_band=conv.age_band, crisis_only=crisis or always_open
+        )
         return self.content.lines(refs, now)
 
     def _out_of_hours(self, out: _Out, now: datetime) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -59,13 +60,14 @@ from bot.models import (
     Note,
     Outbox,
     OutboxStatus,
+    Presence,
     Role,
     Sender,
     StatCount,
     State,
     utcnow,
 )
-from bot.types import EDITED, WITHDRAWN, Inbound, Kind
+from bot.types import BLOCKED_REASON, EDITED, QUICK_EXIT_REASON, WITHDRAWN, Inbound, Kind
 from handoff.queue import HandoffQueue, QueueEntry
 from triage import Risk, TriageResult, get_engine
 from triage.normalize import sanitize
@@ -76,6 +78,8 @@ HISTORY = 10  # earlier messages read with each new one
 FULL_TEXT_FACTOR = 20  # the whole of a mail is kept up to this many times the longest message
 ALL_CATEGORIES = "*"  # the statistics row that counts each conversation once
 REMEMBER = timedelta(days=7)  # how long a conversation at high or crisis sets the risk of the next
+PROMISE = "promise"  # the placeholder of what can honestly be promised (content/messages.yaml)
+PROMISE_GROUPS = {"crisis_repeat": "crisis"}  # texts that share promises
 
 
 @dataclass
@@ -127,6 +131,8 @@ def _snapshot(conv: Conversation) -> Conv:
         survey_answer=conv.survey_answer,
         outcome=conv.outcome,
         referrals=conv.referrals,
+        acked=conv.acked,
+        age_asked=conv.age_asked,
     )
 
 
@@ -149,6 +155,8 @@ def _write_back(conv: Conversation, new: Conv, now: datetime) -> None:
     conv.survey_answer = new.survey_answer
     conv.outcome = new.outcome
     conv.referrals = new.referrals
+    conv.acked = new.acked
+    conv.age_asked = new.age_asked
 
 
 class ConversationEngine:
@@ -163,6 +171,7 @@ class ConversationEngine:
         hours: Hours,
         minutes_per_place: int = 10,
         max_chars: int = 5000,
+        counsellor_limit: int = 2,
     ) -> None:
         self.db = db
         self.crypto = crypto
@@ -172,6 +181,7 @@ class ConversationEngine:
         self.hours = hours
         self.minutes_per_place = minutes_per_place
         self.max_chars = max_chars
+        self.counsellor_limit = counsellor_limit  # TSUNAGI_COUNSELLOR_LIMIT, for accounts without their own
         self.triage = get_engine()
         self.dialogue = Dialogue(content, hours)
         self._locks = KeyedLocks()
@@ -273,7 +283,8 @@ class ConversationEngine:
         if inbound.kind is Kind.UNFOLLOW:
             # They left or blocked us: close quietly, say nothing more, and what was still waiting to go
             # to them is cancelled (a push to someone who blocked us is refused, and counted).
-            await self._cancel_unsent(s, contact)
+            contact.presence, contact.presence_at = Presence.BLOCKED, now
+            await self._cancel_unsent(s, contact, BLOCKED_REASON)
             if conv is None or conv.state == State.CLOSED:
                 return None
             step = _Step(conv, now)
@@ -285,6 +296,8 @@ class ConversationEngine:
         if conv is None:
             conv = await self._new_conversation(s, contact, now)
         step = _Step(conv, now)
+        if contact.presence == Presence.BLOCKED:  # they unblocked us (or wrote again): they are back
+            contact.presence, contact.presence_at = Presence.UNKNOWN, now
         if inbound.kind is Kind.FOLLOW:
             await self._store_inbound(s, step, inbound, None)
             await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), Opened(), now))
@@ -317,16 +330,43 @@ class ConversationEngine:
         await self._apply(s, step, contact, self.dialogue.step(_snapshot(conv), event, now))
         return step
 
-    async def _cancel_unsent(self, s: AsyncSession, contact: Contact) -> None:
+    async def _cancel_unsent(self, s: AsyncSession, contact: Contact, why: str) -> None:
         """Messages to a person not yet sent are cancelled (recorded failed, with why)."""
         ids = select(col(Conversation.id)).where(col(Conversation.contact_id) == contact.id)
         done = await s.execute(
             update(Outbox)
             .where(col(Outbox.conversation_id).in_(ids), col(Outbox.status) == OutboxStatus.PENDING)
-            .values(status=OutboxStatus.FAILED, last_error="cancelled: the person blocked or left")
+            .values(status=OutboxStatus.FAILED, last_error=why)
         )
         if done.rowcount:  # type: ignore[attr-defined]
             log.info("cancelled %d unsent messages on %s", done.rowcount, contact.channel)  # type: ignore[attr-defined]
+
+    async def set_presence(self, contact_id: str, presence: Presence) -> None:
+        """Whether the person is there (the web chat's page connected, left, or closed with the quick exit).
+        After the quick exit nothing can reach them on that page again (it forgot its token): what was still
+        waiting to go to them is cancelled, and so is whatever is written to them later (bot/outbox.py). The
+        console hears of it through the conversation's event."""
+        now = self.clock()
+        async with self.db.session() as s, s.begin():
+            contact = await s.get(Contact, contact_id)
+            if contact is None or contact.presence == presence:
+                return
+            if contact.presence == Presence.QUICK_EXIT:
+                return  # gone for good: a late disconnect does not make it "left"
+            contact.presence, contact.presence_at = presence, now
+            if presence == Presence.QUICK_EXIT:
+                await self._cancel_unsent(s, contact, QUICK_EXIT_REASON)
+            conv = await s.scalar(
+                select(Conversation)
+                .where(col(Conversation.contact_id) == contact_id)
+                .order_by(col(Conversation.created_at).desc())
+                .limit(1)
+            )
+            if conv is not None and presence != Presence.CONNECTED:
+                self._audit(s, f"presence.{presence.value}", conv.id)
+        log.info("contact %s on %s: %s", contact_id, contact.channel, presence.value)
+        if conv is not None:
+            self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
 
     async def withdraw(self, channel: str, user_id: str, external_id: str) -> bool:
         """The person took a message back (LINE's unsend): its text, the whole of it, what came with it
@@ -517,16 +557,46 @@ class ConversationEngine:
         for action, detail in turn.audit:
             self._audit(s, action, conv.id, detail)
         for reply in turn.replies:
-            step.say(await self._render(reply, conv, step.now), reply.sender)
+            step.say(await self._render(s, reply, conv, step.now), reply.sender)
         if not turn.erase:
             self._remember(contact, conv, step.now)
 
-    async def _render(self, reply: Reply, conv: Conversation, now: datetime) -> Text:
+    async def _render(self, s: AsyncSession, reply: Reply, conv: Conversation, now: datetime) -> Text:
         fields: dict[str, object] = dict(reply.fields)
-        if QUEUE_FIELDS <= self.content.fields_of(reply.key):
+        wanted = self.content.fields_of(reply.key)
+        if wanted & (QUEUE_FIELDS | {PROMISE}):
             position = await self.queue.rank(self._entry(conv, now), now)
             fields.update(position=position, wait=self._wait(position))
+        if PROMISE in wanted:
+            # Never promise what will not happen: what is said depends on who is there now.
+            group = PROMISE_GROUPS.get(reply.key, reply.key)
+            staffing = await self._staffing(s, now)
+            fields[PROMISE] = self.content.fmt(f"promise_{group}_{staffing}", **fields)
         return self.content.text(reply.key, **fields)
+
+    async def _staffing(self, s: AsyncSession, now: datetime) -> str:
+        """Who can answer now: ``free`` (a counsellor on duty under their limit), ``busy`` (on duty, all at
+        their limit), ``none`` (nobody on duty), ``closed`` (out of counsellor hours)."""
+        if not self.hours.is_open(now):
+            return "closed"
+        on_duty = (
+            await s.execute(
+                select(col(Counsellor.id), col(Counsellor.max_conversations)).where(
+                    col(Counsellor.on_duty).is_(True), col(Counsellor.active).is_(True)
+                )
+            )
+        ).all()
+        if not on_duty:
+            return "none"
+        held = Counter(
+            (
+                await s.scalars(
+                    select(col(Handoff.counsellor_id)).where(col(Handoff.status) == HandoffStatus.CLAIMED)
+                )
+            ).all()
+        )
+        free = any(held[cid] < (limit or self.counsellor_limit) for cid, limit in on_duty)
+        return "free" if free else "busy"
 
     async def _ensure_handoff(self, s: AsyncSession, conv: Conversation, now: datetime) -> None:
         """The waiting handoff row (the source of truth for the queue), made once."""
@@ -542,15 +612,15 @@ class ConversationEngine:
             existing.risk = conv.risk
 
     async def _alert_supervisors(self, s: AsyncSession, conv: Conversation) -> None:
-        for sup in await s.scalars(
-            select(Counsellor).where(
-                col(Counsellor.on_duty).is_(True),
-                col(Counsellor.active).is_(True),
-                col(Counsellor.role).in_([Role.SUPERVISOR, Role.ADMIN]),
-            )
-        ):
-            assert sup.id is not None
-            s.add(Alert(counsellor_id=sup.id, conversation_id=conv.id, kind="crisis"))
+        """A crisis is told to the supervisors on duty; when none is, to the counsellors on duty (someone must
+        hear it now); when nobody is on duty, to every supervisor, who sees it on logging in."""
+        active = (await s.scalars(select(Counsellor).where(col(Counsellor.active).is_(True)))).all()
+        supervisors = [c for c in active if c.role in (Role.SUPERVISOR, Role.ADMIN)]
+        on_duty = [c for c in active if c.on_duty]
+        recipients = [c for c in supervisors if c.on_duty] or on_duty or supervisors
+        for c in recipients:
+            assert c.id is not None
+            s.add(Alert(counsellor_id=c.id, conversation_id=conv.id, kind="crisis"))
 
     async def _close(self, s: AsyncSession, step: _Step) -> None:
         """The dialogue closed the conversation: its handoff ends, and it is counted."""
@@ -663,6 +733,12 @@ class ConversationEngine:
             step = _Step(conv, now, dequeue=True)
             await self._apply(s, step, None, self.dialogue.step(_snapshot(conv), Claimed(), now))
             self._audit(s, "handoff.claim", conv.id, f"counsellor={counsellor_id}")
+            # Someone has it now: its alerts are answered, for everyone they went to.
+            await s.execute(
+                update(Alert)
+                .where(col(Alert.conversation_id) == conv.id, col(Alert.seen_at).is_(None))
+                .values(seen_at=now)
+            )
             await self._write_replies(s, step)
             contact_id = conv.contact_id or ""
         await self._after_commit(step, contact_id)

@@ -87,6 +87,16 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+class Presence(StrEnum):
+    """Whether a person is there to read a reply (Contact.presence)."""
+
+    UNKNOWN = ""  # the channel cannot tell (e-mail), or nothing happened yet
+    CONNECTED = "connected"  # the web chat page is open
+    LEFT = "left"  # the page was closed or lost its connection: replies wait until it is back
+    QUICK_EXIT = "quick_exit"  # すぐに閉じる: the page forgot its token, nothing can reach them there again
+    BLOCKED = "blocked"  # LINE or Telegram: they blocked the account
+
+
 class Contact(SQLModel, table=True):
     """A person on one channel, known by a keyed hash; the platform id is kept encrypted to reply."""
 
@@ -101,6 +111,10 @@ class Contact(SQLModel, table=True):
     # The last conversation of this person that reached high or crisis (its id, risk and time, as JSON),
     # encrypted: someone who writes again within days starts at that risk (bot/engine.py).
     risk_enc: str = ""
+    # Whether the person is there (``Presence``): connected, left or gone through the quick exit (web chat),
+    # blocked (LINE, Telegram); "" when the channel cannot tell (e-mail). Shown to the counsellor.
+    presence: str = Field(default="", max_length=16)
+    presence_at: datetime | None = _at(default=None)
     created_at: datetime = _at(default_factory=utcnow)
     last_seen_at: datetime = _at(default_factory=utcnow)
 
@@ -134,6 +148,8 @@ class Conversation(SQLModel, table=True):
     # The earlier conversation of a person who came back soon after one at high or crisis (no foreign key:
     # it may be purged first).
     previous_id: str = Field(default="", max_length=32)
+    acked: bool = False  # what they told was acknowledged (the next replies do not say it again)
+    age_asked: bool = False  # the age band was asked (the intake, or once after high risk skipped it)
     created_at: datetime = _at(default_factory=utcnow)
     updated_at: datetime = _at(default_factory=utcnow)
     last_user_at: datetime | None = _at(default=None)
@@ -277,6 +293,7 @@ class Note(SQLModel, table=True):
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
     counsellor_id: int = Field(foreign_key="counsellor.id")
     text_enc: str
+    kind: str = Field(default="note", max_length=12)  # note (a counsellor's), advice (a supervisor's)
     created_at: datetime = _at(default_factory=utcnow)
 
 

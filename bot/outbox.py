@@ -21,8 +21,8 @@ from sqlmodel import col
 from bot.crypto import Crypto
 from bot.db import Database
 from bot.events import Event, EventBus
-from bot.models import Contact, Conversation, Message, Outbox, OutboxStatus, Sender, utcnow
-from bot.types import Delivery, Outbound, Outcome
+from bot.models import Contact, Conversation, Message, Outbox, OutboxStatus, Presence, Sender, utcnow
+from bot.types import QUICK_EXIT_REASON, Delivery, Outbound, Outcome
 
 if TYPE_CHECKING:
     from channels.base import Channel
@@ -144,6 +144,11 @@ class OutboxWorker:
                 reason = "no such channel" if channel is None else "message or contact gone"
                 await self._record(row, Delivery.failed(reason), now)
                 continue
+            if out.gone:
+                # The web chat's page was closed with the quick exit: it forgot its token, and nothing
+                # can reach the person there again.
+                await self._record(row, Delivery.failed(QUICK_EXIT_REASON), now)
+                continue
             pairs.append((row, out))
         if channel is None or not pairs:
             return 0
@@ -205,6 +210,7 @@ class OutboxWorker:
             attempt=row.attempts + 1,
             progress=row.progress,
             contact_state=self.crypto.decrypt(contact.state_enc) if contact.state_enc else "",
+            gone=contact.presence == Presence.QUICK_EXIT,
         )
 
     async def _record(

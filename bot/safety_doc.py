@@ -229,9 +229,21 @@ def render(content: Content) -> str:
         "",
         "## The replies",
         "",
-        "As in content/messages.yaml; `{lines}` are the services that fit (in a crisis and while waiting, "
-        "the 24-hour lines), `{referrals}` the services offered, `{position}` and `{wait}` the place in the "
-        "queue.",
+        "As in content/messages.yaml; `{lines}` are the services that fit, at most two (in a crisis and "
+        "while waiting, the 24-hour lines), `{referrals}` the services offered (at most two), `{position}` "
+        "and `{wait}` the place in the queue, `{ack}` the acknowledgement of what they told (once, with the "
+        "first reply to it), `{promise}` what can honestly be promised now: a counsellor on duty and free, "
+        "all busy, nobody on duty, or out of hours (a line left empty is dropped).",
+        "",
+        "### The acknowledgements and the promises (formats)",
+        "",
+        "```text",
+        *[
+            f"{name}: {content.formats[name]}"
+            for name in sorted(content.formats)
+            if name.startswith(("ack_", "promise_"))
+        ],
+        "```",
     ]
     used = sorted(
         {

@@ -66,6 +66,7 @@ class Service:
             hours=self.hours,
             minutes_per_place=settings.minutes_per_place,
             max_chars=settings.max_message_chars,
+            counsellor_limit=settings.counsellor_limit,
         )
         self.channels: dict[str, Channel] = {
             name: cls(self) for name, cls in CHANNELS.items() if cls.enabled(settings)

@@ -15,6 +15,10 @@ EDITED = "edited"  # a new version of a message the person edited (stored beside
 WITHDRAWN = "withdrawn"  # the person took it back (LINE's unsend): its text and pictures are gone
 ALBUM = "album"  # one picture of several sent together (answered once)
 
+# Why a message to a person failed without being tried (Outbox.last_error; the console says it in words).
+QUICK_EXIT_REASON = "cancelled: the person left with the quick exit"
+BLOCKED_REASON = "cancelled: the person blocked or left"
+
 
 class Kind(StrEnum):
     TEXT = "text"  # something the person wrote
@@ -103,6 +107,7 @@ class Outbound:
     attempt: int
     progress: int = 0  # parts of a long text (split by the channel) delivered by earlier attempts
     contact_state: str = ""  # what the channel last kept for this person (Inbound.contact_state)
+    gone: bool = False  # the person left the web chat with the quick exit: nothing can reach them there
 
 
 class Outcome(StrEnum):

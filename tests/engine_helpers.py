@@ -31,8 +31,14 @@ def reply_keys(texts: list[str]) -> list[str]:
 def _patterns() -> dict[str, tuple[re.Pattern[str], int]]:
     out = {}
     for key, t in get_content().messages.items():
-        pieces = re.split(r"\{[a-z_]+\}", t.text)
-        out[key] = (re.compile(".*?".join(re.escape(p) for p in pieces), re.S), sum(map(len, pieces)))
+        # A placeholder alone on its line may leave nothing (the line is dropped): that line is optional.
+        template = re.sub(r"\n\{[a-z_]+\}(?=\n)", "\x00", t.text)
+        pieces = re.split(r"\{[a-z_]+\}", template)
+        # (What fills a placeholder never holds a blank line: a joined mail's parts stay apart.)
+        any_ = "(?:[^\n]|(?<!\n)\n(?!\n))*?"
+        rx = any_.join(re.escape(p) for p in pieces).replace("\x00", f"(?:\n(?!\n){any_})?")
+        fixed = sum(len(p.replace("\x00", "")) for p in pieces)
+        out[key] = (re.compile(rx, re.S), fixed)
     return out
 
 

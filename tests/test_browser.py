@@ -512,3 +512,145 @@ def test_accessibility_basics(page: Page, server: Server) -> None:
     assert live == "log"
     expect(newest).to_contain_text("つなぎ")
     expect(user_lines(page).last).to_contain_text("あなた")
+
+
+# -- issue 14: on a phone and on a desktop -------------------------------------------------------------------
+
+VIEWPORTS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def sized(request: pytest.FixtureRequest, browser: Browser, server: Server) -> Iterator[Page]:
+    """A page at a phone's size (390x844, touch) and at a desktop's (1280x800)."""
+    phone = request.param == "phone"
+    ctx = browser.new_context(
+        locale="ja-JP", viewport=VIEWPORTS[request.param], is_mobile=phone, has_touch=phone
+    )
+    ctx.set_default_timeout(WAIT_MS)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
+    try:
+        yield pg
+    finally:
+        ctx.close()
+    assert errors == [], f"errors in the page: {errors}"
+
+
+def box(page: Page, selector: str) -> dict[str, float]:
+    found = page.locator(selector).bounding_box()
+    assert found is not None, f"{selector} is not laid out"
+    return found
+
+
+def test_the_last_question_and_its_buttons_stay_above_the_message_box_and_the_status_stays_on_screen(
+    sized: Page, server: Server
+) -> None:
+    page = sized
+    height = page.viewport_size["height"] if page.viewport_size else 0
+    open_chat(page, server)
+    consent(page)
+    for i in range(3):  # a conversation longer than the screen
+        page.locator("#input").fill(f"{i + 1}. 部活の先輩のことで、ずっと悩んでいます。" * 3)
+        page.locator("#input").press("Enter")
+        expect(bot_lines(page).last).to_be_visible()
+        page.wait_for_timeout(200)
+    # The last thing the bot asked, with its buttons: on screen, above the message box, not under it.
+    expect(page.locator("#choices button").first).to_be_visible()
+    last, choices, composer = box(page, "#log li:last-child"), box(page, "#choices"), box(page, "#composer")
+    assert last["y"] + last["height"] <= choices["y"] + 1, (last, choices)
+    assert choices["y"] + choices["height"] <= composer["y"] + 1, (choices, composer)
+    assert composer["y"] + composer["height"] <= height + 1, (composer, height)
+    log = box(page, "#log")
+    assert last["y"] >= log["y"] - 1, "the last message is scrolled out of the top"
+    for button in page.locator("#choices button").all():
+        expect(button).to_be_in_viewport(ratio=1)
+    assert page.evaluate("window.scrollY") == 0, "only the conversation scrolls, not the page"
+
+    # Waiting for a counsellor: the status line (with the place in line) stays on screen.
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile(r"相談員を待っています（\d+番目）"))
+    expect(bot_lines(page).filter(has_text="119").first).to_be_visible()
+    page.wait_for_timeout(300)
+    expect(page.locator("#status")).to_be_in_viewport(ratio=1)
+    expect(bot_lines(page).last).to_be_in_viewport()
+    composer = box(page, "#composer")
+    assert composer["y"] + composer["height"] <= height + 1
+
+
+def test_phone_numbers_can_be_tapped_and_names_with_numbers_are_not_links(
+    sized: Page, server: Server
+) -> None:
+    page = sized
+    open_chat(page, server)
+    consent(page)
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    crisis = bot_lines(page).filter(has_text="119").first
+    expect(crisis).to_be_visible()
+    links = crisis.locator("a.tel")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert "tel:110" in hrefs and "tel:119" in hrefs, hrefs
+    assert any(h and re.fullmatch(r"tel:0120-\d+-\d+", h) for h in hrefs), hrefs
+    for i in range(links.count()):
+        expect(links.nth(i)).to_have_text(re.compile(r"^(#\d{4}|\d{3}|0\d{1,4}-\d{1,4}-\d{3,5})$"))
+    # The page's own note too.
+    expect(page.locator(".note a.tel")).to_have_count(2)
+    # A name that holds a number is not a link (みんなの人権110番 is not a call to the police).
+    other = sized.context.new_page()
+    open_chat(other, server)
+    consent(other)
+    for text in ("上司に毎日みんなの前で怒鳴られて、つらいです", "答えない", "答えない", "はい"):
+        other.locator("#input").fill(text)
+        other.locator("#input").press("Enter")
+        other.wait_for_timeout(300)
+    offer = bot_lines(other).filter(has_text="みんなの人権110番")
+    expect(offer).to_have_count(1)
+    hrefs = offer.locator("a.tel").evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
+    assert "tel:0570-003-110" in hrefs and "tel:110" not in hrefs, hrefs
+    other.close()
+    # What the person wrote is never linked (it is text, whatever it holds).
+    page.locator("#input").fill("110（警察）に電話するべき？ 0120-279-338")
+    page.locator("#input").press("Enter")
+    expect(user_lines(page).last.locator("a")).to_have_count(0)
+
+
+# -- accessibility: axe-core (axe-playwright-python ships its script: no network) ---------------------------
+
+
+def serious_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now (WCAG 2.x A and AA rules)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    options = {"resultTypes": ["violations"], "runOnly": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}
+    results = Axe().run(page, options=options)
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_no_serious_accessibility_violation_through_a_whole_conversation(sized: Page, server: Server) -> None:
+    page = sized
+    open_chat(page, server)
+    assert serious_violations(page) == [], "the welcome"
+    consent(page)
+    page.locator("#input").fill("最近ちょっと学校に行きづらくて")
+    page.locator("#input").press("Enter")
+    expect(page.locator("#choices button").first).to_be_visible()
+    assert serious_violations(page) == [], "a question with its buttons"
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile("相談員を待っています"))
+    expect(bot_lines(page).filter(has_text="119").first).to_be_visible()
+    assert serious_violations(page) == [], "waiting, with the crisis reply and its links"
+    # The page's title is neutral (someone may look over the person's shoulder).
+    assert page.title() == "チャット"
+    placeholder = page.locator("#input").get_attribute("placeholder") or ""
+    if page.viewport_size and page.viewport_size["width"] < 600:
+        assert "Shift" not in placeholder, "a phone has no Shift+Enter to speak of"
+    else:
+        assert "Shift+Enter" in placeholder

@@ -628,12 +628,15 @@ def test_transfer_picker_lists_colleagues_with_their_load_and_transfers(
     expect(page.locator("#conv-msg")).to_have_text("転送先の相談員を選んでください。")
     admin.call("POST", "/accounts/mori", {"active": False})
     picker.select_option("mori")
-    page.get_by_role("button", name="転送する").click()
+    page.get_by_role("button", name="転送する").click()  # mori is off duty: said first
+    expect(page.locator("#conv-msg")).to_contain_text("mori さんはいま勤務外です")
+    page.get_by_role("button", name="勤務外でも転送する").click()
     expect(page.locator("#conv-msg")).to_have_text("その相談員は見つかりません。")
     expect(picker.locator("option[value='mori']")).to_have_count(0)
     expect(picker).to_have_value("")
 
     picker.select_option("yui")
+    expect(page.locator("#conv-msg")).to_have_text("")  # the refusal does not linger
     page.get_by_role("button", name="転送する").click()
     expect(page.locator("#conv-msg")).to_have_text("yui さんに転送しました。")
     expect(page.locator("#conv-notice")).to_have_text("閲覧のみ：この相談は yui さんが担当しています。")

@@ -435,7 +435,8 @@ def test_counsellor_sees_a_crisis_claims_replies_and_closes(
     expect(lines(page, "user").last.locator("mark").first).to_be_visible()
     marked = "".join(lines(page, "user").last.locator("mark").all_inner_texts())
     assert "死に" in marked
-    expect(page.locator("#reasons")).to_contain_text("suicide")
+    expect(page.locator("#reasons")).to_contain_text("自殺・自傷の危険")  # in Japanese, not the rule's id
+    expect(page.locator("#reasons")).not_to_contain_text("suicide.")
     expect(lines(page, "bot").first).to_be_visible()
     person.got("bot", "相談員につながりました")
 
@@ -474,7 +475,12 @@ def test_counsellor_sees_a_crisis_claims_replies_and_closes(
     expect(page.locator("#conv-meta .state")).to_have_text("終了")
     expect(page.locator("#reply-form")).to_be_hidden()
     expect(page.locator("#held-list > li")).to_have_count(0)
+    # A note after closing: what was learned after the last word belongs in the record too.
+    page.get_by_label("メモを追加（相談者には送信されません）").fill("終了後：翌日に再来の可能性")
+    page.get_by_role("button", name="メモを保存").click()
+    expect(page.locator("#notes-list")).to_contain_text("終了後：翌日に再来の可能性")
     assert not [f for f in person.frames if "安全確認を続ける" in json.dumps(f, ensure_ascii=False)]
+    assert not [f for f in person.frames if "終了後" in json.dumps(f, ensure_ascii=False)]
 
 
 # -- (1b) the direct question: in the web chat, then in the console ------------------------------------
@@ -531,7 +537,7 @@ def test_markup_shows_as_text_in_the_queue_the_transcript_and_the_notes(
     page = new_page()
     log_in(page, server, "kana")
     item = queue_items(page).first
-    expect(item.locator(".preview")).to_have_text(script)  # the last thing the person wrote
+    expect(item.locator(".preview")).to_have_text(CRISIS + img)  # the most serious line they wrote
     item.locator(".queue-open").click()
     expect(lines(page, "user")).to_have_count(3)
     expect(lines(page, "user").nth(1).locator(".msg-text")).to_have_text(CRISIS + img)
@@ -563,7 +569,7 @@ def test_markup_shows_as_text_in_the_queue_the_transcript_and_the_notes(
     expect(page.locator("#conv-msg")).to_have_text("キューに戻しました。")
     expect(page.locator("#conv-notice")).to_contain_text("待機中の相談です")
     expect(queue_items(page)).to_have_count(1)
-    expect(queue_items(page).first.locator(".preview")).to_have_text(script)
+    expect(queue_items(page).first.locator(".preview")).to_have_text(CRISIS + img)
     expect(page.locator("#held-list > li")).to_have_count(0)
     assert page.evaluate("typeof window.__xss") == "undefined"
     # The watched fixture fails the test on any dialog or script error.
@@ -976,6 +982,15 @@ def test_supervisor_views_are_for_supervisors_only(
     expect(page.locator("#close-section")).to_be_hidden()
     expect(page.locator("#notes-section")).to_be_visible()
     expect(page.locator("#note-form")).to_be_hidden()
+    # Advice to the counsellor (SV助言): kept beside the notes, shown to kana, never sent to the person.
+    page.get_by_label("担当の相談員への助言（SV助言・相談者には送信されません）").fill("場所の確認を先に")
+    page.get_by_role("button", name="助言を残す").click()
+    advice = page.locator("#notes-list li[data-kind='advice']")
+    expect(advice).to_contain_text("SV助言")
+    expect(advice).to_contain_text("場所の確認を先に")
+    kana_view = Api(server, "kana").call("GET", f"/conversations/{held_id}")
+    assert [(n["kind"], n["text"]) for n in kana_view["notes"]] == [("advice", "場所の確認を先に")]
+    assert not [f for f in held.frames if "場所の確認" in json.dumps(f, ensure_ascii=False)]
 
     # Another counsellor may not read it at all.
     yui = new_page()
@@ -1028,7 +1043,11 @@ def test_enter_during_ime_composition_does_not_send_the_reply(
     picker = page.get_by_label("転送先の相談員（ユーザー名）")
     expect(picker.locator("option[value='yui']")).to_have_text("yui（勤務外・対応 0/2）")
     picker.select_option("yui")
+    # yui is off duty: said first, and the second press transfers.
     page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_contain_text("yui さんはいま勤務外です")
+    expect(page.locator("#held-list > li")).to_have_count(1)
+    page.get_by_role("button", name="勤務外でも転送する").click()
     expect(page.locator("#conv-msg")).to_have_text("yui さんに転送しました。")
     expect(page.locator("#conv-notice")).to_have_text("閲覧のみ：この相談は yui さんが担当しています。")
     expect(page.locator("#reply-form")).to_be_hidden()
@@ -1185,3 +1204,328 @@ def test_accessibility_basics(
             .map((e) => e.id || e.outerHTML.slice(0, 60))"""
     )
     assert unnamed == []
+
+
+# -- issue 14: what loses a person -------------------------------------------------------------------------
+
+
+def in_view(page: Page, locator: Locator) -> bool:
+    """Is the element on screen, inside the transcript's visible part (not scrolled away in it)?"""
+    return bool(
+        locator.evaluate(
+            """(e) => { const r = e.getBoundingClientRect(); const box = e.closest('.transcript');
+                const b = box.getBoundingClientRect();
+                return r.height > 0 && r.top >= b.top - 1 && r.bottom <= b.bottom + 1
+                    && r.bottom <= window.innerHeight; }"""
+        )
+    )
+
+
+def test_the_transcript_follows_the_person_after_claiming_or_says_there_is_something_new(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    person = people()
+    person.in_crisis()
+    for i in range(6):  # enough to fill the transcript
+        person.say(
+            f"{i + 1}つめ。" + "ずっと前から家の中のことでつらい思いをしていて、誰にも言えませんでした。" * 2
+        )
+    page = new_page()
+    log_in(page, server, "kana")
+    queue_items(page).first.locator(".queue-open").click()
+    expect(lines(page, "user")).to_have_count(8)
+    # Claimed from the open conversation: the reply box appears under the transcript.
+    page.locator("#claim-btn").click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    expect(lines(page, "system").last).to_contain_text("相談員につながりました")
+    person.got("bot", "相談員につながりました")
+    assert page.locator("#transcript").evaluate("(e) => e.scrollHeight > e.clientHeight + 100")
+
+    # At the bottom: what the person writes next comes into view by itself.
+    person.say("彼がいまから家に来るって言ってる")
+    newest = lines(page, "user").filter(has_text="彼がいまから家に来る")
+    expect(newest).to_have_count(1)
+    page.wait_for_function(
+        "() => { const t = document.getElementById('transcript'); "
+        "return t.scrollHeight - t.scrollTop - t.clientHeight < 40; }"
+    )
+    assert in_view(page, newest)
+    expect(page.locator("#new-marker")).to_be_hidden()
+
+    # Scrolled up to read: a new message does not pull the view away, a marker says it came.
+    page.locator("#transcript").evaluate("(e) => { e.scrollTop = 0; }")
+    page.wait_for_timeout(100)
+    person.say("こわい、どうしよう")
+    expect(page.locator("#new-marker")).to_be_visible()
+    expect(page.locator("#new-marker")).to_have_text("新着メッセージ 1件 ↓ 最新へ移動")
+    scared = lines(page, "user").filter(has_text="こわい、どうしよう")
+    assert not in_view(page, scared)
+    page.locator("#new-marker").click()
+    expect(page.locator("#new-marker")).to_be_hidden()
+    page.wait_for_function(
+        "(e) => e.scrollHeight - e.scrollTop - e.clientHeight < 40",
+        arg=page.locator("#transcript").element_handle(),
+    )
+    assert in_view(page, scared)
+
+    # The counsellor's own reply comes into view wherever they had scrolled.
+    page.locator("#transcript").evaluate("(e) => { e.scrollTop = 0; }")
+    page.wait_for_timeout(100)
+    page.locator("#reply").fill("いま安全な場所にいますか？")
+    page.locator("#reply").press("Enter")
+    mine = lines(page, "counsellor").filter(has_text="いま安全な場所にいますか")
+    expect(mine).to_have_count(1)
+    page.wait_for_function(
+        "(e) => e.scrollHeight - e.scrollTop - e.clientHeight < 40",
+        arg=page.locator("#transcript").element_handle(),
+    )
+    assert in_view(page, mine)
+    expect(page.locator("#new-marker")).to_be_hidden()
+
+
+@pytest.fixture
+def phone(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
+    """The web chat as a person has it: a phone-sized page (390x844), each in a context of its own.
+    The quick exit's neutral page is answered here, so that nothing leaves the machine."""
+    contexts: list[BrowserContext] = []
+
+    def make() -> Page:
+        ctx = browser.new_context(
+            locale="ja-JP", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        )
+        ctx.set_default_timeout(WAIT_MS)
+        ctx.route(
+            re.compile(r"^https?://(?!127\.0\.0\.1)"),
+            lambda route: route.fulfill(body="<title>neutral</title>", content_type="text/html"),
+        )
+        contexts.append(ctx)
+        return watched.attach(ctx.new_page())
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+def chat_in_crisis(page: Page, server: Server) -> None:
+    page.goto(f"{server.base}/chat")
+    bot = page.locator("#log li.from-bot")
+    expect(bot.first).to_contain_text("相談窓口「つなぎ」")
+    page.locator("#choices").get_by_role("button", name="同意して話す").click()
+    expect(bot.last).to_contain_text("どんなことでも大丈夫です")
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile(r"相談員を待っています"))
+
+
+def test_the_console_says_when_the_person_has_gone_and_why_a_reply_cannot_reach_them(
+    server: Server, new_page: Callable[[], Page], phone: Callable[[], Page]
+) -> None:
+    console = new_page()
+    log_in(console, server, "kana")
+
+    # Connected: said on the queue card.
+    chat = phone()
+    chat_in_crisis(chat, server)
+    card = queue_items(console).first
+    expect(card.locator(".presence")).to_have_text("相談者：接続中")
+
+    # The quick exit: the card says it, and so does the transcript once taken; a reply says it cannot
+    # reach them (it never will: the page forgot its token).
+    chat.locator("#quick-exit").click()
+    chat.wait_for_url(re.compile(r"yahoo"))
+    expect(card.locator(".presence")).to_have_text(
+        re.compile(r"^相談者：「すぐに閉じる」で退出（\d\d:\d\d）$")
+    )
+    card.get_by_role("button", name=re.compile("担当する")).click()
+    expect(console.locator("#reply-form")).to_be_visible()
+    expect(console.locator("#conv-presence")).to_have_text(
+        re.compile(
+            r"^相談者は\d\d:\d\dに「すぐに閉じる」でページを閉じました。この相談への返信は、もう届きません。$"
+        )
+    )
+    console.locator("#reply").fill("相談員です。まだそこにいますか？")
+    console.locator("#reply").press("Enter")
+    mine = lines(console, "counsellor").last
+    expect(mine.locator(".msg-delivery")).to_have_text(
+        "届けられませんでした（相談者が「すぐに閉じる」で退出したため）"
+    )
+    expect(mine.locator(".msg-delivery")).to_have_attribute("data-status", "failed")
+
+    # A closed tab: left; a reply waits for them and says so (a reload would bring it).
+    second = phone()
+    chat_in_crisis(second, server)
+    card = queue_items(console).first
+    expect(card.locator(".presence")).to_have_text("相談者：接続中")
+    card.get_by_role("button", name=re.compile("担当する")).click()
+    expect(console.locator("#conv-presence")).to_have_text("相談者はいまチャットを開いています。")
+    console.locator("#reply").fill("相談員です。ここにいますよ。")
+    console.locator("#reply").press("Enter")
+    # On the phone the counsellor's words carry a visible label, not a colour alone.
+    said = second.locator("#log li.from-counsellor")
+    expect(said.locator(".bubble")).to_have_text("相談員です。ここにいますよ。")
+    expect(said.locator(".who")).to_have_text("相談員")
+    expect(said.locator(".who")).to_be_visible()
+    second.close()
+    expect(console.locator("#conv-presence")).to_have_text(
+        re.compile(r"^相談者は\d\d:\d\dにページを離れました。戻ってくるまで、返信は届きません")
+    )
+    console.locator("#reply").fill("戻ってきたら、また話しましょう。")
+    console.locator("#reply").press("Enter")
+    expect(lines(console, "counsellor").last.locator(".msg-delivery")).to_have_text(
+        "送信待ち（相談者がページを離れています。戻ってきたときに届きます）"
+    )
+
+
+def test_a_crisis_alarm_sounds_again_until_someone_takes_it_and_then_goes(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    page = new_page()
+    page.clock.install()
+    log_in(page, server, "sato")
+    with page.expect_response(lambda r: r.url.endswith("/api/console/duty")):
+        page.get_by_label("対応可能（オンデューティ）").check()
+    person = people()
+    person.in_crisis()
+    expect(page.locator("#crisis-banner")).to_be_visible()
+    page.wait_for_function("window.__oscillators > 0")
+    first = page.evaluate("window.__oscillators")
+    page.clock.fast_forward(21_000)  # not taken yet: the sound comes again
+    page.wait_for_function("(n) => window.__oscillators > n", arg=first)
+
+    # The supervisor's alert list says what it is in Japanese.
+    page.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
+    expect(page.locator("#ov-alerts li").first).to_contain_text("危機レベルの相談")
+    expect(page.locator("#ov-alerts")).not_to_contain_text("crisis")
+
+    # A counsellor takes it: the banner goes by itself, and the sound stops.
+    kana = Api(server, "kana")
+    kana.call("POST", f"/conversations/{kana.waiting()[0]}/claim")
+    expect(page.locator("#crisis-banner")).to_be_hidden()
+    expect(page).not_to_have_title(re.compile("緊急"))
+    expect(page.locator("#ov-alerts")).to_contain_text("未確認のアラートはありません。")
+    after = page.evaluate("window.__oscillators")
+    page.clock.fast_forward(45_000)
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.__oscillators") == after
+
+
+def test_taking_a_lesser_conversation_while_a_crisis_waits_is_warned_first(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    asked = people()
+    asked.say("同意")
+    asked.say("相談したい")  # waits at low risk
+    people().in_crisis()
+    page = new_page()
+    log_in(page, server, "kana")
+    expect(queue_items(page)).to_have_count(2)
+    low = queue_items(page).nth(1)
+    expect(low).to_have_attribute("data-risk", "low")
+    low.get_by_role("button", name=re.compile("担当する")).click()
+    warning = page.locator("#claim-warning")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("危機レベルの相談が待っています")
+    expect(page.locator("#held-list > li")).to_have_count(0)  # nothing taken yet
+    # The way to the crisis.
+    warning.get_by_role("button", name="危機レベルの相談を開く").click()
+    expect(warning).to_be_hidden()
+    expect(page.locator("#conv-meta .risk")).to_have_text("リスク：危機")
+    # Or, on purpose, the lesser one all the same.
+    queue_items(page).nth(1).get_by_role("button", name=re.compile("担当する")).click()
+    expect(warning).to_be_visible()
+    warning.get_by_role("button", name="それでもこの相談を担当する").click()
+    expect(page.locator("#held-list > li")).to_have_count(1)
+    expect(page.locator("#reply-form")).to_be_visible()
+    expect(queue_items(page)).to_have_count(1)
+    expect(queue_items(page).first).to_have_attribute("data-risk", "crisis")
+
+
+def test_a_refused_or_warned_transfer_does_not_linger(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    people().in_crisis()
+    page = new_page()
+    log_in(page, server, "kana")
+    queue_items(page).first.get_by_role("button", name=re.compile("担当する")).click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_have_text("転送先の相談員を選んでください。")
+    picker = page.get_by_label("転送先の相談員（ユーザー名）")
+    picker.select_option("yui")
+    expect(page.locator("#conv-msg")).to_have_text("")
+    page.get_by_role("button", name="転送する").click()
+    expect(page.locator("#conv-msg")).to_contain_text("勤務外")
+    picker.select_option("")
+    expect(page.locator("#conv-msg")).to_have_text("")
+    expect(page.locator("#transfer-submit")).to_have_text("転送する")
+
+
+def test_the_queue_card_shows_the_most_serious_line_and_each_message_its_own_risk(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    person = people()
+    person.in_crisis()
+    person.say("ありがとう")
+    page = new_page()
+    log_in(page, server, "kana")
+    card = queue_items(page).first
+    expect(card.locator(".preview")).to_have_text(CRISIS)  # not the latest ありがとう
+    expect(card.locator(".preview-reason")).to_have_text(re.compile(r"^自殺・自傷の危険：「.+」$"))
+    card.locator(".queue-open").click()
+    thanks = lines(page, "user").filter(has_text="ありがとう")
+    expect(thanks.locator(".msg-text")).to_have_text("ありがとう")
+    expect(thanks.locator(".risk")).to_have_count(0)  # its own risk is low: no badge
+    crisis = lines(page, "user").filter(has_text="飛び降りる")
+    expect(crisis.locator(".risk")).to_have_text("リスク：危機")
+    # Highlights cover whole words: each mark starts and ends where a word does.
+    marks = crisis.locator("mark").all_inner_texts()
+    assert marks and not [m for m in marks if re.fullmatch(r"[\u3040-\u30ff]", m)], "a lone kana"
+    assert "もう死にたい" in marks or "死にたい" in marks, marks  # the word, not half of it (死に)
+    expect(page.locator("#reasons li[data-rule]").first).to_have_text(
+        re.compile(r"^(自殺・自傷の危険|ほかの人からの危険)")
+    )
+
+
+def test_no_serious_accessibility_violation_on_any_console_view(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    from tests.test_browser import serious_violations
+
+    home = Path(server.log).parent
+    done = subprocess.run(
+        [str(TSUNAGI), "counsellor", "add", "boss", "--role", "admin"],
+        input="boss-password-12345\n",
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=_env(home),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    page = new_page()
+    page.goto(f"{server.base}/console")
+    expect(page.locator("#view-login")).to_be_visible()
+    assert serious_violations(page) == [], "login"
+
+    person = people()
+    person.in_crisis()
+    log_in(page, server, "boss", "boss-password-12345")
+    expect(queue_items(page)).to_have_count(1)
+    assert serious_violations(page) == [], "the queue, with a crisis alarm"
+    page.locator("#crisis-dismiss").click()
+    queue_items(page).first.get_by_role("button", name=re.compile("担当する")).click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    person.say("ありがとう")
+    expect(lines(page, "user")).to_have_count(3)
+    assert serious_violations(page) == [], "a conversation taken, with its tools"
+    # The counsellor's bubbles are labelled, not told apart by colour alone.
+    page.locator("#reply").fill("相談員です。")
+    page.locator("#reply").press("Enter")
+    expect(lines(page, "counsellor").last.locator(".msg-who")).to_have_text("相談員")
+    page.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
+    expect(page.locator("#supervisor")).to_be_visible()
+    expect(page.locator("#charts")).not_to_be_empty()
+    assert serious_violations(page) == [], "the supervisor's view"
+    page.get_by_role("button", name="アカウント管理（管理者）").click()
+    expect(page.locator("#accounts-body tr")).to_have_count(4)
+    assert serious_violations(page) == [], "the accounts"

@@ -10,6 +10,7 @@ import pytest
 
 from bot.content import get_content
 from bot.dialogue import (
+    ASK_AGE,
     ASK_DANGER,
     INTAKE_PREFECTURE,
     INTAKE_SAFE,
@@ -45,13 +46,14 @@ K_COUNSELLOR, K_END, K_ERASE, K_CRISIS = (
     "keyword (erase): 削除",
     "keyword (crisis): たすけて",
 )
-CRISIS_ROW: list[str] = ["crisis"]
-QUEUED = ["waiting", "waiting_safety"]
+# High risk skipped the intake: after the crisis reply, or the queue's, the age band is asked once.
+CRISIS_ROW: list[str] = ["crisis", "ask_age"]
+QUEUED = ["waiting", "waiting_safety", "ask_age"]
 
 EXPECTED: dict[Phase, list[Row]] = {
     Phase.NEW: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", ["welcome", *QUEUED]),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, ["welcome", *QUEUED]),
         (MD, "offer_and_ask", "offered", ASK_DANGER, ["welcome", "offer", "ask_danger"]),
         (M, "offer", "offered", "", ["welcome", "offer"]),
         (D, "ask", "welcome", ASK_DANGER, ["welcome", "ask_danger"]),
@@ -60,11 +62,11 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["welcome", "waiting"]),
         (K_END, "flow", "welcome", "", ["welcome"]),  # nothing to end yet
         (K_ERASE, "—", "new", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.WELCOME: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", QUEUED),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, QUEUED),
         (MD, "offer_and_ask", "offered", ASK_DANGER, ["offer", "ask_danger"]),
         (M, "offer", "offered", "", ["offer"]),
         (D, "ask", "welcome", ASK_DANGER, ["ask_danger"]),
@@ -75,11 +77,11 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["waiting"]),
         (K_END, "flow", "welcome", "", ["consent_needed"]),
         (K_ERASE, "—", "welcome", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.LISTENING: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", QUEUED),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, QUEUED),
         (MD, "offer_and_ask", "offered", ASK_DANGER, ["offer", "ask_danger"]),
         (M, "offer", "listening", "intake_age", ["offer_counsellor", "intake_age"]),
         (D, "ask", "listening", ASK_DANGER, ["ask_danger"]),
@@ -88,11 +90,11 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["waiting"]),
         (K_END, "—", "closed", "survey", ["closing"]),
         (K_ERASE, "—", "listening", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.INTAKE: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", QUEUED),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, QUEUED),
         (MD, "offer_and_ask", "offered", ASK_DANGER, ["offer", "ask_danger"]),
         (M, "offer", "offered", "", ["offer"]),
         (D, "ask", "listening", ASK_DANGER, ["ask_danger"]),
@@ -103,27 +105,27 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["waiting"]),
         (K_END, "—", "closed", "survey", ["closing"]),
         (K_ERASE, "—", "listening", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.ASKING: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", QUEUED),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, QUEUED),
         (MD, "offer", "offered", "", ["offer"]),
         (M, "offer", "offered", "", ["offer"]),
         (D, "flow", "offered", "", ["offer"]),  # asked already: not asked again at the same risk
         (L, "flow", "offered", "", ["offer"]),
-        ("choice: はい", "crisis", "waiting", "", CRISIS_ROW),
+        ("choice: はい", "crisis", "waiting", ASK_AGE, CRISIS_ROW),
         ("choice: いいえ", "flow", "offered", "", ["danger_no", "offer"]),
-        ("choice: わからない", "crisis", "waiting", "", CRISIS_ROW),
+        ("choice: わからない", "crisis", "waiting", ASK_AGE, CRISIS_ROW),
         (FREE, "flow", "offered", "", ["offer"]),
         (K_COUNSELLOR, "—", "waiting", "", ["waiting"]),
         (K_END, "—", "closed", "survey", ["closing"]),
         (K_ERASE, "—", "listening", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.OFFERED: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", QUEUED),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, QUEUED),
         (MD, "ask", "offered", ASK_DANGER, ["ask_danger"]),
         (M, "flow", "offered", "", ["offer_again"]),
         (D, "ask", "offered", ASK_DANGER, ["ask_danger"]),
@@ -133,11 +135,11 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["waiting"]),
         (K_END, "—", "closed", "survey", ["closing"]),
         (K_ERASE, "—", "offered", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.WAITING: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", ["waiting_update", "waiting_safety"]),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, ["waiting_update", "waiting_safety", "ask_age"]),
         (MD, "ask", "waiting", ASK_DANGER, ["ask_danger"]),
         (M, "flow", "waiting", "", ["waiting_update"]),
         (D, "ask", "waiting", ASK_DANGER, ["ask_danger"]),
@@ -146,7 +148,7 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["waiting_update"]),
         (K_END, "—", "closed", "survey", ["closing"]),
         (K_ERASE, "—", "waiting", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
     Phase.WITH_COUNSELLOR: [
         (C, "crisis", "with_counsellor", "", []),  # the supervisors are alerted; the counsellor is there
@@ -163,8 +165,8 @@ EXPECTED: dict[Phase, list[Row]] = {
     ],
     # A message after closing, other than the survey's answer, starts a new conversation.
     Phase.CLOSED: [
-        (C, "crisis", "waiting", "", CRISIS_ROW),
-        (H, "queue", "waiting", "", ["welcome", *QUEUED]),
+        (C, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
+        (H, "queue", "waiting", ASK_AGE, ["welcome", *QUEUED]),
         (MD, "offer_and_ask", "offered", ASK_DANGER, ["welcome", "offer", "ask_danger"]),
         (M, "offer", "offered", "", ["welcome", "offer"]),
         (D, "ask", "welcome", ASK_DANGER, ["welcome", "ask_danger"]),
@@ -174,7 +176,7 @@ EXPECTED: dict[Phase, list[Row]] = {
         (K_COUNSELLOR, "—", "waiting", "", ["welcome", "waiting"]),
         (K_END, "flow", "welcome", "", ["welcome"]),
         (K_ERASE, "—", "new", "erase_confirm", ["erase_confirm"]),
-        (K_CRISIS, "crisis", "waiting", "", CRISIS_ROW),
+        (K_CRISIS, "crisis", "waiting", ASK_AGE, CRISIS_ROW),
     ],
 }
 
@@ -215,6 +217,8 @@ def test_the_action_taken_is_the_tables(phase: Phase) -> None:
 def _check_action(turn: Turn, phase: Phase) -> None:
     keys = [r.key for r in turn.replies]
     conv = turn.conv
+    # (After a crisis reply or the queue's, the age band is asked when nothing told it yet.)
+    keys = keys[:-1] if keys[-1:] == ["ask_age"] else keys
     if turn.action is Action.CRISIS:
         assert conv.risk is Risk.CRISIS and conv.emergency and turn.alert
         if phase is not Phase.WITH_COUNSELLOR:
@@ -260,10 +264,10 @@ def test_asked_at_most_once_unless_the_risk_rises() -> None:
 @pytest.mark.parametrize(
     ("reply", "answer", "action", "keys"),
     [
-        ("はい", "yes", Action.CRISIS, ["crisis"]),
-        ("うん", "yes", Action.CRISIS, ["crisis"]),
-        ("はい、もう準備はできてる", "yes", Action.CRISIS, ["crisis"]),
-        ("わからない", "unsure", Action.CRISIS, ["crisis"]),
+        ("はい", "yes", Action.CRISIS, CRISIS_ROW),
+        ("うん", "yes", Action.CRISIS, CRISIS_ROW),
+        ("はい、もう準備はできてる", "yes", Action.CRISIS, CRISIS_ROW),
+        ("わからない", "unsure", Action.CRISIS, CRISIS_ROW),
         ("いいえ", "no", Action.FLOW, ["danger_no", "offer"]),
         ("いいえ。ただ疲れてて", "no", Action.FLOW, ["danger_no", "offer"]),
         ("そういうのじゃないけど、しんどい", "message", Action.FLOW, ["offer"]),
@@ -302,7 +306,7 @@ def test_a_choice_found_in_a_longer_text_answers_and_the_text_is_still_read() ->
 )
 def test_a_form_never_swallows_a_persons_words(pending: str, text: str) -> None:
     """Not an answer to the question: a message. The questions stop and the words are heard."""
-    conv = Conv(state=State.LISTENING, consented=True, pending=pending)
+    conv = Conv(state=State.LISTENING, consented=True, pending=pending, age_asked=True)  # (asked first)
     calm = step(conv, said(text))
     assert calm.conv.pending == "" and [r.key for r in calm.replies] == ["offer"]
     assert (calm.conv.age_band, calm.conv.prefecture, calm.conv.safe_now) == ("", "", "")

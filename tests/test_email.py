@@ -1023,7 +1023,7 @@ def test_the_direct_question_answered_yes_in_a_reply_mail(
     question = asked(client, fake)
     deliver(client, mail(answer, subject="Re: ご相談", reply_to=question).as_bytes())
     reply = fake.wait(USER, 4)[3]
-    assert keys([reply]) == ["crisis"]
+    assert keys([reply]) == ["crisis", "ask_age"]  # (no intake yet: the age band, once)
     assert "110" in body(reply) and "119" in body(reply)
     (conv,) = conversations(client)
     assert (conv.state, conv.risk, conv.danger_answer) == ("waiting", "crisis", "yes")
@@ -1063,7 +1063,7 @@ def test_an_intake_answer_that_is_not_one_is_read_as_a_message_by_mail(
 
 def test_a_serious_first_mail_goes_to_the_queue_at_once(client: TestClient, fake: FakeRelay) -> None:
     deliver(client, mail("夫に毎日殴られていて、家に帰るのがこわいです").as_bytes())
-    assert keys(fake.wait(USER, 1)) == ["welcome", "waiting", "waiting_safety"]
+    assert keys(fake.wait(USER, 1)) == ["welcome", "waiting", "waiting_safety", "ask_age"]
     (conv,) = conversations(client)
     assert (conv.state, conv.risk) == ("waiting", "high")
 
@@ -1073,13 +1073,13 @@ def test_writing_again_within_seven_days_of_a_crisis_starts_at_crisis(
 ) -> None:
     deliver(client, mail(CRISIS).as_bytes())
     crisis = fake.wait(USER, 1)[0]
-    assert keys([crisis]) == ["crisis"]
+    assert keys([crisis]) == ["crisis", "ask_age"]
     deliver(client, mail("終了", reply_to=crisis).as_bytes())
     fake.wait(USER, 2)
     (first,) = conversations(client)
     assert first.state == "closed"
     service(client).engine.clock = lambda: utcnow() + timedelta(days=6)
     deliver(client, mail("こんにちは", subject="また相談です").as_bytes())
-    assert keys([fake.wait(USER, 3)[2]]) == ["welcome", "waiting", "waiting_safety"]
+    assert keys([fake.wait(USER, 3)[2]]) == ["welcome", "waiting", "waiting_safety", "ask_age"]
     second = next(c for c in conversations(client) if c.id != first.id)
     assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -64,7 +65,7 @@ DIALOGUES: dict[str, list[Step]] = {
         ("相談したい", "waiting", ["waiting_update"]),
     ],
     "high risk skips the questionnaire and the offer": LISTENING
-    + [("夫に毎日殴られていて、家に帰るのがこわいです", "waiting", ["waiting", "waiting_safety"])],
+    + [("夫に毎日殴られていて、家に帰るのがこわいです", "waiting", ["waiting", "waiting_safety", "ask_age"])],
     "medium: a counsellor offered with the first reply, before any question": LISTENING
     + [
         ("最近ちょっと学校に行きづらくて", "listening", ["offer_counsellor", "intake_age"]),
@@ -95,20 +96,21 @@ DIALOGUES: dict[str, list[Step]] = {
         ("部活の先輩とうまくいかなくて悩んでいて", "listening", ["intake_intro", "intake_age"]),
     ],
     # Crisis from every state: at once, 110/119 and 24-hour lines, and the queue.
-    "crisis as the first message": [("もう死にたい。今から飛び降りる", "waiting", ["crisis"])],
-    "crisis in the welcome": WELCOME + [("薬を全部飲んだ", "waiting", ["crisis"])],
-    "crisis while listening": LISTENING + [("首を吊ろうと思ってロープを買った", "waiting", ["crisis"])],
+    "crisis as the first message": [("もう死にたい。今から飛び降りる", "waiting", ["crisis", "ask_age"])],
+    "crisis in the welcome": WELCOME + [("薬を全部飲んだ", "waiting", ["crisis", "ask_age"])],
+    "crisis while listening": LISTENING
+    + [("首を吊ろうと思ってロープを買った", "waiting", ["crisis", "ask_age"])],
     "crisis during the intake": INTAKE + [("今から死にます", "waiting", ["crisis"])],
     "crisis while offered": OFFERED + [("リスカが止まらなくて血がとまらない", "waiting", ["crisis"])],
     "crisis while waiting": WAITING + [("もう無理、遺書を書いた", "waiting", ["crisis"])],
     "crisis again while waiting is short": [
-        ("今から飛び降りる", "waiting", ["crisis"]),
+        ("今から飛び降りる", "waiting", ["crisis", "ask_age"]),
         ("もう死ぬ", "waiting", ["crisis_repeat"]),
     ],
-    "たすけて in any state": LISTENING + [("たすけて", "waiting", ["crisis"])],
-    "緊急 in the welcome": WELCOME + [("緊急", "waiting", ["crisis"])],
+    "たすけて in any state": LISTENING + [("たすけて", "waiting", ["crisis", "ask_age"])],
+    "緊急 in the welcome": WELCOME + [("緊急", "waiting", ["crisis", "ask_age"])],
     "crisis after closure starts a new conversation on the crisis path": LISTENING
-    + [("終了", "closed", ["closing"]), ("たすけて", "waiting", ["crisis"])],
+    + [("終了", "closed", ["closing"]), ("たすけて", "waiting", ["crisis", "ask_age"])],
 }
 
 
@@ -116,10 +118,33 @@ DIALOGUES: dict[str, list[Step]] = {
 async def test_dialogue(name: str, tmp_path: Path) -> None:
     async with running(tmp_path) as svc:
         chat = Chat(svc)
+        said: list[str] = []
         for i, (text, state, replies) in enumerate(DIALOGUES[name]):
-            got = await chat.keys(text)
+            sent = await chat.say(text)
+            got = reply_keys([m.text for m in sent])
             assert got == replies, f"step {i} ({text!r}): replies {got}, expected {replies}"
             assert await chat.state() == state, f"step {i} ({text!r})"
+            # (A status update answers each message while waiting: the same words again are its point.)
+            said += [m.text for m, key in zip(sent, got, strict=True) if key != "waiting_update" or not said]
+        check_tone(said)
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a text, without its lists of services (a 24-hour number may rightly come again)."""
+    prose = "\n".join(line for line in text.splitlines() if not line.startswith(("・", "\u3000")))
+    return [x for x in re.split(r"(?<=[。？！])|\n", prose) if x.strip()]
+
+
+def check_tone(texts: list[str]) -> None:
+    """What can be checked of how the replies read (content/messages.yaml's rules): no sentence said again
+    in the next message, at most two services in one message, hours without brackets inside brackets."""
+    for before, after in zip(texts, texts[1:], strict=False):
+        again = set(sentences(before)) & set(sentences(after))
+        assert not again, f"said twice in a row: {again}"
+    for text in texts:
+        services = [line for line in text.splitlines() if line.startswith("・")]
+        assert len(services) <= 2, f"more than two services: {services}"
+        assert not re.search(r"（[^）]*（", text), f"brackets inside brackets: {text}"
 
 
 OUT_OF_HOURS = {"hours": "mon 00:00-00:01", "timezone": "Asia/Tokyo"}  # closed nearly always
@@ -131,7 +156,7 @@ OUT_OF_HOURS_DIALOGUES: dict[str, list[Step]] = {
         ("相談したい", "waiting", ["waiting", "out_of_hours"]),
     ],
     "a crisis always queues, and says when counsellors are back": [
-        ("今から飛び降りる", "waiting", ["crisis", "back_later"])
+        ("今から飛び降りる", "waiting", ["crisis", "back_later", "ask_age"])
     ],
 }
 
@@ -198,7 +223,7 @@ async def test_a_rising_risk_while_waiting_moves_up_at_once(tmp_path: Path) -> N
         await asyncio.sleep(0)
         assert await svc.queue.position(second.conversation_id, utcnow()) == 2
         keys = await second.keys("実は彼氏に毎日殴られていて、家に帰るのがこわい")
-        assert keys == ["waiting_update", "waiting_safety"]
+        assert keys == ["waiting_update", "waiting_safety", "ask_age"]
         await asyncio.sleep(0)
         assert await svc.queue.position(second.conversation_id, utcnow()) == 1
         assert await svc.queue.position(first.conversation_id, utcnow()) == 2
@@ -226,6 +251,48 @@ async def test_on_duty_supervisors_are_alerted_of_a_crisis(tmp_path: Path) -> No
                 )
             ).all()
         assert alerted == ["sup-on"]
+
+
+async def alerted(svc: Service, *, unseen: bool = True) -> list[str]:
+    async with svc.db.session() as s:
+        q = select(Counsellor.username).join(Alert, col(Alert.counsellor_id) == col(Counsellor.id))
+        if unseen:
+            q = q.where(col(Alert.seen_at).is_(None))
+        return sorted((await s.scalars(q)).all())
+
+
+@pytest.mark.parametrize(
+    ("on_duty", "expected"),
+    [
+        ({"sup-on", "c-on"}, ["sup-on"]),  # the supervisors on duty
+        ({"c-on", "c-two"}, ["c-on", "c-two"]),  # no supervisor on duty: the counsellors on duty
+        (set(), ["admin", "sup-on"]),  # nobody on duty: every supervisor, who sees it on logging in
+    ],
+)
+async def test_a_crisis_alert_reaches_someone_on_duty_and_a_claim_answers_it(
+    tmp_path: Path, on_duty: set[str], expected: list[str]
+) -> None:
+    async with running(tmp_path) as svc:
+        async with svc.db.session() as s, s.begin():
+            s.add_all(
+                [
+                    Counsellor(username=name, role=role, on_duty=name in on_duty)
+                    for name, role in [
+                        ("sup-on", Role.SUPERVISOR),
+                        ("admin", Role.ADMIN),
+                        ("c-on", Role.COUNSELLOR),
+                        ("c-two", Role.COUNSELLOR),
+                    ]
+                ]
+            )
+            taker = Counsellor(username="taker", role=Role.COUNSELLOR, on_duty=False, active=True)
+            s.add(taker)
+        chat = Chat(svc)
+        await chat.say("薬を全部飲んだ")
+        assert await alerted(svc) == expected
+        assert taker.id is not None and await svc.engine.assign(chat.conversation_id, taker.id)
+        assert await alerted(svc) == [], "taken: the alert is answered for everyone it went to"
+        assert await alerted(svc, unseen=False) == expected
 
 
 async def test_the_bot_is_silent_with_a_counsellor(tmp_path: Path) -> None:
@@ -323,9 +390,13 @@ SAFETY_NET: dict[str, list[Step]] = {
         ("もう終わり。全部準備できた", "offered", ["offer"]),
     ],
     "distress gets the direct question at once; はい takes the crisis path": LISTENING
-    + [("何もかも終わらせたい", "listening", ["ask_danger"]), ("はい", "waiting", ["crisis"])],
+    # (今夜、全部終わらせる was the example: the triage reads it as a crisis now, "tonight" a sign.)
+    + [("もう全部終わらせたい", "listening", ["ask_danger"]), ("はい", "waiting", ["crisis", "ask_age"])],
     "わからない takes the crisis path too": LISTENING
-    + [("何もかも終わらせたい", "listening", ["ask_danger"]), ("わからない", "waiting", ["crisis"])],
+    + [
+        ("何もかも終わらせたい", "listening", ["ask_danger"]),
+        ("わからない", "waiting", ["crisis", "ask_age"]),
+    ],
     "いいえ goes on, and the question is not asked again": LISTENING
     + [
         ("何もかも終わらせたい", "listening", ["ask_danger"]),
@@ -335,7 +406,7 @@ SAFETY_NET: dict[str, list[Step]] = {
     "anything else in reply is a message": LISTENING
     + [
         ("何もかも終わらせたい", "listening", ["ask_danger"]),
-        ("消えたいって思うことはある", "waiting", ["waiting", "waiting_safety"]),
+        ("消えたいって思うことはある", "waiting", ["waiting", "waiting_safety", "ask_age"]),
     ],
     "exhaustion and hopelessness during the intake: the question, not the form": INTAKE
     + [("もう何もかも疲れた。どうでもいい", "offered", ["offer", "ask_danger"])],
@@ -394,3 +465,99 @@ async def test_an_unanswered_direct_question_goes_to_a_counsellor_instead_of_clo
         await asyncio.sleep(0)
         assert await svc.queue.position(asked.conversation_id, utcnow()) == 1
         assert await quiet.state() == "closed"
+
+
+# -- how the bot speaks (issue 14) --------------------------------------------------------------------------
+
+
+async def test_the_first_reply_receives_what_was_told_before_it_informs(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        for text in ("こんにちは", "同意"):
+            await chat.say(text)
+        sent = await chat.say("彼氏に毎日殴られていて、家に帰るのがこわいです")
+        first = sent[0].text
+        assert first.startswith("つらいことを話してくれて、ありがとう。それは、あなたのせいではありません。")
+        assert first.index("あなたのせいではありません") < first.index(
+            "番目"
+        )  # received first, then informed
+        assert not any("あなたのせいではありません" in m.text for m in sent[1:]), "said once"
+        check_tone([m.text for m in sent])
+
+
+async def test_a_medium_story_is_acknowledged_once_across_the_questions(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        texts: list[str] = []
+        for text in ("こんにちは", "同意", "最近ちょっと学校に行きづらくて", "15歳", "さいたま", "はい"):
+            texts += [m.text for m in await chat.say(text)]
+        assert sum("話してくれてありがとう" in t for t in texts) == 1
+        check_tone(texts)
+        conv = await chat.conversation()
+        assert (conv.age_band, conv.prefecture, conv.state) == ("13-15", "埼玉県", "offered")
+        offer = texts[-1]
+        assert "24時間子供SOSダイヤル" in offer  # a young people's line for a 15-year-old
+
+
+@pytest.mark.parametrize(
+    ("answer", "keys", "band", "expected_line"),
+    [
+        ("16〜18歳", ["age_young"], "16-18", "24時間子供SOSダイヤル"),
+        ("17歳です", ["age_young"], "16-18", "24時間子供SOSダイヤル"),
+        ("30歳以上", ["age_thanks"], "30+", ""),
+        ("答えない", ["age_thanks"], "", ""),
+    ],
+)
+async def test_high_risk_asks_the_age_band_once_and_young_people_get_their_lines(
+    tmp_path: Path, answer: str, keys: list[str], band: str, expected_line: str
+) -> None:
+    async with running(tmp_path) as svc:
+        chat = Chat(svc)
+        for text in ("こんにちは", "同意"):
+            await chat.say(text)
+        sent = await chat.say("彼氏に毎日殴られていて、家に帰るのがこわいです")
+        assert reply_keys([m.text for m in sent]) == ["waiting", "waiting_safety", "ask_age"]
+        assert sent[-1].quick_replies[-1] == "答えない"  # gently: with buttons, and a way not to answer
+        reply = await chat.say(answer)
+        assert reply_keys([m.text for m in reply]) == keys
+        conv = await chat.conversation()
+        assert (conv.age_band, conv.state) == (band, "waiting")
+        if expected_line:
+            assert expected_line in reply[0].text and "DV相談＋" in reply[0].text
+        # Asked once: what they write next is a message like any other.
+        assert reply_keys([m.text for m in await chat.say("こわい")]) == ["waiting_update"]
+
+
+@pytest.mark.parametrize(
+    ("on_duty", "held", "promise"),
+    [
+        (True, 0, "相談員にすぐつなぎます"),
+        (True, 2, "相談員はいま全員ほかの相談に対応していますが"),
+        (False, 0, "いまは、すぐにつなげる相談員がいません"),
+    ],
+)
+async def test_a_crisis_is_promised_only_what_will_happen(
+    tmp_path: Path, on_duty: bool, held: int, promise: str
+) -> None:
+    async with running(tmp_path) as svc:
+        async with svc.db.session() as s, s.begin():
+            c = Counsellor(username="c1", role=Role.COUNSELLOR, on_duty=on_duty)
+            s.add(c)
+        assert c.id is not None
+        for i in range(held):
+            other = await wait_in_queue(svc, f"u-held-{i}")
+            assert await svc.engine.assign(other.conversation_id, c.id)
+        sent = await Chat(svc, user="u-crisis").say("もう死にたい。今から飛び降りる")
+        crisis = sent[0].text
+        assert promise in crisis
+        others = {
+            "相談員にすぐつなぎます",
+            "相談員はいま全員ほかの相談に対応していますが",
+            "すぐにつなげる相談員がいません",
+        }
+        assert not [p for p in others if p in crisis and p not in promise]
+        waiting = await Chat(svc, user="u-wait").say("相談したい")
+        if on_duty and not held:
+            assert "目安は" in waiting[-1].text
+        elif not on_duty:
+            assert "いつつながるかお約束できません" in waiting[-1].text and "目安は" not in waiting[-1].text

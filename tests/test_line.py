@@ -401,6 +401,11 @@ def test_unfollow_closes_and_nothing_is_sent_after(line: Line) -> None:
     quiet()
     assert len(line.fake.to(user)) == 2
     assert line.count(Outbox) == 2
+    # The console says that they blocked the account (and that replies cannot reach them)...
+    assert line.count(Contact, col(Contact.presence) == "blocked", col(Contact.presence_at).is_not(None)) == 1
+    # ... until they add it again.
+    line.send(follow_event(user, line.fake.issue_token(user)))
+    eventually(lambda: line.count(Contact, col(Contact.presence) == "blocked") == 0, "presence cleared")
 
 
 def test_a_sticker_alone_is_noted_and_queues_nobody_at_low_risk(line: Line) -> None:
@@ -789,7 +794,7 @@ def test_distress_gets_the_direct_question_as_quick_replies_and_yes_the_crisis_p
     assert keys([sent]) == ["ask_danger"]
     assert sent.quick_replies == (("はい", "はい"), ("いいえ", "いいえ"), ("わからない", "わからない"))
     crisis = line.said(user, "はい")  # a quick reply sends its label as the person's message
-    assert keys(crisis) == ["crisis"]
+    assert keys(crisis) == ["crisis", "ask_age"]  # (no intake yet: the age band, once)
     assert "110" in crisis[0].texts[0] and "119" in crisis[0].texts[0]
     [conv] = line.conversations()
     assert (conv.state, conv.risk, conv.danger_asked, conv.danger_answer) == (
@@ -819,7 +824,7 @@ def test_an_intake_answer_that_is_not_one_is_read_as_a_message_on_line(line: Lin
 def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first_on_line(line: Line) -> None:
     user = user_id()
     sent = line.said(user, "夫に毎日殴られていて、家に帰るのがこわいです")
-    assert keys(sent) == ["welcome", "waiting", "waiting_safety"]
+    assert keys(sent) == ["welcome", "waiting", "waiting_safety", "ask_age"]
     [conv] = line.conversations()
     assert (conv.state, conv.risk) == ("waiting", "high")
     other = user_id()
@@ -840,7 +845,7 @@ def test_coming_back_within_seven_days_starts_at_that_risk_with_the_earlier_conv
     assert first.state == "closed"
     # Six days later: the new conversation starts at crisis, in the queue at once, the earlier one linked.
     line.svc.engine.clock = lambda: utcnow() + timedelta(days=6)
-    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety"]
+    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety", "ask_age"]
     second = next(c for c in line.conversations() if c.id != first.id)
     assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)
     line.said(user, "終了")

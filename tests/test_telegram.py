@@ -583,6 +583,10 @@ def test_no_by_button_goes_on_and_high_goes_to_the_queue_at_once(
     assert reply_keys([m["text"] for m in sent[3:]]) == ["danger_no", "offer"]
     assert post(client, message("実は彼氏に毎日殴られていて、家に帰るのがこわい")) == 200
     sent = fake.wait_sent(CHAT, 7)
-    assert reply_keys([m["text"] for m in sent[5:]]) == ["waiting", "waiting_safety"]
+    assert reply_keys([m["text"] for m in fake.wait_sent(CHAT, 8)[5:]]) == [
+        "waiting",
+        "waiting_safety",
+        "ask_age",
+    ]
     processed(client, 5)
     assert conversation(client).state == State.WAITING

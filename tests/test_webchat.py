@@ -507,7 +507,7 @@ def test_a_hopeless_message_gets_the_direct_question_with_buttons_and_yes_the_cr
         question = [f for f in frames if is_bot(f)][-1]
         assert "死にたい" in question["text"] and question["quick_replies"] == DANGER_CHOICES
         frames = say(ws, "はい", "m2")
-        assert bot_keys(frames) == ["crisis"]
+        assert bot_keys(frames) == ["crisis", "ask_age"]  # (no intake yet: the age band is asked once)
         crisis = [f for f in frames if is_bot(f)][0]["text"]
         assert "110" in crisis and "119" in crisis
         if not any(is_status(f) and f["state"] == "waiting" for f in frames):
@@ -515,7 +515,7 @@ def test_a_hopeless_message_gets_the_direct_question_with_buttons_and_yes_the_cr
 
 
 @pytest.mark.parametrize(
-    ("answer", "replies"), [("いいえ", ["danger_no", "offer_again"]), ("わからない", ["crisis"])]
+    ("answer", "replies"), [("いいえ", ["danger_no", "offer_again"]), ("わからない", ["crisis", "ask_age"])]
 )
 def test_the_direct_questions_other_answers(client: TestClient, answer: str, replies: list[str]) -> None:
     with client.websocket_connect("/chat/ws") as ws:
@@ -540,7 +540,8 @@ def test_an_intake_answer_that_is_not_one_is_read_as_a_message(client: TestClien
         ]
         assert bot_keys(say(ws, "16〜18歳", "m2")) == ["intake_prefecture"]
         assert bot_keys(say(ws, "もう終わり。全部準備できた", "m3")) == ["offer"]
-        assert bot_keys(say(ws, "何もかも終わらせたい", "m4")) == ["ask_danger"], "distress: asked at once"
+        # (今夜、全部終わらせる was the example: the triage reads it as a crisis now, "tonight" a sign.)
+        assert bot_keys(say(ws, "もう全部終わらせたい", "m4")) == ["ask_danger"], "distress: asked at once"
 
 
 def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first(client: TestClient) -> None:
@@ -548,7 +549,7 @@ def test_high_goes_to_the_queue_at_once_and_medium_gets_a_counsellor_first(clien
         start_fresh(ws)
         say(ws, "同意", "c1")
         frames = say(ws, "夫に毎日殴られていて、家に帰るのがこわいです", "m1")
-        assert bot_keys(frames) == ["waiting", "waiting_safety"], "no offer to accept first"
+        assert bot_keys(frames) == ["waiting", "waiting_safety", "ask_age"], "no offer to accept first"
         if not any(is_status(f) and f["state"] == "waiting" for f in frames):
             wait_for(ws, lambda f: is_status(f) and f["state"] == "waiting", what="the waiting status")
     with client.websocket_connect("/chat/ws") as ws:

@@ -10,7 +10,9 @@ Protocol (JSON text frames):
   "position"}``. Beyond the contract: on resume the history is replayed as ``message`` frames with
   ``"history": true`` (the person's own lines with ``"from": "user"``); ``{"type": "ack", "id"}`` once a
   message is stored, so the page can resend what was not acknowledged (the same id is stored once);
-  ``{"type": "error", "error"}`` for a frame that cannot be used (the connection stays open).
+  ``{"type": "error", "error"}`` for a frame that cannot be used (the connection stays open). The page says
+  ``{"type": "bye", "reason": "quick_exit"}`` as it leaves through すぐに閉じる, so that the counsellor knows
+  nothing will reach the person there again (a closed tab or a lost connection is told apart by the socket).
 
 The resume token is the person's pseudonymous id on this channel: it is hashed for look-up and
 encrypted at rest like any platform id; the page keeps it in sessionStorage only.
@@ -35,7 +37,18 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from bot.images import file_item
-from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender, State, utcnow
+from bot.models import (
+    Contact,
+    Conversation,
+    Direction,
+    Message,
+    Outbox,
+    OutboxStatus,
+    Presence,
+    Sender,
+    State,
+    utcnow,
+)
 from bot.pages import StaticFiles, page_headers
 from bot.types import Delivery, Inbound, Kind, Outbound
 from channels.base import Channel
@@ -72,6 +85,7 @@ class _Client:
     state: str = ""
     position: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    quick_exit: bool = False  # the page said it is leaving through すぐに閉じる
 
     async def send(self, frame: dict[str, Any]) -> None:
         async with self.lock:  # one frame at a time on a socket
@@ -86,6 +100,7 @@ class WebChatChannel(Channel):
         self.clients: dict[str, set[_Client]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
+        self._stopping = False
 
     # -- sending ---------------------------------------------------------------------------------------
 
@@ -126,6 +141,7 @@ class WebChatChannel(Channel):
         self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
+        self._stopping = True  # connections closed now are the server going, not people leaving
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=10.0)
         if self._watcher:
@@ -187,7 +203,9 @@ class WebChatChannel(Channel):
         @r.get("/chat", include_in_schema=False)
         async def chat_page() -> HTMLResponse:
             exit_url = escape(self.service.settings.quick_exit_url, quote=True)
-            return HTMLResponse(page.replace("{{quick_exit_url}}", exit_url), headers=SECURITY_HEADERS)
+            title = escape(self.service.settings.chat_title, quote=True)
+            html = page.replace("{{quick_exit_url}}", exit_url).replace("{{title}}", title)
+            return HTMLResponse(html, headers=SECURITY_HEADERS)
 
         @r.get("/chat/static/{name}", include_in_schema=False)
         async def chat_static(name: str) -> Response:
@@ -231,6 +249,7 @@ class WebChatChannel(Channel):
             self.clients.setdefault(contact.id, set()).add(client)
         conversation_id = client.conversation_id
         try:
+            await self._presence(client.contact_id, Presence.CONNECTED)
             if conversation_id:
                 await self._guard(self.service.outbox.send_due(conversation_id=conversation_id))
             await self._status(client)
@@ -239,6 +258,19 @@ class WebChatChannel(Channel):
             pass
         finally:
             self._drop(client)
+            if client.quick_exit:
+                await self._presence(client.contact_id, Presence.QUICK_EXIT)
+            elif not self.clients.get(client.contact_id):  # (a reload's new page may be here already)
+                await self._presence(client.contact_id, Presence.LEFT)
+
+    async def _presence(self, contact_id: str, presence: Presence) -> None:
+        """Tell the console whether the person is there; never fails a connection for it."""
+        if self._stopping or not contact_id:
+            return
+        try:
+            await self._guard(self.service.engine.set_presence(contact_id, presence))
+        except Exception:
+            log.exception("web chat presence update failed")
 
     async def _loop(self, client: _Client, token: str) -> None:
         prefix = self.service.crypto.lookup(self.name, token)[:16]
@@ -258,6 +290,10 @@ class WebChatChannel(Channel):
                 continue
             if frame.get("type") == "image":
                 await self._image(client, token, prefix, frame)
+                continue
+            if frame.get("type") == "bye":
+                # The quick exit: the page forgets its token and goes; nothing can reach them here again.
+                client.quick_exit = frame.get("reason") == "quick_exit"
                 continue
             if len(raw["text"]) > MAX_FRAME:
                 await client.send({"type": "error", "error": "message too long"})

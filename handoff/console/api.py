@@ -22,12 +22,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from bot.content import key
 from bot.engine import ALL_CATEGORIES
 from bot.events import Event
 from bot.models import (
     Alert,
     AuditLog,
     ConsoleSession,
+    Contact,
     Conversation,
     Counsellor,
     Direction,
@@ -61,6 +63,7 @@ from handoff.console.auth import (
 )
 from handoff.console.content import load_console_content
 from handoff.queue import Claim
+from triage import Risk
 
 if TYPE_CHECKING:
     from bot.service import Service
@@ -401,6 +404,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 c.id: c for c in (await s.scalars(select(Conversation).where(col(Conversation.id).in_(ids))))
             }
             previews = await _previews(s, ids)
+            presences = await _presences(s, list(convs.values()))
         out = []
         for e in entries:
             conv = convs.get(e.conversation_id)
@@ -413,27 +417,63 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     "categories": _cats(conv),
                     "channel": conv.channel,
                     "waiting_seconds": int((now - e.queued_at).total_seconds()),
-                    "preview": previews.get(e.conversation_id, ""),
+                    "preview": previews.get(e.conversation_id, ("", None))[0],
+                    "preview_reason": previews.get(e.conversation_id, ("", None))[1],
                     "reasons": _dialogue_reasons(conv),
+                    "presence": presences.get(conv.id),
                 }
             )
         return out
 
-    async def _previews(s: AsyncSession, ids: list[str]) -> dict[str, str]:
+    async def _presences(s: AsyncSession, convs: list[Conversation]) -> dict[str, dict[str, Any] | None]:
+        """Whether each person is there (bot.models.Presence), with since when; None when unknown."""
+        contact_ids = {c.contact_id for c in convs if c.contact_id}
+        contacts = {
+            c.id: c for c in (await s.scalars(select(Contact).where(col(Contact.id).in_(contact_ids)))).all()
+        }
+        out: dict[str, dict[str, Any] | None] = {}
+        for conv in convs:
+            contact = contacts.get(conv.contact_id or "")
+            out[conv.id] = (
+                {
+                    "state": contact.presence,
+                    "at": contact.presence_at.isoformat() if contact.presence_at else None,
+                }
+                if contact is not None and contact.presence
+                else None
+            )
+        return out
+
+    rule_risk: dict[str, Risk] = {r.id: r.risk for r in svc.engine.triage.rules.rules}
+
+    def own_risk(reasons: list[dict[str, Any]]) -> Risk:
+        """A message's own risk: the highest of the rules it matched itself (the stored risk is the
+        conversation's, which never falls below earlier messages')."""
+        risks = [rule_risk[r["rule"]] for r in reasons if r.get("rule") in rule_risk]
+        return max(risks, key=lambda x: x.rank, default=Risk.LOW)
+
+    async def _previews(s: AsyncSession, ids: list[str]) -> dict[str, tuple[str, dict[str, str] | None]]:
+        """The most serious line each person wrote (the latest of the most serious), with its first reason:
+        the line a counsellor deciding whom to take must see, not the latest ありがとう."""
         if not ids:
             return {}
         rows = (
             await s.execute(
-                select(col(Message.conversation_id), col(Message.text_enc))
+                select(col(Message.conversation_id), col(Message.text_enc), col(Message.triage_enc))
                 .where(col(Message.conversation_id).in_(ids), col(Message.direction) == Direction.IN)
                 .where(col(Message.kind) == "text", col(Message.withdrawn_at).is_(None))
                 .order_by(col(Message.id))
             )
         ).all()
-        last: dict[str, str] = {}
-        for cid, enc in rows:
-            last[cid] = enc
-        return {cid: svc.crypto.decrypt(enc)[:PREVIEW_CHARS] for cid, enc in last.items()}
+        best: dict[str, tuple[int, str, dict[str, str] | None]] = {}
+        for cid, enc, triage_enc in rows:
+            reasons = json.loads(svc.crypto.decrypt(triage_enc)).get("reasons", []) if triage_enc else []
+            rank = own_risk(reasons).rank
+            if cid not in best or rank >= best[cid][0]:
+                first = next((r for r in reasons if r.get("rule") in rule_risk), None)
+                reason = {"rule": first["rule"], "matched": first["matched"]} if first else None
+                best[cid] = (rank, enc, reason)
+        return {cid: (svc.crypto.decrypt(enc)[:PREVIEW_CHARS], why) for cid, (_, enc, why) in best.items()}
 
     # -- one conversation -----------------------------------------------------------------------------
 
@@ -537,6 +577,8 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 )
             ).all()
             holder_name = (await s.get(Counsellor, holder)).username if holder else None  # type: ignore[union-attr]
+            can_note = await may_note(s, me, conv, holder)
+            presence = (await _presences(s, [conv]))[conv.id]
             # A person back soon after a conversation at high or crisis: the earlier one, linked.
             earlier = await s.get(Conversation, conv.previous_id) if conv.previous_id else None
             previous = (
@@ -591,7 +633,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 item["delivery"] = {"status": o.status, "attempts": o.attempts, "error": o.last_error}
             if m.triage_enc:
                 t = json.loads(svc.crypto.decrypt(m.triage_enc))
-                item["risk"] = t.get("risk")
+                item["risk"] = own_risk(t.get("reasons", [])).value  # its own, not the conversation's
                 item["highlights"] = [{"rule": x["rule"], "span": x["span"]} for x in t.get("reasons", [])]
                 reasons += [
                     {"rule": x["rule"], "matched": x["matched"], "message": len(out_messages)}
@@ -617,10 +659,17 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 "danger_answer": conv.danger_answer,
             },
             "previous": previous,
+            "presence": presence,
             "notes": [
-                {"by": name, "text": svc.crypto.decrypt(n.text_enc), "at": n.created_at.isoformat()}
+                {
+                    "by": name,
+                    "text": svc.crypto.decrypt(n.text_enc),
+                    "at": n.created_at.isoformat(),
+                    "kind": n.kind,
+                }
                 for n, name in notes
             ],
+            "can_note": can_note,
             "read_only": holder != me.id,
         }
 
@@ -661,10 +710,26 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         await _audit(me, "reply", conversation_id)
         return {"status": "queued"}
 
+    async def may_note(s: AsyncSession, me: Me, conv: Conversation, holder: int | None) -> bool:
+        """Notes are the counsellor's who has the conversation, or had it once it is closed (what they
+        learned after the last word belongs in the record too)."""
+        if holder == me.id:
+            return True
+        if conv.state != State.CLOSED:
+            return False
+        handled = await s.scalar(
+            select(col(Handoff.id)).where(
+                col(Handoff.conversation_id) == conv.id, col(Handoff.counsellor_id) == me.id
+            )
+        )
+        return handled is not None
+
     @r.post("/conversations/{conversation_id}/notes", status_code=201)
     async def post_note(conversation_id: str, body: TextIn, me: MeDep) -> dict[str, str]:
         async with svc.db.session() as s, s.begin():
-            await access(s, me, conversation_id, write=True)
+            conv, holder = await access(s, me, conversation_id, write=False)
+            if not await may_note(s, me, conv, holder):
+                raise HTTPException(403, "only the counsellor who has (or had) it can add notes")
             s.add(
                 Note(
                     conversation_id=conversation_id,
@@ -674,6 +739,23 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             )
             s.add(AuditLog(actor=me.username, action="note", conversation_id=conversation_id))
         svc.events.publish(Event("note", conversation_id))  # supervisors watching re-read it
+        return {"status": "saved"}
+
+    @r.post("/conversations/{conversation_id}/advice", status_code=201)
+    async def post_advice(conversation_id: str, body: TextIn, me: SupervisorDep) -> dict[str, str]:
+        """A supervisor's advice to the counsellor (SV助言): beside the notes, never sent to the person."""
+        async with svc.db.session() as s, s.begin():
+            await access(s, me, conversation_id, write=False)
+            s.add(
+                Note(
+                    conversation_id=conversation_id,
+                    counsellor_id=me.id,
+                    text_enc=svc.crypto.encrypt(body.text),
+                    kind="advice",
+                )
+            )
+            s.add(AuditLog(actor=me.username, action="advice", conversation_id=conversation_id))
+        svc.events.publish(Event("note", conversation_id))  # the counsellor's console re-reads it
         return {"status": "saved"}
 
     @r.post("/conversations/{conversation_id}/transfer")
@@ -732,11 +814,14 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
     @r.get("/referrals")
     async def referrals(me: MeDep, q: str = "") -> list[dict[str, Any]]:
         now = utcnow()
-        needle = q.strip().lower()
+        # Every word must be found in its name, number, purpose, hours, categories or tags (content/
+        # referrals.yaml), kana and width folded: 24時間, デートDV, 彼氏, 交際相手, 高校生 find theirs.
+        needles = [key(w) for w in q.replace("　", " ").split() if w.strip()]
         out = []
         for ref in svc.content.referrals:
-            hay = " ".join([ref.name, ref.number, ref.purpose, " ".join(ref.categories)]).lower()
-            if needle and needle not in hay:
+            fields = [ref.name, ref.number, ref.purpose, ref.hours_label, *ref.categories, *ref.tags]
+            hay = " ".join(key(f) for f in fields)
+            if not all(n in hay for n in needles):
                 continue
             out.append(
                 {
@@ -856,6 +941,29 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="tsunagi-statistics.csv"'},
         )
+
+    @r.get("/alerts")
+    async def my_alerts(me: MeDep) -> list[dict[str, Any]]:
+        """The crisis alerts addressed to me and not yet answered (the supervisors on duty; the counsellors
+        on duty when no supervisor is), with whether the conversation still waits."""
+        async with svc.db.session() as s:
+            rows = (
+                await s.execute(
+                    select(Alert, col(Conversation.state))
+                    .join(Conversation, col(Conversation.id) == col(Alert.conversation_id))
+                    .where(col(Alert.counsellor_id) == me.id, col(Alert.seen_at).is_(None))
+                    .order_by(col(Alert.id))
+                )
+            ).all()
+        return [
+            {
+                "conversation_id": a.conversation_id,
+                "kind": a.kind,
+                "at": a.created_at.isoformat(),
+                "state": state,
+            }
+            for a, state in rows
+        ]
 
     @r.post("/alerts/seen")
     async def alerts_seen(me: MeDep) -> dict[str, int]:

@@ -29,18 +29,55 @@
 
   function addMessage(from, text, { pendingId = null } = {}) {
     const item = document.createElement("li");
+    item.setAttribute("role", "article"); // a message in the log (role=log takes the list's semantics away)
     item.className = "from-" + from + (pendingId ? " pending" : "");
     if (pendingId) item.dataset.id = pendingId;
     const who = document.createElement("span");
-    who.className = "visually-hidden";
-    who.textContent = (strings[from === "user" ? "you" : from] || "") + ": ";
+    // A counsellor's words carry a visible label (not told apart by colour alone); the others say who
+    // spoke to screen readers only.
+    who.className = from === "counsellor" ? "who" : "visually-hidden";
+    who.textContent = (strings[from === "user" ? "you" : from] || "") + (from === "counsellor" ? "" : ": ");
     const bubble = document.createElement("div");
     bubble.className = "bubble";
-    bubble.textContent = text; // never innerHTML: what people write is text
+    if (from === "user") bubble.textContent = text; // never innerHTML: what people write is text
+    else appendLinked(bubble, text);
     item.append(who, bubble);
     log.append(item);
-    item.scrollIntoView({ block: "end" });
+    toBottom(); // what was said last is what the person must read
     return item;
+  }
+
+  // Only the conversation scrolls (chat.css): it stays at its bottom when it changes size (choices shown
+  // or gone, the phone's keyboard opening) unless the person has scrolled up to read.
+  let follow = true;
+  let placed = -1; // where the page itself last put the scroll: its own scrolls say nothing of the person
+  function toBottom() {
+    log.scrollTop = log.scrollHeight;
+    placed = log.scrollTop;
+    follow = true;
+  }
+  log.addEventListener("scroll", () => {
+    if (Math.abs(log.scrollTop - placed) < 2) return;
+    follow = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  });
+  if (window.ResizeObserver) new ResizeObserver(() => { if (follow) toBottom(); }).observe(log);
+
+  // Phone numbers in what the bot or a counsellor says can be tapped: tel: links built as text nodes, never
+  // HTML. 0120-279-338, 0570-783-556, 0120-0-78310, #9110, #8008; and 110 / 119 / 189 where they are
+  // written as a number to call ("110（警察）", "・警察 110（24時間）"), never inside a name (みんなの人権110番).
+  const PHONE = /#\d{4}(?!\d)|(?<![\d-])0\d{1,4}-\d{1,4}-\d{3,5}(?![\d-])|(?<![\d-])(?:110|119|189)(?=[（(\s、。・]|$)/g;
+  function appendLinked(container, text) {
+    let pos = 0;
+    for (const m of text.matchAll(PHONE)) {
+      if (m.index > pos) container.append(document.createTextNode(text.slice(pos, m.index)));
+      const a = document.createElement("a");
+      a.className = "tel";
+      a.href = "tel:" + m[0].replace("#", "%23");
+      a.textContent = m[0];
+      container.append(a);
+      pos = m.index + m[0].length;
+    }
+    if (pos < text.length) container.append(document.createTextNode(text.slice(pos)));
   }
 
   function showChoices(list) {
@@ -58,6 +95,7 @@
     let text = strings["status_" + state] || "";
     if (state === "waiting" && position) text = fill(strings.status_waiting_position, { position });
     status.textContent = text;
+    status.className = "status status-" + state;
   }
 
   function newId() {
@@ -176,7 +214,11 @@
     leaving = true;
     try { sessionStorage.clear(); } catch { /* storage may be disabled */ }
     unacked.clear();
-    if (ws) ws.close();
+    if (ws) {
+      // Tell the server first (sent before the close), so that the counsellor knows the person has gone.
+      try { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "bye", reason: "quick_exit" })); } catch { /* gone anyway */ }
+      ws.close();
+    }
     log.replaceChildren();
     document.title = "";
     location.replace(exitButton.dataset.url || "about:blank");
@@ -195,6 +237,10 @@
     lastEscape = now;
   });
 
+  // A phone has no Shift+Enter to speak of: its placeholder says only where to write.
+  if (window.matchMedia && matchMedia("(pointer: coarse), (max-width: 40rem)").matches && input.dataset.placeholderTouch) {
+    input.placeholder = input.dataset.placeholderTouch;
+  }
   status.textContent = strings.connecting;
   connect();
   input.focus();

@@ -21,9 +21,12 @@
     current: null, // id of the conversation on screen
     conv: null, // its last fetched state
     rendered: { id: null, count: 0 }, // what the transcript shows
+    ownReply: false, // the counsellor just sent a reply: the transcript goes to its bottom
     info: new Map(), // conversation id -> {risk, categories, channel, state}
     updated: new Set(), // held conversations with news not yet looked at
-    crisisSeen: new Set(),
+    crisisSeen: new Set(), // crises the alarm has already been raised for (once each)
+    alarmed: new Set(), // crises whose alarm still stands: not yet taken, opened or dismissed
+    alerts: new Set(), // conversations of my unanswered alerts
     handedOver: new Set(),
     actions: 0, // counts transfers and closes, before and after: a read begun before one ended is out of date
     lastCrisis: null,
@@ -389,7 +392,12 @@
         el("span", { cls: ref.open_now ? "open-now" : "closed-now", text: ref.open_now ? S.open_now : S.closed_now }),
       ]);
       const b = el("button", { cls: "btn btn-small", text: S.insert, attrs: { type: "button", "aria-label": S.insert + "：" + ref.name } });
-      b.addEventListener("click", () => insertReply(ref.line));
+      b.addEventListener("click", () => {
+        insertReply(ref.line);
+        // Given in a reply: ticked in the close form's referrals already (it can be unticked).
+        const box = document.getElementById("close-ref-" + ref.id);
+        if (box) box.checked = true;
+      });
       ul.append(el("li", { cls: "ref", attrs: { "data-referral": ref.id } }, [
         head,
         el("div", { cls: "ref-for", text: ref.for + "（" + ref.hours + "）" }),
@@ -406,7 +414,7 @@
     if (refreshing) { refreshing.again = true; return; }
     refreshing = { again: false };
     try {
-      const [q, me] = await Promise.all([api("GET", "/queue"), api("GET", "/me")]);
+      const [q, me, alerts] = await Promise.all([api("GET", "/queue"), api("GET", "/me"), api("GET", "/alerts")]);
       if (me.ok && st.me) {
         const role = st.me.role;
         st.me = Object.assign(st.me, me.data);
@@ -429,7 +437,18 @@
           }
         }
         renderQueue();
+        // Crisis alerts addressed to me (supervisors on duty; counsellors on duty when none is).
+        if (alerts.ok && Array.isArray(alerts.data)) {
+          st.alerts = new Set(alerts.data.map((a) => a.conversation_id));
+          for (const a of alerts.data) {
+            if (!st.crisisSeen.has(a.conversation_id)) {
+              st.crisisSeen.add(a.conversation_id);
+              fresh = fresh || a.conversation_id;
+            }
+          }
+        }
         if (fresh) alarm(fresh);
+        settleAlarm();
       }
       renderHeld();
     } finally {
@@ -459,8 +478,12 @@
       ]);
       const wait = el("span", { cls: "wait", attrs: { "data-waiting": String(item.waiting_seconds) } });
       wait.textContent = fill(S.waiting_for, { time: duration(item.waiting_seconds) });
-      const preview = el("span", { cls: "preview", text: item.preview }); // what the person wrote: text only
+      // The most serious line they wrote (not the latest), and why it counts: what the person wrote is text only.
+      const preview = el("span", { cls: "preview", text: item.preview });
       open.append(top, wait, preview);
+      if (item.preview_reason) open.append(el("span", { cls: "preview-reason", text: reasonLabel(item.preview_reason) }));
+      const presence = item.presence ? presenceBadge(item.presence) : null;
+      if (presence) open.append(presence);
       const found = dialogueFlags(item.reasons || []);
       if (found.length) open.append(el("span", { cls: "queue-reasons", text: found.join("・") }));
       open.addEventListener("click", () => openConversation(item.conversation_id, { focus: true }));
@@ -474,6 +497,26 @@
       const again = ul.querySelector(`li[data-conversation-id="${CSS.escape(focusedId)}"] .queue-open`);
       if (again) again.focus();
     }
+  }
+
+  // Whether the person is there: connected, left, gone through the quick exit, blocked.
+  function presenceBadge(p) {
+    const state = String(p.state || "");
+    const label = S.presence_short[state];
+    if (!label) return null;
+    return el("span", { cls: "presence presence-" + state, text: fill(label, { time: p.at ? time(p.at) : "" }), attrs: { "data-presence": state } });
+  }
+
+  function renderPresence(c) {
+    const line = $("conv-presence");
+    const p = c.presence;
+    const state = p && p.state ? String(p.state) : "";
+    const label = state && S.presence_long[state];
+    line.textContent = label ? fill(label, { time: p.at ? time(p.at) : "" }) : "";
+    line.className = "presence-line presence-" + (state || "none");
+    line.dataset.presence = state;
+    // A closed conversation says only that they went for good (its replies are not awaited any more).
+    show(line, !!label && (c.state !== "closed" || state === "quick_exit" || state === "blocked"));
   }
 
   function tickWaits() {
@@ -509,8 +552,43 @@
     ul.replaceChildren(...rows);
   }
 
-  async function claimConversation(id) {
+  // Taking a conversation that is not a crisis while a crisis waits: said first, with a way to the crisis.
+  function showClaimWarning(id, crisisId) {
+    const box = $("claim-warning");
+    $("claim-warning-text").textContent = S.claim_warning;
+    box.dataset.conversationId = id;
+    box.dataset.crisisId = crisisId;
+    show(box, true);
+    $("claim-warning-crisis").focus();
+  }
+
+  function hideClaimWarning() {
+    const box = $("claim-warning");
+    show(box, false);
+    delete box.dataset.conversationId;
+    delete box.dataset.crisisId;
+  }
+
+  $("claim-warning-crisis").addEventListener("click", () => {
+    const id = $("claim-warning").dataset.crisisId;
+    hideClaimWarning();
+    if (id) openConversation(id, { focus: true });
+  });
+  $("claim-warning-anyway").addEventListener("click", () => {
+    const id = $("claim-warning").dataset.conversationId;
+    hideClaimWarning();
+    if (id) claimConversation(id, { confirmed: true });
+  });
+
+  async function claimConversation(id, { confirmed = false } = {}) {
     unlockAudio();
+    const risk = (st.queue.find((q) => q.conversation_id === id) || st.info.get(id) || {}).risk;
+    const crisis = st.queue.find((q) => q.risk === "crisis" && q.conversation_id !== id);
+    if (!confirmed && crisis && risk !== "crisis") {
+      showClaimWarning(id, crisis.conversation_id);
+      return;
+    }
+    hideClaimWarning();
     const r = await api("POST", `/conversations/${encodeURIComponent(id)}/claim`);
     if (r.ok) {
       st.updated.delete(id);
@@ -541,6 +619,10 @@
     const p = $("conv-msg");
     p.textContent = text;
     p.classList.toggle("error", isError);
+    // A message about an action is about that moment: it goes after a while, so that an old refusal is
+    // not read as being about what the counsellor does next.
+    clearTimeout(setConvMessage.timer);
+    if (text) setConvMessage.timer = setTimeout(() => { if (p.textContent === text) setConvMessage(""); }, 20000);
   }
 
   function flashMessage(text) {
@@ -562,10 +644,12 @@
       $("reply").value = "";
       $("note-text").value = "";
       $("transfer-to").value = "";
+      resetTransferButton();
+      hideClaimWarning();
       if (st.view !== "console") selectView("console");
     }
     st.updated.delete(id);
-    if (id === st.lastCrisis) stopAlarm();
+    if (st.alarmed.delete(id)) settleAlarm();
     for (const li of document.querySelectorAll("#queue-list li, #held-list li")) {
       li.classList.toggle("selected", li.dataset.conversationId === id);
     }
@@ -658,23 +742,62 @@
     const freshPicker = $("transfer-section").hidden || $("tools").dataset.conversationId !== c.conversation_id;
     $("tools").dataset.conversationId = c.conversation_id;
     for (const section of document.querySelectorAll("#tools .writable")) show(section, writable);
+    // Notes: the counsellor who has it, or had it once it is closed; a supervisor's advice (SV助言) anywhere.
+    show($("note-form"), !!c.can_note);
+    show($("advice-form"), supervises());
     if (writable && freshPicker) later("colleagues", refreshColleagues, 0);
 
     renderTranscript(c);
+    renderPresence(c);
     renderReasons(c);
     renderIntake(c.intake || {});
     renderNotes(c.notes || []);
   }
 
+  // The transcript follows new messages while the counsellor is at its bottom (``follow``, kept up to date
+  // by scrolling, not measured when a message arrives: the reply box appearing after 担当する shrinks the
+  // transcript without the counsellor having scrolled). Otherwise a 新着 marker with a jump button says
+  // that something came; the counsellor's own reply always comes into view.
+  let follow = true;
+  let unseen = 0;
+  const transcriptBox = $("transcript");
+
+  function nearBottom(log) {
+    return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  }
+
+  let placed = -1; // where the page itself last put the scroll: its own scrolls say nothing of the reader
+  function toBottom() {
+    transcriptBox.scrollTop = transcriptBox.scrollHeight;
+    placed = transcriptBox.scrollTop;
+    follow = true;
+    setUnseen(0);
+  }
+
+  function setUnseen(n) {
+    unseen = n;
+    const marker = $("new-marker");
+    marker.textContent = n > 0 ? fill(S.new_messages, { n }) : "";
+    show(marker, n > 0);
+  }
+
+  transcriptBox.addEventListener("scroll", () => {
+    if (Math.abs(transcriptBox.scrollTop - placed) < 2) return;
+    follow = nearBottom(transcriptBox);
+    if (follow && unseen) setUnseen(0);
+  });
+  // The box changes size (the reply box shown or hidden, the window resized): stay at the bottom.
+  if (window.ResizeObserver) new ResizeObserver(() => { if (follow) { transcriptBox.scrollTop = transcriptBox.scrollHeight; placed = transcriptBox.scrollTop; } }).observe(transcriptBox);
+  $("new-marker").addEventListener("click", () => { toBottom(); transcriptBox.focus(); });
+
   function renderTranscript(c) {
-    const log = $("transcript");
+    const log = transcriptBox;
     const msgs = c.messages || [];
     const same = st.rendered.id === c.conversation_id && msgs.length >= st.rendered.count;
     if (!same) {
       log.replaceChildren();
       st.rendered = { id: c.conversation_id, count: 0 };
     }
-    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
     // What became of a message already shown can change (sent, retried, failed): update its line.
     let changed = false;
     for (const li of [...log.children]) {
@@ -690,7 +813,14 @@
     for (let i = st.rendered.count; i < msgs.length; i++) log.append(messageItem(msgs[i], i));
     const added = msgs.length - st.rendered.count;
     st.rendered.count = msgs.length;
-    if ((added > 0 || changed) && (atBottom || !same)) log.scrollTop = log.scrollHeight;
+    if (!same || st.ownReply) {
+      st.ownReply = false;
+      toBottom();
+    } else if (follow) {
+      if (added > 0 || changed) toBottom();
+    } else if (added > 0) {
+      setUnseen(unseen + added);
+    }
   }
 
   function flagsKey(m) {
@@ -699,7 +829,8 @@
 
   function messageItem(m, index) {
     const from = ["user", "bot", "counsellor", "system"].includes(m.from) ? m.from : "system";
-    const li = el("li", { cls: "msg from-" + from, attrs: { "data-index": String(index), "data-from": from } });
+    // A message in the log (role=log takes the list's semantics away: each is an article).
+    const li = el("li", { cls: "msg from-" + from, attrs: { "data-index": String(index), "data-from": from, role: "article" } });
     li.dataset.flags = flagsKey(m);
     const head = el("div", { cls: "msg-head" }, [
       el("span", { cls: "msg-who", text: S["from_" + from] }),
@@ -780,7 +911,9 @@
     const status = delivery && delivery.status;
     const attempts = delivery ? Number(delivery.attempts) || 0 : 0;
     const error = delivery && typeof delivery.error === "string" ? delivery.error : "";
-    const key = !status || status === "delivered" ? "" : JSON.stringify([status, attempts, error]);
+    // Whether the person is there says why a message waits or failed, in words the counsellor can act on.
+    const presence = st.conv && st.conv.presence ? String(st.conv.presence.state || "") : "";
+    const key = !status || status === "delivered" ? "" : JSON.stringify([status, attempts, error, presence]);
     if ((li.dataset.delivery || "") === key) return false;
     const old = li.querySelector(":scope > .msg-delivery");
     if (old) old.remove();
@@ -788,7 +921,10 @@
       const failed = status === "failed"; // "pending" and "sending" both wait
       // A row being sent counts the attempt in progress; a pending one only the attempts that failed.
       const retrying = attempts > (status === "sending" ? 1 : 0);
-      const text = failed ? S.delivery_failed : retrying ? S.delivery_retrying : S.delivery_pending;
+      let text = failed ? S.delivery_failed : retrying ? S.delivery_retrying : S.delivery_pending;
+      if (failed && (presence === "quick_exit" || /quick exit/.test(error))) text = S.delivery_quick_exit;
+      else if (failed && (presence === "blocked" || /blocked/.test(error))) text = S.delivery_blocked;
+      else if (!failed && presence === "left") text = S.delivery_left;
       const line = el("p", { cls: "msg-delivery " + (failed ? "failed" : "pending"), text, attrs: { "data-status": status } });
       if (error) line.title = error;
       li.append(line);
@@ -801,13 +937,39 @@
 
   // The triage reasons' spans count Unicode code points (Python string offsets): split the same way,
   // join overlapping spans, and wrap each joined range in a <mark> built with DOM calls.
+  // Word boundaries (in code points) of a text, from the browser's Japanese word segmentation: a highlight
+  // covers whole words, never half a word or a lone kana.
+  function wordBounds(text) {
+    const bounds = new Set([0]);
+    try {
+      const seg = new Intl.Segmenter("ja", { granularity: "word" });
+      let cp = 0;
+      for (const part of seg.segment(text)) {
+        cp += Array.from(part.segment).length;
+        bounds.add(cp);
+      }
+    } catch { /* no segmenter: the spans as the triage gave them */ }
+    return [...bounds].sort((x, y) => x - y);
+  }
+
+  function widen(a, b, bounds, length) {
+    let start = a;
+    let end = b;
+    for (const x of bounds) if (x <= a) start = x;
+    for (const x of [...bounds].reverse()) if (x >= b) end = x;
+    if (end <= start) end = Math.min(length, b);
+    return [start, Math.min(end, length)];
+  }
+
   function appendHighlighted(container, text, highlights) {
     const chars = Array.from(text);
+    const bounds = highlights.length ? wordBounds(text) : [];
     const spans = [];
     for (const h of highlights) {
       if (!h || !Array.isArray(h.span)) continue;
-      const a = Math.max(0, Math.min(chars.length, Number(h.span[0]) | 0));
-      const b = Math.max(0, Math.min(chars.length, Number(h.span[1]) | 0));
+      let a = Math.max(0, Math.min(chars.length, Number(h.span[0]) | 0));
+      let b = Math.max(0, Math.min(chars.length, Number(h.span[1]) | 0));
+      if (b > a) [a, b] = widen(a, b, bounds, chars.length);
       if (b > a) spans.push({ a, b, rules: [String(h.rule)] });
     }
     spans.sort((x, y) => x.a - y.a || x.b - y.b);
@@ -826,7 +988,7 @@
       if (m.a > pos) container.append(document.createTextNode(chars.slice(pos, m.a).join("")));
       const mark = document.createElement("mark");
       mark.textContent = chars.slice(m.a, m.b).join("");
-      mark.title = fill(S.highlight_title, { rules: m.rules.join("、") });
+      mark.title = fill(S.highlight_title, { rules: [...new Set(m.rules.map((r) => reasonLabel({ rule: r })))].join("、") });
       mark.dataset.rules = m.rules.join(" ");
       container.append(mark);
       pos = m.b;
@@ -849,6 +1011,15 @@
     return (S.danger_answer && S.danger_answer[answer]) || answer || S.intake_none;
   }
 
+  // A triage reason in Japanese: what kind of sign (content: the page's strings, by the rule's family) and
+  // the words it matched. The rule's id is for staff who edit the rules: in the title only.
+  function reasonLabel(r) {
+    const rule = String(r.rule || "");
+    const family = rule.split(".")[0];
+    const group = (S.reason_groups && S.reason_groups[family]) || (S.categories && S.categories[family]) || S.reason_other;
+    return r.matched ? fill(S.reason_matched, { group, matched: r.matched }) : group;
+  }
+
   function renderReasons(c) {
     const ul = $("reasons");
     const reasons = (c.triage && c.triage.reasons) || [];
@@ -866,13 +1037,20 @@
         ]));
         continue;
       }
-      const key = r.rule + "\u0000" + r.matched + "\u0000" + r.message;
+      // Once each: a kind of sign and the words it matched (the same words in several messages are one
+      // line); a lone kana says nothing to a reader (its whole word is marked in the transcript).
+      const key = reasonLabel({ rule: r.rule }) + "\u0000" + r.matched;
       if (seen.has(key)) continue;
       seen.add(key);
+      if (r.matched && /^[\u3040-\u30ff]$/.test(r.matched)) continue;
       const withdrawn = String(r.rule).startsWith("withdrawn.");
       const li = withdrawn
-        ? el("li", { cls: "reason-withdrawn" }, [el("code", { text: String(r.rule).slice("withdrawn.".length) }), document.createTextNode(" " + S.reason_withdrawn)])
-        : el("li", {}, [el("code", { text: r.rule }), document.createTextNode(" "), el("mark", { text: r.matched })]);
+        ? el("li", { cls: "reason-withdrawn", attrs: { title: r.rule } }, [el("span", { cls: "reason-group", text: reasonLabel({ rule: String(r.rule).slice("withdrawn.".length) }) }), document.createTextNode(" " + S.reason_withdrawn)])
+        : el("li", { attrs: { title: r.rule, "data-rule": r.rule } }, [
+          el("span", { cls: "reason-group", text: reasonLabel({ rule: r.rule }) }),
+          document.createTextNode(" "),
+          el("mark", { text: r.matched }),
+        ]);
       ul.append(li);
     }
   }
@@ -892,8 +1070,12 @@
       return;
     }
     for (const n of notes) {
-      ul.append(el("li", { cls: "note" }, [
-        el("div", { cls: "note-by", text: fill(S.note_by, { name: n.by, time: time(n.at, true) }) }),
+      const advice = n.kind === "advice";
+      ul.append(el("li", { cls: "note" + (advice ? " advice" : ""), attrs: { "data-kind": advice ? "advice" : "note" } }, [
+        el("div", { cls: "note-by" }, [
+          advice ? el("span", { cls: "advice-tag", text: S.advice_tag }) : null,
+          document.createTextNode(fill(S.note_by, { name: n.by, time: time(n.at, true) })),
+        ]),
         el("div", { cls: "note-text", text: n.text }), // a counsellor's words: text only
       ]));
     }
@@ -925,6 +1107,7 @@
     if (r.ok) {
       if (reply.value === text) reply.value = "";
       setConvMessage("");
+      st.ownReply = true; // what the counsellor just sent comes into view, wherever they had scrolled
       await loadConversation(id, true);
       reply.focus();
       return;
@@ -943,6 +1126,21 @@
     if (r.ok) {
       $("note-text").value = "";
       setConvMessage(S.note_saved);
+      await loadConversation(id, true);
+    } else {
+      setConvMessage(fill(S.note_failed, { detail: detailOf(r.data) || r.status }), true);
+    }
+  });
+
+  $("advice-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = st.current;
+    const text = $("advice-text").value;
+    if (!id || !text.trim()) return;
+    const r = await api("POST", `/conversations/${encodeURIComponent(id)}/advice`, { text });
+    if (r.ok) {
+      $("advice-text").value = "";
+      setConvMessage(S.advice_saved);
       await loadConversation(id, true);
     } else {
       setConvMessage(fill(S.note_failed, { detail: detailOf(r.data) || r.status }), true);
@@ -980,14 +1178,35 @@
     setConvMessage(text, true);
     refreshColleagues(); // the list was out of date: someone left, or filled up
   }
+  // A colleague off duty may not be at their desk: said first; the second press transfers.
+  let offDutyConfirmed = "";
   $("transfer-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const to = $("transfer-to").value.trim();
-    if (to) transfer(to);
-    else {
+    const select = $("transfer-to");
+    const to = select.value.trim();
+    if (!to) {
       setConvMessage(S.transfer_pick, true);
-      $("transfer-to").focus();
+      select.focus();
+      return;
     }
+    const option = select.selectedOptions[0];
+    if (option && option.dataset.onDuty === "false" && offDutyConfirmed !== to) {
+      offDutyConfirmed = to;
+      setConvMessage(fill(S.transfer_off_duty, { name: to }), true);
+      $("transfer-submit").textContent = S.transfer_anyway;
+      return;
+    }
+    resetTransferButton();
+    transfer(to);
+  });
+  function resetTransferButton() {
+    offDutyConfirmed = "";
+    $("transfer-submit").textContent = S.transfer_submit;
+  }
+  // A refused transfer (or a warning about one) does not linger once the choice changes.
+  $("transfer-to").addEventListener("change", () => {
+    resetTransferButton();
+    if ($("conv-msg").classList.contains("error")) setConvMessage("");
   });
   $("requeue-btn").addEventListener("click", () => transfer(null));
 
@@ -1130,11 +1349,9 @@
     if (id) {
       const prev = st.info.get(id) || {};
       st.info.set(id, { ...prev, risk: ev.risk || prev.risk, state: ev.state || prev.state });
-      if (ev.risk === "crisis") {
-        const fresh = !st.crisisSeen.has(id);
+      if (ev.risk === "crisis" && ev.state === "waiting" && !st.crisisSeen.has(id)) {
         st.crisisSeen.add(id);
-        const waiting = ev.state === "waiting";
-        if (fresh && (waiting || (ev.kind === "alert" && supervises()))) alarm(id);
+        alarm(id); // (alerts addressed to me are fetched with the lists)
       }
       if (id === st.current) later("conv", () => { if (st.current === id) loadConversation(id); });
       else if (st.me && (st.me.held || []).includes(id) && ev.kind === "conversation") st.updated.add(id);
@@ -1232,16 +1449,39 @@
     } catch { /* notifications unavailable */ }
   }
 
+  // The alarm stands while a crisis it was raised for still needs someone (it waits in the queue, or an
+  // alert of mine about it is unanswered) and nobody here opened or dismissed it: the sound comes again
+  // every ALARM_REPEAT_MS; once someone takes the crisis, the banner goes by itself.
+  const ALARM_REPEAT_MS = 20000;
+  let repeatTimer = null;
   function alarm(id) {
     st.lastCrisis = id;
+    st.alarmed.add(id);
     beep();
     flashTitle();
     notify(id);
     $("crisis-banner-text").textContent = S.crisis_banner;
     show($("crisis-banner"), true);
+    clearInterval(repeatTimer);
+    repeatTimer = setInterval(beep, ALARM_REPEAT_MS);
+  }
+
+  function stillNeeded() {
+    const waiting = new Set(st.queue.filter((q) => q.risk === "crisis").map((q) => q.conversation_id));
+    return (id) => waiting.has(id) || st.alerts.has(id);
+  }
+
+  function settleAlarm() {
+    const needed = stillNeeded();
+    for (const id of [...st.alarmed]) if (!needed(id)) st.alarmed.delete(id);
+    if (!st.alarmed.size) stopAlarm();
+    else if (!st.alarmed.has(st.lastCrisis)) st.lastCrisis = [...st.alarmed].pop();
   }
 
   function stopAlarm() {
+    st.alarmed.clear();
+    clearInterval(repeatTimer);
+    repeatTimer = null;
     stopFlash();
     show($("crisis-banner"), false);
   }

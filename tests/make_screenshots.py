@@ -1,0 +1,132 @@
+"""The README's screenshots, taken with Playwright in Debian's Chromium:
+``.venv/bin/python -m tests.make_screenshots``.
+
+A ``tsunagi serve`` of its own in a temporary folder (SQLite, loopback only); a person on a phone (390x844)
+writes to the web chat, and a counsellor at 1280x800 takes the conversation in the console. Writes
+docs/webchat.png and docs/console.png. Nothing leaves the machine (the quick exit is never pressed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TSUNAGI, _free_port, _healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "screenshot-password-1"
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
+        env.update(
+            TSUNAGI_VAR_DIR=str(home / "var"),
+            TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
+            TSUNAGI_SMTP_LISTEN="",
+        )
+        for name, role in (("sato", "counsellor"), ("kimura", "supervisor")):
+            subprocess.run(
+                [str(TSUNAGI), "counsellor", "add", name, "--role", role],
+                input=PASSWORD + "\n",
+                text=True,
+                check=True,
+                cwd=home,
+                env=env,
+                capture_output=True,
+            )
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        with (home / "server.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=home,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while not _healthy(f"{base}/healthz"):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    print((home / "server.log").read_text(), file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+            shoot(base)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return 0
+
+
+def shoot(base: str) -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        console_ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
+        console = console_ctx.new_page()
+        console.goto(f"{base}/console")
+        console.get_by_label("ユーザー名", exact=True).fill("sato")
+        console.get_by_label("パスワード", exact=True).fill(PASSWORD)
+        console.get_by_role("button", name="ログイン").click()
+        expect(console.locator("#view-app")).to_be_visible()
+        console.get_by_label("対応可能（オンデューティ）").check()
+
+        # Someone waiting at medium risk, for the queue.
+        other_ctx = browser.new_context(locale="ja-JP", viewport={"width": 390, "height": 844})
+        other = other_ctx.new_page()
+        other.goto(f"{base}/chat")
+        other.locator("#choices").get_by_role("button", name="同意して話す").click()
+        expect(other.locator("#log li.from-bot")).to_have_count(2)
+        other.locator("#input").fill("上司に毎日みんなの前で怒鳴られて、会社に行くのがつらいです")
+        other.locator("#input").press("Enter")
+        expect(other.locator("#choices button").first).to_be_visible()
+        other.locator("#input").fill("相談したい")
+        other.locator("#input").press("Enter")
+        expect(other.locator("#status")).to_contain_text("相談員を待っています")
+
+        # The person on the phone: consent, what is wrong, then a crisis.
+        phone_ctx = browser.new_context(
+            locale="ja-JP", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        )
+        phone = phone_ctx.new_page()
+        phone.goto(f"{base}/chat")
+        phone.locator("#choices").get_by_role("button", name="同意して話す").click()
+        expect(phone.locator("#log li.from-bot")).to_have_count(2)
+        phone.locator("#input").fill("もう消えたい。今夜、駅のホームから飛び降りようと思ってる")
+        phone.locator("#input").press("Enter")
+        expect(phone.locator("#status")).to_contain_text("相談員を待っています")
+        expect(phone.locator("#choices button").first).to_be_visible()
+        phone.locator("#choices").get_by_role("button", name="16〜18歳").click()
+        expect(phone.locator("#log li.from-bot").last).to_contain_text("18歳までの人")
+        phone.wait_for_timeout(500)
+        phone.screenshot(path=str(ROOT / "docs" / "webchat.png"))
+
+        # The counsellor takes it and answers.
+        expect(console.locator("#queue-list > li")).to_have_count(2)
+        console.locator("#crisis-dismiss").click()
+        console.locator("#queue-list > li").first.get_by_role("button", name="担当する").click()
+        expect(console.locator("#reply-form")).to_be_visible()
+        console.locator("#canned-list").get_by_role("button", name="はじめのあいさつ").click()
+        console.locator("#reply").press("Enter")
+        expect(phone.locator("#log li.from-counsellor")).to_have_count(1)
+        phone.locator("#input").fill("駅にいます。こわい")
+        phone.locator("#input").press("Enter")
+        expect(console.locator("#transcript li.from-user").last).to_contain_text("こわい")
+        console.get_by_label("紹介先の検索").fill("24時間")
+        console.wait_for_timeout(800)
+        console.screenshot(path=str(ROOT / "docs" / "console.png"))
+        browser.close()
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
