@@ -112,27 +112,33 @@ def _risk(value: str) -> Risk:
     return Risk(value) if value in Risk.__members__.values() else Risk.LOW
 
 
+# Fields the dialogue's Conv and the stored Conversation share as they are (same name, same value).
+_SHARED_FIELDS = (
+    "pending",
+    "emergency",
+    "out_of_hours",
+    "told",
+    "danger_asked",
+    "danger_answer",
+    "age_band",
+    "prefecture",
+    "safe_now",
+    "survey_answer",
+    "outcome",
+    "referrals",
+    "acked",
+    "age_asked",
+)
+
+
 def _snapshot(conv: Conversation) -> Conv:
     """What the dialogue reads of a conversation."""
     return Conv(
         state=State(conv.state),
         risk=_risk(conv.risk),
         categories=tuple(c for c in conv.categories.split(",") if c),
-        pending=conv.pending,
         consented=conv.consent_at is not None,
-        emergency=conv.emergency,
-        out_of_hours=conv.out_of_hours,
-        told=conv.told,
-        danger_asked=conv.danger_asked,
-        danger_answer=conv.danger_answer,
-        age_band=conv.age_band,
-        prefecture=conv.prefecture,
-        safe_now=conv.safe_now,
-        survey_answer=conv.survey_answer,
-        outcome=conv.outcome,
-        referrals=conv.referrals,
-        acked=conv.acked,
-        age_asked=conv.age_asked,
+        **{name: getattr(conv, name) for name in _SHARED_FIELDS},
     )
 
 
@@ -141,22 +147,10 @@ def _write_back(conv: Conversation, new: Conv, now: datetime) -> None:
     conv.state = new.state.value
     conv.risk = new.risk.value
     conv.categories = ",".join(new.categories)[:400]
-    conv.pending = new.pending
     if new.consented and conv.consent_at is None:
         conv.consent_at = now
-    conv.emergency = new.emergency
-    conv.out_of_hours = new.out_of_hours
-    conv.told = new.told
-    conv.danger_asked = new.danger_asked
-    conv.danger_answer = new.danger_answer
-    conv.age_band = new.age_band
-    conv.prefecture = new.prefecture
-    conv.safe_now = new.safe_now
-    conv.survey_answer = new.survey_answer
-    conv.outcome = new.outcome
-    conv.referrals = new.referrals
-    conv.acked = new.acked
-    conv.age_asked = new.age_asked
+    for name in _SHARED_FIELDS:
+        setattr(conv, name, getattr(new, name))
 
 
 class ConversationEngine:

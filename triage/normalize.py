@@ -493,26 +493,25 @@ def _constant_repl(word: str) -> Replacer:
     return lambda m: word
 
 
+def _spread_by(t: str, sep: str, least: int = 1) -> bool:
+    """Most pieces of ``t`` between ``sep`` are one character long (at least ``least`` pieces)."""
+    if t.count(sep) < 3:
+        return False
+    pieces = [p for p in t.split(sep) if p]
+    return len(pieces) >= least and sum(1 for p in pieces if len(p.strip()) <= 1) * 10 >= len(pieces) * 7
+
+
 def _spread_out(t: str) -> bool:
     """Text written one character a line, or with a space between every character: most of its
     pieces (between single separators) are one character long."""
-    for sep in _SEPARATORS:
-        if t.count(sep) < 3:
-            continue
-        pieces = [p for p in t.split(sep) if p]
-        if len(pieces) >= 4 and sum(1 for p in pieces if len(p.strip()) <= 1) * 10 >= len(pieces) * 7:
-            return True
-    return False
+    return any(_spread_by(t, sep, least=4) for sep in _SEPARATORS)
 
 
 def _join_spread(t: str, origin: list[int]) -> tuple[str, list[int]]:
     """Join the characters: a single separator goes, a doubled one was the writer's own
     (し\nに\n\n\nい: the empty line is a line break of the original)."""
     for sep in _SEPARATORS:
-        if t.count(sep) < 3:
-            continue
-        pieces = [p for p in t.split(sep) if p]
-        if sum(1 for p in pieces if len(p.strip()) <= 1) * 10 < len(pieces) * 7:
+        if not _spread_by(t, sep):
             continue
         t, origin = _rewrite(t, origin, _SINGLE[sep], lambda m: "")
         t, origin = _rewrite(t, origin, _DOUBLED[sep], _constant_repl(sep))

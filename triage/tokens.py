@@ -272,11 +272,13 @@ class Tokenizer:
         respelled = respell(norm, spans)
         return respelled, self._tokens_of(respelled)
 
-    def _spell_out_all(self, norm: Normalized, tokens: list[Token]) -> tuple[Normalized, list[Token]] | None:
+    def _spell_out_all(
+        self, norm: Normalized, tokens: list[Token], kana_typed: bool
+    ) -> tuple[Normalized, list[Token]] | None:
         """``spell_out`` until nothing changes (a respelt word lets the dictionary cut the rest
-        better: 飲んでしぬ, then 飲んで死ぬ), at most three rounds."""
+        better: 飲んでしぬ, then 飲んで死ぬ), at most three rounds; ``kana_typed``: of the text as
+        written, not as respelt."""
         result = None
-        kana_typed = _kana_typed(norm.text)  # as written, not as respelt
         for _ in range(3):
             again = self.spell_out(norm, tokens, kana_typed)
             if again is None:
@@ -302,26 +304,30 @@ class Tokenizer:
     def tokenize(self, norm: Normalized) -> tuple[Normalized, list[Token]]:
         """The words of a normalised text, and the text they were read from (the same, or with
         badly cut kana written as the lexicon's words: see ``spell_out``)."""
-        tokens = self._tokens_of(norm)
-        respelled = self._spell_out_all(norm, tokens)
+        kana_typed = _kana_typed(norm.text)
+        tokens = self._tokens_of(norm, kana_typed)
+        respelled = self._spell_out_all(norm, tokens, kana_typed)
         return respelled if respelled is not None else (norm, tokens)
 
-    def _tokens_of(self, norm: Normalized) -> list[Token]:
-        tokens = self._tokenize(norm.text)
+    def _tokens_of(self, norm: Normalized, kana_typed: bool | None = None) -> list[Token]:
+        """``kana_typed``: whether ``norm.text`` is typed in kana, when the caller knows (reading
+        its katakana as hiragana changes neither its kanji nor its letters)."""
+        if kana_typed is None:
+            kana_typed = _kana_typed(norm.text)
+        tokens = self._tokenize(norm.text, kana_typed)
         if self._typed_in_katakana(norm.text):
             # A whole message typed in katakana (ツマガホウチョウヲ...): the dictionary reads
             # katakana as loanwords. Read it as hiragana, but for the loanwords it does know.
-            tokens = self._tokenize(self._hiraganize_native_runs(norm, tokens))
+            tokens = self._tokenize(self._hiraganize_native_runs(norm, tokens), kana_typed)
         elif self._needs_kana_reading(norm, tokens):
             # Katakana written for kanji or hiragana words (ｼﾆﾀｲ -> シニタイ -> 四/二/タイ):
             # read the broken runs as hiragana; the length is the same, so offsets hold.
-            tokens = self._tokenize(self._hiraganize_broken_runs(norm, tokens))
+            tokens = self._tokenize(self._hiraganize_broken_runs(norm, tokens), kana_typed)
         if norm.emoji:
             tokens = self._insert_marks(tokens, norm)
         return tokens
 
-    def _tokenize(self, text: str) -> list[Token]:
-        kana_typed = _kana_typed(text)
+    def _tokenize(self, text: str, kana_typed: bool) -> list[Token]:
         out: list[Token] = []
         pos = 0
         cache = self._cache
