@@ -52,7 +52,13 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium fonts-noto-cjk
 
-unit: $(VENV)/.installed-dev triage/.compiled | $(CHROMIUM)
+# Debian's Caddy runs deploy/Caddyfile in front of a real server in tests/test_deploy.py.
+CADDY := /usr/bin/caddy
+$(CADDY):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends caddy
+
+unit: $(VENV)/.installed-dev triage/.compiled | $(CHROMIUM) $(CADDY)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
