@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     counsellor_limit: int = Field(default=2, ge=1)
     # Console sessions expire after this many hours without use.
     session_hours: int = Field(default=12, ge=1)
+    # The service is reached over HTTPS only, through a proxy that ends TLS (deploy/Caddyfile): every
+    # response then carries Strict-Transport-Security, and every cookie is marked Secure (bot/web.py).
+    behind_tls: bool = False
     # The in-process loopback channel (channels/loopback), for tests and demonstrations only.
     loopback_channel: bool = False
 

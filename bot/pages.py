@@ -1,10 +1,13 @@
-"""What every page of ours is served with: strict headers, and static files from one folder."""
+"""What every page of ours is served with: strict headers, and static files from one folder; and what
+every other response gets (``SecurityHeaders``, the app's one middleware for them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import Response
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MEDIA_TYPES = {"js": "text/javascript", "css": "text/css", "png": "image/png", "svg": "image/svg+xml"}
 
@@ -39,3 +42,55 @@ class StaticFiles:
         return Response(
             body, media_type=media, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
         )
+
+
+# What a response that set none of its own gets: a JSON answer, a static file, an error. Nothing of ours
+# is ever framed, sniffed, sent as a referrer or cached; a page sets its own policy (page_headers above).
+DEFAULT_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+# Only when the service is told it is reached over HTTPS alone (TSUNAGI_BEHIND_TLS): a year, this host only.
+HSTS = "max-age=31536000"
+
+
+class SecurityHeaders:
+    """ASGI middleware: every HTTP response gets ``DEFAULT_HEADERS`` where it has not set its own, and,
+    behind TLS, Strict-Transport-Security and ``Secure`` on every cookie it sets (the proxy in front ends
+    TLS, so the app itself sees plain HTTP and cannot tell). WebSockets pass through untouched."""
+
+    def __init__(self, app: ASGIApp, *, behind_tls: bool = False) -> None:
+        self.app = app
+        self.behind_tls = behind_tls
+        self.headers = dict(DEFAULT_HEADERS)
+        if behind_tls:
+            self.headers["Strict-Transport-Security"] = HSTS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    if name not in headers:
+                        headers.append(name, value)
+                if self.behind_tls:
+                    message["headers"] = [
+                        (k, _secure(v) if k.lower() == b"set-cookie" else v) for k, v in message["headers"]
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _secure(cookie: bytes) -> bytes:
+    attributes = {part.strip().lower() for part in cookie.split(b";")[1:]}
+    return cookie if b"secure" in attributes else cookie + b"; Secure"

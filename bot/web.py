@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bot.config import Settings
+from bot.pages import SecurityHeaders
 from bot.service import Service
 from handoff.console import console_router, ensure_first_admin
 
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     app = FastAPI(title="tsunagi", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.service = svc
+    # Every response: CSP, nosniff, no referrer, no framing; HSTS and Secure cookies behind TLS.
+    app.add_middleware(SecurityHeaders, behind_tls=svc.settings.behind_tls)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import pytest
@@ -31,10 +31,41 @@ from bot.models import Role
 from bot.service import Service
 from handoff.console.auth import COOKIE, CSRF_HEADER, create_counsellor
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
 WAIT = 15.0  # seconds any condition gets to become true before the test fails
+
+
+# -- the browser -----------------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium through Playwright (never `playwright install`); missing, the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; make test does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 # -- ports and processes -----------------------------------------------------------------------------------
