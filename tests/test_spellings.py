@@ -32,6 +32,11 @@ SPELLINGS = [
     ("かれしにくび4められた", "high", ["くび4め"]),
     ("練炭で今夜氏ぬ", "crisis", []),
     ("電車に夜中の3時に飛び込む", "crisis", ["飛び込む"]),
+    # one wish typed over and over with no break, in kana or with 4 for し
+    ("きえたいきえたいきえたいきえたい", "high", []),
+    ("42たい42たい42たい", "high", []),
+    # a space after every word (こんや しぬ): not joined into こんやし|ぬ
+    ("こんや しぬ つもり", "crisis", []),
 ]
 
 
@@ -58,6 +63,8 @@ HARMLESS_HOMOPHONES = [
     "I want to talk to someone",  # English is not read as romaji words
     "だいがく4ねんです",  # a year of study, not し
     "しぬほどねむい",  # the idiom, typed in kana
+    "がちゃがちゃまわしたらあたった",  # a sound word typed twice stays one word
+    "ぴんぽんぴんぽん、たくはいきたよ",  # the doorbell, not a repeated wish
 ]
 
 
