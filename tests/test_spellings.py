@@ -37,6 +37,8 @@ SPELLINGS = [
     ("42たい42たい42たい", "high", []),
     # a space after every word (こんや しぬ): not joined into こんやし|ぬ
     ("こんや しぬ つもり", "crisis", []),
+    # northern ぐ for く (居ねぐなった, 帰りたぐねぇ)
+    ("おれなんか居ねぐなったほうがいいべ", "high", []),
 ]
 
 
