@@ -32,6 +32,13 @@ SPELLINGS = [
     ("かれしにくび4められた", "high", ["くび4め"]),
     ("練炭で今夜氏ぬ", "crisis", []),
     ("電車に夜中の3時に飛び込む", "crisis", ["飛び込む"]),
+    # one wish typed over and over with no break, in kana or with 4 for し
+    ("きえたいきえたいきえたいきえたい", "high", []),
+    ("42たい42たい42たい", "high", []),
+    # a space after every word (こんや しぬ): not joined into こんやし|ぬ
+    ("こんや しぬ つもり", "crisis", []),
+    # northern ぐ for く (居ねぐなった, 帰りたぐねぇ)
+    ("おれなんか居ねぐなったほうがいいべ", "high", []),
 ]
 
 
@@ -58,6 +65,8 @@ HARMLESS_HOMOPHONES = [
     "I want to talk to someone",  # English is not read as romaji words
     "だいがく4ねんです",  # a year of study, not し
     "しぬほどねむい",  # the idiom, typed in kana
+    "がちゃがちゃまわしたらあたった",  # a sound word typed twice stays one word
+    "ぴんぽんぴんぽん、たくはいきたよ",  # the doorbell, not a repeated wish
 ]
 
 

@@ -45,6 +45,11 @@ def _drop_vowel_tail(m: re.Match[str]) -> str:
 
 
 _REPEATED_MARKS = re.compile("(?P<p>[。、！？!?…])(?P=p)+")
+# One kana word of three to five letters typed again straight after itself (しにたいしにたい
+# しにたい): the dictionary cuts the run across the joins (し|に|たいし|に|...), so a sentence
+# end goes between the copies. Only words ending as a predicate does (-い, -る, -た, -ぬ, -て,
+# -う): a sound word (ガチャガチャ, ぴんぽんぴんぽん) is one word and stays whole.
+_REPEATED_WORD = re.compile("(?P<w>[ぁ-ゖ]{2,4}[いるたぬてう]|[ァ-ヺ]{2,4}[イルタヌテウ])(?=(?P=w))")
 _HALF_KANA = re.compile("[\uff66-\uff9d]{2,}")
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\ufe00-\ufe0f\U000e0000-\U000e007f]+")
@@ -381,6 +386,8 @@ class Normalizer:
         if (self._quick_subs is None or self._quick_subs.search(t)) and self._gate_subs.search(t):
             for pattern, repl in self.config.substitutions:
                 t, origin = _rewrite(t, origin, pattern, _expander(repl))
+        if _REPEATED_WORD.search(t):
+            t, origin = _rewrite(t, origin, _REPEATED_WORD, lambda m: m.group() + "。")
         if self._post_may_apply(t) and self._gate_post.search(t):
             t, origin = _rewrite(t, origin, self._mask, lambda m: "")
             t, origin = _rewrite(t, origin, _VOWEL_TAIL, _drop_vowel_tail)
