@@ -122,6 +122,9 @@ HELD_OUT_FLOORS = {
     # scored once, blind, and not yet worked on: the floors sit under their blind figures
     "holdout16.jsonl": {"crisis_recall": 0.75, "under_triage_rate": 0.17, "category_micro_f1": 0.84},
     "holdout17.jsonl": {"crisis_recall": 0.62, "under_triage_rate": 0.18, "category_micro_f1": 0.83},
+    # scored once, blind (0.84 / 0.86 crisis recall), then worked on
+    "holdout18.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
+    "holdout19.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.95},
 }
 
 
