@@ -37,9 +37,11 @@ pure:
 run: $(VENV)/.installed triage/.compiled
 	$(BIN)/tsunagi serve --host 127.0.0.1 --port 8000
 
+# lint-imports: the layers of docs/architecture.md (contracts in pyproject.toml, [tool.importlinter]).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -47,8 +46,8 @@ from bot.dialogue import (
 from bot.events import Event, EventBus
 from bot.hours import Hours
 from bot.models import (
+    ALL_CATEGORIES,
     Alert,
-    AuditLog,
     Contact,
     Conversation,
     Counsellor,
@@ -67,7 +66,17 @@ from bot.models import (
     State,
     utcnow,
 )
-from bot.types import BLOCKED_REASON, EDITED, QUICK_EXIT_REASON, WITHDRAWN, Inbound, Kind
+from bot.storage import audit_write, contacts, conversations, handoffs
+from bot.types import (
+    BLOCKED_REASON,
+    EDITED,
+    FULL_TEXT_FACTOR,
+    QUICK_EXIT_REASON,
+    WITHDRAWN,
+    Handled,
+    Inbound,
+    Kind,
+)
 from handoff.queue import HandoffQueue, QueueEntry
 from triage import Risk, TriageResult, get_engine
 from triage.normalize import sanitize
@@ -75,19 +84,9 @@ from triage.normalize import sanitize
 log = logging.getLogger("tsunagi.engine")
 
 HISTORY = 10  # earlier messages read with each new one
-FULL_TEXT_FACTOR = 20  # the whole of a mail is kept up to this many times the longest message
-ALL_CATEGORIES = "*"  # the statistics row that counts each conversation once
 REMEMBER = timedelta(days=7)  # how long a conversation at high or crisis sets the risk of the next
 PROMISE = "promise"  # the placeholder of what can honestly be promised (content/messages.yaml)
 PROMISE_GROUPS = {"crisis_repeat": "crisis"}  # texts that share promises
-
-
-@dataclass
-class Handled:
-    conversation_id: str
-    duplicate: bool = False
-    replies: int = 0
-    contact_id: str = ""
 
 
 @dataclass
@@ -102,6 +101,8 @@ class _Step:
     alert: bool = False
     erase: bool = False
     release_from: int | None = None  # the counsellor who held it, freed once the change is in
+    # Who did it, for the audit row of a close: the bot ("system"), or the counsellor who closed it.
+    actor: str = audit_write.SYSTEM
     action: str = ""  # the safety table's action (bot/dialogue.py), for the log
 
     def say(self, text: Text, sender: Sender = Sender.BOT) -> None:
@@ -136,7 +137,7 @@ def _snapshot(conv: Conversation) -> Conv:
     return Conv(
         state=State(conv.state),
         risk=_risk(conv.risk),
-        categories=tuple(c for c in conv.categories.split(",") if c),
+        categories=tuple(conversations.categories(conv)),
         consented=conv.consent_at is not None,
         **{name: getattr(conv, name) for name in _SHARED_FIELDS},
     )
@@ -146,7 +147,7 @@ def _write_back(conv: Conversation, new: Conv, now: datetime) -> None:
     """What the dialogue decided, into the stored conversation."""
     conv.state = new.state.value
     conv.risk = new.risk.value
-    conv.categories = ",".join(new.categories)[:400]
+    conv.categories = conversations.joined(new.categories)
     if new.consented and conv.consent_at is None:
         conv.consent_at = now
     for name in _SHARED_FIELDS:
@@ -247,9 +248,7 @@ class ConversationEngine:
         return Handled(conversation_id=conv.id, replies=replies, contact_id=contact.id)
 
     async def _contact(self, s: AsyncSession, inbound: Inbound, lookup: str) -> Contact:
-        contact = await s.scalar(
-            select(Contact).where(col(Contact.channel) == inbound.channel, col(Contact.lookup) == lookup)
-        )
+        contact = await contacts.by_lookup(s, channel=inbound.channel, lookup=lookup)
         if contact is None:
             contact = Contact(
                 channel=inbound.channel,
@@ -268,12 +267,7 @@ class ConversationEngine:
 
     async def _route(self, s: AsyncSession, contact: Contact, inbound: Inbound) -> _Step | None:
         now = self.clock()
-        conv = await s.scalar(
-            select(Conversation)
-            .where(col(Conversation.contact_id) == contact.id)
-            .order_by(col(Conversation.created_at).desc())
-            .limit(1)
-        )
+        conv = await conversations.latest(s, contact_id=contact.id)
         if inbound.kind is Kind.UNFOLLOW:
             # They left or blocked us: close quietly, say nothing more, and what was still waiting to go
             # to them is cancelled (a push to someone who blocked us is refused, and counted).
@@ -350,12 +344,7 @@ class ConversationEngine:
             contact.presence, contact.presence_at = presence, now
             if presence == Presence.QUICK_EXIT:
                 await self._cancel_unsent(s, contact, QUICK_EXIT_REASON)
-            conv = await s.scalar(
-                select(Conversation)
-                .where(col(Conversation.contact_id) == contact_id)
-                .order_by(col(Conversation.created_at).desc())
-                .limit(1)
-            )
+            conv = await conversations.latest(s, contact_id=contact_id)
             if conv is not None and presence != Presence.CONNECTED:
                 self._audit(s, f"presence.{presence.value}", conv.id)
         log.info("contact %s on %s: %s", contact_id, contact.channel, presence.value)
@@ -413,7 +402,7 @@ class ConversationEngine:
         msg.text_enc = self.crypto.encrypt("")
         msg.full_enc = ""
         msg.meta_enc = ""
-        msg.flags = ",".join([*[f for f in msg.flags.split(",") if f], WITHDRAWN])[:64]
+        msg.flags = conversations.joined([*conversations.split(msg.flags), WITHDRAWN], limit=64)
         msg.withdrawn_at = now
         await s.execute(delete(Media).where(col(Media.message_id) == msg.id))
         if text.strip():
@@ -582,23 +571,13 @@ class ConversationEngine:
         ).all()
         if not on_duty:
             return "none"
-        held = Counter(
-            (
-                await s.scalars(
-                    select(col(Handoff.counsellor_id)).where(col(Handoff.status) == HandoffStatus.CLAIMED)
-                )
-            ).all()
-        )
-        free = any(held[cid] < (limit or self.counsellor_limit) for cid, limit in on_duty)
+        held = await handoffs.held_counts(s)
+        free = any(held[cid or 0] < (limit or self.counsellor_limit) for cid, limit in on_duty)
         return "free" if free else "busy"
 
     async def _ensure_handoff(self, s: AsyncSession, conv: Conversation, now: datetime) -> None:
         """The waiting handoff row (the source of truth for the queue), made once."""
-        existing = await s.scalar(
-            select(Handoff).where(
-                col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.WAITING
-            )
-        )
+        existing = await handoffs.waiting(s, conversation_id=conv.id)
         if existing is None:
             s.add(Handoff(conversation_id=conv.id, risk=conv.risk, queued_at=now))
             self._audit(s, "handoff.enqueue", conv.id, f"risk={conv.risk}")
@@ -619,11 +598,7 @@ class ConversationEngine:
     async def _close(self, s: AsyncSession, step: _Step) -> None:
         """The dialogue closed the conversation: its handoff ends, and it is counted."""
         conv = step.conv
-        step.release_from = await s.scalar(
-            select(col(Handoff.counsellor_id)).where(
-                col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.CLAIMED
-            )
-        )
+        step.release_from = await handoffs.holder(s, conversation_id=conv.id)
         handed_off = (
             await s.scalar(
                 select(func.count()).select_from(Handoff).where(col(Handoff.conversation_id) == conv.id)
@@ -637,7 +612,11 @@ class ConversationEngine:
         )
         step.dequeue = True
         conv.closed_at = step.now
-        self._audit(s, "conversation.close", conv.id, f"outcome={conv.outcome}")
+        # A counsellor's close is their action ("close", audited once, here); else the bot closed it.
+        action = "conversation.close" if step.actor == audit_write.SYSTEM else "close"
+        audit_write.record(
+            s, actor=step.actor, action=action, conversation_id=conv.id, detail=f"outcome={conv.outcome}"
+        )
         await self._count(s, conv, handed_off=handed_off > 0)
 
     async def _erase(self, s: AsyncSession, step: _Step, contact: Contact | None) -> None:
@@ -675,7 +654,7 @@ class ConversationEngine:
             metrics.append("emergencies")
         for metric in metrics:
             await _increment(s, day, conv.channel, conv.risk, ALL_CATEGORIES, conv.age_band, metric)
-        for cat in [x for x in conv.categories.split(",") if x]:
+        for cat in conversations.categories(conv):
             await _increment(s, day, conv.channel, conv.risk, cat, conv.age_band, "conversations")
 
     async def close_idle(self, idle: timedelta) -> int:
@@ -708,9 +687,19 @@ class ConversationEngine:
 
     # -- counsellors (the console calls these) -----------------------------------------------------
 
-    async def assign(self, conversation_id: str, counsellor_id: int) -> bool:
+    async def assign(
+        self,
+        conversation_id: str,
+        counsellor_id: int,
+        *,
+        actor: str = audit_write.SYSTEM,
+        action: str = "claim",
+        detail: str = "",
+    ) -> bool:
         """A counsellor takes a waiting conversation: it leaves the queue, the person is told, and from
-        now on the bot is silent. False when it is not waiting (taken by someone else, or closed)."""
+        now on the bot is silent. False when it is not waiting (taken by someone else, or closed).
+        ``actor`` did it (the counsellor who claimed it, or who transferred it: then ``action`` says so),
+        audited once, in this transaction."""
         now = self.clock()
         async with self.db.session() as s, s.begin():
             conv = await s.get(Conversation, conversation_id, with_for_update=not self.db.is_sqlite)
@@ -726,7 +715,13 @@ class ConversationEngine:
                 return False
             step = _Step(conv, now, dequeue=True)
             await self._apply(s, step, None, self.dialogue.step(_snapshot(conv), Claimed(), now))
-            self._audit(s, "handoff.claim", conv.id, f"counsellor={counsellor_id}")
+            audit_write.record(
+                s,
+                actor=actor,
+                action=action,
+                conversation_id=conv.id,
+                detail=detail or f"counsellor={counsellor_id}",
+            )
             # Someone has it now: its alerts are answered, for everyone they went to.
             await s.execute(
                 update(Alert)
@@ -738,9 +733,11 @@ class ConversationEngine:
         await self._after_commit(step, contact_id)
         return True
 
-    async def counsellor_reply(self, conversation_id: str, counsellor_id: int, text: str) -> bool:
+    async def counsellor_reply(
+        self, conversation_id: str, counsellor_id: int, text: str, *, actor: str = audit_write.SYSTEM
+    ) -> bool:
         """A counsellor's message to the person, through the outbox on the conversation's channel.
-        False unless this counsellor holds the conversation."""
+        False unless this counsellor holds the conversation. Audited once, as ``actor``'s."""
         now = self.clock()
         async with self.db.session() as s, s.begin():
             conv = await self._held_by(s, conversation_id, counsellor_id)
@@ -748,24 +745,33 @@ class ConversationEngine:
                 return False
             step = _Step(conv, now)
             step.say(Text(sanitize(text)[: self.max_chars]), Sender.COUNSELLOR)
-            self._audit(s, "reply", conv.id, f"counsellor={counsellor_id}")
+            audit_write.record(
+                s, actor=actor, action="reply", conversation_id=conv.id, detail=f"counsellor={counsellor_id}"
+            )
             await self._write_replies(s, step)
             contact_id = conv.contact_id or ""
         await self._after_commit(step, contact_id)
         return True
 
     async def close_by_counsellor(
-        self, conversation_id: str, counsellor_id: int, *, outcome: str, referrals: list[str]
+        self,
+        conversation_id: str,
+        counsellor_id: int,
+        *,
+        outcome: str,
+        referrals: list[str],
+        actor: str = audit_write.SYSTEM,
     ) -> bool:
-        """The counsellor ends the conversation: the person gets the closing words and the survey."""
+        """The counsellor ends the conversation: the person gets the closing words and the survey.
+        Audited once (``actor``'s "close"), where the close is written."""
         now = self.clock()
         async with self.db.session() as s, s.begin():
             conv = await self._held_by(s, conversation_id, counsellor_id)
             if conv is None:
                 return False
-            step = _Step(conv, now)
+            step = _Step(conv, now, actor=actor)
             if referrals:
-                conv.referrals = ",".join(referrals)[:400]
+                conv.referrals = conversations.joined(referrals)
             turn = self.dialogue.step(_snapshot(conv), ClosedByCounsellor(outcome), now)
             await self._apply(s, step, None, turn)
             await self._write_replies(s, step)
@@ -773,19 +779,25 @@ class ConversationEngine:
         await self._after_commit(step, contact_id)
         return True
 
-    async def requeue(self, conversation_id: str, counsellor_id: int) -> QueueEntry | None:
-        """Back to the queue, keeping the time it first queued (nobody loses their place)."""
+    async def requeue(
+        self,
+        conversation_id: str,
+        counsellor_id: int,
+        *,
+        actor: str = audit_write.SYSTEM,
+        action: str = "handoff.requeue",
+        detail: str = "",
+        audit: bool = True,
+    ) -> QueueEntry | None:
+        """Back to the queue, keeping the time it first queued (nobody loses their place). Audited once
+        as ``actor``'s ``action``, unless ``audit`` is false (a transfer to a colleague is audited where
+        the colleague gets it)."""
         now = self.clock()
         async with self.db.session() as s, s.begin():
             conv = await self._held_by(s, conversation_id, counsellor_id)
             if conv is None:
                 return None
-            handoff = await s.scalar(
-                select(Handoff).where(
-                    col(Handoff.conversation_id) == conversation_id,
-                    col(Handoff.status) == HandoffStatus.CLAIMED,
-                )
-            )
+            handoff = await handoffs.claimed(s, conversation_id=conversation_id)
             assert handoff is not None
             handoff.status = HandoffStatus.WAITING
             handoff.counsellor_id = None
@@ -793,7 +805,14 @@ class ConversationEngine:
             _write_back(conv, self.dialogue.step(_snapshot(conv), Requeued(), now).conv, now)
             conv.updated_at = now
             entry = QueueEntry(conv.id, _risk(conv.risk), handoff.queued_at, conv.channel)
-            self._audit(s, "handoff.requeue", conv.id, f"from={counsellor_id}")
+            if audit:
+                audit_write.record(
+                    s,
+                    actor=actor,
+                    action=action,
+                    conversation_id=conv.id,
+                    detail=detail or f"from={counsellor_id}",
+                )
             contact_id = conv.contact_id or ""
         await self.queue.release(conversation_id, counsellor_id)
         await self.queue.put(entry)
@@ -809,11 +828,7 @@ class ConversationEngine:
         conv = await s.get(Conversation, conversation_id, with_for_update=not self.db.is_sqlite)
         if conv is None or conv.state != State.WITH_COUNSELLOR:
             return None
-        holder = await s.scalar(
-            select(col(Handoff.counsellor_id)).where(
-                col(Handoff.conversation_id) == conversation_id, col(Handoff.status) == HandoffStatus.CLAIMED
-            )
-        )
+        holder = await handoffs.holder(s, conversation_id=conversation_id)
         return conv if holder == counsellor_id else None
 
     # -- writing replies and telling the rest -------------------------------------------------------
@@ -893,10 +908,9 @@ class ConversationEngine:
         return self.content.fmt("wait_minutes", minutes=(position - 1) * self.minutes_per_place)
 
     @staticmethod
-    def _audit(
-        s: AsyncSession, action: str, conversation_id: str, detail: str = "", *, actor: str = "system"
-    ) -> None:
-        s.add(AuditLog(actor=actor, action=action, conversation_id=conversation_id, detail=detail))
+    def _audit(s: AsyncSession, action: str, conversation_id: str, detail: str = "") -> None:
+        """What the bot does on its own (the dialogue's steps, erasing, a withdrawn message)."""
+        audit_write.record(s, action=action, conversation_id=conversation_id, detail=detail)
 
 
 async def _increment(

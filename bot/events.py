@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
-from handoff.redis_queue import connect
+from bot.redis_client import connect
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -12,7 +12,7 @@ import logging
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import or_, select, update
 from sqlmodel import col
@@ -22,8 +22,15 @@ from bot.db import Database
 from bot.models import Inbox, InboxStatus, utcnow
 from bot.outbox import backoff, wait_any
 
-if TYPE_CHECKING:
-    from channels.base import Channel
+
+class EventHandler(Protocol):
+    """What the worker needs of a channel to handle its stored events (channels/base.py's ``Channel`` is
+    one): the engine's layer names no channel."""
+
+    async def process(self, payload: str) -> None: ...
+
+    def describe(self, payload: str) -> str: ...
+
 
 log = logging.getLogger("tsunagi.inbox")
 
@@ -33,7 +40,7 @@ MAX_ATTEMPTS = 5
 
 class InboxWorker:
     def __init__(
-        self, *, db: Database, crypto: Crypto, channels: Mapping[str, Channel], wakeup: asyncio.Event
+        self, *, db: Database, crypto: Crypto, channels: Mapping[str, EventHandler], wakeup: asyncio.Event
     ) -> None:
         self.db = db
         self.crypto = crypto
@@ -156,7 +163,7 @@ class InboxWorker:
         return done
 
 
-def _describe(channel: Channel | None, payload: str) -> str:
+def _describe(channel: EventHandler | None, payload: str) -> str:
     if channel is None or not payload:
         return "unknown"
     try:

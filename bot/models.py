@@ -320,6 +320,9 @@ class AuditLog(SQLModel, table=True):
     detail: str = Field(default="", max_length=200)  # never message text
 
 
+ALL_CATEGORIES = "*"  # the statistics row (StatCount.category) that counts each conversation once
+
+
 class StatCount(SQLModel, table=True):
     """De-identified statistics that outlive the conversations: counts per day and dimension only."""
 

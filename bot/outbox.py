@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import or_, select, update
 from sqlmodel import col
@@ -24,8 +24,18 @@ from bot.events import Event, EventBus
 from bot.models import Contact, Conversation, Message, Outbox, OutboxStatus, Presence, Sender, utcnow
 from bot.types import QUICK_EXIT_REASON, Delivery, Outbound, Outcome
 
-if TYPE_CHECKING:
-    from channels.base import Channel
+
+class Outlet(Protocol):
+    """What the worker needs of a channel to send (channels/base.py's ``Channel`` is one): the engine's
+    layer names no channel."""
+
+    @property
+    def batch(self) -> int: ...
+
+    def reachable(self, contact_id: str) -> bool: ...
+
+    async def deliver(self, outs: list[Outbound]) -> Delivery: ...
+
 
 log = logging.getLogger("tsunagi.outbox")
 
@@ -57,7 +67,7 @@ class OutboxWorker:
         *,
         db: Database,
         crypto: Crypto,
-        channels: Mapping[str, Channel],
+        channels: Mapping[str, Outlet],
         wakeup: asyncio.Event,
         events: EventBus | None = None,
     ) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -14,13 +17,16 @@ from bot.content import Content, get_content
 from bot.crypto import Crypto
 from bot.db import Database
 from bot.engine import ConversationEngine
-from bot.events import EventBus, RedisEventBus
+from bot.events import Event, EventBus, RedisEventBus
 from bot.hours import Hours
 from bot.inbox import InboxWorker
-from bot.models import Conversation, Handoff, HandoffStatus, utcnow
+from bot.models import Contact, Conversation, HandoffStatus, Message, Presence, utcnow
 from bot.outbox import OutboxWorker, wait_any
 from bot.retention import Retention
+from bot.storage import contacts, conversations, handoffs
+from bot.types import Handled, Inbound
 from channels.base import Channel
+from channels.host import ChannelHost
 from channels.registry import CHANNELS
 from handoff.queue import HandoffQueue, InProcessQueue, QueueEntry
 from handoff.redis_queue import RedisQueue
@@ -68,8 +74,9 @@ class Service:
             max_chars=settings.max_message_chars,
             counsellor_limit=settings.counsellor_limit,
         )
+        self.host: ChannelHost = ServiceHost(self)  # what the channels may ask, and no more
         self.channels: dict[str, Channel] = {
-            name: cls(self) for name, cls in CHANNELS.items() if cls.enabled(settings)
+            name: cls(self.host) for name, cls in CHANNELS.items() if cls.enabled(settings)
         }
         self.engine.joined_channels = {name for name, ch in self.channels.items() if ch.joins_replies}
         self.outbox = OutboxWorker(
@@ -125,13 +132,7 @@ class Service:
         """The database is the source of truth: the queue and the holdings are made again from the
         waiting and claimed handoffs."""
         async with self.db.session() as s:
-            rows = (
-                await s.execute(
-                    select(Handoff, col(Conversation.channel))
-                    .join(Conversation, col(Conversation.id) == col(Handoff.conversation_id))
-                    .where(col(Handoff.status).in_([HandoffStatus.WAITING, HandoffStatus.CLAIMED]))
-                )
-            ).all()
+            rows = await handoffs.open_with_channel(s)
         waiting = [
             QueueEntry(h.conversation_id, Risk(h.risk), h.queued_at, ch)
             for h, ch in rows
@@ -238,6 +239,89 @@ class Service:
                 ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
             ]
         )
+
+
+class ServiceHost:
+    """The channels' host (channels/host.py) over one service: each call reaches the part of the service
+    that does it when it is made (so a test's patch of the engine or the inbox is seen)."""
+
+    def __init__(self, service: Service) -> None:
+        self._svc = service
+
+    @property
+    def settings(self) -> Settings:
+        return self._svc.settings
+
+    async def receive(self, inbound: Inbound) -> Handled:
+        return await self._svc.engine.handle(inbound)
+
+    async def withdraw(
+        self, channel: str, user_id: str, external_id: str, matches: Callable[[str], bool]
+    ) -> bool:
+        found = await self._svc.engine.withdraw(channel, user_id, external_id)
+        await self._svc.inbox.scrub(channel, matches)
+        return found
+
+    async def store_events(self, channel: str, events: list[tuple[str, str]]) -> int:
+        return await self._svc.inbox.store(channel, events)
+
+    async def set_presence(self, contact_id: str, presence: Presence) -> None:
+        await self._svc.engine.set_presence(contact_id, presence)
+
+    def text(self, key: str) -> str:
+        return self._svc.content.text(key).text
+
+    def lookup(self, channel: str, user_id: str) -> str:
+        return self._svc.crypto.lookup(channel, user_id)
+
+    def subscribe(self) -> AbstractAsyncContextManager[asyncio.Queue[Event]]:
+        return self._svc.events.subscribe()
+
+    async def position(self, conversation_id: str) -> int | None:
+        return await self._svc.queue.position(conversation_id, utcnow())
+
+    async def send_due(self, conversation_id: str) -> None:
+        await self._svc.outbox.send_due(conversation_id=conversation_id)
+
+    async def contact(self, channel: str, user_id: str) -> Contact | None:
+        lookup = self._svc.crypto.lookup(channel, user_id)
+        async with self._svc.db.session() as s:
+            return await contacts.by_lookup(s, channel=channel, lookup=lookup)
+
+    async def history(
+        self, contact_id: str
+    ) -> tuple[Conversation | None, list[tuple[Message, str | None, str]]]:
+        crypto = self._svc.crypto
+        async with self._svc.db.session() as s:
+            conv = await conversations.latest(s, contact_id=contact_id)
+            if conv is None:
+                return None, []
+            rows = await conversations.with_delivery(s, conversation_id=conv.id)
+        return conv, [(m, status, crypto.decrypt(m.text_enc)) for m, status in rows]
+
+    async def address_in_thread(
+        self, channel: str, *, outbox_ids: list[int], conversation_ids: list[str]
+    ) -> str | None:
+        async with self._svc.db.session() as s:
+            answered = await conversations.of_outbox(s, outbox_ids=outbox_ids)
+            for conversation_id in [*answered, *conversation_ids]:
+                enc = await contacts.address_of_conversation(
+                    s, channel=channel, conversation_id=conversation_id
+                )
+                if enc:
+                    return self._svc.crypto.decrypt(enc)
+        return None
+
+    async def last_choices(self, channel: str, user_id: str) -> list[str]:
+        lookup = self._svc.crypto.lookup(channel, user_id)
+        async with self._svc.db.session() as s:
+            raw = await contacts.last_quick_replies(s, channel=channel, lookup=lookup)
+        labels = json.loads(raw) if raw else []
+        return [str(x) for x in labels] if isinstance(labels, list) else []
+
+    async def bounced(self, channel: str, outbox_id: int) -> None:
+        async with self._svc.db.session() as s, s.begin():
+            await conversations.fail_sent(s, channel=channel, outbox_id=outbox_id, why="bounced")
 
 
 def _aware(at: datetime) -> datetime:

@@ -19,6 +19,8 @@ ALBUM = "album"  # one picture of several sent together (answered once)
 QUICK_EXIT_REASON = "cancelled: the person left with the quick exit"
 BLOCKED_REASON = "cancelled: the person blocked or left"
 
+FULL_TEXT_FACTOR = 20  # the whole of a mail is kept up to this many times the longest message
+
 
 class Kind(StrEnum):
     TEXT = "text"  # something the person wrote
@@ -139,3 +141,13 @@ class Delivery:
     @classmethod
     def failed(cls, reason: str) -> Delivery:
         return cls(Outcome.FAILED, reason)
+
+
+@dataclass
+class Handled:
+    """What the engine did with one ``Inbound`` (a channel's ``receive`` returns it)."""
+
+    conversation_id: str
+    duplicate: bool = False
+    replies: int = 0
+    contact_id: str = ""

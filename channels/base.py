@@ -1,7 +1,8 @@
 """What every channel is: one folder under ``channels/``, one class, one line in ``registry.py``.
 
-An adapter turns its platform's payloads into ``Inbound`` and hands them to ``receive`` (the engine's
-callback; HTTP never reaches the engine), and implements ``send`` for one ``Outbound``. The base
+An adapter turns its platform's payloads into ``Inbound`` and hands them to ``receive`` (through its
+host, ``channels/host.py``: HTTP never reaches the engine), and implements ``send`` for one
+``Outbound``. The base
 class keeps the invariants in one place: choices degraded to numbered text where a channel has no
 buttons, a platform error recorded as a retry and never raised into the worker.
 """
@@ -12,16 +13,13 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, ClassVar, final
+from typing import ClassVar, final
 
 from fastapi import APIRouter
 
-from bot.engine import Handled
-from bot.types import Delivery, Inbound, Outbound
-
-if TYPE_CHECKING:
-    from bot.config import Settings
-    from bot.service import Service
+from bot.config import Settings
+from bot.types import Delivery, Handled, Inbound, Outbound
+from channels.host import ChannelHost
 
 log = logging.getLogger("tsunagi.channels")
 
@@ -35,8 +33,8 @@ class Channel(ABC):
     # five in one reply, and a reply costs nothing where a push is counted against the account's quota.
     batch: ClassVar[int] = 1
 
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, host: ChannelHost) -> None:
+        self.host = host  # what a channel may ask (channels/host.py), never the whole service
 
     @classmethod
     def enabled(cls, settings: Settings) -> bool:
@@ -67,19 +65,16 @@ class Channel(ABC):
     async def withdraw(self, user_id: str, external_id: str, matches: Callable[[str], bool]) -> bool:
         """The person took a message back: erased from storage (the engine) and from the stored platform
         events that carried it (``matches`` picks them)."""
-        found = await self.service.engine.withdraw(self.name, user_id, external_id)
-        await self.service.inbox.scrub(self.name, matches)
-        return found
+        return await self.host.withdraw(self.name, user_id, external_id, matches)
 
     @final
     async def store_events(self, events: list[tuple[str, str]]) -> int:
         """Store platform events (event id, payload) for ``process``; returns how many were new."""
-        return await self.service.inbox.store(self.name, events)
+        return await self.host.store_events(self.name, events)
 
     @final
     async def receive(self, inbound: Inbound) -> Handled:
-        handled = await self.service.engine.handle(inbound)
-        return handled
+        return await self.host.receive(inbound)
 
     @final
     async def deliver(self, outs: list[Outbound]) -> Delivery:

@@ -25,10 +25,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import WatchError
 
+from bot.redis_client import connect
 from handoff.queue import Claim, HandoffQueue, QueueEntry
 from triage import Risk
 
@@ -62,21 +61,6 @@ redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[3])
 return 'claimed'
 """
-
-
-def connect(url: str) -> Redis:
-    """A client as the queue and the event bus use it: text replies, bounded waits, and no automatic
-    retry of a command (a claim replayed after its reply was lost would tell the counsellor who got the
-    conversation that someone else has it)."""
-    client: Redis = Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return client
 
 
 async def _reply(value: Awaitable[T] | T) -> T:

@@ -1,16 +1,22 @@
-"""Shared test helpers: the labelled tables under tests/data and the shared development set."""
+"""Shared test helpers: the labelled tables under tests/data and the shared development set; the
+databases; the browser tests' fixtures."""
 
 from __future__ import annotations
 
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+    from tests.browser_support import Watched
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -93,3 +99,56 @@ def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: 
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+# -- the browser tests' fixtures, defined once (their helpers: tests/browser_support.py) -----------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium through Playwright (never ``playwright install``)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; never `playwright install`)"
+        )
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def watched() -> Iterator[Watched]:
+    from tests.browser_support import Watched
+
+    w = Watched()
+    yield w
+    assert w.errors == [], f"problems in the page: {w.errors}"
+    assert w.answers == [], f"dialogs that never came: {w.answers}"
+
+
+@pytest.fixture
+def new_page(browser: Browser, watched: Watched) -> Iterator[Callable[..., Page]]:
+    """Pages, each in a browser context of its own (its own cookie: its own login), 1280x800, watched."""
+    from tests.browser_support import OBSERVE, WAIT_MS
+
+    contexts: list[BrowserContext] = []
+
+    def make(*, clipboard: bool = False) -> Page:
+        ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
+        ctx.set_default_timeout(WAIT_MS)
+        ctx.add_init_script(OBSERVE)
+        if clipboard:
+            ctx.grant_permissions(["clipboard-read", "clipboard-write"])
+        contexts.append(ctx)
+        return watched.attach(ctx.new_page())
+
+    yield make
+    for ctx in contexts:
+        ctx.close()

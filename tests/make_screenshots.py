@@ -8,17 +8,14 @@ docs/webchat.png and docs/console.png. Nothing leaves the machine (the quick exi
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, TSUNAGI, _free_port, _healthy
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, add_accounts, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "screenshot-password-1"
@@ -27,43 +24,9 @@ PASSWORD = "screenshot-password-1"
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-        env.update(
-            TSUNAGI_VAR_DIR=str(home / "var"),
-            TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
-            TSUNAGI_SMTP_LISTEN="",
-        )
-        for name, role in (("sato", "counsellor"), ("kimura", "supervisor")):
-            subprocess.run(
-                [str(TSUNAGI), "counsellor", "add", name, "--role", role],
-                input=PASSWORD + "\n",
-                text=True,
-                check=True,
-                cwd=home,
-                env=env,
-                capture_output=True,
-            )
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        with (home / "server.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=home,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + 30
-            while not _healthy(f"{base}/healthz"):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    print((home / "server.log").read_text(), file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
-            shoot(base)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        add_accounts(home, {"sato": ("counsellor", PASSWORD), "kimura": ("supervisor", PASSWORD)})
+        for server in serve(home):
+            shoot(server.base)
     return 0
 
 

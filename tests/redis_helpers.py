@@ -8,7 +8,7 @@ import uuid
 
 from redis.exceptions import RedisError
 
-from handoff.redis_queue import connect
+from bot.redis_client import connect
 from tests.conftest import _unavailable
 
 TEST_REDIS_URL = os.environ.get("TSUNAGI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

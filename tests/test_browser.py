@@ -7,116 +7,28 @@ Everything stays on loopback: the server listens on 127.0.0.1 and the quick-exit
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+
+from tests.browser_support import CRISIS, WAIT_MS, Server, serious_violations, serve
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WAIT_MS = 8_000  # the longest any single wait in a page may take
-CRISIS = "もう死にたい。今から飛び降りる"
 CONSENT = "同意して話す"
 
 
 # -- the server and the browser ---------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    base: str
-    exit_url: str
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return bool(r.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    if not TSUNAGI.exists():
-        pytest.fail(f"{TSUNAGI} is missing: install the project into .venv first (make test does)")
-    tmp = tmp_path_factory.mktemp("browser")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-    env.update(
-        TSUNAGI_VAR_DIR=str(tmp / "var"),
-        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 't.db'}",
-        TSUNAGI_SMTP_LISTEN="",
-        TSUNAGI_QUICK_EXIT_URL=f"{base}/healthz",
-    )
-    log = tmp / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp,  # no stray .env from the working directory
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _healthy(f"{base}/healthz"):
-            if proc.poll() is not None:
-                pytest.fail(f"tsunagi serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"tsunagi serve did not become healthy in 30 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield Server(base=base, exit_url=f"{base}/healthz", log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; never `playwright install`)"
-        )
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    """The quick exit leads to the server's own /healthz (a neutral page): no test needs the internet."""
+    yield from serve(tmp_path_factory.mktemp("browser"), quick_exit_to_health=True)
 
 
 @pytest.fixture
@@ -618,19 +530,6 @@ def test_phone_numbers_can_be_tapped_and_names_with_numbers_are_not_links(
 
 
 # -- accessibility: axe-core (axe-playwright-python ships its script: no network) ---------------------------
-
-
-def serious_violations(page: Page) -> list[str]:
-    """axe-core's serious and critical violations on the page as it is now (WCAG 2.x A and AA rules)."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    options = {"resultTypes": ["violations"], "runOnly": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}
-    results = Axe().run(page, options=options)
-    return [
-        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 def test_no_serious_accessibility_violation_through_a_whole_conversation(sized: Page, server: Server) -> None:

@@ -1,7 +1,7 @@
 """Accounts and the transfer picker in the console, in a real browser: an administrator adds, changes,
 disables and re-enables accounts and hands out one-time passwords; counsellors pass a conversation to a
 colleague chosen from a list. ``tsunagi serve`` runs in a subprocess and Debian's Chromium is driven
-through Playwright, as in test_console_browser.py (whose server and web chat helpers are reused).
+through Playwright, with what the browser tests share (tests/browser_support.py, conftest.py).
 """
 
 from __future__ import annotations
@@ -9,49 +9,32 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Dialog,
-    Error,
-    Locator,
-    Page,
-    Request,
-    expect,
-    sync_playwright,
-)
+from playwright.sync_api import Locator, Page, expect
 from websockets.sync.client import connect
 
 from bot.db import Database
 from bot.models import Counsellor, Role
 from handoff.console.auth import hash_password
-from tests.test_console_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    OBSERVE,
-    TSUNAGI,
-    WAIT_MS,
+from tests.browser_support import (
     WAIT_S,
     Person,
     Server,
-    _env,
-    _serve,
-    _settings,
+    Watched,
+    add_accounts,
     fetch_status,
     in_thread,
     queue_items,
+    serve,
+    settings_for,
 )
 
 pytestmark = pytest.mark.browser
@@ -78,7 +61,7 @@ INVALID = (
 
 
 async def _add_legacy_account(home: Path) -> None:
-    db = Database(_settings(home).resolved_database_url)
+    db = Database(settings_for(home).resolved_database_url)
     try:
         async with db.session() as s, s.begin():
             s.add(
@@ -93,17 +76,7 @@ async def _add_legacy_account(home: Path) -> None:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("accounts-template")
-    for username, (role, password) in ACCOUNTS.items():
-        done = subprocess.run(
-            [str(TSUNAGI), "counsellor", "add", username, "--role", role],
-            input=password + "\n",
-            capture_output=True,
-            text=True,
-            cwd=home,
-            env=_env(home),
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
+    add_accounts(home, ACCOUNTS)
     in_thread(_add_legacy_account(home))
     return home
 
@@ -112,7 +85,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(template: Path, tmp_path: Path) -> Iterator[Server]:
     home = tmp_path / "server"
     shutil.copytree(template, home)
-    yield from _serve(home)
+    yield from serve(home)
 
 
 @pytest.fixture
@@ -179,87 +152,7 @@ def login_status(server: Server, username: str, password: str) -> int:
     return 200
 
 
-# -- the browser -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; never `playwright install`)"
-        )
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@dataclass
-class Watched:
-    """Script errors, CSP violations and unsafe requests without the CSRF header fail the test; so does a
-    dialog, unless the test said how to answer it (``answers``: True accepts, False dismisses)."""
-
-    errors: list[str] = field(default_factory=list)
-    answers: list[bool] = field(default_factory=list)
-    dialogs: list[str] = field(default_factory=list)
-
-    def attach(self, page: Page) -> Page:
-        def on_error(error: Error) -> None:
-            self.errors.append(f"pageerror: {error}")
-
-        def on_dialog(dialog: Dialog) -> None:
-            self.dialogs.append(dialog.message)
-            if dialog.type != "confirm" or not self.answers:
-                self.errors.append(f"unexpected {dialog.type}: {dialog.message}")
-                dialog.dismiss()
-            elif self.answers.pop(0):
-                dialog.accept()
-            else:
-                dialog.dismiss()
-
-        def on_console(message: ConsoleMessage) -> None:
-            if "Content Security Policy" in message.text:
-                self.errors.append(f"console: {message.text}")
-
-        def check(request: Request) -> None:
-            unsafe = request.method not in ("GET", "HEAD")
-            if unsafe and "/api/console/" in request.url and not request.url.endswith("/login"):
-                if not request.headers.get("x-csrf-token"):
-                    self.errors.append(f"no X-CSRF-Token on {request.method} {request.url}")
-
-        page.on("pageerror", on_error)
-        page.on("dialog", on_dialog)
-        page.on("console", on_console)
-        page.on("request", check)
-        return page
-
-
-@pytest.fixture
-def watched() -> Iterator[Watched]:
-    w = Watched()
-    yield w
-    assert w.errors == [], f"problems in the page: {w.errors}"
-    assert w.answers == [], f"dialogs that never came: {w.answers}"
-
-
-@pytest.fixture
-def new_page(browser: Browser, watched: Watched) -> Iterator[Callable[..., Page]]:
-    contexts: list[BrowserContext] = []
-
-    def make(*, clipboard: bool = False) -> Page:
-        ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
-        ctx.set_default_timeout(WAIT_MS)
-        ctx.add_init_script(OBSERVE)
-        if clipboard:
-            ctx.grant_permissions(["clipboard-read", "clipboard-write"])
-        contexts.append(ctx)
-        return watched.attach(ctx.new_page())
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
+# -- pages (the browser, ``watched`` and ``new_page`` are conftest.py's) -------------------------------
 
 
 def submit_login(page: Page, server: Server, username: str, password: str) -> None:

@@ -8,65 +8,48 @@ that no test sees another's queue. Everything stays on loopback. Chromium is nev
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import (
-    Browser,
-    BrowserContext,
-    ConsoleMessage,
-    Dialog,
-    Error,
-    Locator,
-    Page,
-    Request,
-    expect,
-    sync_playwright,
-)
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 from sqlalchemy import select, update
 from sqlmodel import col
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
-from bot.config import Settings
 from bot.db import Database
 from bot.models import Message, Outbox, OutboxStatus
 from bot.service import Service
 from bot.types import Inbound, Kind
 from channels.loopback import LoopbackChannel
+from tests.browser_support import (
+    CRISIS,
+    WAIT_MS,
+    WAIT_S,
+    Person,
+    Server,
+    Watched,
+    add_accounts,
+    fetch_status,
+    in_thread,
+    queue_items,
+    serious_violations,
+    serve,
+    settings_for,
+)
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WAIT_MS = 8_000  # the longest any single wait in a page may take
-WAIT_S = WAIT_MS / 1000
-CRISIS = "もう死にたい。今から飛び降りる"
 ACCOUNTS = {
     "kana": ("counsellor", "kana-password-1234"),
     "yui": ("counsellor", "yui-password-12345"),
@@ -74,118 +57,14 @@ ACCOUNTS = {
 }
 CSV_HEADER = "day,channel,risk,category,age_band,metric,count"
 
-# Stand-ins installed before the page's own script: a Notification that records what it is asked
-# (and when permission is requested), and a count of the oscillators the alarm sound starts.
-OBSERVE = """
-(() => {
-  window.__notifications = [];
-  window.__permissionRequests = 0;
-  let permission = "default";
-  class RecordingNotification {
-    constructor(title, options) { window.__notifications.push({ title, body: options && options.body }); }
-    close() {}
-    static get permission() { return permission; }
-    static requestPermission() {
-      window.__permissionRequests += 1;
-      permission = "granted";
-      return Promise.resolve(permission);
-    }
-  }
-  window.Notification = RecordingNotification;
-  window.__oscillators = 0;
-  const create = AudioContext.prototype.createOscillator;
-  AudioContext.prototype.createOscillator = function () {
-    window.__oscillators += 1;
-    return create.call(this);
-  };
-})();
-"""
-
-
 # -- servers ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    base: str
-    log: Path
-
-    @property
-    def ws(self) -> str:
-        return self.base.replace("http://", "ws://")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return bool(r.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-    env.update(
-        TSUNAGI_VAR_DIR=str(home / "var"),
-        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
-        TSUNAGI_SMTP_LISTEN="",
-    )
-    return env
-
-
-def _serve(home: Path) -> Iterator[Server]:
-    if not TSUNAGI.exists():
-        pytest.fail(f"{TSUNAGI} is missing: install the project into .venv first (make test does)")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=home,  # no stray .env from the working directory
-            env=_env(home),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _healthy(f"{base}/healthz"):
-            if proc.poll() is not None:
-                pytest.fail(f"tsunagi serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"tsunagi serve did not become healthy in 30 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        yield Server(base=base, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database with the accounts, made once with the CLI; each test's server starts from a copy."""
     home = tmp_path_factory.mktemp("console-template")
-    for username, (role, password) in ACCOUNTS.items():
-        done = subprocess.run(
-            [str(TSUNAGI), "counsellor", "add", username, "--role", role],
-            input=password + "\n",
-            capture_output=True,
-            text=True,
-            cwd=home,
-            env=_env(home),
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
+    add_accounts(home, ACCOUNTS)
     return home
 
 
@@ -193,7 +72,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(template: Path, tmp_path: Path) -> Iterator[Server]:
     home = tmp_path / "server"
     shutil.copytree(template, home)
-    yield from _serve(home)
+    yield from serve(home)
 
 
 @pytest.fixture
@@ -201,80 +80,10 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
     """No accounts at all: the first start makes 'admin' with a one-time password on stdout."""
     home = tmp_path / "fresh"
     home.mkdir()
-    yield from _serve(home)
+    yield from serve(home)
 
 
-# -- the browser ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM} (apt-get install chromium; never `playwright install`)"
-        )
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@dataclass
-class Watched:
-    """What a page did that a test must not allow: script errors, dialogs, CSP violations, and any
-    unsafe request to the console API without the CSRF header."""
-
-    errors: list[str] = field(default_factory=list)
-
-    def attach(self, page: Page) -> Page:
-        def on_error(error: Error) -> None:
-            self.errors.append(f"pageerror: {error}")
-
-        def on_dialog(dialog: Dialog) -> None:
-            self.errors.append(f"dialog: {dialog.message}")
-            dialog.dismiss()
-
-        def on_console(message: ConsoleMessage) -> None:
-            if "Content Security Policy" in message.text:
-                self.errors.append(f"console: {message.text}")
-
-        def check(request: Request) -> None:
-            unsafe = request.method not in ("GET", "HEAD")
-            if unsafe and "/api/console/" in request.url and not request.url.endswith("/login"):
-                if not request.headers.get("x-csrf-token"):
-                    self.errors.append(f"no X-CSRF-Token on {request.method} {request.url}")
-
-        page.on("pageerror", on_error)
-        page.on("dialog", on_dialog)
-        page.on("console", on_console)
-        page.on("request", check)
-        return page
-
-
-@pytest.fixture
-def watched() -> Iterator[Watched]:
-    w = Watched()
-    yield w
-    assert w.errors == [], f"problems in the page: {w.errors}"
-
-
-@pytest.fixture
-def new_page(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
-    """Pages, each in a browser context of its own (its own cookie: its own login), 1280x800."""
-    contexts: list[BrowserContext] = []
-
-    def make() -> Page:
-        ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
-        ctx.set_default_timeout(WAIT_MS)
-        ctx.add_init_script(OBSERVE)
-        contexts.append(ctx)
-        return watched.attach(ctx.new_page())
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
+# -- pages (the browser, ``watched`` and ``new_page`` are conftest.py's) -------------------------------
 
 
 def log_in(page: Page, server: Server, username: str, password: str | None = None) -> None:
@@ -288,62 +97,8 @@ def log_in(page: Page, server: Server, username: str, password: str | None = Non
     expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
 
 
-def fetch_status(page: Page, path: str) -> int:
-    return int(page.evaluate("async (p) => (await fetch(p)).status", path))
-
-
-def queue_items(page: Page) -> Locator:
-    return page.locator("#queue-list > li")
-
-
 def lines(page: Page, who: str) -> Locator:
     return page.locator(f"#transcript li.from-{who}")
-
-
-# -- the person on the other side: the web chat's WebSocket ------------------------------------------
-
-
-class Person:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[dict[str, Any]] = []
-        self.n = 0
-        self.ws.send(json.dumps({"type": "hello", "resume": None}))
-        self.wait(lambda f: f["type"] == "status")
-
-    def wait(self, until: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The first frame, received before or within the wait, that satisfies ``until``."""
-        for old in self.frames:
-            if until(old):
-                return old
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no matching frame; got {self.frames}")
-            try:
-                frame: dict[str, Any] = json.loads(self.ws.recv(timeout=left))
-            except TimeoutError:
-                continue
-            self.frames.append(frame)
-            if until(frame):
-                return frame
-
-    def say(self, text: str) -> None:
-        self.n += 1
-        mid = f"m-{self.n}"
-        self.ws.send(json.dumps({"type": "message", "text": text, "id": mid}))
-        self.wait(lambda f: f["type"] == "ack" and f["id"] == mid)
-
-    def in_crisis(self, text: str = CRISIS) -> None:
-        """Consent, then a crisis: the conversation waits for a counsellor."""
-        self.say("同意")
-        self.wait(lambda f: f["type"] == "message" and "どんなことでも" in f["text"])
-        self.say(text)
-        self.wait(lambda f: f["type"] == "status" and f["state"] == "waiting")
-
-    def got(self, who: str, text: str) -> dict[str, Any]:
-        return self.wait(lambda f: f["type"] == "message" and f["from"] == who and text in f["text"])
 
 
 @pytest.fixture
@@ -590,27 +345,6 @@ MAIL_FULL = (
 )
 
 
-def in_thread(coro: Coroutine[Any, Any, T]) -> T:
-    """An asyncio coroutine run to its end on a thread of its own (Playwright's sync API owns this one's
-    event loop)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def _settings(home: Path) -> Settings:
-    """What ``tsunagi serve`` in ``home`` reads (same database, same keys under var/), plus the loopback
-    channel through which the scene is played."""
-    env = _env(home)
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        var_dir=Path(env["TSUNAGI_VAR_DIR"]),
-        database_url=env["TSUNAGI_DATABASE_URL"],
-        smtp_listen="",
-        loopback_channel=True,
-        redis_url="",
-    )
-
-
 @dataclass
 class MailScene:
     server: Server
@@ -621,7 +355,7 @@ class MailScene:
 async def _play_mail_scene(home: Path) -> list[tuple[int, str]]:
     """Before the server starts: a person writes through the engine (a mail-like message with its
     quoted thread and two attachments, then a request for a counsellor); every reply is delivered."""
-    svc = Service(_settings(home))
+    svc = Service(settings_for(home))
     await svc.start(workers=False)
     try:
         channel = svc.channels["loopback"]
@@ -659,7 +393,7 @@ async def _set_outbox(home: Path, states: dict[int, tuple[str, int, str]]) -> No
     """Outbox rows put as the sending worker leaves them: {id: (status, attempts, last error)}. Rows
     left pending are due only tomorrow, so the server's worker leaves them alone (it has no loopback
     channel to send them on)."""
-    db = Database(_settings(home).resolved_database_url)
+    db = Database(settings_for(home).resolved_database_url)
     try:
         async with db.session() as s, s.begin():
             for outbox_id, (status, attempts, error) in states.items():
@@ -684,7 +418,7 @@ def mail_scene(template: Path, tmp_path: Path) -> Iterator[MailScene]:
     shutil.copytree(template, home)
     replies = in_thread(_play_mail_scene(home))
     assert len(replies) >= 3, replies
-    for server in _serve(home):
+    for server in serve(home):
         yield MailScene(server=server, home=home, replies=replies)
 
 
@@ -800,7 +534,7 @@ async def _play_media_scene(home: Path) -> None:
     from bot.types import EDITED, Item
     from tests.pictures import screenshot
 
-    svc = Service(_settings(home))
+    svc = Service(settings_for(home))
     await svc.start(workers=False)
     try:
         channel = svc.channels["loopback"]
@@ -842,7 +576,7 @@ def media_server(template: Path, tmp_path: Path) -> Iterator[Server]:
     home = tmp_path / "server"
     shutil.copytree(template, home)
     in_thread(_play_media_scene(home))
-    yield from _serve(home)
+    yield from serve(home)
 
 
 def test_pictures_are_behind_a_click_and_a_withdrawn_message_says_so(
@@ -1489,19 +1223,9 @@ def test_the_queue_card_shows_the_most_serious_line_and_each_message_its_own_ris
 def test_no_serious_accessibility_violation_on_any_console_view(
     server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
 ) -> None:
-    from tests.test_browser import serious_violations
 
     home = Path(server.log).parent
-    done = subprocess.run(
-        [str(TSUNAGI), "counsellor", "add", "boss", "--role", "admin"],
-        input="boss-password-12345\n",
-        capture_output=True,
-        text=True,
-        cwd=home,
-        env=_env(home),
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    add_accounts(home, {"boss": ("admin", "boss-password-12345")})
     page = new_page()
     page.goto(f"{server.base}/console")
     expect(page.locator("#view-login")).to_be_visible()

@@ -54,7 +54,7 @@ async def test_events_are_stored_once_processed_in_order_and_retried(
     tmp_path: Path, database_url: str
 ) -> None:
     async with running(tmp_path, database_url) as svc:
-        channel = Recording(svc)
+        channel = Recording(svc.host)
         svc.channels["recording"] = channel
         events = [
             (f"e{i}", json.dumps({"user": "u1", "text": t})) for i, t in enumerate(["こんにちは", "同意"])
@@ -89,7 +89,7 @@ async def test_events_are_stored_once_processed_in_order_and_retried(
 
 async def test_an_event_that_keeps_failing_is_given_up_and_kept_for_a_look(tmp_path: Path) -> None:
     async with running(tmp_path) as svc:
-        channel = Recording(svc)
+        channel = Recording(svc.host)
         svc.channels["recording"] = channel
         await channel.store_events([("e1", json.dumps({"user": "u1", "text": "x"}))])
         channel.fail = 99
@@ -108,7 +108,7 @@ async def test_an_event_that_fails_for_good_is_logged_once_with_its_traceback_an
 ) -> None:
     caplog.set_level(logging.INFO)
     async with running(tmp_path) as svc:
-        channel = Recording(svc)
+        channel = Recording(svc.host)
         svc.channels["recording"] = channel
         event = {"type": "postback", "user": "U-secret-id", "text": "ひみつの相談"}
         await channel.store_events([("e1", json.dumps(event, ensure_ascii=False))])
@@ -131,7 +131,7 @@ async def test_an_event_that_fails_for_good_is_logged_once_with_its_traceback_an
 
 async def test_scrub_empties_the_events_that_carried_a_withdrawn_message(tmp_path: Path) -> None:
     async with running(tmp_path) as svc:
-        channel = Recording(svc)
+        channel = Recording(svc.host)
         svc.channels["recording"] = channel
         await channel.store_events(
             [(f"e{i}", json.dumps({"user": "u1", "text": t, "id": str(i)})) for i, t in enumerate(["a", "b"])]

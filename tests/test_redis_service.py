@@ -14,9 +14,10 @@ from redis.asyncio import Redis
 
 from bot.events import Event, EventBus, RedisEventBus
 from bot.models import utcnow
+from bot.redis_client import connect
 from bot.service import Service
 from handoff.queue import QueueEntry
-from handoff.redis_queue import RedisQueue, connect
+from handoff.redis_queue import RedisQueue
 from tests.conftest import make_settings
 from tests.engine_helpers import Chat
 from tests.helpers import free_port

@@ -39,20 +39,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import select, update
-from sqlmodel import col
 
 from bot.content import key
-from bot.engine import FULL_TEXT_FACTOR
 from bot.images import file_item, item_from_json, item_to_json
-from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Sender
-from bot.types import WHOLE_MAIL, Delivery, Inbound, Item, Kind, Outbound
+from bot.models import Sender
+from bot.types import FULL_TEXT_FACTOR, WHOLE_MAIL, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
 from channels.email.parse import Mail, parse_mail
+from channels.host import ChannelHost
 
 if TYPE_CHECKING:
     from bot.config import Settings
-    from bot.service import Service
 
 log = logging.getLogger("tsunagi.email")
 
@@ -140,9 +137,9 @@ class EmailChannel(Channel):
     buttons: ClassVar[bool] = False  # quick replies become numbered lines
     joins_replies: ClassVar[bool] = True  # one mail answers one mail
 
-    def __init__(self, service: Service) -> None:
-        super().__init__(service)
-        self.settings = service.settings
+    def __init__(self, host: ChannelHost) -> None:
+        super().__init__(host)
+        self.settings = host.settings
         self.max_bytes = self.settings.mail_max_bytes
         local, _, domain = self.settings.mail_address.strip().partition("@")
         self.local = local.lower()
@@ -269,26 +266,10 @@ class EmailChannel(Channel):
         tokens = [c for r in recipients if (c := self.conversation_of_token(r))][:5]
         if not outbox_ids and not tokens:
             return mail.sender
-        async with self.service.db.session() as s:
-            answered = (
-                (
-                    await s.scalars(select(col(Outbox.conversation_id)).where(col(Outbox.id).in_(outbox_ids)))
-                ).all()
-                if outbox_ids
-                else []
-            )
-            enc = None
-            for conversation_id in [*answered, *tokens]:  # our Message-IDs first, then the plus-address
-                enc = await s.scalar(
-                    select(col(Contact.address_enc))
-                    .join(Conversation, col(Conversation.contact_id) == col(Contact.id))
-                    .where(col(Conversation.id) == conversation_id, col(Contact.channel) == self.name)
-                )
-                if enc:
-                    break
-        if not enc:
+        # Our Message-IDs first, then the plus-address.
+        address = await self.host.address_in_thread(self.name, outbox_ids=outbox_ids, conversation_ids=tokens)
+        if not address:
             return mail.sender
-        address = self.service.crypto.decrypt(enc)
         if address != mail.sender:
             log.info("a mail from another address continues its conversation's thread")
         return address
@@ -385,27 +366,10 @@ class EmailChannel(Channel):
 
     async def _choices(self, address: str) -> list[str]:
         """The choices of our last message to this person (sent as numbered lines)."""
-        lookup = self.service.crypto.lookup(self.name, address)
-        async with self.service.db.session() as s:
-            raw = await s.scalar(
-                select(col(Message.quick_replies))
-                .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
-                .join(Contact, col(Contact.id) == col(Conversation.contact_id))
-                .where(col(Contact.channel) == self.name, col(Contact.lookup) == lookup)
-                .where(col(Message.direction) == Direction.OUT)
-                .order_by(col(Message.id).desc())
-                .limit(1)
-            )
-        labels = json.loads(raw) if raw else []
-        return [str(x) for x in labels] if isinstance(labels, list) else []
+        return await self.host.last_choices(self.name, address)
 
     async def _bounced(self, outbox_id: int) -> None:
-        async with self.service.db.session() as s, s.begin():
-            await s.execute(
-                update(Outbox)
-                .where(col(Outbox.id) == outbox_id, col(Outbox.channel) == self.name)
-                .values(status=OutboxStatus.FAILED, last_error="bounced")
-            )
+        await self.host.bounced(self.name, outbox_id)
 
     # -- outbound --------------------------------------------------------------------------------------
 

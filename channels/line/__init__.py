@@ -66,10 +66,10 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
 from bot.images import file_item, is_picture_name, refused_kind
 from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
+from channels.host import ChannelHost
 
 if TYPE_CHECKING:
     from bot.config import Settings
-    from bot.service import Service
 
 log = logging.getLogger("tsunagi.line")
 
@@ -115,9 +115,9 @@ class LineChannel(Channel):
     def enabled(cls, settings: Settings) -> bool:
         return bool(settings.line_channel_secret and settings.line_channel_access_token)
 
-    def __init__(self, service: Service) -> None:
-        super().__init__(service)
-        settings = service.settings
+    def __init__(self, host: ChannelHost) -> None:
+        super().__init__(host)
+        settings = host.settings
         self._validator = SignatureValidator(settings.line_channel_secret)
         self._config = Configuration(
             host=settings.line_api_base.rstrip("/"), access_token=settings.line_channel_access_token
@@ -255,7 +255,7 @@ class LineChannel(Channel):
         group = _str(source.get("groupId")) or _str(source.get("roomId"))
         if not group:
             return
-        text = self.service.content.text("line_group_only").text
+        text = self.host.text("line_group_only")
         messages = [
             TextMessage(text=c) for c in [text[i : i + MAX_TEXT] for i in range(0, len(text), MAX_TEXT)]
         ]

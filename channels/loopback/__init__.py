@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bot.config import Settings
-from bot.engine import Handled
-from bot.types import Delivery, Inbound, Kind, Outbound
+from bot.types import Delivery, Handled, Inbound, Kind, Outbound
 from channels.base import Channel
+from channels.host import ChannelHost
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class LoopbackChannel(Channel):
     def enabled(cls, settings: Settings) -> bool:
         return settings.loopback_channel
 
-    def __init__(self, service: object) -> None:
-        super().__init__(service)  # type: ignore[arg-type]
+    def __init__(self, host: ChannelHost) -> None:
+        super().__init__(host)
         self.sent: list[Sent] = []
         self.fail_next: list[Delivery] = []
         self.groups: list[list[int]] = []

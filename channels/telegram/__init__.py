@@ -49,10 +49,10 @@ from telegram.error import (
 from bot.images import file_item, is_picture_name, refused_kind
 from bot.types import ALBUM, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
+from channels.host import ChannelHost
 
 if TYPE_CHECKING:
     from bot.config import Settings
-    from bot.service import Service
 
 log = logging.getLogger("tsunagi.telegram")
 # python-telegram-bot 22 gives time periods (RetryAfter.retry_after) as timedelta with this set, as its next
@@ -85,9 +85,9 @@ class TelegramChannel(Channel):
     name: ClassVar[str] = "telegram"
     buttons: ClassVar[bool] = True
 
-    def __init__(self, service: Service) -> None:
-        super().__init__(service)
-        self.settings = service.settings
+    def __init__(self, host: ChannelHost) -> None:
+        super().__init__(host)
+        self.settings = host.settings
         self._bot: Bot | None = None
         self._albums: dict[str, float] = {}  # media_group_id -> when first seen: one reply per album
 

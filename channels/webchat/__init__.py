@@ -33,25 +33,21 @@ from typing import Any, ClassVar, TypeVar
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select
-from sqlmodel import col
 
 from bot.images import file_item
 from bot.models import (
     Contact,
     Conversation,
     Direction,
-    Message,
-    Outbox,
     OutboxStatus,
     Presence,
     Sender,
     State,
-    utcnow,
 )
 from bot.pages import StaticFiles, page_headers
 from bot.types import Delivery, Inbound, Kind, Outbound
 from channels.base import Channel
+from channels.host import ChannelHost
 from triage.paths import CONTENT_DIR
 
 log = logging.getLogger("tsunagi.webchat")
@@ -95,8 +91,8 @@ class _Client:
 class WebChatChannel(Channel):
     name: ClassVar[str] = "webchat"
 
-    def __init__(self, service: Any) -> None:
-        super().__init__(service)
+    def __init__(self, host: ChannelHost) -> None:
+        super().__init__(host)
         self.clients: dict[str, set[_Client]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
@@ -156,12 +152,12 @@ class WebChatChannel(Channel):
         self.clients.clear()
 
     async def _watch(self) -> None:
-        async with self.service.events.subscribe() as events:
+        async with self.host.subscribe() as events:
             while True:
                 event = await events.get()
                 try:
                     if event.kind == "deferred" and event.contact_id in self.clients:
-                        await self._guard(self.service.outbox.send_due(conversation_id=event.conversation_id))
+                        await self._guard(self.host.send_due(event.conversation_id))
                     elif event.kind == "conversation":
                         for c in list(self.clients.get(event.contact_id, ())):
                             c.conversation_id, c.state = event.conversation_id, event.state
@@ -177,7 +173,7 @@ class WebChatChannel(Channel):
     async def _status(self, c: _Client, *, only_if_changed: bool = False) -> None:
         position = None
         if c.state == State.WAITING and c.conversation_id:
-            position = await self.service.queue.position(c.conversation_id, utcnow())
+            position = await self.host.position(c.conversation_id)
         if only_if_changed and position == c.position:
             return
         c.position = position
@@ -202,8 +198,8 @@ class WebChatChannel(Channel):
 
         @r.get("/chat", include_in_schema=False)
         async def chat_page() -> HTMLResponse:
-            exit_url = escape(self.service.settings.quick_exit_url, quote=True)
-            title = escape(self.service.settings.chat_title, quote=True)
+            exit_url = escape(self.host.settings.quick_exit_url, quote=True)
+            title = escape(self.host.settings.chat_title, quote=True)
             html = page.replace("{{quick_exit_url}}", exit_url).replace("{{title}}", title)
             return HTMLResponse(html, headers=SECURITY_HEADERS)
 
@@ -251,7 +247,7 @@ class WebChatChannel(Channel):
         try:
             await self._presence(client.contact_id, Presence.CONNECTED)
             if conversation_id:
-                await self._guard(self.service.outbox.send_due(conversation_id=conversation_id))
+                await self._guard(self.host.send_due(conversation_id))
             await self._status(client)
             await self._loop(client, token)
         except WebSocketDisconnect:
@@ -268,12 +264,12 @@ class WebChatChannel(Channel):
         if self._stopping or not contact_id:
             return
         try:
-            await self._guard(self.service.engine.set_presence(contact_id, presence))
+            await self._guard(self.host.set_presence(contact_id, presence))
         except Exception:
             log.exception("web chat presence update failed")
 
     async def _loop(self, client: _Client, token: str) -> None:
-        prefix = self.service.crypto.lookup(self.name, token)[:16]
+        prefix = self.host.lookup(self.name, token)[:16]
         while True:
             raw = await client.ws.receive()
             if raw["type"] == "websocket.disconnect":
@@ -361,35 +357,16 @@ class WebChatChannel(Channel):
             await client.send({"type": "ack", "id": client_id})
 
     async def _contact(self, token: str) -> Contact | None:
-        lookup = self.service.crypto.lookup(self.name, token)
-        async with self.service.db.session() as s:
-            return await s.scalar(
-                select(Contact).where(col(Contact.channel) == self.name, col(Contact.lookup) == lookup)
-            )
+        return await self.host.contact(self.name, token)
 
     async def _replay(self, ws: WebSocket, contact: Contact) -> tuple[str, Conversation | None]:
         """Send the latest conversation's history: what the person wrote and what reached them.
         Replies not yet delivered are left to the outbox, which sends them next (exactly once)."""
-        crypto = self.service.crypto
-        async with self.service.db.session() as s:
-            conv = await s.scalar(
-                select(Conversation)
-                .where(col(Conversation.contact_id) == contact.id)
-                .order_by(col(Conversation.created_at).desc())
-                .limit(1)
-            )
-            if conv is None:
-                return "", None
-            rows = (
-                await s.execute(
-                    select(Message, col(Outbox.status))
-                    .join(Outbox, col(Outbox.message_id) == col(Message.id), isouter=True)
-                    .where(col(Message.conversation_id) == conv.id)
-                    .order_by(col(Message.id))
-                )
-            ).all()
+        conv, rows = await self.host.history(contact.id)
+        if conv is None:
+            return "", None
         frames = []
-        for msg, status in rows:
+        for msg, status, text in rows:
             extra: dict[str, Any] = {}
             if msg.direction == Direction.IN:
                 if msg.kind == Kind.MEDIA:
@@ -404,7 +381,6 @@ class WebChatChannel(Channel):
                 who = "counsellor" if msg.sender == Sender.COUNSELLOR else "bot"
             else:
                 continue
-            text = crypto.decrypt(msg.text_enc)
             frames.append(
                 {"type": "message", "from": who, "text": text, "quick_replies": [], "history": True}
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
@@ -13,10 +12,8 @@ from bot.models import AuditLog, Counsellor, Role
 from bot.pages import StaticFiles, page_headers
 from handoff.console.api import build_router
 from handoff.console.auth import create_counsellor, one_time_password
+from handoff.console.host import ConsoleHost
 from triage.paths import CONTENT_DIR
-
-if TYPE_CHECKING:
-    from bot.service import Service
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE = CONTENT_DIR.parent / "console" / "page.html"
@@ -25,7 +22,7 @@ SECURITY_HEADERS = page_headers(img="'self' data:", media="'self' data:")
 __all__ = ["console_router", "ensure_first_admin"]
 
 
-def console_router(svc: Service) -> APIRouter:
+def console_router(svc: ConsoleHost) -> APIRouter:
     router = build_router(svc)
     files = StaticFiles(STATIC)
     page_html = PAGE.read_text(encoding="utf-8")
@@ -41,7 +38,7 @@ def console_router(svc: Service) -> APIRouter:
     return router
 
 
-async def ensure_first_admin(svc: Service) -> str | None:
+async def ensure_first_admin(svc: ConsoleHost) -> str | None:
     """On the very first start (no accounts at all): an ``admin`` account with a one-time password,
     returned so that it can be printed once; it must be changed at the first login."""
     async with svc.db.session() as s, s.begin():

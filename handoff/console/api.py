@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -23,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from bot.content import key
-from bot.engine import ALL_CATEGORIES
 from bot.events import Event
 from bot.models import (
+    ALL_CATEGORIES,
     Alert,
     AuditLog,
     ConsoleSession,
@@ -44,6 +44,7 @@ from bot.models import (
     State,
     utcnow,
 )
+from bot.storage import audit_write, conversations, handoffs
 from handoff.console.auth import (
     COOKIE,
     CSRF_HEADER,
@@ -62,11 +63,9 @@ from handoff.console.auth import (
     verify_password,
 )
 from handoff.console.content import load_console_content
+from handoff.console.host import ConsoleHost
 from handoff.queue import Claim
 from triage import Risk
-
-if TYPE_CHECKING:
-    from bot.service import Service
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PREVIEW_CHARS = 60
@@ -117,7 +116,7 @@ class AccountChange(BaseModel):
     active: bool | None = None
 
 
-def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run time by FastAPI)
+def build_router(svc: ConsoleHost) -> APIRouter:
     settings = svc.settings
     console = load_console_content()
     outcome_codes = {o["code"] for o in console["outcomes"]}
@@ -146,11 +145,22 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
     def limit_of(counsellor: Counsellor) -> int:
         return counsellor.max_conversations or settings.counsellor_limit
 
-    async def take(conversation_id: str, counsellor_id: int, limit: int) -> Claim:
+    async def take(
+        conversation_id: str,
+        counsellor_id: int,
+        limit: int,
+        *,
+        actor: str,
+        action: str = "claim",
+        detail: str = "",
+    ) -> Claim:
         """Claim in the queue (atomic, within the limit), then in the database; undone if the database
-        says it is no longer waiting (TAKEN)."""
+        says it is no longer waiting (TAKEN). The database's claim is ``actor``'s ``action``, audited
+        there."""
         result = await svc.queue.claim(conversation_id, counsellor_id, limit)
-        if result is Claim.CLAIMED and not await svc.engine.assign(conversation_id, counsellor_id):
+        if result is Claim.CLAIMED and not await svc.engine.assign(
+            conversation_id, counsellor_id, actor=actor, action=action, detail=detail
+        ):
             await svc.queue.release(conversation_id, counsellor_id)
             return Claim.TAKEN
         return result
@@ -262,12 +272,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
     async def held_counts() -> Counter[int]:
         """Conversations each counsellor has now, from the database (the queue may be rebuilding)."""
         async with svc.db.session() as s:
-            ids = (
-                await s.scalars(
-                    select(col(Handoff.counsellor_id)).where(col(Handoff.status) == HandoffStatus.CLAIMED)
-                )
-            ).all()
-        return Counter(i for i in ids if i is not None)
+            return await handoffs.held_counts(s)
 
     def account_of(c: Counsellor, held: Counter[int]) -> dict[str, Any]:
         return {
@@ -359,14 +364,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     c.on_duty = False
                     assert c.id is not None
                     await end_sessions(s, c.id)
-                    held_ids = (
-                        await s.scalars(
-                            select(col(Handoff.conversation_id)).where(
-                                col(Handoff.counsellor_id) == c.id,
-                                col(Handoff.status) == HandoffStatus.CLAIMED,
-                            )
-                        )
-                    ).all()
+                    held_ids = await handoffs.held_by(s, counsellor_id=c.id)
             if changes:
                 s.add(
                     AuditLog(
@@ -486,24 +484,16 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         conv = await s.get(Conversation, conversation_id)
         if conv is None or conv.erased:
             raise HTTPException(404, "no such conversation")
-        holder = await s.scalar(
-            select(col(Handoff.counsellor_id)).where(
-                col(Handoff.conversation_id) == conversation_id, col(Handoff.status) == HandoffStatus.CLAIMED
-            )
-        )
+        holder = await handoffs.holder(s, conversation_id=conversation_id)
         if write:
             if holder != me.id:
                 raise HTTPException(403, "only the counsellor who has this conversation can do that")
         elif not (holder == me.id or conv.state == State.WAITING or me.supervises):
             # The counsellor who handled it before (closed, or passed on) may still read it.
-            handled = await s.scalar(
-                select(col(Handoff.id)).where(
-                    col(Handoff.conversation_id) == conversation_id,
-                    col(Handoff.counsellor_id) == me.id,
-                    col(Handoff.status) == HandoffStatus.CLOSED,
-                )
+            handled = await handoffs.handled_by(
+                s, conversation_id=conversation_id, counsellor_id=me.id, closed_only=True
             )
-            if (handled is None or holder is not None) and not await linked_to_mine(s, me, conv.id):
+            if (not handled or holder is not None) and not await linked_to_mine(s, me, conv.id):
                 raise HTTPException(403, "this conversation is with another counsellor")
         return conv, holder
 
@@ -516,12 +506,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         for conv in later:
             if conv.state == State.WAITING:
                 return True
-            holder = await s.scalar(
-                select(col(Handoff.counsellor_id)).where(
-                    col(Handoff.conversation_id) == conv.id, col(Handoff.status) == HandoffStatus.CLAIMED
-                )
-            )
-            if holder == me.id:
+            if await handoffs.holder(s, conversation_id=conv.id) == me.id:
                 return True
         return False
 
@@ -534,12 +519,11 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             raise HTTPException(404, "no such conversation")
         assert c is not None
         limit = limit_of(c)
-        result = await take(conversation_id, me.id, limit)
+        result = await take(conversation_id, me.id, limit, actor=me.username)
         if result is Claim.FULL:
             raise HTTPException(409, f"you already have {limit} conversations")
         if result is Claim.TAKEN:
             raise HTTPException(409, "someone else has this conversation")
-        await _audit(me, "claim", conversation_id)
         return {"conversation_id": conversation_id, "state": State.WITH_COUNSELLOR}
 
     @r.get("/conversations/{conversation_id}")
@@ -592,18 +576,9 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 if earlier is not None and not earlier.erased
                 else None
             )
-            # One "view" per counsellor and conversation in VIEW_AUDIT_EVERY (the page re-reads on
-            # every live event; the log should say who read what, not count refreshes).
-            recent = await s.scalar(
-                select(col(AuditLog.id)).where(
-                    col(AuditLog.actor) == me.username,
-                    col(AuditLog.action) == "view",
-                    col(AuditLog.conversation_id) == conversation_id,
-                    col(AuditLog.at) > utcnow() - VIEW_AUDIT_EVERY,
-                )
+            await audit_write.record_view(
+                s, actor=me.username, conversation_id=conversation_id, now=utcnow(), every=VIEW_AUDIT_EVERY
             )
-            if recent is None:
-                s.add(AuditLog(actor=me.username, action="view", conversation_id=conversation_id))
         out_messages: list[dict[str, Any]] = []
         reasons: list[dict[str, Any]] = []
         for m in messages:
@@ -623,7 +598,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             if m.attachments:  # counted, never kept
                 item["attachments"] = m.attachments
             if m.flags:  # whole_mail, edited, withdrawn, album: said to the counsellor in words
-                item["flags"] = [f for f in m.flags.split(",") if f]
+                item["flags"] = conversations.split(m.flags)
             if m.meta_enc:  # what came besides text: a sticker's keywords, a place, a file's name and size
                 item["items"] = json.loads(svc.crypto.decrypt(m.meta_enc))
             if m.id in pictures:  # shown behind a click, from the picture route (with the same check)
@@ -682,13 +657,12 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             media = await s.get(Media, picture_id)
             if media is None or media.conversation_id != conversation_id:
                 raise HTTPException(404, "no such picture")
-            s.add(
-                AuditLog(
-                    actor=me.username,
-                    action="picture.view",
-                    conversation_id=conversation_id,
-                    detail=f"picture={picture_id}",
-                )
+            audit_write.record(
+                s,
+                actor=me.username,
+                action="picture.view",
+                conversation_id=conversation_id,
+                detail=f"picture={picture_id}",
             )
         data = svc.crypto.decrypt_bytes(media.data_enc)
         headers = {
@@ -705,9 +679,8 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
     async def post_message(conversation_id: str, body: TextIn, me: MeDep) -> dict[str, str]:
         async with svc.db.session() as s:
             await access(s, me, conversation_id, write=True)
-        if not await svc.engine.counsellor_reply(conversation_id, me.id, body.text):
+        if not await svc.engine.counsellor_reply(conversation_id, me.id, body.text, actor=me.username):
             raise HTTPException(409, "the conversation is not with you any more")
-        await _audit(me, "reply", conversation_id)
         return {"status": "queued"}
 
     async def may_note(s: AsyncSession, me: Me, conv: Conversation, holder: int | None) -> bool:
@@ -717,12 +690,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
             return True
         if conv.state != State.CLOSED:
             return False
-        handled = await s.scalar(
-            select(col(Handoff.id)).where(
-                col(Handoff.conversation_id) == conv.id, col(Handoff.counsellor_id) == me.id
-            )
-        )
-        return handled is not None
+        return await handoffs.handled_by(s, conversation_id=conv.id, counsellor_id=me.id)
 
     @r.post("/conversations/{conversation_id}/notes", status_code=201)
     async def post_note(conversation_id: str, body: TextIn, me: MeDep) -> dict[str, str]:
@@ -737,7 +705,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     text_enc=svc.crypto.encrypt(body.text),
                 )
             )
-            s.add(AuditLog(actor=me.username, action="note", conversation_id=conversation_id))
+            audit_write.record(s, actor=me.username, action="note", conversation_id=conversation_id)
         svc.events.publish(Event("note", conversation_id))  # supervisors watching re-read it
         return {"status": "saved"}
 
@@ -754,7 +722,7 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                     kind="advice",
                 )
             )
-            s.add(AuditLog(actor=me.username, action="advice", conversation_id=conversation_id))
+            audit_write.record(s, actor=me.username, action="advice", conversation_id=conversation_id)
         svc.events.publish(Event("note", conversation_id))  # the counsellor's console re-reads it
         return {"status": "saved"}
 
@@ -774,13 +742,32 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 limit = limit_of(target)
                 if len(await svc.queue.held(target.id)) >= limit:
                     raise HTTPException(409, f"{target.username} already has {limit} conversations")
-        if await svc.engine.requeue(conversation_id, me.id) is None:
+        # One audit row for the transfer, written where it is decided: with the requeue when it goes
+        # to the queue, with the colleague's claim when a colleague gets it.
+        requeued = await svc.engine.requeue(
+            conversation_id,
+            me.id,
+            actor=me.username,
+            action="transfer",
+            detail=f"to=queue result={State.WAITING}",
+            audit=target is None,
+        )
+        if requeued is None:
             raise HTTPException(409, "the conversation is not with you any more")
         state = State.WAITING
         if target is not None and target.id is not None:
-            if await take(conversation_id, target.id, limit_of(target)) is Claim.CLAIMED:
+            got = await take(
+                conversation_id,
+                target.id,
+                limit_of(target),
+                actor=me.username,
+                action="transfer",
+                detail=f"to={body.to} result={State.WITH_COUNSELLOR}",
+            )
+            if got is Claim.CLAIMED:
                 state = State.WITH_COUNSELLOR
-        await _audit(me, "transfer", conversation_id, f"to={body.to or 'queue'} result={state}")
+            else:  # the colleague could not take it after all: it waits in the queue, and the log says so
+                await _audit(me, "transfer", conversation_id, f"to={body.to} result={state}")
         return {
             "conversation_id": conversation_id,
             "state": state,
@@ -798,11 +785,10 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
         async with svc.db.session() as s:
             await access(s, me, conversation_id, write=True)
         if not await svc.engine.close_by_counsellor(
-            conversation_id, me.id, outcome=body.outcome, referrals=body.referrals
+            conversation_id, me.id, outcome=body.outcome, referrals=body.referrals, actor=me.username
         ):
             raise HTTPException(409, "the conversation is not with you any more")
         await svc.queue.release(conversation_id, me.id)
-        await _audit(me, "close", conversation_id, f"outcome={body.outcome}")
         return {"conversation_id": conversation_id, "state": State.CLOSED}
 
     # -- what counsellors insert ----------------------------------------------------------------------
@@ -1051,8 +1037,11 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _audit(me: Me, action: str, conversation_id: str, detail: str = "") -> None:
+        """An action with no transaction of its own (an export), audited in one."""
         async with svc.db.session() as s, s.begin():
-            s.add(AuditLog(actor=me.username, action=action, conversation_id=conversation_id, detail=detail))
+            audit_write.record(
+                s, actor=me.username, action=action, conversation_id=conversation_id, detail=detail
+            )
 
     router = APIRouter()
     router.include_router(public)
@@ -1074,4 +1063,4 @@ def _dialogue_reasons(conv: Conversation) -> list[dict[str, Any]]:
 
 
 def _cats(conv: Conversation) -> list[str]:
-    return [c for c in conv.categories.split(",") if c]
+    return conversations.categories(conv)

@@ -1,0 +1,39 @@
+"""Contacts: a person on one channel, found by the keyed hash of their platform id (``Crypto.lookup``);
+their address and what a channel keeps of them are encrypted."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from bot.models import Contact, Conversation, Direction, Message
+
+
+async def by_lookup(s: AsyncSession, *, channel: str, lookup: str) -> Contact | None:
+    """The contact of this channel whose platform id hashes to ``lookup``."""
+    return await s.scalar(
+        select(Contact).where(col(Contact.channel) == channel, col(Contact.lookup) == lookup)
+    )
+
+
+async def address_of_conversation(s: AsyncSession, *, channel: str, conversation_id: str) -> str | None:
+    """The encrypted address of the person of a conversation on this channel (None if none)."""
+    return await s.scalar(
+        select(col(Contact.address_enc))
+        .join(Conversation, col(Conversation.contact_id) == col(Contact.id))
+        .where(col(Conversation.id) == conversation_id, col(Contact.channel) == channel)
+    )
+
+
+async def last_quick_replies(s: AsyncSession, *, channel: str, lookup: str) -> str | None:
+    """The choices (JSON) of the last message sent to this contact, in any of their conversations."""
+    return await s.scalar(
+        select(col(Message.quick_replies))
+        .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+        .join(Contact, col(Contact.id) == col(Conversation.contact_id))
+        .where(col(Contact.channel) == channel, col(Contact.lookup) == lookup)
+        .where(col(Message.direction) == Direction.OUT)
+        .order_by(col(Message.id).desc())
+        .limit(1)
+    )
