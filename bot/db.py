@@ -13,6 +13,8 @@ from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+import bot.storage.contacts  # noqa: F401  (the age band asked once per person: its mapper events)
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
