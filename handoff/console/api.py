@@ -660,7 +660,12 @@ def build_router(svc: "Service") -> APIRouter:  # noqa: UP037 (resolved at run t
                 item["risk"] = own_risk(t.get("reasons", [])).value  # its own, not the conversation's
                 item["highlights"] = [{"rule": x["rule"], "span": x["span"]} for x in t.get("reasons", [])]
                 reasons += [
-                    {"rule": x["rule"], "matched": x["matched"], "message": len(out_messages)}
+                    {
+                        "rule": x["rule"],
+                        "matched": x["matched"],
+                        "message": len(out_messages),
+                        "span": x["span"],
+                    }
                     for x in t.get("reasons", [])
                 ]
             out_messages.append(item)
