@@ -1188,6 +1188,27 @@ def test_the_counsellor_list_and_reset_password_commands(tmp_path: Path, databas
         assert missing.returncode == 1 and "nobody" in missing.stderr
 
 
+def test_the_counsellor_commands_set_the_display_name_through_the_same_account_functions(
+    tmp_path: Path, database_url: str
+) -> None:
+    added = cli(database_url, tmp_path, "add", "sato", "--display-name", "佐藤", stdin=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    assert cli(database_url, tmp_path, "add", "kimura", stdin=PASSWORD + "\n").returncode == 0
+    named = cli(database_url, tmp_path, "display-name", "kimura", "  木村  ")
+    assert named.returncode == 0, named.stderr
+    listed = cli(database_url, tmp_path, "list").stdout.splitlines()
+    assert listed == ["kimura\tcounsellor\tactive\t木村", "sato\tcounsellor\tactive\t佐藤"]
+    bad = cli(database_url, tmp_path, "display-name", "kimura", "a" * 33)
+    assert bad.returncode == 2 and "32" in bad.stderr
+    missing = cli(database_url, tmp_path, "display-name", "nobody", "誰か")
+    assert missing.returncode == 1 and "nobody" in missing.stderr
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        assert login(client, "sato").get("me").json()["display_name"] == "佐藤"
+        # The command line's changes are in the audit log too, as "cli".
+        assert ("cli", "account.add", "sato role=counsellor") in audit_actions(client)
+        assert ("cli", "account.display_name", "kimura") in audit_actions(client)
+
+
 def test_the_transcript_says_what_became_of_each_message_to_the_person(client: TestClient) -> None:
     amy = account(client, "amy")
     with person(client) as p:
