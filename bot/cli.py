@@ -6,13 +6,18 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from triage import MAX_CHARS, get_engine
 from triage.engine import Engine
 from triage.normalize import sanitize
 from triage.ruleset import ContentError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
 
 
 def _error(line_no: int, ident: Any, message: str) -> dict[str, Any]:
@@ -119,18 +124,30 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_counsellor_add(args: argparse.Namespace) -> int:
-    """Add a console account; the password is read from standard input (never from the command line,
-    which other users of the machine can see)."""
+def _accounts(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on the configured database (migrated first)."""
     import asyncio
-
-    from sqlalchemy import select
-    from sqlmodel import col
 
     from bot.config import Settings
     from bot.db import Database
-    from bot.models import Counsellor, Role
-    from handoff.console.auth import USERNAME, create_counsellor, password_problem
+
+    async def run() -> T:
+        db = Database(Settings().resolved_database_url)
+        try:
+            await db.migrate()
+            async with db.session() as s, s.begin():
+                return await work(s)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def cmd_counsellor_add(args: argparse.Namespace) -> int:
+    """Add a console account; the password is read from standard input (never from the command line,
+    which other users of the machine can see)."""
+    from bot.models import Role
+    from bot.storage import accounts
 
     if sys.stdin.isatty():
         import getpass
@@ -138,93 +155,78 @@ def cmd_counsellor_add(args: argparse.Namespace) -> int:
         password = getpass.getpass("password: ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    problem = password_problem(password)
-    if not re.match(USERNAME, args.username):
-        problem = "a username is 1 to 64 letters, digits, '.', '_' or '-'"
-    if problem:
-        print(f"tsunagi counsellor add: {problem}", file=sys.stderr)
-        return 2
 
-    async def add() -> str | None:
-        db = Database(Settings().resolved_database_url)
-        try:
-            await db.migrate()
-            async with db.session() as s, s.begin():
-                if await s.scalar(select(Counsellor).where(col(Counsellor.username) == args.username)):
-                    return f"an account '{args.username}' already exists"
-                await create_counsellor(s, args.username, password, Role(args.role))
-        finally:
-            await db.dispose()
-        return None
+    async def add(s: AsyncSession) -> None:
+        await accounts.add(
+            s,
+            username=args.username,
+            role=Role(args.role),
+            password=password,
+            display_name=args.display_name or "",
+            actor="cli",
+        )
 
-    error = asyncio.run(add())
-    if error:
-        print(f"tsunagi counsellor add: {error}", file=sys.stderr)
-        return 1
+    try:
+        _accounts(add)
+    except accounts.AccountError as e:
+        print(f"tsunagi counsellor add: {e}", file=sys.stderr)
+        return 1 if e.code == "taken" else 2
     print(f"added {args.role} '{args.username}'")
     return 0
 
 
 def cmd_counsellor_list(args: argparse.Namespace) -> int:
     """The console accounts, a line each: name, role, and whether it is disabled, on duty, or still has a
-    one-time password."""
-    import asyncio
-
-    from sqlalchemy import select
-    from sqlmodel import col
-
-    from bot.config import Settings
-    from bot.db import Database
+    one-time password; then the display name people read ("-" when none is set)."""
     from bot.models import Counsellor
+    from bot.storage import accounts
 
-    async def read() -> list[Counsellor]:
-        db = Database(Settings().resolved_database_url)
-        try:
-            await db.migrate()
-            async with db.session() as s:
-                return list((await s.scalars(select(Counsellor).order_by(col(Counsellor.username)))).all())
-        finally:
-            await db.dispose()
+    async def read(s: AsyncSession) -> list[Counsellor]:
+        return await accounts.listing(s)
 
-    for c in asyncio.run(read()):
+    for c in _accounts(read):
         marks = [
             "active" if c.active else "disabled",
             *(["on duty"] if c.on_duty else []),
             *(["one-time password"] if c.must_change_password else []),
         ]
-        print(f"{c.username}\t{c.role}\t{', '.join(marks)}")
+        print(f"{c.username}\t{c.role}\t{', '.join(marks)}\t{sanitize_line(c.display_name) or '-'}")
+    return 0
+
+
+def sanitize_line(text: str) -> str:
+    """A display name on one terminal line: no tabs or line breaks (they are refused when set, too)."""
+    return re.sub(r"[\t\r\n]", " ", text)
+
+
+def cmd_counsellor_display_name(args: argparse.Namespace) -> int:
+    """Set the name people read for an account (greetings, canned replies)."""
+    from bot.storage import accounts
+
+    async def set_name(s: AsyncSession) -> str:
+        c = await accounts.set_display_name(s, username=args.username, display_name=args.name, actor="cli")
+        return c.display_name
+
+    try:
+        name = _accounts(set_name)
+    except accounts.AccountError as e:
+        print(f"tsunagi counsellor display-name: {e}", file=sys.stderr)
+        return 1 if e.code == "missing" else 2
+    print(f"'{args.username}' is shown as {name}")
     return 0
 
 
 def cmd_counsellor_reset_password(args: argparse.Namespace) -> int:
     """A new one-time password for an account, printed once (to be changed at the next login); its
     sessions end. The way back in when the last administrator has forgotten theirs."""
-    import asyncio
+    from bot.storage import accounts
 
-    from sqlalchemy import select
-    from sqlmodel import col
+    async def reset(s: AsyncSession) -> str:
+        return await accounts.new_password(s, username=args.username, actor="cli")
 
-    from bot.config import Settings
-    from bot.db import Database
-    from bot.models import AuditLog, Counsellor
-    from handoff.console.auth import reset_password
-
-    async def reset() -> str | None:
-        db = Database(Settings().resolved_database_url)
-        try:
-            await db.migrate()
-            async with db.session() as s, s.begin():
-                c = await s.scalar(select(Counsellor).where(col(Counsellor.username) == args.username))
-                if c is None:
-                    return None
-                password = await reset_password(s, c)
-                s.add(AuditLog(actor="cli", action="account.password_reset", detail=args.username))
-        finally:
-            await db.dispose()
-        return password
-
-    password = asyncio.run(reset())
-    if password is None:
+    try:
+        password = _accounts(reset)
+    except accounts.AccountError:
         print(f"tsunagi counsellor reset-password: no account '{args.username}'", file=sys.stderr)
         return 1
     print(f"one-time password for '{args.username}' (to be changed at the next login): {password}")
@@ -321,12 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     ca = csub.add_parser("add", help="add an account; the password is read from standard input")
     ca.add_argument("username")
     ca.add_argument("--role", choices=["counsellor", "supervisor", "admin"], default="counsellor")
+    ca.add_argument("--display-name", help="the name people read (greetings); never the username")
     ca.set_defaults(func=cmd_counsellor_add)
     cl = csub.add_parser("list", help="the accounts, a line each")
     cl.set_defaults(func=cmd_counsellor_list)
     cr = csub.add_parser("reset-password", help="a new one-time password for an account, printed once")
     cr.add_argument("username")
     cr.set_defaults(func=cmd_counsellor_reset_password)
+    cd = csub.add_parser("display-name", help="set the name people read for an account")
+    cd.add_argument("username")
+    cd.add_argument("name")
+    cd.set_defaults(func=cmd_counsellor_display_name)
     st = sub.add_parser("safety-table", help="print docs/safety.md (the dialogue's safety table) again")
     st.set_defaults(func=cmd_safety_table)
     co = sub.add_parser("content", help="the content files (replies, referrals, rules, pages)")

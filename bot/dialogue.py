@@ -460,8 +460,7 @@ class Dialogue:
             # Their first words after consent: a counsellor offered at once, then the questions (still
             # optional: they find the services that fit, and feed the de-identified statistics).
             out.say("offer_counsellor", ack=self._ack(out))
-            out.set(pending=INTAKE_AGE, age_asked=True)
-            out.say("intake_age")
+            self._first_question(out)
         elif action is Action.OFFER_AND_ASK or action is Action.OFFER:
             if before.state == State.NEW:
                 self._welcome(out, now)
@@ -549,6 +548,15 @@ class Dialogue:
             return
         if intro:
             out.say("intake_intro", ack=self._ack(out))
+        self._first_question(out)
+
+    def _first_question(self, out: _Out) -> None:
+        """The intake's first question: the age band, unless this person gave it (or chose not to) before,
+        in this conversation or an earlier one (bot/storage/contacts.py): it is asked once."""
+        if out.conv.age_band or out.conv.age_asked:
+            out.set(pending=INTAKE_PREFECTURE)
+            out.say("intake_prefecture")
+            return
         out.set(pending=INTAKE_AGE, age_asked=True)
         out.say("intake_age")
 

@@ -115,6 +115,10 @@ class Contact(SQLModel, table=True):
     # blocked (LINE, Telegram); "" when the channel cannot tell (e-mail). Shown to the counsellor.
     presence: str = Field(default="", max_length=16)
     presence_at: datetime | None = _at(default=None)
+    # The age band they gave (or that they chose not to: age_asked with no band), so that a person who
+    # comes back is not asked again (bot/storage/contacts.py carries it to and from their conversations).
+    age_band: str = Field(default="", max_length=16)
+    age_asked: bool = False
     created_at: datetime = _at(default_factory=utcnow)
     last_seen_at: datetime = _at(default_factory=utcnow)
 
@@ -253,9 +257,15 @@ class Handoff(SQLModel, table=True):
     closed_at: datetime | None = _at(default=None)
 
 
+DISPLAY_NAME_MAX = 32  # characters of a counsellor's display name
+
+
 class Counsellor(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(max_length=64, unique=True)
+    # The name people and colleagues read (greetings, canned replies, the audit log); the username is only
+    # for logging in and is never shown to a person. "" until the account or a supervisor sets it.
+    display_name: str = Field(default="", max_length=DISPLAY_NAME_MAX)
     password_hash: str = ""  # argon2id
     role: str = Field(default=Role.COUNSELLOR, max_length=12)
     on_duty: bool = False
@@ -332,7 +342,9 @@ class StatCount(SQLModel, table=True):
     day: date
     channel: str = Field(max_length=32)
     risk: str = Field(max_length=10)
-    category: str = Field(max_length=32)  # "" when none; a conversation counts once in each category
+    # The category ("*" all, a conversation counts once in each of its own); for the metrics outcome and
+    # referral, the outcome code or the referral id (bot/storage/statistics.py).
+    category: str = Field(max_length=32)
     age_band: str = Field(max_length=16)
-    metric: str = Field(max_length=24)  # conversations, handed_off, emergencies, referrals
+    metric: str = Field(max_length=24)  # conversations, handed_off, emergencies, outcome, referral
     count: int = 0

@@ -1,13 +1,15 @@
 """Retention: closed conversations are purged after ``TSUNAGI_RETENTION_DAYS``, pictures with them;
 erased contacts go as soon as their last reply is out. What outlives them is the de-identified counts
-in ``stat_count`` (written when each conversation closed) and the audit log (which holds no text)."""
+in ``stat_count`` (written when each conversation closed; its outcome and referrals when it is purged)
+and the audit log (which holds no text)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +32,7 @@ from bot.models import (
     utcnow,
 )
 from bot.outbox import wait_any
+from bot.storage import statistics
 
 log = logging.getLogger("tsunagi.retention")
 
@@ -38,10 +41,16 @@ INTERVAL = 60.0
 
 class Retention:
     def __init__(
-        self, *, db: Database, days: int, before: Callable[[], Awaitable[object]] | None = None
+        self,
+        *,
+        db: Database,
+        days: int,
+        before: Callable[[], Awaitable[object]] | None = None,
+        tz: tzinfo | None = None,
     ) -> None:
         self.db = db
         self.days = days
+        self.tz = tz or ZoneInfo("Asia/Tokyo")  # the statistics' days (TSUNAGI_TIMEZONE)
         self.before = before  # closes idle conversations first, so that they age from their closing
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -81,6 +90,7 @@ class Retention:
             ).all()
             ids = sorted(set(expired) | set(erased))
             if ids:
+                await statistics.fold_purged(s, conversation_ids=ids, tz=self.tz)
                 await _purge(s, ids)
             # Platform events are kept only until handled (a day, for redeliveries to find them).
             await s.execute(

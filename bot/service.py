@@ -91,7 +91,10 @@ class Service:
         )
         idle = timedelta(hours=settings.idle_hours)
         self.retention = Retention(
-            db=self.db, days=settings.retention_days, before=lambda: self.engine.close_idle(idle)
+            db=self.db,
+            days=settings.retention_days,
+            before=lambda: self.engine.close_idle(idle),
+            tz=self.hours.tz,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()

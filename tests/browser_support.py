@@ -139,11 +139,16 @@ def serve(home: Path, *, quick_exit_to_health: bool = False) -> Iterator[Server]
             proc.wait(timeout=10)
 
 
-def add_accounts(home: Path, accounts: dict[str, tuple[str, str]]) -> None:
-    """Accounts (name: role, password) made with the CLI, as an operator would."""
+def add_accounts(
+    home: Path, accounts: dict[str, tuple[str, str]], display_names: dict[str, str] | None = None
+) -> None:
+    """Accounts (name: role, password) made with the CLI, as an operator would, with the display names
+    given (name: display name)."""
     for username, (role, password) in accounts.items():
+        shown = (display_names or {}).get(username)
         done = subprocess.run(
-            [str(TSUNAGI), "counsellor", "add", username, "--role", role],
+            [str(TSUNAGI), "counsellor", "add", username, "--role", role]
+            + (["--display-name", shown] if shown else []),
             input=password + "\n",
             capture_output=True,
             text=True,

@@ -29,7 +29,8 @@ from websockets.sync.client import ClientConnection
 
 from bot.models import Role
 from bot.service import Service
-from handoff.console.auth import COOKIE, CSRF_HEADER, create_counsellor
+from bot.storage.credentials import create_counsellor
+from handoff.console.auth import COOKIE, CSRF_HEADER
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

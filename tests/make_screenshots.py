@@ -2,8 +2,10 @@
 ``.venv/bin/python -m tests.make_screenshots``.
 
 A ``tsunagi serve`` of its own in a temporary folder (SQLite, loopback only); a person on a phone (390x844)
-writes to the web chat, and a counsellor at 1280x800 takes the conversation in the console. Writes
-docs/webchat.png and docs/console.png. Nothing leaves the machine (the quick exit is never pressed).
+writes to the web chat, and a counsellor at 1280x800 takes the conversation in the console, greeting the
+person by her display name; a supervisor reads the statistics and the audit log. Writes docs/webchat.png,
+docs/console.png, docs/console-statistics.png and docs/console-audit.png. Nothing leaves the machine
+(the quick exit is never pressed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ PASSWORD = "screenshot-password-1"
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        add_accounts(home, {"sato": ("counsellor", PASSWORD), "kimura": ("supervisor", PASSWORD)})
+        add_accounts(
+            home,
+            {"sato": ("counsellor", PASSWORD), "kimura": ("supervisor", PASSWORD)},
+            display_names={"sato": "佐藤", "kimura": "木村"},
+        )
         for server in serve(home):
             shoot(server.base)
     return 0
@@ -86,6 +92,26 @@ def shoot(base: str) -> None:
         console.get_by_label("紹介先の検索").fill("24時間")
         console.wait_for_timeout(800)
         console.screenshot(path=str(ROOT / "docs" / "console.png"))
+
+        # The supervisor: statistics of every conversation by its start, and the audit log in Japanese.
+        sv_ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
+        sv = sv_ctx.new_page()
+        sv.goto(f"{base}/console")
+        sv.get_by_label("ユーザー名", exact=True).fill("kimura")
+        sv.get_by_label("パスワード", exact=True).fill(PASSWORD)
+        sv.get_by_role("button", name="ログイン").click()
+        expect(sv.locator("#view-app")).to_be_visible()
+        sv.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
+        expect(sv.locator("#charts [data-chart='risk']")).to_be_visible()
+        sv.evaluate("document.getElementById('stats-heading').scrollIntoView()")
+        sv.wait_for_timeout(500)
+        sv.screenshot(path=str(ROOT / "docs" / "console-statistics.png"))
+        sv.get_by_label("操作者（ユーザー名か表示名）").fill("佐藤")
+        sv.get_by_role("button", name="絞り込む・更新").click()
+        expect(sv.locator("#audit tr[data-action='claim']")).to_be_visible()
+        sv.evaluate("document.getElementById('audit-heading').scrollIntoView()")
+        sv.wait_for_timeout(500)
+        sv.screenshot(path=str(ROOT / "docs" / "console-audit.png"))
         browser.close()
         with urllib.request.urlopen(f"{base}/healthz", timeout=2):
             pass

@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 
 from bot.db import Database
 from bot.models import Counsellor, Role
-from handoff.console.auth import hash_password
+from bot.storage.credentials import hash_password
 from tests.browser_support import (
     WAIT_S,
     Person,

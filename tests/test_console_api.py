@@ -50,9 +50,11 @@ from bot.models import (
     StatCount,
     utcnow,
 )
+from bot.storage.credentials import MAX_FAILURES, token_id
 from bot.web import create_app
 from handoff.console import ensure_first_admin
-from handoff.console.auth import COOKIE, CSRF_HEADER, MAX_FAILURES, token_id
+from handoff.console.auth import COOKIE, CSRF_HEADER
+from handoff.console.content import console_labels
 from tests.conftest import make_settings, postgres_database
 from tests.engine_helpers import reply_keys
 from tests.helpers import (
@@ -104,6 +106,9 @@ KNOWN_ROUTES = {
     ("GET", "/overview"),
     ("GET", "/stats"),
     ("GET", "/stats.csv"),
+    ("GET", "/stats-totals.csv"),
+    ("POST", "/me/display-name"),
+    ("POST", "/accounts/{username}/display-name"),
     ("GET", "/audit"),
     ("GET", "/colleagues"),
     ("GET", "/accounts"),
@@ -124,6 +129,8 @@ BODIES: dict[str, Any] = {
     "/conversations/{conversation_id}/close": {"outcome": "listened", "referrals": []},
     "/accounts": {"username": "newbie", "role": "counsellor", "limit": None},
     "/accounts/{username}": {"active": False},
+    "/me/display-name": {"display_name": "佐藤"},
+    "/accounts/{username}/display-name": {"display_name": "佐藤"},
 }
 
 
@@ -1012,30 +1019,97 @@ def test_statistics_count_conversations_by_day_category_risk_and_channel(client:
     }
 
 
-def test_the_statistics_csv_has_a_bom_a_header_and_no_ids(client: TestClient) -> None:
-    amy = account(client, "amy")
-    sup = account(client, "sup", Role.SUPERVISOR)
-    ids = [queued(client, CRISIS), queued(client)]
-    for cid in ids:
-        assert amy.claim(cid).status_code == 200
-        assert amy.post(f"conversations/{cid}/close", {"outcome": "listened"}).status_code == 200
-    r = sup.get("stats.csv")
+def csv_rows(r: Response) -> list[list[str]]:
+    """A CSV file as Excel in Japan opens it: UTF-8 with a BOM, CRLF line ends."""
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/csv")
     assert r.content.startswith(b"\xef\xbb\xbf"), r.content[:10]
-    text = r.content.decode("utf-8")
-    lines = text[1:].splitlines()
-    assert lines[0] == "day,channel,risk,category,age_band,metric,count"
-    rows = list(csv.DictReader(io.StringIO(text[1:])))
-    assert rows and all(row["channel"] == "webchat" for row in rows)
-    assert sum(int(row["count"]) for row in rows if row["metric"] == "conversations") >= 2
-    assert {row["risk"] for row in rows} == {"crisis", "low"}
+    assert b"\r\n" in r.content and b"\n" not in r.content.replace(b"\r\n", b"")
+    return list(csv.reader(io.StringIO(r.content.decode("utf-8")[1:])))
+
+
+def test_statistics_count_every_conversation_by_its_start_with_outcomes_and_referrals(
+    client: TestClient,
+) -> None:
+    """Closed or not, a conversation counts on the day it started; outcomes and referrals are given, and
+    stay once retention has purged the conversations."""
+    amy = account(client, "amy")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    closed, waiting = queued(client, CRISIS), queued(client)
+    assert amy.claim(closed).status_code == 200
+    done = amy.post(f"conversations/{closed}/close", {"outcome": "referred", "referrals": ["inochi_navi"]})
+    assert done.status_code == 200, done.text
+    stats = sup.get("stats").json()
+    assert stats["conversations"] == 2 and stats["still_open"] == 1
+    assert stats["by_outcome"] == {"": 1, "referred": 1}
+    assert stats["by_referral"]["inochi_navi"] == 1
+    assert stats["by_risk"] == {"crisis": 1, "low": 1}
+    assert stats["handed_off"] == 2, "both came to the queue (one waits there still)"
+    assert conversation(client, waiting).state == "waiting"
+
+    # A year later retention purges the closed one: its outcome and referrals are still counted.
+    svc = service(client)
+    later = utcnow() + timedelta(days=svc.settings.retention_days + 1)
+    assert in_app(client, lambda: svc.retention.sweep(later)) == 1
+    again = sup.get("stats").json()
+    for key in ("conversations", "by_outcome", "by_referral", "by_risk", "handed_off", "still_open"):
+        assert again[key] == stats[key], key
+
+
+def test_the_statistics_csv_files_are_in_japanese_with_totals_and_no_ids(client: TestClient) -> None:
+    amy = account(client, "amy")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    ids = [queued(client, CRISIS), queued(client)]
+    assert amy.claim(ids[0]).status_code == 200
+    assert (
+        amy.post(
+            f"conversations/{ids[0]}/close", {"outcome": "referred", "referrals": ["childline"]}
+        ).status_code
+        == 200
+    )
+    labels = console_labels()
+    assert amy.get("stats-totals.csv").status_code == 403
+
+    daily = csv_rows(sup.get("stats.csv"))
+    assert (
+        tuple(daily[0])
+        == labels.daily_headers
+        == ("開始日", "チャネル", "リスク", "年代", "相談件数", "相談員対応件数", "緊急対応件数")
+    )
+    today = utcnow().astimezone(service(client).hours.tz).date().isoformat()
+    body, total = daily[1:-1], daily[-1]
+    assert {tuple(row[:4]) for row in body} == {
+        (today, "Webチャット", "危機", "未回答"),
+        (today, "Webチャット", "低", "未回答"),
+    }
+    assert total == ["合計", "", "", "", "2", "2", "1"], "the totals on a row of their own"
+    assert sum(int(row[4]) for row in body) == 2
+
+    totals = csv_rows(sup.get("stats-totals.csv"))
+    assert totals[0] == ["区分", "項目", "件数"]
+    found = {(a, b): int(c) for a, b, c in totals[1:]}
+    assert found[("合計", "相談件数")] == 2
+    assert found[("合計", "対応中（未終了）の相談件数")] == 1
+    assert found[("チャネル別", "Webチャット")] == 2
+    assert found[("リスク別", "危機")] == 1 and found[("リスク別", "低")] == 1
+    assert found[("相談内容別（複数該当あり）", "自殺・自傷")] == 1
+    assert found[("年代別", "未回答")] == 2
+    assert found[("対応結果別", "他機関を紹介")] == 1 and found[("対応結果別", "対応中（未終了）")] == 1
+    assert found[("紹介先別（複数該当あり）", "チャイルドライン")] == 1
+    english = re.compile(r"^[a-z_]+$")
+    assert not [cell for row in daily[1:] + totals[1:] for cell in row[:2] if english.match(cell)]
+    exports = [d for a, action, d in audit_actions(client) if a == "sup" and action == "stats.export"]
+    assert len(exports) == 2
 
     async def contact_ids(s: AsyncSession) -> list[str]:
         return list((await s.scalars(select(col(Contact.id)))).all())
 
+    text = json.dumps([daily, totals], ensure_ascii=False)
     for secret in [*ids, *db(client, contact_ids), CRISIS]:
         assert secret not in text, secret
+    one_day = csv_rows(sup.get("stats.csv", params={"start": "2020-01-01", "end": "2020-01-01"}))
+    assert one_day[1:] == [["合計", "", "", "", "0", "0", "0"]]
+    assert sup.get("stats.csv", params={"start": "2020-01-02", "end": "2020-01-01"}).status_code == 422
 
 
 # -- 11. the command line ------------------------------------------------------------------------------
@@ -1100,7 +1174,7 @@ def test_the_counsellor_list_and_reset_password_commands(tmp_path: Path, databas
         assert alice.post("accounts/bob", {"active": False}).status_code == 200
         listed = cli(database_url, tmp_path, "list")
         assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.splitlines() == ["alice\tadmin\tactive", "bob\tcounsellor\tdisabled"]
+        assert listed.stdout.splitlines() == ["alice\tadmin\tactive\t-", "bob\tcounsellor\tdisabled\t-"]
 
         # The last administrator forgot their password: the command gives a one-time one.
         reset = cli(database_url, tmp_path, "reset-password", "alice")
@@ -1113,6 +1187,27 @@ def test_the_counsellor_list_and_reset_password_commands(tmp_path: Path, databas
         assert "one-time password" in cli(database_url, tmp_path, "list").stdout
         missing = cli(database_url, tmp_path, "reset-password", "nobody")
         assert missing.returncode == 1 and "nobody" in missing.stderr
+
+
+def test_the_counsellor_commands_set_the_display_name_through_the_same_account_functions(
+    tmp_path: Path, database_url: str
+) -> None:
+    added = cli(database_url, tmp_path, "add", "sato", "--display-name", "佐藤", stdin=PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
+    assert cli(database_url, tmp_path, "add", "kimura", stdin=PASSWORD + "\n").returncode == 0
+    named = cli(database_url, tmp_path, "display-name", "kimura", "  木村  ")
+    assert named.returncode == 0, named.stderr
+    listed = cli(database_url, tmp_path, "list").stdout.splitlines()
+    assert listed == ["kimura\tcounsellor\tactive\t木村", "sato\tcounsellor\tactive\t佐藤"]
+    bad = cli(database_url, tmp_path, "display-name", "kimura", "a" * 33)
+    assert bad.returncode == 2 and "32" in bad.stderr
+    missing = cli(database_url, tmp_path, "display-name", "nobody", "誰か")
+    assert missing.returncode == 1 and "nobody" in missing.stderr
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        assert login(client, "sato").get("me").json()["display_name"] == "佐藤"
+        # The command line's changes are in the audit log too, as "cli".
+        assert ("cli", "account.add", "sato role=counsellor") in audit_actions(client)
+        assert ("cli", "account.display_name", "kimura") in audit_actions(client)
 
 
 def test_the_transcript_says_what_became_of_each_message_to_the_person(client: TestClient) -> None:
@@ -1171,6 +1266,7 @@ def test_an_admin_adds_an_account_whose_one_time_password_must_be_changed(client
     (listed,) = [a for a in boss.get("accounts").json() if a["username"] == "kana.sato"]
     assert listed | {"created_at": ""} == {
         "username": "kana.sato",
+        "display_name": "",
         "role": "counsellor",
         "active": True,
         "on_duty": False,
@@ -1295,8 +1391,22 @@ def test_colleagues_are_the_other_active_accounts_on_duty_first(client: TestClie
         assert got.status_code == 200, got.text
         limit = service(client).settings.counsellor_limit
         assert got.json() == [
-            {"username": "ben", "role": "counsellor", "on_duty": True, "held": 1, "limit": limit},
-            {"username": "boss", "role": "admin", "on_duty": False, "held": 0, "limit": limit},
+            {
+                "username": "ben",
+                "display_name": "",
+                "role": "counsellor",
+                "on_duty": True,
+                "held": 1,
+                "limit": limit,
+            },
+            {
+                "username": "boss",
+                "display_name": "",
+                "role": "admin",
+                "on_duty": False,
+                "held": 0,
+                "limit": limit,
+            },
         ]
         refused = ben.post(f"conversations/{p.conversation_id}/transfer", {"to": "admin"})
         assert refused.status_code == 409 and "not chosen" in refused.json()["detail"], refused.text
@@ -1338,7 +1448,8 @@ def test_someone_back_soon_after_a_crisis_is_queued_with_the_earlier_conversatio
     with client.websocket_connect("/chat/ws") as ws:
         hello(ws, resume=token)
         frames = tell(ws, "こんにちは", "back")
-    bot = ["welcome", "waiting", "waiting_safety", "ask_age"]  # (the age band is not remembered: asked again)
+    # The age band was asked once, in the first conversation: not again (bot/storage/contacts.py).
+    bot = ["welcome", "waiting", "waiting_safety"]
     assert reply_keys([f["text"] for f in frames if is_bot(f)]) == bot
     second = conversation_of(client, token)
     assert second != first
@@ -1374,3 +1485,129 @@ def test_the_referral_search_finds_names_categories_tags_and_hours(
     got = {r["id"] for r in kana.get("referrals", params={"q": q}).json()}
     assert found <= got, got
     assert not (not_found & got), got
+
+
+# -- display names, the audit log in Japanese, the age band asked once, the queue card's quote ----------
+
+
+def test_a_display_name_is_set_by_the_account_or_a_supervisor_and_shown_instead_of_the_username(
+    client: TestClient,
+) -> None:
+    amy = account(client, "amy")
+    bob = account(client, "bob")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    assert amy.get("me").json()["display_name"] == ""
+    mine = amy.post("me/display-name", {"display_name": "  佐藤  "})
+    assert mine.status_code == 200, mine.text
+    assert mine.json() == {"username": "amy", "display_name": "佐藤"}
+    assert amy.get("me").json()["display_name"] == "佐藤"
+    # A colleague may not name another; a supervisor may.
+    assert bob.post("accounts/amy/display-name", {"display_name": "勝手な名前"}).status_code == 403
+    named = sup.post("accounts/bob/display-name", {"display_name": MARKUP})
+    assert named.status_code == 200, named.text
+    assert named.json()["display_name"] == MARKUP, "kept as text (the page shows it with textContent)"
+    assert sup.post("accounts/nobody/display-name", {"display_name": "誰か"}).status_code == 404
+    for bad in ("", "   ", "a" * 33, "改行\nあり", "タブ\tあり"):
+        r = amy.post("me/display-name", {"display_name": bad})
+        assert r.status_code == 422, (bad, r.text)
+    colleagues = {c["username"]: c["display_name"] for c in bob.get("colleagues").json()}
+    assert colleagues["amy"] == "佐藤"
+    overview = {c["username"]: c["display_name"] for c in sup.get("overview").json()["counsellors"]}
+    assert overview == {"admin": "", "amy": "佐藤", "bob": MARKUP, "sup": ""}
+
+    with person(client) as p:
+        assert amy.claim(p.conversation_id).status_code == 200
+        assert amy.post(f"conversations/{p.conversation_id}/notes", {"text": "メモ"}).status_code == 201
+        view = sup.read(p.conversation_id).json()
+        assert view["counsellor"] == "amy" and view["counsellor_name"] == "佐藤"
+        assert [n["by"] for n in view["notes"]] == ["佐藤"]
+        (active,) = sup.get("overview").json()["active"]
+        assert active["counsellor_name"] == "佐藤"
+    actions = audit_actions(client)
+    assert ("amy", "account.display_name", "amy") in actions and (
+        "sup",
+        "account.display_name",
+        "bob",
+    ) in actions
+
+
+def test_the_canned_greeting_takes_the_display_name_and_canned_texts_share_no_sentence(
+    client: TestClient,
+) -> None:
+    from handoff.console.content import sentences
+
+    amy = account(client, "amy")
+    canned = amy.get("canned").json()["canned"]
+    greeting = next(c["text"] for c in canned if "{name}" in c["text"])
+    assert "相談員の{name}です" in greeting
+    seen: list[str] = []
+    for c in canned:
+        for sentence in sentences(c["text"]):
+            assert sentence not in seen, sentence
+            seen.append(sentence)
+    # Nor do they repeat what the bot says right before a counsellor's first words or after the last.
+    around = sentences(text_of(client, "with_counsellor")) + sentences(text_of(client, "closing"))
+    assert not set(seen) & set(around), set(seen) & set(around)
+
+
+def test_the_audit_log_gives_display_names_and_filters_by_person_action_and_date(client: TestClient) -> None:
+    amy = account(client, "amy")
+    sup = account(client, "sup", Role.SUPERVISOR)
+    assert amy.post("me/display-name", {"display_name": "佐藤"}).status_code == 200
+    cid = queued(client)
+    assert amy.claim(cid).status_code == 200
+    assert amy.reply(cid, "こんにちは").status_code == 202
+
+    everything = sup.get("audit").json()
+    assert {e["actor_name"] for e in everything if e["actor"] == "amy"} == {"佐藤"}
+    by_name = sup.get("audit", params={"person": "佐藤"}).json()
+    assert by_name and {e["actor"] for e in by_name} == {"amy"}
+    assert sup.get("audit", params={"person": "amy"}).json() == by_name
+    claims = sup.get("audit", params={"action": "claim"}).json()
+    assert [(e["actor"], e["conversation_id"]) for e in claims] == [("amy", cid)]
+    accounts_family = sup.get("audit", params={"action": "account."}).json()
+    assert {e["action"] for e in accounts_family} == {"account.display_name"}
+    today = utcnow().astimezone(service(client).hours.tz).date()
+    assert (
+        sup.get("audit", params={"start": today.isoformat(), "end": today.isoformat()}).json() == everything
+    )
+    yesterday = (today - timedelta(days=1)).isoformat()
+    assert sup.get("audit", params={"end": yesterday}).json() == []
+    assert sup.get("audit", params={"start": (today + timedelta(days=1)).isoformat()}).json() == []
+    assert sup.get("audit", params={"start": "not-a-day"}).status_code == 422
+    assert sup.get("audit", params={"person": MARKUP}).json() == []
+
+
+def test_the_age_band_is_asked_once_and_remembered_when_the_person_comes_back(client: TestClient) -> None:
+    story = "学校で友だちに無視されていて、つらい"
+    with client.websocket_connect("/chat/ws") as ws:
+        token, _ = start_fresh(ws)
+        tell(ws, "同意", "consent")
+        first = reply_keys([f["text"] for f in tell(ws, story, "story") if is_bot(f)])
+        assert "intake_age" in first, first
+        tell(ws, "16〜18歳", "age")
+        earlier = conversation_of(client, token)
+        tell(ws, "終了", "end")
+    assert conversation(client, earlier).age_band == "16-18"
+    with client.websocket_connect("/chat/ws") as ws:
+        hello(ws, resume=token)
+        tell(ws, "こんにちは", "back")
+        tell(ws, "同意", "consent-again")
+        again = reply_keys([f["text"] for f in tell(ws, story, "story-again") if is_bot(f)])
+    later = conversation_of(client, token)
+    assert later != earlier
+    assert "intake_age" not in again and "intake_prefecture" in again, again
+    assert conversation(client, later).age_band == "16-18", "the children's lines still fit"
+
+
+def test_the_queue_card_quotes_the_most_serious_words_where_they_are_in_a_long_line(
+    client: TestClient,
+) -> None:
+    kana = account(client, "kana")
+    line = "今日は学校でいろいろあって、" * 6 + "もう死にたい"
+    with person(client, line, "相談したい"):
+        (item,) = kana.get("queue").json()
+    preview, reason = item["preview"], item["preview_reason"]
+    assert preview.startswith("…") and preview.endswith("もう死にたい"), preview
+    a, b = reason["span"]
+    assert preview[a:b] == reason["matched"] == "もう死にたい", (preview, reason)

@@ -55,7 +55,7 @@ ACCOUNTS = {
     "yui": ("counsellor", "yui-password-12345"),
     "sato": ("supervisor", "sato-password-1234"),
 }
-CSV_HEADER = "day,channel,risk,category,age_band,metric,count"
+CSV_HEADER = "開始日,チャネル,リスク,年代,相談件数,相談員対応件数,緊急対応件数"
 
 # -- servers ----------------------------------------------------------------------------------------------
 
@@ -195,13 +195,18 @@ def test_counsellor_sees_a_crisis_claims_replies_and_closes(
     expect(lines(page, "bot").first).to_be_visible()
     person.got("bot", "相談員につながりました")
 
-    # A canned reply, with the counsellor's name, edited and sent with Enter.
+    # A canned reply, with the counsellor's display name (asked for first: never the username), edited
+    # and sent with Enter.
     page.locator("#canned-list").get_by_role("button", name="はじめのあいさつ").click()
-    expect(page.locator("#reply")).to_have_value(re.compile("^相談員のkanaです。"))
-    page.locator("#reply").fill("相談員のkanaです。話してくれてありがとう。")
+    expect(page.locator("#name-form")).to_be_visible()
+    page.locator("#name-input").fill("佐藤")
+    page.locator("#name-form").get_by_role("button", name="保存").click()
+    page.locator("#canned-list").get_by_role("button", name="はじめのあいさつ").click()
+    expect(page.locator("#reply")).to_have_value(re.compile("^はじめまして、相談員の佐藤です。"))
+    page.locator("#reply").fill("相談員の佐藤です。話してくれてありがとう。")
     page.locator("#reply").press("Enter")
     expect(page.locator("#reply")).to_have_value("")
-    person.got("counsellor", "相談員のkanaです。話してくれてありがとう。")
+    person.got("counsellor", "相談員の佐藤です。話してくれてありがとう。")
     expect(lines(page, "counsellor").last).to_contain_text("話してくれてありがとう")
 
     # A referral from the directory goes into the box (not sent until the counsellor sends it).
@@ -684,7 +689,8 @@ def test_supervisor_views_are_for_supervisors_only(
     expect(charts.locator("[data-chart='category'] .bar-row[data-key='suicide']")).to_contain_text(
         "自殺・自傷"
     )
-    expect(charts.locator("[data-chart='risk'] .bar-row[data-key='crisis']")).to_contain_text("1件")
+    # Every conversation by its start, the open one too.
+    expect(charts.locator("[data-chart='risk'] .bar-row[data-key='crisis']")).to_contain_text("2件")
     expect(charts.locator("[data-chart='channel'] .bar-row[data-key='webchat']")).to_contain_text(
         "Webチャット"
     )
@@ -693,18 +699,28 @@ def test_supervisor_views_are_for_supervisors_only(
     day = charts.locator("rect.day-bar").first.bounding_box()
     assert day is not None and day["height"] > 10
 
-    expect(page.locator("#stats-totals")).to_have_text("相談 1件 ／ 緊急対応 1件 ／ 相談員につないだ相談 1件")
+    expect(page.locator("#stats-totals")).to_have_text(
+        "相談 2件（うち対応中 1件）／ 緊急対応 2件 ／ 相談員につないだ相談 2件"
+    )
 
-    # The CSV export downloads text that starts with the header row.
+    # The CSV exports download Japanese text for Excel (a BOM), the totals last.
     with page.expect_download(timeout=WAIT_MS) as download:
-        page.get_by_role("link", name="CSVをダウンロード").click()
-    text = Path(download.value.path()).read_bytes().decode("utf-8")
+        page.get_by_role("link", name="日別のCSV").click()
+    raw = Path(download.value.path()).read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    text = raw.decode("utf-8")
     assert text.lstrip("\ufeff").startswith(CSV_HEADER + "\r\n")
-    assert ",webchat,crisis,suicide," in text
+    assert ",Webチャット,危機,未回答,2,2,2\r\n" in text and text.endswith("合計,,,,2,2,2\r\n"), text
+    with page.expect_download(timeout=WAIT_MS) as download:
+        page.get_by_role("link", name="集計のCSV").click()
+    totals = Path(download.value.path()).read_bytes().decode("utf-8")
+    assert "対応結果別,傾聴・相談対応,1\r\n" in totals and "対応結果別,対応中（未終了）,1\r\n" in totals
 
-    # The audit log.
+    # The audit log, in Japanese.
     audit = page.locator("#audit")
-    expect(audit.locator("tr").filter(has_text="kana").filter(has_text="close").first).to_be_visible()
+    expect(
+        audit.locator("tr").filter(has_text="kana").filter(has_text="終了（相談員）").first
+    ).to_be_visible()
 
     # Watching a conversation someone else has: read-only.
     row.get_by_role("button", name=re.compile("見守る")).click()

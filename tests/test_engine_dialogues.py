@@ -523,7 +523,7 @@ async def test_high_risk_asks_the_age_band_once_and_young_people_get_their_lines
         conv = await chat.conversation()
         assert (conv.age_band, conv.state) == (band, "waiting")
         if expected_line:
-            assert expected_line in reply[0].text and "DV相談＋" in reply[0].text
+            assert expected_line in reply[0].text and "DV相談プラス" in reply[0].text
         # Asked once: what they write next is a message like any other.
         assert reply_keys([m.text for m in await chat.say("こわい")]) == ["waiting_update"]
 

@@ -29,9 +29,9 @@ from sqlmodel import col
 
 from bot.models import Contact, Conversation, Inbox, Media, Message, Outbox, Role, Sender, State, utcnow
 from bot.service import Service
+from bot.storage.credentials import create_counsellor
 from bot.web import create_app
 from channels.line import retry_key
-from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine, Sent

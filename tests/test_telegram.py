@@ -26,9 +26,9 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from bot.models import Conversation, Inbox, InboxStatus, Media, Outbox, OutboxStatus, Role, State
+from bot.storage.credentials import create_counsellor
 from bot.web import create_app
 from channels.telegram import split_text
-from handoff.console.auth import create_counsellor
 from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_telegram import BOT_USER, FakeTelegram, running_fake

@@ -17,7 +17,8 @@ SYSTEM = "system"  # the actor of what the bot does on its own (not a counsellor
 def record(
     s: AsyncSession, *, action: str, actor: str = SYSTEM, conversation_id: str = "", detail: str = ""
 ) -> None:
-    s.add(AuditLog(actor=actor, action=action, conversation_id=conversation_id, detail=detail))
+    """One row, in the session's open transaction (the detail is cut at 200 characters)."""
+    s.add(AuditLog(actor=actor, action=action, conversation_id=conversation_id, detail=detail[:200]))
 
 
 async def record_view(

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 
 from bot.models import AuditLog, Counsellor, Role
 from bot.pages import StaticFiles, page_headers
+from bot.storage.credentials import create_counsellor, one_time_password
 from handoff.console.api import build_router
-from handoff.console.auth import create_counsellor, one_time_password
 from handoff.console.host import ConsoleHost
 from triage.paths import CONTENT_DIR
 

@@ -11,12 +11,11 @@ import csv
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,9 +24,8 @@ from sqlmodel import col
 from bot.content import key
 from bot.events import Event
 from bot.models import (
-    ALL_CATEGORIES,
+    DISPLAY_NAME_MAX,
     Alert,
-    AuditLog,
     ConsoleSession,
     Contact,
     Conversation,
@@ -40,29 +38,26 @@ from bot.models import (
     Note,
     Outbox,
     Role,
-    StatCount,
     State,
     utcnow,
 )
+from bot.storage import accounts as accounts_db
+from bot.storage import audit as audit_db
 from bot.storage import audit_write, conversations, handoffs
-from handoff.console.auth import (
-    COOKIE,
-    CSRF_HEADER,
+from bot.storage import statistics as stats_db
+from bot.storage.credentials import (
     USERNAME,
     Me,
-    csrf_ok,
     current,
-    end_sessions,
     hash_password,
     login,
-    one_time_password,
     password_problem,
     rate_limited,
-    reset_password,
     still_valid,
     verify_password,
 )
-from handoff.console.content import load_console_content
+from handoff.console.auth import COOKIE, CSRF_HEADER, csrf_ok
+from handoff.console.content import ConsoleLabels, console_labels, load_console_content
 from handoff.console.host import ConsoleHost
 from handoff.queue import Claim
 from triage import Risk
@@ -72,6 +67,7 @@ PREVIEW_CHARS = 60
 VIEW_AUDIT_EVERY = timedelta(minutes=10)
 LIVE_RECHECK_SECONDS = 30.0  # how often a live socket checks that its session still stands
 MAX_TEXT = 5000
+MAX_DAYS = 3660  # the longest period of statistics
 
 
 class LoginIn(BaseModel):
@@ -101,6 +97,10 @@ class DutyIn(BaseModel):
     on_duty: bool
 
 
+class DisplayNameIn(BaseModel):
+    display_name: str = Field(min_length=1, max_length=DISPLAY_NAME_MAX)
+
+
 MAX_LIMIT = 20  # conversations one counsellor may be given at once, at most
 
 
@@ -108,6 +108,7 @@ class AccountIn(BaseModel):
     username: str = Field(pattern=USERNAME)
     role: Role = Role.COUNSELLOR
     limit: int | None = Field(default=None, ge=1, le=MAX_LIMIT)  # None: TSUNAGI_COUNSELLOR_LIMIT
+    display_name: str = Field(default="", max_length=DISPLAY_NAME_MAX)
 
 
 class AccountChange(BaseModel):
@@ -195,13 +196,14 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             )
             if done is not None:
                 token, session, counsellor = done
-                s.add(AuditLog(actor=counsellor.username, action="login"))
+                audit_write.record(s, actor=counsellor.username, action="login")
         if done is None:
             raise HTTPException(401, "wrong username or password")
         response = JSONResponse(
             {
                 "csrf_token": session.csrf_token,
                 "username": counsellor.username,
+                "display_name": counsellor.display_name,
                 "role": counsellor.role,
                 "must_change_password": counsellor.must_change_password,
             }
@@ -223,7 +225,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             session = await s.get(ConsoleSession, me.session_id)
             if session is not None:
                 await s.delete(session)
-            s.add(AuditLog(actor=me.username, action="logout"))
+            audit_write.record(s, actor=me.username, action="logout")
         response = Response(status_code=204)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -235,6 +237,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         assert c is not None
         return {
             "username": me.username,
+            "display_name": c.display_name,
             "role": me.role,
             "csrf_token": me.csrf_token,
             "must_change_password": me.must_change_password,
@@ -255,7 +258,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                 raise HTTPException(403, "the current password is wrong")
             c.password_hash = hash_password(body.new)
             c.must_change_password = False
-            s.add(AuditLog(actor=me.username, action="password.change"))
+            audit_write.record(s, actor=me.username, action="password.change")
         return Response(status_code=204)
 
     @r.post("/duty")
@@ -264,19 +267,35 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             c = await s.get(Counsellor, me.id)
             assert c is not None
             c.on_duty = body.on_duty
-            s.add(AuditLog(actor=me.username, action="duty.on" if body.on_duty else "duty.off"))
+            audit_write.record(s, actor=me.username, action="duty.on" if body.on_duty else "duty.off")
         return {"on_duty": body.on_duty}
+
+    @r.post("/me/display-name")
+    async def my_display_name(body: DisplayNameIn, me: MeDep) -> dict[str, str]:
+        """The name people read for me (greetings, canned replies), chosen by myself."""
+        async with svc.db.session() as s, s.begin():
+            try:
+                c = await accounts_db.set_display_name(
+                    s, username=me.username, display_name=body.display_name, actor=me.username
+                )
+            except accounts_db.AccountError as e:
+                raise account_refusal(e) from e
+        return {"username": c.username, "display_name": c.display_name}
 
     # -- colleagues and accounts -------------------------------------------------------------------------
 
+    def account_refusal(e: "accounts_db.AccountError") -> HTTPException:
+        status = {"taken": 409, "missing": 404, "self": 422, "invalid": 422}.get(e.code, 422)
+        return HTTPException(status, str(e))
+
     async def held_counts() -> Counter[int]:
-        """Conversations each counsellor has now, from the database (the queue may be rebuilding)."""
         async with svc.db.session() as s:
             return await handoffs.held_counts(s)
 
     def account_of(c: Counsellor, held: Counter[int]) -> dict[str, Any]:
         return {
             "username": c.username,
+            "display_name": c.display_name,
             "role": c.role,
             "active": c.active,
             "on_duty": c.on_duty,
@@ -286,12 +305,6 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             "must_change_password": c.must_change_password,
             "created_at": c.created_at.isoformat(),
         }
-
-    async def account_named(s: AsyncSession, username: str) -> Counsellor:
-        c = await s.scalar(select(Counsellor).where(col(Counsellor.username) == username))
-        if c is None or c.id is None:
-            raise HTTPException(404, "no such account")
-        return c
 
     @r.get("/colleagues")
     async def colleagues(me: MeDep) -> list[dict[str, Any]]:
@@ -303,6 +316,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         out = [
             {
                 "username": c.username,
+                "display_name": c.display_name,
                 "role": c.role,
                 "on_duty": c.on_duty,
                 "held": held[c.id or 0],
@@ -316,61 +330,42 @@ def build_router(svc: ConsoleHost) -> APIRouter:
     @r.get("/accounts")
     async def accounts(me: AdminDep) -> list[dict[str, Any]]:
         async with svc.db.session() as s:
-            rows = (await s.scalars(select(Counsellor).order_by(col(Counsellor.username)))).all()
+            rows = await accounts_db.listing(s)
         held = await held_counts()
         return [account_of(c, held) for c in rows]
 
     @r.post("/accounts", status_code=201)
     async def add_account(body: AccountIn, me: AdminDep) -> dict[str, str]:
-        password = one_time_password()
         async with svc.db.session() as s, s.begin():
-            if await s.scalar(select(col(Counsellor.id)).where(col(Counsellor.username) == body.username)):
-                raise HTTPException(409, "that username is taken")
-            s.add(
-                Counsellor(
+            try:
+                c, password = await accounts_db.add(
+                    s,
                     username=body.username,
-                    password_hash=hash_password(password),
                     role=body.role,
-                    max_conversations=body.limit,
-                    must_change_password=True,
+                    limit=body.limit,
+                    display_name=body.display_name,
+                    actor=me.username,
                 )
-            )
-            s.add(
-                AuditLog(actor=me.username, action="account.add", detail=f"{body.username} role={body.role}")
-            )
-        return {"username": body.username, "password": password}
+            except accounts_db.AccountError as e:
+                raise account_refusal(e) from e
+        assert password is not None
+        return {"username": c.username, "display_name": c.display_name, "password": password}
 
     @r.post("/accounts/{username}")
     async def change_account(username: str, body: AccountChange, me: AdminDep) -> dict[str, Any]:
         given = body.model_fields_set
-        changes = []
         async with svc.db.session() as s, s.begin():
-            c = await account_named(s, username)
-            if c.id == me.id and (
-                ("role" in given and body.role != Role.ADMIN) or ("active" in given and body.active is False)
-            ):
-                raise HTTPException(422, "that is you: another administrator must do it")
-            if "role" in given and body.role is not None and body.role != c.role:
-                c.role = body.role
-                changes.append(f"role={body.role}")
-            if "limit" in given and body.limit != c.max_conversations:
-                c.max_conversations = body.limit
-                changes.append(f"limit={body.limit or 'default'}")
-            held_ids: Sequence[str] = []
-            if "active" in given and body.active is not None and body.active != c.active:
-                c.active = body.active
-                changes.append("active" if body.active else "disabled")
-                if not c.active:  # disabled: out everywhere, and what it held goes back to the queue
-                    c.on_duty = False
-                    assert c.id is not None
-                    await end_sessions(s, c.id)
-                    held_ids = await handoffs.held_by(s, counsellor_id=c.id)
-            if changes:
-                s.add(
-                    AuditLog(
-                        actor=me.username, action="account.update", detail=f"{username} {' '.join(changes)}"
-                    )
+            try:
+                c, held_ids = await accounts_db.change(
+                    s,
+                    username=username,
+                    actor=me.username,
+                    role=body.role if "role" in given and body.role is not None else accounts_db.KEEP,
+                    limit=body.limit if "limit" in given else accounts_db.KEEP,
+                    active=body.active if "active" in given and body.active is not None else accounts_db.KEEP,
                 )
+            except accounts_db.AccountError as e:
+                raise account_refusal(e) from e
             counsellor_id = c.id
             assert counsellor_id is not None
         # A disabled account's conversations go back to the queue, keeping their place.
@@ -379,15 +374,29 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             if await svc.engine.requeue(conversation_id, counsellor_id) is not None:
                 requeued += 1
         async with svc.db.session() as s:
-            c = await account_named(s, username)
+            c = await accounts_db.named(s, username=username)
         return account_of(c, await held_counts()) | {"requeued": requeued}
+
+    @r.post("/accounts/{username}/display-name")
+    async def account_display_name(username: str, body: DisplayNameIn, me: SupervisorDep) -> dict[str, str]:
+        """A supervisor (or an administrator) sets the name people read for a colleague."""
+        async with svc.db.session() as s, s.begin():
+            try:
+                c = await accounts_db.set_display_name(
+                    s, username=username, display_name=body.display_name, actor=me.username
+                )
+            except accounts_db.AccountError as e:
+                raise account_refusal(e) from e
+        return {"username": c.username, "display_name": c.display_name}
 
     @r.post("/accounts/{username}/password")
     async def new_password(username: str, me: AdminDep) -> dict[str, str]:
         """A new one-time password (they choose their own at the next login); their sessions end."""
         async with svc.db.session() as s, s.begin():
-            password = await reset_password(s, await account_named(s, username))
-            s.add(AuditLog(actor=me.username, action="account.password_reset", detail=username))
+            try:
+                password = await accounts_db.new_password(s, username=username, actor=me.username)
+            except accounts_db.AccountError as e:
+                raise account_refusal(e) from e
         return {"username": username, "password": password}
 
     # -- the queue -----------------------------------------------------------------------------------
@@ -450,9 +459,11 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         risks = [rule_risk[r["rule"]] for r in reasons if r.get("rule") in rule_risk]
         return max(risks, key=lambda x: x.rank, default=Risk.LOW)
 
-    async def _previews(s: AsyncSession, ids: list[str]) -> dict[str, tuple[str, dict[str, str] | None]]:
-        """The most serious line each person wrote (the latest of the most serious), with its first reason:
-        the line a counsellor deciding whom to take must see, not the latest ありがとう."""
+    async def _previews(s: AsyncSession, ids: list[str]) -> dict[str, tuple[str, dict[str, Any] | None]]:
+        """The most serious line each person wrote (the latest of the most serious), with its most serious
+        reason: the line a counsellor deciding whom to take must see, not the latest ありがとう. The reason
+        carries its span in the preview (which shows the part of a long line where it matched), so that the
+        page quotes the whole words it found there, as the transcript's highlights do."""
         if not ids:
             return {}
         rows = (
@@ -463,15 +474,36 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                 .order_by(col(Message.id))
             )
         ).all()
-        best: dict[str, tuple[int, str, dict[str, str] | None]] = {}
+        best: dict[str, tuple[int, str, dict[str, Any] | None]] = {}
         for cid, enc, triage_enc in rows:
             reasons = json.loads(svc.crypto.decrypt(triage_enc)).get("reasons", []) if triage_enc else []
             rank = own_risk(reasons).rank
             if cid not in best or rank >= best[cid][0]:
-                first = next((r for r in reasons if r.get("rule") in rule_risk), None)
-                reason = {"rule": first["rule"], "matched": first["matched"]} if first else None
-                best[cid] = (rank, enc, reason)
-        return {cid: (svc.crypto.decrypt(enc)[:PREVIEW_CHARS], why) for cid, (_, enc, why) in best.items()}
+                own = [r for r in reasons if r.get("rule") in rule_risk and r.get("span")]
+                # Its most serious rule, and of those the longest words (a lone kana says little).
+                top = max(own, key=lambda r: (rule_risk[r["rule"]].rank, len(r["matched"])), default=None)
+                if top is not None:  # with the words other rules found overlapping it (もう死に + 死にたい)
+                    a, b = int(top["span"][0]), int(top["span"][1])
+                    for r in sorted(own, key=lambda r: int(r["span"][0])):
+                        if int(r["span"][0]) < b and int(r["span"][1]) > a:
+                            a, b = min(a, int(r["span"][0])), max(b, int(r["span"][1]))
+                    top = {"rule": top["rule"], "span": [a, b]}
+                best[cid] = (rank, enc, top)
+        out: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        for cid, (_, enc, top) in best.items():
+            text = svc.crypto.decrypt(enc)
+            start = 0
+            if top is not None and int(top["span"][1]) > PREVIEW_CHARS:  # show where it matched
+                start = max(0, min(int(top["span"][0]) - PREVIEW_CHARS // 3, len(text) - PREVIEW_CHARS))
+            preview = ("…" if start else "") + text[start : start + PREVIEW_CHARS]
+            shift = start - (1 if start else 0)  # the span in the preview, after its "…"
+            reason = None
+            if top is not None:
+                a, b = int(top["span"][0]) - shift, int(top["span"][1]) - shift
+                b = min(b, len(preview))
+                reason = {"rule": top["rule"], "matched": preview[a:b], "span": [a, b]}
+            out[cid] = (preview, reason)
+        return out
 
     # -- one conversation -----------------------------------------------------------------------------
 
@@ -554,13 +586,14 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                 )
             notes = (
                 await s.execute(
-                    select(Note, col(Counsellor.username))
+                    select(Note, col(Counsellor.username), col(Counsellor.display_name))
                     .join(Counsellor, col(Counsellor.id) == col(Note.counsellor_id))
                     .where(col(Note.conversation_id) == conversation_id)
                     .order_by(col(Note.id))
                 )
             ).all()
-            holder_name = (await s.get(Counsellor, holder)).username if holder else None  # type: ignore[union-attr]
+            holding = await s.get(Counsellor, holder) if holder else None
+            holder_name = holding.username if holding else None
             can_note = await may_note(s, me, conv, holder)
             presence = (await _presences(s, [conv]))[conv.id]
             # A person back soon after a conversation at high or crisis: the earlier one, linked.
@@ -611,7 +644,12 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                 item["risk"] = own_risk(t.get("reasons", [])).value  # its own, not the conversation's
                 item["highlights"] = [{"rule": x["rule"], "span": x["span"]} for x in t.get("reasons", [])]
                 reasons += [
-                    {"rule": x["rule"], "matched": x["matched"], "message": len(out_messages)}
+                    {
+                        "rule": x["rule"],
+                        "matched": x["matched"],
+                        "message": len(out_messages),
+                        "span": x["span"],
+                    }
                     for x in t.get("reasons", [])
                 ]
             out_messages.append(item)
@@ -620,6 +658,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             "state": conv.state,
             "channel": conv.channel,
             "counsellor": holder_name,
+            "counsellor_name": (holding.display_name or holding.username) if holding else None,
             "messages": out_messages,
             "triage": {
                 "risk": conv.risk,
@@ -637,12 +676,12 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             "presence": presence,
             "notes": [
                 {
-                    "by": name,
+                    "by": shown or name,
                     "text": svc.crypto.decrypt(n.text_enc),
                     "at": n.created_at.isoformat(),
                     "kind": n.kind,
                 }
-                for n, name in notes
+                for n, name, shown in notes
             ],
             "can_note": can_note,
             "read_only": holder != me.id,
@@ -832,7 +871,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         async with svc.db.session() as s:
             rows = (
                 await s.execute(
-                    select(Handoff, Conversation, col(Counsellor.username))
+                    select(Handoff, Conversation, col(Counsellor.username), col(Counsellor.display_name))
                     .join(Conversation, col(Conversation.id) == col(Handoff.conversation_id))
                     .join(Counsellor, col(Counsellor.id) == col(Handoff.counsellor_id))
                     .where(col(Handoff.status) == HandoffStatus.CLAIMED)
@@ -844,7 +883,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                     select(Alert).where(col(Alert.counsellor_id) == me.id, col(Alert.seen_at).is_(None))
                 )
             ).all()
-        load = Counter(name for _, _, name in rows)
+        load = Counter(name for _, _, name, _ in rows)
         return {
             "waiting": len(entries),
             "longest_wait_seconds": max(
@@ -854,16 +893,18 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                 {
                     "conversation_id": c.id,
                     "counsellor": name,
+                    "counsellor_name": shown or name,
                     "risk": c.risk,
                     "categories": _cats(c),
                     "channel": c.channel,
                     "since": h.claimed_at.isoformat() if h.claimed_at else None,
                 }
-                for h, c, name in rows
+                for h, c, name, shown in rows
             ],
             "counsellors": [
                 {
                     "username": c.username,
+                    "display_name": c.display_name,
                     "role": c.role,
                     "on_duty": c.on_duty,
                     "load": load.get(c.username, 0),
@@ -877,56 +918,129 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             ],
         }
 
-    async def _stats(days: int) -> list[StatCount]:
-        since = (utcnow() - timedelta(days=days)).astimezone(svc.hours.tz).date()
+    def period(days: int, start: date | None, end: date | None) -> tuple[date, date]:
+        """The days asked for, in the service's time zone: ``start`` to ``end`` (both included), or the
+        last ``days`` up to today."""
+        today = utcnow().astimezone(svc.hours.tz).date()
+        last = min(end or today, today)
+        first = start or last - timedelta(days=max(1, min(days, MAX_DAYS)) - 1)
+        if first > last:
+            raise HTTPException(422, "the period starts after it ends")
+        if (last - first).days >= MAX_DAYS:
+            raise HTTPException(422, f"a period is at most {MAX_DAYS} days")
+        return first, last
+
+    async def report(days: int, start: date | None, end: date | None) -> stats_db.Report:
+        first, last = period(days, start, end)
         async with svc.db.session() as s:
-            return list(
-                (
-                    await s.scalars(
-                        select(StatCount).where(col(StatCount.day) >= since).order_by(col(StatCount.day))
-                    )
-                ).all()
-            )
+            return await stats_db.report(s, start=first, end=last, tz=svc.hours.tz)
 
     @r.get("/stats")
-    async def stats(me: SupervisorDep, days: int = 30) -> dict[str, Any]:
-        rows = await _stats(max(1, min(days, 3660)))
-        totals = [x for x in rows if x.category == ALL_CATEGORIES]
-        conversations = [x for x in totals if x.metric == "conversations"]
-        per_category = [x for x in rows if x.category != ALL_CATEGORIES and x.metric == "conversations"]
-
-        def by(attr: str, source: list[StatCount]) -> dict[str, int]:
-            c: Counter[str] = Counter()
-            for x in source:
-                c[str(getattr(x, attr))] += x.count
-            return dict(sorted(c.items()))
-
+    async def stats(
+        me: SupervisorDep, days: int = 30, start: date | None = None, end: date | None = None
+    ) -> dict[str, Any]:
+        """Every conversation that started in the period, closed or not (bot/storage/statistics.py)."""
+        rep = await report(days, start, end)
         return {
-            "days": days,
-            "conversations": sum(x.count for x in conversations),
-            "by_day": by("day", conversations),
-            "by_category": by("category", per_category),
-            "by_risk": by("risk", conversations),
-            "by_channel": by("channel", conversations),
-            "by_age_band": by("age_band", conversations),
-            "emergencies": sum(x.count for x in totals if x.metric == "emergencies"),
-            "handed_off": sum(x.count for x in totals if x.metric == "handed_off"),
+            "days": (rep.end - rep.start).days + 1,
+            "start": rep.start.isoformat(),
+            "end": rep.end.isoformat(),
+            "conversations": rep.conversations,
+            "by_day": dict(sorted(rep.by_day.items())),
+            "by_category": dict(sorted(rep.by_category.items())),
+            "by_risk": dict(sorted(rep.by_risk.items())),
+            "by_channel": dict(sorted(rep.by_channel.items())),
+            "by_age_band": dict(sorted(rep.by_age_band.items())),
+            "by_outcome": dict(sorted(rep.by_outcome.items())),
+            "by_referral": dict(sorted(rep.by_referral.items())),
+            "emergencies": rep.emergencies,
+            "handed_off": rep.handed_off,
+            "still_open": rep.still_open,
         }
 
-    @r.get("/stats.csv")
-    async def stats_csv(me: SupervisorDep, days: int = 365) -> PlainTextResponse:
-        rows = await _stats(max(1, min(days, 3660)))
+    def csv_response(rows: list[list[Any]], name: str, rep: stats_db.Report) -> Response:
         buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["day", "channel", "risk", "category", "age_band", "metric", "count"])
-        for x in rows:
-            w.writerow([x.day.isoformat(), x.channel, x.risk, x.category, x.age_band, x.metric, x.count])
-        await _audit(me, "stats.export", "", f"days={days}")
-        return PlainTextResponse(
+        csv.writer(buf, lineterminator="\r\n").writerows(rows)
+        filename = f"tsunagi-{name}-{rep.start:%Y%m%d}-{rep.end:%Y%m%d}.csv"
+        return Response(
             "\ufeff" + buf.getvalue(),  # a BOM, so that Excel reads the UTF-8
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="tsunagi-statistics.csv"'},
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
         )
+
+    @r.get("/stats.csv")
+    async def stats_csv(
+        me: SupervisorDep, days: int = 365, start: date | None = None, end: date | None = None
+    ) -> Response:
+        """Conversations by the day they started, channel, risk and age band, in Japanese, with the totals
+        on a last row of their own."""
+        rep = await report(days, start, end)
+        lab = labels()
+        rows: list[list[Any]] = [list(lab.daily_headers)]
+        for x in rep.daily:
+            rows.append(
+                [
+                    x.day.isoformat(),
+                    lab.channel(x.channel),
+                    lab.risk(x.risk),
+                    lab.age_band(x.age_band),
+                    x.conversations,
+                    x.handed_off,
+                    x.emergencies,
+                ]
+            )
+        rows.append([lab.total_row, "", "", "", rep.conversations, rep.handed_off, rep.emergencies])
+        async with svc.db.session() as s, s.begin():
+            audit_write.record(
+                s, actor=me.username, action="stats.export", detail=f"daily {rep.start}..{rep.end}"
+            )
+        return csv_response(rows, "daily", rep)
+
+    @r.get("/stats-totals.csv")
+    async def stats_totals_csv(
+        me: SupervisorDep, days: int = 365, start: date | None = None, end: date | None = None
+    ) -> Response:
+        """The period's totals, one figure a row: by channel, risk, category, age band, outcome and
+        referral, each under its section's name (the definitions are in the README)."""
+        rep = await report(days, start, end)
+        lab = labels()
+        rows: list[list[Any]] = [list(lab.totals_headers)]
+        rows += [[lab.section("total"), lab.figure(k), v] for k, v in rep_figures(rep)]
+        sections: list[tuple[str, Counter[str], Any]] = [
+            ("channel", rep.by_channel, lab.channel),
+            ("risk", rep.by_risk, lab.risk),
+            ("category", rep.by_category, lab.category),
+            ("age_band", rep.by_age_band, lab.age_band),
+            ("outcome", rep.by_outcome, lab.outcome),
+            ("referral", rep.by_referral, referral_name),
+        ]
+        for name, counts, label in sections:
+            for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+                rows.append([lab.section(name), label(k), v])
+        async with svc.db.session() as s, s.begin():
+            audit_write.record(
+                s, actor=me.username, action="stats.export", detail=f"totals {rep.start}..{rep.end}"
+            )
+        return csv_response(rows, "totals", rep)
+
+    def rep_figures(rep: stats_db.Report) -> list[tuple[str, int]]:
+        return [
+            ("conversations", rep.conversations),
+            ("handed_off", rep.handed_off),
+            ("emergencies", rep.emergencies),
+            ("still_open", rep.still_open),
+        ]
+
+    def labels() -> ConsoleLabels:
+        return console_labels()
+
+    referral_names = {ref.id: ref.name for ref in svc.content.referrals}
+
+    def referral_name(ref_id: str) -> str:
+        return referral_names.get(ref_id, ref_id)
 
     @r.get("/alerts")
     async def my_alerts(me: MeDep) -> list[dict[str, Any]]:
@@ -963,17 +1077,28 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         return {"seen": int(result.rowcount)}  # type: ignore[attr-defined]
 
     @r.get("/audit")
-    async def audit(me: SupervisorDep, limit: int = 200) -> list[dict[str, Any]]:
+    async def audit(
+        me: SupervisorDep,
+        limit: int = 200,
+        person: str = "",
+        action: str = "",
+        start: date | None = None,
+        end: date | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest first; ``person`` a username or a display name, ``action`` one action, ``start`` and
+        ``end`` days in the service's time zone (both included)."""
+        tz = svc.hours.tz
+        since = datetime.combine(start, time(0), tz) if start else None
+        until = datetime.combine(end + timedelta(days=1), time(0), tz) if end else None
         async with svc.db.session() as s:
-            rows = (
-                await s.scalars(
-                    select(AuditLog).order_by(col(AuditLog.id).desc()).limit(max(1, min(limit, 1000)))
-                )
-            ).all()
+            rows = await audit_db.entries(
+                s, person=person.strip(), action=action.strip(), since=since, until=until, limit=limit
+            )
         return [
             {
                 "at": a.at.isoformat(),
                 "actor": a.actor,
+                "actor_name": a.actor_name,
                 "action": a.action,
                 "conversation_id": a.conversation_id,
                 "detail": a.detail,

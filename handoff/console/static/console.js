@@ -53,6 +53,11 @@
     return e;
   }
 
+  // How a colleague is named on the page: the display name people read, else the username.
+  function nameOf(display, username) {
+    return String(display || "") || String(username || "");
+  }
+
   function shortId(id) {
     return String(id || "").slice(0, 8);
   }
@@ -272,8 +277,43 @@
   }
 
   function renderWho() {
-    $("who").textContent = st.me.username + "（" + (S["role_" + st.me.role] || st.me.role) + "）";
+    const role = S["role_" + st.me.role] || st.me.role;
+    $("who").textContent = st.me.display_name
+      ? fill(S.who_named, { name: st.me.display_name, username: st.me.username, role })
+      : fill(S.who, { username: st.me.username, role });
+    $("name-current").textContent = st.me.display_name ? fill(S.name_current, { name: st.me.display_name }) : S.name_unset;
   }
+
+  // -- my display name: what people read in greetings (never the username) ------------------------------
+
+  function openNameForm(reason = "") {
+    show($("name-form"), true);
+    $("name-input").value = st.me.display_name || "";
+    $("name-msg").textContent = reason;
+    $("name-msg").classList.toggle("error", !!reason);
+    $("name-input").focus();
+  }
+  $("name-btn").addEventListener("click", () => ($("name-form").hidden ? openNameForm() : show($("name-form"), false)));
+  $("name-cancel").addEventListener("click", () => show($("name-form"), false));
+  $("name-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const value = $("name-input").value.trim();
+    if (!value) {
+      $("name-msg").textContent = S.name_missing;
+      $("name-msg").classList.add("error");
+      return;
+    }
+    const r = await api("POST", "/me/display-name", { display_name: value });
+    if (!r.ok) {
+      $("name-msg").textContent = r.status === 422 ? S.name_invalid : fill(S.name_failed, { detail: detailOf(r.data) || r.status });
+      $("name-msg").classList.add("error");
+      return;
+    }
+    st.me.display_name = r.data.display_name;
+    renderWho();
+    show($("name-form"), false);
+    flashMessage(fill(S.name_saved, { name: r.data.display_name }));
+  });
 
   function renderAccount() {
     const me = st.me;
@@ -342,7 +382,7 @@
     chips.replaceChildren();
     for (const item of st.canned) {
       const b = el("button", { cls: "chip", text: item.label, attrs: { type: "button", title: item.text } });
-      b.addEventListener("click", () => insertReply(String(item.text).replaceAll("{name}", st.me.username)));
+      b.addEventListener("click", () => insertCanned(String(item.text)));
       chips.append(b);
     }
     const select = $("close-outcome");
@@ -356,6 +396,24 @@
       refs.append(el("div", { cls: "check" }, [box, el("label", { text: ref.name + " " + ref.number, attrs: { for: id } })]));
     }
     renderReferrals(st.referrals);
+  }
+
+  // A canned reply: {name} is my display name (never the username: the person reads it); without one,
+  // I am asked for it first. Sentences already in the draft are not inserted again, so that canned
+  // replies combine without saying anything twice.
+  function insertCanned(text) {
+    if (text.includes("{name}") && !st.me.display_name) {
+      openNameForm(S.name_needed);
+      return;
+    }
+    const filled = fill(text, { name: st.me.display_name });
+    const draft = $("reply").value;
+    const fresh = sentencesOf(filled).filter((x) => !draft.includes(x));
+    if (fresh.length) insertReply(fresh.join(""));
+  }
+
+  function sentencesOf(text) {
+    return String(text).match(/[^。！？!?\n]+[。！？!?]*/g) || [];
   }
 
   function insertReply(text) {
@@ -458,6 +516,22 @@
     }
   }
 
+  // The queue card's reason quotes the whole words it matched in the preview, as the transcript's
+  // highlights do (wordBounds, widen); a lone kana is no quote (the kind of sign is said alone).
+  function previewQuote(preview, reason) {
+    const chars = Array.from(String(preview || ""));
+    const span = Array.isArray(reason.span) ? reason.span : null;
+    let quote = String(reason.matched || "");
+    if (span) {
+      let a = Math.max(0, Math.min(chars.length, Number(span[0]) | 0));
+      let b = Math.max(0, Math.min(chars.length, Number(span[1]) | 0));
+      if (b > a) [a, b] = widen(a, b, wordBounds(chars.join("")), chars.length);
+      if (b > a) quote = chars.slice(a, b).join("").replace(/^[\s、。…]+|[\s、。…]+$/g, "");
+    }
+    if (/^[\u3040-\u30ff]?$/.test(quote)) quote = "";
+    return { rule: reason.rule, matched: quote };
+  }
+
   function renderQueue() {
     const ul = $("queue-list");
     const items = st.queue;
@@ -481,7 +555,7 @@
       // The most serious line they wrote (not the latest), and why it counts: what the person wrote is text only.
       const preview = el("span", { cls: "preview", text: item.preview });
       open.append(top, wait, preview);
-      if (item.preview_reason) open.append(el("span", { cls: "preview-reason", text: reasonLabel(item.preview_reason) }));
+      if (item.preview_reason) open.append(el("span", { cls: "preview-reason", text: reasonLabel(previewQuote(item.preview, item.preview_reason)) }));
       const presence = item.presence ? presenceBadge(item.presence) : null;
       if (presence) open.append(presence);
       const found = dialogueFlags(item.reasons || []);
@@ -711,7 +785,7 @@
       categoryTags(c.triage.categories),
       el("span", { cls: "channel", text: channelLabel(c.channel) }),
       el("span", { cls: "state state-" + c.state, text: S.states[c.state] || c.state }),
-      el("span", { cls: "holder", text: c.counsellor ? fill(S.holder, { name: c.counsellor }) : S.no_holder }),
+      el("span", { cls: "holder", text: c.counsellor ? fill(S.holder, { name: nameOf(c.counsellor_name, c.counsellor) }) : S.no_holder }),
     );
     if (c.previous && c.previous.conversation_id) {
       // Back soon after a conversation at high or crisis: the earlier one, a click away.
@@ -731,7 +805,7 @@
     if (!writable) {
       if (c.state === "waiting") noticeText = S.read_only_waiting;
       else if (c.state === "closed") noticeText = S.read_only_closed;
-      else if (c.counsellor) noticeText = fill(S.read_only_other, { name: c.counsellor });
+      else if (c.counsellor) noticeText = fill(S.read_only_other, { name: nameOf(c.counsellor_name, c.counsellor) });
       else noticeText = S.read_only_bot;
     }
     notice.textContent = noticeText;
@@ -1020,6 +1094,19 @@
     return r.matched ? fill(S.reason_matched, { group, matched: r.matched }) : group;
   }
 
+  function wholeWords(c, r, reasons) {
+    const m = Number.isInteger(r.message) ? (c.messages || [])[r.message] : null;
+    if (!m || !Array.isArray(r.span)) return r.matched;
+    let [a, b] = r.span.map((x) => Number(x) | 0);
+    for (const o of reasons) {
+      if (o.message === r.message && Array.isArray(o.span) && o.span[0] < b && o.span[1] > a && !String(o.rule).startsWith("dialogue.")) {
+        a = Math.min(a, o.span[0]);
+        b = Math.max(b, o.span[1]);
+      }
+    }
+    return previewQuote(m.text || "", { rule: r.rule, matched: r.matched, span: [a, b] }).matched || r.matched;
+  }
+
   function renderReasons(c) {
     const ul = $("reasons");
     const reasons = (c.triage && c.triage.reasons) || [];
@@ -1029,7 +1116,7 @@
       return;
     }
     const seen = new Set();
-    for (const r of reasons) {
+    for (let r of reasons) {
       if (typeof r.rule === "string" && r.rule.startsWith("dialogue.")) {
         const label = (S.dialogue_reasons && S.dialogue_reasons[r.rule]) || r.rule;
         ul.append(el("li", { cls: "dialogue-reason", attrs: { "data-rule": r.rule } }, [
@@ -1037,6 +1124,9 @@
         ]));
         continue;
       }
+      // The whole words it matched in its message (with what other rules found overlapping them), as the
+      // transcript marks them: never half a word (もう死に) or a lone kana.
+      r = { ...r, matched: wholeWords(c, r, reasons) };
       // Once each: a kind of sign and the words it matched (the same words in several messages are one
       // line); a lone kana says nothing to a reader (its whole word is marked in the transcript).
       const key = reasonLabel({ rule: r.rule }) + "\u0000" + r.matched;
@@ -1160,7 +1250,7 @@
         st.handedOver.add(id);
         if (st.conv && st.conv.conversation_id === id) {
           // The state too: a read that landed during the transfer may have drawn it as waiting.
-          renderConversation({ ...st.conv, state: r.data.state, counsellor: r.data.counsellor, read_only: true });
+          renderConversation({ ...st.conv, state: r.data.state, counsellor: r.data.counsellor, counsellor_name: null, read_only: true });
         }
         setConvMessage(fill(S.transfer_done, { name: r.data.counsellor }));
         await refreshLists();
@@ -1229,7 +1319,7 @@
     let keep = false;
     for (const c of list) {
       const full = Number(c.held) >= Number(c.limit);
-      const values = { name: c.username, duty: c.on_duty ? S.colleague_on : S.colleague_off, held: c.held, limit: c.limit };
+      const values = { name: nameOf(c.display_name, c.username), duty: c.on_duty ? S.colleague_on : S.colleague_off, held: c.held, limit: c.limit };
       const option = el("option", {
         text: fill(full ? S.colleague_full : S.colleague, values), // a username is text, like everything else
         attrs: { value: c.username, "data-on-duty": String(!!c.on_duty) },
@@ -1264,7 +1354,7 @@
       // the page has, shown as closed, instead of fetching it again.
       st.handedOver.add(id);
       if (st.conv && st.conv.conversation_id === id) {
-        renderConversation({ ...st.conv, state: "closed", counsellor: null, read_only: true });
+        renderConversation({ ...st.conv, state: "closed", counsellor: null, counsellor_name: null, read_only: true });
       }
       setConvMessage(S.close_done);
       await refreshLists();
@@ -1546,17 +1636,29 @@
         el("td", {}, [riskBadge(a.risk)]),
         el("td", {}, [categoryTags(a.categories)]),
         el("td", { text: channelLabel(a.channel) }),
-        el("td", { cls: "counsellor", text: a.counsellor }),
+        el("td", { cls: "counsellor", text: nameOf(a.counsellor_name, a.counsellor) }),
         el("td", { text: a.since ? time(a.since) : "" }),
         el("td", {}, [watch]),
       ]));
     }
 
     const cs = $("ov-counsellors");
+    const typing = document.activeElement && document.activeElement.closest && document.activeElement.closest("#ov-counsellors");
+    if (typing) return; // a supervisor typing a colleague's name: the row is not rebuilt under them
     cs.replaceChildren();
+    const names = $("audit-people");
+    names.replaceChildren();
     for (const c of o.counsellors) {
+      for (const v of [c.username, c.display_name]) if (v) names.append(el("option", { attrs: { value: v } }));
+      const input = el("input", { cls: "name-edit", attrs: { value: c.display_name || "", maxlength: "32", "aria-label": fill(S.name_of, { username: c.username }) } });
+      const save = el("button", { cls: "btn btn-small btn-secondary", text: S.name_save, attrs: { type: "button", "aria-label": fill(S.name_save_of, { username: c.username }) } });
+      save.addEventListener("click", () => saveColleagueName(c.username, input));
+      input.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" && !e.isComposing) saveColleagueName(c.username, input);
+      });
       cs.append(el("tr", { attrs: { "data-username": c.username } }, [
         el("td", { text: c.username }),
+        el("td", { cls: "name-cell" }, [input, save]),
         el("td", { text: S["role_" + c.role] || c.role }),
         el("td", { cls: c.on_duty ? "on-duty" : "off-duty", text: c.on_duty ? S.on_duty : S.off_duty }),
         el("td", { cls: "load", text: fill(S.load, { load: c.load, limit: c.limit }) }),
@@ -1564,15 +1666,35 @@
     }
   }
 
+  async function saveColleagueName(username, input) {
+    const value = input.value.trim();
+    if (!value) {
+      flashMessage(S.name_missing);
+      return;
+    }
+    const r = await api("POST", "/accounts/" + encodeURIComponent(username) + "/display-name", { display_name: value });
+    if (!r.ok) {
+      flashMessage(r.status === 422 ? S.name_invalid : fill(S.name_failed, { detail: detailOf(r.data) || r.status }));
+      return;
+    }
+    input.blur();
+    flashMessage(fill(S.name_saved_of, { username, name: r.data.display_name }));
+    if (username === st.me.username) {
+      st.me.display_name = r.data.display_name;
+      renderWho();
+    }
+  }
+
   async function refreshStats() {
     if (!supervises()) return;
     const days = Number($("stats-days").value) || 30;
     $("csv-link").href = API + "/stats.csv?days=" + days;
+    $("csv-totals-link").href = API + "/stats-totals.csv?days=" + days;
     const r = await api("GET", "/stats?days=" + days);
     if (!r.ok) return;
     const s = r.data;
     const total = typeof s.conversations === "number" ? s.conversations : Object.values(s.by_day).reduce((a, b) => a + b, 0);
-    $("stats-totals").textContent = fill(S.stats_totals, { conversations: total, emergencies: s.emergencies, handed_off: s.handed_off });
+    $("stats-totals").textContent = fill(S.stats_totals, { conversations: total, emergencies: s.emergencies, handed_off: s.handed_off, open: s.still_open || 0 });
     const charts = $("charts");
     charts.replaceChildren(
       dayChart(s.by_day),
@@ -1670,10 +1792,46 @@
     return fig;
   }
 
+  // The audit log, in Japanese (the actions' names from the page's strings), filtered by person, action
+  // and days. Names, actions and details are text, whatever they hold.
+  function auditQuery() {
+    const q = new URLSearchParams({ limit: "200" });
+    const person = $("audit-person").value.trim();
+    if (person) q.set("person", person);
+    if ($("audit-action").value) q.set("action", $("audit-action").value);
+    if ($("audit-start").value) q.set("start", $("audit-start").value);
+    if ($("audit-end").value) q.set("end", $("audit-end").value);
+    return q.toString();
+  }
+
+  function auditActionLabel(action) {
+    const labels = S.audit_actions || {};
+    if (labels[action]) return labels[action];
+    const family = String(action).split(".")[0] + ".";
+    return labels[family] ? labels[family] + "（" + action + "）" : action;
+  }
+
+  function renderAuditActions() {
+    const select = $("audit-action");
+    if (select.options.length > 1) return;
+    for (const [code, label] of Object.entries(S.audit_actions || {})) {
+      if (!code.endsWith(".")) select.append(el("option", { text: label, attrs: { value: code } }));
+    }
+  }
+
   async function refreshAudit() {
     if (!supervises()) return;
-    const r = await api("GET", "/audit?limit=200");
-    if (!r.ok) return;
+    renderAuditActions();
+    if ($("audit-start").value && $("audit-end").value && $("audit-start").value > $("audit-end").value) {
+      $("audit-msg").textContent = S.audit_bad_range;
+      return;
+    }
+    const r = await api("GET", "/audit?" + auditQuery());
+    if (!r.ok) {
+      $("audit-msg").textContent = S.audit_failed;
+      return;
+    }
+    $("audit-msg").textContent = fill(S.audit_count, { n: r.data.length });
     const body = $("audit");
     body.replaceChildren();
     if (!r.data.length) body.append(el("tr", {}, [el("td", { cls: "empty", text: S.audit_none, attrs: { colspan: "5" } })]));
@@ -1684,16 +1842,24 @@
         b.addEventListener("click", () => openConversation(a.conversation_id, { focus: true }));
         conv.append(b);
       }
-      body.append(el("tr", {}, [
+      const actor = (S.audit_actors && S.audit_actors[a.actor]) || (a.actor_name ? fill(S.audit_actor_named, { name: a.actor_name, username: a.actor }) : a.actor);
+      body.append(el("tr", { attrs: { "data-action": a.action } }, [
         el("td", { text: time(a.at, true) }),
-        el("td", { text: a.actor }),
-        el("td", { text: a.action }),
+        el("td", { cls: "audit-actor", text: actor }),
+        el("td", { cls: "audit-action", text: auditActionLabel(a.action), attrs: { title: a.action } }),
         conv,
         el("td", { text: a.detail }),
       ]));
     }
   }
-  $("audit-refresh").addEventListener("click", refreshAudit);
+  $("audit-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    refreshAudit();
+  });
+  $("audit-clear").addEventListener("click", () => {
+    for (const id of ["audit-person", "audit-action", "audit-start", "audit-end"]) $(id).value = "";
+    refreshAudit();
+  });
 
   // -- administrators: accounts ---------------------------------------------------------------------------
 

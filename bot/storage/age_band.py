@@ -1,0 +1,45 @@
+"""The age band is asked once per person: what they answered (or that they chose not to) is kept with
+their contact, and a conversation they start later begins with it, so the bot does not ask again.
+
+Done as mapper events on ``Conversation``, in the flush of whatever transaction starts or changes a
+conversation: a new one reads its contact's age band before it is inserted (the engine flushes it before
+the dialogue reads it), and a change of the age band is written to the contact in the same transaction.
+An erased conversation forgets it (the contact goes soon after)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, inspect, select, update
+from sqlalchemy.engine import Connection
+from sqlmodel import col
+
+from bot.models import Contact, Conversation
+
+
+@event.listens_for(Conversation, "before_insert")
+def _start_with_the_age_band(_mapper: Any, connection: Connection, conv: Conversation) -> None:
+    if not conv.contact_id or conv.age_band or conv.age_asked:
+        return
+    known = connection.execute(
+        select(col(Contact.age_band), col(Contact.age_asked)).where(col(Contact.id) == conv.contact_id)
+    ).first()
+    if known is not None and (known[0] or known[1]):
+        conv.age_band, conv.age_asked = known[0], bool(known[1])
+
+
+@event.listens_for(Conversation, "before_update")
+def _remember_the_age_band(_mapper: Any, connection: Connection, conv: Conversation) -> None:
+    if not conv.contact_id:
+        return
+    state = inspect(conv)
+    changed = any(state.attrs[name].history.has_changes() for name in ("age_band", "age_asked", "erased"))
+    if not changed:
+        return
+    if conv.erased:
+        values: dict[str, Any] = {"age_band": "", "age_asked": False}
+    elif conv.age_band or conv.age_asked:
+        values = {"age_band": conv.age_band, "age_asked": conv.age_asked}
+    else:
+        return
+    connection.execute(update(Contact).where(col(Contact.id) == conv.contact_id).values(**values))
