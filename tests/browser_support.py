@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -15,11 +16,12 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Dialog, Error, Locator, Page, Request
+from playwright.sync_api import ConsoleMessage, Dialog, Error, Locator, Page, Request, expect
 from websockets.sync.client import ClientConnection
 
 from bot.config import Settings
@@ -289,3 +291,63 @@ class Person:
 
     def got(self, who: str, text: str) -> dict[str, Any]:
         return self.wait(lambda f: f["type"] == "message" and f["from"] == who and text in f["text"])
+
+
+# -- the console in a browser: its accounts, logging in, the API for setting a scene --------------------
+
+CONSOLE_ACCOUNTS = {
+    "kana": ("counsellor", "kana-password-1234"),
+    "yui": ("counsellor", "yui-password-12345"),
+    "sato": ("supervisor", "sato-password-1234"),
+}
+
+
+def log_in(page: Page, server: Server, username: str, password: str | None = None) -> None:
+    page.goto(f"{server.base}/console")
+    expect(page.locator("#view-login")).to_be_visible()
+    page.get_by_label("ユーザー名", exact=True).fill(username)
+    page.get_by_label("パスワード", exact=True).fill(password or CONSOLE_ACCOUNTS[username][1])
+    page.get_by_role("button", name="ログイン").click()
+    expect(page.locator("#view-app")).to_be_visible()
+    expect(page.locator("#who")).to_contain_text(username)
+    expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
+
+
+def lines(page: Page, who: str) -> Locator:
+    return page.locator(f"#transcript li.from-{who}")
+
+
+class Api:
+    """The console API from Python, for setting a scene (cookie and CSRF token as a page has them)."""
+
+    def __init__(self, server: Server, username: str) -> None:
+        self.base = f"{server.base}/api/console"
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        self.csrf = ""
+        self.csrf = self.call(
+            "POST", "/login", {"username": username, "password": CONSOLE_ACCOUNTS[username][1]}
+        )["csrf_token"]
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.csrf:
+            req.add_header("X-CSRF-Token", self.csrf)
+        with self.opener.open(req, timeout=WAIT_S) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+    def waiting(self) -> list[str]:
+        return [x["conversation_id"] for x in self.call("GET", "/queue")]
+
+
+def chat_in_crisis(page: Page, server: Server) -> None:
+    page.goto(f"{server.base}/chat")
+    bot = page.locator("#log li.from-bot")
+    expect(bot.first).to_contain_text("相談窓口「つなぎ」")
+    page.locator("#choices").get_by_role("button", name="同意して話す").click()
+    expect(bot.last).to_contain_text("どんなことでも大丈夫です")
+    page.locator("#input").fill(CRISIS)
+    page.locator("#input").press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile(r"相談員を待っています"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import pytest
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
-    from tests.browser_support import Watched
+    from tests.browser_support import Person, Server, Watched
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -146,6 +147,81 @@ def new_page(browser: Browser, watched: Watched) -> Iterator[Callable[..., Page]
         ctx.add_init_script(OBSERVE)
         if clipboard:
             ctx.grant_permissions(["clipboard-read", "clipboard-write"])
+        contexts.append(ctx)
+        return watched.attach(ctx.new_page())
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+# -- the console in a browser: a server per test from a template database (accounts made once) ----------
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with the accounts, made once with the CLI; each test's server starts from a copy."""
+    home = tmp_path_factory.mktemp("console-template")
+    from tests.browser_support import CONSOLE_ACCOUNTS, add_accounts
+
+    add_accounts(home, CONSOLE_ACCOUNTS)
+    return home
+
+
+@pytest.fixture
+def server(template: Path, tmp_path: Path) -> Iterator[Server]:
+    home = tmp_path / "server"
+    shutil.copytree(template, home)
+    from tests.browser_support import serve
+
+    yield from serve(home)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """No accounts at all: the first start makes 'admin' with a one-time password on stdout."""
+    home = tmp_path / "fresh"
+    home.mkdir()
+    from tests.browser_support import serve
+
+    yield from serve(home)
+
+
+@pytest.fixture
+def people(server: Server) -> Iterator[Callable[[], Person]]:
+    from contextlib import ExitStack
+
+    from websockets.sync.client import connect
+
+    from tests.browser_support import WAIT_S, Person
+
+    with ExitStack() as stack:
+
+        def make() -> Person:
+            return Person(stack.enter_context(connect(f"{server.ws}/chat/ws", open_timeout=WAIT_S)))
+
+        yield make
+
+
+@pytest.fixture
+def phone(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
+    """The web chat as a person has it: a phone-sized page (390x844), each in a context of its own.
+    The quick exit's neutral page is answered here, so that nothing leaves the machine."""
+    import re
+
+    from tests.browser_support import WAIT_MS
+
+    contexts: list[BrowserContext] = []
+
+    def make() -> Page:
+        ctx = browser.new_context(
+            locale="ja-JP", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        )
+        ctx.set_default_timeout(WAIT_MS)
+        ctx.route(
+            re.compile(r"^https?://(?!127\.0\.0\.1)"),
+            lambda route: route.fulfill(body="<title>neutral</title>", content_type="text/html"),
+        )
         contexts.append(ctx)
         return watched.attach(ctx.new_page())
 

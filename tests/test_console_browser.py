@@ -11,21 +11,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Locator, Page, expect
 from sqlalchemy import select, update
 from sqlmodel import col
-from websockets.sync.client import connect
 
 from bot.db import Database
 from bot.models import Message, Outbox, OutboxStatus
@@ -35,13 +30,15 @@ from channels.loopback import LoopbackChannel
 from tests.browser_support import (
     CRISIS,
     WAIT_MS,
-    WAIT_S,
+    Api,
     Person,
     Server,
-    Watched,
     add_accounts,
+    chat_in_crisis,
     fetch_status,
     in_thread,
+    lines,
+    log_in,
     queue_items,
     serious_violations,
     serve,
@@ -50,91 +47,7 @@ from tests.browser_support import (
 
 pytestmark = pytest.mark.browser
 
-ACCOUNTS = {
-    "kana": ("counsellor", "kana-password-1234"),
-    "yui": ("counsellor", "yui-password-12345"),
-    "sato": ("supervisor", "sato-password-1234"),
-}
 CSV_HEADER = "開始日,チャネル,リスク,年代,相談件数,相談員対応件数,緊急対応件数"
-
-# -- servers ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database with the accounts, made once with the CLI; each test's server starts from a copy."""
-    home = tmp_path_factory.mktemp("console-template")
-    add_accounts(home, ACCOUNTS)
-    return home
-
-
-@pytest.fixture
-def server(template: Path, tmp_path: Path) -> Iterator[Server]:
-    home = tmp_path / "server"
-    shutil.copytree(template, home)
-    yield from serve(home)
-
-
-@pytest.fixture
-def fresh_server(tmp_path: Path) -> Iterator[Server]:
-    """No accounts at all: the first start makes 'admin' with a one-time password on stdout."""
-    home = tmp_path / "fresh"
-    home.mkdir()
-    yield from serve(home)
-
-
-# -- pages (the browser, ``watched`` and ``new_page`` are conftest.py's) -------------------------------
-
-
-def log_in(page: Page, server: Server, username: str, password: str | None = None) -> None:
-    page.goto(f"{server.base}/console")
-    expect(page.locator("#view-login")).to_be_visible()
-    page.get_by_label("ユーザー名", exact=True).fill(username)
-    page.get_by_label("パスワード", exact=True).fill(password or ACCOUNTS[username][1])
-    page.get_by_role("button", name="ログイン").click()
-    expect(page.locator("#view-app")).to_be_visible()
-    expect(page.locator("#who")).to_contain_text(username)
-    expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
-
-
-def lines(page: Page, who: str) -> Locator:
-    return page.locator(f"#transcript li.from-{who}")
-
-
-@pytest.fixture
-def people(server: Server) -> Iterator[Callable[[], Person]]:
-    with ExitStack() as stack:
-
-        def make() -> Person:
-            return Person(stack.enter_context(connect(f"{server.ws}/chat/ws", open_timeout=WAIT_S)))
-
-        yield make
-
-
-class Api:
-    """The console API from Python, for setting a scene (cookie and CSRF token as a page has them)."""
-
-    def __init__(self, server: Server, username: str) -> None:
-        self.base = f"{server.base}/api/console"
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
-        self.csrf = ""
-        self.csrf = self.call("POST", "/login", {"username": username, "password": ACCOUNTS[username][1]})[
-            "csrf_token"
-        ]
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if self.csrf:
-            req.add_header("X-CSRF-Token", self.csrf)
-        with self.opener.open(req, timeout=WAIT_S) as r:
-            raw = r.read()
-        return json.loads(raw) if raw else None
-
-    def waiting(self) -> list[str]:
-        return [x["conversation_id"] for x in self.call("GET", "/queue")]
-
 
 # -- (1) a crisis from arrival to close -------------------------------------------------------------
 
@@ -1031,40 +944,6 @@ def test_the_transcript_follows_the_person_after_claiming_or_says_there_is_somet
     )
     assert in_view(page, mine)
     expect(page.locator("#new-marker")).to_be_hidden()
-
-
-@pytest.fixture
-def phone(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
-    """The web chat as a person has it: a phone-sized page (390x844), each in a context of its own.
-    The quick exit's neutral page is answered here, so that nothing leaves the machine."""
-    contexts: list[BrowserContext] = []
-
-    def make() -> Page:
-        ctx = browser.new_context(
-            locale="ja-JP", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
-        )
-        ctx.set_default_timeout(WAIT_MS)
-        ctx.route(
-            re.compile(r"^https?://(?!127\.0\.0\.1)"),
-            lambda route: route.fulfill(body="<title>neutral</title>", content_type="text/html"),
-        )
-        contexts.append(ctx)
-        return watched.attach(ctx.new_page())
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
-
-
-def chat_in_crisis(page: Page, server: Server) -> None:
-    page.goto(f"{server.base}/chat")
-    bot = page.locator("#log li.from-bot")
-    expect(bot.first).to_contain_text("相談窓口「つなぎ」")
-    page.locator("#choices").get_by_role("button", name="同意して話す").click()
-    expect(bot.last).to_contain_text("どんなことでも大丈夫です")
-    page.locator("#input").fill(CRISIS)
-    page.locator("#input").press("Enter")
-    expect(page.locator("#status")).to_have_text(re.compile(r"相談員を待っています"))
 
 
 def test_the_console_says_when_the_person_has_gone_and_why_a_reply_cannot_reach_them(

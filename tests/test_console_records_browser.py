@@ -1,6 +1,6 @@
 """Display names, the audit log and the transcript's height in a real browser (desktop 1280x800 and a
 phone 390x844), and the age band asked once in the web chat. The servers, the browser and the person
-on the other side come from test_console_browser.py."""
+on the other side are the shared ones of conftest.py and tests/browser_support.py."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests import test_console_browser as base
-from tests.test_console_browser import CRISIS, Api, Person, Server, log_in, queue_items
-
-# The fixtures of test_console_browser.py, used here as they are.
-browser, template, server, watched = base.browser, base.template, base.server, base.watched
-new_page, phone, people = base.new_page, base.phone, base.people
+from tests.browser_support import CRISIS, Api, Person, Server, log_in, queue_items
 
 pytestmark = pytest.mark.browser
 HOSTILE = "<img src=x onerror=__xss=1>"
