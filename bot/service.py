@@ -15,6 +15,7 @@ from bot.crypto import Crypto
 from bot.db import Database
 from bot.engine import ConversationEngine
 from bot.events import EventBus, RedisEventBus
+from bot.guard import Failures
 from bot.hours import Hours
 from bot.inbox import InboxWorker
 from bot.models import Conversation, Handoff, HandoffStatus, utcnow
@@ -41,6 +42,7 @@ class Service:
         queue_check_seconds: float = QUEUE_CHECK_SECONDS,
     ) -> None:
         self.settings = settings
+        self.failures = Failures()  # failed logins and bad webhook signatures: /metrics, limits
         self.db = Database(settings.resolved_database_url)
         self.crypto = Crypto(settings.data_keys)
         self.content = content or get_content()
@@ -214,29 +216,37 @@ class Service:
                 )
             ).all()
         waiting = len(await self.queue.entries())
-        return render_metrics(
-            [
-                ("tsunagi_conversations", "Conversations by state", ("state",), {(k,): v for k, v in states}),
-                (
-                    "tsunagi_outbox_messages",
-                    "Messages to people by channel and status",
-                    ("channel", "status"),
-                    {(c, st): n for c, st, n in outbox},
-                ),
-                (
-                    "tsunagi_outbox_oldest_waiting_seconds",
-                    "Age of the oldest message not yet delivered, by channel",
-                    ("channel",),
-                    {(c,): max(0.0, (now - _aware(at)).total_seconds()) for c, at in oldest if at},
-                ),
-                (
-                    "tsunagi_inbox_events",
-                    "Platform events kept until handled, by channel and status (failed: not handled)",
-                    ("channel", "status"),
-                    {(c, st): n for c, st, n in inbox},
-                ),
-                ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
-            ]
+        return (
+            render_metrics(
+                [
+                    (
+                        "tsunagi_conversations",
+                        "Conversations by state",
+                        ("state",),
+                        {(k,): v for k, v in states},
+                    ),
+                    (
+                        "tsunagi_outbox_messages",
+                        "Messages to people by channel and status",
+                        ("channel", "status"),
+                        {(c, st): n for c, st, n in outbox},
+                    ),
+                    (
+                        "tsunagi_outbox_oldest_waiting_seconds",
+                        "Age of the oldest message not yet delivered, by channel",
+                        ("channel",),
+                        {(c,): max(0.0, (now - _aware(at)).total_seconds()) for c, at in oldest if at},
+                    ),
+                    (
+                        "tsunagi_inbox_events",
+                        "Platform events kept until handled, by channel and status (failed: not handled)",
+                        ("channel", "status"),
+                        {(c, st): n for c, st, n in inbox},
+                    ),
+                    ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
+                ]
+            )
+            + self.failures.render()
         )
 
 

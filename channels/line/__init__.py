@@ -63,6 +63,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     TextMessage,
 )
 
+from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
 from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
@@ -91,6 +92,38 @@ GROUP_HANDLED = {"join"}
 ALBUM_SECONDS = 600.0  # an album's pictures arrive within seconds; its id is remembered this long
 MAX_FETCH = 20 * 1024 * 1024  # bytes of a picture fetched from the content API
 RETRY_NAMESPACE = uuid.UUID("5b0e6c1e-7a43-4e4b-9a1e-2f1d2f6c9a10")  # uuid5 namespace of our retry keys
+
+
+# The webhook in the app's OpenAPI (the app serves none; tests/test_api_schema.py reads it): what LINE sends
+# (https://developers.line.biz/en/reference/messaging-api/#request-body) and every answer.
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["detail"]}}}
+OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {"name": "X-Line-Signature", "in": "header", "required": True, "schema": {"type": "string"}}
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["destination", "events"],
+                    "properties": {
+                        "destination": {"type": "string"},
+                        "events": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "400": {"description": "bad signature, not UTF-8, or not a webhook body", "content": _ERROR},
+        "408": {"description": "the body did not arrive in time", "content": _ERROR},
+        "413": {"description": "body over the limit", "content": _ERROR},
+        "429": {"description": "too many bad signatures from this address", "content": _ERROR},
+    },
+}
 
 
 @dataclass
@@ -169,7 +202,7 @@ class LineChannel(Channel):
     def router(self) -> APIRouter:
         r = APIRouter()
 
-        @r.post("/webhooks/line", include_in_schema=False)
+        @r.post("/webhooks/line", openapi_extra=OPENAPI)
         async def webhook(request: Request) -> Response:
             signature = request.headers.get("x-line-signature", "")
             raw = await request.body()
@@ -182,6 +215,9 @@ class LineChannel(Channel):
             # The signature is over the raw body, before any parsing.
             if not signature or not self._validator.validate(body, signature):
                 log.warning("LINE webhook with a missing or bad signature refused")
+                address = request.client.host if request.client else "?"
+                if self.service.failures.signature_failed(self.name, address):
+                    return _error(429, "too many bad signatures: wait a few minutes", retry=True)
                 return _error(400, "invalid signature")
             events = _events(body)
             if events is None:
@@ -578,5 +614,6 @@ def _timestamp(event: dict[str, Any]) -> float:
     return ms / 1000.0 if isinstance(ms, int | float) and not isinstance(ms, bool) else time.time()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
+def _error(status: int, message: str, *, retry: bool = False) -> JSONResponse:
+    headers = {"Retry-After": str(int(SIGNATURE_WINDOW))} if retry else None
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)

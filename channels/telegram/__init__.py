@@ -46,6 +46,7 @@ from telegram.error import (
     TelegramError,
 )
 
+from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
 from bot.types import ALBUM, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
@@ -68,6 +69,34 @@ INDEX_PREFIX = "#"  # callback_data "#<n>": the n-th button of the message, for 
 ALLOWED_UPDATES = ("message", "callback_query", "my_chat_member")
 MAX_FETCH = 20 * 1024 * 1024  # bytes: the Bot API's own getFile limit
 ALBUM_SECONDS = 600.0
+
+# The webhook in the app's OpenAPI (the app serves none; tests/test_api_schema.py reads it): an Update
+# (https://core.telegram.org/bots/api#update) and every answer.
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"]}}}
+_LIMIT = {"application/json": {"schema": {"type": "object", "required": ["detail"]}}}  # bot/guard.py's
+OPENAPI: dict[str, Any] = {
+    "parameters": [{"name": SECRET_HEADER, "in": "header", "required": True, "schema": {"type": "string"}}],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["update_id"],
+                    "properties": {"update_id": {"type": "integer"}, "message": {"type": "object"}},
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "400": {"description": "not JSON, or not an update", "content": _ERROR},
+        "403": {"description": "missing or wrong secret token", "content": _ERROR},
+        "408": {"description": "the body did not arrive in time", "content": _LIMIT},
+        "413": {"description": "body over the limit", "content": _LIMIT},
+        "429": {"description": "too many wrong secret tokens from this address", "content": _ERROR},
+    },
+}
 
 
 def make_bot(settings: Settings) -> Bot:
@@ -128,10 +157,17 @@ class TelegramChannel(Channel):
         r = APIRouter()
         expected = self.settings.telegram_secret_token.encode()
 
-        @r.post("/webhooks/telegram", include_in_schema=False)
+        @r.post("/webhooks/telegram", openapi_extra=OPENAPI)
         async def telegram_webhook(request: Request) -> Response:
             given = request.headers.get(SECRET_HEADER, "").encode()
             if not hmac.compare_digest(given, expected):
+                address = request.client.host if request.client else "?"
+                if self.service.failures.signature_failed(self.name, address):
+                    return JSONResponse(
+                        {"error": "too many bad secret tokens: wait a few minutes"},
+                        status_code=429,
+                        headers={"Retry-After": str(int(SIGNATURE_WINDOW))},
+                    )
                 return JSONResponse({"error": "forbidden"}, status_code=403)
             body = await request.body()
             if len(body) > MAX_BODY:
@@ -144,6 +180,10 @@ class TelegramChannel(Channel):
             update_id = update.get("update_id") if isinstance(update, dict) else None
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 return JSONResponse({"error": "an update needs an integer update_id"}, status_code=400)
+            try:  # read as ``process`` will read it: what PTB cannot read would fail on every attempt
+                Update.de_json(update, None)
+            except Exception:  # any shape PTB does not expect (KeyError, TypeError, ValueError...)
+                return JSONResponse({"error": "not a Telegram update"}, status_code=400)
             # Names are never stored (pseudonymous contacts): only ids and what was written.
             await self.store_events(
                 [(str(update_id), json.dumps(_without_names(update), ensure_ascii=False))]
