@@ -283,7 +283,7 @@ class LineChannel(Channel):
                 and stored.get("type") in ("message", "messageEdited")
             )
 
-        await self.withdraw(user, message_id, carries)
+        await self.withdraw(user, _ident(message_id), carries)
 
     async def _join(self, event: dict[str, Any], source: dict[str, Any]) -> None:
         """Added to a group or room: say once, kindly, that the service is one-to-one and how to reach it,
@@ -409,7 +409,7 @@ class LineChannel(Channel):
         kind_name = event.get("type")
         at = datetime.fromtimestamp(_timestamp(event), UTC)
         base: dict[str, Any] = {"channel": self.name, "user_id": user, "at": at}
-        event_id = _str(event.get("webhookEventId"))
+        event_id = _ident(_str(event.get("webhookEventId")))
         if kind_name == "follow":
             return Inbound(kind=Kind.FOLLOW, external_id=f"event:{event_id}" if event_id else None, **base)
         if kind_name == "unfollow":
@@ -427,7 +427,7 @@ class LineChannel(Channel):
         message = event.get("message")
         if not isinstance(message, dict):
             return None
-        message_id = _str(message.get("id")) or None
+        message_id = _ident(_str(message.get("id"))) or None
         if kind_name == "messageEdited":
             # A new version of a message: stored beside the first (its id, then the event's), triaged.
             text = _str(message.get("text"))
@@ -578,7 +578,7 @@ def _events(body: str) -> list[tuple[str, str]] | None:
         elif source.get("type") not in ("group", "room") or event.get("type") not in GROUP_HANDLED:
             continue  # nothing said in a group or room is stored
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        event_id = _str(event.get("webhookEventId"))
+        event_id = _ident(_str(event.get("webhookEventId")))
         out.append((event_id or "sha256:" + hashlib.sha256(payload.encode()).hexdigest(), payload))
     return out
 
@@ -608,10 +608,23 @@ def _str(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+MAX_ID = 64  # LINE's ids are 18 digits (messages) or 26 characters (events); stored ids have 128 at most
+
+
+def _ident(value: str) -> str:
+    """An id from the payload as it is stored: as it is when it looks like one, else its hash (an id no
+    LINE payload carries must neither overflow the column nor break the database with a NUL)."""
+    if len(value) <= MAX_ID and value.isprintable():
+        return value
+    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
 def _timestamp(event: dict[str, Any]) -> float:
-    """The event's time (epoch seconds); now when it has none."""
+    """The event's time (epoch seconds); now when it has none, or none a date can hold."""
     ms = event.get("timestamp")
-    return ms / 1000.0 if isinstance(ms, int | float) and not isinstance(ms, bool) else time.time()
+    if isinstance(ms, int | float) and not isinstance(ms, bool) and 0 < ms < 10**14:
+        return ms / 1000.0
+    return time.time()
 
 
 def _error(status: int, message: str, *, retry: bool = False) -> JSONResponse:

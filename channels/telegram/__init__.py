@@ -30,10 +30,12 @@ from fastapi.responses import JSONResponse, Response
 from telegram import (
     Bot,
     CallbackQuery,
+    Chat,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Message,
     Update,
+    User,
 )
 from telegram.constants import ChatMemberStatus, ChatType, MessageLimit
 from telegram.error import (
@@ -180,9 +182,11 @@ class TelegramChannel(Channel):
             update_id = update.get("update_id") if isinstance(update, dict) else None
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 return JSONResponse({"error": "an update needs an integer update_id"}, status_code=400)
-            try:  # read as ``process`` will read it: what PTB cannot read would fail on every attempt
-                Update.de_json(update, None)
+            try:  # read as ``process`` will read it: what cannot be read would fail on every attempt
+                readable = _readable(Update.de_json(update, None))
             except Exception:  # any shape PTB does not expect (KeyError, TypeError, ValueError...)
+                readable = False
+            if not readable:
                 return JSONResponse({"error": "not a Telegram update"}, status_code=400)
             # Names are never stored (pseudonymous contacts): only ids and what was written.
             await self.store_events(
@@ -449,6 +453,34 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
 
 
 _NAME_KEYS = ("last_name", "username")
+
+
+def _readable(update: Update) -> bool:
+    """Whether what ``process`` reads is there with its type: PTB builds objects from whatever JSON it is
+    given (a ``text`` that is a number, a callback query from nobody), and those would fail on every
+    attempt in the inbox."""
+
+    def message_ok(m: Message | None) -> bool:
+        return m is None or (
+            isinstance(m.chat, Chat)
+            and isinstance(m.chat.id, int)
+            and isinstance(m.message_id, int)
+            and all(v is None or isinstance(v, str) for v in (m.text, m.caption, m.media_group_id))
+        )
+
+    query = update.callback_query
+    if query is not None:
+        return (
+            isinstance(query.from_user, User)
+            and isinstance(query.from_user.id, int)
+            and (query.data is None or isinstance(query.data, str))
+            and (query.message is None or isinstance(query.message.chat, Chat))  # inaccessible: chat only
+            and message_ok(query.message if isinstance(query.message, Message) else None)
+        )
+    member = update.my_chat_member
+    if member is not None and not (isinstance(member.chat, Chat) and member.new_chat_member is not None):
+        return False
+    return message_ok(update.message)
 
 
 def _without_names(value: Any) -> Any:
