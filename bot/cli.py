@@ -88,10 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bot.config import Settings
+    from bot.guard import header_deadline
     from bot.web import create_app
+    from channels.webchat import MAX_IMAGE_FRAME
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(Settings())
+    settings = Settings()
+    app = create_app(settings)
     # Access logs are off: a URL can carry a token; the application logs ids and states only.
     uvicorn.run(
         app,
@@ -99,7 +102,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="info",
         access_log=False,
-        ws_max_size=256 * 1024,
+        # A web chat frame carries at most a picture (8 MB, in base64): a larger frame closes the socket
+        # (1009) before it is read whole.
+        ws_max_size=MAX_IMAGE_FRAME,
+        # Headers must arrive within the read timeout (uvicorn itself has no such limit).
+        http=header_deadline(settings.read_timeout),
         timeout_graceful_shutdown=10,  # open connections get this long to finish at a stop
     )
     return 0

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     counsellor_limit: int = Field(default=2, ge=1)
     # Console sessions expire after this many hours without use.
     session_hours: int = Field(default=12, ge=1)
+    # Failed console logins are limited per username and per address (bot/guard.py, handoff/console/auth.py);
+    # an office whose counsellors all come through one address turns the per-address limit off.
+    login_limit_per_address: bool = True
+    # Seconds a client gets to send a request's headers, and then its body (bot/guard.py): a slow client
+    # is cut off instead of keeping its connection.
+    read_timeout: float = Field(default=20.0, gt=0, le=300)
     # The service is reached over HTTPS only, through a proxy that ends TLS (deploy/Caddyfile): every
     # response then carries Strict-Transport-Security, and every cookie is marked Secure (bot/web.py).
     behind_tls: bool = False

@@ -18,6 +18,7 @@ from bot.crypto import Crypto
 from bot.db import Database
 from bot.engine import ConversationEngine
 from bot.events import Event, EventBus, RedisEventBus
+from bot.guard import Failures
 from bot.hours import Hours
 from bot.inbox import InboxWorker
 from bot.models import Contact, Conversation, HandoffStatus, Message, Presence, utcnow
@@ -47,6 +48,7 @@ class Service:
         queue_check_seconds: float = QUEUE_CHECK_SECONDS,
     ) -> None:
         self.settings = settings
+        self.failures = Failures()  # failed logins and bad webhook signatures: /metrics, limits
         self.db = Database(settings.resolved_database_url)
         self.crypto = Crypto(settings.data_keys)
         self.content = content or get_content()
@@ -218,29 +220,37 @@ class Service:
                 )
             ).all()
         waiting = len(await self.queue.entries())
-        return render_metrics(
-            [
-                ("tsunagi_conversations", "Conversations by state", ("state",), {(k,): v for k, v in states}),
-                (
-                    "tsunagi_outbox_messages",
-                    "Messages to people by channel and status",
-                    ("channel", "status"),
-                    {(c, st): n for c, st, n in outbox},
-                ),
-                (
-                    "tsunagi_outbox_oldest_waiting_seconds",
-                    "Age of the oldest message not yet delivered, by channel",
-                    ("channel",),
-                    {(c,): max(0.0, (now - _aware(at)).total_seconds()) for c, at in oldest if at},
-                ),
-                (
-                    "tsunagi_inbox_events",
-                    "Platform events kept until handled, by channel and status (failed: not handled)",
-                    ("channel", "status"),
-                    {(c, st): n for c, st, n in inbox},
-                ),
-                ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
-            ]
+        return (
+            render_metrics(
+                [
+                    (
+                        "tsunagi_conversations",
+                        "Conversations by state",
+                        ("state",),
+                        {(k,): v for k, v in states},
+                    ),
+                    (
+                        "tsunagi_outbox_messages",
+                        "Messages to people by channel and status",
+                        ("channel", "status"),
+                        {(c, st): n for c, st, n in outbox},
+                    ),
+                    (
+                        "tsunagi_outbox_oldest_waiting_seconds",
+                        "Age of the oldest message not yet delivered, by channel",
+                        ("channel",),
+                        {(c,): max(0.0, (now - _aware(at)).total_seconds()) for c, at in oldest if at},
+                    ),
+                    (
+                        "tsunagi_inbox_events",
+                        "Platform events kept until handled, by channel and status (failed: not handled)",
+                        ("channel", "status"),
+                        {(c, st): n for c, st, n in inbox},
+                    ),
+                    ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
+                ]
+            )
+            + self.failures.render()
         )
 
 
@@ -276,6 +286,9 @@ class ServiceHost:
 
     def lookup(self, channel: str, user_id: str) -> str:
         return self._svc.crypto.lookup(channel, user_id)
+
+    def signature_failed(self, channel: str, address: str) -> bool:
+        return self._svc.failures.signature_failed(channel, address)
 
     def subscribe(self) -> AbstractAsyncContextManager[asyncio.Queue[Event]]:
         return self._svc.events.subscribe()

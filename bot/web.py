@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bot.config import Settings
+from bot.guard import BodyLimit
 from bot.pages import SecurityHeaders
 from bot.service import Service
 from handoff.console import console_router, ensure_first_admin
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.service = svc
     # Every response: CSP, nosniff, no referrer, no framing; HSTS and Secure cookies behind TLS.
     app.add_middleware(SecurityHeaders, behind_tls=svc.settings.behind_tls)
+    # Bodies over their path's limit refused before they are read whole; slow bodies cut off (bot/guard.py).
+    app.add_middleware(BodyLimit, read_timeout=svc.settings.read_timeout)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -49,7 +52,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         }
         return JSONResponse(body, status_code=200 if all(state.values()) else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(await svc.metrics(), media_type="text/plain; version=0.0.4")
 

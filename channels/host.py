@@ -50,6 +50,11 @@ class ChannelHost(Protocol):
         """A text of content/messages.yaml, as it is (no placeholders)."""
         ...
 
+    def signature_failed(self, channel: str, address: str) -> bool:
+        """Count a webhook whose signature or secret token was wrong, from this address; True when the
+        address has failed too often and should be told to wait (429)."""
+        ...
+
     def lookup(self, channel: str, user_id: str) -> str:
         """The keyed hash a contact is found by (never the platform id itself)."""
         ...

@@ -63,6 +63,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
     TextMessage,
 )
 
+from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
 from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
@@ -91,6 +92,38 @@ GROUP_HANDLED = {"join"}
 ALBUM_SECONDS = 600.0  # an album's pictures arrive within seconds; its id is remembered this long
 MAX_FETCH = 20 * 1024 * 1024  # bytes of a picture fetched from the content API
 RETRY_NAMESPACE = uuid.UUID("5b0e6c1e-7a43-4e4b-9a1e-2f1d2f6c9a10")  # uuid5 namespace of our retry keys
+
+
+# The webhook in the app's OpenAPI (the app serves none; tests/test_api_schema.py reads it): what LINE sends
+# (https://developers.line.biz/en/reference/messaging-api/#request-body) and every answer.
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["detail"]}}}
+OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {"name": "X-Line-Signature", "in": "header", "required": True, "schema": {"type": "string"}}
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["destination", "events"],
+                    "properties": {
+                        "destination": {"type": "string"},
+                        "events": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "400": {"description": "bad signature, not UTF-8, or not a webhook body", "content": _ERROR},
+        "408": {"description": "the body did not arrive in time", "content": _ERROR},
+        "413": {"description": "body over the limit", "content": _ERROR},
+        "429": {"description": "too many bad signatures from this address", "content": _ERROR},
+    },
+}
 
 
 @dataclass
@@ -169,7 +202,7 @@ class LineChannel(Channel):
     def router(self) -> APIRouter:
         r = APIRouter()
 
-        @r.post("/webhooks/line", include_in_schema=False)
+        @r.post("/webhooks/line", openapi_extra=OPENAPI)
         async def webhook(request: Request) -> Response:
             signature = request.headers.get("x-line-signature", "")
             raw = await request.body()
@@ -182,6 +215,9 @@ class LineChannel(Channel):
             # The signature is over the raw body, before any parsing.
             if not signature or not self._validator.validate(body, signature):
                 log.warning("LINE webhook with a missing or bad signature refused")
+                address = request.client.host if request.client else "?"
+                if self.host.signature_failed(self.name, address):
+                    return _error(429, "too many bad signatures: wait a few minutes", retry=True)
                 return _error(400, "invalid signature")
             events = _events(body)
             if events is None:
@@ -247,7 +283,7 @@ class LineChannel(Channel):
                 and stored.get("type") in ("message", "messageEdited")
             )
 
-        await self.withdraw(user, message_id, carries)
+        await self.withdraw(user, _ident(message_id), carries)
 
     async def _join(self, event: dict[str, Any], source: dict[str, Any]) -> None:
         """Added to a group or room: say once, kindly, that the service is one-to-one and how to reach it,
@@ -373,7 +409,7 @@ class LineChannel(Channel):
         kind_name = event.get("type")
         at = datetime.fromtimestamp(_timestamp(event), UTC)
         base: dict[str, Any] = {"channel": self.name, "user_id": user, "at": at}
-        event_id = _str(event.get("webhookEventId"))
+        event_id = _ident(_str(event.get("webhookEventId")))
         if kind_name == "follow":
             return Inbound(kind=Kind.FOLLOW, external_id=f"event:{event_id}" if event_id else None, **base)
         if kind_name == "unfollow":
@@ -391,7 +427,7 @@ class LineChannel(Channel):
         message = event.get("message")
         if not isinstance(message, dict):
             return None
-        message_id = _str(message.get("id")) or None
+        message_id = _ident(_str(message.get("id"))) or None
         if kind_name == "messageEdited":
             # A new version of a message: stored beside the first (its id, then the event's), triaged.
             text = _str(message.get("text"))
@@ -542,7 +578,7 @@ def _events(body: str) -> list[tuple[str, str]] | None:
         elif source.get("type") not in ("group", "room") or event.get("type") not in GROUP_HANDLED:
             continue  # nothing said in a group or room is stored
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        event_id = _str(event.get("webhookEventId"))
+        event_id = _ident(_str(event.get("webhookEventId")))
         out.append((event_id or "sha256:" + hashlib.sha256(payload.encode()).hexdigest(), payload))
     return out
 
@@ -572,11 +608,25 @@ def _str(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+MAX_ID = 64  # LINE's ids are 18 digits (messages) or 26 characters (events); stored ids have 128 at most
+
+
+def _ident(value: str) -> str:
+    """An id from the payload as it is stored: as it is when it looks like one, else its hash (an id no
+    LINE payload carries must neither overflow the column nor break the database with a NUL)."""
+    if len(value) <= MAX_ID and value.isprintable():
+        return value
+    return "h:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
 def _timestamp(event: dict[str, Any]) -> float:
-    """The event's time (epoch seconds); now when it has none."""
+    """The event's time (epoch seconds); now when it has none, or none a date can hold."""
     ms = event.get("timestamp")
-    return ms / 1000.0 if isinstance(ms, int | float) and not isinstance(ms, bool) else time.time()
+    if isinstance(ms, int | float) and not isinstance(ms, bool) and 0 < ms < 10**14:
+        return ms / 1000.0
+    return time.time()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
+def _error(status: int, message: str, *, retry: bool = False) -> JSONResponse:
+    headers = {"Retry-After": str(int(SIGNATURE_WINDOW))} if retry else None
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)

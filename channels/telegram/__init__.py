@@ -30,10 +30,12 @@ from fastapi.responses import JSONResponse, Response
 from telegram import (
     Bot,
     CallbackQuery,
+    Chat,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Message,
     Update,
+    User,
 )
 from telegram.constants import ChatMemberStatus, ChatType, MessageLimit
 from telegram.error import (
@@ -46,6 +48,7 @@ from telegram.error import (
     TelegramError,
 )
 
+from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
 from bot.types import ALBUM, Delivery, Inbound, Item, Kind, Outbound
 from channels.base import Channel
@@ -68,6 +71,34 @@ INDEX_PREFIX = "#"  # callback_data "#<n>": the n-th button of the message, for 
 ALLOWED_UPDATES = ("message", "callback_query", "my_chat_member")
 MAX_FETCH = 20 * 1024 * 1024  # bytes: the Bot API's own getFile limit
 ALBUM_SECONDS = 600.0
+
+# The webhook in the app's OpenAPI (the app serves none; tests/test_api_schema.py reads it): an Update
+# (https://core.telegram.org/bots/api#update) and every answer.
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"]}}}
+_LIMIT = {"application/json": {"schema": {"type": "object", "required": ["detail"]}}}  # bot/guard.py's
+OPENAPI: dict[str, Any] = {
+    "parameters": [{"name": SECRET_HEADER, "in": "header", "required": True, "schema": {"type": "string"}}],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["update_id"],
+                    "properties": {"update_id": {"type": "integer"}, "message": {"type": "object"}},
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {"description": "stored", "content": {"application/json": {"schema": {"type": "object"}}}},
+        "400": {"description": "not JSON, or not an update", "content": _ERROR},
+        "403": {"description": "missing or wrong secret token", "content": _ERROR},
+        "408": {"description": "the body did not arrive in time", "content": _LIMIT},
+        "413": {"description": "body over the limit", "content": _LIMIT},
+        "429": {"description": "too many wrong secret tokens from this address", "content": _ERROR},
+    },
+}
 
 
 def make_bot(settings: Settings) -> Bot:
@@ -128,10 +159,17 @@ class TelegramChannel(Channel):
         r = APIRouter()
         expected = self.settings.telegram_secret_token.encode()
 
-        @r.post("/webhooks/telegram", include_in_schema=False)
+        @r.post("/webhooks/telegram", openapi_extra=OPENAPI)
         async def telegram_webhook(request: Request) -> Response:
             given = request.headers.get(SECRET_HEADER, "").encode()
             if not hmac.compare_digest(given, expected):
+                address = request.client.host if request.client else "?"
+                if self.host.signature_failed(self.name, address):
+                    return JSONResponse(
+                        {"error": "too many bad secret tokens: wait a few minutes"},
+                        status_code=429,
+                        headers={"Retry-After": str(int(SIGNATURE_WINDOW))},
+                    )
                 return JSONResponse({"error": "forbidden"}, status_code=403)
             body = await request.body()
             if len(body) > MAX_BODY:
@@ -144,6 +182,12 @@ class TelegramChannel(Channel):
             update_id = update.get("update_id") if isinstance(update, dict) else None
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 return JSONResponse({"error": "an update needs an integer update_id"}, status_code=400)
+            try:  # read as ``process`` will read it: what cannot be read would fail on every attempt
+                readable = _readable(Update.de_json(update, None))
+            except Exception:  # any shape PTB does not expect (KeyError, TypeError, ValueError...)
+                readable = False
+            if not readable:
+                return JSONResponse({"error": "not a Telegram update"}, status_code=400)
             # Names are never stored (pseudonymous contacts): only ids and what was written.
             await self.store_events(
                 [(str(update_id), json.dumps(_without_names(update), ensure_ascii=False))]
@@ -409,6 +453,34 @@ def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
 
 
 _NAME_KEYS = ("last_name", "username")
+
+
+def _readable(update: Update) -> bool:
+    """Whether what ``process`` reads is there with its type: PTB builds objects from whatever JSON it is
+    given (a ``text`` that is a number, a callback query from nobody), and those would fail on every
+    attempt in the inbox."""
+
+    def message_ok(m: Message | None) -> bool:
+        return m is None or (
+            isinstance(m.chat, Chat)
+            and isinstance(m.chat.id, int)
+            and isinstance(m.message_id, int)
+            and all(v is None or isinstance(v, str) for v in (m.text, m.caption, m.media_group_id))
+        )
+
+    query = update.callback_query
+    if query is not None:
+        return (
+            isinstance(query.from_user, User)
+            and isinstance(query.from_user.id, int)
+            and (query.data is None or isinstance(query.data, str))
+            and (query.message is None or isinstance(query.message.chat, Chat))  # inaccessible: chat only
+            and message_ok(query.message if isinstance(query.message, Message) else None)
+        )
+    member = update.my_chat_member
+    if member is not None and not (isinstance(member.chat, Chat) and member.new_chat_member is not None):
+        return False
+    return message_ok(update.message)
 
 
 def _without_names(value: Any) -> Any:

@@ -15,7 +15,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -117,6 +117,28 @@ class AccountChange(BaseModel):
     active: bool | None = None
 
 
+# A 422 is FastAPI's list of validation errors, or the console's own reason as a sentence (the page tells
+# the reasons apart by it); JSON on every route, the CSV export's too.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    422: {
+        "description": "refused as it is",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {"detail": {"anyOf": [{"type": "string"}, {"type": "array"}]}},
+                }
+            }
+        },
+    }
+}
+
+
+class CsvResponse(PlainTextResponse):
+    media_type = "text/csv"  # what the OpenAPI says /stats.csv answers
+
+
 def build_router(svc: ConsoleHost) -> APIRouter:
     settings = svc.settings
     console = load_console_content()
@@ -175,8 +197,8 @@ def build_router(svc: ConsoleHost) -> APIRouter:
     SupervisorDep = Annotated[Me, Depends(supervisor)]
     AdminDep = Annotated[Me, Depends(admin)]
 
-    public = APIRouter(prefix="/api/console")
-    r = APIRouter(prefix="/api/console", dependencies=[Depends(authenticated)])
+    public = APIRouter(prefix="/api/console", responses=REFUSALS)
+    r = APIRouter(prefix="/api/console", dependencies=[Depends(authenticated)], responses=REFUSALS)
 
     def client_key(request: Request) -> str:
         host = request.client.host if request.client else "?"
@@ -187,9 +209,12 @@ def build_router(svc: ConsoleHost) -> APIRouter:
     @public.post("/login")
     async def do_login(body: LoginIn, request: Request) -> JSONResponse:
         now = utcnow()
-        keys = [svc.crypto.lookup("console-user", body.username.lower()), client_key(request)]
+        keys = [svc.crypto.lookup("console-user", body.username.lower())]
+        if settings.login_limit_per_address:  # off for an office whose counsellors share one address
+            keys.append(client_key(request))
         async with svc.db.session() as s, s.begin():
             if await rate_limited(s, keys, now):
+                svc.failures.login_failed(refused=True)
                 raise HTTPException(429, "too many failed logins: wait a few minutes")
             done = await login(
                 s, body.username, body.password, keys=keys, hours=settings.session_hours, now=now
@@ -198,6 +223,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
                 token, session, counsellor = done
                 audit_write.record(s, actor=counsellor.username, action="login")
         if done is None:
+            svc.failures.login_failed()
             raise HTTPException(401, "wrong username or password")
         response = JSONResponse(
             {
@@ -971,7 +997,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             },
         )
 
-    @r.get("/stats.csv")
+    @r.get("/stats.csv", response_class=CsvResponse)
     async def stats_csv(
         me: SupervisorDep, days: int = 365, start: date | None = None, end: date | None = None
     ) -> Response:
@@ -999,7 +1025,7 @@ def build_router(svc: ConsoleHost) -> APIRouter:
             )
         return csv_response(rows, "daily", rep)
 
-    @r.get("/stats-totals.csv")
+    @r.get("/stats-totals.csv", response_class=CsvResponse)
     async def stats_totals_csv(
         me: SupervisorDep, days: int = 365, start: date | None = None, end: date | None = None
     ) -> Response:

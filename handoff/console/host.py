@@ -14,6 +14,7 @@ from bot.crypto import Crypto
 from bot.db import Database
 from bot.engine import ConversationEngine
 from bot.events import EventBus
+from bot.guard import Failures
 from bot.hours import Hours
 from handoff.queue import HandoffQueue
 
@@ -42,3 +43,6 @@ class ConsoleHost(Protocol):
 
     @property
     def engine(self) -> ConversationEngine: ...
+
+    @property
+    def failures(self) -> Failures: ...
