@@ -201,6 +201,20 @@ class LineChannel(Channel):
             kind += "/" + _str(message.get("type"))
         return kind[:64] or "unknown"
 
+    def peek(self, payload: str) -> tuple[str, str] | None:
+        event = json.loads(payload)
+        source = event.get("source") if isinstance(event, dict) else None
+        if not isinstance(source, dict) or source.get("type") != "user" or not _str(source.get("userId")):
+            return None  # a group or room (joined only to leave it)
+        text = ""
+        message = event.get("message")
+        postback = event.get("postback")
+        if isinstance(message, dict):
+            text = _str(message.get("text"))  # a text, a message sticker's words, an edited text
+        elif isinstance(postback, dict):
+            text = _str(postback.get("data"))
+        return _str(source.get("userId")), text
+
     async def process(self, payload: str) -> None:
         event = json.loads(payload)
         if not isinstance(event, dict) or event.get("mode") == "standby":
