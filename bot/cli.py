@@ -94,6 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    if args.no_workers:
+        settings = settings.model_copy(update={"workers": False})
     app = create_app(settings)
     # Access logs are off: a URL can carry a token; the application logs ids and states only.
     uvicorn.run(
@@ -109,6 +111,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http=header_deadline(settings.read_timeout),
         timeout_graceful_shutdown=10,  # open connections get this long to finish at a stop
     )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """The inbox and outbox workers (and the retention sweep and queue watchdog) alone, without the web
+    application or the mail listener, beside any number of ``tsunagi serve``: they share the work
+    through the database (each row claimed once) and hand a web chat's reply over Redis to the instance
+    the person is connected to."""
+    import asyncio
+    import logging
+    import signal
+
+    from bot.config import Settings
+    from bot.service import Service
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    if not settings.redis_url:
+        print(
+            "tsunagi worker: set TSUNAGI_REDIS_URL (and TSUNAGI_DATABASE_URL) as for the `tsunagi serve`\n"
+            "processes it works beside: without Redis the queue and live updates are in-process, and only\n"
+            "`tsunagi serve` with its own workers can run",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def run() -> None:
+        svc = Service(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await svc.start(serve=False)
+        logging.getLogger("tsunagi").info(
+            "tsunagi worker: %d inbox tasks, %d sends per channel",
+            settings.inbox_workers,
+            settings.outbox_workers,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await svc.stop()
+
+    asyncio.run(run())
     return 0
 
 
@@ -324,7 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the web application")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="take traffic only: the workers run in `tsunagi worker` (as TSUNAGI_WORKERS=false)",
+    )
     s.set_defaults(func=cmd_serve)
+    w = sub.add_parser("worker", help="the inbox and outbox workers alone, beside `tsunagi serve` processes")
+    w.set_defaults(func=cmd_worker)
     c = sub.add_parser("counsellor", help="console accounts")
     csub = c.add_subparsers(dest="action", required=True)
     ca = csub.add_parser("add", help="add an account; the password is read from standard input")

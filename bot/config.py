@@ -78,6 +78,18 @@ class Settings(BaseSettings):
     # The service is reached over HTTPS only, through a proxy that ends TLS (deploy/Caddyfile): every
     # response then carries Strict-Transport-Security, and every cookie is marked Secure (bot/web.py).
     behind_tls: bool = False
+    # The background workers (docs/contract.md): run by ``tsunagi serve`` unless false (then run them with
+    # ``tsunagi worker``, beside any number of ``tsunagi serve``).
+    workers: bool = True
+    # Inbox events processed at once (each holds a database connection while the engine handles it).
+    inbox_workers: int = Field(default=4, ge=1, le=64)
+    # Sends in flight at once on each channel (each mostly waits on the platform, not the database).
+    outbox_workers: int = Field(default=4, ge=1, le=64)
+    # Webhooks storing their events at once (0: no limit): more wait, so that intake never takes every
+    # database connection from the workers.
+    intake_concurrency: int = Field(default=8, ge=0)
+    # Database connections of one process (PostgreSQL; the pool may grow by as many again when busy).
+    database_pool: int = Field(default=10, ge=1)
     # The in-process loopback channel (channels/loopback), for tests and demonstrations only.
     loopback_channel: bool = False
 

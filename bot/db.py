@@ -24,10 +24,12 @@ def alembic_config(url: str) -> Config:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool: int | None = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if pool is not None and not self.is_sqlite:
+            kwargs.update(pool_size=pool, max_overflow=pool)
         if self.is_sqlite:
             # One writer at a time: wait for the lock instead of failing at once.
             kwargs["connect_args"] = {"timeout": 30}

@@ -60,6 +60,7 @@ from bot.models import (
     Outbox,
     OutboxStatus,
     Presence,
+    Priority,
     Role,
     Sender,
     StatCount,
@@ -323,11 +324,24 @@ class ConversationEngine:
         ids = select(col(Conversation.id)).where(col(Conversation.contact_id) == contact.id)
         done = await s.execute(
             update(Outbox)
-            .where(col(Outbox.conversation_id).in_(ids), col(Outbox.status) == OutboxStatus.PENDING)
+            .where(
+                col(Outbox.conversation_id).in_(ids),
+                col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.PARKED]),
+            )
             .values(status=OutboxStatus.FAILED, last_error=why)
         )
         if done.rowcount:  # type: ignore[attr-defined]
             log.info("cancelled %d unsent messages on %s", done.rowcount, contact.channel)  # type: ignore[attr-defined]
+
+    async def _unpark(self, s: AsyncSession, contact: Contact, now: datetime) -> int:
+        """The person is back (their web chat connected): what waited for them is due again."""
+        ids = select(col(Conversation.id)).where(col(Conversation.contact_id) == contact.id)
+        done = await s.execute(
+            update(Outbox)
+            .where(col(Outbox.conversation_id).in_(ids), col(Outbox.status) == OutboxStatus.PARKED)
+            .values(status=OutboxStatus.PENDING, next_attempt_at=now)
+        )
+        return int(done.rowcount or 0)  # type: ignore[attr-defined]
 
     async def set_presence(self, contact_id: str, presence: Presence) -> None:
         """Whether the person is there (the web chat's page connected, left, or closed with the quick exit).
@@ -335,6 +349,7 @@ class ConversationEngine:
         waiting to go to them is cancelled, and so is whatever is written to them later (bot/outbox.py). The
         console hears of it through the conversation's event."""
         now = self.clock()
+        unparked = 0
         async with self.db.session() as s, s.begin():
             contact = await s.get(Contact, contact_id)
             if contact is None or contact.presence == presence:
@@ -344,10 +359,14 @@ class ConversationEngine:
             contact.presence, contact.presence_at = presence, now
             if presence == Presence.QUICK_EXIT:
                 await self._cancel_unsent(s, contact, QUICK_EXIT_REASON)
+            elif presence == Presence.CONNECTED:
+                unparked = await self._unpark(s, contact, now)
             conv = await conversations.latest(s, contact_id=contact_id)
             if conv is not None and presence != Presence.CONNECTED:
                 self._audit(s, f"presence.{presence.value}", conv.id)
         log.info("contact %s on %s: %s", contact_id, contact.channel, presence.value)
+        if unparked:
+            self.outbox_wakeup.set()
         if conv is not None:
             self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
 
@@ -851,7 +870,14 @@ class ConversationEngine:
             await s.flush()
             assert msg.id is not None
             s.add(
-                Outbox(message_id=msg.id, conversation_id=conv.id, channel=conv.channel, created_at=step.now)
+                Outbox(
+                    message_id=msg.id,
+                    conversation_id=conv.id,
+                    channel=conv.channel,
+                    created_at=step.now,
+                    # A crisis reply goes first (the conversation's risk once this step is done).
+                    priority=Priority.of(conv.risk),
+                )
             )
         if step.enqueue:
             await s.execute(

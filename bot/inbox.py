@@ -1,9 +1,18 @@
 """The inbox: platform events are stored the moment a webhook arrives (so the webhook can answer at
-once, and a redelivery is stored once), then handed to their channel by this worker, in order.
+once, and a redelivery is stored once), then handed to their channel by this worker.
 
-A row is leased before it is processed (a conditional UPDATE), so several instances never process
-the same event; a lease left by a crashed process expires and the event is processed again (the
-engine's idempotent ingest keeps that from answering twice)."""
+**Crisis first.** Each event is triaged at intake (its text alone: the triage is pure and takes well under
+a millisecond) and stored with its priority (crisis, high, the rest); the worker takes the most urgent
+first. **One person's events in order.** Each row names whose event it is (``sender``, a keyed hash), and a
+row is taken only when no earlier row of the same person is still waiting or being processed. So that a
+crisis does not wait behind its own person's earlier events, an urgent event raises the priority of that
+person's earlier waiting events to its own.
+
+**Claiming.** Several tasks (and several processes: ``tsunagi worker``) take rows at once. A row is claimed
+by one statement, ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: on PostgreSQL
+the rows another worker is claiming are skipped, not waited for; on SQLite (one writer at a time, and no
+row locks) the same statement is atomic. The claim is a lease: a row left by a crashed process becomes due
+again when its lease runs out (the engine's idempotent ingest keeps that from answering twice)."""
 
 from __future__ import annotations
 
@@ -12,15 +21,17 @@ import logging
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import exists, or_, select, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from bot.crypto import Crypto
 from bot.db import Database
-from bot.models import Inbox, InboxStatus, utcnow
-from bot.outbox import backoff, wait_any
+from bot.models import Inbox, InboxStatus, Priority, utcnow
+from bot.outbox import backoff, fan_out, wait_any
+from triage import get_engine
 
 
 class EventHandler(Protocol):
@@ -31,24 +42,65 @@ class EventHandler(Protocol):
 
     def describe(self, payload: str) -> str: ...
 
+    def peek(self, payload: str) -> tuple[str, str] | None: ...
+
 
 log = logging.getLogger("tsunagi.inbox")
 
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 5
+UNFINISHED = (InboxStatus.PENDING, InboxStatus.PROCESSING)
 
 
 class InboxWorker:
     def __init__(
-        self, *, db: Database, crypto: Crypto, channels: Mapping[str, EventHandler], wakeup: asyncio.Event
+        self,
+        *,
+        db: Database,
+        crypto: Crypto,
+        channels: Mapping[str, EventHandler],
+        wakeup: asyncio.Event,
+        concurrency: int = 1,
+        intake: int = 0,
     ) -> None:
         self.db = db
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
+        self.concurrency = max(1, concurrency)
+        # Webhooks storing at once (0: no limit): a flood of them waits here instead of taking every
+        # database connection from the workers.
+        self._intake = asyncio.Semaphore(intake) if intake > 0 else None
+        self._triage = get_engine()
+
+    # -- intake ------------------------------------------------------------------------------------
+
+    def _classify(self, channel: str, external_id: str, payload: str) -> tuple[str, int]:
+        """Whose event it is (a keyed hash) and its priority, from the triage of its text alone."""
+        handler = self.channels.get(channel)
+        seen: tuple[str, str] | None = None
+        if handler is not None:
+            try:
+                seen = handler.peek(payload)
+            except Exception:
+                seen = None
+        if seen is None:
+            # Nobody known to order by: in order with everything of the channel that is not a person's.
+            return f"{channel}:", Priority.NORMAL
+        user, text = seen
+        priority = Priority.NORMAL
+        if text.strip():
+            priority = Priority.of(self._triage.triage(text).risk.value)
+        return self.crypto.lookup(channel, user), priority
 
     async def store(self, channel: str, events: list[tuple[str, str]]) -> int:
         """Store (external id, payload) pairs in one transaction; returns how many were new."""
+        if self._intake is None:
+            return await self._store(channel, events)
+        async with self._intake:
+            return await self._store(channel, events)
+
+    async def _store(self, channel: str, events: list[tuple[str, str]]) -> int:
         new = 0
         async with self.db.session() as s, s.begin():
             for external_id, payload in events:
@@ -59,8 +111,26 @@ class InboxWorker:
                 )
                 if seen is not None:
                     continue
+                sender, priority = self._classify(channel, external_id, payload)
+                if priority < Priority.NORMAL:
+                    # Their earlier events go before it (their order is kept), so they go with it.
+                    await s.execute(
+                        update(Inbox)
+                        .where(
+                            col(Inbox.sender) == sender,
+                            col(Inbox.status).in_(UNFINISHED),
+                            col(Inbox.priority) > priority,
+                        )
+                        .values(priority=priority)
+                    )
                 s.add(
-                    Inbox(channel=channel, external_id=external_id, payload_enc=self.crypto.encrypt(payload))
+                    Inbox(
+                        channel=channel,
+                        external_id=external_id,
+                        payload_enc=self.crypto.encrypt(payload),
+                        priority=priority,
+                        sender=sender,
+                    )
                 )
                 new += 1
             # A concurrent delivery of the same event fails the commit with IntegrityError: the webhook
@@ -87,80 +157,133 @@ class InboxWorker:
                     emptied += 1
         return emptied
 
+    # -- the worker --------------------------------------------------------------------------------
+
     async def run(self, stopping: asyncio.Event) -> None:
+        """``concurrency`` tasks taking events until ``stopping`` is set (each finishes its event)."""
+        wakeups = [asyncio.Event() for _ in range(self.concurrency)]
+        fan = asyncio.create_task(fan_out(self.wakeup, wakeups, stopping))
+        try:
+            await asyncio.gather(*(self._loop(w, stopping) for w in wakeups))
+        finally:
+            fan.cancel()
+            await asyncio.gather(fan, return_exceptions=True)
+
+    async def _loop(self, wakeup: asyncio.Event, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
+            wakeup.clear()  # before looking: a row stored while we look wakes us again
             try:
-                await self.process_due()
+                if await self.process_one():
+                    continue
             except Exception:
                 log.exception("inbox pass failed; trying again shortly")
-            await wait_any(self.wakeup, stopping, seconds=1.0)
-            self.wakeup.clear()
+            await wait_any(wakeup, stopping, seconds=1.0)
 
     async def process_due(self, now: datetime | None = None) -> int:
-        now = now or utcnow()
-        due = or_(
-            col(Inbox.status) == InboxStatus.PENDING,
-            (col(Inbox.status) == InboxStatus.PROCESSING) & (col(Inbox.lease_until) < now),
-        )
-        async with self.db.session() as s:
-            ids = (await s.scalars(select(col(Inbox.id)).where(due).order_by(col(Inbox.id)).limit(200))).all()
+        """Process every due event, one after another, most urgent first (tests and a worker's catch-up);
+        how many went through. Each event is taken once in a pass."""
         done = 0
-        for row_id in ids:
-            async with self.db.session() as s, s.begin():
-                claimed = await s.execute(
+        tried: set[int] = set()
+        while True:
+            row = await self.claim(now or utcnow(), skip=tried)
+            if row is None:
+                return done
+            tried.add(row.id or 0)
+            done += await self._process(row, now or utcnow())
+
+    async def process_one(self, now: datetime | None = None) -> bool:
+        """Claim and process the most urgent due event; False when none is due."""
+        now = now or utcnow()
+        row = await self.claim(now)
+        if row is None:
+            return False
+        await self._process(row, now)
+        return True
+
+    async def claim(self, now: datetime, *, skip: set[int] | None = None) -> Inbox | None:
+        """The most urgent due event whose person has nothing earlier unfinished, leased to this worker."""
+        cand: Any = aliased(Inbox, name="cand")
+        earlier: Any = aliased(Inbox, name="earlier")
+        due = or_(
+            cand.status == InboxStatus.PENDING,
+            (cand.status == InboxStatus.PROCESSING) & (cand.lease_until < now),
+        )
+        blocked = exists().where(
+            earlier.sender == cand.sender,
+            earlier.id < cand.id,
+            earlier.status.in_(UNFINISHED),
+        )
+        # Only what this process has a channel for (a worker without one leaves it to those with it).
+        head = select(cand.id).where(cand.channel.in_(list(self.channels)), due, ~blocked)
+        if skip:
+            head = head.where(cand.id.not_in(skip))
+        head = (
+            head.order_by(cand.priority, cand.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
+        )
+        async with self.db.session() as s, s.begin():
+            found = (
+                await s.execute(
                     update(Inbox)
-                    .where(col(Inbox.id) == row_id, due)
+                    .where(col(Inbox.id).in_(head.scalar_subquery()))
                     .values(
                         status=InboxStatus.PROCESSING,
                         lease_until=now + LEASE,
                         attempts=col(Inbox.attempts) + 1,
                     )
+                    .returning(*_COLUMNS)
+                    .execution_options(synchronize_session=False)
                 )
-                if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                    continue
-                row = await s.get(Inbox, row_id)
-            assert row is not None
-            channel = self.channels.get(row.channel)
-            payload = ""
-            try:
-                if channel is None:
-                    raise LookupError(f"no channel {row.channel!r}")
-                payload = self.crypto.decrypt(row.payload_enc)
-                await channel.process(payload)
-            except Exception as e:
-                final = row.attempts >= MAX_ATTEMPTS
-                if final:
-                    # Once, with where it failed: the traceback's frames and the exception's class, never
-                    # its message (which may quote what the person wrote), and the event's type only.
-                    kind = _describe(channel, payload)
-                    frames = "".join(traceback.format_tb(e.__traceback__))
-                    log.error(
-                        "inbox %s on %s (%s) failed for good: %s\nTraceback (most recent call last):\n%s",
-                        row_id,
-                        row.channel,
-                        kind,
-                        e.__class__.__name__,
-                        frames.rstrip(),
-                    )
-                else:
-                    log.warning("inbox %s on %s failed (%s)", row_id, row.channel, e.__class__.__name__)
-                # Not final: it stays leased until the backoff is over, then it is due again.
-                values = {
-                    "status": InboxStatus.FAILED if final else InboxStatus.PROCESSING,
-                    "lease_until": None if final else now + backoff(row.attempts),
-                    "last_error": e.__class__.__name__,
-                }
-                async with self.db.session() as s, s.begin():
-                    await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
-                continue
+            ).first()
+        return Inbox(**found._asdict()) if found is not None else None
+
+    async def _process(self, row: Inbox, now: datetime) -> int:
+        row_id = row.id
+        channel = self.channels.get(row.channel)
+        payload = ""
+        try:
+            if channel is None:
+                raise LookupError(f"no channel {row.channel!r}")
+            payload = self.crypto.decrypt(row.payload_enc)
+            await channel.process(payload)
+        except Exception as e:
+            final = row.attempts >= MAX_ATTEMPTS
+            if final:
+                # Once, with where it failed: the traceback's frames and the exception's class, never
+                # its message (which may quote what the person wrote), and the event's type only.
+                kind = _describe(channel, payload)
+                frames = "".join(traceback.format_tb(e.__traceback__))
+                log.error(
+                    "inbox %s on %s (%s) failed for good: %s\nTraceback (most recent call last):\n%s",
+                    row_id,
+                    row.channel,
+                    kind,
+                    e.__class__.__name__,
+                    frames.rstrip(),
+                )
+            else:
+                log.warning("inbox %s on %s failed (%s)", row_id, row.channel, e.__class__.__name__)
+            # Not final: it stays leased until the backoff is over, then it is due again (and the
+            # person's later events wait for it: their order is kept).
+            values: dict[str, Any] = {
+                "status": InboxStatus.FAILED if final else InboxStatus.PROCESSING,
+                "lease_until": None if final else now + backoff(row.attempts),
+                "last_error": e.__class__.__name__,
+            }
             async with self.db.session() as s, s.begin():
-                await s.execute(
-                    update(Inbox)
-                    .where(col(Inbox.id) == row_id)
-                    .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_until=None, last_error="")
-                )
-            done += 1
-        return done
+                await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
+            return 0
+        async with self.db.session() as s, s.begin():
+            await s.execute(
+                update(Inbox)
+                .where(col(Inbox.id) == row_id)
+                .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_until=None, last_error="")
+            )
+        return 1
+
+
+_COLUMNS = [c for c in Inbox.__table__.columns]  # type: ignore[attr-defined]
 
 
 def _describe(channel: EventHandler | None, payload: str) -> str:

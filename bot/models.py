@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -71,8 +71,27 @@ class Sender(StrEnum):
 class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
+    # Not due: the person is not there to read it (a web chat closed); it goes when they come back.
+    PARKED = "parked"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+# Outbox rows not yet out, in one of these states (one earlier in its conversation holds the later back).
+UNSENT = (OutboxStatus.PENDING, OutboxStatus.SENDING, OutboxStatus.PARKED)
+
+
+class Priority(IntEnum):
+    """The order work is taken in, in the inbox and the outbox: a crisis first, then high, then the rest
+    (within a conversation, always in order)."""
+
+    CRISIS = 0
+    HIGH = 1
+    NORMAL = 2
+
+    @classmethod
+    def of(cls, risk: str) -> Priority:
+        return {"crisis": cls.CRISIS, "high": cls.HIGH}.get(risk, cls.NORMAL)
 
 
 class HandoffStatus(StrEnum):
@@ -207,6 +226,7 @@ class Outbox(SQLModel, table=True):
     """Every outbound message is written here, in the same transaction as what caused it, before it is
     sent; the outbox worker sends it, retries with backoff and records the outcome."""
 
+    __table_args__ = (sa.Index("ix_outbox_due", "channel", "status", "priority", "next_attempt_at"),)
     id: int | None = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=32)
@@ -218,6 +238,8 @@ class Outbox(SQLModel, table=True):
     last_error: str = Field(default="", max_length=500)
     # Parts of a text the channel split (Telegram's 4096-character limit) that earlier attempts delivered.
     progress: int = 0
+    # ``Priority`` of the conversation's risk when the row was written: a crisis reply goes first.
+    priority: int = Field(default=2)
     created_at: datetime = _at(default_factory=utcnow)
     delivered_at: datetime | None = _at(default=None)
 
@@ -233,7 +255,11 @@ class Inbox(SQLModel, table=True):
     """Platform events stored as they arrive (webhooks answer at once), processed by the inbox worker.
     The payload is the platform's own event, encrypted: it holds the person's words and id."""
 
-    __table_args__ = (sa.UniqueConstraint("channel", "external_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "external_id"),
+        sa.Index("ix_inbox_due", "status", "priority", "id"),
+        sa.Index("ix_inbox_sender", "sender", "id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     channel: str = Field(max_length=32)
     external_id: str = Field(max_length=128)  # the platform's event id: a redelivery is stored once
@@ -244,6 +270,12 @@ class Inbox(SQLModel, table=True):
     last_error: str = Field(default="", max_length=500)
     received_at: datetime = _at(default_factory=utcnow)
     processed_at: datetime | None = _at(default=None)
+    # ``Priority`` from the triage at intake (of this event's text alone; a later crisis of the same person
+    # raises their earlier events too, so that they are not left behind it).
+    priority: int = Field(default=2)
+    # Whose event it is: a keyed hash of the person on the channel (never their id). One person's events
+    # are processed one at a time, in arrival order.
+    sender: str = Field(default="", max_length=64)
 
 
 class Handoff(SQLModel, table=True):

@@ -1,27 +1,53 @@
-"""The outbox worker: sends what the engine wrote, in order per conversation, with retries.
+"""The outbox worker: sends what the engine wrote, in order per conversation, most urgent first, with
+retries, and fairly: one row that cannot go out never holds back another.
 
-A row is leased (status ``sending`` with ``lease_until``) before it is sent, by a conditional UPDATE,
-so two workers never send the same row; a lease left behind by a crashed process expires and the
-row is sent again. Message text is decrypted only for the send and never logged.
+**Order.** A row goes out only when no earlier row of its conversation is still unsent (pending, being
+sent, or parked). Among the rows that may go, a crisis reply goes first, then high, then the rest, each by
+the time it is due (``Priority``).
+
+**Fairness.** Each channel has its own loop and its own sends in flight, so a channel that fails or hangs
+(a platform down, a relay that times out) does not stall the others. A reply that cannot be delivered
+because the person is not there (a web chat whose page is closed) is *parked*: never due, it goes when
+they come back (the web chat's resume sends it, and the engine un-parks the rows of a person whose page
+connects). A person who blocked the account or closed the page through the quick exit gets nothing more:
+those rows are cancelled.
+
+**Claiming.** Rows are first looked at without a lock, then claimed one conversation at a time by one
+statement, ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: on PostgreSQL a row
+another worker is claiming is skipped, not waited for; on SQLite the statement is atomic (one writer).
+The claim is a lease (status ``sending`` with ``lease_until``): a lease left behind by a crashed process
+expires and the row is sent again. Message text is decrypted only for the send and never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from bot.crypto import Crypto
 from bot.db import Database
 from bot.events import Event, EventBus
-from bot.models import Contact, Conversation, Message, Outbox, OutboxStatus, Presence, Sender, utcnow
+from bot.models import (
+    UNSENT,
+    Contact,
+    Conversation,
+    Message,
+    Outbox,
+    OutboxStatus,
+    Presence,
+    Sender,
+    utcnow,
+)
 from bot.types import QUICK_EXIT_REASON, Delivery, Outbound, Outcome
 
 
@@ -42,7 +68,6 @@ log = logging.getLogger("tsunagi.outbox")
 LEASE = timedelta(seconds=30)
 MAX_ATTEMPTS = 12
 MAX_WAIT_ASKED = 3600.0  # seconds: the longest wait a platform's retry_after is taken for
-DEFER = timedelta(minutes=10)  # a person not reachable now: look again later (or when they come back)
 
 
 async def wait_any(*events: asyncio.Event, seconds: float) -> None:
@@ -55,10 +80,34 @@ async def wait_any(*events: asyncio.Event, seconds: float) -> None:
             w.cancel()
 
 
+async def fan_out(source: asyncio.Event, targets: list[asyncio.Event], stopping: asyncio.Event) -> None:
+    """Each time ``source`` is set, set every target (one wake-up for each of several tasks)."""
+    while not stopping.is_set():
+        await wait_any(source, stopping, seconds=5.0)
+        if source.is_set():
+            source.clear()
+            for t in targets:
+                t.set()
+
+
 def backoff(attempt: int) -> timedelta:
     """2, 4, 8 ... seconds, at most five minutes, with jitter so retries do not march in step."""
     base = min(300.0, 2.0**attempt)
     return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+_COLUMNS = list(Outbox.__table__.columns)  # type: ignore[attr-defined]
+
+
+def _finished(done: Callable[[str], None], conversation_id: str, _task: asyncio.Task[int]) -> None:
+    done(conversation_id)
+
+
+def _row(values: Any) -> Outbox:
+    """An Outbox from a RETURNING row of a claim, as it was before the claim counted its attempt."""
+    row = Outbox(**values._asdict())
+    row.attempts -= 1
+    return row
 
 
 class OutboxWorker:
@@ -70,68 +119,151 @@ class OutboxWorker:
         channels: Mapping[str, Outlet],
         wakeup: asyncio.Event,
         events: EventBus | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.db = db
         self.events = events
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
+        self.concurrency = max(1, concurrency)  # sends in flight at once, on each channel
+
+    # -- the running worker: a loop per channel -------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Send until ``stopping`` is set; a pass in progress is finished first (never cut mid-send)."""
+        """Send until ``stopping`` is set; sends in progress are finished first (never cut mid-send)."""
+        names = list(self.channels)
+        wakeups = {name: asyncio.Event() for name in names}
+        fan = asyncio.create_task(fan_out(self.wakeup, list(wakeups.values()), stopping))
+        try:
+            await asyncio.gather(*(self._channel_loop(n, wakeups[n], stopping) for n in names))
+        finally:
+            fan.cancel()
+            await asyncio.gather(fan, return_exceptions=True)
+
+    async def _channel_loop(self, name: str, wakeup: asyncio.Event, stopping: asyncio.Event) -> None:
+        inflight: dict[str, asyncio.Task[int]] = {}  # by conversation: one send of each at a time
+
+        def done(conversation_id: str) -> None:
+            inflight.pop(conversation_id, None)
+            wakeup.set()  # a slot is free, and the conversation's next row may be due now
+
         while not stopping.is_set():
+            free = self.concurrency - len(inflight)
+            if free <= 0:
+                await wait_any(wakeup, stopping, seconds=1.0)
+                wakeup.clear()
+                continue
+            wakeup.clear()  # before looking: a row written while we look wakes us again
             try:
-                await self.send_due()
+                groups = await self._next(name, utcnow(), limit=free, skip_conversations=set(inflight))
             except Exception:
-                log.exception("outbox pass failed; trying again shortly")
-            await wait_any(self.wakeup, stopping, seconds=1.0)
-            self.wakeup.clear()
+                log.exception("outbox pass on %s failed; trying again shortly", name)
+                groups = []
+            for group in groups:
+                cid = group[0].conversation_id
+                task = asyncio.create_task(self._send_group(group, utcnow()))
+                task.add_done_callback(functools.partial(_finished, done, cid))
+                inflight[cid] = task
+            if not groups:
+                await wait_any(wakeup, stopping, seconds=1.0)
+        if inflight:
+            await asyncio.gather(*inflight.values(), return_exceptions=True)
+
+    # -- a pass that drains (tests, and a web chat that came back) -----------------------------------
 
     async def send_due(self, *, conversation_id: str | None = None, now: datetime | None = None) -> int:
-        """Send every row that is due (or, for one conversation, every row not yet delivered)."""
-        now = now or utcnow()
-        async with self.db.session() as s:
-            q = select(Outbox).where(col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
-            if conversation_id is not None:
-                q = q.where(col(Outbox.conversation_id) == conversation_id)
-            rows = (await s.scalars(q.order_by(col(Outbox.id)).limit(500))).all()
-        blocked: set[str] = set()
-        taken: set[int] = set()
+        """Send every row that is due, channels in turn, until none is (or, for one conversation,
+        every row not yet delivered, parked ones included: the person is back); how many were delivered.
+        Each row is tried once in a pass."""
+        tried: set[int] = set()
         sent = 0
-        for i, row in enumerate(rows):
-            if row.id in taken:
-                continue  # went out with an earlier row of its conversation
-            if row.conversation_id in blocked:
-                continue  # an earlier message of this conversation is not out yet: keep the order
-            if row.status == OutboxStatus.SENDING and row.lease_until is not None and row.lease_until >= now:
-                blocked.add(row.conversation_id)  # being sent right now (here or by another worker)
-                continue
-            if conversation_id is None and row.next_attempt_at > now:
-                blocked.add(row.conversation_id)
-                continue
-            group = [row, *self._joining(row, rows[i + 1 :], now, due_only=conversation_id is None)]
-            taken.update(r.id or 0 for r in group)
-            delivered = await self._send_group(group, now)
-            sent += delivered
-            if delivered < len(group):
-                blocked.add(row.conversation_id)
-        return sent
+        while True:
+            progressed = False
+            for name in list(self.channels):
+                # One at a time: the next row of a crisis conversation is again the most urgent.
+                groups = await self._next(
+                    name, now or utcnow(), limit=1, skip=tried, conversation_id=conversation_id
+                )
+                for group in groups:
+                    tried.update(r.id or 0 for r in group)
+                    sent += await self._send_group(group, now or utcnow())
+                    progressed = True
+            if not progressed:
+                return sent
 
-    def _joining(
-        self, first: Outbox, later: Sequence[Outbox], now: datetime, *, due_only: bool
-    ) -> list[Outbox]:
+    # -- choosing and claiming -------------------------------------------------------------------------
+
+    @staticmethod
+    def _claimable(cand: Any, now: datetime, *, any_time: bool) -> ColumnElement[bool]:
+        """A row that may be claimed now: waiting (and due, unless ``any_time``: parked ones too), or
+        left behind by a worker whose lease ran out; and the first unsent of its conversation."""
+        earlier: Any = aliased(Outbox, name="earlier")
+        waiting = (
+            cand.status.in_([OutboxStatus.PENDING, OutboxStatus.PARKED])
+            if any_time
+            else and_(cand.status == OutboxStatus.PENDING, cand.next_attempt_at <= now)
+        )
+        blocked = exists().where(
+            earlier.conversation_id == cand.conversation_id,
+            earlier.id < cand.id,
+            earlier.status.in_(UNSENT),
+        )
+        lapsed = and_(cand.status == OutboxStatus.SENDING, cand.lease_until < now)
+        return and_(or_(waiting, lapsed), ~blocked)
+
+    async def _next(
+        self,
+        name: str,
+        now: datetime,
+        *,
+        limit: int,
+        skip: set[int] | None = None,
+        skip_conversations: set[str] | None = None,
+        conversation_id: str | None = None,
+    ) -> list[list[Outbox]]:
+        """The next rows to send on one channel, looked at without a lock: the first unsent row of each
+        conversation that may go now, most urgent first, then by due time; on a channel that sends several
+        at once, each with the rows of its conversation that go with it (see ``_joining``)."""
+        channel = self.channels.get(name)
+        any_time = conversation_id is not None
+        cand: Any = aliased(Outbox, name="cand")
+        q = select(cand).where(cand.channel == name, self._claimable(cand, now, any_time=any_time))
+        if conversation_id is not None:
+            q = q.where(cand.conversation_id == conversation_id)
+        if skip:
+            q = q.where(cand.id.not_in(skip))
+        if skip_conversations:
+            q = q.where(cand.conversation_id.not_in(skip_conversations))
+        q = q.order_by(cand.priority, cand.next_attempt_at, cand.id).limit(limit)
+        async with self.db.session() as s:
+            heads: list[Outbox] = list((await s.scalars(q)).all())
+            if channel is None or channel.batch <= 1:
+                return [[h] for h in heads]
+            groups = []
+            for head in heads:
+                later = (
+                    await s.scalars(
+                        select(Outbox)
+                        .where(
+                            col(Outbox.conversation_id) == head.conversation_id,
+                            col(Outbox.id) > head.id,
+                            col(Outbox.status).in_(UNSENT),
+                        )
+                        .order_by(col(Outbox.id))
+                        .limit(channel.batch - 1)
+                    )
+                ).all()
+                groups.append([head, *self._joining(head, later, now, due_only=not any_time)])
+        return groups
+
+    @staticmethod
+    def _joining(first: Outbox, later: Any, now: datetime, *, due_only: bool) -> list[Outbox]:
         """The next waiting rows of ``first``'s conversation that go out with it, on a channel that sends
         several at once. Only rows tried as often as ``first``: a group that failed is retried as the same
         group (LINE's retry key names its rows), and a newer message waits for the next send."""
-        channel = self.channels.get(first.channel)
-        if channel is None or channel.batch <= 1:
-            return []
         out: list[Outbox] = []
         for row in later:
-            if len(out) + 1 >= channel.batch:
-                break
-            if row.conversation_id != first.conversation_id:
-                continue
             if row.attempts != first.attempts or row.status != OutboxStatus.PENDING:
                 break
             if due_only and row.next_attempt_at > now:
@@ -139,13 +271,62 @@ class OutboxWorker:
             out.append(row)
         return out
 
+    async def _claim(self, group: list[Outbox], now: datetime, *, any_time: bool) -> list[Outbox]:
+        """Lease the group: its first row if it may still be claimed (another worker may have taken it
+        since it was looked at: then nothing), and with it the rest of the group that is still waiting.
+        The rows as they were before the claim."""
+        head, rest = group[0], group[1:]
+        cand: Any = aliased(Outbox, name="cand")
+        chosen = (
+            select(cand.id)
+            .where(cand.id == head.id, self._claimable(cand, now, any_time=any_time))
+            .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
+        )
+        lease = {
+            "status": OutboxStatus.SENDING,
+            "lease_until": now + LEASE,
+            "attempts": col(Outbox.attempts) + 1,
+        }
+        async with self.db.session() as s, s.begin():
+            first = (
+                await s.execute(
+                    update(Outbox)
+                    .where(col(Outbox.id).in_(chosen.scalar_subquery()))
+                    .values(**lease)
+                    .returning(*_COLUMNS)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if first is None:
+                return []
+            claimed = [_row(first)]
+            if rest:
+                # Only this worker can take them now: their conversation's first row is ours.
+                more = (
+                    await s.execute(
+                        update(Outbox)
+                        .where(
+                            col(Outbox.id).in_([r.id for r in rest]),
+                            col(Outbox.status) == OutboxStatus.PENDING,
+                            col(Outbox.attempts) == claimed[0].attempts,
+                        )
+                        .values(**lease)
+                        .returning(*_COLUMNS)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).all()
+                claimed += sorted((_row(r) for r in more), key=lambda r: r.id or 0)
+        return claimed
+
+    # -- sending ------------------------------------------------------------------------------------------
+
     async def _send_group(self, group: list[Outbox], now: datetime) -> int:
-        """Send rows of one conversation (one, or a group in one send); how many were delivered."""
-        claimed: list[Outbox] = []
-        for row in group:
-            if not await self._claim(row, now):
-                break  # someone else has it: the rest waits its turn
-            claimed.append(row)
+        """Claim and send rows of one conversation (one, or a group in one send); how many were
+        delivered. A group chosen though not due (parked, or waiting for a retry: a pass for a person who
+        came back) is claimed as such."""
+        head = group[0]
+        any_time = head.status == OutboxStatus.PARKED or head.next_attempt_at > now
+        claimed = await self._claim(group, now, any_time=any_time)
         channel = self.channels.get(group[0].channel)
         pairs: list[tuple[Outbox, Outbound]] = []
         for row in claimed:
@@ -164,34 +345,34 @@ class OutboxWorker:
             return 0
         outs = [out for _, out in pairs]
         delivery = await channel.deliver(outs)
+        contact_id = outs[0].contact_id
         # Deferred while the person came back (the web chat reconnected during the send): try again
-        # at once rather than after the deferral.
-        retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(outs[0].contact_id)
+        # at once; else the rows are parked until they come back.
+        retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(contact_id)
         for row, _ in pairs:
-            await self._record(row, delivery, now, defer_until=now if retry_now else None)
-        if retry_now:
-            self.wakeup.set()
-        elif delivery.outcome is Outcome.DEFERRED and self.events is not None:
-            # With several instances, the person may be connected to another one: it sends on this.
-            self.events.publish(Event("deferred", group[0].conversation_id, outs[0].contact_id))
+            await self._record(row, delivery, now, park=not retry_now)
+        if delivery.outcome is Outcome.DEFERRED:
+            if retry_now or channel.reachable(contact_id):
+                # (They may have come back while the rows were being parked: their resume may have
+                # looked before the rows were parked.)
+                await self.unpark(group[0].conversation_id, now)
+                self.wakeup.set()
+            elif self.events is not None:
+                # With several instances, the person may be connected to another one: it sends on this.
+                self.events.publish(Event("deferred", group[0].conversation_id, contact_id))
         return len(pairs) if delivery.outcome is Outcome.DELIVERED else 0
 
-    async def _claim(self, row: Outbox, now: datetime) -> bool:
+    async def unpark(self, conversation_id: str, now: datetime | None = None) -> None:
+        """The parked rows of a conversation are due again."""
         async with self.db.session() as s, s.begin():
-            claimed = await s.execute(
+            await s.execute(
                 update(Outbox)
-                .where(col(Outbox.id) == row.id)
                 .where(
-                    or_(
-                        col(Outbox.status) == OutboxStatus.PENDING,
-                        (col(Outbox.status) == OutboxStatus.SENDING) & (col(Outbox.lease_until) < now),
-                    )
+                    col(Outbox.conversation_id) == conversation_id,
+                    col(Outbox.status) == OutboxStatus.PARKED,
                 )
-                .values(
-                    status=OutboxStatus.SENDING, lease_until=now + LEASE, attempts=col(Outbox.attempts) + 1
-                )
+                .values(status=OutboxStatus.PENDING, next_attempt_at=now or utcnow())
             )
-            return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
     async def _outbound(self, row: Outbox) -> Outbound | None:
         async with self.db.session() as s:
@@ -223,18 +404,17 @@ class OutboxWorker:
             gone=contact.presence == Presence.QUICK_EXIT,
         )
 
-    async def _record(
-        self, row: Outbox, delivery: Delivery, now: datetime, *, defer_until: datetime | None = None
-    ) -> None:
+    async def _record(self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True) -> None:
         values: dict[str, object] = {"lease_until": None}
         if delivery.outcome is Outcome.DELIVERED:
             values.update(status=OutboxStatus.DELIVERED, delivered_at=utcnow(), last_error="")
         elif delivery.outcome is Outcome.DEFERRED:
-            # Not a failure: the attempt is given back, and the row waits for the person to return.
+            # Not a failure: the attempt is given back, and the row waits for the person to return
+            # (parked: never due meanwhile), or goes again at once when they are already back.
             values.update(
-                status=OutboxStatus.PENDING,
+                status=OutboxStatus.PARKED if park else OutboxStatus.PENDING,
                 attempts=row.attempts,
-                next_attempt_at=defer_until or now + DEFER,
+                next_attempt_at=now,
                 last_error=delivery.reason[:500],
             )
         elif delivery.outcome is Outcome.RETRY and row.attempts + 1 < MAX_ATTEMPTS:

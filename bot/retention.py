@@ -17,6 +17,7 @@ from sqlmodel import col
 
 from bot.db import Database
 from bot.models import (
+    UNSENT,
     Alert,
     AuditLog,
     Contact,
@@ -28,7 +29,6 @@ from bot.models import (
     Message,
     Note,
     Outbox,
-    OutboxStatus,
     utcnow,
 )
 from bot.outbox import wait_any
@@ -78,7 +78,7 @@ class Retention:
             # Erased: gone once the last reply (erase_done) is out, or after a day if it never can be.
             unsent = exists().where(
                 col(Outbox.conversation_id) == col(Conversation.id),
-                col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING]),
+                col(Outbox.status).in_(UNSENT),
             )
             erased = (
                 await s.scalars(

@@ -21,7 +21,7 @@ from bot.events import Event, EventBus, RedisEventBus
 from bot.guard import Failures
 from bot.hours import Hours
 from bot.inbox import InboxWorker
-from bot.models import Contact, Conversation, HandoffStatus, Message, Presence, utcnow
+from bot.models import Contact, Conversation, HandoffStatus, Message, Presence, State, utcnow
 from bot.outbox import OutboxWorker, wait_any
 from bot.retention import Retention
 from bot.storage import contacts, conversations, handoffs
@@ -49,7 +49,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.failures = Failures()  # failed logins and bad webhook signatures: /metrics, limits
-        self.db = Database(settings.resolved_database_url)
+        self.db = Database(settings.resolved_database_url, pool=settings.database_pool)
         self.crypto = Crypto(settings.data_keys)
         self.content = content or get_content()
         self.hours = Hours.parse(settings.hours, settings.timezone)
@@ -87,9 +87,15 @@ class Service:
             channels=self.channels,
             wakeup=self.engine.outbox_wakeup,
             events=self.events,
+            concurrency=settings.outbox_workers,
         )
         self.inbox = InboxWorker(
-            db=self.db, crypto=self.crypto, channels=self.channels, wakeup=asyncio.Event()
+            db=self.db,
+            crypto=self.crypto,
+            channels=self.channels,
+            wakeup=asyncio.Event(),
+            concurrency=settings.inbox_workers,
+            intake=settings.intake_concurrency,
         )
         idle = timedelta(hours=settings.idle_hours)
         self.retention = Retention(
@@ -101,7 +107,9 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
-    async def start(self, *, workers: bool = True) -> None:
+    async def start(self, *, workers: bool = True, serve: bool = True) -> None:
+        """Start the service: its channels (their listeners only when ``serve``: ``tsunagi worker`` takes
+        no traffic) and, when ``workers``, the background workers."""
         await self.db.migrate()
         await self.events.start()
         # In-process, the queue starts empty: make it from the database. A shared Redis queue that is
@@ -109,6 +117,8 @@ class Service:
         if isinstance(self.queue, InProcessQueue) or not await self.queue.intact():
             await self.rebuild_queue()
         for channel in self.channels.values():
+            if not serve and channel.name == "email":
+                continue  # its start is the mail listener, i.e. intake: a worker takes none (it still sends)
             await channel.start()
         if workers:
             self._tasks.append(asyncio.create_task(self.outbox.run(self._stopping), name="outbox"))
@@ -189,7 +199,7 @@ class Service:
         """Prometheus text: counts by channel, state and status only (no ids, no text). What an operator
         alerts on: messages that cannot go out (outbox pending or failed, and how old the oldest waiting
         one is, e.g. the mail relay down) and platform events that could not be handled (inbox failed)."""
-        from bot.models import Inbox, Outbox, OutboxStatus
+        from bot.models import UNSENT, Inbox, Outbox
 
         now = utcnow()
         async with self.db.session() as s:
@@ -208,7 +218,7 @@ class Service:
             oldest = (
                 await s.execute(
                     select(col(Outbox.channel), func.min(col(Outbox.created_at)))
-                    .where(col(Outbox.status).in_([OutboxStatus.PENDING, OutboxStatus.SENDING]))
+                    .where(col(Outbox.status).in_(UNSENT))
                     .group_by(col(Outbox.channel))
                 )
             ).all()
@@ -327,6 +337,13 @@ class ServiceHost:
                 if enc:
                     return self._svc.crypto.decrypt(enc)
         return None
+
+    async def with_counsellor(self, channel: str, user_id: str) -> bool:
+        lookup = self._svc.crypto.lookup(channel, user_id)
+        async with self._svc.db.session() as s:
+            contact = await contacts.by_lookup(s, channel=channel, lookup=lookup)
+            conv = await conversations.latest(s, contact_id=contact.id) if contact is not None else None
+        return conv is not None and conv.state == State.WITH_COUNSELLOR
 
     async def last_choices(self, channel: str, user_id: str) -> list[str]:
         lookup = self._svc.crypto.lookup(channel, user_id)

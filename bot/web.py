@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await svc.start()
+        await svc.start(workers=svc.settings.workers)
         password = await ensure_first_admin(svc)
         if password is not None:
             # Printed once, to the operator's terminal; never logged.

@@ -57,6 +57,13 @@ class Channel(ABC):
         """Handle one stored platform event (channels whose webhooks store events first)."""
         raise NotImplementedError(f"{self.name} does not store events")
 
+    def peek(self, payload: str) -> tuple[str, str] | None:
+        """Whose a stored platform event is and its text, read at intake (the inbox triages the text to
+        take a crisis first, and keeps each person's events in order): (platform user id, text, "" when
+        none), or None when it is no person's (then it keeps its place among the channel's other such
+        events). Cheap and pure: it runs as the webhook stores the event."""
+        return None
+
     def describe(self, payload: str) -> str:
         """What kind of event a stored payload is, for a log line (its type only: never text or ids)."""
         return self.name

@@ -91,6 +91,10 @@ class ChannelHost(Protocol):
         to, on this channel, decrypted; None if none."""
         ...
 
+    async def with_counsellor(self, channel: str, user_id: str) -> bool:
+        """Whether this person's latest conversation is held by a counsellor now."""
+        ...
+
     async def last_choices(self, channel: str, user_id: str) -> list[str]:
         """The choices of the last message sent to this person."""
         ...

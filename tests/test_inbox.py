@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +14,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlmodel import col
 
+from bot.db import Database
+from bot.inbox import InboxWorker
 from bot.models import Inbox, InboxStatus, utcnow
 from bot.types import Inbound
 from channels.base import Channel
@@ -30,6 +34,10 @@ class Recording(Channel):
 
     def describe(self, payload: str) -> str:
         return str(json.loads(payload).get("type", "message"))
+
+    def peek(self, payload: str) -> tuple[str, str] | None:
+        event = json.loads(payload)
+        return (event["user"], event["text"]) if "user" in event else None
 
     async def process(self, payload: str) -> None:
         if self.fail:
@@ -56,10 +64,9 @@ async def test_events_are_stored_once_processed_in_order_and_retried(
     async with running(tmp_path, database_url) as svc:
         channel = Recording(svc.host)
         svc.channels["recording"] = channel
-        events = [
-            (f"e{i}", json.dumps({"user": "u1", "text": t})) for i, t in enumerate(["こんにちは", "同意"])
-        ]
-        assert await channel.store_events(events) == 2
+        said = [("u1", "こんにちは"), ("u1", "同意"), ("u2", "やあ")]
+        events = [(f"e{i}", json.dumps({"user": u, "text": t})) for i, (u, t) in enumerate(said)]
+        assert await channel.store_events(events) == 3
         assert await channel.store_events(events[:1]) == 0, "a redelivery is stored once"
 
         # Stored encrypted: the text is not in the table.
@@ -68,18 +75,21 @@ async def test_events_are_stored_once_processed_in_order_and_retried(
         assert "こんにちは" not in dump
 
         channel.fail = 1
-        assert await svc.inbox.process_due() == 1  # the first failed, the second went through
-        first, second = await rows(svc)
+        # The first failed; the same person's second waits for it (their order is kept), another
+        # person's went through.
+        assert await svc.inbox.process_due() == 1
+        first, second, other = await rows(svc)
         assert (first.status, first.attempts, first.last_error) == (
             InboxStatus.PROCESSING,
             1,
             "ConnectionError",
         )
         assert first.lease_until is not None and first.lease_until > utcnow()
-        assert second.status == InboxStatus.DONE
+        assert (second.status, second.attempts) == (InboxStatus.PENDING, 0)
+        assert other.status == InboxStatus.DONE
         assert await svc.inbox.process_due() == 0, "not again before the backoff is over"
-        assert await svc.inbox.process_due(now=first.lease_until + timedelta(seconds=1)) == 1
-        assert [e["text"] for e in channel.processed] == ["同意", "こんにちは"]
+        assert await svc.inbox.process_due(now=first.lease_until + timedelta(seconds=1)) == 2
+        assert [e["text"] for e in channel.processed] == ["やあ", "こんにちは", "同意"]
         assert all(r.status == InboxStatus.DONE for r in await rows(svc))
 
         # Handled events go after a day; what the person wrote stays only in the (encrypted) messages.
@@ -139,3 +149,105 @@ async def test_scrub_empties_the_events_that_carried_a_withdrawn_message(tmp_pat
         assert await svc.inbox.scrub("recording", lambda p: json.loads(p).get("id") == "1") == 1
         payloads = [svc.crypto.decrypt(r.payload_enc) for r in await rows(svc)]
         assert json.loads(payloads[0])["text"] == "a" and payloads[1] == "{}"
+
+
+# -- crisis first, each person's events in order -----------------------------------------------------------
+
+
+async def test_a_crisis_is_processed_first_and_high_before_the_rest(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with running(tmp_path, database_url) as svc:
+        channel = Recording(svc.host)
+        svc.channels["recording"] = channel
+        said = [(f"p{i}", "こんにちは") for i in range(5)]
+        said += [
+            ("high", "彼氏に殴られて怖い"),
+            ("crisis", "今から駅のホームから飛び込みます"),
+            ("p9", "おはよう"),
+        ]
+        await channel.store_events(
+            [(f"e{i}", json.dumps({"user": u, "text": t})) for i, (u, t) in enumerate(said)]
+        )
+        priorities = {svc.crypto.lookup("recording", u): u for u, _ in said}
+        by_sender = {priorities[r.sender]: r.priority for r in await rows(svc)}
+        assert (by_sender["crisis"], by_sender["high"], by_sender["p0"]) == (0, 1, 2)
+
+        assert await svc.inbox.process_due() == len(said)
+        order = [e["user"] for e in channel.processed]
+        assert order == ["crisis", "high", "p0", "p1", "p2", "p3", "p4", "p9"]
+
+
+async def test_a_crisis_takes_its_own_earlier_events_with_it_in_their_order(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A later crisis of the same person must not jump their own earlier events (the engine reads them as
+    one conversation, in order): those go first, and go ahead of everyone else's with it."""
+    async with running(tmp_path, database_url) as svc:
+        channel = Recording(svc.host)
+        svc.channels["recording"] = channel
+        said = [("a", "こんにちは"), ("b", "こんにちは"), ("a", "同意"), ("c", "こんにちは")]
+        said += [("a", "もう死にたい、今夜飛び降りる"), ("b", "同意")]
+        await channel.store_events(
+            [(f"e{i}", json.dumps({"user": u, "text": t})) for i, (u, t) in enumerate(said)]
+        )
+
+        assert await svc.inbox.process_due() == len(said)
+        order = [(e["user"], e["text"]) for e in channel.processed]
+        assert order[:3] == [("a", "こんにちは"), ("a", "同意"), ("a", "もう死にたい、今夜飛び降りる")]
+        assert order[3:] == [("b", "こんにちは"), ("c", "こんにちは"), ("b", "同意")]
+
+
+class Slow(Recording):
+    """Takes a while per event, at random, and records when each person's event was handled."""
+
+    name: ClassVar[str] = "slow"
+
+    async def process(self, payload: str) -> None:
+        event = json.loads(payload)
+        await asyncio.sleep(random.uniform(0, 0.02))
+        self.processed.append(event)
+        if len(self.processed) >= self.expected:
+            self.all_done.set()
+
+    expected = 0
+    all_done = asyncio.Event()
+
+
+async def test_concurrent_workers_in_two_processes_keep_each_persons_order_and_lose_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Several tasks in this process and a second process's worker (its own pool) share the inbox: every
+    event is processed once, and each person's in the order they arrived."""
+    async with running(tmp_path, database_url) as svc:
+        channel = Slow(svc.host)
+        svc.channels["slow"] = channel
+        people, each = 12, 6
+        events = [
+            (f"e{p}-{n}", json.dumps({"user": f"u{p}", "text": "こんにちは" if n else "相談", "n": n}))
+            for n in range(each)
+            for p in range(people)
+        ]
+        channel.expected, channel.all_done = len(events), asyncio.Event()
+        await channel.store_events(events)
+        other_db = Database(database_url)
+        other = InboxWorker(
+            db=other_db, crypto=svc.crypto, channels=svc.channels, wakeup=asyncio.Event(), concurrency=4
+        )
+        svc.inbox.concurrency = 4
+        stopping = asyncio.Event()
+        workers = [asyncio.create_task(svc.inbox.run(stopping)), asyncio.create_task(other.run(stopping))]
+        try:
+            async with asyncio.timeout(60):
+                await channel.all_done.wait()
+            await asyncio.sleep(0.3)  # nothing more comes
+        finally:
+            stopping.set()
+            await asyncio.gather(*workers)
+            await other_db.dispose()
+
+        assert len(channel.processed) == len(events), "each event once"
+        for p in range(people):
+            mine = [e["n"] for e in channel.processed if e["user"] == f"u{p}"]
+            assert mine == list(range(each)), f"u{p} in order"
+        assert {r.status for r in await rows(svc)} == {InboxStatus.DONE}

@@ -27,6 +27,7 @@ from httpx2 import Response
 from sqlalchemy import func, select
 from sqlmodel import col
 
+import channels.line as line_module
 from bot.models import Contact, Conversation, Inbox, Media, Message, Outbox, Role, Sender, State, utcnow
 from bot.service import Service
 from bot.storage.credentials import create_counsellor
@@ -227,7 +228,8 @@ def test_disabled_without_both_settings(tmp_path: Path) -> None:
     )
 
 
-def test_welcome_by_reply_then_consent_and_crisis(line: Line) -> None:
+def test_welcome_by_reply_then_consent_and_crisis(line: Line, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(line_module, "LOADING_AFTER", 0.0)  # as if every reply took a while
     user = user_id()
     first = line.said(user, "こんにちは")
     assert [s.via for s in first] == ["reply"], "the reply token is used, not a (billed) push"
@@ -408,9 +410,12 @@ def test_unfollow_closes_and_nothing_is_sent_after(line: Line) -> None:
     eventually(lambda: line.count(Contact, col(Contact.presence) == "blocked") == 0, "presence cleared")
 
 
-def test_a_sticker_alone_is_noted_and_queues_nobody_at_low_risk(line: Line) -> None:
+def test_a_sticker_alone_is_noted_and_queues_nobody_at_low_risk(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stickers bypass text triage: the person is told so, without a promise that someone will look, and a
     sticker alone does not put them in the queue (the dialogue test covers medium risk)."""
+    monkeypatch.setattr(line_module, "LOADING_AFTER", 0.0)
     user = user_id()
     line.said(user, "こんにちは")
     line.said(user, "同意")
@@ -453,6 +458,29 @@ def _waiting_with_counsellor(line: Line, user: str) -> tuple[str, int]:
         return counsellor_id
 
     return conv_id, line.run(claim)
+
+
+def test_no_loading_indicator_for_a_reply_that_comes_at_once(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(line_module, "LOADING_AFTER", 5.0)
+    user = user_id()
+    assert keys(line.said(user, "こんにちは")) == ["welcome"]
+    assert keys(line.said(user, "同意")) == ["listening"]
+    assert line.fake.loading == [], "each reply went out before the indicator was due"
+
+
+def test_no_loading_indicator_while_a_counsellor_holds_the_conversation(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = user_id()
+    _waiting_with_counsellor(line, user)
+    monkeypatch.setattr(line_module, "LOADING_AFTER", 0.0)  # as if the engine were slow
+    before = line.count(Message)
+    line.send(text_event(user, "まだいますか", line.fake.issue_token(user)))
+    eventually(lambda: line.count(Message) > before, "the message stored")
+    quiet()
+    assert line.fake.loading.count(user) == 0, "the bot is silent and a counsellor's answer takes its time"
 
 
 def test_a_counsellors_reply_is_pushed_and_delivered(line: Line) -> None:

@@ -83,6 +83,9 @@ MAX_LABEL = 20  # characters in a quick reply item's label
 # A reply token must be used within about a minute of the event; leave a margin for the request.
 REPLY_TOKEN_SECONDS = 50.0
 LOADING_SECONDS = 20  # the indicator disappears when a message arrives, or after this (5..60, by 5)
+# The indicator is shown only when the reply has not gone out this long after the event is taken up: a
+# reply that comes at once needs none (and each indicator is an API call).
+LOADING_AFTER = 1.0
 REQUEST_TIMEOUT = 15.0  # seconds for one API call (the SDK's default is five minutes)
 MAX_BODY = 1024 * 1024  # bytes of one webhook request we are willing to read
 MEDIA = {"sticker", "image", "video", "audio", "file", "location"}
@@ -166,6 +169,7 @@ class LineChannel(Channel):
         self._calls = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._timers: set[asyncio.Task[None]] = set()  # loading indicators not shown yet
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -189,6 +193,8 @@ class LineChannel(Channel):
         self._api()
 
     async def stop(self) -> None:
+        for timer in list(self._timers):
+            timer.cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), REQUEST_TIMEOUT)
         except TimeoutError:
@@ -237,6 +243,20 @@ class LineChannel(Channel):
             kind += "/" + _str(message.get("type"))
         return kind[:64] or "unknown"
 
+    def peek(self, payload: str) -> tuple[str, str] | None:
+        event = json.loads(payload)
+        source = event.get("source") if isinstance(event, dict) else None
+        if not isinstance(source, dict) or source.get("type") != "user" or not _str(source.get("userId")):
+            return None  # a group or room (joined only to leave it)
+        text = ""
+        message = event.get("message")
+        postback = event.get("postback")
+        if isinstance(message, dict):
+            text = _str(message.get("text"))  # a text, a message sticker's words, an edited text
+        elif isinstance(postback, dict):
+            text = _str(postback.get("data"))
+        return _str(source.get("userId")), text
+
     async def process(self, payload: str) -> None:
         event = json.loads(payload)
         if not isinstance(event, dict) or event.get("mode") == "standby":
@@ -257,12 +277,22 @@ class LineChannel(Channel):
         token = _str(event.get("replyToken"))
         issued = _timestamp(event)
         self._prune()
+        timer = None
         if token and time.time() - issued < REPLY_TOKEN_SECONDS:
             # Kept before the engine runs: the outbox may send the first reply while we are still here.
-            self._tokens[user] = _ReplyToken(token, issued)
+            kept = self._tokens[user] = _ReplyToken(token, issued)
             if inbound.kind in (Kind.TEXT, Kind.CHOICE):
-                await self._loading(user)
-        await self.receive(inbound)
+                timer = asyncio.create_task(self._loading_later(user, kept))
+                self._timers.add(timer)
+                timer.add_done_callback(self._timers.discard)
+        try:
+            handled = await self.receive(inbound)
+        except BaseException:
+            if timer is not None:
+                timer.cancel()
+            raise
+        if timer is not None and not handled.replies:
+            timer.cancel()  # nothing will be said (a counsellor has the conversation): nothing to wait for
 
     async def _unsend(self, event: dict[str, Any]) -> None:
         """The person unsent a message: erased from our storage and from the stored events that carried
@@ -457,6 +487,22 @@ class LineChannel(Channel):
         now = time.time()
         for user in [u for u, t in self._tokens.items() if now - t.issued >= REPLY_TOKEN_SECONDS]:
             del self._tokens[user]
+
+    async def _loading_later(self, user: str, token: _ReplyToken) -> None:
+        """The typing indicator, if the reply to this event has not gone out after ``LOADING_AFTER``
+        (its reply token is still unused), and never while a counsellor holds the conversation (the bot
+        is silent then: a counsellor's answer takes its own time)."""
+        await asyncio.sleep(LOADING_AFTER)
+        if self._tokens.get(user) is not token:
+            return  # answered already
+        try:
+            if await self.host.with_counsellor(self.name, user):
+                return
+        except Exception as e:
+            log.info("LINE loading indicator skipped: %s", e.__class__.__name__)
+            return
+        if self._tokens.get(user) is token:
+            await self._loading(user)
 
     async def _loading(self, user: str) -> None:
         """The typing indicator while the engine works; only a courtesy, so a failure is ignored."""

@@ -198,6 +198,25 @@ class TelegramChannel(Channel):
 
     # -- inbound ---------------------------------------------------------------------------------------
 
+    def peek(self, payload: str) -> tuple[str, str] | None:
+        update = json.loads(payload)
+        if not isinstance(update, dict):
+            return None
+        for key in ("message", "edited_message", "callback_query", "my_chat_member"):
+            part = update.get(key)
+            if not isinstance(part, dict):
+                continue
+            inner = part.get("message") if key == "callback_query" else part
+            chat = inner.get("chat") if isinstance(inner, dict) else None
+            who = chat.get("id") if isinstance(chat, dict) else None
+            if who is None and isinstance(part.get("from"), dict):
+                who = part["from"].get("id")
+            if who is None:
+                return None
+            text = part.get("data") if key == "callback_query" else part.get("text") or part.get("caption")
+            return str(who), text if isinstance(text, str) else ""
+        return None
+
     async def process(self, payload: str) -> None:
         update = Update.de_json(json.loads(payload), None)
         if update.callback_query is not None:
