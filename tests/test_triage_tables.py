@@ -125,6 +125,9 @@ HELD_OUT_FLOORS = {
     # scored once, blind (0.84 / 0.86 crisis recall), then worked on
     "holdout18.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
     "holdout19.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.95},
+    # scored once, blind (0.86 / 0.82 crisis recall, after the work on holdout18 and 19), then worked on
+    "holdout22.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
+    "holdout23.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.95},
 }
 
 
