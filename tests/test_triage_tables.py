@@ -128,6 +128,10 @@ HELD_OUT_FLOORS = {
     # scored once, blind (0.86 / 0.82 crisis recall, after the work on holdout18 and 19), then worked on
     "holdout22.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
     "holdout23.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.95},
+    # written blind with holdout18 and 19, kept sealed through all the work, scored once at the end (the
+    # README's estimate) and not worked on: the floors sit under their blind figures
+    "holdout20.jsonl": {"crisis_recall": 0.84, "under_triage_rate": 0.09, "category_micro_f1": 0.91},
+    "holdout21.jsonl": {"crisis_recall": 0.92, "under_triage_rate": 0.09, "category_micro_f1": 0.9},
 }
 
 
