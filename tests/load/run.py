@@ -186,6 +186,10 @@ def line_figures(shots: list[Shot], seconds: float, fake: Fake | None) -> dict[s
     return out
 
 
+def progress(line: str) -> None:
+    print(f"[load {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
 # -- processes -------------------------------------------------------------------------------------------
 
 
@@ -252,6 +256,7 @@ async def line_rate(
         profiler.stop()
     figures = {"rate": rate, **line_figures(shots, seconds, fake)}
     figures["cpu_ms_per_event"] = round((cpu_seconds(pids) - cpu) * 1000 / len(planned), 2)
+    progress(f"{'tsunagi' if fake else 'bare'} at {rate:g}/s: {figures}")
     return figures
 
 
