@@ -62,10 +62,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rates", default="25,50,100,150", help="LINE events per second, comma separated")
     p.add_argument("--seconds", type=float, default=10, help="seconds of load at each rate")
     p.add_argument("--bare-seconds", type=float, default=5, help="seconds at each rate on the bare endpoint")
-    p.add_argument("--drain", type=float, default=150, help="seconds to wait for the last replies")
+    p.add_argument("--drain", type=float, default=120, help="seconds to wait for the last replies")
     p.add_argument("--backlog", type=int, default=2000, help="ordinary events in front of the crisis")
     p.add_argument("--backlog-rate", type=float, default=400, help="events per second of that burst")
-    p.add_argument("--sessions", type=int, default=1000, help="web chat sessions (0: none)")
+    p.add_argument("--sessions", type=int, default=300, help="web chat sessions (0: none; the target: 1000)")
     p.add_argument("--every", type=float, default=10, help="seconds between a session's messages")
     p.add_argument("--chat-seconds", type=float, default=30, help="seconds the sessions keep sending")
     p.add_argument("--worker-processes", type=int, default=0, help="`tsunagi worker` processes beside serve")
@@ -186,6 +186,17 @@ def line_figures(shots: list[Shot], seconds: float, fake: Fake | None) -> dict[s
     return out
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server that may still hold many sockets and a backlog: a minute to finish, then killed
+    (helpers.server alone gives it ten seconds, and fails the run when that is not enough)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def progress(line: str) -> None:
     print(f"[load {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
@@ -200,6 +211,7 @@ def fake_line_process() -> Iterator[str]:
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # connections the server's client dropped, told as tracebacks
     )
     assert proc.stdout is not None and proc.stdin is not None
     try:
@@ -399,6 +411,7 @@ async def _tsunagi(
                                 http, base, fake, args.backlog, args.backlog_rate, max(args.drain, 300)
                             ),
                         }
+                        progress(f"crisis: {report['crisis']}")
                     if args.sessions:
                         report["web_chat"] = await web_chat(
                             http,
@@ -409,6 +422,7 @@ async def _tsunagi(
                         )
                     report["loading_calls"] = fake.loading
                     report["unexpected_calls"] = fake.unexpected
+                    stop(serve)
         finally:
             await flush_redis(rurl)
 
