@@ -14,15 +14,18 @@ from pathlib import Path
 
 # Libraries by the path of their files: the first that matches a frame names it.
 LIBRARIES = [
-    ("SQLAlchemy (ORM and Core)", re.compile(r"/sqlalchemy/|/sqlmodel/")),
-    ("asyncpg", re.compile(r"/asyncpg/")),
-    ("encryption (cryptography)", re.compile(r"/cryptography/|bot/crypto\.py")),
-    ("LINE SDK and aiohttp", re.compile(r"/linebot/|/aiohttp/")),
+    ("SQLAlchemy (ORM and Core)", re.compile(r"(?:^|/)(?:sqlalchemy|sqlmodel)/")),
+    ("asyncpg", re.compile(r"(?:^|/)asyncpg/")),
+    ("encryption (cryptography, bot/crypto)", re.compile(r"(?:^|/)cryptography/|(?:^|/)bot/crypto\.py")),
+    ("LINE SDK and aiohttp", re.compile(r"(?:^|/)(?:linebot|aiohttp)/")),
     ("triage", re.compile(r"(?:^|/)triage/")),
-    ("redis", re.compile(r"/redis/")),
-    ("uvicorn, Starlette, FastAPI, pydantic", re.compile(r"/uvicorn/|/starlette/|/fastapi/|/pydantic")),
-    ("tsunagi engine and storage", re.compile(r"(?:^|/)bot/(?:engine|dialogue|storage|inbox|outbox)")),
+    ("redis", re.compile(r"(?:^|/)redis/")),
+    ("uvicorn, Starlette, FastAPI", re.compile(r"(?:^|/)(?:uvicorn|starlette|fastapi)/")),
+    ("pydantic", re.compile(r"(?:^|/)pydantic(?:_core)?/")),
+    ("the LINE channel (webhook, events, sending)", re.compile(r"(?:^|/)channels/line/")),
 ]
+# Leaves that are the event loop or a thread pool waiting, not work.
+IDLE = ("Runner.run (asyncio/runners.py", "_worker (concurrent/futures/thread.py", "select (selectors.py")
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
 
@@ -54,7 +57,7 @@ class Profiler:
 def summarize(lines: list[str], top: int) -> list[tuple[str, float]]:
     """Share of the busy samples by library, then the leaf functions with the largest shares (raw format:
     ``frame;frame;... count`` per line, the root first). Samples idle in the event loop's selector do
-    not count as busy."""
+    not count as busy (with uvloop, the loop's own C code shows as ``Runner.run``: it counts as idle)."""
     libraries: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     total = 0
@@ -63,15 +66,14 @@ def summarize(lines: list[str], top: int) -> list[tuple[str, float]]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        if (
-            "select (selectors.py" in frames[-1]
-            or frames[-1].startswith("poll (")
-            or "run_once" in frames[-1]
-        ):
+        if frames[-1].startswith(IDLE):
             continue
         n = int(count)
         total += n
-        files = [m.group("file") for f in frames if (m := FRAME.match(f))]
+        # What runs the loop (the command line, uvicorn's start) is on every stack: only what the loop runs
+        # is named.
+        loop = next((i for i, f in enumerate(frames) if f.startswith("Runner.run (")), -1)
+        files = [m.group("file") for f in frames[loop + 1 :] if (m := FRAME.match(f))]
         for name, pattern in LIBRARIES:
             if any(pattern.search(f) for f in files):
                 libraries[name] += n
