@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: run test lint typecheck unit bench score clean compile pure metamorphic audit
+.PHONY: run test lint typecheck unit bench load score clean compile pure metamorphic audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed triage/.compiled
 	$(BIN)/python -m triage.bench
+
+# The server under load against a bare FastAPI endpoint (tests/load/; the README's "Load"): needs PostgreSQL
+# and Redis as the tests do. LOAD_ARGS passes options, e.g. LOAD_ARGS='--rates 50,100 --seconds 20' or --quick.
+load: $(VENV)/.installed-dev triage/.compiled
+	$(BIN)/python -m tests.load $(LOAD_ARGS)
 
 # Risk kept under other spellings (tests/transforms.py), per transformation; a measurement, exits 0.
 metamorphic: $(VENV)/.installed-dev triage/.compiled

@@ -82,11 +82,16 @@ def free_port() -> int:
 
 @contextmanager
 def server(
-    env: dict[str, str], port: int, *, command: Sequence[str] | None = None, cwd: Path = ROOT
+    env: dict[str, str],
+    port: int,
+    *,
+    command: Sequence[str] | None = None,
+    cwd: Path = ROOT,
+    start_timeout: float = 30,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``tsunagi serve`` on ``127.0.0.1:port``, up once /healthz answers 200; stopped afterwards,
-    with the end of its log printed. ``command`` runs instead of ``.venv/bin/tsunagi`` (its arguments
-    follow)."""
+    """A real ``tsunagi serve`` on ``127.0.0.1:port``, up once /healthz answers 200 (within
+    ``start_timeout`` seconds); stopped afterwards, with the end of its log printed. ``command`` runs
+    instead of ``.venv/bin/tsunagi`` (its arguments follow)."""
     if command is None:
         command = [str(TSUNAGI)] if TSUNAGI.exists() else [sys.executable, "-m", "bot.cli"]
     cmd = [*command, "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -94,7 +99,7 @@ def server(
     log = log_path.open("wb")
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
