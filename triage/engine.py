@@ -98,6 +98,8 @@ class Engine:
         for pat in self.rules.seq_index.get("*", ()):
             by_form.setdefault(pat.elements[0].cform, []).append(pat)
         self._any_first = [(form, tuple(pats)) for form, pats in by_form.items()]
+        # The same, by a token's conjugated form (a few dozen of them), filled as forms are met.
+        self._any_first_by_cform: dict[str, tuple[SeqPattern, ...]] = {}
         # Distress (distress.yaml): any of its concepts active in a message is the signal.
         distress = sorted(self.rules.signals.get("distress", ()))
         self._distress = Condition(tuple((name, "active") for name in distress))
@@ -268,23 +270,28 @@ class Engine:
                 Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
             )
 
-        any_first = self._any_first
         present: set[str] = set()
         for tok in tokens:
             present.update(tok.keys)
+        by_form = self._any_first_by_cform
         for i, tok in enumerate(tokens):
             for pat in tok.patterns:  # looked up once per word by the tokenizer
+                if pat.plain:
+                    add(pat.concept, pat.term, i, i)  # one word, no form: found where it is indexed
+                    continue
                 if not _words_present(pat, present):
                     continue
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:
-                    add(pat.concept, pat.term, *span)
-            for form, pats in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
-                if tok.cform.startswith(form):
-                    for pat in pats:
-                        span = self._match_seq(pat, tokens, i)
-                        if span is not None:
-                            add(pat.concept, pat.term, *span)
+                    add(pat.concept, pat.term, span[0], span[1])
+            # patterns that start with a form, not a word (*#意志+と+思う), by the token's form
+            first_form = by_form.get(tok.cform)
+            if first_form is None:
+                first_form = self._any_first_for(tok.cform)
+            for pat in first_form:
+                span = self._match_seq(pat, tokens, i)
+                if span is not None:
+                    add(pat.concept, pat.term, span[0], span[1])
         # Written forms, from every token start, on the hiragana-folded text.
         hira = fold(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
@@ -322,6 +329,12 @@ class Engine:
                         continue  # しよう is not 私用, カし is not 歌詞
                     add(term.concept, term.term, first, last)
         doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
+
+    def _any_first_for(self, cform: str) -> tuple[SeqPattern, ...]:
+        """The patterns starting with a form that ``cform`` has, in the order of ``_any_first``."""
+        found = tuple(pat for form, pats in self._any_first if cform.startswith(form) for pat in pats)
+        self._any_first_by_cform[cform] = found
+        return found
 
     def _match_seq(self, pat: SeqPattern, tokens: list[Token], i: int) -> tuple[int, int] | None:
         """Match ``pat`` with its anchor element at token ``i``: (first, last) token indexes."""
@@ -659,7 +672,10 @@ class Engine:
 def _words_present(pat: SeqPattern, present: set[str]) -> bool:
     """Every other required word of the pattern is somewhere in the message."""
     for keys in pat.required:
-        if keys.isdisjoint(present):
+        for key in keys:
+            if key in present:
+                break
+        else:
             return False
     return True
 
