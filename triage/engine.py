@@ -23,7 +23,7 @@ from typing import Any
 
 from triage.normalize import Normalized, Normalizer, fold, sanitize
 from triage.paths import CONTENT_DIR
-from triage.ruleset import TRIE_END, Condition, Rule, Ruleset, SeqPattern, load_ruleset
+from triage.ruleset import TRIE_END, Condition, Element, Rule, Ruleset, SeqPattern, SurfaceTerm, load_ruleset
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
@@ -258,18 +258,7 @@ class Engine:
 
     def _match(self, doc: _Doc) -> None:
         tokens = doc.tokens
-        hits: list[Hit] = []
-        seen: set[tuple[str, int, int]] = set()
-
-        def add(concept: str, term: str, first: int, last: int) -> None:
-            key = (concept, first, last)
-            if key in seen:
-                return
-            seen.add(key)
-            hits.append(
-                Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
-            )
-
+        found = _Found(doc)
         present: set[str] = set()
         for tok in tokens:
             present.update(tok.keys)
@@ -277,13 +266,13 @@ class Engine:
         for i, tok in enumerate(tokens):
             for pat in tok.patterns:  # looked up once per word by the tokenizer
                 if pat.plain:
-                    add(pat.concept, pat.term, i, i)  # one word, no form: found where it is indexed
+                    found.add(pat.concept, pat.term, i, i)  # one word, no form: found where it is indexed
                     continue
                 if not _words_present(pat, present):
                     continue
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:
-                    add(pat.concept, pat.term, span[0], span[1])
+                    found.add(pat.concept, pat.term, span[0], span[1])
             # patterns that start with a form, not a word (*#意志+と+思う), by the token's form
             first_form = by_form.get(tok.cform)
             if first_form is None:
@@ -291,7 +280,7 @@ class Engine:
             for pat in first_form:
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:
-                    add(pat.concept, pat.term, span[0], span[1])
+                    found.add(pat.concept, pat.term, span[0], span[1])
         # Written forms, from every token start, on the hiragana-folded text.
         hira = fold(doc.norm.text)
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
@@ -299,14 +288,15 @@ class Engine:
         token_starts = [t.start for t in tokens]
         trie = self.rules.trie
         for pos, first in starts.items():
-            node: dict[str, Any] | None = trie
+            node: dict[str, Any] = trie
             j = pos
-            while j < len(hira) and node is not None:
-                node = node.get(hira[j])
-                if node is None:
+            while j < len(hira):
+                child: dict[str, Any] | None = node.get(hira[j])
+                if child is None:
                     break
+                node = child
                 j += 1
-                terms = node.get(TRIE_END)
+                terms: list[SurfaceTerm] | None = node.get(TRIE_END)
                 if not terms:
                     continue
                 inside = j not in ends
@@ -327,8 +317,8 @@ class Engine:
                         or not _all_hiragana(hira, pos, j, doc.norm.text)
                     ):
                         continue  # しよう is not 私用, カし is not 歌詞
-                    add(term.concept, term.term, first, last)
-        doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
+                    found.add(term.concept, term.term, first, last)
+        doc.hits = sorted(found.hits, key=lambda h: (h.first, h.last))
 
     def _any_first_for(self, cform: str) -> tuple[SeqPattern, ...]:
         """The patterns starting with a form that ``cform`` has, in the order of ``_any_first``."""
@@ -345,7 +335,7 @@ class Engine:
             return None
         for e in range(k):  # the elements before the anchor sit right before it
             el, tok = els[e], tokens[first + e]
-            if el.keys.isdisjoint(tok.keys) or (el.cform and not tok.cform.startswith(el.cform)):
+            if not _meets(el.keys, tok.keys) or (el.cform and not tok.cform.startswith(el.cform)):
                 return None
         if els[k].cform and not tokens[i].cform.startswith(els[k].cform):
             return None
@@ -360,14 +350,12 @@ class Engine:
             pos = nxt
         return first, pos
 
-    def _find_next(self, el: Any, tokens: list[Token], start: int, fillers: frozenset[str]) -> int | None:
+    def _find_next(self, el: Element, tokens: list[Token], start: int, fillers: frozenset[str]) -> int | None:
         skipped = 0
         j = start
         while j < len(tokens):
             tok = tokens[j]
-            if (el.any or not el.keys.isdisjoint(tok.keys)) and (
-                not el.cform or tok.cform.startswith(el.cform)
-            ):
+            if (el.any or _meets(el.keys, tok.keys)) and (not el.cform or tok.cform.startswith(el.cform)):
                 return j
             if tok.lemma in fillers and skipped < self._ctx.max_filler:
                 skipped += 1
@@ -667,6 +655,34 @@ class Engine:
                 continue  # each item needs a hit of its own
             return hit
         return None
+
+
+class _Found:
+    """The hits found in a message so far, each concept once per span (the first term found)."""
+
+    def __init__(self, doc: _Doc) -> None:
+        self.doc = doc
+        self.hits: list[Hit] = []
+        self.seen: set[tuple[str, int, int]] = set()
+
+    def add(self, concept: str, term: str, first: int, last: int) -> None:
+        key = (concept, first, last)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        doc = self.doc
+        tokens = doc.tokens
+        self.hits.append(
+            Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
+        )
+
+
+def _meets(keys: frozenset[str], words: tuple[str, ...]) -> bool:
+    """Some of ``words`` is among ``keys`` (``not keys.isdisjoint(words)``, compiled)."""
+    for w in words:
+        if w in keys:
+            return True
+    return False
 
 
 def _words_present(pat: SeqPattern, present: set[str]) -> bool:

@@ -126,6 +126,11 @@ def _kana_typed(text: str) -> bool:
     return letters >= 4 and kanji * 8 <= letters
 
 
+def _written(kana: str) -> tuple[str, ...]:
+    """The letters that ``fold`` reads as ``kana``: itself, and its katakana if it has one."""
+    return tuple(c for c in (kana, chr(ord(kana) + 0x60)) if fold(c) == kana)
+
+
 def _keys(*values: str) -> tuple[str, ...]:
     out: list[str] = []
     for v in values:
@@ -173,6 +178,9 @@ class Tokenizer:
         self.index: dict[str, list[SeqPattern]] = {}
         self._spellings: dict[str, Any] = {}
         self._spelling_prefixes: set[str] = set()
+        # The same two letters as they may be written (katakana too): a look-up in the text as it
+        # is, before folding it (fold is one character for one, so the two agree).
+        self._spelling_prefix_forms: set[str] = set()
 
     def learn_words(self, words: frozenset[str]) -> None:
         """Readings of the lexicon's words written with kanji, for text typed in kana that the
@@ -202,6 +210,7 @@ class Tokenizer:
             node = node.setdefault(ch, {})
         node.setdefault(_END, (spelling, after))
         self._spelling_prefixes.add(kana[:2])
+        self._spelling_prefix_forms.update(a + b for a in _written(kana[0]) for b in _written(kana[1]))
 
     def _reads_whole(self, kana: str, noun: str) -> bool:
         """Whether the dictionary, reading these kana alone, finds words it knows: one word (なくなり:
@@ -224,19 +233,25 @@ class Tokenizer:
         trie = self._spellings
         if not trie:
             return None
-        hira = fold(norm.text)
-        if kana_typed is None:
-            kana_typed = _kana_typed(norm.text)
-        ends = {t.end for t in tokens}
+        text = norm.text
+        # Folded, and the ends of the words, only once a word may start a spelling (most
+        # messages have none).
+        hira = ""
+        ends: set[int] = set()
         spans: list[tuple[int, int, str]] = []
         taken = 0
-        prefixes = self._spelling_prefixes
+        forms = self._spelling_prefix_forms
         for i, tok in enumerate(tokens):
             pos = tok.start
-            if hira[pos : pos + 2] not in prefixes:
+            if text[pos : pos + 2] not in forms:
                 continue  # no word of the lexicon starts so (most words: one look-up)
             if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
                 continue
+            if not hira:
+                hira = fold(text)
+                ends = {t.end for t in tokens}
+                if kana_typed is None:
+                    kana_typed = _kana_typed(text)
             node: dict[str, Any] | None = trie
             j = pos
             found: tuple[int, str] | None = None
@@ -253,7 +268,7 @@ class Tokenizer:
             if found is None:
                 continue
             end, word = found
-            if end == tok.end or not _KANA_WORD.fullmatch(norm.text[pos:end]):
+            if end == tok.end or not _KANA_WORD.fullmatch(text[pos:end]):
                 continue  # one whole word as the dictionary read it, or not all kana
             if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
                 continue  # a prefix of a longer word the dictionary knows
@@ -332,10 +347,11 @@ class Tokenizer:
         pos = 0
         cache = self._cache
         for node in self._tagger(text):
-            surface = node.surface
+            surface: str = node.surface
             # MeCab skips white space and keeps it on the next node; never trust it blindly.
-            start = pos + len(node.white_space)
-            if not text.startswith(surface, start):
+            white: str = node.white_space
+            start = pos + len(white)
+            if text.find(surface, start, start + len(surface)) != start:  # startswith, compiled
                 start = text.find(surface, pos)
                 if start < 0:
                     start = pos
@@ -343,7 +359,7 @@ class Tokenizer:
             # and the same word with the same features always reads the same.
             # The raw features hold the written form, so they name a known word on their own;
             # unknown words all share one feature string and are told apart by their surface.
-            raw = node.feature_raw
+            raw: str = node.feature_raw
             morph = cache.get(raw)
             if morph is None:
                 morph = self._unknown.get((raw, surface))
