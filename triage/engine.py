@@ -16,7 +16,7 @@ How a message is read:
 from __future__ import annotations
 
 import bisect
-from collections.abc import KeysView, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,17 @@ class Engine:
         for rule in self.rules.rules:
             for cond in (*rule.when, *rule.unless, *rule.with_):
                 self._flagged.update(n for n, state in cond.options if state not in ("active", "any"))
-        # Each rule is looked at only when a concept of its first item is in the message.
-        self._rules_by_concept: dict[str, list[int]] = {}
+        # Each rule is looked at only when a concept of its first item is in the message, and
+        # then only when each of its other items has a concept there too (looked up one by one).
+        by_concept: dict[str, list[int]] = {}
         for index, rule in enumerate(self.rules.rules):
             for concept in rule.required[0]:
-                self._rules_by_concept.setdefault(concept, []).append(index)
+                by_concept.setdefault(concept, []).append(index)
+        self._rules_by_concept = {c: tuple(indexes) for c, indexes in by_concept.items()}
+        self._rule_others: list[tuple[tuple[str, ...], ...]] = [
+            tuple(tuple(sorted(group)) for group in rule.required[1:]) for rule in self.rules.rules
+        ]
+        self._rule_rank: list[int] = [rule.risk.rank for rule in self.rules.rules]
         by_form: dict[str, list[SeqPattern]] = {}
         for pat in self.rules.seq_index.get("*", ()):
             by_form.setdefault(pat.elements[0].cform, []).append(pat)
@@ -168,24 +174,30 @@ class Engine:
         if not doc.tokens:
             return TriageResult(Risk.LOW, (), (), truncated=truncated, empty=not original.strip()), doc
         risk = Risk.LOW
+        risk_rank = risk.rank
         categories: set[Category] = set()
         removed: set[Category] = set()
         reasons: list[Reason] = []
         seen: set[Reason] = set()
-        present = doc.by_concept.keys()
+        present = set(doc.by_concept)
         candidates: set[int] = set()
+        by_concept = self._rules_by_concept
         for concept in present:
-            candidates.update(self._rules_by_concept.get(concept, ()))
+            indexes = by_concept.get(concept)
+            if indexes is not None:
+                candidates.update(indexes)
         rules = self.rules.rules
+        others = self._rule_others
         for index in sorted(candidates):
+            if not _all_present(others[index], present):
+                continue  # an item of the rule has no concept in the message
             rule = rules[index]
-            if not _may_fire(rule, present):
-                continue
             used = self._fire(rule, doc)
             if used is None:
                 continue
-            if rule.risk.rank > risk.rank:
+            if self._rule_rank[index] > risk_rank:
                 risk = rule.risk
+                risk_rank = self._rule_rank[index]
             categories.update(rule.categories)
             removed.update(rule.removes)
             for h in used:
@@ -195,7 +207,12 @@ class Engine:
                     seen.add(reason)
                     reasons.append(reason)
         categories -= removed
-        signals = ("distress",) if self._distress.options and self._active(doc, self._distress) else ()
+        distress = (
+            self._distress.options
+            and not present.isdisjoint(self._signal_only)
+            and self._active(doc, self._distress)
+        )
+        signals = ("distress",) if distress else ()
         result = TriageResult(
             risk, _ordered(categories), tuple(reasons), truncated=truncated, signals=signals
         )
@@ -508,7 +525,7 @@ class Engine:
                 if state == "any":
                     out.append(h)
                 elif state == "active":
-                    if not (h.flags & inactive_when):
+                    if not h.flags or h.flags.isdisjoint(inactive_when):
                         out.append(h)
                 elif state in h.flags:
                     out.append(h)
@@ -771,10 +788,13 @@ def _is_conditional(tokens: list[Token], i: int) -> bool:
     return tok.lemma == "た" and tok.cform.startswith("仮定")
 
 
-def _may_fire(rule: Rule, present: KeysView[str]) -> bool:
-    """A quick look before the real check: every item of the rule has a concept in the message."""
-    for group in rule.required:
-        if group.isdisjoint(present):
+def _all_present(groups: tuple[tuple[str, ...], ...], present: set[str]) -> bool:
+    """A quick look before the real check: each group has a concept in the message."""
+    for group in groups:
+        for concept in group:
+            if concept in present:
+                break
+        else:
             return False
     return True
 
