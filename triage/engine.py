@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triage.normalize import Normalized, Normalizer, fold, sanitize
+from triage.normalize import Normalized, Normalizer, fold, sanitize, trie_as_written
 from triage.paths import CONTENT_DIR
 from triage.ruleset import TRIE_END, Condition, Element, Rule, Ruleset, SeqPattern, SurfaceTerm, load_ruleset
 from triage.tokens import Token, Tokenizer
@@ -104,6 +104,7 @@ class Engine:
         for pat in self.rules.seq_index.get("*", ()):
             by_form.setdefault(pat.elements[0].cform, []).append(pat)
         self._any_first = [(form, tuple(pats)) for form, pats in by_form.items()]
+        self._trie_as_written = trie_as_written(self.rules.trie, TRIE_END)
         # The same, by a token's conjugated form (a few dozen of them), filled as forms are met.
         self._any_first_by_cform: dict[str, tuple[SeqPattern, ...]] = {}
         # Distress (distress.yaml): any of its concepts active in a message is the signal.
@@ -298,17 +299,18 @@ class Engine:
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:
                     found.add(pat.concept, pat.term, span[0], span[1])
-        # Written forms, from every token start, on the hiragana-folded text.
-        hira = fold(doc.norm.text)
+        # Written forms, from every token start, on the hiragana-folded text (walked as written:
+        # the trie leads from a katakana or capital letter where its folded letter leads).
+        text = doc.norm.text
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
         ends = {t.end: i for i, t in enumerate(tokens) if not t.synthetic}
         token_starts = [t.start for t in tokens]
-        trie = self.rules.trie
+        trie = self._trie_as_written
         for pos, first in starts.items():
             node: dict[str, Any] = trie
             j = pos
-            while j < len(hira):
-                child: dict[str, Any] | None = node.get(hira[j])
+            while j < len(text):
+                child: dict[str, Any] | None = node.get(text[j])
                 if child is None:
                     break
                 node = child
@@ -326,12 +328,10 @@ class Engine:
                         continue
                     if term.strict_end and j not in ends:
                         continue
-                    if term.exact and doc.norm.text[pos:j] != term.term:
+                    if term.exact and text[pos:j] != term.term:
                         continue
                     if term.reading and (
-                        first != last
-                        or tokens[first].pos1 != "名詞"
-                        or not _all_hiragana(hira, pos, j, doc.norm.text)
+                        first != last or tokens[first].pos1 != "名詞" or not _all_hiragana(text, pos, j)
                     ):
                         continue  # しよう is not 私用, カし is not 歌詞
                     found.add(term.concept, term.term, first, last)
@@ -713,9 +713,10 @@ def _words_present(pat: SeqPattern, present: set[str]) -> bool:
     return True
 
 
-def _all_hiragana(hira: str, start: int, end: int, text: str) -> bool:
+def _all_hiragana(text: str, start: int, end: int) -> bool:
     """A kana spelling matches hiragana as written (また), not katakana folded into it (マタハラ)."""
-    return hira[start:end] == text[start:end]
+    written = text[start:end]
+    return fold(written) == written
 
 
 def _same(a: Hit, b: Hit) -> bool:

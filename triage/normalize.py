@@ -73,6 +73,34 @@ def fold(text: str) -> str:
     return text.translate(_FOLD)
 
 
+# For each letter, the other letters that ``fold`` turns into it (ア for あ, A for a).
+_UNFOLD: dict[str, str] = {}
+for _from, _to in _FOLD.items():
+    _UNFOLD[chr(_to)] = _UNFOLD.get(chr(_to), "") + chr(_from)
+
+
+def written_forms(letters: str) -> str:
+    """``letters`` and every letter that ``fold`` turns into one of them: ``fold(c) in letters``
+    is ``c in written_forms(letters)`` for letters that fold leaves alone."""
+    return letters + "".join(_UNFOLD.get(c, "") for c in letters)
+
+
+def trie_as_written(node: dict[str, Any], end: str) -> dict[str, Any]:
+    """A copy of a trie of folded words (one letter a level, ``end`` for what ends there) to
+    walk on a text as it is written: a letter that ``fold`` changes leads where its folded
+    letter leads, so the walk finds what a walk on the folded text would, without folding it."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == end:
+            out[key] = value
+        elif fold(key) == key:  # a letter that fold changes is never met in a folded text
+            out[key] = trie_as_written(value, end)
+    for key in [k for k in out if k != end]:
+        for letter in _UNFOLD.get(key, ""):
+            out[letter] = out[key]
+    return out
+
+
 def _nfkc_class() -> re.Pattern[str]:
     """A character class of every code point that NFKC changes, built once at load."""
     ranges: list[tuple[int, int]] = []

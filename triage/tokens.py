@@ -14,7 +14,16 @@ from typing import Any
 import fugashi
 import unidic_lite
 
-from triage.normalize import HIRAGANA, KANJI, KATAKANA, Normalized, fold, katakana_to_hiragana, respell
+from triage.normalize import (
+    HIRAGANA,
+    KANJI,
+    KATAKANA,
+    Normalized,
+    katakana_to_hiragana,
+    respell,
+    trie_as_written,
+    written_forms,
+)
 from triage.ruleset import COMMON_KANA, READING, SeqPattern
 
 
@@ -126,11 +135,6 @@ def _kana_typed(text: str) -> bool:
     return letters >= 4 and kanji * 8 <= letters
 
 
-def _written(kana: str) -> tuple[str, ...]:
-    """The letters that ``fold`` reads as ``kana``: itself, and its katakana if it has one."""
-    return tuple(c for c in (kana, chr(ord(kana) + 0x60)) if fold(c) == kana)
-
-
 def _keys(*values: str) -> tuple[str, ...]:
     out: list[str] = []
     for v in values:
@@ -177,9 +181,9 @@ class Tokenizer:
         # The lexicon's sequence patterns by key word; set by the engine before first use.
         self.index: dict[str, list[SeqPattern]] = {}
         self._spellings: dict[str, Any] = {}
-        self._spelling_prefixes: set[str] = set()
-        # The same two letters as they may be written (katakana too): a look-up in the text as it
-        # is, before folding it (fold is one character for one, so the two agree).
+        # The same trie and first two letters as they may be written (katakana too), so that
+        # the text is looked up as it is, not folded first (fold is one letter for one).
+        self._spellings_as_written: dict[str, Any] = {}
         self._spelling_prefix_forms: set[str] = set()
 
     def learn_words(self, words: frozenset[str]) -> None:
@@ -199,6 +203,7 @@ class Tokenizer:
                 for kana, spelling, after in _forms(word, nodes[0].feature):
                     self._learn(trie, kana, spelling, after)
         self._spellings = trie
+        self._spellings_as_written = trie_as_written(trie, _END)
 
     def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
@@ -208,9 +213,12 @@ class Tokenizer:
         node = trie
         for ch in kana:
             node = node.setdefault(ch, {})
-        node.setdefault(_END, (spelling, after))
-        self._spelling_prefixes.add(kana[:2])
-        self._spelling_prefix_forms.update(a + b for a in _written(kana[0]) for b in _written(kana[1]))
+        # what may follow, as it may be written (katakana too: the text is not folded)
+        node.setdefault(_END, (spelling, written_forms(after)))
+        # the first two letters, as they may be written: most words start no spelling
+        self._spelling_prefix_forms.update(
+            a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
+        )
 
     def _reads_whole(self, kana: str, noun: str) -> bool:
         """Whether the dictionary, reading these kana alone, finds words it knows: one word (なくなり:
@@ -230,13 +238,12 @@ class Tokenizer:
         """Where kana the dictionary cut badly spells a word of the lexicon (きしねんりょ cut as
         岸/ねん/り/ょ), write the word in kanji and read the message again. A word the
         dictionary found whole is left as it is (its reading is a key already)."""
-        trie = self._spellings
-        if not trie:
+        if not self._spellings:
             return None
+        trie = self._spellings_as_written
         text = norm.text
-        # Folded, and the ends of the words, only once a word may start a spelling (most
-        # messages have none).
-        hira = ""
+        # The ends of the words, only once a word may start a spelling.
+        looked = False
         ends: set[int] = set()
         spans: list[tuple[int, int, str]] = []
         taken = 0
@@ -247,23 +254,24 @@ class Tokenizer:
                 continue  # no word of the lexicon starts so (most words: one look-up)
             if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
                 continue
-            if not hira:
-                hira = fold(text)
+            if not looked:
+                looked = True
                 ends = {t.end for t in tokens}
                 if kana_typed is None:
                     kana_typed = _kana_typed(text)
-            node: dict[str, Any] | None = trie
+            node: dict[str, Any] = trie
             j = pos
             found: tuple[int, str] | None = None
-            while j < len(hira) and node is not None:
-                node = node.get(hira[j])
-                if node is None:
+            while j < len(text):
+                child: dict[str, Any] | None = node.get(text[j])
+                if child is None:
                     break
+                node = child
                 j += 1
                 if _END in node:
                     spelling, after = node[_END]
                     # a verb's form only before what may follow it (しん before だ or で)
-                    if not after or (j < len(hira) and hira[j] in after):
+                    if not after or (j < len(text) and text[j] in after):
                         found = (j, str(spelling))
             if found is None:
                 continue
