@@ -176,6 +176,7 @@ class Tokenizer:
         self._tagger = fugashi.Tagger(f"-d {unidic_lite.DICDIR}")
         self._cache: dict[str, _Morph] = {}
         self._unknown: dict[tuple[str, str], _Morph] = {}
+        self._across: dict[tuple[str, str], bool] = {}  # word_across, by the letters each side
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
         # The lexicon's sequence patterns by key word; set by the engine before first use.
@@ -311,14 +312,24 @@ class Tokenizer:
         return result
 
     def word_across(self, left: str, right: str) -> bool:
-        """Whether the dictionary reads one word across the join of ``left`` and ``right``."""
+        """Whether the dictionary reads one word across the join of ``left`` and ``right``
+        (a few letters each side of a space: the same pairs come back, so answers are kept)."""
+        key = (left, right)
+        known = self._across.get(key)
+        if known is not None:
+            return known
+        across = False
         pos = 0
         for node in self._tagger(left + right):
             end = pos + len(node.white_space) + len(node.surface)
             if pos + len(node.white_space) < len(left) < end:
-                return True
+                across = True
+                break
             pos = end
-        return False
+        if len(self._across) >= _CACHE_MAX:
+            self._across.clear()
+        self._across[key] = across
+        return across
 
     def reading(self, word: str) -> str:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
