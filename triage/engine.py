@@ -23,7 +23,17 @@ from typing import Any
 
 from triage.normalize import Normalized, Normalizer, fold, sanitize, trie_as_written
 from triage.paths import CONTENT_DIR
-from triage.ruleset import TRIE_END, Condition, Element, Rule, Ruleset, SeqPattern, SurfaceTerm, load_ruleset
+from triage.ruleset import (
+    TRIE_END,
+    Condition,
+    Element,
+    Rule,
+    Ruleset,
+    SeqPattern,
+    SurfaceTerm,
+    key_bit,
+    load_ruleset,
+)
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
@@ -280,13 +290,16 @@ class Engine:
         present: set[str] = set()
         for tok in tokens:
             present.update(tok.keys)
+        bits = 0  # the marks of the words present: most patterns are ruled out by them alone
+        for key in present:
+            bits |= key_bit(key)
         by_form = self._any_first_by_cform
         for i, tok in enumerate(tokens):
             for pat in tok.patterns:  # looked up once per word by the tokenizer
                 if pat.plain:
                     found.add(pat.concept, pat.term, i, i)  # one word, no form: found where it is indexed
                     continue
-                if not _words_present(pat, present):
+                if (pat.first_bits & bits) == 0 or not _words_present(pat, present):
                     continue
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:

@@ -60,6 +60,24 @@ class SeqPattern:
     required: tuple[tuple[str, ...], ...] = ()
     # One word and no form (a plain lexicon word): it matches wherever it is indexed, alone.
     plain: bool = False
+    # The bits (key_bit) of the words of the first required element, all bits when none: a
+    # message whose words have none of them lacks that element, without a look-up.
+    first_bits: int = 0
+
+
+KEY_BITS = 60  # bits of a word's mark; a machine integer holds them
+
+
+def key_bit(key: str) -> int:
+    """A word's mark: one of KEY_BITS bits, from its hash (the same for the whole process)."""
+    return 1 << (hash(key) % KEY_BITS)
+
+
+def _bits_of(keys: tuple[str, ...]) -> int:
+    bits = 0
+    for key in keys:
+        bits |= key_bit(key)
+    return bits
 
 
 # Words too common to index a pattern by (に+居る is found from 居る, then に is checked).
@@ -307,7 +325,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 ]
                 groups.sort(key=lambda keys: not keys.isdisjoint(_COMMON))  # stable: rarer words first
                 words = tuple(tuple(sorted(keys)) for keys in groups)
-                pat = SeqPattern(name, term, elements, anchor, words)
+                first_bits = _bits_of(words[0]) if words else (1 << KEY_BITS) - 1
+                pat = SeqPattern(name, term, elements, anchor, words, first_bits=first_bits)
                 first = elements[0]
                 if first.optional:
                     raise ContentError(f"{where}: {term}: the first token cannot be optional")
