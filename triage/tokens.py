@@ -128,10 +128,19 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
 
 def _kana_typed(text: str) -> bool:
     """Typed without kanji conversion: kanji are few among the Japanese letters."""
-    kanji = len(_KANJI_CHAR.findall(text))
+    # Counted letter by letter (compiled, no list of matches): kanji as _KANJI_CHAR has them,
+    # Japanese letters as _JA_LETTER.
+    kanji = 0
+    letters = 0
+    for i in range(len(text)):
+        code = ord(text[i])
+        if 0x4E00 <= code <= 0x9FFF or code == 0x3005 or code == 0x3006 or code == 0x30F6:  # 一-鿿々〆ヶ
+            kanji += 1
+            letters += 1
+        elif 0x3041 <= code <= 0x3096 or 0x30A1 <= code <= 0x30FA or code == 0x30FC:  # ぁ-ゖ ァ-ヺ ー
+            letters += 1
     if kanji * 8 > len(text):
         return False
-    letters = len(_JA_LETTER.findall(text))
     return letters >= 4 and kanji * 8 <= letters
 
 
