@@ -16,14 +16,24 @@ How a message is read:
 from __future__ import annotations
 
 import bisect
-from collections.abc import KeysView, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from triage.normalize import Normalized, Normalizer, fold, sanitize
+from triage.normalize import Normalized, Normalizer, fold, sanitize, trie_as_written
 from triage.paths import CONTENT_DIR
-from triage.ruleset import TRIE_END, Condition, Rule, Ruleset, SeqPattern, load_ruleset
+from triage.ruleset import (
+    TRIE_END,
+    Condition,
+    Element,
+    Rule,
+    Ruleset,
+    SeqPattern,
+    SurfaceTerm,
+    key_bit,
+    load_ruleset,
+)
 from triage.tokens import Token, Tokenizer
 from triage.types import CATEGORY_ORDER, Category, Reason, Risk, TriageResult
 
@@ -89,15 +99,24 @@ class Engine:
         for rule in self.rules.rules:
             for cond in (*rule.when, *rule.unless, *rule.with_):
                 self._flagged.update(n for n, state in cond.options if state not in ("active", "any"))
-        # Each rule is looked at only when a concept of its first item is in the message.
-        self._rules_by_concept: dict[str, list[int]] = {}
+        # Each rule is looked at only when a concept of its first item is in the message, and
+        # then only when each of its other items has a concept there too (looked up one by one).
+        by_concept: dict[str, list[int]] = {}
         for index, rule in enumerate(self.rules.rules):
             for concept in rule.required[0]:
-                self._rules_by_concept.setdefault(concept, []).append(index)
+                by_concept.setdefault(concept, []).append(index)
+        self._rules_by_concept = {c: tuple(indexes) for c, indexes in by_concept.items()}
+        self._rule_others: list[tuple[tuple[str, ...], ...]] = [
+            tuple(tuple(sorted(group)) for group in rule.required[1:]) for rule in self.rules.rules
+        ]
+        self._rule_rank: list[int] = [rule.risk.rank for rule in self.rules.rules]
         by_form: dict[str, list[SeqPattern]] = {}
         for pat in self.rules.seq_index.get("*", ()):
             by_form.setdefault(pat.elements[0].cform, []).append(pat)
         self._any_first = [(form, tuple(pats)) for form, pats in by_form.items()]
+        self._trie_as_written = trie_as_written(self.rules.trie, TRIE_END)
+        # The same, by a token's conjugated form (a few dozen of them), filled as forms are met.
+        self._any_first_by_cform: dict[str, tuple[SeqPattern, ...]] = {}
         # Distress (distress.yaml): any of its concepts active in a message is the signal.
         distress = sorted(self.rules.signals.get("distress", ()))
         self._distress = Condition(tuple((name, "active") for name in distress))
@@ -166,24 +185,30 @@ class Engine:
         if not doc.tokens:
             return TriageResult(Risk.LOW, (), (), truncated=truncated, empty=not original.strip()), doc
         risk = Risk.LOW
+        risk_rank = risk.rank
         categories: set[Category] = set()
         removed: set[Category] = set()
         reasons: list[Reason] = []
         seen: set[Reason] = set()
-        present = doc.by_concept.keys()
+        present = set(doc.by_concept)
         candidates: set[int] = set()
+        by_concept = self._rules_by_concept
         for concept in present:
-            candidates.update(self._rules_by_concept.get(concept, ()))
+            indexes = by_concept.get(concept)
+            if indexes is not None:
+                candidates.update(indexes)
         rules = self.rules.rules
+        others = self._rule_others
         for index in sorted(candidates):
+            if not _all_present(others[index], present):
+                continue  # an item of the rule has no concept in the message
             rule = rules[index]
-            if not _may_fire(rule, present):
-                continue
             used = self._fire(rule, doc)
             if used is None:
                 continue
-            if rule.risk.rank > risk.rank:
+            if self._rule_rank[index] > risk_rank:
                 risk = rule.risk
+                risk_rank = self._rule_rank[index]
             categories.update(rule.categories)
             removed.update(rule.removes)
             for h in used:
@@ -193,7 +218,12 @@ class Engine:
                     seen.add(reason)
                     reasons.append(reason)
         categories -= removed
-        signals = ("distress",) if self._distress.options and self._active(doc, self._distress) else ()
+        distress = (
+            self._distress.options
+            and not present.isdisjoint(self._signal_only)
+            and self._active(doc, self._distress)
+        )
+        signals = ("distress",) if distress else ()
         result = TriageResult(
             risk, _ordered(categories), tuple(reasons), truncated=truncated, signals=signals
         )
@@ -256,50 +286,49 @@ class Engine:
 
     def _match(self, doc: _Doc) -> None:
         tokens = doc.tokens
-        hits: list[Hit] = []
-        seen: set[tuple[str, int, int]] = set()
-
-        def add(concept: str, term: str, first: int, last: int) -> None:
-            key = (concept, first, last)
-            if key in seen:
-                return
-            seen.add(key)
-            hits.append(
-                Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
-            )
-
-        any_first = self._any_first
+        found = _Found(doc)
         present: set[str] = set()
         for tok in tokens:
             present.update(tok.keys)
+        bits = 0  # the marks of the words present: most patterns are ruled out by them alone
+        for key in present:
+            bits |= key_bit(key)
+        by_form = self._any_first_by_cform
         for i, tok in enumerate(tokens):
             for pat in tok.patterns:  # looked up once per word by the tokenizer
-                if not _words_present(pat, present):
+                if pat.plain:
+                    found.add(pat.concept, pat.term, i, i)  # one word, no form: found where it is indexed
+                    continue
+                if (pat.first_bits & bits) == 0 or not _words_present(pat, present):
                     continue
                 span = self._match_seq(pat, tokens, i)
                 if span is not None:
-                    add(pat.concept, pat.term, *span)
-            for form, pats in any_first:  # patterns that start with a form, not a word (*#意志+と+思う)
-                if tok.cform.startswith(form):
-                    for pat in pats:
-                        span = self._match_seq(pat, tokens, i)
-                        if span is not None:
-                            add(pat.concept, pat.term, *span)
-        # Written forms, from every token start, on the hiragana-folded text.
-        hira = fold(doc.norm.text)
+                    found.add(pat.concept, pat.term, span[0], span[1])
+            # patterns that start with a form, not a word (*#意志+と+思う), by the token's form
+            first_form = by_form.get(tok.cform)
+            if first_form is None:
+                first_form = self._any_first_for(tok.cform)
+            for pat in first_form:
+                span = self._match_seq(pat, tokens, i)
+                if span is not None:
+                    found.add(pat.concept, pat.term, span[0], span[1])
+        # Written forms, from every token start, on the hiragana-folded text (walked as written:
+        # the trie leads from a katakana or capital letter where its folded letter leads).
+        text = doc.norm.text
         starts = {t.start: i for i, t in enumerate(tokens) if not t.synthetic}
         ends = {t.end: i for i, t in enumerate(tokens) if not t.synthetic}
         token_starts = [t.start for t in tokens]
-        trie = self.rules.trie
+        trie = self._trie_as_written
         for pos, first in starts.items():
-            node: dict[str, Any] | None = trie
+            node: dict[str, Any] = trie
             j = pos
-            while j < len(hira) and node is not None:
-                node = node.get(hira[j])
-                if node is None:
+            while j < len(text):
+                child: dict[str, Any] | None = node.get(text[j])
+                if child is None:
                     break
+                node = child
                 j += 1
-                terms = node.get(TRIE_END)
+                terms: list[SurfaceTerm] | None = node.get(TRIE_END)
                 if not terms:
                     continue
                 inside = j not in ends
@@ -312,16 +341,20 @@ class Engine:
                         continue
                     if term.strict_end and j not in ends:
                         continue
-                    if term.exact and doc.norm.text[pos:j] != term.term:
+                    if term.exact and text[pos:j] != term.term:
                         continue
                     if term.reading and (
-                        first != last
-                        or tokens[first].pos1 != "名詞"
-                        or not _all_hiragana(hira, pos, j, doc.norm.text)
+                        first != last or tokens[first].pos1 != "名詞" or not _all_hiragana(text, pos, j)
                     ):
                         continue  # しよう is not 私用, カし is not 歌詞
-                    add(term.concept, term.term, first, last)
-        doc.hits = sorted(hits, key=lambda h: (h.first, h.last))
+                    found.add(term.concept, term.term, first, last)
+        doc.hits = sorted(found.hits, key=lambda h: (h.first, h.last))
+
+    def _any_first_for(self, cform: str) -> tuple[SeqPattern, ...]:
+        """The patterns starting with a form that ``cform`` has, in the order of ``_any_first``."""
+        found = tuple(pat for form, pats in self._any_first if cform.startswith(form) for pat in pats)
+        self._any_first_by_cform[cform] = found
+        return found
 
     def _match_seq(self, pat: SeqPattern, tokens: list[Token], i: int) -> tuple[int, int] | None:
         """Match ``pat`` with its anchor element at token ``i``: (first, last) token indexes."""
@@ -332,7 +365,7 @@ class Engine:
             return None
         for e in range(k):  # the elements before the anchor sit right before it
             el, tok = els[e], tokens[first + e]
-            if el.keys.isdisjoint(tok.keys) or (el.cform and not tok.cform.startswith(el.cform)):
+            if not _meets(el.keys, tok.keys) or (el.cform and not tok.cform.startswith(el.cform)):
                 return None
         if els[k].cform and not tokens[i].cform.startswith(els[k].cform):
             return None
@@ -347,14 +380,12 @@ class Engine:
             pos = nxt
         return first, pos
 
-    def _find_next(self, el: Any, tokens: list[Token], start: int, fillers: frozenset[str]) -> int | None:
+    def _find_next(self, el: Element, tokens: list[Token], start: int, fillers: frozenset[str]) -> int | None:
         skipped = 0
         j = start
         while j < len(tokens):
             tok = tokens[j]
-            if (el.any or not el.keys.isdisjoint(tok.keys)) and (
-                not el.cform or tok.cform.startswith(el.cform)
-            ):
+            if (el.any or _meets(el.keys, tok.keys)) and (not el.cform or tok.cform.startswith(el.cform)):
                 return j
             if tok.lemma in fillers and skipped < self._ctx.max_filler:
                 skipped += 1
@@ -507,7 +538,7 @@ class Engine:
                 if state == "any":
                     out.append(h)
                 elif state == "active":
-                    if not (h.flags & inactive_when):
+                    if not h.flags or h.flags.isdisjoint(inactive_when):
                         out.append(h)
                 elif state in h.flags:
                     out.append(h)
@@ -656,17 +687,49 @@ class Engine:
         return None
 
 
+class _Found:
+    """The hits found in a message so far, each concept once per span (the first term found)."""
+
+    def __init__(self, doc: _Doc) -> None:
+        self.doc = doc
+        self.hits: list[Hit] = []
+        self.seen: set[tuple[str, int, int]] = set()
+
+    def add(self, concept: str, term: str, first: int, last: int) -> None:
+        key = (concept, first, last)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        doc = self.doc
+        tokens = doc.tokens
+        self.hits.append(
+            Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
+        )
+
+
+def _meets(keys: frozenset[str], words: tuple[str, ...]) -> bool:
+    """Some of ``words`` is among ``keys`` (``not keys.isdisjoint(words)``, compiled)."""
+    for w in words:
+        if w in keys:
+            return True
+    return False
+
+
 def _words_present(pat: SeqPattern, present: set[str]) -> bool:
     """Every other required word of the pattern is somewhere in the message."""
     for keys in pat.required:
-        if keys.isdisjoint(present):
+        for key in keys:
+            if key in present:
+                break
+        else:
             return False
     return True
 
 
-def _all_hiragana(hira: str, start: int, end: int, text: str) -> bool:
+def _all_hiragana(text: str, start: int, end: int) -> bool:
     """A kana spelling matches hiragana as written (また), not katakana folded into it (マタハラ)."""
-    return hira[start:end] == text[start:end]
+    written = text[start:end]
+    return fold(written) == written
 
 
 def _same(a: Hit, b: Hit) -> bool:
@@ -739,10 +802,13 @@ def _is_conditional(tokens: list[Token], i: int) -> bool:
     return tok.lemma == "た" and tok.cform.startswith("仮定")
 
 
-def _may_fire(rule: Rule, present: KeysView[str]) -> bool:
-    """A quick look before the real check: every item of the rule has a concept in the message."""
-    for group in rule.required:
-        if group.isdisjoint(present):
+def _all_present(groups: tuple[tuple[str, ...], ...], present: set[str]) -> bool:
+    """A quick look before the real check: each group has a concept in the message."""
+    for group in groups:
+        for concept in group:
+            if concept in present:
+                break
+        else:
             return False
     return True
 

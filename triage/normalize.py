@@ -12,10 +12,12 @@ knows how to apply them.
 from __future__ import annotations
 
 import bisect
+import importlib
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import jaconv
 
@@ -74,6 +76,34 @@ def fold(text: str) -> str:
     """The form written words are matched in: katakana as hiragana, ASCII in lower case
     (リスカ finds りすか, HELP finds help). One character for one, so offsets hold."""
     return text.translate(_FOLD)
+
+
+# For each letter, the other letters that ``fold`` turns into it (ア for あ, A for a).
+_UNFOLD: dict[str, str] = {}
+for _from, _to in _FOLD.items():
+    _UNFOLD[chr(_to)] = _UNFOLD.get(chr(_to), "") + chr(_from)
+
+
+def written_forms(letters: str) -> str:
+    """``letters`` and every letter that ``fold`` turns into one of them: ``fold(c) in letters``
+    is ``c in written_forms(letters)`` for letters that fold leaves alone."""
+    return letters + "".join(_UNFOLD.get(c, "") for c in letters)
+
+
+def trie_as_written(node: dict[str, Any], end: str) -> dict[str, Any]:
+    """A copy of a trie of folded words (one letter a level, ``end`` for what ends there) to
+    walk on a text as it is written: a letter that ``fold`` changes leads where its folded
+    letter leads, so the walk finds what a walk on the folded text would, without folding it."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == end:
+            out[key] = value
+        elif fold(key) == key:  # a letter that fold changes is never met in a folded text
+            out[key] = trie_as_written(value, end)
+    for key in [k for k in out if k != end]:
+        for letter in _UNFOLD.get(key, ""):
+            out[letter] = out[key]
+    return out
 
 
 def _nfkc_class() -> re.Pattern[str]:
@@ -236,6 +266,91 @@ def _gate(patterns: list[re.Pattern[str]]) -> re.Pattern[str]:
     return re.compile("|".join(parts) or "(?!)")
 
 
+# re's own parser of expressions: what a pattern needs is read from its parsed form.
+_RE_PARSER: Any = importlib.import_module("re._parser")
+_MAX_NEEDED = 16  # larger classes of letters ([ぁ-ゖ]) are not worth looking for
+
+
+def _needed_letters(pattern: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
+    """Sets of letters of which a text must hold one each for ``pattern`` to match anywhere in
+    it, the likely rarest first: one for each literal or class of literals that every match reads (in
+    groups, repeats of at least one, and positive lookarounds; a branch gives the letters that
+    start any of its alternatives). Anything else tells nothing; so does a pattern with flags."""
+    if pattern.flags & (re.IGNORECASE | re.VERBOSE):
+        return ()
+    try:
+        parsed = _RE_PARSER.parse(pattern.pattern, pattern.flags)
+    except Exception:  # noqa: BLE001 -- a parser of another Python: no shortcut, never wrong
+        return ()
+    sets: list[frozenset[str]] = []
+    _collect_needed(list(parsed), sets)
+    small = {letters for letters in sets if letters and len(letters) <= _MAX_NEEDED}
+    # Hiragana are in most messages: sets without them first, then the smallest.
+    order = sorted(small, key=lambda x: (any(c in _HIRA_SET for c in x), len(x), sorted(x)))
+    return tuple(tuple(sorted(letters)) for letters in order)
+
+
+def _collect_needed(items: list[Any], out: list[frozenset[str]]) -> None:
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            out.append(frozenset(chr(av)))
+        elif name == "IN":
+            letters = _class_letters(av)
+            if letters is not None:
+                out.append(letters)
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            least, _most, sub = av
+            if least >= 1:
+                _collect_needed(list(sub), out)
+        elif name == "SUBPATTERN":
+            _group, add_flags, del_flags, sub = av
+            if not add_flags and not del_flags:
+                _collect_needed(list(sub), out)
+        elif name == "ASSERT":  # a positive lookahead or lookbehind reads letters of the text too
+            _direction, sub = av
+            _collect_needed(list(sub), out)
+        elif name == "BRANCH":
+            _, alternatives = av
+            starts: set[str] = set()
+            for alternative in alternatives:
+                inner: list[frozenset[str]] = []
+                _collect_needed(list(alternative), inner)
+                if not inner:
+                    break
+                starts |= inner[0]
+            else:
+                out.append(frozenset(starts))
+
+
+def _class_letters(items: list[Any]) -> frozenset[str] | None:
+    """The letters of a class ([たな], [ぁ-ゖ]), or None for a negated class or a category (\\s)."""
+    letters: set[str] = set()
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            letters.add(chr(av))
+        elif name == "RANGE":
+            low, high = av
+            if high - low > _MAX_NEEDED:
+                return None
+            letters.update(chr(c) for c in range(low, high + 1))
+        else:
+            return None
+    return frozenset(letters)
+
+
+def _holds_letters(text: str, needed: tuple[tuple[str, ...], ...]) -> bool:
+    """``text`` holds a letter of each set of ``needed``."""
+    for letters in needed:
+        for letter in letters:
+            if letter in text:
+                break
+        else:
+            return False
+    return True
+
+
 def _constant(word: str) -> Callable[[str], str]:
     return lambda _s: word
 
@@ -317,7 +432,9 @@ class Normalizer:
         if self._emoji is not None:
             pre.append(self._emoji)
         self._gate_pre = _gate(pre)
-        self._gate_subs = _gate([p for p, _ in config.substitutions])
+        # Each substitution with the letters a match of it needs (one of each set): most are
+        # ruled out by a look for a letter or two, without running their expression.
+        self._substitutions = [(p, repl, _needed_letters(p)) for p, repl in config.substitutions]
         # Cheap first looks (one character class each) before the exact gates above.
         kaomoji = re.escape(config.kaomoji_chars)
         emoji_chars = "".join(re.escape(k[0]) for k in config.emoji)
@@ -383,9 +500,10 @@ class Normalizer:
             )
             if romaji:
                 t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
-        if (self._quick_subs is None or self._quick_subs.search(t)) and self._gate_subs.search(t):
-            for pattern, repl in self.config.substitutions:
-                t, origin = _rewrite(t, origin, pattern, _expander(repl))
+        if self._quick_subs is None or self._quick_subs.search(t):
+            for pattern, repl, needed in self._substitutions:
+                if _holds_letters(t, needed):  # else the pattern cannot match: nothing to rewrite
+                    t, origin = _rewrite(t, origin, pattern, _expander(repl))
         if _REPEATED_WORD.search(t):
             t, origin = _rewrite(t, origin, _REPEATED_WORD, lambda m: m.group() + "。")
         if self._post_may_apply(t) and self._gate_post.search(t):

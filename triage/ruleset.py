@@ -56,7 +56,28 @@ class SeqPattern:
     elements: tuple[Element, ...]
     anchor: int = 0  # the element the pattern is indexed by; those before it sit right before
     # the words (alternatives) of every other required element: a quick look before matching
-    required: tuple[frozenset[str], ...] = ()
+    # (each as a tuple, looked up one by one; those holding a common word last, as they fail least)
+    required: tuple[tuple[str, ...], ...] = ()
+    # One word and no form (a plain lexicon word): it matches wherever it is indexed, alone.
+    plain: bool = False
+    # The bits (key_bit) of the words of the first required element, all bits when none: a
+    # message whose words have none of them lacks that element, without a look-up.
+    first_bits: int = 0
+
+
+KEY_BITS = 60  # bits of a word's mark; a machine integer holds them
+
+
+def key_bit(key: str) -> int:
+    """A word's mark: one of KEY_BITS bits, from its hash (the same for the whole process)."""
+    return 1 << (hash(key) % KEY_BITS)
+
+
+def _bits_of(keys: tuple[str, ...]) -> int:
+    bits = 0
+    for key in keys:
+        bits |= key_bit(key)
+    return bits
 
 
 # Words too common to index a pattern by (に+居る is found from 居る, then に is checked).
@@ -299,10 +320,13 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 if file == "lexicon.yaml":  # signals never change how a message is read
                     kanji_words.update(k for el in elements for k in el.keys if _has_kanji(k))
                 anchor = _anchor(elements)
-                required = tuple(
+                groups = [
                     el.keys for k, el in enumerate(elements) if k != anchor and not el.optional and not el.any
-                )
-                pat = SeqPattern(name, term, elements, anchor, required)
+                ]
+                groups.sort(key=lambda keys: not keys.isdisjoint(_COMMON))  # stable: rarer words first
+                words = tuple(tuple(sorted(keys)) for keys in groups)
+                first_bits = _bits_of(words[0]) if words else (1 << KEY_BITS) - 1
+                pat = SeqPattern(name, term, elements, anchor, words, first_bits=first_bits)
                 first = elements[0]
                 if first.optional:
                     raise ContentError(f"{where}: {term}: the first token cannot be optional")
@@ -333,7 +357,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 el = Element(frozenset({term}) | _readings([term], reading))
                 if _has_kanji(term) and file == "lexicon.yaml":
                     kanji_words.add(term)
-                plain = SeqPattern(name, term, (el,))
+                plain = SeqPattern(name, term, (el,), plain=True)
                 for key in el.keys:
                     seq_index.setdefault(key, []).append(plain)
                 # (not for one kanji alone: 痕 would read as あと, "after")

@@ -14,7 +14,16 @@ from typing import Any
 import fugashi
 import unidic_lite
 
-from triage.normalize import HIRAGANA, KANJI, KATAKANA, Normalized, fold, katakana_to_hiragana, respell
+from triage.normalize import (
+    HIRAGANA,
+    KANJI,
+    KATAKANA,
+    Normalized,
+    katakana_to_hiragana,
+    respell,
+    trie_as_written,
+    written_forms,
+)
 from triage.ruleset import COMMON_KANA, READING, SeqPattern
 
 
@@ -119,10 +128,19 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
 
 def _kana_typed(text: str) -> bool:
     """Typed without kanji conversion: kanji are few among the Japanese letters."""
-    kanji = len(_KANJI_CHAR.findall(text))
+    # Counted letter by letter (compiled, no list of matches): kanji as _KANJI_CHAR has them,
+    # Japanese letters as _JA_LETTER.
+    kanji = 0
+    letters = 0
+    for i in range(len(text)):
+        code = ord(text[i])
+        if 0x4E00 <= code <= 0x9FFF or code == 0x3005 or code == 0x3006 or code == 0x30F6:  # 一-鿿々〆ヶ
+            kanji += 1
+            letters += 1
+        elif 0x3041 <= code <= 0x3096 or 0x30A1 <= code <= 0x30FA or code == 0x30FC:  # ぁ-ゖ ァ-ヺ ー
+            letters += 1
     if kanji * 8 > len(text):
         return False
-    letters = len(_JA_LETTER.findall(text))
     return letters >= 4 and kanji * 8 <= letters
 
 
@@ -167,12 +185,16 @@ class Tokenizer:
         self._tagger = fugashi.Tagger(f"-d {unidic_lite.DICDIR}")
         self._cache: dict[str, _Morph] = {}
         self._unknown: dict[tuple[str, str], _Morph] = {}
+        self._across: dict[tuple[str, str], bool] = {}  # word_across, by the letters each side
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
         # The lexicon's sequence patterns by key word; set by the engine before first use.
         self.index: dict[str, list[SeqPattern]] = {}
         self._spellings: dict[str, Any] = {}
-        self._spelling_prefixes: set[str] = set()
+        # The same trie and first two letters as they may be written (katakana too), so that
+        # the text is looked up as it is, not folded first (fold is one letter for one).
+        self._spellings_as_written: dict[str, Any] = {}
+        self._spelling_prefix_forms: set[str] = set()
 
     def learn_words(self, words: frozenset[str]) -> None:
         """Readings of the lexicon's words written with kanji, for text typed in kana that the
@@ -191,6 +213,7 @@ class Tokenizer:
                 for kana, spelling, after in _forms(word, nodes[0].feature):
                     self._learn(trie, kana, spelling, after)
         self._spellings = trie
+        self._spellings_as_written = trie_as_written(trie, _END)
 
     def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
@@ -200,8 +223,12 @@ class Tokenizer:
         node = trie
         for ch in kana:
             node = node.setdefault(ch, {})
-        node.setdefault(_END, (spelling, after))
-        self._spelling_prefixes.add(kana[:2])
+        # what may follow, as it may be written (katakana too: the text is not folded)
+        node.setdefault(_END, (spelling, written_forms(after)))
+        # the first two letters, as they may be written: most words start no spelling
+        self._spelling_prefix_forms.update(
+            a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
+        )
 
     def _reads_whole(self, kana: str, noun: str) -> bool:
         """Whether the dictionary, reading these kana alone, finds words it knows: one word (なくなり:
@@ -221,39 +248,45 @@ class Tokenizer:
         """Where kana the dictionary cut badly spells a word of the lexicon (きしねんりょ cut as
         岸/ねん/り/ょ), write the word in kanji and read the message again. A word the
         dictionary found whole is left as it is (its reading is a key already)."""
-        trie = self._spellings
-        if not trie:
+        if not self._spellings:
             return None
-        hira = fold(norm.text)
-        if kana_typed is None:
-            kana_typed = _kana_typed(norm.text)
-        ends = {t.end for t in tokens}
+        trie = self._spellings_as_written
+        text = norm.text
+        # The ends of the words, only once a word may start a spelling.
+        looked = False
+        ends: set[int] = set()
         spans: list[tuple[int, int, str]] = []
         taken = 0
-        prefixes = self._spelling_prefixes
+        forms = self._spelling_prefix_forms
         for i, tok in enumerate(tokens):
             pos = tok.start
-            if hira[pos : pos + 2] not in prefixes:
+            if text[pos : pos + 2] not in forms:
                 continue  # no word of the lexicon starts so (most words: one look-up)
             if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
                 continue
-            node: dict[str, Any] | None = trie
+            if not looked:
+                looked = True
+                ends = {t.end for t in tokens}
+                if kana_typed is None:
+                    kana_typed = _kana_typed(text)
+            node: dict[str, Any] = trie
             j = pos
             found: tuple[int, str] | None = None
-            while j < len(hira) and node is not None:
-                node = node.get(hira[j])
-                if node is None:
+            while j < len(text):
+                child: dict[str, Any] | None = node.get(text[j])
+                if child is None:
                     break
+                node = child
                 j += 1
                 if _END in node:
                     spelling, after = node[_END]
                     # a verb's form only before what may follow it (しん before だ or で)
-                    if not after or (j < len(hira) and hira[j] in after):
+                    if not after or (j < len(text) and text[j] in after):
                         found = (j, str(spelling))
             if found is None:
                 continue
             end, word = found
-            if end == tok.end or not _KANA_WORD.fullmatch(norm.text[pos:end]):
+            if end == tok.end or not _KANA_WORD.fullmatch(text[pos:end]):
                 continue  # one whole word as the dictionary read it, or not all kana
             if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
                 continue  # a prefix of a longer word the dictionary knows
@@ -288,14 +321,24 @@ class Tokenizer:
         return result
 
     def word_across(self, left: str, right: str) -> bool:
-        """Whether the dictionary reads one word across the join of ``left`` and ``right``."""
+        """Whether the dictionary reads one word across the join of ``left`` and ``right``
+        (a few letters each side of a space: the same pairs come back, so answers are kept)."""
+        key = (left, right)
+        known = self._across.get(key)
+        if known is not None:
+            return known
+        across = False
         pos = 0
         for node in self._tagger(left + right):
             end = pos + len(node.white_space) + len(node.surface)
             if pos + len(node.white_space) < len(left) < end:
-                return True
+                across = True
+                break
             pos = end
-        return False
+        if len(self._across) >= _CACHE_MAX:
+            self._across.clear()
+        self._across[key] = across
+        return across
 
     def reading(self, word: str) -> str:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
@@ -332,10 +375,11 @@ class Tokenizer:
         pos = 0
         cache = self._cache
         for node in self._tagger(text):
-            surface = node.surface
+            surface: str = node.surface
             # MeCab skips white space and keeps it on the next node; never trust it blindly.
-            start = pos + len(node.white_space)
-            if not text.startswith(surface, start):
+            white: str = node.white_space
+            start = pos + len(white)
+            if text.find(surface, start, start + len(surface)) != start:  # startswith, compiled
                 start = text.find(surface, pos)
                 if start < 0:
                     start = pos
@@ -343,7 +387,7 @@ class Tokenizer:
             # and the same word with the same features always reads the same.
             # The raw features hold the written form, so they name a known word on their own;
             # unknown words all share one feature string and are told apart by their surface.
-            raw = node.feature_raw
+            raw: str = node.feature_raw
             morph = cache.get(raw)
             if morph is None:
                 morph = self._unknown.get((raw, surface))
