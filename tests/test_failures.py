@@ -22,8 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bot.guard import SIGNATURE_FAILURES
+from bot.storage.credentials import MAX_FAILURES
 from bot.web import create_app
-from handoff.console.auth import MAX_FAILURES
 from tests.conftest import make_settings
 from tests.helpers import PASSWORD, add_account, try_login
 
