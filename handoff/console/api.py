@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select, update
@@ -714,7 +714,9 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         }
 
     @r.get("/conversations/{conversation_id}/pictures/{picture_id}")
-    async def get_picture(conversation_id: str, picture_id: int, me: MeDep) -> Response:
+    async def get_picture(
+        conversation_id: str, picture_id: Annotated[int, Path(ge=1, le=2**63 - 1)], me: MeDep
+    ) -> Response:
         """A picture a person sent, for whoever may read the conversation (the one access check); the
         counsellor asked for it with a click after a warning. Never cached; every view is audited."""
         async with svc.db.session() as s, s.begin():
