@@ -58,6 +58,9 @@ class Outlet(Protocol):
     @property
     def batch(self) -> int: ...
 
+    @property
+    def parks_deferred(self) -> bool: ...
+
     def reachable(self, contact_id: str) -> bool: ...
 
     async def deliver(self, outs: list[Outbound]) -> Delivery: ...
@@ -67,6 +70,7 @@ log = logging.getLogger("tsunagi.outbox")
 
 LEASE = timedelta(seconds=30)
 MAX_ATTEMPTS = 12
+DEFER = timedelta(minutes=10)  # a deferred reply on a channel that cannot say when the person is back
 MAX_WAIT_ASKED = 3600.0  # seconds: the longest wait a platform's retry_after is taken for
 
 
@@ -350,7 +354,13 @@ class OutboxWorker:
         # at once; else the rows are parked until they come back.
         retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(contact_id)
         for row, _ in pairs:
-            await self._record(row, delivery, now, park=not retry_now)
+            await self._record(
+                row,
+                delivery,
+                now,
+                park=not retry_now and channel.parks_deferred,
+                later=not retry_now and not channel.parks_deferred,
+            )
         if delivery.outcome is Outcome.DEFERRED:
             if retry_now or channel.reachable(contact_id):
                 # (They may have come back while the rows were being parked: their resume may have
@@ -404,17 +414,21 @@ class OutboxWorker:
             gone=contact.presence == Presence.QUICK_EXIT,
         )
 
-    async def _record(self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True) -> None:
+    async def _record(
+        self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True, later: bool = False
+    ) -> None:
         values: dict[str, object] = {"lease_until": None}
         if delivery.outcome is Outcome.DELIVERED:
             values.update(status=OutboxStatus.DELIVERED, delivered_at=utcnow(), last_error="")
         elif delivery.outcome is Outcome.DEFERRED:
             # Not a failure: the attempt is given back, and the row waits for the person to return
             # (parked: never due meanwhile), or goes again at once when they are already back.
+            # A channel that cannot tell when the person is back (e-mail with no relay yet) tries again
+            # after DEFER instead of parking.
             values.update(
                 status=OutboxStatus.PARKED if park else OutboxStatus.PENDING,
                 attempts=row.attempts,
-                next_attempt_at=now,
+                next_attempt_at=now + DEFER if later else now,
                 last_error=delivery.reason[:500],
             )
         elif delivery.outcome is Outcome.RETRY and row.attempts + 1 < MAX_ATTEMPTS:

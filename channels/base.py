@@ -32,6 +32,9 @@ class Channel(ABC):
     # How many waiting messages of one conversation may go out in one send (``send_many``): LINE takes
     # five in one reply, and a reply costs nothing where a push is counted against the account's quota.
     batch: ClassVar[int] = 1
+    # A reply it defers waits, parked, until the person is back (the web chat, which knows when they
+    # reconnect); other channels retry a deferred reply after a while (e-mail with no relay yet).
+    parks_deferred: ClassVar[bool] = False
 
     def __init__(self, host: ChannelHost) -> None:
         self.host = host  # what a channel may ask (channels/host.py), never the whole service

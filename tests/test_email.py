@@ -1080,6 +1080,7 @@ def test_writing_again_within_seven_days_of_a_crisis_starts_at_crisis(
     assert first.state == "closed"
     service(client).engine.clock = lambda: utcnow() + timedelta(days=6)
     deliver(client, mail("こんにちは", subject="また相談です").as_bytes())
-    assert keys([fake.wait(USER, 3)[2]]) == ["welcome", "waiting", "waiting_safety", "ask_age"]
+    # The age band was asked once already (in the first conversation): it is not asked again.
+    assert keys([fake.wait(USER, 3)[2]]) == ["welcome", "waiting", "waiting_safety"]
     second = next(c for c in conversations(client) if c.id != first.id)
     assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)

@@ -89,6 +89,7 @@ class _Client:
 
 
 class WebChatChannel(Channel):
+    parks_deferred: ClassVar[bool] = True
     name: ClassVar[str] = "webchat"
 
     def __init__(self, host: ChannelHost) -> None:
