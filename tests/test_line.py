@@ -873,7 +873,8 @@ def test_coming_back_within_seven_days_starts_at_that_risk_with_the_earlier_conv
     assert first.state == "closed"
     # Six days later: the new conversation starts at crisis, in the queue at once, the earlier one linked.
     line.svc.engine.clock = lambda: utcnow() + timedelta(days=6)
-    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety", "ask_age"]
+    # The age band was asked once already (in the first conversation): it is not asked again.
+    assert keys(line.said(user, "こんにちは")) == ["welcome", "waiting", "waiting_safety"]
     second = next(c for c in line.conversations() if c.id != first.id)
     assert (second.state, second.risk, second.previous_id) == ("waiting", "crisis", first.id)
     line.said(user, "終了")
