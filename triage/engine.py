@@ -404,11 +404,15 @@ class Engine:
         concepts = self.rules.concepts
         starting: dict[int, list[Hit]] = {}
         longest = 0
+        idioms = False
         for h in doc.hits:
             starting.setdefault(h.first, []).append(h)
             longest = max(longest, h.last - h.first)
+            idioms = idioms or concepts[h.concept].idiom
         for h in doc.hits:
             c = concepts[h.concept]
+            if not c.group and (c.idiom or not idioms):
+                continue  # nothing can take it out of play: no group, and no idiom over it
             for first in range(h.first - longest, h.first + 1):
                 for o in starting.get(first, ()):
                     if o is h or h.last > o.last:
