@@ -538,8 +538,11 @@ class Engine:
         out: list[Hit] = []
         concepts = self.rules.concepts
         for name, state in cond.options:
+            hits = doc.by_concept.get(name)
+            if hits is None:
+                continue  # most options of a condition are not in the message
             inactive_when = concepts[name].flags
-            for h in doc.by_concept.get(name, ()):
+            for h in hits:
                 if h.suppressed:
                     continue
                 if state == "any":
