@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import repeatable
 from triage import get_engine
-from triage.normalize import _holds_letters, _needed_letters, fold, trie_as_written, written_forms
+from triage.normalize import _doubled, _holds_letters, _needed_letters, fold, trie_as_written, written_forms
 from triage.ruleset import TRIE_END
 from triage.tokens import _JA_LETTER, _KANJI_CHAR, _kana_typed
 
@@ -110,3 +110,27 @@ def test_needed_letters_of_some_expressions() -> None:
     assert _needed_letters(re.compile("abc", re.IGNORECASE)) == ()
     assert _holds_letters("たぃ", (("ぃ",), ("た", "な")))
     assert not _holds_letters("かぃ", (("ぃ",), ("た", "な")))
+
+
+@SETTINGS
+@given(st.text(max_size=30))
+def test_doubled_letters_as_the_expression_finds_them(text: str) -> None:
+    assert _doubled(text) == (re.search("(.)\\1", text) is not None)
+
+
+_bmp_text = st.text(alphabet=st.characters(max_codepoint=0xFFFF), max_size=30) | st.text(
+    alphabet="ａＡ１！？　（）ｶﾞﾀ…‥〜～①㍻ﾟ\u3099\u309aあア。T;", max_size=30
+)
+
+
+@SETTINGS
+@given(_bmp_text)
+def test_the_classes_for_text_within_the_bmp_find_what_the_whole_classes_find(text: str) -> None:
+    normalizer = get_engine().normalizer
+    assert [m.span() for m in normalizer._nfkc_bmp.finditer(text)] == [
+        m.span() for m in normalizer._nfkc.finditer(text)
+    ]
+    assert normalizer._quick_pre_bmp is not None
+    assert [m.span() for m in normalizer._quick_pre_bmp.finditer(text)] == [
+        m.span() for m in normalizer._quick_pre.finditer(text)
+    ]

@@ -221,7 +221,7 @@ class Engine:
         distress = (
             self._distress.options
             and not present.isdisjoint(self._signal_only)
-            and self._active(doc, self._distress)
+            and self._any_active(doc, self._distress)
         )
         signals = ("distress",) if distress else ()
         result = TriageResult(
@@ -252,13 +252,16 @@ class Engine:
         sentence = clause = depth = 0
         prev_end = 0
         for i, tok in enumerate(tokens):
-            gap = text[prev_end : tok.start] if tok.start > prev_end else ""
-            dependent = tok.pos1 in ("助動詞", "助詞", "接尾辞") or tok.surface in ctx.sentence_ends
-            if "\n" in gap and sentence_of:
+            # a line break in the gap before the word (text.find: no slice of the gap is made)
+            if tok.start > prev_end and sentence_of and text.find("\n", prev_end, tok.start) >= 0:
                 if sentence_of[-1] == sentence:  # not already broken (after 。 or an emoji)
                     sentence += 1
                     clause += 1
-            elif tok.space_before and not dependent and sentence_of:
+            elif (
+                tok.space_before
+                and sentence_of
+                and not (tok.pos1 in ("助動詞", "助詞", "接尾辞") or tok.surface in ctx.sentence_ends)
+            ):
                 # LINE writers break with spaces: a clause, within one sentence
                 # (いま　彼氏に　なぐられてる is one thought)
                 clause += 1
@@ -401,11 +404,15 @@ class Engine:
         concepts = self.rules.concepts
         starting: dict[int, list[Hit]] = {}
         longest = 0
+        idioms = False
         for h in doc.hits:
             starting.setdefault(h.first, []).append(h)
             longest = max(longest, h.last - h.first)
+            idioms = idioms or concepts[h.concept].idiom
         for h in doc.hits:
             c = concepts[h.concept]
+            if not c.group and (c.idiom or not idioms):
+                continue  # nothing can take it out of play: no group, and no idiom over it
             for first in range(h.first - longest, h.first + 1):
                 for o in starting.get(first, ()):
                     if o is h or h.last > o.last:
@@ -531,8 +538,11 @@ class Engine:
         out: list[Hit] = []
         concepts = self.rules.concepts
         for name, state in cond.options:
+            hits = doc.by_concept.get(name)
+            if hits is None:
+                continue  # most options of a condition are not in the message
             inactive_when = concepts[name].flags
-            for h in doc.by_concept.get(name, ()):
+            for h in hits:
                 if h.suppressed:
                     continue
                 if state == "any":
@@ -543,6 +553,26 @@ class Engine:
                 elif state in h.flags:
                     out.append(h)
         return out
+
+    def _any_active(self, doc: _Doc, cond: Condition) -> bool:
+        """``bool(self._active(doc, cond))``, stopping at the first hit."""
+        concepts = self.rules.concepts
+        for name, state in cond.options:
+            hits = doc.by_concept.get(name)
+            if not hits:
+                continue
+            inactive_when = concepts[name].flags
+            for h in hits:
+                if h.suppressed:
+                    continue
+                if state == "any":
+                    return True
+                if state == "active":
+                    if not h.flags or h.flags.isdisjoint(inactive_when):
+                        return True
+                elif state in h.flags:
+                    return True
+        return False
 
     def _actor_candidates(self, doc: _Doc, quoted: bool) -> list[Hit]:
         """The people named in a message, in order; ``quoted``: include those inside quotes
@@ -612,7 +642,7 @@ class Engine:
 
     def _fire(self, rule: Rule, doc: _Doc) -> list[Hit] | None:
         for cond in rule.unless:
-            if self._active(doc, cond):
+            if self._any_active(doc, cond):
                 return None
         extra: list[Hit] = []
         for cond in rule.with_:

@@ -106,10 +106,10 @@ def trie_as_written(node: dict[str, Any], end: str) -> dict[str, Any]:
     return out
 
 
-def _nfkc_class() -> re.Pattern[str]:
-    """A character class of every code point that NFKC changes, built once at load."""
+def _nfkc_class(below: int = 0x30000) -> re.Pattern[str]:
+    """A character class of every code point (below ``below``) that NFKC changes, built once at load."""
     ranges: list[tuple[int, int]] = []
-    for cp in range(0x20, 0x30000):
+    for cp in range(0x20, below):
         if 0xD800 <= cp <= 0xDFFF:
             continue
         ch = chr(cp)
@@ -375,6 +375,35 @@ def _extract_marks(
     return _rewrite(t, origin, pattern, repl)
 
 
+_BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _bmp_class(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """A one-letter ``pattern``'s letters below U+10000, as one class (enumerated at load): on a text
+    without letters beyond U+FFFF it finds what ``pattern`` finds, faster when ``pattern`` has some."""
+    parts: list[str] = []
+    start = -1
+    for cp in range(0x10001):
+        inside = cp < 0x10000 and pattern.fullmatch(chr(cp)) is not None
+        if inside and start < 0:
+            start = cp
+        elif not inside and start >= 0:
+            last = cp - 1
+            parts.append(
+                re.escape(chr(start)) if start == last else f"{re.escape(chr(start))}-{re.escape(chr(last))}"
+            )
+            start = -1
+    return re.compile("[" + "".join(parts) + "]" if parts else "(?!)")
+
+
+def _doubled(t: str) -> bool:
+    """A letter twice in a row (not a line break): what ``(.)\\1`` finds, compiled."""
+    for i in range(len(t) - 1):
+        if ord(t[i]) == ord(t[i + 1]) and t[i] != "\n":
+            return True
+    return False
+
+
 def _class_body(pattern: str) -> str | None:
     """The inside of a pattern that is one character class (``[...]`` or ``[...]+``), else None."""
     m = re.fullmatch(r"\[([^\]\[^][^\]\[]*)\]\+?", pattern)
@@ -409,6 +438,9 @@ class Normalizer:
         # Tells whether the dictionary reads a word across the join of two strings.
         self.word_across = word_across
         self._nfkc = _nfkc_class()
+        # The same for text without letters beyond U+FFFF (nearly all): a class of such letters
+        # alone is looked up in a table, one with letters beyond is tried range by range.
+        self._nfkc_bmp = _nfkc_class(below=0x10000)
         ja = f"[{JA_CHARS}]"
         self._mask = re.compile(f"(?<={ja})[{re.escape(config.mask_chars)}]+(?={ja})")
         # Three or more of the same kana is elongation (しにたいいいい); two can be a word (いい).
@@ -439,9 +471,11 @@ class Normalizer:
         kaomoji = re.escape(config.kaomoji_chars)
         emoji_chars = "".join(re.escape(k[0]) for k in config.emoji)
         pre_classes = [_class_body(x.pattern) for x in (_CONTROLS, _ZERO_WIDTH, config.drop_emoji)]
+        self._quick_pre_bmp: re.Pattern[str] | None = None
         if all(b is not None for b in pre_classes):
             # One character class: a single pass over the text, no alternation at each position.
             self._quick_pre = re.compile(f"[{''.join(b or '' for b in pre_classes)}{kaomoji}{emoji_chars}]")
+            self._quick_pre_bmp = _bmp_class(self._quick_pre)  # as _nfkc_bmp
         else:
             self._quick_pre = re.compile(
                 f"{_CONTROLS.pattern}|{_ZERO_WIDTH.pattern}|{config.drop_emoji.pattern}|[{kaomoji}{emoji_chars}]"
@@ -454,7 +488,6 @@ class Normalizer:
         # In three looks, cheapest first; together they match where the old single alternation did.
         self._quick_post_chars = re.compile(f"[〜~ぁぃぅぇぉ{mask}]")
         self._quick_post_marks = re.compile("ーー|(?<=[ぁ-ゖ])ー|[っッ]{2}|[っッ](?=[\\s。、!?.,…]|$)")
-        self._quick_post_pair = re.compile("(.)\\1")  # any doubled character, before the exact repeats
         self._quick_post_repeat = re.compile("(.)\\1\\1|([あいうえお])\\2|([。、！？!?…])\\3")
         self._gate_post = _gate(
             [
@@ -481,7 +514,9 @@ class Normalizer:
             t, origin = _join_spread(t, origin)
         # Most messages need few passes: one search over a combined pattern decides whether
         # a whole group of passes can be skipped.
-        if self._quick_pre.search(t) and self._gate_pre.search(t):
+        bmp = _BEYOND_BMP.search(t) is None
+        quick_pre = self._quick_pre_bmp if bmp and self._quick_pre_bmp is not None else self._quick_pre
+        if quick_pre.search(t) and self._gate_pre.search(t):
             t, origin = _rewrite(t, origin, _CONTROLS, lambda m: "")
             t, origin = _rewrite(t, origin, _ZERO_WIDTH, lambda m: "")
             # Kaomoji and emoji first: NFKC would break some of them apart.
@@ -491,7 +526,8 @@ class Normalizer:
                 t, origin = _extract_marks(t, origin, self._emoji, self.config.emoji.__getitem__, marks)
             t, origin = _rewrite(t, origin, self.config.drop_emoji, lambda m: " ")
         if not unicodedata.is_normalized("NFKC", t):
-            t, origin = _rewrite(t, origin, self._nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
+            nfkc = self._nfkc_bmp if _BEYOND_BMP.search(t) is None else self._nfkc
+            t, origin = _rewrite(t, origin, nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
         if _LATIN_WORD.search(t):
             # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
             romaji = _romaji_text(t)
@@ -528,7 +564,7 @@ class Normalizer:
             return True
         if ("ー" in t or "っ" in t or "ッ" in t) and self._quick_post_marks.search(t):
             return True
-        return self._quick_post_pair.search(t) is not None and self._quick_post_repeat.search(t) is not None
+        return _doubled(t) and self._quick_post_repeat.search(t) is not None
 
     def _join_spaced_words(self, t: str, origin: list[int]) -> tuple[str, list[int]]:
         """Remove spaces that split a word (死に たい, し に た い), keep those that split sentences.
