@@ -29,15 +29,6 @@ from tests.helpers import TSUNAGI, free_port
 
 T = TypeVar("T")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 8_000  # the longest any single wait in a page may take
 WAIT_S = WAIT_MS / 1000
 CRISIS = "もう死にたい。今から飛び降りる"
