@@ -83,25 +83,26 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
+    from bot import logs
     from bot.config import Settings
     from bot.guard import header_deadline
     from bot.web import create_app
     from channels.webchat import MAX_IMAGE_FRAME
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)
     if args.no_workers:
         settings = settings.model_copy(update={"workers": False})
     app = create_app(settings)
-    # Access logs are off: a URL can carry a token; the application logs ids and states only.
+    # Uvicorn's access log is off (a URL can carry a token): the app writes its own, with the route's
+    # template instead of the path (bot/logs.py). Uvicorn's other logs go through our handler.
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
+        log_config=None,
         log_level="info",
         access_log=False,
         # A web chat frame carries at most a picture (8 MB, in base64): a larger frame closes the socket
@@ -123,11 +124,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from bot import logs
     from bot.config import Settings
     from bot.service import Service
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)
     if not settings.redis_url:
         print(
             "tsunagi worker: set TSUNAGI_REDIS_URL (and TSUNAGI_DATABASE_URL) as for the `tsunagi serve`\n"

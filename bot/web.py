@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bot.config import Settings
 from bot.guard import BodyLimit
+from bot.logs import RequestLog
 from bot.pages import SecurityHeaders
 from bot.service import Service
 from handoff.console import console_router, ensure_first_admin
@@ -40,6 +41,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.add_middleware(SecurityHeaders, behind_tls=svc.settings.behind_tls)
     # Bodies over their path's limit refused before they are read whole; slow bodies cut off (bot/guard.py).
     app.add_middleware(BodyLimit, read_timeout=svc.settings.read_timeout)
+    # Outermost: a request id for everything below it, and one access line a request (bot/logs.py).
+    app.add_middleware(RequestLog)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

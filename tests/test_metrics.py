@@ -13,8 +13,6 @@ then ``/metrics`` parsed with prometheus_client's own parser and every family ch
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -35,7 +33,18 @@ from bot.web import create_app
 from channels.loopback import LoopbackChannel
 from tests.conftest import make_settings, postgres_database
 from tests.fake_line import FakeLine
-from tests.helpers import CRISIS, add_account, db, eventually, in_app, login, service, start_fresh
+from tests.helpers import (
+    CRISIS,
+    add_account,
+    db,
+    eventually,
+    in_app,
+    line_text_body,
+    login,
+    post_line,
+    service,
+    start_fresh,
+)
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
 
 LINE_SECRET = "metrics-line-secret"
@@ -91,31 +100,8 @@ class Scrape:
         return [s.labels for s in self.families[family].samples]
 
 
-def line_text(user: str, text: str) -> bytes:
-    """A LINE webhook body with one text message (docs/contract.md; without a reply token: pushed)."""
-    event = {
-        "type": "message",
-        "mode": "active",
-        "timestamp": int(time.time() * 1000),
-        "source": {"type": "user", "userId": user},
-        "webhookEventId": uuid.uuid4().hex.upper()[:26],
-        "deliveryContext": {"isRedelivery": False},
-        "message": {"type": "text", "id": str(uuid.uuid4().int)[:18], "text": text},
-    }
-    return json.dumps({"destination": "U" + "0" * 32, "events": [event]}, ensure_ascii=False).encode()
-
-
-def post_line(client: TestClient, raw: bytes) -> None:
-    import base64
-    import hashlib
-    import hmac
-
-    digest = hmac.new(LINE_SECRET.encode(), raw, hashlib.sha256).digest()
-    response = client.post(
-        "/webhooks/line",
-        content=raw,
-        headers={"Content-Type": "application/json", "X-Line-Signature": base64.b64encode(digest).decode()},
-    )
+def line_text(client: TestClient, user: str, text: str) -> None:
+    response = post_line(client, line_text_body(user, text), LINE_SECRET)
     assert response.status_code == 200, response.text
 
 
@@ -203,7 +189,7 @@ def test_the_families_follow_what_happens(tmp_path: Path, fake_line: FakeLine) -
         # LINE: a message triaged at intake and in the conversation, and answered; the first push
         # answered 500 (retried), then delivered.
         fake_line.fail(500)
-        post_line(client, line_text(line_user, "こんにちは"))
+        line_text(client, line_user, "こんにちは")
         eventually(lambda: len(fake_line.to(line_user)) >= 1, "LINE's welcome")
         # A loopback person at high risk waits for a counsellor; one whose reply is refused gets nothing.
         waiting = say(client, "person-a", "こんにちは", "同意", secret_text)
@@ -286,7 +272,7 @@ def test_the_backlog_shows_its_oldest_row(tmp_path: Path, fake_line: FakeLine) -
     """Without workers nothing is handled or sent: the inbox and outbox keep their rows, and the age of
     the oldest is what an operator alerts on (a platform or relay down, workers stopped)."""
     with app(tmp_path, fake_line, workers=False) as client:
-        post_line(client, line_text("U" + uuid.uuid4().hex, "こんにちは"))
+        line_text(client, "U" + uuid.uuid4().hex, "こんにちは")
         say(client, "person-c", "こんにちは")
         age(client, Inbox, Inbox.received_at, 5)
         age(client, Outbox, Outbox.created_at, 7)
