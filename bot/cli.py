@@ -127,6 +127,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from bot import logs
     from bot.config import Settings
     from bot.service import Service
+    from bot.web import serve_metrics
 
     settings = Settings()
     logs.configure(settings.log_format)
@@ -146,6 +147,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await svc.start(serve=False)
+        listener = None
+        if args.metrics_port:
+            listener = await serve_metrics(svc, args.metrics_host, args.metrics_port)
+            logging.getLogger("tsunagi").info(
+                "tsunagi worker: /metrics on %s:%d", args.metrics_host, args.metrics_port
+            )
         logging.getLogger("tsunagi").info(
             "tsunagi worker: %d inbox tasks, %d sends per channel",
             settings.inbox_workers,
@@ -154,6 +161,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         try:
             await stop.wait()
         finally:
+            if listener is not None:
+                listener.close()
             await svc.stop()
 
     asyncio.run(run())
@@ -379,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
     w = sub.add_parser("worker", help="the inbox and outbox workers alone, beside `tsunagi serve` processes")
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve this process's /metrics (and /healthz) on this port (default: none)",
+    )
+    w.add_argument("--metrics-host", default="127.0.0.1", help="the address for --metrics-port")
     w.set_defaults(func=cmd_worker)
     c = sub.add_parser("counsellor", help="console accounts")
     csub = c.add_subparsers(dest="action", required=True)

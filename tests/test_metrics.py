@@ -13,6 +13,10 @@ then ``/metrics`` parsed with prometheus_client's own parser and every family ch
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -35,9 +39,11 @@ from tests.conftest import make_settings, postgres_database
 from tests.fake_line import FakeLine
 from tests.helpers import (
     CRISIS,
+    TSUNAGI,
     add_account,
     db,
     eventually,
+    free_port,
     in_app,
     line_text_body,
     login,
@@ -73,11 +79,14 @@ OWN = {  # this process's, since it started (the parser names counters without `
 class Scrape:
     """One ``GET /metrics``, parsed."""
 
-    def __init__(self, client: TestClient) -> None:
-        response = client.get("/metrics")
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain")
-        self.text = response.text
+    def __init__(self, source: TestClient | str) -> None:
+        if isinstance(source, str):
+            self.text = source
+        else:
+            response = source.get("/metrics")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            self.text = response.text
         self.families: dict[str, Metric] = {f.name: f for f in text_string_to_metric_families(self.text)}
 
     def value(self, sample: str, **labels: str) -> float | None:
@@ -285,34 +294,39 @@ def test_the_backlog_shows_its_oldest_row(tmp_path: Path, fake_line: FakeLine) -
     assert m.value("tsunagi_reply_seconds_count", channel="loopback", sender="bot") is None
 
 
-def test_two_instances_show_the_same_shared_gauges_and_their_own_counters(
-    tmp_path: Path, fake_line: FakeLine
-) -> None:
-    """On one PostgreSQL and Redis: the queue and the tables read the same from either instance; the one
-    that did the work counted it, the other (no workers) counted nothing."""
+@pytest.fixture
+def shared_stores(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database, a Redis prefix of its own and one data key, for several processes."""
     asyncio.run(require_redis())
     prefix = random_prefix()
     loop = asyncio.new_event_loop()
     database = postgres_database()
     url = loop.run_until_complete(database.__aenter__())
     try:
-        shared: dict[str, Any] = {
+        yield {
             "database_url": url,
             "redis_url": TEST_REDIS_URL,
             "redis_prefix": prefix,
             "data_key": make_settings(tmp_path).data_key,
         }
-        with (
-            app(tmp_path / "one", fake_line, **shared) as one,
-            app(tmp_path / "two", fake_line, workers=False, **shared) as two,
-        ):
-            say(one, "person-d", "こんにちは", "同意", CRISIS)
-            settled(one)
-            first, second = Scrape(one), Scrape(two)
     finally:
         loop.run_until_complete(database.__aexit__(None, None, None))
         loop.run_until_complete(delete_prefix(prefix))
         loop.close()
+
+
+def test_two_instances_show_the_same_shared_gauges_and_their_own_counters(
+    tmp_path: Path, fake_line: FakeLine, shared_stores: dict[str, str]
+) -> None:
+    """On one PostgreSQL and Redis: the queue and the tables read the same from either instance; the one
+    that did the work counted it, the other (no workers) counted nothing."""
+    with (
+        app(tmp_path / "one", fake_line, **shared_stores) as one,
+        app(tmp_path / "two", fake_line, workers=False, **shared_stores) as two,
+    ):
+        say(one, "person-d", "こんにちは", "同意", CRISIS)
+        settled(one)
+        first, second = Scrape(one), Scrape(two)
     for m in (first, second):
         assert m.get("tsunagi_queue_waiting", risk="crisis") == 1
         assert m.get("tsunagi_conversations", state="waiting") == 1
@@ -325,3 +339,58 @@ def test_two_instances_show_the_same_shared_gauges_and_their_own_counters(
     assert first.get("tsunagi_triage_seconds_count", stage="conversation") == 3
     assert second.value("tsunagi_triage_seconds_count", stage="conversation") is None
     assert second.get("tsunagi_deliveries_failed_total", channel="loopback") == 0
+
+
+def test_a_worker_serves_its_own_metrics(
+    tmp_path: Path, fake_line: FakeLine, shared_stores: dict[str, str]
+) -> None:
+    """``tsunagi worker --metrics-port``: the replies it sends are counted in its own /metrics (the
+    instance that took the messages, without workers, counted none), beside the same shared gauges."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **{f"TSUNAGI_{k.upper()}": v for k, v in shared_stores.items()},
+        "TSUNAGI_VAR_DIR": str(tmp_path / "worker"),
+        "TSUNAGI_SMTP_LISTEN": "",
+        "TSUNAGI_LOOPBACK_CHANNEL": "true",  # its own loopback channel sends what the engine wrote for one
+    }
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except OSError:
+            return 0, ""  # not listening yet
+
+    with app(tmp_path / "web", fake_line, workers=False, **shared_stores) as client:
+        worker = subprocess.Popen(
+            [str(TSUNAGI), "worker", "--metrics-port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            eventually(lambda: worker.poll() is None and get("/healthz")[0] == 200, "the worker's /healthz")
+            say(client, "person-e", "こんにちは", "同意", CRISIS)
+            settled(client)
+            status, text = get("/metrics")
+            assert get("/nothing")[0] == 404
+            web = Scrape(client)
+        finally:
+            worker.terminate()
+            _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err.decode()
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert SHARED | OWN <= set(families)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    sent = samples[("tsunagi_reply_seconds_count", (("channel", "loopback"), ("sender", "bot")))]
+    assert sent >= 3, "the welcome, the consent's answer and the crisis replies went through the worker"
+    assert samples[("tsunagi_queue_waiting", (("risk", "crisis"),))] == 1
+    assert web.get("tsunagi_queue_waiting", risk="crisis") == 1
+    assert web.value("tsunagi_reply_seconds_count", channel="loopback", sender="bot") is None
