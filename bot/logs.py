@@ -125,6 +125,7 @@ def configure(fmt: str = "json", level: int = logging.INFO, stream: IO[str] | No
 
 
 def quiet_libraries() -> None:
+    """The libraries in ``QUIET`` log nothing below their level, whatever the root's level."""
     for name, level in QUIET.items():
         logging.getLogger(name).setLevel(level)
 

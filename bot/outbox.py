@@ -451,7 +451,8 @@ class OutboxWorker:
             values.update(status=OutboxStatus.FAILED, last_error=delivery.reason[:500])
         async with self.db.session() as s, s.begin():
             await s.execute(update(Outbox).where(col(Outbox.id) == row.id).values(**values))
-        if values["status"] == OutboxStatus.FAILED:
+        if values["status"] == OutboxStatus.FAILED and delivery.reason != QUICK_EXIT_REASON:
+            # (Not a reply to someone who left through the quick exit: nothing failed, they chose it.)
             self.metrics.deliveries_failed.labels(channel=row.channel).inc()
         elif delivery.outcome is Outcome.RETRY:
             self.metrics.delivery_retries.labels(channel=row.channel).inc()
