@@ -35,7 +35,7 @@ pure:
 	rm -rf build-mypyc
 
 run: $(VENV)/.installed triage/.compiled
-	$(BIN)/tsunagi serve --host 127.0.0.1 --port 8000
+	TSUNAGI_LOG_FORMAT=$${TSUNAGI_LOG_FORMAT:-text} $(BIN)/tsunagi serve --host 127.0.0.1 --port 8000
 
 # lint-imports: the layers of docs/architecture.md (contracts in pyproject.toml, [tool.importlinter]).
 lint: $(VENV)/.installed-dev

@@ -83,25 +83,26 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
+    from bot import logs
     from bot.config import Settings
     from bot.guard import header_deadline
     from bot.web import create_app
     from channels.webchat import MAX_IMAGE_FRAME
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)
     if args.no_workers:
         settings = settings.model_copy(update={"workers": False})
     app = create_app(settings)
-    # Access logs are off: a URL can carry a token; the application logs ids and states only.
+    # Uvicorn's access log is off (a URL can carry a token): the app writes its own, with the route's
+    # template instead of the path (bot/logs.py). Uvicorn's other logs go through our handler.
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
+        log_config=None,
         log_level="info",
         access_log=False,
         # A web chat frame carries at most a picture (8 MB, in base64): a larger frame closes the socket
@@ -123,11 +124,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from bot import logs
     from bot.config import Settings
     from bot.service import Service
+    from bot.web import serve_metrics
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    logs.configure(settings.log_format)
     if not settings.redis_url:
         print(
             "tsunagi worker: set TSUNAGI_REDIS_URL (and TSUNAGI_DATABASE_URL) as for the `tsunagi serve`\n"
@@ -144,6 +147,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await svc.start(serve=False)
+        listener = None
+        if args.metrics_port:
+            listener = await serve_metrics(svc, args.metrics_host, args.metrics_port)
+            logging.getLogger("tsunagi").info(
+                "tsunagi worker: /metrics on %s:%d", args.metrics_host, args.metrics_port
+            )
         logging.getLogger("tsunagi").info(
             "tsunagi worker: %d inbox tasks, %d sends per channel",
             settings.inbox_workers,
@@ -152,6 +161,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         try:
             await stop.wait()
         finally:
+            if listener is not None:
+                listener.close()
             await svc.stop()
 
     asyncio.run(run())
@@ -377,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
     w = sub.add_parser("worker", help="the inbox and outbox workers alone, beside `tsunagi serve` processes")
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve this process's /metrics (and /healthz) on this port (default: none)",
+    )
+    w.add_argument("--metrics-host", default="127.0.0.1", help="the address for --metrics-port")
     w.set_defaults(func=cmd_worker)
     c = sub.add_parser("counsellor", help="console accounts")
     csub = c.add_subparsers(dest="action", required=True)

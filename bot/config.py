@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
     intake_concurrency: int = Field(default=8, ge=0)
     # Database connections of one process (PostgreSQL; the pool may grow by as many again when busy).
     database_pool: int = Field(default=10, ge=1)
+    # How the logs are written to standard error (bot/logs.py): one JSON object a line (for a log
+    # collector), or plain text for a person at a terminal (``make run``).
+    log_format: Literal["json", "text"] = "json"
     # The in-process loopback channel (channels/loopback), for tests and demonstrations only.
     loopback_channel: bool = False
 

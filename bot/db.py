@@ -27,7 +27,9 @@ class Database:
     def __init__(self, url: str, *, pool: int | None = None) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # A failed statement's error (and so its logged traceback) leaves out the values it was given:
+        # names, tokens and hashes never reach a log through a database error.
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         if pool is not None and not self.is_sqlite:
             kwargs.update(pool_size=pool, max_overflow=pool)
         if self.is_sqlite:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ from bot.dialogue import (
 )
 from bot.events import Event, EventBus
 from bot.hours import Hours
+from bot.metrics import Metrics
 from bot.models import (
     ALL_CATEGORIES,
     Alert,
@@ -168,8 +170,10 @@ class ConversationEngine:
         minutes_per_place: int = 10,
         max_chars: int = 5000,
         counsellor_limit: int = 2,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics or Metrics()
         self.crypto = crypto
         self.content = content
         self.queue = queue
@@ -299,7 +303,9 @@ class ConversationEngine:
         result = None
         if inbound.kind is not Kind.MEDIA and conv.state != State.CLOSED:  # (a closed one: its survey)
             history = await self._history(s, conv)
+            started = time.perf_counter()
             result = self.triage.triage_conversation(text, history)
+            self.metrics.triaged("conversation", time.perf_counter() - started)
         full = inbound.full_text[: self.max_chars * FULL_TEXT_FACTOR]
         await self._store_inbound(s, step, replace(inbound, text=text, full_text=full), result)
         if conv.state != State.CLOSED:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from sqlmodel import col
 
 from bot.crypto import Crypto
 from bot.db import Database
+from bot.metrics import Metrics
 from bot.models import Inbox, InboxStatus, Priority, utcnow
 from bot.outbox import backoff, fan_out, wait_any
 from triage import get_engine
@@ -62,8 +64,10 @@ class InboxWorker:
         wakeup: asyncio.Event,
         concurrency: int = 1,
         intake: int = 0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics or Metrics()
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
@@ -90,7 +94,9 @@ class InboxWorker:
         user, text = seen
         priority = Priority.NORMAL
         if text.strip():
+            started = time.perf_counter()
             priority = Priority.of(self._triage.triage(text).risk.value)
+            self.metrics.triaged("intake", time.perf_counter() - started)
         return self.crypto.lookup(channel, user), priority
 
     async def store(self, channel: str, events: list[tuple[str, str]]) -> int:

@@ -37,6 +37,7 @@ from sqlmodel import col
 from bot.crypto import Crypto
 from bot.db import Database
 from bot.events import Event, EventBus
+from bot.metrics import Metrics
 from bot.models import (
     UNSENT,
     Contact,
@@ -124,9 +125,11 @@ class OutboxWorker:
         wakeup: asyncio.Event,
         events: EventBus | None = None,
         concurrency: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.events = events
+        self.metrics = metrics or Metrics()
         self.crypto = crypto
         self.channels = channels
         self.wakeup = wakeup
@@ -349,6 +352,10 @@ class OutboxWorker:
             return 0
         outs = [out for _, out in pairs]
         delivery = await channel.deliver(outs)
+        if delivery.outcome is Outcome.DELIVERED:
+            handed = utcnow()
+            for row, out in pairs:
+                self.metrics.replied(row.channel, out.sender.value, row.created_at, handed)
         contact_id = outs[0].contact_id
         # Deferred while the person came back (the web chat reconnected during the send): try again
         # at once; else the rows are parked until they come back.
@@ -444,6 +451,11 @@ class OutboxWorker:
             values.update(status=OutboxStatus.FAILED, last_error=delivery.reason[:500])
         async with self.db.session() as s, s.begin():
             await s.execute(update(Outbox).where(col(Outbox.id) == row.id).values(**values))
+        if values["status"] == OutboxStatus.FAILED and delivery.reason != QUICK_EXIT_REASON:
+            # (Not a reply to someone who left through the quick exit: nothing failed, they chose it.)
+            self.metrics.deliveries_failed.labels(channel=row.channel).inc()
+        elif delivery.outcome is Outcome.RETRY:
+            self.metrics.delivery_retries.labels(channel=row.channel).inc()
         if delivery.outcome is not Outcome.DELIVERED:
             log.info(
                 "outbox %s on %s: %s (%s)", row.id, row.channel, delivery.outcome.value, delivery.reason[:200]

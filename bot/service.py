@@ -9,9 +9,6 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlmodel import col
-
 from bot.config import Settings
 from bot.content import Content, get_content
 from bot.crypto import Crypto
@@ -21,10 +18,11 @@ from bot.events import Event, EventBus, RedisEventBus
 from bot.guard import Failures
 from bot.hours import Hours
 from bot.inbox import InboxWorker
+from bot.metrics import Metrics
 from bot.models import Contact, Conversation, HandoffStatus, Message, Presence, State, utcnow
 from bot.outbox import OutboxWorker, wait_any
 from bot.retention import Retention
-from bot.storage import contacts, conversations, handoffs
+from bot.storage import contacts, conversations, handoffs, monitoring
 from bot.types import Handled, Inbound
 from channels.base import Channel
 from channels.host import ChannelHost
@@ -49,6 +47,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.failures = Failures()  # failed logins and bad webhook signatures: /metrics, limits
+        self.process_metrics = Metrics()  # latencies and failed deliveries of this process: /metrics
         self.db = Database(settings.resolved_database_url, pool=settings.database_pool)
         self.crypto = Crypto(settings.data_keys)
         self.content = content or get_content()
@@ -75,11 +74,13 @@ class Service:
             minutes_per_place=settings.minutes_per_place,
             max_chars=settings.max_message_chars,
             counsellor_limit=settings.counsellor_limit,
+            metrics=self.process_metrics,
         )
         self.host: ChannelHost = ServiceHost(self)  # what the channels may ask, and no more
         self.channels: dict[str, Channel] = {
             name: cls(self.host) for name, cls in CHANNELS.items() if cls.enabled(settings)
         }
+        self.process_metrics.channels(self.channels)
         self.engine.joined_channels = {name for name, ch in self.channels.items() if ch.joins_replies}
         self.outbox = OutboxWorker(
             db=self.db,
@@ -88,6 +89,7 @@ class Service:
             wakeup=self.engine.outbox_wakeup,
             events=self.events,
             concurrency=settings.outbox_workers,
+            metrics=self.process_metrics,
         )
         self.inbox = InboxWorker(
             db=self.db,
@@ -96,6 +98,7 @@ class Service:
             wakeup=asyncio.Event(),
             concurrency=settings.inbox_workers,
             intake=settings.intake_concurrency,
+            metrics=self.process_metrics,
         )
         idle = timedelta(hours=settings.idle_hours)
         self.retention = Retention(
@@ -196,72 +199,62 @@ class Service:
         return {"database": await self.db.ping(), "queue": queue_ok}
 
     async def metrics(self) -> str:
-        """Prometheus text: counts by channel, state and status only (no ids, no text). What an operator
-        alerts on: messages that cannot go out (outbox pending or failed, and how old the oldest waiting
-        one is, e.g. the mail relay down) and platform events that could not be handled (inbox failed)."""
-        from bot.models import UNSENT, Inbox, Outbox
-
+        """Prometheus text. Gauges of the shared state, read now from the database and the queue (the same
+        on every instance): the queue by risk, who holds how many conversations, the inbox and the outbox by
+        channel and status with their oldest unfinished row. Then this process's own counters and histograms
+        (``bot/metrics.py``, ``bot/guard.py``). Counts, channels, states and account ids only: no text, no
+        name, no platform id."""
         now = utcnow()
         async with self.db.session() as s:
-            states = (
-                await s.execute(
-                    select(col(Conversation.state), func.count()).group_by(col(Conversation.state))
-                )
-            ).all()
-            outbox = (
-                await s.execute(
-                    select(col(Outbox.channel), col(Outbox.status), func.count()).group_by(
-                        col(Outbox.channel), col(Outbox.status)
-                    )
-                )
-            ).all()
-            oldest = (
-                await s.execute(
-                    select(col(Outbox.channel), func.min(col(Outbox.created_at)))
-                    .where(col(Outbox.status).in_(UNSENT))
-                    .group_by(col(Outbox.channel))
-                )
-            ).all()
-            inbox = (
-                await s.execute(
-                    select(col(Inbox.channel), col(Inbox.status), func.count()).group_by(
-                        col(Inbox.channel), col(Inbox.status)
-                    )
-                )
-            ).all()
-        waiting = len(await self.queue.entries())
-        return (
-            render_metrics(
-                [
-                    (
-                        "tsunagi_conversations",
-                        "Conversations by state",
-                        ("state",),
-                        {(k,): v for k, v in states},
-                    ),
-                    (
-                        "tsunagi_outbox_messages",
-                        "Messages to people by channel and status",
-                        ("channel", "status"),
-                        {(c, st): n for c, st, n in outbox},
-                    ),
-                    (
-                        "tsunagi_outbox_oldest_waiting_seconds",
-                        "Age of the oldest message not yet delivered, by channel",
-                        ("channel",),
-                        {(c,): max(0.0, (now - _aware(at)).total_seconds()) for c, at in oldest if at},
-                    ),
-                    (
-                        "tsunagi_inbox_events",
-                        "Platform events kept until handled, by channel and status (failed: not handled)",
-                        ("channel", "status"),
-                        {(c, st): n for c, st, n in inbox},
-                    ),
-                    ("tsunagi_queue_waiting", "Conversations waiting for a counsellor", (), {(): waiting}),
-                ]
-            )
-            + self.failures.render()
-        )
+            db = await monitoring.snapshot(s, now)
+        waiting: dict[tuple[str, ...], float] = {(r.value,): 0 for r in Risk}
+        longest: dict[tuple[str, ...], float] = {(r.value,): 0.0 for r in Risk}
+        for entry in await self.queue.entries():
+            key = (entry.risk.value,)
+            waiting[key] += 1
+            longest[key] = max(longest[key], (now - _aware(entry.queued_at)).total_seconds())
+        shared: list[Family] = [
+            ("tsunagi_conversations", "Conversations by state", ("state",), db.conversations),
+            ("tsunagi_queue_waiting", "Conversations waiting for a counsellor, by risk", ("risk",), waiting),
+            (
+                "tsunagi_queue_longest_wait_seconds",
+                "How long the longest waiting conversation of each risk has waited (0: none waiting)",
+                ("risk",),
+                longest,
+            ),
+            (
+                "tsunagi_counsellor_conversations",
+                "Conversations each counsellor holds now, by account id (every account on duty, and any "
+                "other still holding one)",
+                ("counsellor",),
+                db.held,
+            ),
+            (
+                "tsunagi_outbox_messages",
+                "Messages to people by channel and status",
+                ("channel", "status"),
+                db.outbox,
+            ),
+            (
+                "tsunagi_outbox_oldest_waiting_seconds",
+                "Age of the oldest message not yet delivered, by channel",
+                ("channel",),
+                db.outbox_oldest,
+            ),
+            (
+                "tsunagi_inbox_events",
+                "Platform events kept until handled, by channel and status (failed: not handled)",
+                ("channel", "status"),
+                db.inbox,
+            ),
+            (
+                "tsunagi_inbox_oldest_waiting_seconds",
+                "Age of the oldest platform event not yet handled, by channel",
+                ("channel",),
+                db.inbox_oldest,
+            ),
+        ]
+        return render_metrics(shared) + self.failures.render() + self.process_metrics.render()
 
 
 class ServiceHost:
@@ -355,6 +348,7 @@ class ServiceHost:
     async def bounced(self, channel: str, outbox_id: int) -> None:
         async with self._svc.db.session() as s, s.begin():
             await conversations.fail_sent(s, channel=channel, outbox_id=outbox_id, why="bounced")
+        self._svc.process_metrics.deliveries_failed.labels(channel=channel).inc()
 
 
 def _aware(at: datetime) -> datetime:
@@ -362,7 +356,11 @@ def _aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
-def render_metrics(families: list[tuple[str, str, tuple[str, ...], dict[tuple[str, ...], float]]]) -> str:
+# A gauge family: its name, its help, its label names, and a value for each tuple of label values.
+Family = tuple[str, str, tuple[str, ...], dict[tuple[str, ...], float]]
+
+
+def render_metrics(families: list[Family]) -> str:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.registry import Collector

@@ -6,12 +6,18 @@ Test modules import from here (and from conftest.py's fixtures), never from one 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import io
 import json
+import logging
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.testclient import WebSocketTestSession
 from websockets.sync.client import ClientConnection
 
+from bot import logs
 from bot.models import Role
 from bot.service import Service
 from bot.storage.credentials import create_counsellor
@@ -344,3 +351,50 @@ def login(client: TestClient, username: str, password: str = PASSWORD) -> Sessio
 def account(client: TestClient, username: str, role: Role = Role.COUNSELLOR) -> Session:
     add_account(client, username, role)
     return login(client, username)
+
+
+# -- a LINE webhook, in short (tests/test_line.py builds every kind of event in full) -----------------------
+
+
+def line_text_body(user: str, text: str) -> bytes:
+    """A LINE webhook body with one text message from ``user``, without a reply token (answered by push)."""
+    event = {
+        "type": "message",
+        "mode": "active",
+        "timestamp": int(time.time() * 1000),
+        "source": {"type": "user", "userId": user},
+        "webhookEventId": uuid.uuid4().hex.upper()[:26],
+        "deliveryContext": {"isRedelivery": False},
+        "message": {"type": "text", "id": str(uuid.uuid4().int)[:18], "text": text},
+    }
+    return json.dumps({"destination": "U" + "0" * 32, "events": [event]}, ensure_ascii=False).encode()
+
+
+def post_line(client: TestClient, raw: bytes, secret: str) -> Response:
+    """POST a LINE webhook body signed with the channel secret."""
+    digest = hmac.new(secret.encode(), raw, hashlib.sha256).digest()
+    headers = {"Content-Type": "application/json", "X-Line-Signature": base64.b64encode(digest).decode()}
+    return client.post("/webhooks/line", content=raw, headers=headers)
+
+
+# -- the service's log lines -----------------------------------------------------------------------------
+
+
+@contextmanager
+def service_logs(level: int = logging.INFO) -> Iterator[io.StringIO]:
+    """What every logger writes, as the service writes it (JSON lines, bot/logs.py; libraries quietened as
+    it quietens them), from ``level`` up, while the block runs."""
+    out = io.StringIO()
+    handler = logs.handler("json", out)
+    root = logging.getLogger()
+    saved = root.level, {name: logging.getLogger(name).level for name in logs.QUIET}
+    root.addHandler(handler)
+    root.setLevel(level)
+    logs.quiet_libraries()
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for name, was in saved[1].items():
+            logging.getLogger(name).setLevel(was)

@@ -64,5 +64,5 @@ def test_metrics_are_prometheus_text_without_ids(tmp_path: Path) -> None:
     )
     assert "# TYPE tsunagi_outbox_oldest_waiting_seconds gauge" in text
     assert "# TYPE tsunagi_inbox_events gauge" in text
-    assert "tsunagi_queue_waiting 0.0" in text
+    assert 'tsunagi_queue_waiting{risk="crisis"} 0.0' in text
     assert token not in text
