@@ -40,7 +40,7 @@ from tests.fake_relay import FakeRelay, running_relay
 from tests.fake_telegram import FakeTelegram, running_fake
 from tests.helpers import eventually, free_port, server
 
-WINDOW = 10.0  # seconds an outage lasts
+WINDOW = 12.0  # seconds an outage lasts
 TIMEOUT = 2.0  # seconds the service waits for a platform's answer
 DELIVERY = 90.0  # seconds everything gets to arrive after an outage began (backoff: 2, 4, 8 ... s)
 RETRY_AFTER = 4  # seconds a 429 asks for
