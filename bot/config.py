@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     telegram_bot_token: str = ""
     telegram_secret_token: str = ""
     telegram_api_base: str = "https://api.telegram.org"
+    # Seconds one call to the LINE or Telegram API may take; a call that takes longer counts as failed
+    # and the outbox tries it again later (README "When LINE, Telegram or the relay fail").
+    api_timeout: float = Field(default=15.0, gt=0, le=300)
 
     smtp_listen: str = "127.0.0.1:2525"
     mail_address: str = "soudan@localhost"
@@ -47,6 +50,8 @@ class Settings(BaseSettings):
     # A CA bundle (PEM) the relay's certificate is checked against, for a relay with a private CA;
     # unset: the system's trusted CAs.
     smtp_ca_file: str = ""
+    # Seconds the relay gets for each step of taking one reply (connecting, each command, the mail).
+    smtp_timeout: float = Field(default=30.0, gt=0, le=300)
     # Largest inbound mail in bytes (SIZE is announced; larger mail is refused with 552).
     mail_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
 

@@ -352,10 +352,12 @@ class OutboxWorker:
             return 0
         outs = [out for _, out in pairs]
         delivery = await channel.deliver(outs)
+        # A retry's wait (a 429's Retry-After, the backoff) counts from the answer, not from the start of
+        # a send that may have waited long for it.
+        answered = max(now, utcnow())
         if delivery.outcome is Outcome.DELIVERED:
-            handed = utcnow()
             for row, out in pairs:
-                self.metrics.replied(row.channel, out.sender.value, row.created_at, handed)
+                self.metrics.replied(row.channel, out.sender.value, row.created_at, answered)
         contact_id = outs[0].contact_id
         # Deferred while the person came back (the web chat reconnected during the send): try again
         # at once; else the rows are parked until they come back.
@@ -364,7 +366,7 @@ class OutboxWorker:
             await self._record(
                 row,
                 delivery,
-                now,
+                answered,
                 park=not retry_now and channel.parks_deferred,
                 later=not retry_now and not channel.parks_deferred,
             )

@@ -3,12 +3,13 @@ databases; the browser tests' fixtures."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,18 @@ async def postgres_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@contextmanager
+def postgres_database_sync() -> Iterator[str]:
+    """``postgres_database`` for a test that drives server processes synchronously."""
+    loop = asyncio.new_event_loop()
+    made = postgres_database()
+    try:
+        yield loop.run_until_complete(made.__aenter__())
+    finally:
+        loop.run_until_complete(made.__aexit__(None, None, None))
+        loop.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

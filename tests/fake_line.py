@@ -15,7 +15,11 @@ TCP) and records every request. What it enforces, after the API reference
 - leaving (``POST /v2/bot/group/{groupId}/leave``, ``/v2/bot/room/{roomId}/leave``): recorded in ``left``;
   404 for a group or room the bot is not in (one it already left).
 It can be told to answer an error status for the next N message calls (``fail``), or to accept the
-next N message calls and then answer 500 as if the response were lost (``lose``).
+next N message calls and then answer 500, or nothing at all, as if the response were lost (``lose``).
+``outage(mode, seconds)`` makes every message and loading call fail for a while and then recover: ``500``,
+``429`` with ``Retry-After``, or ``hang`` (no answer until the window is over: the client times out), and
+nothing is accepted meanwhile. Every call is recorded with when it came (``Call.at``, monotonic) and whom
+a message call was for (``Call.to``), answered or not (status 0: no answer).
 Any other path (the profile endpoint included) answers 404 and is recorded in ``unexpected``.
 """
 
@@ -54,7 +58,9 @@ class Call:
     path: str
     headers: dict[str, str]
     body: Any
-    status: int
+    status: int  # 0: no answer was given (the fake hung)
+    to: str = ""  # whom a message call was for (a reply's token names the person)
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -79,6 +85,8 @@ class FakeLine:
     _retry_keys: set[str] = field(default_factory=set)
     _fail: list[int] = field(default_factory=list)
     _lose: int = 0
+    _lose_hanging: bool = False
+    _outage: tuple[str, float, int] = ("", 0.0, 0)  # mode, until (monotonic), Retry-After seconds
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -103,10 +111,24 @@ class FakeLine:
         with self._lock:
             self._fail.extend([status] * times)
 
-    def lose(self, times: int = 1) -> None:
-        """Accept the next ``times`` reply or push calls, then answer 500 (a response lost on the way)."""
+    def lose(self, times: int = 1, *, hang: bool = False) -> None:
+        """Accept the next ``times`` reply or push calls, then answer 500 (a response lost on the way), or
+        with ``hang`` nothing until the client gives up."""
         with self._lock:
             self._lose += times
+            self._lose_hanging = hang
+
+    def outage(self, mode: str, seconds: float, retry_after: int = 0) -> None:
+        """For ``seconds`` from now, fail every message and loading call without accepting it: ``"500"``,
+        ``"429"`` (with ``Retry-After: retry_after``), or ``"hang"`` (no answer before the window ends)."""
+        assert mode in ("500", "429", "hang"), mode
+        with self._lock:
+            self._outage = (mode, time.monotonic() + seconds, retry_after)
+
+    def message_calls(self, user: str) -> list[Call]:
+        """The reply and push calls for ``user``, answered or not, in the order they came."""
+        with self._lock:
+            return [c for c in self.calls if c.path in MESSAGE_PATHS and c.to == user]
 
     def put_content(self, message_id: str, data: bytes, content_type: str = "image/jpeg") -> None:
         with self._lock:
@@ -150,6 +172,10 @@ class FakeLine:
                     body = raw.decode("utf-8", "replace")
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, answer, extra = fake._answer(method, self.path, headers, body)
+                if status == 0:  # no answer: hold the request past the client's timeout, then drop it
+                    time.sleep(float(extra.get("hang", "0")))
+                    self.close_connection = True
+                    return
                 data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", extra.pop("content-type", "application/json"))
@@ -176,12 +202,36 @@ class FakeLine:
         self, method: str, path: str, headers: dict[str, str], body: Any
     ) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
-            status, answer, extra = self._route(method, path, headers, body)
-            call = Call(method, path, headers, body, status)
+            status, answer, extra = self._outage_answer(path) or self._route(method, path, headers, body)
+            call = Call(method, path, headers, body, status, self._recipient(path, body))
             self.calls.append(call)
             if status == 404 and not (CONTENT_PATH.match(path) or LEAVE_PATH.match(path)):
                 self.unexpected.append(call)
             return status, answer, extra
+
+    def _recipient(self, path: str, body: Any) -> str:
+        if path not in MESSAGE_PATHS or not isinstance(body, dict):
+            return ""
+        if path.endswith("/push"):
+            return str(body.get("to", ""))
+        token = self._tokens.get(str(body.get("replyToken", "")))
+        return token.user if token else ""
+
+    def _outage_answer(self, path: str) -> tuple[int, Any, dict[str, str]] | None:
+        """The answer of a call during an outage (None: there is none, or not for this path)."""
+        mode, until, retry_after = self._outage
+        left = until - time.monotonic()
+        if left <= 0 or path not in (*MESSAGE_PATHS, LOADING_PATH):
+            return None
+        if mode == "hang":
+            return 0, b"", {"hang": str(left + 1.0)}
+        if mode == "429":
+            return (
+                429,
+                {"message": "The API rate limit has been exceeded."},
+                {"Retry-After": str(retry_after)},
+            )
+        return 500, {"message": "Internal server error"}, {}
 
     def _route(
         self, method: str, path: str, headers: dict[str, str], body: Any
@@ -255,6 +305,8 @@ class FakeLine:
         )
         if self._lose:
             self._lose -= 1
+            if self._lose_hanging:
+                return 0, b"", {"hang": "30"}
             return 500, {"message": "Internal server error"}, {}
         sent = [{"id": str(uuid.uuid4().int)[:18], "quoteToken": secrets.token_urlsafe(16)} for _ in messages]
         return 200, {"sentMessages": sent}, {}

@@ -11,11 +11,14 @@ units; a valid ``reply_markup`` with ``callback_data`` of 1 to 64 bytes), ``answ
 Every call is recorded; it answers in the Bot API's envelope (``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error_code", "description"}``)
 with Message objects PTB can parse. ``fail_next`` makes the next calls answer 429 (with ``retry_after``)
-or 500; ``blocked`` chats answer 403 as for a person who blocked the bot.
+or 500; ``blocked`` chats answer 403 as for a person who blocked the bot. ``outage(mode, seconds)`` makes
+every sendMessage fail for a while, then recover: ``500``, ``429`` with ``retry_after``, or ``hang`` (no
+answer before the window ends: the client times out; recorded with status 0). Nothing is accepted then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -88,6 +91,18 @@ class FakeTelegram:
     base_url: str = ""
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _outage: tuple[str, float, int] = ("", 0.0, 0)  # mode, until (monotonic), retry_after seconds
+
+    def outage(self, mode: str, seconds: float, retry_after: int = 0) -> None:
+        """For ``seconds`` from now, fail every sendMessage without accepting it: ``"500"``, ``"429"``
+        (``retry_after`` in its parameters, as the Bot API says it), or ``"hang"``."""
+        assert mode in ("500", "429", "hang"), mode
+        with self._lock:
+            self._outage = (mode, time.monotonic() + seconds, retry_after)
+
+    def message_calls(self, chat_id: int) -> list[Call]:
+        """The sendMessage calls for one chat, answered or not, in the order they came."""
+        return [c for c in self.of("sendMessage") if str(c.params.get("chat_id")) == str(chat_id)]
 
     def put_file(self, file_id: str, data: bytes) -> None:
         with self._lock:
@@ -136,6 +151,9 @@ class FakeTelegram:
             except ApiError as e:
                 return _error(e.code, e.description)
             status = 200
+            down = await self._down(method, params)
+            if down is not None:
+                return down
             try:
                 result = self._call(method, params)
             except ApiError as e:
@@ -164,6 +182,24 @@ class FakeTelegram:
             return _error(404, "Not Found")
 
         return app
+
+    async def _down(self, method: str, params: dict[str, Any]) -> JSONResponse | None:
+        """The answer of a sendMessage during an outage (recorded), or None."""
+        with self._lock:
+            mode, until, retry_after = self._outage
+        left = until - time.monotonic()
+        if method != "sendMessage" or left <= 0:
+            return None
+        if mode == "hang":
+            with self._lock:
+                self.calls.append(Call(method, params, 0))
+            await asyncio.sleep(left + 1.0)  # the client gave up long ago
+            return _error(500, "Internal Server Error")
+        with self._lock:
+            self.calls.append(Call(method, params, int(mode)))
+        if mode == "429":
+            return _error(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
+        return _error(500, "Internal Server Error")
 
     def _call(self, method: str, p: dict[str, Any]) -> Any:
         if method == "getMe":

@@ -12,18 +12,15 @@ import logging
 import re
 import smtplib
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid, parseaddr
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -39,6 +36,7 @@ from channels.email import EmailChannel, trim_references
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
 from tests.conftest import make_settings
 from tests.engine_helpers import _patterns, reply_keys
+from tests.fake_relay import FakeRelay, running_relay
 from tests.helpers import account, eventually, free_port, in_app, service
 from tests.pictures import exif_of, photo_with_gps
 
@@ -52,49 +50,10 @@ WAIT = 15.0
 # -- the fake relay ---------------------------------------------------------------------------------------
 
 
-class FakeRelay:
-    """An SMTP relay that keeps every mail it accepts; ``refuse`` mails are first answered 451."""
-
-    def __init__(self) -> None:
-        self.received: list[EmailMessage] = []
-        self.envelopes: list[tuple[str, list[str]]] = []
-        self.attempts = 0
-        self.refuse = 0
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        with self.lock:
-            self.attempts += 1
-            if self.refuse > 0:
-                self.refuse -= 1
-                return "451 4.3.0 Try again later"
-            raw = envelope.content
-            assert isinstance(raw, bytes)
-            msg = message_from_bytes(raw, policy=policy.default)
-            assert isinstance(msg, EmailMessage)
-            self.received.append(msg)
-            self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
-        return "250 OK"
-
-    def to(self, address: str) -> list[EmailMessage]:
-        with self.lock:
-            return [m for m in self.received if parseaddr(str(m["To"]))[1] == address]
-
-    def wait(self, address: str, count: int, timeout: float = WAIT) -> list[EmailMessage]:
-        eventually(lambda: len(self.to(address)) >= count, f"{count} mails to {address}", timeout)
-        return self.to(address)
-
-
 @pytest.fixture
 def relay() -> Iterator[tuple[FakeRelay, int]]:
-    fake = FakeRelay()
-    port = free_port()
-    controller = Controller(fake, hostname="127.0.0.1", port=port, server_hostname="relay.test")
-    controller.start()
-    try:
-        yield fake, port
-    finally:
-        controller.stop()
+    with running_relay() as running:
+        yield running
 
 
 def app(tmp_path: Path, relay_port: int | None, **overrides: Any) -> TestClient:
@@ -847,24 +806,15 @@ def secure_relay(tmp_path: Path) -> Iterator[tuple[SecureRelay, int, Path]]:
         ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"tsunagi", b"relay-pass")
         return AuthResult(success=ok, handled=False, auth_data=data)
 
-    fake = SecureRelay()
-    port = free_port()
-    controller = Controller(
-        fake,
-        hostname="127.0.0.1",
-        port=port,
-        server_hostname="relay.test",
+    with running_relay(
+        SecureRelay(),
         tls_context=context,
         require_starttls=True,
         authenticator=authenticate,
         auth_required=True,
         auth_require_tls=True,
-    )
-    controller.start()
-    try:
+    ) as (fake, port):
         yield fake, port, cert_file
-    finally:
-        controller.stop()
 
 
 def test_replies_go_over_starttls_with_a_login(

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tsunagi.email")
 
 DEFAULT_SUBJECT = "ご相談について"
-SEND_TIMEOUT = 30.0
 _OUR_ID = re.compile(rb"<tsunagi\.(\d+)\.([0-9a-f]{12})@")
 _NUMBER = re.compile(r"(\d{1,2})\s*[.)]?")
 _NUMBERED = re.compile(r"(\d{1,2})\s*[.)]?\s*(.*)")
@@ -413,7 +412,7 @@ class EmailChannel(Channel):
                 start_tls=self.settings.smtp_starttls,
                 cert_bundle=self.settings.smtp_ca_file or None,
                 local_hostname=self.domain,
-                timeout=SEND_TIMEOUT,
+                timeout=self.settings.smtp_timeout,
             )
         except aiosmtplib.SMTPAuthenticationError as e:  # a configuration error: it may be fixed
             return Delivery.retry(f"authentication failed ({e.code})")

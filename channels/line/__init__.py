@@ -4,7 +4,9 @@ The webhook checks ``X-Line-Signature`` over the raw body, stores each event of 
 (keyed on ``webhookEventId``, so a redelivery is stored once) and answers 200 at once; the inbox worker
 then calls ``process`` with one event. Replies use the event's reply token while it is fresh (it is free
 and single use); otherwise they are pushed with an ``X-Line-Retry-Key`` derived from the outbox row, so
-a retried push never reaches the person twice.
+a retried push never reaches the person twice. A reply that got no answer (a timeout, a 5xx) is retried
+with the same token while it is fresh: LINE calling that token used means the first reply went out.
+A 429's ``Retry-After`` is passed to the outbox, which waits at least that long.
 
 Only one-to-one chats are served: nothing said in a group or room is stored. When the bot is added to one
 (``join``), it says once that it answers one-to-one and how to add it as a friend, then leaves. Events in
@@ -65,7 +67,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
 
 from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
-from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound
+from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound, Outcome
 from channels.base import Channel
 from channels.host import ChannelHost
 
@@ -86,7 +88,6 @@ LOADING_SECONDS = 20  # the indicator disappears when a message arrives, or afte
 # The indicator is shown only when the reply has not gone out this long after the event is taken up: a
 # reply that comes at once needs none (and each indicator is an API call).
 LOADING_AFTER = 1.0
-REQUEST_TIMEOUT = 15.0  # seconds for one API call (the SDK's default is five minutes)
 MAX_BODY = 1024 * 1024  # bytes of one webhook request we are willing to read
 MEDIA = {"sticker", "image", "video", "audio", "file", "location"}
 # Events of a one-to-one chat that are stored and handled; in a group or room, only the bot's joining.
@@ -133,6 +134,12 @@ OPENAPI: dict[str, Any] = {
 class _ReplyToken:
     token: str
     issued: float  # epoch seconds of the event that carried it
+    # A reply with this token failed in a way that does not say whether LINE took it (no answer, 5xx):
+    # if LINE then calls the still fresh token used, it was that reply that used it.
+    maybe_used: bool = False
+
+    def fresh(self) -> bool:
+        return time.time() - self.issued < REPLY_TOKEN_SECONDS
 
 
 def retry_key(outbox_ids: list[int], part: int) -> str:
@@ -159,9 +166,14 @@ class LineChannel(Channel):
             host=settings.line_api_base.rstrip("/"), access_token=settings.line_channel_access_token
         )
         self._client: Any = None  # AsyncApiClient: its aiohttp session is made inside the event loop
+        self._timeout = settings.api_timeout  # seconds for one API call (the SDK's default is five minutes)
         # The latest unused reply token of each person (by LINE user id), in memory: a token is only
         # good for a minute, so it is not worth storing, and a restart simply pushes instead.
         self._tokens: dict[str, _ReplyToken] = {}
+        # Reply tokens of sends to be tried again, by the group's first retry key: a retry replies with
+        # the same token while it is fresh, so that a reply LINE took but whose answer was lost is not
+        # sent a second time by push.
+        self._retrying: dict[str, _ReplyToken] = {}
         # Albums (imageSet ids) already answered, with when: one reply for several pictures.
         self._albums: dict[str, float] = {}
         # API calls under way: ``stop`` (which the service calls before its workers finish) lets them
@@ -196,7 +208,7 @@ class LineChannel(Channel):
         for timer in list(self._timers):
             timer.cancel()
         try:
-            await asyncio.wait_for(self._idle.wait(), REQUEST_TIMEOUT)
+            await asyncio.wait_for(self._idle.wait(), self._timeout)
         except TimeoutError:
             log.warning("LINE calls still under way at stop; closing anyway")
         if self._client is not None:
@@ -332,7 +344,7 @@ class LineChannel(Channel):
                 try:
                     await api.reply_message(
                         ReplyMessageRequest(replyToken=token, messages=messages[:MAX_MESSAGES]),
-                        _request_timeout=REQUEST_TIMEOUT,
+                        _request_timeout=self._timeout,
                     )
                     said = True
                 except ApiException as e:
@@ -343,7 +355,7 @@ class LineChannel(Channel):
                     await api.push_message(
                         PushMessageRequest(to=group, messages=messages[:MAX_MESSAGES]),
                         x_line_retry_key=key,
-                        _request_timeout=REQUEST_TIMEOUT,
+                        _request_timeout=self._timeout,
                     )
                 except ApiException as e:
                     if e.status != 409:  # 409: this key went out before
@@ -351,9 +363,9 @@ class LineChannel(Channel):
             for attempt in range(3):
                 try:
                     if source.get("type") == "group":
-                        await api.leave_group(group, _request_timeout=REQUEST_TIMEOUT)
+                        await api.leave_group(group, _request_timeout=self._timeout)
                     else:
-                        await api.leave_room(group, _request_timeout=REQUEST_TIMEOUT)
+                        await api.leave_room(group, _request_timeout=self._timeout)
                     break
                 except ApiException as e:
                     if e.status and 400 <= int(e.status) < 500:
@@ -404,7 +416,7 @@ class LineChannel(Channel):
             assert self._client is not None
             try:
                 data = await AsyncMessagingApiBlob(self._client).get_message_content(
-                    message_id, _request_timeout=REQUEST_TIMEOUT
+                    message_id, _request_timeout=self._timeout
                 )
             except ApiException as e:
                 if e.status in (400, 404, 410):
@@ -487,6 +499,8 @@ class LineChannel(Channel):
         now = time.time()
         for user in [u for u, t in self._tokens.items() if now - t.issued >= REPLY_TOKEN_SECONDS]:
             del self._tokens[user]
+        for group in [g for g, t in self._retrying.items() if now - t.issued >= REPLY_TOKEN_SECONDS]:
+            del self._retrying[group]
 
     async def _loading_later(self, user: str, token: _ReplyToken) -> None:
         """The typing indicator, if the reply to this event has not gone out after ``LOADING_AFTER``
@@ -510,7 +524,7 @@ class LineChannel(Channel):
             async with self._calling() as api:
                 await api.show_loading_animation(
                     ShowLoadingAnimationRequest(chatId=user, loadingSeconds=LOADING_SECONDS),
-                    _request_timeout=REQUEST_TIMEOUT,
+                    _request_timeout=self._timeout,
                 )
         except Exception as e:
             log.info("LINE loading indicator failed: %s", _reason(e))
@@ -528,24 +542,38 @@ class LineChannel(Channel):
         out = outs[0]
         batches = _batches([m for o in outs for m in _messages(o.text, o.quick_replies)])
         first = 0
-        token = self._tokens.pop(out.address, None)  # single use: taken before the call
-        if token is not None and time.time() - token.issued < REPLY_TOKEN_SECONDS:
+        group = retry_key([o.outbox_id for o in outs], 0)
+        # The token an earlier attempt of this same group left in doubt, else the person's latest; single
+        # use, so taken before the call.
+        token = self._retrying.pop(group, None) or self._tokens.pop(out.address, None)
+        if token is not None and token.fresh():
             try:
                 await api.reply_message(
                     ReplyMessageRequest(replyToken=token.token, messages=batches[0]),
-                    _request_timeout=REQUEST_TIMEOUT,
+                    _request_timeout=self._timeout,
                 )
                 first = 1
             except ApiException as e:
                 if not (e.status == 400 and "reply token" in _body_message(e).lower()):
-                    return _delivery(e)
-                log.info("LINE reply token expired or used; pushing instead")
+                    delivery = _delivery(e)
+                    if delivery.outcome is Outcome.RETRY:  # tried again with this token while it is fresh
+                        self._retrying[group] = replace(token, maybe_used=token.maybe_used or e.status != 429)
+                    return delivery
+                if token.maybe_used:
+                    # The fresh token is used: by the earlier reply of this group, whose answer was lost.
+                    log.info("LINE reply token used by an earlier attempt; that reply went out")
+                    first = 1
+                else:
+                    log.info("LINE reply token expired or used; pushing instead")
+            except Exception:
+                self._retrying[group] = replace(token, maybe_used=True)  # no answer: LINE may have taken it
+                raise
         for part in range(first, len(batches)):
             try:
                 await api.push_message(
                     PushMessageRequest(to=out.address, messages=batches[part]),
                     x_line_retry_key=retry_key([o.outbox_id for o in outs], part),
-                    _request_timeout=REQUEST_TIMEOUT,
+                    _request_timeout=self._timeout,
                 )
             except ApiException as e:
                 if e.status == 409:
@@ -576,8 +604,15 @@ def _delivery(e: ApiException) -> Delivery:
     status = int(e.status or 0)
     reason = f"LINE {status}: {_body_message(e)}"[:300]
     if status == 429 or status >= 500 or status == 0:
-        return Delivery.retry(reason)
+        return Delivery.retry(reason, after=_retry_after(e))
     return Delivery.failed(reason)
+
+
+def _retry_after(e: ApiException) -> float:
+    """The seconds a 429 or 503 asks us to wait (``Retry-After`` in seconds), else 0."""
+    headers = e.headers or {}
+    value = str(headers.get("Retry-After") or headers.get("retry-after") or "").strip()
+    return float(value) if value.isdigit() else 0.0
 
 
 def _body_message(e: ApiException) -> str:

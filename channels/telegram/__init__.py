@@ -47,6 +47,7 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
+from telegram.request import HTTPXRequest
 
 from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
@@ -103,12 +104,15 @@ OPENAPI: dict[str, Any] = {
 
 def make_bot(settings: Settings) -> Bot:
     """A Bot for the configured token, talking to ``TSUNAGI_TELEGRAM_API_BASE``. PTB appends the token
-    to ``base_url`` (``<base>/bot<token>/<method>``), as the Bot API expects."""
+    to ``base_url`` (``<base>/bot<token>/<method>``), as the Bot API expects. A call that gets no answer
+    within ``api_timeout`` seconds fails (``TimedOut``) and is tried again later."""
     base = settings.telegram_api_base.rstrip("/")
+    wait = settings.api_timeout
     return Bot(
         settings.telegram_bot_token,
         base_url=f"{base}/bot",
         base_file_url=f"{base}/file/bot",
+        request=HTTPXRequest(read_timeout=wait, write_timeout=wait, connect_timeout=wait),
     )
 
 
