@@ -78,6 +78,7 @@ FORMS = [
     "danger-strangulation",  # high at least; crisis when recent
     "danger-pregnancy",  # violence during pregnancy
     "danger-child_tonight",  # a child afraid of what will happen at home tonight
+    "danger-heard_now",  # violence heard now next door or upstairs: screams, things breaking
     "guard-danger",  # a knife in the kitchen, a bat at practice, 殺す気ですか
     # partner violence, as the law and public guidance list it (dating violence counts the same)
     "dv-physical",

@@ -132,6 +132,9 @@ HELD_OUT_FLOORS = {
     # README's estimate) and not worked on: the floors sit under their blind figures
     "holdout20.jsonl": {"crisis_recall": 0.84, "under_triage_rate": 0.09, "category_micro_f1": 0.91},
     "holdout21.jsonl": {"crisis_recall": 0.92, "under_triage_rate": 0.09, "category_micro_f1": 0.9},
+    # scored once, blind (0.886 / 0.773 crisis recall, after the estimate pair), then worked on
+    "holdout24.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.94},
+    "holdout25.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.92},
 }
 
 
