@@ -17,8 +17,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.browser_support import add_accounts, serve
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS
+from tests.browser_support import serve
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, add_accounts
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "screenshot-password-1"

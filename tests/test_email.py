@@ -37,9 +37,8 @@ from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox,
 from bot.web import create_app
 from channels.email import EmailChannel, trim_references
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
-from tests.conftest import make_settings
 from tests.engine_helpers import _patterns, reply_keys
-from tests.helpers import account, eventually, free_port, in_app, service
+from tests.helpers import account, eventually, free_port, in_app, make_settings, service
 from tests.pictures import exif_of, photo_with_gps
 
 ADDRESS = "soudan@tsunagi.example"

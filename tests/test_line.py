@@ -33,10 +33,9 @@ from bot.service import Service
 from bot.storage.credentials import create_counsellor
 from bot.web import create_app
 from channels.line import retry_key
-from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine, Sent
-from tests.helpers import CRISIS, Session, account, eventually
+from tests.helpers import CRISIS, Session, account, eventually, make_settings
 from tests.pictures import GPS_TAG, exif_of, photo_with_gps, screenshot
 
 T = TypeVar("T")

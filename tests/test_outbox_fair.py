@@ -16,16 +16,9 @@ from bot.db import Database
 from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Presence, Sender
 from bot.outbox import OutboxWorker
 from bot.types import Delivery, Outbound
-from channels.loopback import LoopbackChannel
 from channels.webchat import WebChatChannel, _Client
-from tests.engine_helpers import reply_keys, running
+from tests.engine_helpers import loopback, reply_keys, running
 from tests.helpers import CRISIS
-
-
-def loopback(svc: Any) -> LoopbackChannel:
-    channel = svc.channels["loopback"]
-    assert isinstance(channel, LoopbackChannel)
-    return channel
 
 
 async def outbox(svc: Any, *where: Any) -> list[Outbox]:

@@ -41,7 +41,7 @@ from bot.outbox import OutboxWorker
 from bot.service import Service
 from bot.types import Delivery, Inbound, Kind
 from channels.loopback import LoopbackChannel
-from tests.engine_helpers import Chat, reply_keys, running
+from tests.engine_helpers import Chat, loopback, reply_keys, running
 from tests.pictures import screenshot
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -50,12 +50,6 @@ USER = "line-user-U4f9c2e81"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def loopback(svc: Service) -> LoopbackChannel:
-    channel = svc.channels["loopback"]
-    assert isinstance(channel, LoopbackChannel)
-    return channel
 
 
 async def rows(svc: Service, model: Any, *where: Any) -> list[Any]:

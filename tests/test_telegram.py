@@ -29,10 +29,9 @@ from bot.models import Conversation, Inbox, InboxStatus, Media, Outbox, OutboxSt
 from bot.storage.credentials import create_counsellor
 from bot.web import create_app
 from channels.telegram import split_text
-from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_telegram import BOT_USER, FakeTelegram, running_fake
-from tests.helpers import eventually, in_app, service
+from tests.helpers import eventually, in_app, make_settings, service
 from tests.pictures import exif_of, photo_with_gps, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,6 @@ import asyncio
 import http.cookiejar
 import json
 import os
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,8 +18,7 @@ import pytest
 from cryptography.fernet import Fernet
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import postgres_database
-from tests.helpers import TSUNAGI, frames, free_port, server
+from tests.helpers import add_accounts, frames, free_port, postgres_database, server
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
 
 
@@ -63,18 +61,6 @@ def database() -> Iterator[str]:
         loop.close()
 
 
-def add_counsellor(env: dict[str, str], username: str, password: str) -> None:
-    done = subprocess.run(
-        [str(TSUNAGI), "counsellor", "add", username, "--role", "counsellor"],
-        input=password + "\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def test_two_instances_share_the_queue_the_live_view_and_the_claims(tmp_path: Path, database: str) -> None:
     asyncio.run(require_redis())
     prefix = random_prefix()
@@ -90,8 +76,8 @@ def test_two_instances_share_the_queue_the_live_view_and_the_claims(tmp_path: Pa
     envs = {name: {**common, "TSUNAGI_VAR_DIR": str(tmp_path / name / "var")} for name in ("a", "b")}
     for name in envs:
         (tmp_path / name).mkdir()
-    add_counsellor(envs["a"], "sato", "sato-password-123")
-    add_counsellor(envs["a"], "suzuki", "suzuki-password-123")
+    accounts = {"sato": ("counsellor", "sato-password-123"), "suzuki": ("counsellor", "suzuki-password-123")}
+    add_accounts(tmp_path / "a", accounts, env=envs["a"])
     port_a, port_b = free_port(), free_port()
     try:
         with ExitStack() as stack:
