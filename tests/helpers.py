@@ -30,7 +30,9 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from hypothesis import HealthCheck, settings
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from starlette.testclient import WebSocketTestSession
 from websockets.sync.client import ClientConnection
 
@@ -317,6 +319,17 @@ def in_app(client: TestClient, work: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine in the app's own event loop (where its database engine lives)."""
     assert client.portal is not None, "use the TestClient as a context manager"
     return client.portal.call(work)
+
+
+async def rows_of(svc: Service, model: Any, *where: Any) -> list[Any]:
+    """Every row of the table ``model`` (that meets ``where``), in the order of their ids."""
+    async with svc.db.session() as s:
+        return list((await s.scalars(select(model).where(*where).order_by(col(model.id)))).all())
+
+
+def table_rows(client: TestClient, model: Any, *where: Any) -> list[Any]:
+    """``rows_of`` the app's service, in the app's event loop."""
+    return in_app(client, lambda: rows_of(service(client), model, *where))
 
 
 def db(client: TestClient, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
