@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -21,17 +19,27 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Dialog, Error, Locator, Page, Request, expect
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    CDPSession,
+    ConsoleMessage,
+    Dialog,
+    Error,
+    Locator,
+    Page,
+    Request,
+    expect,
+)
 from websockets.sync.client import ClientConnection
 
 from bot.config import Settings
-from tests.helpers import TSUNAGI, free_port
+from tests.helpers import CRISIS, TSUNAGI, env_for, free_port, server
 
 T = TypeVar("T")
 
 WAIT_MS = 8_000  # the longest any single wait in a page may take
 WAIT_S = WAIT_MS / 1000
-CRISIS = "もう死にたい。今から飛び降りる"
 
 # Stand-ins installed before the console's own script: a Notification that records what it is asked
 # (and when permission is requested), and a count of the oscillators the alarm sound starts.
@@ -75,81 +83,19 @@ class Server:
         return self.base.replace("http://", "ws://")
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return bool(r.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def env_for(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a ``tsunagi`` run in ``home``: its own database and keys, no SMTP listener,
-    nothing of the caller's TSUNAGI_ settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-    env.update(
-        TSUNAGI_VAR_DIR=str(home / "var"),
-        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
-        TSUNAGI_SMTP_LISTEN="",
-        **extra,
-    )
-    return env
-
-
-def serve(home: Path, *, quick_exit_to_health: bool = False) -> Iterator[Server]:
+def serve(home: Path, *, quick_exit_to_health: bool = False, **extra: str) -> Iterator[Server]:
     """``tsunagi serve`` in ``home`` on a free loopback port, until the generator is closed (a fixture's
-    ``yield from``). With ``quick_exit_to_health``, the quick exit leads to its own /healthz."""
+    ``yield from``), with ``extra`` in its environment. With ``quick_exit_to_health``, the quick exit leads
+    to its own /healthz."""
     if not TSUNAGI.exists():
         pytest.fail(f"{TSUNAGI} is missing: install the project into .venv first (make test does)")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     exit_url = f"{base}/healthz" if quick_exit_to_health else ""
-    env = env_for(home, **({"TSUNAGI_QUICK_EXIT_URL": exit_url} if exit_url else {}))
+    env = env_for(home, **({"TSUNAGI_QUICK_EXIT_URL": exit_url} if exit_url else {}), **extra)
     log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(TSUNAGI), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=home,  # no stray .env from the working directory
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not healthy(f"{base}/healthz"):
-            if proc.poll() is not None:
-                pytest.fail(f"tsunagi serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"tsunagi serve did not become healthy in 30 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
+    with server(env, port, cwd=home, log_path=log):  # cwd: no stray .env from the working directory
         yield Server(base=base, log=log, exit_url=exit_url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def add_accounts(
-    home: Path, accounts: dict[str, tuple[str, str]], display_names: dict[str, str] | None = None
-) -> None:
-    """Accounts (name: role, password) made with the CLI, as an operator would, with the display names
-    given (name: display name)."""
-    for username, (role, password) in accounts.items():
-        shown = (display_names or {}).get(username)
-        done = subprocess.run(
-            [str(TSUNAGI), "counsellor", "add", username, "--role", role]
-            + (["--display-name", shown] if shown else []),
-            input=password + "\n",
-            capture_output=True,
-            text=True,
-            cwd=home,
-            env=env_for(home),
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
 
 
 def settings_for(home: Path) -> Settings:
@@ -174,6 +120,25 @@ def in_thread(coro: Coroutine[Any, Any, T]) -> T:
 
 
 # -- pages ------------------------------------------------------------------------------------------------
+
+
+def new_context(
+    browser: Browser,
+    contexts: list[BrowserContext],
+    *,
+    init_script: str = "",
+    timeout_ms: float = WAIT_MS,
+    **options: Any,
+) -> BrowserContext:
+    """A browser context in Japanese (``options`` as Playwright's ``new_context`` takes them), every wait
+    in it bounded by ``timeout_ms``, ``init_script`` run before each page's own; kept in ``contexts``,
+    which the ``contexts`` fixture closes."""
+    ctx = browser.new_context(locale="ja-JP", **options)
+    ctx.set_default_timeout(timeout_ms)
+    if init_script:
+        ctx.add_init_script(init_script)
+    contexts.append(ctx)
+    return ctx
 
 
 @dataclass
@@ -291,14 +256,31 @@ CONSOLE_ACCOUNTS = {
     "yui": ("counsellor", "yui-password-12345"),
     "sato": ("supervisor", "sato-password-1234"),
 }
+ADMINS = {  # only where a test module's ``console_accounts`` adds them (the accounts' own tests)
+    "mori": ("admin", "mori-password-1234"),
+    "ren": ("admin", "ren-password-12345"),
+}
+
+
+def password_of(username: str) -> str:
+    return (CONSOLE_ACCOUNTS | ADMINS)[username][1]
+
+
+def fill_login(page: Page, username: str, password: str | None = None) -> None:
+    """The console's login form, filled in and sent (the page shows it)."""
+    page.get_by_label("ユーザー名", exact=True).fill(username)
+    page.get_by_label("パスワード", exact=True).fill(password or password_of(username))
+    page.get_by_role("button", name="ログイン").click()
+
+
+def submit_login(page: Page, server: Server, username: str, password: str) -> None:
+    page.goto(f"{server.base}/console")
+    expect(page.locator("#view-login")).to_be_visible()
+    fill_login(page, username, password)
 
 
 def log_in(page: Page, server: Server, username: str, password: str | None = None) -> None:
-    page.goto(f"{server.base}/console")
-    expect(page.locator("#view-login")).to_be_visible()
-    page.get_by_label("ユーザー名", exact=True).fill(username)
-    page.get_by_label("パスワード", exact=True).fill(password or CONSOLE_ACCOUNTS[username][1])
-    page.get_by_role("button", name="ログイン").click()
+    submit_login(page, server, username, password or password_of(username))
     expect(page.locator("#view-app")).to_be_visible()
     expect(page.locator("#who")).to_contain_text(username)
     expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
@@ -308,16 +290,53 @@ def lines(page: Page, who: str) -> Locator:
     return page.locator(f"#transcript li.from-{who}")
 
 
-class Api:
-    """The console API from Python, for setting a scene (cookie and CSRF token as a page has them)."""
+def unnamed_controls(page: Page, scope: str = "") -> list[str]:
+    """The visible form controls (inside ``scope``, a CSS selector) that have no accessible name."""
+    return list(
+        page.evaluate(
+            """(scope) => [...document.querySelectorAll(
+                    ['input', 'select', 'textarea', 'button'].map((t) => `${scope} ${t}`.trim()).join(', '))]
+                .filter((e) => e.offsetParent !== null)
+                .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                               && !(e.textContent || '').trim())
+                .map((e) => e.id || e.outerHTML.slice(0, 60))""",
+            scope,
+        )
+    )
 
-    def __init__(self, server: Server, username: str) -> None:
+
+def compose_with_ime(page: Page, box: Locator, text: str) -> CDPSession:
+    """``text`` in ``box`` as a Japanese IME's composition, not yet confirmed: a real composition through
+    the DevTools protocol (Input.imeSetComposition), which headless Chromium supports, so that the keydown
+    for Enter that follows carries ``isComposing: true``. The DevTools session goes on (Input.insertText
+    commits); the caller detaches it."""
+    box.focus()
+    cdp = page.context.new_cdp_session(page)
+    end = len(text)
+    cdp.send("Input.imeSetComposition", {"text": text, "selectionStart": end, "selectionEnd": end})
+    expect(box).to_have_value(re.compile(text))
+    return cdp
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Api:
+    """The console API from Python, for setting a scene: one logged-in session (its cookie and CSRF token
+    as a page has them); ``login`` is what logging in answered."""
+
+    def __init__(self, server: Server, username: str, password: str | None = None) -> None:
         self.base = f"{server.base}/api/console"
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
         self.csrf = ""
-        self.csrf = self.call(
-            "POST", "/login", {"username": username, "password": CONSOLE_ACCOUNTS[username][1]}
-        )["csrf_token"]
+        self.login = self.call(
+            "POST", "/login", {"username": username, "password": password or password_of(username)}
+        )
+        self.csrf = self.login["csrf_token"]
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -325,12 +344,30 @@ class Api:
         req.add_header("Content-Type", "application/json")
         if self.csrf:
             req.add_header("X-CSRF-Token", self.csrf)
-        with self.opener.open(req, timeout=WAIT_S) as r:
-            raw = r.read()
+        try:
+            with self.opener.open(req, timeout=WAIT_S) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            raise ApiError(e.code, e.read().decode(errors="replace")) from None
         return json.loads(raw) if raw else None
+
+    def status(self, method: str, path: str, body: Any = None) -> int:
+        try:
+            self.call(method, path, body)
+        except ApiError as e:
+            return e.status
+        return 200
 
     def waiting(self) -> list[str]:
         return [x["conversation_id"] for x in self.call("GET", "/queue")]
+
+
+def login_status(server: Server, username: str, password: str) -> int:
+    try:
+        Api(server, username, password)
+    except ApiError as e:
+        return e.status
+    return 200
 
 
 def chat_in_crisis(page: Page, server: Server) -> None:

@@ -1,17 +1,13 @@
-"""Shared test helpers: the labelled tables under tests/data and the shared development set; the
-databases; the browser tests' fixtures."""
+"""The tests' fixtures: the shared development set, a database per storage test on SQLite and PostgreSQL,
+and the browser tests' browser, pages, servers and people. Helpers are in tests/helpers.py and
+tests/browser_support.py; nothing imports this module (tests/test_layout.py checks)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,99 +16,26 @@ if TYPE_CHECKING:
 
     from tests.browser_support import Person, Server, Watched
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
-SHARED = ROOT.parent / "shared"
-
-
-def load_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    from tests.helpers import SHARED
+
     if not (SHARED / "triage" / "dev.jsonl").exists():
         pytest.fail(f"the shared folder is missing: {SHARED} (CI lays it beside the clone)")
     return SHARED
 
 
-# -- services: real PostgreSQL and Redis (see docs/contract.md) ---------------------------------
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TEST_DATABASE_URL = os.environ.get(
-    "TSUNAGI_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _unavailable(what: str, error: BaseException) -> None:
-    """A missing server fails under CI (never a silent skip) and skips on a developer's machine."""
-    message = f"{what} is not reachable ({error.__class__.__name__}: {error})"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message + "; set CI=true to make this a failure")
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    base = make_url(TEST_DATABASE_URL)
-    name = f"tsunagi_t_{uuid.uuid4().hex[:12]}"
-    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = await asyncpg.connect(dsn, timeout=5)
-    except (OSError, asyncpg.PostgresError) as e:
-        _unavailable(f"PostgreSQL at {base.host}:{base.port}", e)
-        raise
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@contextmanager
-def postgres_database_sync() -> Iterator[str]:
-    """``postgres_database`` for a test that drives server processes synchronously."""
-    loop = asyncio.new_event_loop()
-    made = postgres_database()
-    try:
-        yield loop.run_until_complete(made.__aenter__())
-    finally:
-        loop.run_until_complete(made.__aexit__(None, None, None))
-        loop.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each storage test runs on both databases, each with a database of its own."""
+    from tests.helpers import postgres_database
+
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'tsunagi.db'}"
     else:
         async with postgres_database() as url:
             yield url
-
-
-def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: Any) -> Any:
-    from cryptography.fernet import Fernet
-
-    from bot.config import Settings
-
-    values: dict[str, Any] = {
-        "var_dir": tmp_path / "var",
-        "database_url": database_url or f"sqlite+aiosqlite:///{tmp_path / 'tsunagi.db'}",
-        "data_key": Fernet.generate_key().decode(),
-        "secret_key": "test-secret",
-        "hours": "mon-sun 00:00-24:00",
-        "smtp_listen": "",
-        "loopback_channel": True,
-        "redis_url": "",  # in-process unless a test asks for Redis (never from the environment)
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 # -- the browser tests' fixtures, defined once (their helpers: tests/browser_support.py) -----------------
@@ -138,36 +61,47 @@ def watched() -> Iterator[Watched]:
 
 
 @pytest.fixture
-def new_page(browser: Browser, watched: Watched) -> Iterator[Callable[..., Page]]:
-    """Pages, each in a browser context of its own (its own cookie: its own login), 1280x800, watched."""
-    from tests.browser_support import OBSERVE, WAIT_MS
+def contexts() -> Iterator[list[BrowserContext]]:
+    """Browser contexts a test makes (tests/browser_support.py's ``new_context``), closed after it (before
+    ``watched`` looks at what its pages did, where a test has both)."""
+    made: list[BrowserContext] = []
+    yield made
+    for ctx in made:
+        ctx.close()
 
-    contexts: list[BrowserContext] = []
+
+@pytest.fixture
+def new_page(browser: Browser, watched: Watched, contexts: list[BrowserContext]) -> Callable[..., Page]:
+    """Pages, each in a browser context of its own (its own cookie: its own login), 1280x800, watched."""
+    from tests.browser_support import OBSERVE, new_context
 
     def make(*, clipboard: bool = False) -> Page:
-        ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
-        ctx.set_default_timeout(WAIT_MS)
-        ctx.add_init_script(OBSERVE)
+        ctx = new_context(browser, contexts, init_script=OBSERVE, viewport={"width": 1280, "height": 800})
         if clipboard:
             ctx.grant_permissions(["clipboard-read", "clipboard-write"])
-        contexts.append(ctx)
         return watched.attach(ctx.new_page())
 
-    yield make
-    for ctx in contexts:
-        ctx.close()
+    return make
 
 
 # -- the console in a browser: a server per test from a template database (accounts made once) ----------
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database with the accounts, made once with the CLI; each test's server starts from a copy."""
-    home = tmp_path_factory.mktemp("console-template")
-    from tests.browser_support import CONSOLE_ACCOUNTS, add_accounts
+def console_accounts() -> dict[str, tuple[str, str]]:
+    """The accounts (name: role, password) the console's servers start with; a module may override it."""
+    from tests.browser_support import CONSOLE_ACCOUNTS
 
-    add_accounts(home, CONSOLE_ACCOUNTS)
+    return CONSOLE_ACCOUNTS
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, console_accounts: dict[str, tuple[str, str]]) -> Path:
+    """A database with the accounts, made once with the CLI; each test's server starts from a copy."""
+    from tests.helpers import add_accounts
+
+    home = tmp_path_factory.mktemp("console-template")
+    add_accounts(home, console_accounts)
     return home
 
 
@@ -207,27 +141,21 @@ def people(server: Server) -> Iterator[Callable[[], Person]]:
 
 
 @pytest.fixture
-def phone(browser: Browser, watched: Watched) -> Iterator[Callable[[], Page]]:
+def phone(browser: Browser, watched: Watched, contexts: list[BrowserContext]) -> Callable[[], Page]:
     """The web chat as a person has it: a phone-sized page (390x844), each in a context of its own.
     The quick exit's neutral page is answered here, so that nothing leaves the machine."""
     import re
 
-    from tests.browser_support import WAIT_MS
-
-    contexts: list[BrowserContext] = []
+    from tests.browser_support import new_context
 
     def make() -> Page:
-        ctx = browser.new_context(
-            locale="ja-JP", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        ctx = new_context(
+            browser, contexts, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
         )
-        ctx.set_default_timeout(WAIT_MS)
         ctx.route(
             re.compile(r"^https?://(?!127\.0\.0\.1)"),
             lambda route: route.fulfill(body="<title>neutral</title>", content_type="text/html"),
         )
-        contexts.append(ctx)
         return watched.attach(ctx.new_page())
 
-    yield make
-    for ctx in contexts:
-        ctx.close()
+    return make

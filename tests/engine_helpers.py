@@ -1,4 +1,5 @@
-"""A conversation through the in-process loopback channel, and a way to name what the bot said."""
+"""A started service in this process, a conversation through its loopback channel, and a way to name what
+the bot said."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from bot.config import Settings
 from bot.content import get_content
 from bot.models import Conversation
 from bot.service import Service
 from channels.loopback import LoopbackChannel, Sent
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 
 def reply_keys(texts: list[str]) -> list[str]:
@@ -46,8 +48,7 @@ class Chat:
     def __init__(self, svc: Service, user: str = "user-1") -> None:
         self.svc = svc
         self.user = user
-        self.channel = svc.channels["loopback"]
-        assert isinstance(self.channel, LoopbackChannel)
+        self.channel = loopback(svc)
         self.conversation_id = ""
 
     async def say(self, text: str, **kw: Any) -> list[Sent]:
@@ -71,12 +72,26 @@ class Chat:
         return (await self.conversation()).state
 
 
+def loopback(svc: Service) -> LoopbackChannel:
+    channel = svc.channels["loopback"]
+    assert isinstance(channel, LoopbackChannel)
+    return channel
+
+
 @asynccontextmanager
-async def running(tmp_path: Path, database_url: str | None = None, **settings: Any) -> AsyncIterator[Service]:
-    """A started service without background workers: tests send the outbox themselves."""
-    svc = Service(make_settings(tmp_path, database_url, **settings))
+async def started(settings: Settings) -> AsyncIterator[Service]:
+    """A service started with ``settings``, without background workers: tests send the outbox
+    themselves."""
+    svc = Service(settings)
     await svc.start(workers=False)
     try:
         yield svc
     finally:
         await svc.stop()
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, database_url: str | None = None, **settings: Any) -> AsyncIterator[Service]:
+    """A started service (``started``) on ``make_settings``."""
+    async with started(make_settings(tmp_path, database_url, **settings)) as svc:
+        yield svc

@@ -1,25 +1,29 @@
-"""What several test modules use, defined once: free ports and real ``tsunagi serve`` processes, bounded
+"""What several test modules use, defined once: the labelled tables, settings and fresh databases, the
+faked platforms' settings, free ports and real ``tsunagi serve`` processes with their accounts, bounded
 waits, the app inside a TestClient, the web chat's frames, and logged-in console counsellors.
 
-Test modules import from here (and from conftest.py's fixtures), never from one another.
+Test modules import from here (and use conftest.py's fixtures), never from one another nor from conftest.py
+(tests/test_layout.py checks).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import io
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,11 +33,14 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from hypothesis import HealthCheck, settings
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from starlette.testclient import WebSocketTestSession
 from websockets.sync.client import ClientConnection
 
 from bot import logs
+from bot.config import Settings
 from bot.models import Role
 from bot.service import Service
 from bot.storage.credentials import create_counsellor
@@ -46,6 +53,107 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 TSUNAGI = ROOT / ".venv" / "bin" / "tsunagi"
 WAIT = 15.0  # seconds any condition gets to become true before the test fails
+DATA = ROOT / "tests" / "data"
+SHARED = ROOT.parent / "shared"  # the shared development set, laid beside the clone (CI does so)
+CRISIS = "もう死にたい。今から飛び降りる"
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# -- services: real PostgreSQL and Redis (see docs/contract.md) ---------------------------------
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TEST_DATABASE_URL = os.environ.get(
+    "TSUNAGI_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+def unavailable(what: str, error: BaseException) -> None:
+    """A missing server fails under CI (never a silent skip) and skips on a developer's machine."""
+    message = f"{what} is not reachable ({error.__class__.__name__}: {error})"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message + "; set CI=true to make this a failure")
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(TEST_DATABASE_URL)
+    name = f"tsunagi_t_{uuid.uuid4().hex[:12]}"
+    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError) as e:
+        unavailable(f"PostgreSQL at {base.host}:{base.port}", e)
+        raise
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextmanager
+def postgres_database_sync() -> Iterator[str]:
+    """``postgres_database`` for a test that drives server processes synchronously."""
+    loop = asyncio.new_event_loop()
+    made = postgres_database()
+    try:
+        yield loop.run_until_complete(made.__aenter__())
+    finally:
+        loop.run_until_complete(made.__aexit__(None, None, None))
+        loop.close()
+
+
+def make_settings(tmp_path: Path, database_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings for an app in ``tmp_path``: its own SQLite database (or ``database_url``) and keys, open
+    every hour, the loopback channel on, no SMTP listener, Redis only when a test asks."""
+    from cryptography.fernet import Fernet
+
+    values: dict[str, Any] = {
+        "var_dir": tmp_path / "var",
+        "database_url": database_url or f"sqlite+aiosqlite:///{tmp_path / 'tsunagi.db'}",
+        "data_key": Fernet.generate_key().decode(),
+        "secret_key": "test-secret",
+        "hours": "mon-sun 00:00-24:00",
+        "smtp_listen": "",
+        "loopback_channel": True,
+        "redis_url": "",  # in-process unless a test asks for Redis (never from the environment)
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+# -- the platforms, faked: LINE and Telegram switched on with their APIs nowhere -------------------------
+
+NOWHERE = "http://127.0.0.1:9"  # a closed port on loopback: platform calls fail at once, never the internet
+LINE_SECRET = "line-channel-secret-for-tests"
+TELEGRAM_SECRET = "telegram-secret-token"
+PLATFORMS: dict[str, str] = {
+    "line_channel_secret": LINE_SECRET,
+    "line_channel_access_token": "line-token",
+    "line_api_base": NOWHERE,
+    "telegram_bot_token": "123456:telegram-token",
+    "telegram_secret_token": TELEGRAM_SECRET,
+    "telegram_api_base": NOWHERE,
+}
+
+
+def as_env(settings: dict[str, str]) -> dict[str, str]:
+    """Settings as the environment of a ``tsunagi`` process gives them (``TSUNAGI_`` and upper case)."""
+    return {f"TSUNAGI_{name.upper()}": value for name, value in settings.items()}
+
+
+def line_signature(body: bytes, secret: str = LINE_SECRET) -> str:
+    """The ``X-Line-Signature`` LINE puts on a webhook's body."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
 # -- the browser -----------------------------------------------------------------------------------------
@@ -87,6 +195,43 @@ def free_port() -> int:
         return port
 
 
+def env_for(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``tsunagi`` run in ``home``: its own database and keys, no SMTP listener,
+    nothing of the caller's TSUNAGI_ settings; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
+    env.update(
+        TSUNAGI_VAR_DIR=str(home / "var"),
+        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
+        TSUNAGI_SMTP_LISTEN="",
+    )
+    env.update(extra)
+    return env
+
+
+def add_accounts(
+    home: Path,
+    accounts: dict[str, tuple[str, str]],
+    display_names: dict[str, str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Accounts (name: role, password) made with the CLI in ``home`` (with ``env``, by default
+    ``env_for(home)``), as an operator would, with the display names given (name: display name)."""
+    for username, (role, password) in accounts.items():
+        shown = (display_names or {}).get(username)
+        done = subprocess.run(
+            [str(TSUNAGI), "counsellor", "add", username, "--role", role]
+            + (["--display-name", shown] if shown else []),
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            cwd=home,
+            env=env_for(home) if env is None else env,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+
 @contextmanager
 def server(
     env: dict[str, str],
@@ -95,16 +240,19 @@ def server(
     command: Sequence[str] | None = None,
     cwd: Path = ROOT,
     start_timeout: float = 30,
+    log_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``tsunagi serve`` on ``127.0.0.1:port``, up once /healthz answers 200 (within
-    ``start_timeout`` seconds); stopped afterwards, with the end of its log printed. ``command`` runs
-    instead of ``.venv/bin/tsunagi`` (its arguments follow)."""
+    ``start_timeout`` seconds); stopped afterwards, with the end of its log (its stdout and stderr, in
+    ``log_path`` if given) printed. ``command`` runs instead of ``.venv/bin/tsunagi`` (its arguments
+    follow)."""
     if command is None:
         command = [str(TSUNAGI)] if TSUNAGI.exists() else [sys.executable, "-m", "bot.cli"]
     cmd = [*command, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log_path = Path(env["TSUNAGI_VAR_DIR"]).parent / f"server-{time.monotonic_ns()}.log"
+    if log_path is None:
+        log_path = Path(env["TSUNAGI_VAR_DIR"]).parent / f"server-{time.monotonic_ns()}.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -116,13 +264,17 @@ def server(
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = log_path.read_text(errors="replace")
-                raise AssertionError(f"server did not start (exit {proc.returncode}): {err[-2000:]}")
-            time.sleep(0.1)
+                raise AssertionError(f"server did not start (exit {proc.returncode}): {err[-3000:]}")
+            time.sleep(0.05)
         yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
         log.close()
         print(f"--- server log ({log_path.name}) ---\n" + log_path.read_text(errors="replace")[-4000:])
 
@@ -168,10 +320,32 @@ def service(client: TestClient) -> Service:
     return svc
 
 
+@contextmanager
+def from_address(client: TestClient, host: str) -> Iterator[TestClient]:
+    """Requests from another client address, into the same running app (its portal, no second start)."""
+    other = TestClient(client.app, client=(host, 40000))
+    other.portal = client.portal
+    try:
+        yield other
+    finally:
+        other.close()
+
+
 def in_app(client: TestClient, work: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine in the app's own event loop (where its database engine lives)."""
     assert client.portal is not None, "use the TestClient as a context manager"
     return client.portal.call(work)
+
+
+async def rows_of(svc: Service, model: Any, *where: Any) -> list[Any]:
+    """Every row of the table ``model`` (that meets ``where``), in the order of their ids."""
+    async with svc.db.session() as s:
+        return list((await s.scalars(select(model).where(*where).order_by(col(model.id)))).all())
+
+
+def table_rows(client: TestClient, model: Any, *where: Any) -> list[Any]:
+    """``rows_of`` the app's service, in the app's event loop."""
+    return in_app(client, lambda: rows_of(service(client), model, *where))
 
 
 def db(client: TestClient, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -193,7 +367,6 @@ def db(client: TestClient, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 Frame = dict[str, Any]
 RECV_TIMEOUT = 5.0  # seconds to wait for one frame before the test fails (never hangs)
 QUIET = 0.5  # seconds of silence taken to mean "nothing more is coming"
-CRISIS = "もう死にたい。今から飛び降りる"
 
 
 def recv(ws: WebSocketTestSession, timeout: float = RECV_TIMEOUT) -> Frame:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.browser_support import add_accounts, serve
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS
+from tests.browser_support import fill_login, serve
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, add_accounts
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "screenshot-password-1"
@@ -43,9 +43,7 @@ def shoot(base: str) -> None:
         console_ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
         console = console_ctx.new_page()
         console.goto(f"{base}/console")
-        console.get_by_label("ユーザー名", exact=True).fill("sato")
-        console.get_by_label("パスワード", exact=True).fill(PASSWORD)
-        console.get_by_role("button", name="ログイン").click()
+        fill_login(console, "sato", PASSWORD)
         expect(console.locator("#view-app")).to_be_visible()
         console.get_by_label("対応可能（オンデューティ）").check()
 
@@ -98,9 +96,7 @@ def shoot(base: str) -> None:
         sv_ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 800})
         sv = sv_ctx.new_page()
         sv.goto(f"{base}/console")
-        sv.get_by_label("ユーザー名", exact=True).fill("kimura")
-        sv.get_by_label("パスワード", exact=True).fill(PASSWORD)
-        sv.get_by_role("button", name="ログイン").click()
+        fill_login(sv, "kimura", PASSWORD)
         expect(sv.locator("#view-app")).to_be_visible()
         sv.get_by_role("button", name="全体の状況（スーパーバイザー）").click()
         expect(sv.locator("#charts [data-chart='risk']")).to_be_visible()

@@ -9,7 +9,7 @@ import uuid
 from redis.exceptions import RedisError
 
 from bot.redis_client import connect
-from tests.conftest import _unavailable
+from tests.helpers import unavailable
 
 TEST_REDIS_URL = os.environ.get("TSUNAGI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -24,7 +24,7 @@ async def require_redis(url: str = TEST_REDIS_URL) -> None:
     try:
         await client.ping()
     except (RedisError, OSError) as e:
-        _unavailable(f"Redis at {url}", e)
+        unavailable(f"Redis at {url}", e)
     finally:
         await client.aclose()
 

@@ -31,13 +31,22 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from bot.models import Role
 from bot.web import create_app
-from tests.conftest import make_settings
-from tests.helpers import Session, account, eventually, is_ack, repeatable, service, start_fresh, wait_for
+from tests.helpers import (
+    LINE_SECRET,
+    PLATFORMS,
+    TELEGRAM_SECRET,
+    Session,
+    account,
+    eventually,
+    is_ack,
+    make_settings,
+    repeatable,
+    service,
+    start_fresh,
+    wait_for,
+)
 
 EXAMPLES = 8
-LINE_SECRET = "line-channel-secret-for-tests"
-TELEGRAM_SECRET = "telegram-secret-token"
-NOWHERE = "http://127.0.0.1:9"  # nothing listens: platform calls fail at once and are retried later
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 # Ending the session would leave every later request at 401; logging out is tested in test_console_api.
 SKIPPED = {("POST", "/api/console/logout")}
@@ -45,15 +54,7 @@ SKIPPED = {("POST", "/api/console/logout")}
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = make_settings(
-        tmp_path,
-        line_channel_secret=LINE_SECRET,
-        line_channel_access_token="line-token",
-        line_api_base=NOWHERE,
-        telegram_bot_token="123456:test-token",
-        telegram_secret_token=TELEGRAM_SECRET,
-        telegram_api_base=NOWHERE,
-    )
+    settings = make_settings(tmp_path, **PLATFORMS)  # the platforms' calls fail at once, retried later
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 

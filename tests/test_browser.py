@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
-from tests.browser_support import CRISIS, WAIT_MS, Server, serious_violations, serve
+from tests.browser_support import CRISIS, WAIT_MS, Server, compose_with_ime, serious_violations, serve
 
 pytestmark = pytest.mark.browser
 
@@ -350,10 +350,7 @@ def test_enter_during_ime_composition_does_not_send(page: Page, server: Server) 
     consent(page)
     sent = user_lines(page).count()
     box = page.locator("#input")
-    box.focus()
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Input.imeSetComposition", {"text": "そうだん", "selectionStart": 4, "selectionEnd": 4})
-    expect(box).to_have_value(re.compile("そうだん"))
+    cdp = compose_with_ime(page, box, "そうだん")
 
     page.keyboard.press("Enter")  # confirms the conversion: must not send
     page.wait_for_timeout(400)

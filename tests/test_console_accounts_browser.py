@@ -6,46 +6,37 @@ through Playwright, with what the browser tests share (tests/browser_support.py,
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from http.cookiejar import CookieJar
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
-from websockets.sync.client import connect
 
 from bot.db import Database
 from bot.models import Counsellor, Role
 from bot.storage.credentials import hash_password
 from tests.browser_support import (
-    WAIT_S,
+    ADMINS,
+    CONSOLE_ACCOUNTS,
+    Api,
     Person,
     Server,
     Watched,
-    add_accounts,
     fetch_status,
     in_thread,
+    log_in,
+    login_status,
     queue_items,
-    serve,
     settings_for,
+    submit_login,
+    unnamed_controls,
 )
 
 pytestmark = pytest.mark.browser
 
-ACCOUNTS = {
-    "mori": ("admin", "mori-password-1234"),
-    "ren": ("admin", "ren-password-12345"),
-    "kana": ("counsellor", "kana-password-1234"),
-    "yui": ("counsellor", "yui-password-12345"),
-    "sato": ("supervisor", "sato-password-1234"),
-}
+ACCOUNTS = CONSOLE_ACCOUNTS | ADMINS
 # An account from before names were checked (the CLI takes any name): whatever it is called is text.
 LEGACY = '<img src=x onerror="window.__xss=1">'
 LEGACY_PASSWORD = "legacy-password-1234"
@@ -74,100 +65,18 @@ async def _add_legacy_account(home: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("accounts-template")
-    add_accounts(home, ACCOUNTS)
-    in_thread(_add_legacy_account(home))
-    return home
+def console_accounts() -> dict[str, tuple[str, str]]:
+    return ACCOUNTS
 
 
-@pytest.fixture
-def server(template: Path, tmp_path: Path) -> Iterator[Server]:
-    home = tmp_path / "server"
-    shutil.copytree(template, home)
-    yield from serve(home)
+@pytest.fixture(scope="module")
+def template(template: Path) -> Path:
+    """conftest.py's template, with the legacy account."""
+    in_thread(_add_legacy_account(template))
+    return template
 
 
-@pytest.fixture
-def people(server: Server) -> Iterator[Callable[[], Person]]:
-    with ExitStack() as stack:
-
-        def make() -> Person:
-            return Person(stack.enter_context(connect(f"{server.ws}/chat/ws", open_timeout=WAIT_S)))
-
-        yield make
-
-
-# -- the console API from Python -------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"{status}: {body}")
-        self.status = status
-        self.body = body
-
-
-class Api:
-    """One logged-in session (its cookie and CSRF token), as a page has them."""
-
-    def __init__(self, server: Server, username: str, password: str | None = None) -> None:
-        self.base = f"{server.base}/api/console"
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
-        self.csrf = ""
-        self.login = self.call(
-            "POST", "/login", {"username": username, "password": password or ACCOUNTS[username][1]}
-        )
-        self.csrf = self.login["csrf_token"]
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if self.csrf:
-            req.add_header("X-CSRF-Token", self.csrf)
-        try:
-            with self.opener.open(req, timeout=WAIT_S) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            raise ApiError(e.code, e.read().decode(errors="replace")) from None
-        return json.loads(raw) if raw else None
-
-    def status(self, method: str, path: str, body: Any = None) -> int:
-        try:
-            self.call(method, path, body)
-        except ApiError as e:
-            return e.status
-        return 200
-
-    def waiting(self) -> list[str]:
-        return [x["conversation_id"] for x in self.call("GET", "/queue")]
-
-
-def login_status(server: Server, username: str, password: str) -> int:
-    try:
-        Api(server, username, password)
-    except ApiError as e:
-        return e.status
-    return 200
-
-
-# -- pages (the browser, ``watched`` and ``new_page`` are conftest.py's) -------------------------------
-
-
-def submit_login(page: Page, server: Server, username: str, password: str) -> None:
-    page.goto(f"{server.base}/console")
-    expect(page.locator("#view-login")).to_be_visible()
-    page.get_by_label("ユーザー名", exact=True).fill(username)
-    page.get_by_label("パスワード", exact=True).fill(password)
-    page.get_by_role("button", name="ログイン").click()
-
-
-def log_in(page: Page, server: Server, username: str) -> None:
-    submit_login(page, server, username, ACCOUNTS[username][1])
-    expect(page.locator("#view-app")).to_be_visible()
-    expect(page.locator("#who")).to_contain_text(username)
-    expect(page.locator("#live-status")).to_have_text("リアルタイム更新：接続中")
+# -- pages (the browser, ``watched``, ``new_page``, ``server`` and ``people`` are conftest.py's) ------------
 
 
 def open_accounts(page: Page) -> Locator:
@@ -230,14 +139,7 @@ def test_admin_adds_an_account_whose_one_time_password_must_be_changed(
     expect(mine).to_contain_text("自分")
     expect(mine.get_by_label("mori さんの役割")).to_be_disabled()
     expect(mine.get_by_role("button", name="無効にする：mori")).to_be_disabled()
-    unnamed = page.evaluate(
-        """() => [...document.querySelectorAll('#accounts input, #accounts select, #accounts button')]
-            .filter((e) => e.offsetParent !== null)
-            .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
-                           && !(e.textContent || '').trim())
-            .map((e) => e.id || e.outerHTML.slice(0, 60))"""
-    )
-    assert unnamed == []
+    assert unnamed_controls(page, "#accounts") == []
 
     # A new counsellor: the one-time password, once, in its own box with the name and a copy button.
     form = page.locator("#account-form")

@@ -55,7 +55,6 @@ from bot.web import create_app
 from handoff.console import ensure_first_admin
 from handoff.console.auth import COOKIE, CSRF_HEADER
 from handoff.console.content import console_labels
-from tests.conftest import make_settings, postgres_database
 from tests.engine_helpers import reply_keys
 from tests.helpers import (
     API,
@@ -68,12 +67,15 @@ from tests.helpers import (
     db,
     drain,
     eventually,
+    from_address,
     hello,
     in_app,
     is_ack,
     is_bot,
     is_status,
     login,
+    make_settings,
+    postgres_database,
     recv,
     service,
     start_fresh,
@@ -462,17 +464,6 @@ def test_failed_logins_are_limited_per_username_and_per_address(client: TestClie
     add_account(client, "cat")
     with from_address(client, "198.51.100.7") as elsewhere, from_address(client, "203.0.113.9") as third:
         login_limits(client, elsewhere, third)
-
-
-@contextmanager
-def from_address(client: TestClient, host: str) -> Iterator[TestClient]:
-    """Requests from another client address, into the same running app (its portal, no second start)."""
-    other = TestClient(client.app, client=(host, 40000))
-    other.portal = client.portal
-    try:
-        yield other
-    finally:
-        other.close()
 
 
 def login_limits(client: TestClient, elsewhere: TestClient, third: TestClient) -> None:

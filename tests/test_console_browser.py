@@ -24,17 +24,15 @@ from sqlmodel import col
 
 from bot.db import Database
 from bot.models import Message, Outbox, OutboxStatus
-from bot.service import Service
 from bot.types import Inbound, Kind
-from channels.loopback import LoopbackChannel
 from tests.browser_support import (
     CRISIS,
     WAIT_MS,
     Api,
     Person,
     Server,
-    add_accounts,
     chat_in_crisis,
+    compose_with_ime,
     fetch_status,
     in_thread,
     lines,
@@ -43,7 +41,10 @@ from tests.browser_support import (
     serious_violations,
     serve,
     settings_for,
+    unnamed_controls,
 )
+from tests.engine_helpers import loopback, started
+from tests.helpers import add_accounts
 
 pytestmark = pytest.mark.browser
 
@@ -273,11 +274,8 @@ class MailScene:
 async def _play_mail_scene(home: Path) -> list[tuple[int, str]]:
     """Before the server starts: a person writes through the engine (a mail-like message with its
     quoted thread and two attachments, then a request for a counsellor); every reply is delivered."""
-    svc = Service(settings_for(home))
-    await svc.start(workers=False)
-    try:
-        channel = svc.channels["loopback"]
-        assert isinstance(channel, LoopbackChannel)
+    async with started(settings_for(home)) as svc:
+        channel = loopback(svc)
         user = "mail-person"
         await channel.say(user, "こんにちは")
         await channel.say(user, "同意")
@@ -303,8 +301,6 @@ async def _play_mail_scene(home: Path) -> list[tuple[int, str]]:
             ).all()
         assert [o.status for o, _ in rows] == [OutboxStatus.DELIVERED] * len(rows)
         return [(o.id or 0, svc.crypto.decrypt(text).splitlines()[0]) for o, text in rows]
-    finally:
-        await svc.stop()
 
 
 async def _set_outbox(home: Path, states: dict[int, tuple[str, int, str]]) -> None:
@@ -452,11 +448,8 @@ async def _play_media_scene(home: Path) -> None:
     from bot.types import EDITED, Item
     from tests.pictures import screenshot
 
-    svc = Service(settings_for(home))
-    await svc.start(workers=False)
-    try:
-        channel = svc.channels["loopback"]
-        assert isinstance(channel, LoopbackChannel)
+    async with started(settings_for(home)) as svc:
+        channel = loopback(svc)
         user = "media-person"
         await channel.say(user, "こんにちは")
         await channel.say(user, "同意")
@@ -485,8 +478,6 @@ async def _play_media_scene(home: Path) -> None:
             )
         )
         await svc.outbox.send_due()
-    finally:
-        await svc.stop()
 
 
 @pytest.fixture
@@ -676,10 +667,7 @@ def test_enter_during_ime_composition_does_not_send_the_reply(
     queue_items(page).first.get_by_role("button", name=re.compile("担当する")).click()
     expect(page.locator("#reply-form")).to_be_visible()
     box = page.get_by_label("相談者への返信")
-    box.focus()
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Input.imeSetComposition", {"text": "そうだん", "selectionStart": 4, "selectionEnd": 4})
-    expect(box).to_have_value(re.compile("そうだん"))
+    cdp = compose_with_ime(page, box, "そうだん")
 
     page.keyboard.press("Enter")  # confirms the conversion: must not send
     page.wait_for_timeout(400)  # a send would have cleared the box and drawn the line by now
@@ -859,14 +847,7 @@ def test_accessibility_basics(
     expect(lines(page, "bot").first.locator(".msg-who")).to_have_text("ボット")
     expect(page.locator("#crisis-banner")).to_have_attribute("role", "alert")
     # Every form control has a name.
-    unnamed = page.evaluate(
-        """() => [...document.querySelectorAll('input, select, textarea, button')]
-            .filter((e) => e.offsetParent !== null)
-            .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
-                           && !(e.textContent || '').trim())
-            .map((e) => e.id || e.outerHTML.slice(0, 60))"""
-    )
-    assert unnamed == []
+    assert unnamed_controls(page) == []
 
 
 # -- issue 14: what loses a person -------------------------------------------------------------------------

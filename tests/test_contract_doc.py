@@ -12,21 +12,14 @@ from pathlib import Path
 from fastapi.routing import APIWebSocketRoute, iter_route_contexts
 
 from bot.web import create_app
-from tests.conftest import make_settings
-from tests.helpers import ROOT
+from tests.helpers import PLATFORMS, ROOT, make_settings
 
 CONTRACT = ROOT / "docs" / "contract.md"
 HEADING = re.compile(r"^### `([A-Z]+) (/\S*)`", re.M)
 
 
 def app_routes(tmp_path: Path) -> list[tuple[str, str]]:
-    settings = make_settings(
-        tmp_path,
-        line_channel_secret="line-secret",
-        line_channel_access_token="line-token",
-        telegram_bot_token="123456:telegram-token",
-        telegram_secret_token="telegram-secret",
-    )
+    settings = make_settings(tmp_path, **PLATFORMS)
     app = create_app(settings)  # routes only: the service is never started
     out: list[tuple[str, str]] = []
     for ctx in iter_route_contexts(app.routes):

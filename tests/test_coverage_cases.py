@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DATA, load_jsonl
+from tests.helpers import DATA, load_jsonl
 from triage import Category, Risk, triage
 
 CASES = load_jsonl(DATA / "coverage_cases.jsonl")

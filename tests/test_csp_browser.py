@@ -8,9 +8,7 @@ Everything stays on loopback; Chromium is never downloaded (no ``playwright inst
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +16,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
-from tests.helpers import TSUNAGI, chromium, free_port, server
+from tests.browser_support import CONSOLE_ACCOUNTS, fill_login, new_context, serve
+from tests.helpers import CRISIS, add_accounts
 
 pytestmark = pytest.mark.browser
 
-WAIT_MS = 8_000
-SUPERVISOR = ("sato", "sato-password-1234")
-CRISIS = "もう死にたい。今から飛び降りる"
+SUPERVISOR = "sato"
 
 # Installed before the page's own script: every violation the browser reports, as text.
 RECORD = """
@@ -61,51 +58,14 @@ class Watched:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not TSUNAGI.exists():
-        pytest.fail(f"{TSUNAGI} is missing: install the project into .venv first (make test does)")
     home = tmp_path_factory.mktemp("csp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-    env.update(
-        TSUNAGI_VAR_DIR=str(home / "var"),
-        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
-        TSUNAGI_SMTP_LISTEN="",
-    )
-    username, password = SUPERVISOR
-    done = subprocess.run(
-        [str(TSUNAGI), "counsellor", "add", username, "--role", "supervisor"],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        cwd=home,
-        env=env,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    port = free_port()
-    with server(env, port, cwd=home):
-        yield f"http://127.0.0.1:{port}"
+    add_accounts(home, {SUPERVISOR: CONSOLE_ACCOUNTS[SUPERVISOR]})
+    for site in serve(home):
+        yield site.base
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
-    made: list[BrowserContext] = []
-    yield made
-    for ctx in made:
-        ctx.close()
-
-
-def new_page(browser: Browser, contexts: list[BrowserContext], watched: Watched, **kw: Any) -> Page:
-    ctx = browser.new_context(locale="ja-JP", **kw)
-    ctx.set_default_timeout(WAIT_MS)
-    ctx.add_init_script(RECORD)
-    contexts.append(ctx)
-    return watched.attach(ctx.new_page())
+def page_in(browser: Browser, contexts: list[BrowserContext], watched: Watched, **kw: Any) -> Page:
+    return watched.attach(new_context(browser, contexts, init_script=RECORD, **kw).new_page())
 
 
 def test_no_csp_violation_from_the_web_chat_to_the_console_and_back(
@@ -114,7 +74,7 @@ def test_no_csp_violation_from_the_web_chat_to_the_console_and_back(
     watched = Watched()
 
     # The person: the page, consent, a crisis, the waiting status.
-    chat = new_page(browser, contexts, watched, viewport={"width": 390, "height": 844})
+    chat = page_in(browser, contexts, watched, viewport={"width": 390, "height": 844})
     response = chat.goto(f"{base}/chat")
     assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
     expect(chat.locator("#log li.from-bot").first).to_contain_text("相談窓口「つなぎ」")
@@ -125,13 +85,10 @@ def test_no_csp_violation_from_the_web_chat_to_the_console_and_back(
     expect(chat.locator("#log")).to_contain_text("110")  # the crisis reply (an age question may follow)
 
     # The supervisor: log in, claim, read, reply, close; then the supervisor's overview and charts.
-    console = new_page(browser, contexts, watched, viewport={"width": 1280, "height": 800})
+    console = page_in(browser, contexts, watched, viewport={"width": 1280, "height": 800})
     response = console.goto(f"{base}/console")
     assert response is not None and "'unsafe-inline'" not in response.headers["content-security-policy"]
-    username, password = SUPERVISOR
-    console.get_by_label("ユーザー名", exact=True).fill(username)
-    console.get_by_label("パスワード", exact=True).fill(password)
-    console.get_by_role("button", name="ログイン").click()
+    fill_login(console, SUPERVISOR)
     expect(console.locator("#view-app")).to_be_visible()
     first = console.locator("#queue-list > li").first
     expect(first).to_have_attribute("data-risk", "crisis")
@@ -159,7 +116,7 @@ def test_the_listener_does_record_a_violation(
     base: str, browser: Browser, contexts: list[BrowserContext]
 ) -> None:
     watched = Watched()
-    page = new_page(browser, contexts, watched)
+    page = page_in(browser, contexts, watched)
     page.goto(f"{base}/chat")
     expect(page.locator("#log li.from-bot").first).to_be_visible()
     page.evaluate(

@@ -28,8 +28,7 @@ from websockets.sync.client import connect
 
 from bot.config import Settings
 from bot.web import create_app
-from tests.conftest import make_settings
-from tests.helpers import ROOT, free_port, server
+from tests.helpers import ROOT, free_port, make_settings, server
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "compose.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, load_jsonl
+from tests.helpers import DATA, load_jsonl
 from triage import get_engine, triage, triage_conversation
 from triage.engine import Engine
 from triage.paths import CONTENT_DIR

@@ -34,10 +34,9 @@ from bot.models import Conversation, Inbox, InboxStatus, Media, Message, Outbox,
 from bot.web import create_app
 from channels.email import EmailChannel, trim_references
 from channels.email.parse import decode_bytes, html_to_text, parse_mail, strip_quoted
-from tests.conftest import make_settings
 from tests.engine_helpers import _patterns, reply_keys
 from tests.fake_relay import FakeRelay, running_relay
-from tests.helpers import account, eventually, free_port, in_app, service
+from tests.helpers import account, eventually, free_port, in_app, make_settings, rows_of, service
 from tests.pictures import exif_of, photo_with_gps
 
 ADDRESS = "soudan@tsunagi.example"
@@ -564,7 +563,8 @@ def test_attachments_are_counted_not_kept(client: TestClient, fake: FakeRelay) -
     assert "添付ファイル（2件：PDF）" in body(fake.to(USER)[3])
 
     async def payloads() -> list[str]:
-        return [service(client).inbox.crypto.decrypt(r.payload_enc) for r in await _inbox(client)]
+        svc = service(client)
+        return [svc.inbox.crypto.decrypt(r.payload_enc) for r in await rows_of(svc, Inbox)]
 
     stored = in_app(client, payloads)
     assert '"attachments": 1' in stored[2] and '"attachments": 2' in stored[3]
@@ -601,11 +601,6 @@ def test_a_picture_attached_is_kept_for_the_counsellor_and_other_files_refused(
     assert got.headers["content-type"] == "image/jpeg" and got.headers["cache-control"] == "no-store"
     stranger = account(client, "bob")
     assert stranger.get(f"conversations/{conv.id}/pictures/{picture['id']}").status_code == 403
-
-
-async def _inbox(client: TestClient) -> list[Inbox]:
-    async with service(client).db.session() as s:
-        return list((await s.scalars(select(Inbox).order_by(col(Inbox.id)))).all())
 
 
 def test_a_number_picks_the_numbered_choice(client: TestClient, fake: FakeRelay) -> None:

@@ -9,13 +9,9 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,25 +20,21 @@ from fastapi.testclient import TestClient
 from bot.guard import SIGNATURE_FAILURES
 from bot.storage.credentials import MAX_FAILURES
 from bot.web import create_app
-from tests.conftest import make_settings
-from tests.helpers import PASSWORD, add_account, try_login
-
-LINE_SECRET = "line-secret"
-TELEGRAM_SECRET = "telegram-secret"
-NOWHERE = "http://127.0.0.1:9"
+from tests.helpers import (
+    LINE_SECRET,
+    PASSWORD,
+    PLATFORMS,
+    TELEGRAM_SECRET,
+    add_account,
+    from_address,
+    line_signature,
+    make_settings,
+    try_login,
+)
 
 
 def app_client(tmp_path: Path, **overrides: object) -> TestClient:
-    settings = make_settings(
-        tmp_path,
-        line_channel_secret=LINE_SECRET,
-        line_channel_access_token="token",
-        line_api_base=NOWHERE,
-        telegram_bot_token="123:token",
-        telegram_secret_token=TELEGRAM_SECRET,
-        telegram_api_base=NOWHERE,
-        **overrides,
-    )
+    settings = make_settings(tmp_path, **PLATFORMS, **overrides)
     return TestClient(create_app(settings))
 
 
@@ -50,17 +42,6 @@ def app_client(tmp_path: Path, **overrides: object) -> TestClient:
 def client(tmp_path: Path) -> Iterator[TestClient]:
     with app_client(tmp_path) as c:
         yield c
-
-
-@contextmanager
-def other_address(client: TestClient, host: str) -> Iterator[TestClient]:
-    """Requests from another client address, into the same running app (its portal, no second start)."""
-    other = TestClient(client.app, client=(host, 40000))
-    other.portal = client.portal
-    try:
-        yield other
-    finally:
-        other.close()
 
 
 def metric(client: TestClient, name: str, **labels: str) -> float:
@@ -72,8 +53,7 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
 
 def line(client: TestClient, *, good: bool) -> int:
     body = json.dumps({"destination": "U0", "events": []}).encode()
-    digest = hmac.new(LINE_SECRET.encode() if good else b"wrong", body, hashlib.sha256).digest()
-    headers = {"X-Line-Signature": base64.b64encode(digest).decode()}
+    headers = {"X-Line-Signature": line_signature(body, LINE_SECRET if good else "wrong")}
     response = client.post("/webhooks/line", content=body, headers=headers)
     if response.status_code == 429:
         assert int(response.headers["Retry-After"]) > 0
@@ -97,7 +77,7 @@ def test_bad_signatures_are_limited_per_address_and_counted(
     assert post(client, good=False) == 429
     assert post(client, good=False) == 429
     assert post(client, good=True) == 200, "a valid signature is never refused"
-    with other_address(client, "198.51.100.7") as elsewhere:
+    with from_address(client, "198.51.100.7") as elsewhere:
         assert post(elsewhere, good=False) == refused
     failures = "tsunagi_webhook_signature_failures_total"
     assert metric(client, failures, channel=channel, outcome="failed") == SIGNATURE_FAILURES + 1

@@ -14,8 +14,6 @@ Examples are derandomized (``repeatable``), so a failure seen once is seen again
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import itertools
 import json
 import random
@@ -35,12 +33,18 @@ from sqlmodel import col
 from bot.models import Inbox, InboxStatus, Message
 from bot.web import create_app
 from channels.email.parse import parse_mail
-from tests.conftest import make_settings, postgres_database
-from tests.helpers import db, eventually, repeatable, service
+from tests.helpers import (
+    PLATFORMS,
+    TELEGRAM_SECRET,
+    db,
+    eventually,
+    line_signature,
+    make_settings,
+    postgres_database,
+    repeatable,
+    service,
+)
 
-LINE_SECRET = "line-secret-for-fuzzing"
-TELEGRAM_SECRET = "telegram-secret-for-fuzzing"
-NOWHERE = "http://127.0.0.1:9"  # the platforms' APIs: nothing listens, calls fail at once
 EXAMPLES = 40
 _ids = itertools.count(1)
 
@@ -58,17 +62,7 @@ def client(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     # The outbox's retry jitter, from a Random of its own: Hypothesis forbids the global one changing
     # while it draws (the app's thread runs beside it).
     monkeypatch.setattr("bot.outbox.random", random.Random(0))
-    settings = make_settings(
-        tmp_path,
-        pg_url,
-        line_channel_secret=LINE_SECRET,
-        line_channel_access_token="token",
-        line_api_base=NOWHERE,
-        telegram_bot_token="123:token",
-        telegram_secret_token=TELEGRAM_SECRET,
-        telegram_api_base=NOWHERE,
-        loopback_channel=False,
-    )
+    settings = make_settings(tmp_path, pg_url, **PLATFORMS, loopback_channel=False)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 
@@ -188,8 +182,7 @@ LINE_EVENTS = st.one_of(
 
 
 def line_post(client: TestClient, body: bytes) -> int:
-    digest = hmac.new(LINE_SECRET.encode(), body, hashlib.sha256).digest()
-    headers = {"X-Line-Signature": base64.b64encode(digest).decode(), "Content-Type": "application/json"}
+    headers = {"X-Line-Signature": line_signature(body), "Content-Type": "application/json"}
     return client.post("/webhooks/line", content=body, headers=headers).status_code
 
 

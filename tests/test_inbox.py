@@ -6,13 +6,12 @@ import asyncio
 import json
 import logging
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import select, text
-from sqlmodel import col
+from sqlalchemy import text
 
 from bot.db import Database
 from bot.inbox import InboxWorker
@@ -20,6 +19,7 @@ from bot.models import Inbox, InboxStatus, utcnow
 from bot.types import Inbound
 from channels.base import Channel
 from tests.engine_helpers import running
+from tests.helpers import rows_of
 
 
 class Recording(Channel):
@@ -53,17 +53,28 @@ class Recording(Channel):
         raise AssertionError("not used")
 
 
-async def rows(svc: Any) -> list[Inbox]:
-    async with svc.db.session() as s:
-        return list((await s.scalars(select(Inbox).order_by(col(Inbox.id)))).all())
+def recording(svc: Any) -> Recording:
+    """A recording channel, put in the running service's channels."""
+    channel = Recording(svc.host)
+    svc.channels[channel.name] = channel
+    return channel
+
+
+async def fail_five_times(svc: Any) -> datetime:
+    """The one stored event tried five times, each as soon as its lease ends; the time after the last."""
+    now = utcnow()
+    for _ in range(5):
+        await svc.inbox.process_due(now=now)
+        (row,) = await rows_of(svc, Inbox)
+        now = (row.lease_until or now) + timedelta(seconds=1)
+    return now
 
 
 async def test_events_are_stored_once_processed_in_order_and_retried(
     tmp_path: Path, database_url: str
 ) -> None:
     async with running(tmp_path, database_url) as svc:
-        channel = Recording(svc.host)
-        svc.channels["recording"] = channel
+        channel = recording(svc)
         said = [("u1", "こんにちは"), ("u1", "同意"), ("u2", "やあ")]
         events = [(f"e{i}", json.dumps({"user": u, "text": t})) for i, (u, t) in enumerate(said)]
         assert await channel.store_events(events) == 3
@@ -78,7 +89,7 @@ async def test_events_are_stored_once_processed_in_order_and_retried(
         # The first failed; the same person's second waits for it (their order is kept), another
         # person's went through.
         assert await svc.inbox.process_due() == 1
-        first, second, other = await rows(svc)
+        first, second, other = await rows_of(svc, Inbox)
         assert (first.status, first.attempts, first.last_error) == (
             InboxStatus.PROCESSING,
             1,
@@ -90,25 +101,20 @@ async def test_events_are_stored_once_processed_in_order_and_retried(
         assert await svc.inbox.process_due() == 0, "not again before the backoff is over"
         assert await svc.inbox.process_due(now=first.lease_until + timedelta(seconds=1)) == 2
         assert [e["text"] for e in channel.processed] == ["やあ", "こんにちは", "同意"]
-        assert all(r.status == InboxStatus.DONE for r in await rows(svc))
+        assert all(r.status == InboxStatus.DONE for r in await rows_of(svc, Inbox))
 
         # Handled events go after a day; what the person wrote stays only in the (encrypted) messages.
         await svc.retention.sweep(now=utcnow() + timedelta(days=2))
-        assert await rows(svc) == []
+        assert await rows_of(svc, Inbox) == []
 
 
 async def test_an_event_that_keeps_failing_is_given_up_and_kept_for_a_look(tmp_path: Path) -> None:
     async with running(tmp_path) as svc:
-        channel = Recording(svc.host)
-        svc.channels["recording"] = channel
+        channel = recording(svc)
         await channel.store_events([("e1", json.dumps({"user": "u1", "text": "x"}))])
         channel.fail = 99
-        now = utcnow()
-        for _ in range(5):
-            await svc.inbox.process_due(now=now)
-            (row,) = await rows(svc)
-            now = (row.lease_until or now) + timedelta(seconds=1)
-        (row,) = await rows(svc)
+        now = await fail_five_times(svc)
+        (row,) = await rows_of(svc, Inbox)
         assert (row.status, row.attempts) == (InboxStatus.FAILED, 5)
         assert await svc.inbox.process_due(now=now + timedelta(days=1)) == 0
 
@@ -118,16 +124,11 @@ async def test_an_event_that_fails_for_good_is_logged_once_with_its_traceback_an
 ) -> None:
     caplog.set_level(logging.INFO)
     async with running(tmp_path) as svc:
-        channel = Recording(svc.host)
-        svc.channels["recording"] = channel
+        channel = recording(svc)
         event = {"type": "postback", "user": "U-secret-id", "text": "ひみつの相談"}
         await channel.store_events([("e1", json.dumps(event, ensure_ascii=False))])
         channel.fail = 99
-        now = utcnow()
-        for _ in range(5):
-            await svc.inbox.process_due(now=now)
-            (row,) = await rows(svc)
-            now = (row.lease_until or now) + timedelta(seconds=1)
+        await fail_five_times(svc)
     final = [r for r in caplog.records if r.name == "tsunagi.inbox" and "for good" in r.getMessage()]
     assert len(final) == 1, "once, when it is given up"
     message = final[0].getMessage()
@@ -141,13 +142,12 @@ async def test_an_event_that_fails_for_good_is_logged_once_with_its_traceback_an
 
 async def test_scrub_empties_the_events_that_carried_a_withdrawn_message(tmp_path: Path) -> None:
     async with running(tmp_path) as svc:
-        channel = Recording(svc.host)
-        svc.channels["recording"] = channel
+        channel = recording(svc)
         await channel.store_events(
             [(f"e{i}", json.dumps({"user": "u1", "text": t, "id": str(i)})) for i, t in enumerate(["a", "b"])]
         )
         assert await svc.inbox.scrub("recording", lambda p: json.loads(p).get("id") == "1") == 1
-        payloads = [svc.crypto.decrypt(r.payload_enc) for r in await rows(svc)]
+        payloads = [svc.crypto.decrypt(r.payload_enc) for r in await rows_of(svc, Inbox)]
         assert json.loads(payloads[0])["text"] == "a" and payloads[1] == "{}"
 
 
@@ -158,8 +158,7 @@ async def test_a_crisis_is_processed_first_and_high_before_the_rest(
     tmp_path: Path, database_url: str
 ) -> None:
     async with running(tmp_path, database_url) as svc:
-        channel = Recording(svc.host)
-        svc.channels["recording"] = channel
+        channel = recording(svc)
         said = [(f"p{i}", "こんにちは") for i in range(5)]
         said += [
             ("high", "彼氏に殴られて怖い"),
@@ -170,7 +169,7 @@ async def test_a_crisis_is_processed_first_and_high_before_the_rest(
             [(f"e{i}", json.dumps({"user": u, "text": t})) for i, (u, t) in enumerate(said)]
         )
         priorities = {svc.crypto.lookup("recording", u): u for u, _ in said}
-        by_sender = {priorities[r.sender]: r.priority for r in await rows(svc)}
+        by_sender = {priorities[r.sender]: r.priority for r in await rows_of(svc, Inbox)}
         assert (by_sender["crisis"], by_sender["high"], by_sender["p0"]) == (0, 1, 2)
 
         assert await svc.inbox.process_due() == len(said)
@@ -184,8 +183,7 @@ async def test_a_crisis_takes_its_own_earlier_events_with_it_in_their_order(
     """A later crisis of the same person must not jump their own earlier events (the engine reads them as
     one conversation, in order): those go first, and go ahead of everyone else's with it."""
     async with running(tmp_path, database_url) as svc:
-        channel = Recording(svc.host)
-        svc.channels["recording"] = channel
+        channel = recording(svc)
         said = [("a", "こんにちは"), ("b", "こんにちは"), ("a", "同意"), ("c", "こんにちは")]
         said += [("a", "もう死にたい、今夜飛び降りる"), ("b", "同意")]
         await channel.store_events(
@@ -250,4 +248,4 @@ async def test_concurrent_workers_in_two_processes_keep_each_persons_order_and_l
         for p in range(people):
             mine = [e["n"] for e in channel.processed if e["user"] == f"u{p}"]
             assert mine == list(range(each)), f"u{p} in order"
-        assert {r.status for r in await rows(svc)} == {InboxStatus.DONE}
+        assert {r.status for r in await rows_of(svc, Inbox)} == {InboxStatus.DONE}

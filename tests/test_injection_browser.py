@@ -10,14 +10,9 @@ and no frame or inline script is made, and each payload is on the page as the te
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import os
 import re
 import smtplib
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,15 +23,21 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.helpers import TSUNAGI, chromium, free_port, server
+from tests.browser_support import CONSOLE_ACCOUNTS, fill_login, new_context, serve
+from tests.helpers import (
+    CRISIS,
+    PLATFORMS,
+    TELEGRAM_SECRET,
+    add_accounts,
+    as_env,
+    free_port,
+    line_signature,
+)
 
 pytestmark = pytest.mark.browser
 
 WAIT_MS = 10_000
-SUPERVISOR = ("suzuki", "suzuki-password-1234")
-LINE_SECRET = "line-secret-injection"
-TELEGRAM_SECRET = "telegram-secret-injection"
-CRISIS = "もう死にたい。今から飛び降りる"
+SUPERVISOR = "sato"
 PAYLOADS = [
     '<img src=x onerror="window.__xss=1;alert(1)">',
     "<script>window.__xss=1;alert(2)</script>",
@@ -73,59 +74,17 @@ INJECTED = """() => {
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    if not TSUNAGI.exists():
-        pytest.fail(f"{TSUNAGI} is missing: install the project into .venv first (make test does)")
     home = tmp_path_factory.mktemp("inject")
+    add_accounts(home, {SUPERVISOR: CONSOLE_ACCOUNTS[SUPERVISOR]})
     smtp_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-    env.update(
-        TSUNAGI_VAR_DIR=str(home / "var"),
-        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{home / 't.db'}",
-        TSUNAGI_SMTP_LISTEN=f"127.0.0.1:{smtp_port}",
-        TSUNAGI_LINE_CHANNEL_SECRET=LINE_SECRET,
-        TSUNAGI_LINE_CHANNEL_ACCESS_TOKEN="token",
-        TSUNAGI_LINE_API_BASE="http://127.0.0.1:9",  # nothing listens: replies wait in the outbox
-        TSUNAGI_TELEGRAM_BOT_TOKEN="123:token",
-        TSUNAGI_TELEGRAM_SECRET_TOKEN=TELEGRAM_SECRET,
-        TSUNAGI_TELEGRAM_API_BASE="http://127.0.0.1:9",
-        TSUNAGI_COUNSELLOR_LIMIT="10",
-    )
-    username, password = SUPERVISOR
-    done = subprocess.run(
-        [str(TSUNAGI), "counsellor", "add", username, "--role", "supervisor"],
-        input=password + "\n",
-        capture_output=True,
-        text=True,
-        cwd=home,
-        env=env,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    port = free_port()
-    with server(env, port, cwd=home):
-        yield {"base": f"http://127.0.0.1:{port}", "smtp": smtp_port}
+    # LINE and Telegram: their APIs are nowhere (replies wait in the outbox).
+    platforms = as_env(PLATFORMS) | {"TSUNAGI_COUNSELLOR_LIMIT": "10"}
+    for server in serve(home, TSUNAGI_SMTP_LISTEN=f"127.0.0.1:{smtp_port}", **platforms):
+        yield {"base": server.base, "smtp": smtp_port}
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
-    made: list[BrowserContext] = []
-    yield made
-    for ctx in made:
-        ctx.close()
-
-
-def new_page(browser: Browser, contexts: list[BrowserContext], dialogs: list[str], **kw: Any) -> Page:
-    ctx = browser.new_context(locale="ja-JP", **kw)
-    ctx.set_default_timeout(WAIT_MS)
-    ctx.add_init_script(RECORD)
-    contexts.append(ctx)
-    page = ctx.new_page()
+def page_in(browser: Browser, contexts: list[BrowserContext], dialogs: list[str], **kw: Any) -> Page:
+    page = new_context(browser, contexts, init_script=RECORD, timeout_ms=WAIT_MS, **kw).new_page()
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     return page
 
@@ -169,8 +128,7 @@ def send_line(base: str) -> None:
     ]
     for e in events:  # one by one: the inbox handles them in order
         body = json.dumps({"destination": "U" + "0" * 32, "events": [e]}).encode()
-        signature = base64.b64encode(hmac.new(LINE_SECRET.encode(), body, hashlib.sha256).digest()).decode()
-        assert post(f"{base}/webhooks/line", body, {"X-Line-Signature": signature}) == 200
+        assert post(f"{base}/webhooks/line", body, {"X-Line-Signature": line_signature(body)}) == 200
 
 
 def send_telegram(base: str) -> None:
@@ -242,7 +200,7 @@ def test_no_payload_runs_in_the_console_or_the_web_chat(
     dialogs: list[str] = []
 
     # The web chat, in the browser: consent, then a crisis with every payload.
-    chat = new_page(browser, contexts, dialogs, viewport={"width": 390, "height": 844})
+    chat = page_in(browser, contexts, dialogs, viewport={"width": 390, "height": 844})
     chat.goto(f"{base}/chat")
     chat.locator("#choices").get_by_role("button", name="同意して話す").click()
     expect(chat.locator("#log li.from-bot")).to_have_count(2)
@@ -254,12 +212,9 @@ def test_no_payload_runs_in_the_console_or_the_web_chat(
     send_telegram(base)
     send_mail(site["smtp"])
 
-    console = new_page(browser, contexts, dialogs, viewport={"width": 1280, "height": 900})
+    console = page_in(browser, contexts, dialogs, viewport={"width": 1280, "height": 900})
     console.goto(f"{base}/console")
-    username, password = SUPERVISOR
-    console.get_by_label("ユーザー名", exact=True).fill(username)
-    console.get_by_label("パスワード", exact=True).fill(password)
-    console.get_by_role("button", name="ログイン").click()
+    fill_login(console, SUPERVISOR)
     expect(console.locator("#view-app")).to_be_visible()
     queue = console.locator("#queue-list > li")
     expect(queue).to_have_count(4, timeout=30_000)  # web chat, LINE, Telegram, mail

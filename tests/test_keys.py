@@ -13,8 +13,8 @@ from sqlmodel import col
 from bot.crypto import Crypto
 from bot.keys import encrypted_columns, rotate_keys
 from bot.models import Contact, Counsellor, Inbox, Media, Message, Note
-from tests.conftest import make_settings
 from tests.engine_helpers import Chat, running
+from tests.helpers import make_settings
 
 
 async def test_rotation_keeps_every_message_and_contact(tmp_path: Path, database_url: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from websockets.sync.client import connect
 
 from bot.guard import CONSOLE_MAX_BODY, DEFAULT_MAX_BODY, WEBHOOK_MAX_BODY
 from channels.webchat import MAX_IMAGE_BYTES, MAX_IMAGE_FRAME
-from tests.helpers import frames, free_port, server
+from tests.helpers import PLATFORMS, as_env, env_for, frames, free_port, server
 from tests.pictures import screenshot
 
 READ_TIMEOUT = 2.0
@@ -33,16 +32,11 @@ READ_TIMEOUT = 2.0
 def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     tmp = tmp_path_factory.mktemp("limits")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TSUNAGI_")}
-    env.update(
-        TSUNAGI_VAR_DIR=str(tmp / "var"),
-        TSUNAGI_DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 't.db'}",
+    env = env_for(
+        tmp,
         TSUNAGI_DATA_KEY=Fernet.generate_key().decode(),
-        TSUNAGI_SMTP_LISTEN="",
         TSUNAGI_READ_TIMEOUT=str(READ_TIMEOUT),
-        TSUNAGI_LINE_CHANNEL_SECRET="secret",
-        TSUNAGI_LINE_CHANNEL_ACCESS_TOKEN="token",
-        TSUNAGI_LINE_API_BASE="http://127.0.0.1:9",
+        **as_env(PLATFORMS),
     )
     with server(env, port, cwd=tmp):
         yield port

@@ -33,10 +33,9 @@ from bot.service import Service
 from bot.storage.credentials import create_counsellor
 from bot.web import create_app
 from channels.line import retry_key
-from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine, Sent
-from tests.helpers import CRISIS, Session, account, eventually
+from tests.helpers import CRISIS, Session, account, eventually, make_settings, rows_of
 from tests.pictures import GPS_TAG, exif_of, photo_with_gps, screenshot
 
 T = TypeVar("T")
@@ -173,11 +172,7 @@ class Line:
         return rows[index].status if len(rows) > index else ""
 
     def outbox(self) -> list[Outbox]:
-        async def work() -> list[Outbox]:
-            async with self.svc.db.session() as s:
-                return list((await s.scalars(select(Outbox).order_by(col(Outbox.id)))).all())
-
-        return self.run(work)
+        return self.run(lambda: rows_of(self.svc, Outbox))
 
 
 def quiet(seconds: float = 0.8) -> None:
@@ -555,11 +550,7 @@ ALL_EVENTS = Path(__file__).parent / "data" / "line" / "all_events.json"
 
 
 def messages_of(line: Line) -> list[Message]:
-    async def work() -> list[Message]:
-        async with line.svc.db.session() as s:
-            return list((await s.scalars(select(Message).order_by(col(Message.id)))).all())
-
-    return line.run(work)
+    return line.run(lambda: rows_of(line.svc, Message))
 
 
 def inbox_ids(line: Line) -> set[str]:

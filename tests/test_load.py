@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import postgres_database
-from tests.helpers import ROOT
+from tests.helpers import ROOT, postgres_database
 from tests.load.run import COLUMNS
 from tests.redis_helpers import require_redis
 

@@ -19,8 +19,7 @@ from pydantic import ValidationError
 
 from bot import logs
 from bot.web import create_app
-from tests.conftest import make_settings
-from tests.helpers import free_port, server, service_logs
+from tests.helpers import free_port, make_settings, server, service_logs
 
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 

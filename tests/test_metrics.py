@@ -35,7 +35,6 @@ from bot.models import UNSENT, Handoff, Inbox, Outbox, utcnow
 from bot.types import Delivery
 from bot.web import create_app
 from channels.loopback import LoopbackChannel
-from tests.conftest import make_settings, postgres_database
 from tests.fake_line import FakeLine
 from tests.helpers import (
     CRISIS,
@@ -47,7 +46,9 @@ from tests.helpers import (
     in_app,
     line_text_body,
     login,
+    make_settings,
     post_line,
+    postgres_database,
     service,
     start_fresh,
 )

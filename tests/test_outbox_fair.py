@@ -16,21 +16,9 @@ from bot.db import Database
 from bot.models import Contact, Conversation, Direction, Message, Outbox, OutboxStatus, Presence, Sender
 from bot.outbox import OutboxWorker
 from bot.types import Delivery, Outbound
-from channels.loopback import LoopbackChannel
 from channels.webchat import WebChatChannel, _Client
-from tests.engine_helpers import reply_keys, running
-from tests.helpers import CRISIS
-
-
-def loopback(svc: Any) -> LoopbackChannel:
-    channel = svc.channels["loopback"]
-    assert isinstance(channel, LoopbackChannel)
-    return channel
-
-
-async def outbox(svc: Any, *where: Any) -> list[Outbox]:
-    async with svc.db.session() as s:
-        return list((await s.scalars(select(Outbox).where(*where).order_by(col(Outbox.id)))).all())
+from tests.engine_helpers import loopback, reply_keys, running
+from tests.helpers import CRISIS, rows_of
 
 
 async def test_a_crisis_reply_goes_out_first(tmp_path: Path, database_url: str) -> None:
@@ -39,7 +27,7 @@ async def test_a_crisis_reply_goes_out_first(tmp_path: Path, database_url: str) 
         for i in range(4):
             await channel.say(f"p{i}", "こんにちは")
         crisis = await channel.say("crisis", CRISIS)
-        rows = await outbox(svc)
+        rows = await rows_of(svc, Outbox)
         assert {r.priority for r in rows if r.conversation_id == crisis.conversation_id} == {0}
         assert {r.priority for r in rows if r.conversation_id != crisis.conversation_id} == {2}
 
@@ -124,7 +112,7 @@ async def test_six_hundred_closed_web_chats_never_hold_back_a_reply_on_another_c
             stopping.set()
             await worker
 
-        parked = await outbox(svc, col(Outbox.channel) == "webchat")
+        parked = await rows_of(svc, Outbox, col(Outbox.channel) == "webchat")
         assert len(parked) == 600
         assert {(r.status, r.attempts) for r in parked} == {(OutboxStatus.PARKED, 0)}
         assert set(tried.values()) == {1}, "each tried once, then left until the person is back"
@@ -142,7 +130,7 @@ async def test_six_hundred_closed_web_chats_never_hold_back_a_reply_on_another_c
         await svc.host.send_due(back)
         assert [f["text"] for f in socket.frames if f["type"] == "message"] == ["お返事です"]
         assert await svc.outbox.send_due() == 0
-        statuses = Counter(r.status for r in await outbox(svc, col(Outbox.channel) == "webchat"))
+        statuses = Counter(r.status for r in await rows_of(svc, Outbox, col(Outbox.channel) == "webchat"))
         assert statuses == {OutboxStatus.PARKED: 599, OutboxStatus.DELIVERED: 1}
 
 
@@ -182,7 +170,7 @@ async def test_concurrent_workers_of_two_processes_keep_each_conversations_order
             await channel.say(user, "こんにちは")
             await channel.say(user, "同意")
             await channel.say(user, "相談したい")
-        expected = len(await outbox(svc))
+        expected = len(await rows_of(svc, Outbox))
         other_db = Database(database_url)
         other = OutboxWorker(
             db=other_db, crypto=svc.crypto, channels=svc.channels, wakeup=asyncio.Event(), concurrency=4
@@ -201,7 +189,7 @@ async def test_concurrent_workers_of_two_processes_keep_each_conversations_order
             await other_db.dispose()
 
         assert len(channel.sent) == expected, "each row once"
-        rows = await outbox(svc)
+        rows = await rows_of(svc, Outbox)
         assert {(r.status, r.attempts) for r in rows} == {(OutboxStatus.DELIVERED, 1)}
         async with svc.db.session() as s:
             texts = {

@@ -33,12 +33,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from bot.crypto import Crypto
-from tests.conftest import postgres_database_sync
 from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine
 from tests.fake_relay import FakeRelay, running_relay
 from tests.fake_telegram import FakeTelegram, running_fake
-from tests.helpers import eventually, free_port, server
+from tests.helpers import eventually, free_port, postgres_database_sync, server
 
 WINDOW = 12.0  # seconds an outage lasts
 TIMEOUT = 2.0  # seconds the service waits for a platform's answer

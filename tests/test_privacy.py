@@ -15,7 +15,6 @@ from sqlmodel import col
 from bot.models import Handoff
 from bot.storage import accounts
 from bot.web import create_app
-from tests.conftest import make_settings
 from tests.engine_helpers import Chat, running
 from tests.fake_line import FakeLine
 from tests.helpers import (
@@ -25,6 +24,7 @@ from tests.helpers import (
     is_bot,
     line_text_body,
     login,
+    make_settings,
     post_line,
     service_logs,
     start_fresh,

@@ -18,9 +18,8 @@ from bot.redis_client import connect
 from bot.service import Service
 from handoff.queue import QueueEntry
 from handoff.redis_queue import RedisQueue
-from tests.conftest import make_settings
 from tests.engine_helpers import Chat
-from tests.helpers import free_port
+from tests.helpers import free_port, make_settings
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, prefix_keys, random_prefix, require_redis
 
 MakeService = Callable[..., Awaitable[Service]]

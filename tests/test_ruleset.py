@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, SHARED, load_jsonl
+from tests.helpers import DATA, SHARED, load_jsonl
 from triage import get_engine
 from triage.engine import Engine
 from triage.paths import CONTENT_DIR

@@ -19,10 +19,8 @@ from httpx2 import Response
 
 from bot.models import Role
 from bot.web import create_app
-from tests.conftest import make_settings
-from tests.helpers import PASSWORD, account
+from tests.helpers import PASSWORD, PLATFORMS, account, make_settings
 
-NOWHERE = "http://127.0.0.1:9"
 UNSAFE_SOURCES = ("'unsafe-inline'", "'unsafe-eval'", "'unsafe-hashes'", "*", "data:", "http:", "https:")
 
 
@@ -73,17 +71,8 @@ def check_headers(where: str, response: Response, *, behind_tls: bool) -> None:
 
 @pytest.mark.parametrize("behind_tls", [False, True], ids=["plain", "behind-tls"])
 def test_every_route_answers_with_the_security_headers(tmp_path: Path, behind_tls: bool) -> None:
-    settings = make_settings(
-        tmp_path,
-        line_channel_secret="line-secret",
-        line_channel_access_token="line-token",
-        telegram_bot_token="123456:telegram-token",
-        telegram_secret_token="telegram-secret",
-        # Started, the channels call their platforms: a closed port on loopback, never the internet.
-        line_api_base=NOWHERE,
-        telegram_api_base=NOWHERE,
-        behind_tls=behind_tls,
-    )
+    # Started, the channels call their platforms: a closed port on loopback, never the internet.
+    settings = make_settings(tmp_path, **PLATFORMS, behind_tls=behind_tls)
     app = create_app(settings)
     routes = http_routes(app)
     assert len(routes) > 30, routes  # the walk reached the included routers

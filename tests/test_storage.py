@@ -41,7 +41,8 @@ from bot.outbox import OutboxWorker
 from bot.service import Service
 from bot.types import Delivery, Inbound, Kind
 from channels.loopback import LoopbackChannel
-from tests.engine_helpers import Chat, reply_keys, running
+from tests.engine_helpers import Chat, loopback, reply_keys, running
+from tests.helpers import rows_of
 from tests.pictures import screenshot
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -52,12 +53,6 @@ USER = "line-user-U4f9c2e81"
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def loopback(svc: Service) -> LoopbackChannel:
-    channel = svc.channels["loopback"]
-    assert isinstance(channel, LoopbackChannel)
-    return channel
-
-
 async def rows(svc: Service, model: Any, *where: Any) -> list[Any]:
     async with svc.db.session() as s:
         return list((await s.scalars(select(model).where(*where))).all())
@@ -66,11 +61,6 @@ async def rows(svc: Service, model: Any, *where: Any) -> list[Any]:
 async def count(svc: Service, model: Any, *where: Any) -> int:
     async with svc.db.session() as s:
         return (await s.scalar(select(func.count()).select_from(model).where(*where))) or 0
-
-
-async def outbox(svc: Service, *where: Any) -> list[Outbox]:
-    async with svc.db.session() as s:
-        return list((await s.scalars(select(Outbox).where(*where).order_by(col(Outbox.id)))).all())
 
 
 async def raw_cells(svc: Service, table: str) -> list[str]:
@@ -217,7 +207,7 @@ async def test_times_come_back_aware_in_utc(tmp_path: Path, database_url: str) -
         (msg,) = await rows(svc, Message, col(Message.direction) == Direction.IN)
         (conv,) = await rows(svc, Conversation)
         (contact,) = await rows(svc, Contact)
-        (row,) = await outbox(svc)
+        (row,) = await rows_of(svc, Outbox)
         times = [msg.created_at, conv.created_at, conv.updated_at, contact.created_at]
         times += [row.next_attempt_at, row.delivered_at]
         for t in times:
@@ -259,7 +249,7 @@ async def test_a_retried_delivery_waits_then_goes_out_once(tmp_path: Path, datab
         now = utcnow()
         assert await svc.outbox.send_due(now=now) == 0
 
-        (row,) = await outbox(svc)
+        (row,) = await rows_of(svc, Outbox)
         assert (row.status, row.attempts, row.last_error) == (OutboxStatus.PENDING, 1, "503")
         assert row.next_attempt_at > now and row.lease_until is None
         assert await svc.outbox.send_due(now=now) == 0  # not due yet
@@ -268,7 +258,7 @@ async def test_a_retried_delivery_waits_then_goes_out_once(tmp_path: Path, datab
         later = row.next_attempt_at + timedelta(seconds=1)
         assert await svc.outbox.send_due(now=later) == 1
         assert await svc.outbox.send_due(now=later + timedelta(hours=1)) == 0
-        (row,) = await outbox(svc)
+        (row,) = await rows_of(svc, Outbox)
         assert (row.status, row.attempts, row.last_error) == (OutboxStatus.DELIVERED, 2, "")
         assert keys_to(svc, USER) == ["welcome"]
 
@@ -281,7 +271,7 @@ async def test_a_failed_delivery_is_recorded_and_not_sent(tmp_path: Path, databa
         assert await svc.outbox.send_due() == 0
         assert await svc.outbox.send_due(now=utcnow() + timedelta(days=1)) == 0
 
-        (row,) = await outbox(svc)
+        (row,) = await rows_of(svc, Outbox)
         assert (row.status, row.last_error) == (OutboxStatus.FAILED, "user blocked the account")
         assert channel.sent == []
 
@@ -297,7 +287,7 @@ async def test_a_conversation_keeps_its_order_when_the_first_reply_is_retried(
         now = utcnow()
         assert await svc.outbox.send_due(now=now) == 1  # only the other conversation's reply
 
-        first, second, other = await outbox(svc)
+        first, second, other = await rows_of(svc, Outbox)
         assert (first.status, first.attempts) == (OutboxStatus.PENDING, 1)
         assert (second.status, second.attempts) == (OutboxStatus.PENDING, 0)  # waits for the first
         assert other.status == OutboxStatus.DELIVERED
@@ -320,13 +310,13 @@ async def test_a_batching_channel_gets_waiting_messages_together_and_retries_the
         await channel.say(USER, "相談したい")  # two replies: welcome, then waiting
         now = utcnow()
         assert await svc.outbox.send_due(now=now) == 0
-        first, second = await outbox(svc)
+        first, second = await rows_of(svc, Outbox)
         assert [(r.status, r.attempts) for r in (first, second)] == [(OutboxStatus.PENDING, 1)] * 2
 
         await channel.say(USER, "まだですか")  # a newer message, and its reply
         later = max(first.next_attempt_at, second.next_attempt_at) + timedelta(seconds=1)
         assert await svc.outbox.send_due(now=later) == 3
-        rows_ = await outbox(svc)
+        rows_ = await rows_of(svc, Outbox)
         assert len(rows_) == 3 and all(r.status == OutboxStatus.DELIVERED for r in rows_)
         assert channel.groups == [[first.id, second.id]], "the retried pair together, the newer one alone"
         assert keys_to(svc, USER)[:2] == ["welcome", "waiting"]
@@ -337,14 +327,14 @@ async def test_a_reply_being_sent_holds_back_the_next_one(tmp_path: Path, databa
     async with running(tmp_path, database_url) as svc:
         await loopback(svc).say(USER, "相談したい")
         now = utcnow()
-        first, _ = await outbox(svc)
+        first, _ = await rows_of(svc, Outbox)
         await set_outbox(
             svc, first.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30)
         )
 
         await svc.outbox.send_due(now=now)
         assert keys_to(svc, USER) == []
-        (_, second) = await outbox(svc)
+        (_, second) = await rows_of(svc, Outbox)
         assert second.status == OutboxStatus.PENDING
 
 
@@ -352,7 +342,7 @@ async def test_an_expired_lease_is_sent_again_once(tmp_path: Path, database_url:
     async with running(tmp_path, database_url) as svc:
         await loopback(svc).say(USER, "こんにちは")
         now = utcnow()
-        (row,) = await outbox(svc)
+        (row,) = await rows_of(svc, Outbox)
         # A worker claimed the row and died before it recorded anything.
         await set_outbox(
             svc, row.id, status=OutboxStatus.SENDING, attempts=1, lease_until=now + timedelta(seconds=30)
@@ -363,7 +353,7 @@ async def test_an_expired_lease_is_sent_again_once(tmp_path: Path, database_url:
         assert await svc.outbox.send_due(now=after) == 1
         assert await svc.outbox.send_due(now=after + timedelta(minutes=5)) == 0
 
-        (row,) = await outbox(svc)
+        (row,) = await rows_of(svc, Outbox)
         assert (row.status, row.attempts, row.lease_until) == (OutboxStatus.DELIVERED, 2, None)
         assert keys_to(svc, USER) == ["welcome"]
 
@@ -385,8 +375,8 @@ async def test_concurrent_workers_send_each_row_once(tmp_path: Path, database_ur
         assert all(n == 1 for n in Counter((m.address, m.text) for m in loopback(svc).sent).values())
         for user in users:
             assert keys_to(svc, user) == ["welcome", "waiting"]
-        assert {r.status for r in await outbox(svc)} == {OutboxStatus.DELIVERED}
-        assert {r.attempts for r in await outbox(svc)} == {1}
+        assert {r.status for r in await rows_of(svc, Outbox)} == {OutboxStatus.DELIVERED}
+        assert {r.attempts for r in await rows_of(svc, Outbox)} == {1}
 
 
 # -- 7. retention ----------------------------------------------------------------------------------
@@ -465,7 +455,7 @@ async def test_an_erased_conversation_is_gone_once_its_last_reply_is_out(
         assert await svc.retention.sweep(now=now) == 0  # the contact is needed to send erase_done
         assert await count(svc, Contact) == 1
 
-        (row,) = await outbox(svc, col(Outbox.status) == OutboxStatus.PENDING)
+        (row,) = await rows_of(svc, Outbox, col(Outbox.status) == OutboxStatus.PENDING)
         assert await svc.outbox.send_due(now=row.next_attempt_at + timedelta(seconds=1)) == 1
         assert keys_to(svc, USER)[-1] == "erase_done"
 

@@ -29,10 +29,9 @@ from bot.models import Conversation, Inbox, InboxStatus, Media, Outbox, OutboxSt
 from bot.storage.credentials import create_counsellor
 from bot.web import create_app
 from channels.telegram import split_text
-from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.fake_telegram import BOT_USER, FakeTelegram, running_fake
-from tests.helpers import eventually, in_app, service
+from tests.helpers import eventually, in_app, make_settings, service, table_rows
 from tests.pictures import exif_of, photo_with_gps, screenshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,38 +156,20 @@ def blocked(chat_id: int = CHAT) -> dict[str, Any]:
     }
 
 
-def inbox_rows(client: TestClient) -> list[Inbox]:
-    async def work() -> list[Inbox]:
-        async with service(client).db.session() as s:
-            return list((await s.scalars(select(Inbox).order_by(col(Inbox.id)))).all())
-
-    result: list[Inbox] = in_app(client, work)
-    return result
-
-
 def processed(client: TestClient, count: int) -> None:
     """Wait until ``count`` updates are stored and all of them processed, and the outbox is idle."""
 
     def done() -> bool:
-        rows = inbox_rows(client)
+        rows = table_rows(client, Inbox)
         return len(rows) == count and all(r.status == InboxStatus.DONE for r in rows)
 
     eventually(done, f"{count} processed updates")
 
     def idle() -> bool:
-        rows = outbox_rows(client)
+        rows = table_rows(client, Outbox)
         return all(r.status in (OutboxStatus.DELIVERED, OutboxStatus.FAILED) for r in rows)
 
     eventually(idle, "the outbox to be idle")
-
-
-def outbox_rows(client: TestClient) -> list[Outbox]:
-    async def work() -> list[Outbox]:
-        async with service(client).db.session() as s:
-            return list((await s.scalars(select(Outbox).order_by(col(Outbox.id)))).all())
-
-    result: list[Outbox] = in_app(client, work)
-    return result
 
 
 def conversation(client: TestClient) -> Conversation:
@@ -350,7 +331,7 @@ def test_wrong_or_missing_secret_is_403_and_nothing_stored(
     client: TestClient, fake: FakeTelegram, secret: str | None
 ) -> None:
     assert post(client, message("/start"), secret=secret) == 403
-    assert inbox_rows(client) == []
+    assert table_rows(client, Inbox) == []
 
 
 def test_malformed_json_is_400(client: TestClient, fake: FakeTelegram) -> None:
@@ -364,7 +345,7 @@ def test_malformed_json_is_400(client: TestClient, fake: FakeTelegram) -> None:
         '{"update_id": 7}'.encode("utf-16"),
     ):
         assert client.post("/webhooks/telegram", content=body, headers=headers).status_code == 400
-    assert inbox_rows(client) == []
+    assert table_rows(client, Inbox) == []
 
 
 def test_the_same_update_twice_is_stored_and_answered_once(client: TestClient, fake: FakeTelegram) -> None:
@@ -373,7 +354,7 @@ def test_the_same_update_twice_is_stored_and_answered_once(client: TestClient, f
     assert post(client, update) == 200
     assert post(client, update) == 200  # Telegram redelivers when it did not see our 200 in time
     processed(client, 2)
-    assert len(inbox_rows(client)) == 2
+    assert len(table_rows(client, Inbox)) == 2
     assert len(fake.sent(CHAT)) == 2, fake.texts(CHAT)
 
 
@@ -413,9 +394,10 @@ def test_rate_limit_then_success_is_delivered_once(client: TestClient, fake: Fak
     calls = fake.of("sendMessage")
     assert [c.status for c in calls] == [429, 200]
     assert calls[1].at - calls[0].at >= 4, "not again before the time Telegram asked for"
-    assert "429, 4 s" in outbox_rows(client)[0].last_error or outbox_rows(client)[0].last_error == ""
+    last_error = table_rows(client, Outbox)[0].last_error
+    assert "429, 4 s" in last_error or last_error == ""
     processed(client, 1)
-    assert [r.status for r in outbox_rows(client)] == [OutboxStatus.DELIVERED]
+    assert [r.status for r in table_rows(client, Outbox)] == [OutboxStatus.DELIVERED]
 
 
 def test_server_error_then_success_is_delivered_once(client: TestClient, fake: FakeTelegram) -> None:
@@ -429,7 +411,7 @@ def test_blocked_by_the_user_is_a_permanent_failure(client: TestClient, fake: Fa
     fake.blocked.add(CHAT)
     assert post(client, message("/start")) == 200
     processed(client, 1)
-    rows = outbox_rows(client)
+    rows = table_rows(client, Outbox)
     assert [r.status for r in rows] == [OutboxStatus.FAILED]
     assert "Forbidden" in rows[0].last_error
     assert TOKEN not in rows[0].last_error
@@ -464,14 +446,14 @@ def test_a_long_counsellor_reply_is_split_and_delivered(
     in_app(client, lambda: claim_and_reply(long_text))
     processed(client, 3)
     eventually(lambda: len(fake.texts(CHAT)) >= before + 3, "every part")
-    eventually(lambda: outbox_rows(client)[-1].status == OutboxStatus.DELIVERED, "the reply delivered")
+    eventually(lambda: table_rows(client, Outbox)[-1].status == OutboxStatus.DELIVERED, "the reply delivered")
     texts = fake.texts(CHAT)[before:]
     assert reply_keys(texts[:1]) == ["with_counsellor"]
     pieces = texts[1:]
     assert len(pieces) == 2 and "".join(pieces) == long_text
     assert all(len(p.encode("utf-16-le")) // 2 <= 4096 for p in pieces)
     assert pieces[0].endswith("\n"), "cut at a line break"
-    assert [r.status for r in outbox_rows(client)][-1] == OutboxStatus.DELIVERED
+    assert [r.status for r in table_rows(client, Outbox)][-1] == OutboxStatus.DELIVERED
 
 
 def test_split_text_counts_utf16_and_never_loses_text() -> None:
@@ -545,7 +527,7 @@ def test_names_are_never_stored(client: TestClient, fake: FakeTelegram) -> None:
     assert post(client, update) == 200
     processed(client, 1)
     svc = service(client)
-    (row,) = inbox_rows(client)
+    (row,) = table_rows(client, Inbox)
     stored = svc.crypto.decrypt(row.payload_enc)
     for name in ("花子", "山田", "hanako_y"):
         assert name not in stored

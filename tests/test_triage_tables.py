@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DATA, load_jsonl
+from tests.helpers import DATA, load_jsonl
 from triage import Risk, get_engine, triage, triage_conversation
 
 TRAPS = load_jsonl(DATA / "trap_cases.jsonl")

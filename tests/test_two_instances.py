@@ -9,7 +9,6 @@ import asyncio
 import http.cookiejar
 import json
 import os
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,8 +19,7 @@ import pytest
 from cryptography.fernet import Fernet
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import postgres_database_sync
-from tests.helpers import TSUNAGI, eventually, frames, free_port, server
+from tests.helpers import add_accounts, eventually, frames, free_port, postgres_database_sync, server
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
 
 
@@ -59,18 +57,6 @@ def database() -> Iterator[str]:
         yield url
 
 
-def add_counsellor(env: dict[str, str], username: str, password: str) -> None:
-    done = subprocess.run(
-        [str(TSUNAGI), "counsellor", "add", username, "--role", "counsellor"],
-        input=password + "\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def instances(tmp_path: Path, database: str, prefix: str) -> dict[str, dict[str, str]]:
     """The environments of instances "a" and "b", sharing the database, Redis and keys; the counsellors
     sato and suzuki added."""
@@ -86,8 +72,8 @@ def instances(tmp_path: Path, database: str, prefix: str) -> dict[str, dict[str,
     envs = {name: {**common, "TSUNAGI_VAR_DIR": str(tmp_path / name / "var")} for name in ("a", "b")}
     for name in envs:
         (tmp_path / name).mkdir()
-    add_counsellor(envs["a"], "sato", "sato-password-123")
-    add_counsellor(envs["a"], "suzuki", "suzuki-password-123")
+    accounts = {"sato": ("counsellor", "sato-password-123"), "suzuki": ("counsellor", "suzuki-password-123")}
+    add_accounts(tmp_path / "a", accounts, env=envs["a"])
     return envs
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from bot.web import create_app
-from tests.conftest import TEST_DATABASE_URL, make_settings
+from tests.helpers import TEST_DATABASE_URL, make_settings
 
 
 def test_healthz_reports_database_queue_and_engine(tmp_path: Path) -> None:

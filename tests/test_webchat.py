@@ -23,7 +23,6 @@ from starlette.websockets import WebSocketDisconnect
 
 from bot.models import Media
 from bot.web import create_app
-from tests.conftest import make_settings
 from tests.engine_helpers import reply_keys
 from tests.helpers import (
     CRISIS,
@@ -33,6 +32,7 @@ from tests.helpers import (
     is_ack,
     is_bot,
     is_status,
+    make_settings,
     recv,
     start_fresh,
     wait_for,

@@ -40,8 +40,7 @@ import aiohttp
 from cryptography.fernet import Fernet
 
 from bot.redis_client import connect
-from tests.conftest import postgres_database
-from tests.helpers import ROOT, TSUNAGI, free_port, server
+from tests.helpers import ROOT, TSUNAGI, free_port, postgres_database, server
 from tests.load.driver import CRISIS, ChatSession, Planned, Shot, chat_session, open_loop, plan
 from tests.load.profile import Profiler
 from tests.redis_helpers import TEST_REDIS_URL
