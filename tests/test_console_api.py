@@ -34,7 +34,7 @@ from sqlmodel import col
 from starlette.testclient import WebSocketTestSession
 from starlette.websockets import WebSocketDisconnect
 
-import handoff.console.api as console_api
+import handoff.console.routes.live as console_live
 from bot.models import (
     AuditLog,
     ConsoleSession,
@@ -398,7 +398,7 @@ def test_live_updates_refuse_anonymous_sessions_and_foreign_origins(client: Test
 
 
 def test_a_live_socket_ends_with_its_session(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(console_api, "LIVE_RECHECK_SECONDS", 0.1)
+    monkeypatch.setattr(console_live, "LIVE_RECHECK_SECONDS", 0.1)
     boss = account(client, "boss", Role.ADMIN)
     amy, ben = account(client, "amy"), account(client, "ben")
     endings: list[tuple[Session, Callable[[], Response]]] = [
@@ -1602,3 +1602,61 @@ def test_the_queue_card_quotes_the_most_serious_words_where_they_are_in_a_long_l
     assert preview.startswith("…") and preview.endswith("もう死にたい"), preview
     a, b = reason["span"]
     assert preview[a:b] == reason["matched"] == "もう死にたい", (preview, reason)
+
+
+def test_the_conversation_version_grows_with_every_message_and_action(client: TestClient) -> None:
+    """The page drops a read older than the one it shows by this version (console-conversation.js)."""
+    amy = account(client, "amy")
+    bea = account(client, "bea")
+    seen: list[int] = []
+
+    def version(who: Session, cid: str) -> int:
+        r = who.read(cid)
+        assert r.status_code == 200, r.text
+        seen.append(r.json()["version"])
+        return seen[-1]
+
+    with person(client) as p:
+        cid = p.conversation_id
+        version(amy, cid)
+        assert version(amy, cid) == seen[0]  # reading is no change
+        assert amy.claim(cid).status_code == 200
+        connected(client, p)
+        assert version(amy, cid) > seen[-2]
+        assert amy.reply(cid, "こんにちは").status_code == 202
+        wait_for(p.ws, lambda f: f.get("from") == "counsellor", what="the counsellor's message")
+        assert version(amy, cid) > seen[-2]
+        p.ws.send_json({"type": "message", "text": "はい", "id": "v1"})
+        wait_for(p.ws, is_ack("v1"), what="the ack")
+        eventually(lambda: version(amy, cid) > seen[-2], "the person's message in the version")
+        assert amy.post(f"conversations/{cid}/notes", {"text": "メモ"}).status_code == 201
+        assert version(amy, cid) > seen[-2]
+        assert amy.post(f"conversations/{cid}/transfer", {"to": "bea"}).status_code == 200
+        assert version(bea, cid) > seen[-2]
+        r = bea.post(f"conversations/{cid}/close", {"outcome": "listened", "referrals": []})
+        assert r.status_code == 200, r.text
+        assert version(bea, cid) > seen[-2]
+    assert seen == sorted(seen)
+
+
+def test_every_console_json_route_declares_what_it_answers_in_the_openapi(client: TestClient) -> None:
+    """Each route under /api/console that answers JSON names a model (or a list of one) for its success."""
+    spec = client.app.openapi()  # type: ignore[attr-defined]
+    checked = []
+    for path, operations in spec["paths"].items():
+        if not path.startswith(API + "/"):
+            continue
+        for method, op in operations.items():
+            ok = {code: r for code, r in op["responses"].items() if code.startswith("2")}
+            assert ok, (method, path)
+            for code, answer in ok.items():
+                content = answer.get("content", {})
+                if code == "204" or set(content) & {"text/csv", "image/jpeg", "image/png"}:
+                    continue  # no body, a CSV export
+                if path.endswith("/pictures/{picture_id}"):
+                    continue  # a picture, its type chosen per picture
+                schema = content["application/json"]["schema"]
+                model = schema.get("items", schema)
+                assert "$ref" in model, (method, path, schema)
+                checked.append((method, path))
+    assert len(checked) >= 25, checked

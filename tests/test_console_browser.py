@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import APIResponse, Locator, Page, Route, expect
 from sqlalchemy import select, update
 from sqlmodel import col
 
@@ -1129,3 +1129,44 @@ def test_no_serious_accessibility_violation_on_any_console_view(
     page.get_by_role("button", name="アカウント管理（管理者）").click()
     expect(page.locator("#accounts-body tr")).to_have_count(4)
     assert serious_violations(page) == [], "the accounts"
+
+
+def test_an_older_read_of_the_conversation_arriving_after_a_newer_one_is_dropped(
+    server: Server, new_page: Callable[[], Page], people: Callable[[], Person]
+) -> None:
+    """A read held back on its way (the answer as it was then) arrives after the counsellor's reply and
+    its read: the page keeps the newer transcript, by the conversation's version."""
+    person = people()
+    person.in_crisis()
+    page = new_page()
+    log_in(page, server, "kana")
+    queue_items(page).first.locator(".queue-open").click()
+    page.locator("#claim-btn").click()
+    expect(page.locator("#reply-form")).to_be_visible()
+    person.got("bot", "相談員につながりました")
+
+    held: list[tuple[Route, APIResponse]] = []
+
+    def hold_the_first(route: Route) -> None:
+        if held:
+            route.continue_()
+        else:  # answered by the server now, given to the page later
+            held.append((route, route.fetch()))
+
+    page.route(re.compile(r"/api/console/conversations/[0-9a-f]+$"), hold_the_first)
+    with page.expect_request(re.compile(r"/api/console/conversations/[0-9a-f]+$")):
+        person.say("こわい、どうしよう")  # the live event makes the page read it again
+    page.locator("#reply").fill("いま安全な場所にいますか？")
+    page.locator("#reply").press("Enter")
+    expect(lines(page, "counsellor").filter(has_text="いま安全な場所にいますか")).to_have_count(1)
+    expect(lines(page, "user").filter(has_text="こわい、どうしよう")).to_have_count(1)
+    assert len(held) == 1
+    newer = int(page.locator("#conv").get_attribute("data-version") or "0")
+    route, older = held[0]
+    older_version = older.json()["version"]
+    assert older_version < newer
+
+    route.fulfill(response=older)
+    expect(page.locator("#conv")).to_have_attribute("data-dropped", str(older_version))
+    expect(page.locator("#conv")).to_have_attribute("data-version", str(newer))
+    expect(lines(page, "counsellor").filter(has_text="いま安全な場所にいますか")).to_have_count(1)
