@@ -410,6 +410,19 @@ def _class_body(pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _typed_in_katakana(text: str) -> bool:
+    """No kanji, and most of the Japanese letters katakana (as tokens.py reads such messages)."""
+    kata = hira = 0
+    for c in text:
+        if "\u30a1" <= c <= "\u30fa":
+            kata += 1
+        elif "\u3041" <= c <= "\u3096":
+            hira += 1
+        elif "\u4e00" <= c <= "\u9fff":
+            return False
+    return kata >= 6 and kata >= 2 * hira
+
+
 def sanitize(text: str) -> str:
     """Make any string safe to encode and to show: lone surrogates become U+FFFD.
 
@@ -536,6 +549,11 @@ class Normalizer:
             )
             if romaji:
                 t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
+        if _typed_in_katakana(t):
+            # A message typed all in katakana (4ニタイ, ベランダニダサレテ) is read as typed in
+            # hiragana, one letter for one: the substitutions are written for hiragana, and
+            # the lexicon's loanwords are spelt back in katakana by the tokenizer.
+            t = katakana_to_hiragana(t)
         if self._quick_subs is None or self._quick_subs.search(t):
             for pattern, repl, needed in self._substitutions:
                 if _holds_letters(t, needed):  # else the pattern cannot match: nothing to rewrite

@@ -157,6 +157,9 @@ _NOUN_PARTS = frozenset({"名詞", "接頭辞", "接尾辞"})
 _PHRASE_PARTS = frozenset({"動詞", "助動詞", "形容詞", "助詞"})
 _END = "\0"
 _KANA_WORD = re.compile(f"[{HIRAGANA}{KATAKANA}ー]+")
+_HIRAGANA_WORD = re.compile(f"[{HIRAGANA}ー]+")
+# Letters only loanwords have: a long mark, small vowels, small tsu before a consonant sound, ヴ.
+_LOAN_MARKS = re.compile("[ーァィゥェォッヴ]")
 _KANJI_CHAR = re.compile(f"[{KANJI}]")
 _JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
@@ -195,12 +198,21 @@ class Tokenizer:
         # the text is looked up as it is, not folded first (fold is one letter for one).
         self._spellings_as_written: dict[str, Any] = {}
         self._spelling_prefix_forms: set[str] = set()
+        # The lexicon's loanwords by their first letter, longest first: kept in katakana when a
+        # message typed all in katakana is read as hiragana (ベランダニダサレテ).
+        self._loans_by_first: dict[str, tuple[str, ...]] = {}
 
-    def learn_words(self, words: frozenset[str]) -> None:
+    def learn_words(self, words: frozenset[str], loans: frozenset[str] = frozenset()) -> None:
         """Readings of the lexicon's words written with kanji, for text typed in kana that the
         dictionary cuts in the wrong places: nouns (れんたん: 練炭, cut れん|た|んかっ) and the
-        forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん)."""
+        forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん). And the
+        lexicon's loanwords typed in hiragana (べらんだ: ベランダ, cut べ|らんだ)."""
         trie: dict[str, Any] = {}
+        by_first: dict[str, list[str]] = {}
+        for word in sorted(loans):
+            if self._learn_loan(trie, word):
+                by_first.setdefault(word[0], []).append(word)
+        self._loans_by_first = {c: tuple(sorted(ws, key=len, reverse=True)) for c, ws in by_first.items()}
         for word in sorted(words):
             nodes = list(self._tagger(word))
             if not nodes:
@@ -215,6 +227,29 @@ class Tokenizer:
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
 
+    def _learn_loan(self, trie: dict[str, Any], word: str) -> bool:
+        """A katakana word of the lexicon, as typed in hiragana: learnt when the dictionary knows
+        it for a loanword (or it has a long mark or a small kana, as only loanwords do), and
+        does not read its hiragana as one word of its own (ほてる: 火照る; くらす: 暮らす; the
+        reading keys find those where they stand whole)."""
+        kana = katakana_to_hiragana(word)
+        if len(kana) < 3 or kana in COMMON_KANA:
+            return False
+        nodes = list(self._tagger(word))
+        loan = (len(nodes) == 1 and nodes[0].feature.goshu == "外") or _LOAN_MARKS.search(word) is not None
+        if not loan:
+            return False  # いじめ, がたがた, くすり: native words written in katakana for effect
+        alone = list(self._tagger(kana))
+        if len(alone) == 1 and alone[0].feature.lemma and alone[0].feature.lemma != "*":
+            return True  # kept in katakana text, not respelt from hiragana
+        node = trie
+        for ch in kana:
+            node = node.setdefault(ch, {})
+        node.setdefault(_END, (word, "", True))
+        firsts, seconds = written_forms(kana[0]), written_forms(kana[1])
+        self._spelling_prefix_forms.update(a + b for a in firsts for b in seconds)
+        return True
+
     def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
             return
@@ -224,7 +259,7 @@ class Tokenizer:
         for ch in kana:
             node = node.setdefault(ch, {})
         # what may follow, as it may be written (katakana too: the text is not folded)
-        node.setdefault(_END, (spelling, written_forms(after)))
+        node.setdefault(_END, (spelling, written_forms(after), False))
         # the first two letters, as they may be written: most words start no spelling
         self._spelling_prefix_forms.update(
             a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
@@ -271,7 +306,7 @@ class Tokenizer:
                     kana_typed = _kana_typed(text)
             node: dict[str, Any] = trie
             j = pos
-            found: tuple[int, str] | None = None
+            found: tuple[int, str, bool] | None = None
             while j < len(text):
                 child: dict[str, Any] | None = node.get(text[j])
                 if child is None:
@@ -279,13 +314,20 @@ class Tokenizer:
                 node = child
                 j += 1
                 if _END in node:
-                    spelling, after = node[_END]
+                    spelling, after, loan = node[_END]
                     # a verb's form only before what may follow it (しん before だ or で)
                     if not after or (j < len(text) and text[j] in after):
-                        found = (j, str(spelling))
+                        found = (j, str(spelling), bool(loan))
             if found is None:
                 continue
-            end, word = found
+            end, word, loan = found
+            if loan:
+                # A loanword in hiragana, in a message typed in kana, from the start of a word
+                # to the end of one (しらないふり is not ナイフ): spelt in katakana.
+                if kana_typed and end in ends and _HIRAGANA_WORD.fullmatch(text[pos:end]):
+                    spans.append((pos, end, word))
+                    taken = end
+                continue
             if end == tok.end or not _KANA_WORD.fullmatch(text[pos:end]):
                 continue  # one whole word as the dictionary read it, or not all kana
             if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
@@ -507,19 +549,31 @@ class Tokenizer:
     def _hiraganize_native_runs(self, norm: Normalized, tokens: list[Token]) -> str:
         """Every katakana run as hiragana, but for one loanword the dictionary knows whole
         (ベランダ, ロープ) or a katakana word of the lexicon (リスカ)."""
-        chars = list(norm.text)
+        text = norm.text
+        chars = list(text)
+        loans = self._loans_by_first
         for i, j in self._katakana_runs(tokens):
             run = tokens[i:j]
             if "".join(t.surface for t in run) in self.known_katakana:
                 continue
+            kept = 0  # the end of a loanword of the lexicon kept in katakana
             for tok in run:
                 word = tok.surface
                 if word in self.known_katakana or (
                     len(word) >= 3 and not tok.unknown and self._is_loanword(word)
                 ):
                     continue  # スカート, エスカレーター: loanwords the dictionary found whole
+                # A loanword of the lexicon from the start of this word, wherever the dictionary
+                # cut it (ベランダ|ニダ|サレテ); from inside the word for one of four letters or
+                # more (イマカラマンション read as one unknown word; not シラ|ナイフリ).
                 for k in range(tok.start, tok.end):
-                    chars[k] = katakana_to_hiragana(chars[k])
+                    if k >= kept:
+                        for loan in loans.get(text[k], ()):
+                            if text.startswith(loan, k) and (k == tok.start or len(loan) >= 4):
+                                kept = k + len(loan)
+                                break
+                    if k >= kept:
+                        chars[k] = katakana_to_hiragana(chars[k])
         return "".join(chars)
 
     def _is_loanword(self, word: str) -> bool:
