@@ -88,7 +88,7 @@ class Engine:
         self.tokenizer = Tokenizer()
         self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
         self.tokenizer.known_katakana = self.rules.known_katakana
-        self.tokenizer.learn_words(self.rules.kanji_words, self.rules.loan_words)
+        self.tokenizer.learn_words(self.rules.kanji_words, self.rules.loan_words, self.rules.kanji_pairs)
         self.tokenizer.index = self.rules.seq_index
         self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
         ctx = self.rules.context

@@ -182,6 +182,9 @@ class Ruleset:
     # katakana words of the lexicon of three letters or more (ベランダ, ホテル): typed in hiragana
     # (べらんだ) the dictionary cuts them into native words; tokens.py spells them back
     loan_words: frozenset[str] = frozenset()
+    # two words of a pattern written with kanji one after the other (腕+切る: 腕切る), for the
+    # same in kana cut across the join (う|できる)
+    kanji_pairs: frozenset[str] = frozenset()
 
 
 TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
@@ -218,6 +221,21 @@ _KATAKANA_WORD = re.compile("[\u30a1-\u30fa\u30fc]{3,}")
 def _katakana_word(word: str) -> bool:
     """A word written in katakana only, of three letters or more (ホテル; not ママ)."""
     return _KATAKANA_WORD.fullmatch(word) is not None
+
+
+def _pairs(elements: tuple[Element, ...]) -> set[str]:
+    """Two words written with kanji in adjacent elements of a pattern (an optional element
+    between them may be left out): 腕+を?+切る gives 腕切る."""
+    out: set[str] = set()
+    for a in range(len(elements) - 1):
+        b = a + 1
+        if elements[b].optional and b + 1 < len(elements):
+            b += 1
+        firsts = [k for k in elements[a].keys if _has_kanji(k)]
+        seconds = [k for k in elements[b].keys if _has_kanji(k)]
+        if len(firsts) * len(seconds) <= 64:  # long lists of alternatives: a word for a word
+            out.update(x + y for x in firsts for y in seconds)
+    return out
 
 
 def _hiragana(word: str) -> str:
@@ -311,6 +329,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     known_katakana: set[str] = set()
     kanji_words: set[str] = set()
     loan_words: set[str] = set()
+    kanji_pairs: set[str] = set()
     distress: set[str] = set()
     specs = [("lexicon.yaml", n, spec) for n, spec in (lex_doc.get("concepts") or {}).items()]
     specs += [("distress.yaml", n, spec) for n, spec in (distress_doc.get("concepts") or {}).items()]
@@ -342,6 +361,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 if file == "lexicon.yaml":  # signals never change how a message is read
                     kanji_words.update(k for el in elements for k in el.keys if _has_kanji(k))
                     loan_words.update(k for el in elements for k in el.keys if _katakana_word(k))
+                    kanji_pairs.update(_pairs(elements))
                 anchor = _anchor(elements)
                 groups = [
                     el.keys for k, el in enumerate(elements) if k != anchor and not el.optional and not el.any
@@ -475,4 +495,5 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         frozenset(kanji_words),
         {"distress": frozenset(distress)},
         frozenset(loan_words),
+        frozenset(kanji_pairs),
     )

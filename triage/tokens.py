@@ -100,6 +100,12 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
     """(kana form, the same form written as in the lexicon, kana that may follow it) for a verb
     or adjective of the lexicon: only forms of three kana or more, or of two before a fitting
     ending (しん before だ), so that short kana are never read as the word alone."""
+    # Two kana are a form of their own only as the ん of 死んだ, 飲んで (たっ, たこ are everywhere).
+    return [(k, w, a) for k, w, a in _all_forms(word, f) if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))]
+
+
+def _all_forms(word: str, f: Any) -> list[tuple[str, str, str]]:
+    """``_forms`` of any length (きっ of 切る: after a noun, うできっ is long enough)."""
     reading = katakana_to_hiragana(f.kanaBase or f.lForm or "")
     ctype = f.cType or ""
     if len(reading) < 2 or not word.endswith(reading[-1]):
@@ -122,8 +128,27 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
     elif ctype == "形容詞":
         for ending, after in (("い", ""), ("く", ""), ("かっ", "た"), ("さ", ""), ("そう", "")):
             out.append((stem_kana + ending, stem_word + ending, after))
-    # Two kana are a form of their own only as the ん of 死んだ, 飲んで (たっ, たこ are everywhere).
-    return [(k, w, a) for k, w, a in out if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))]
+    return out
+
+
+# The vowel each kana ends in (ま: あ), for long marks written as vowels.
+_VOWEL_ROWS = (
+    ("あ", "あかさたなはまやらわがざだばぱぁゃ"),
+    ("い", "いきしちにひみりぎじぢびぴぃ"),
+    ("う", "うくすつぬふむゆるぐずづぶぷぅゅゔ"),
+    ("え", "えけせてねへめれげぜでべぺぇ"),
+    ("お", "おこそとのほもよろごぞどぼぽぉょ"),
+)
+_VOWEL_OF = {c: v for v, row in _VOWEL_ROWS for c in row}
+
+
+def _long_vowels(kana: str) -> str:
+    """Long marks written as the vowel they lengthen: かったー -> かったあ, ほーむ -> ほおむ."""
+    out = list(kana)
+    for i in range(1, len(out)):
+        if out[i] == "ー":
+            out[i] = _VOWEL_OF.get(out[i - 1], "ー")
+    return "".join(out)
 
 
 def _kana_typed(text: str) -> bool:
@@ -202,7 +227,9 @@ class Tokenizer:
         # message typed all in katakana is read as hiragana (ベランダニダサレテ).
         self._loans_by_first: dict[str, tuple[str, ...]] = {}
 
-    def learn_words(self, words: frozenset[str], loans: frozenset[str] = frozenset()) -> None:
+    def learn_words(
+        self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
+    ) -> None:
         """Readings of the lexicon's words written with kanji, for text typed in kana that the
         dictionary cuts in the wrong places: nouns (れんたん: 練炭, cut れん|た|んかっ) and the
         forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん). And the
@@ -224,6 +251,20 @@ class Tokenizer:
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
                 for kana, spelling, after in _forms(word, nodes[0].feature):
                     self._learn(trie, kana, spelling, after)
+        for pair in sorted(pairs):
+            # a noun and a verb (腕切る): the noun's reading before each form of the verb
+            # (うできっ before て: 腕切っ), where kana typed cut them as う|できる
+            nodes = list(self._tagger(pair))
+            if len(nodes) < 2 or nodes[-1].feature.pos1 != "動詞":
+                continue
+            if not all(n.feature.pos1 in _NOUN_PARTS for n in nodes[:-1]):
+                continue
+            noun = "".join(n.surface for n in nodes[:-1])
+            noun_kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes[:-1]))
+            verb = nodes[-1].surface
+            for kana, spelling, after in _all_forms(verb, nodes[-1].feature):
+                if len(noun_kana + kana) >= 4:
+                    self._learn(trie, noun_kana + kana, noun + spelling, after)
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
 
@@ -242,10 +283,12 @@ class Tokenizer:
         alone = list(self._tagger(kana))
         if len(alone) == 1 and alone[0].feature.lemma and alone[0].feature.lemma != "*":
             return True  # kept in katakana text, not respelt from hiragana
-        node = trie
-        for ch in kana:
-            node = node.setdefault(ch, {})
-        node.setdefault(_END, (word, "", True))
+        # the long mark also as the vowel it lengthens, as romaji writes it (kattaa: かったあ)
+        for spelt in {kana, _long_vowels(kana)}:
+            node = trie
+            for ch in spelt:
+                node = node.setdefault(ch, {})
+            node.setdefault(_END, (word, "", True))
         firsts, seconds = written_forms(kana[0]), written_forms(kana[1])
         self._spelling_prefix_forms.update(a + b for a in firsts for b in seconds)
         return True
@@ -333,6 +376,8 @@ class Tokenizer:
             if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
                 continue  # a prefix of a longer word the dictionary knows
             covered = [t for t in tokens[i:] if t.start < end]
+            if end not in ends and covered[-1].lemma == "為る":
+                continue  # ending inside a form of する (どうし|よう is どう+しよう, not 同士)
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
