@@ -445,9 +445,15 @@ class NormalizerConfig:
 
 class Normalizer:
     def __init__(
-        self, config: NormalizerConfig, word_across: Callable[[str, str], bool] | None = None
+        self,
+        config: NormalizerConfig,
+        word_across: Callable[[str, str], bool] | None = None,
+        loans: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        # The lexicon's loanwords by their hiragana (ろーぷ, ろおぷ: ロープ): a romaji word that
+        # spells one is written in katakana (roopu), as the dictionary reads it.
+        self.loans: dict[str, str] = loans or {}
         # Tells whether the dictionary reads a word across the join of two strings.
         self.word_across = word_across
         self._nfkc = _nfkc_class()
@@ -545,7 +551,11 @@ class Normalizer:
             # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
             romaji = _romaji_text(t)
             t, origin = _rewrite_mapped(
-                t, origin, _LATIN_SENTENCE if romaji else _LATIN_WORD, _romaji_reader(t, romaji), ends
+                t,
+                origin,
+                _LATIN_SENTENCE if romaji else _LATIN_WORD,
+                _romaji_reader(t, romaji, self.loans),
+                ends,
             )
             if romaji:
                 t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
@@ -672,12 +682,23 @@ def _constant_repl(word: str) -> Replacer:
     return lambda m: word
 
 
+# One kana in romaji (shi, ni, kyo, tsu, n): one character of a message spread out in romaji.
+_ROMAJI_SYLLABLE = re.compile("(?:[bcdfghjkmnprstwz]?[hy]?|ts)[aiueo]|n|-", re.IGNORECASE)
+
+
 def _spread_by(t: str, sep: str, least: int = 1) -> bool:
-    """Most pieces of ``t`` between ``sep`` are one character long (at least ``least`` pieces)."""
+    """Most pieces of ``t`` between ``sep`` are one character long (at least ``least`` pieces),
+    or nearly all one kana in romaji (shi\nni\nta\ni, i ma ka ra)."""
     if t.count(sep) < 3:
         return False
-    pieces = [p for p in t.split(sep) if p]
-    return len(pieces) >= least and sum(1 for p in pieces if len(p.strip()) <= 1) * 10 >= len(pieces) * 7
+    pieces = [p.strip() for p in t.split(sep) if p]
+    if len(pieces) < least:
+        return False
+    single = sum(1 for p in pieces if len(p) <= 1)
+    if single * 10 >= len(pieces) * 7:
+        return True
+    syllables = sum(1 for p in pieces if len(p) <= 1 or _ROMAJI_SYLLABLE.fullmatch(p))
+    return single < len(pieces) and syllables * 20 >= len(pieces) * 17
 
 
 def _spread_out(t: str) -> bool:
@@ -764,7 +785,7 @@ _LATIN_STOPS = re.compile("(?<=[ぁ-ゖー])[.,]")
 _LATIN_SENTENCE = re.compile("[A-Za-z][A-Za-z'\\-]*(?: [A-Za-z][A-Za-z'\\-]*)*")
 
 
-def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
+def _romaji_reader(t: str, mostly_latin: bool, loans: dict[str, str]) -> MappedReplacer:
     """Romaji words as kana. In text written mostly in Latin letters every word that spells
     kana is read; among Japanese, only longer ones (a short Latin word is more often English
     or a name)."""
@@ -776,7 +797,7 @@ def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
         pos = 0
         previous_read = False
         for k, word in enumerate(m.group().split(" ")):
-            read, where = _read_latin(word, mostly_latin, keyboard)
+            read, where = _read_latin(word, mostly_latin, keyboard, loans)
             was_read = read != word
             # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
             # words read as kana are joined again.
@@ -792,7 +813,9 @@ def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
     return repl
 
 
-def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> tuple[str, list[tuple[int, int]]]:
+def _read_latin(
+    run: str, mostly_latin: bool, keyboard: bool, loans: dict[str, str]
+) -> tuple[str, list[tuple[int, int]]]:
     """A Latin word read as kana where it spells kana, with each character's span in ``run``."""
     out: list[str] = []
     where: list[tuple[int, int]] = []
@@ -806,8 +829,12 @@ def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> tuple[str, list
             out.append(word)
             where.extend((i, i + 1) for i in range(pos, pos + len(word)))
         else:
+            spans = _syllable_spans(word, kana, keyboard)
+            loan = loans.get(kana)
+            if loan is not None and len(loan) == len(kana):
+                kana = loan  # roopu: ロープ, one letter for one
             out.append(kana)
-            where.extend((pos + a, pos + b) for a, b in _syllable_spans(word, kana, keyboard))
+            where.extend((pos + a, pos + b) for a, b in spans)
         pos += len(word)
     return "".join(out), where
 

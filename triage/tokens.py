@@ -226,6 +226,8 @@ class Tokenizer:
         # The lexicon's loanwords by their first letter, longest first: kept in katakana when a
         # message typed all in katakana is read as hiragana (ベランダニダサレテ).
         self._loans_by_first: dict[str, tuple[str, ...]] = {}
+        # The same by their hiragana, long marks also as vowels (ろおぷ: ロープ), for romaji.
+        self.loan_kana: dict[str, str] = {}
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -257,14 +259,26 @@ class Tokenizer:
             nodes = list(self._tagger(pair))
             if len(nodes) < 2 or nodes[-1].feature.pos1 != "動詞":
                 continue
-            if not all(n.feature.pos1 in _NOUN_PARTS for n in nodes[:-1]):
-                continue
+            if not all(n.feature.pos1 == "名詞" for n in nodes[:-1]):
+                continue  # nouns of their own (書 of 遺書 alone is a suffix)
             noun = "".join(n.surface for n in nodes[:-1])
             noun_kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes[:-1]))
+            if sum(1 for c in noun_kana if c not in "ゃゅょぁぃぅぇぉ") < 2:
+                continue  # a noun of one syllable (書: しょ) is in too many kana
             verb = nodes[-1].surface
+            if _clean_lemma(nodes[-1].feature.lemma, verb) != verb:
+                continue  # 吊れる read as 吊る: spelt so, it would say more than the kana
             for kana, spelling, after in _all_forms(verb, nodes[-1].feature):
-                if len(noun_kana + kana) >= 4:
-                    self._learn(trie, noun_kana + kana, noun + spelling, after)
+                if len(noun_kana + kana) < 4:
+                    continue
+                # spelt so, the dictionary must read the two words again (鍵開け is one noun)
+                if not all(
+                    "".join(n.surface for n in list(self._tagger(noun + spelling + tail))[: len(nodes) - 1])
+                    == noun
+                    for tail in {"", after[:1]}
+                ):
+                    continue
+                self._learn(trie, noun_kana + kana, noun + spelling, after, (len(noun_kana), len(noun)))
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
 
@@ -282,18 +296,27 @@ class Tokenizer:
             return False  # いじめ, がたがた, くすり: native words written in katakana for effect
         alone = list(self._tagger(kana))
         if len(alone) == 1 and alone[0].feature.lemma and alone[0].feature.lemma != "*":
+            if alone[0].feature.pos1 not in ("動詞", "形容詞"):  # くらす is 暮らす as often
+                for spelt in {kana, _long_vowels(kana)}:
+                    self.loan_kana.setdefault(spelt, word)
             return True  # kept in katakana text, not respelt from hiragana
+        for spelt in {kana, _long_vowels(kana)}:
+            self.loan_kana.setdefault(spelt, word)
         # the long mark also as the vowel it lengthens, as romaji writes it (kattaa: かったあ)
         for spelt in {kana, _long_vowels(kana)}:
             node = trie
             for ch in spelt:
                 node = node.setdefault(ch, {})
-            node.setdefault(_END, (word, "", True))
+            node.setdefault(_END, (word, "", True, (0, 0)))
         firsts, seconds = written_forms(kana[0]), written_forms(kana[1])
         self._spelling_prefix_forms.update(a + b for a in firsts for b in seconds)
         return True
 
-    def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
+    def _learn(
+        self, trie: dict[str, Any], kana: str, spelling: str, after: str, split: tuple[int, int] = (0, 0)
+    ) -> None:
+        """``split``: for two words (腕切る), the length of the first in kana and in the spelling
+        ((0, 0) for one word), so that each is spelt over its own letters."""
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
             return
         if not kana.endswith("ん") and self._reads_whole(kana, spelling if not after else ""):
@@ -302,7 +325,7 @@ class Tokenizer:
         for ch in kana:
             node = node.setdefault(ch, {})
         # what may follow, as it may be written (katakana too: the text is not folded)
-        node.setdefault(_END, (spelling, written_forms(after), False))
+        node.setdefault(_END, (spelling, written_forms(after), False, split))
         # the first two letters, as they may be written: most words start no spelling
         self._spelling_prefix_forms.update(
             a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
@@ -349,7 +372,7 @@ class Tokenizer:
                     kana_typed = _kana_typed(text)
             node: dict[str, Any] = trie
             j = pos
-            found: tuple[int, str, bool] | None = None
+            found: tuple[int, str, bool, tuple[int, int]] | None = None
             while j < len(text):
                 child: dict[str, Any] | None = node.get(text[j])
                 if child is None:
@@ -357,13 +380,13 @@ class Tokenizer:
                 node = child
                 j += 1
                 if _END in node:
-                    spelling, after, loan = node[_END]
+                    spelling, after, loan, split = node[_END]
                     # a verb's form only before what may follow it (しん before だ or で)
                     if not after or (j < len(text) and text[j] in after):
-                        found = (j, str(spelling), bool(loan))
+                        found = (j, str(spelling), bool(loan), split)
             if found is None:
                 continue
-            end, word, loan = found
+            end, word, loan, split = found
             if loan:
                 # A loanword in hiragana, in a message typed in kana, from the start of a word
                 # to the end of one (しらないふり is not ナイフ): spelt in katakana.
@@ -385,7 +408,11 @@ class Tokenizer:
             pieces = 2 if kana_typed else 3
             if end in ends and len(covered) < pieces and not any(t.unknown for t in covered):
                 continue
-            spans.append((pos, end, word))
+            if split[0]:  # two words, each over its own kana: the reasons point at each
+                spans.append((pos, pos + split[0], word[: split[1]]))
+                spans.append((pos + split[0], end, word[split[1] :]))
+            else:
+                spans.append((pos, end, word))
             taken = end
         if not spans:
             return None
