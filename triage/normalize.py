@@ -441,6 +441,7 @@ class NormalizerConfig:
     drop_emoji: re.Pattern[str]
     kaomoji_chars: str = "()（）;TＴ"  # every kaomoji pattern needs one of these
     substitution_chars: str = ""  # every substitution needs one of these (empty: no quick look)
+    substitution_gate: str = ""  # or this pattern (for substitutions no single character marks)
 
 
 class Normalizer:
@@ -500,7 +501,12 @@ class Normalizer:
                 f"{_CONTROLS.pattern}|{_ZERO_WIDTH.pattern}|{config.drop_emoji.pattern}|[{kaomoji}{emoji_chars}]"
             )
         self._quick_subs = (
-            re.compile(f"[{re.escape(config.substitution_chars)}]") if config.substitution_chars else None
+            re.compile(
+                f"[{re.escape(config.substitution_chars)}]"
+                + (f"|{config.substitution_gate}" if config.substitution_gate else "")
+            )
+            if config.substitution_chars
+            else None
         )
         # A superset of what the elongation and masking passes act on, as cheap to find as possible.
         mask = re.escape(config.mask_chars)

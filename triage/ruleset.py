@@ -319,6 +319,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         drop_emoji=re.compile(norm_doc.get("drop_emoji", r"[\U0001F000-\U0001FAFF\u2600-\u27BF]+")),
         kaomoji_chars=str(norm_doc.get("kaomoji_chars", "()（）;TＴ")),
         substitution_chars=str(norm_doc.get("substitution_chars", "")),
+        substitution_gate=str(norm_doc.get("substitution_gate", "")),
     )
 
     ctx_doc = lex_doc.get("context", {})
