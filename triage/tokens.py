@@ -308,8 +308,8 @@ class Tokenizer:
             for ch in spelt:
                 node = node.setdefault(ch, {})
             node.setdefault(_END, (word, "", True, (0, 0)))
-        firsts, seconds = written_forms(kana[0]), written_forms(kana[1])
-        self._spelling_prefix_forms.update(a + b for a in firsts for b in seconds)
+        # only spelt from hiragana: the first two letters in hiragana start a look-up
+        self._spelling_prefix_forms.add(kana[:2])
         return True
 
     def _learn(
