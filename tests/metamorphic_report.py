@@ -34,21 +34,22 @@ from tests.transforms import TRANSFORMS
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 MIN_KEPT = 0.98  # the target of the triage issue: not reached yet for the kana scripts and romaji
-# What the tests hold the engine to until then: the share measured when the reading channel landed,
-# less about a point and a half (a floor against regressions, raised as the engine improves).
+# What the tests hold the engine to until then: the lower of the two sets' shares as last measured
+# (README, "Any spelling"), less about a point and a half (a floor against regressions, raised as
+# the engine improves).
 FLOORS = {
-    "hiragana": 0.9,
-    "hiragana_all": 0.86,
-    "katakana": 0.86,
+    "hiragana": 0.92,
+    "hiragana_all": 0.9,
+    "katakana": 0.9,
     "half_width": 0.98,
-    "katakana_half_width": 0.86,
-    "romaji_hepburn": 0.82,
-    "romaji_hepburn_unspaced": 0.78,
-    "romaji_keyboard": 0.84,
+    "katakana_half_width": 0.9,
+    "romaji_hepburn": 0.88,
+    "romaji_hepburn_unspaced": 0.82,
+    "romaji_keyboard": 0.89,
     "spaced": 0.98,
     "one_per_line": 0.97,
     "elongated": 0.97,
-    "digits_for_kana": 0.88,
+    "digits_for_kana": 0.92,
     "masked": 0.98,
     "masked_symbols": 0.95,
 }

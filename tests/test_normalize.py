@@ -16,7 +16,9 @@ def norm(text: str) -> str:
     ("raw", "expected"),
     [
         ("ｼﾆﾀｲ", "シニタイ"),  # half-width katakana (NFKC), voicing marks joined
-        ("ﾘｽｶ ﾔﾒﾗﾚﾅｲ", "リスカ ヤメラレナイ"),
+        # a message typed all in katakana is read as hiragana (the tokenizer spells the
+        # lexicon's loanwords back in katakana)
+        ("ﾘｽｶ ﾔﾒﾗﾚﾅｲ", "りすか やめられない"),
         ("ＯＤした", "ODした"),  # full-width Latin
         ("しにたいいいい", "しにたい"),  # elongation
         ("しにたーーーい", "しにたい"),

@@ -150,6 +150,9 @@ _READING_FIXES: list[tuple[str, str | None, str | None, str]] = [
     ("明日", None, None, "あした"),  # あす is written, あした is said and typed
     ("私", None, None, "わたし"),  # not わたくし
     ("日本", None, None, "にほん"),
+    ("海", "今夜", None, "うみ"),  # 今夜海に入る: 海 taken for the suffix of 日本海 (かい)
+    ("海", "今日", None, "うみ"),
+    ("生", None, "ぎ", "い"),  # 生ぎでん (生きてる in northern speech), not せい
 ]
 _DIGITS = re.compile("[0-9０-９]+")
 

@@ -88,9 +88,11 @@ class Engine:
         self.tokenizer = Tokenizer()
         self.rules: Ruleset = load_ruleset(content_dir, reading=self.tokenizer.reading)
         self.tokenizer.known_katakana = self.rules.known_katakana
-        self.tokenizer.learn_words(self.rules.kanji_words)
+        self.tokenizer.learn_words(self.rules.kanji_words, self.rules.loan_words, self.rules.kanji_pairs)
         self.tokenizer.index = self.rules.seq_index
-        self.normalizer = Normalizer(self.rules.normalizer, word_across=self.tokenizer.word_across)
+        self.normalizer = Normalizer(
+            self.rules.normalizer, word_across=self.tokenizer.word_across, loans=self.tokenizer.loan_kana
+        )
         ctx = self.rules.context
         self._ctx = ctx
         # Concepts whose context matters: those with inactive_when flags, and those a rule

@@ -410,6 +410,19 @@ def _class_body(pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _typed_in_katakana(text: str) -> bool:
+    """No kanji, and most of the Japanese letters katakana (as tokens.py reads such messages)."""
+    kata = hira = 0
+    for c in text:
+        if "\u30a1" <= c <= "\u30fa":
+            kata += 1
+        elif "\u3041" <= c <= "\u3096":
+            hira += 1
+        elif "\u4e00" <= c <= "\u9fff":
+            return False
+    return kata >= 6 and kata >= 2 * hira
+
+
 def sanitize(text: str) -> str:
     """Make any string safe to encode and to show: lone surrogates become U+FFFD.
 
@@ -428,13 +441,20 @@ class NormalizerConfig:
     drop_emoji: re.Pattern[str]
     kaomoji_chars: str = "()（）;TＴ"  # every kaomoji pattern needs one of these
     substitution_chars: str = ""  # every substitution needs one of these (empty: no quick look)
+    substitution_gate: str = ""  # or this pattern (for substitutions no single character marks)
 
 
 class Normalizer:
     def __init__(
-        self, config: NormalizerConfig, word_across: Callable[[str, str], bool] | None = None
+        self,
+        config: NormalizerConfig,
+        word_across: Callable[[str, str], bool] | None = None,
+        loans: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        # The lexicon's loanwords by their hiragana (ろーぷ, ろおぷ: ロープ): a romaji word that
+        # spells one is written in katakana (roopu), as the dictionary reads it.
+        self.loans: dict[str, str] = loans or {}
         # Tells whether the dictionary reads a word across the join of two strings.
         self.word_across = word_across
         self._nfkc = _nfkc_class()
@@ -481,7 +501,12 @@ class Normalizer:
                 f"{_CONTROLS.pattern}|{_ZERO_WIDTH.pattern}|{config.drop_emoji.pattern}|[{kaomoji}{emoji_chars}]"
             )
         self._quick_subs = (
-            re.compile(f"[{re.escape(config.substitution_chars)}]") if config.substitution_chars else None
+            re.compile(
+                f"[{re.escape(config.substitution_chars)}]"
+                + (f"|{config.substitution_gate}" if config.substitution_gate else "")
+            )
+            if config.substitution_chars
+            else None
         )
         # A superset of what the elongation and masking passes act on, as cheap to find as possible.
         mask = re.escape(config.mask_chars)
@@ -532,10 +557,19 @@ class Normalizer:
             # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
             romaji = _romaji_text(t)
             t, origin = _rewrite_mapped(
-                t, origin, _LATIN_SENTENCE if romaji else _LATIN_WORD, _romaji_reader(t, romaji), ends
+                t,
+                origin,
+                _LATIN_SENTENCE if romaji else _LATIN_WORD,
+                _romaji_reader(t, romaji, self.loans),
+                ends,
             )
             if romaji:
                 t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
+        if _typed_in_katakana(t):
+            # A message typed all in katakana (4ニタイ, ベランダニダサレテ) is read as typed in
+            # hiragana, one letter for one: the substitutions are written for hiragana, and
+            # the lexicon's loanwords are spelt back in katakana by the tokenizer.
+            t = katakana_to_hiragana(t)
         if self._quick_subs is None or self._quick_subs.search(t):
             for pattern, repl, needed in self._substitutions:
                 if _holds_letters(t, needed):  # else the pattern cannot match: nothing to rewrite
@@ -654,12 +688,23 @@ def _constant_repl(word: str) -> Replacer:
     return lambda m: word
 
 
+# One kana in romaji (shi, ni, kyo, tsu, n): one character of a message spread out in romaji.
+_ROMAJI_SYLLABLE = re.compile("(?:[bcdfghjkmnprstwz]?[hy]?|ts)[aiueo]|n|-", re.IGNORECASE)
+
+
 def _spread_by(t: str, sep: str, least: int = 1) -> bool:
-    """Most pieces of ``t`` between ``sep`` are one character long (at least ``least`` pieces)."""
+    """Most pieces of ``t`` between ``sep`` are one character long (at least ``least`` pieces),
+    or nearly all one kana in romaji (shi\nni\nta\ni, i ma ka ra)."""
     if t.count(sep) < 3:
         return False
-    pieces = [p for p in t.split(sep) if p]
-    return len(pieces) >= least and sum(1 for p in pieces if len(p.strip()) <= 1) * 10 >= len(pieces) * 7
+    pieces = [p.strip() for p in t.split(sep) if p]
+    if len(pieces) < least:
+        return False
+    single = sum(1 for p in pieces if len(p) <= 1)
+    if single * 10 >= len(pieces) * 7:
+        return True
+    syllables = sum(1 for p in pieces if len(p) <= 1 or _ROMAJI_SYLLABLE.fullmatch(p))
+    return single < len(pieces) and syllables * 20 >= len(pieces) * 17
 
 
 def _spread_out(t: str) -> bool:
@@ -746,7 +791,7 @@ _LATIN_STOPS = re.compile("(?<=[ぁ-ゖー])[.,]")
 _LATIN_SENTENCE = re.compile("[A-Za-z][A-Za-z'\\-]*(?: [A-Za-z][A-Za-z'\\-]*)*")
 
 
-def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
+def _romaji_reader(t: str, mostly_latin: bool, loans: dict[str, str]) -> MappedReplacer:
     """Romaji words as kana. In text written mostly in Latin letters every word that spells
     kana is read; among Japanese, only longer ones (a short Latin word is more often English
     or a name)."""
@@ -758,7 +803,7 @@ def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
         pos = 0
         previous_read = False
         for k, word in enumerate(m.group().split(" ")):
-            read, where = _read_latin(word, mostly_latin, keyboard)
+            read, where = _read_latin(word, mostly_latin, keyboard, loans)
             was_read = read != word
             # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
             # words read as kana are joined again.
@@ -774,7 +819,9 @@ def _romaji_reader(t: str, mostly_latin: bool) -> MappedReplacer:
     return repl
 
 
-def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> tuple[str, list[tuple[int, int]]]:
+def _read_latin(
+    run: str, mostly_latin: bool, keyboard: bool, loans: dict[str, str]
+) -> tuple[str, list[tuple[int, int]]]:
     """A Latin word read as kana where it spells kana, with each character's span in ``run``."""
     out: list[str] = []
     where: list[tuple[int, int]] = []
@@ -788,8 +835,12 @@ def _read_latin(run: str, mostly_latin: bool, keyboard: bool) -> tuple[str, list
             out.append(word)
             where.extend((i, i + 1) for i in range(pos, pos + len(word)))
         else:
+            spans = _syllable_spans(word, kana, keyboard)
+            loan = loans.get(kana)
+            if loan is not None and len(loan) == len(kana):
+                kana = loan  # roopu: ロープ, one letter for one
             out.append(kana)
-            where.extend((pos + a, pos + b) for a, b in _syllable_spans(word, kana, keyboard))
+            where.extend((pos + a, pos + b) for a, b in spans)
         pos += len(word)
     return "".join(out), where
 

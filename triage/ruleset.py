@@ -179,6 +179,12 @@ class Ruleset:
     kanji_words: frozenset[str] = frozenset()  # words of the lexicon written with kanji (練炭)
     # Signals and the concepts that show them (distress.yaml): reported beside the risk, never raising it.
     signals: dict[str, frozenset[str]] = field(default_factory=dict)
+    # katakana words of the lexicon of three letters or more (ベランダ, ホテル): typed in hiragana
+    # (べらんだ) the dictionary cuts them into native words; tokens.py spells them back
+    loan_words: frozenset[str] = frozenset()
+    # two words of a pattern written with kanji one after the other (腕+切る: 腕切る), for the
+    # same in kana cut across the join (う|できる)
+    kanji_pairs: frozenset[str] = frozenset()
 
 
 TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
@@ -209,6 +215,33 @@ def _has_kanji(word: str) -> bool:
     return any("\u4e00" <= c <= "\u9fff" or c == "々" for c in word)
 
 
+_KATAKANA_WORD = re.compile("[\u30a1-\u30fa\u30fc]{3,}")
+
+
+def _katakana_word(word: str) -> bool:
+    """A word written in katakana only, of three letters or more (ホテル; not ママ)."""
+    return _KATAKANA_WORD.fullmatch(word) is not None
+
+
+def _pairs(elements: tuple[Element, ...]) -> set[str]:
+    """Two words written with kanji in adjacent elements of a pattern (an optional element
+    between them may be left out): 腕+を?+切る gives 腕切る."""
+    out: set[str] = set()
+    for a in range(len(elements) - 1):
+        b = a + 1
+        if elements[b].optional and b + 1 < len(elements):
+            b += 1
+        firsts = [k for k in elements[a].keys if _has_kanji(k)]
+        seconds = [k for k in elements[b].keys if _has_kanji(k)]
+        if len(firsts) * len(seconds) <= 64:  # long lists of alternatives: a word for a word
+            out.update(x + y for x in firsts for y in seconds)
+    return out
+
+
+def _hiragana(word: str) -> str:
+    return "".join(chr(ord(c) - 0x60) if "\u30a1" <= c <= "\u30f6" else c for c in word)
+
+
 def _readings(words: list[str], reading: Any) -> frozenset[str]:
     """The hiragana readings of the words written with kanji (殴る: なぐる), so that a word typed
     in kana is found whichever word of that reading the dictionary took it for (see tokens.py).
@@ -220,6 +253,12 @@ def _readings(words: list[str], reading: Any) -> frozenset[str]:
         if w != "*" and _has_kanji(w):
             kana = reading(w)
             if len(kana) >= 2 and kana not in COMMON_KANA:
+                out.add(READING + kana)
+        elif _katakana_word(w):
+            # a loanword typed in hiragana (ほてる) is read as a native word (火照る): its
+            # hiragana is its reading
+            kana = _hiragana(w)
+            if kana not in COMMON_KANA:
                 out.add(READING + kana)
     return frozenset(out)
 
@@ -280,6 +319,7 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         drop_emoji=re.compile(norm_doc.get("drop_emoji", r"[\U0001F000-\U0001FAFF\u2600-\u27BF]+")),
         kaomoji_chars=str(norm_doc.get("kaomoji_chars", "()（）;TＴ")),
         substitution_chars=str(norm_doc.get("substitution_chars", "")),
+        substitution_gate=str(norm_doc.get("substitution_gate", "")),
     )
 
     ctx_doc = lex_doc.get("context", {})
@@ -289,6 +329,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     actor_concepts: dict[str, str] = {}
     known_katakana: set[str] = set()
     kanji_words: set[str] = set()
+    loan_words: set[str] = set()
+    kanji_pairs: set[str] = set()
     distress: set[str] = set()
     specs = [("lexicon.yaml", n, spec) for n, spec in (lex_doc.get("concepts") or {}).items()]
     specs += [("distress.yaml", n, spec) for n, spec in (distress_doc.get("concepts") or {}).items()]
@@ -319,6 +361,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 elements = tuple(_parse_element(t, f"{where}: {term}", reading) for t in term.split("+"))
                 if file == "lexicon.yaml":  # signals never change how a message is read
                     kanji_words.update(k for el in elements for k in el.keys if _has_kanji(k))
+                    loan_words.update(k for el in elements for k in el.keys if _katakana_word(k))
+                    kanji_pairs.update(_pairs(elements))
                 anchor = _anchor(elements)
                 groups = [
                     el.keys for k, el in enumerate(elements) if k != anchor and not el.optional and not el.any
@@ -357,6 +401,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
                 el = Element(frozenset({term}) | _readings([term], reading))
                 if _has_kanji(term) and file == "lexicon.yaml":
                     kanji_words.add(term)
+                if _katakana_word(term) and file == "lexicon.yaml":
+                    loan_words.add(term)
                 plain = SeqPattern(name, term, (el,), plain=True)
                 for key in el.keys:
                     seq_index.setdefault(key, []).append(plain)
@@ -449,4 +495,6 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         frozenset(known_katakana),
         frozenset(kanji_words),
         {"distress": frozenset(distress)},
+        frozenset(loan_words),
+        frozenset(kanji_pairs),
     )

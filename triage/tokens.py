@@ -100,6 +100,12 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
     """(kana form, the same form written as in the lexicon, kana that may follow it) for a verb
     or adjective of the lexicon: only forms of three kana or more, or of two before a fitting
     ending (しん before だ), so that short kana are never read as the word alone."""
+    # Two kana are a form of their own only as the ん of 死んだ, 飲んで (たっ, たこ are everywhere).
+    return [(k, w, a) for k, w, a in _all_forms(word, f) if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))]
+
+
+def _all_forms(word: str, f: Any) -> list[tuple[str, str, str]]:
+    """``_forms`` of any length (きっ of 切る: after a noun, うできっ is long enough)."""
     reading = katakana_to_hiragana(f.kanaBase or f.lForm or "")
     ctype = f.cType or ""
     if len(reading) < 2 or not word.endswith(reading[-1]):
@@ -122,8 +128,27 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
     elif ctype == "形容詞":
         for ending, after in (("い", ""), ("く", ""), ("かっ", "た"), ("さ", ""), ("そう", "")):
             out.append((stem_kana + ending, stem_word + ending, after))
-    # Two kana are a form of their own only as the ん of 死んだ, 飲んで (たっ, たこ are everywhere).
-    return [(k, w, a) for k, w, a in out if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))]
+    return out
+
+
+# The vowel each kana ends in (ま: あ), for long marks written as vowels.
+_VOWEL_ROWS = (
+    ("あ", "あかさたなはまやらわがざだばぱぁゃ"),
+    ("い", "いきしちにひみりぎじぢびぴぃ"),
+    ("う", "うくすつぬふむゆるぐずづぶぷぅゅゔ"),
+    ("え", "えけせてねへめれげぜでべぺぇ"),
+    ("お", "おこそとのほもよろごぞどぼぽぉょ"),
+)
+_VOWEL_OF = {c: v for v, row in _VOWEL_ROWS for c in row}
+
+
+def _long_vowels(kana: str) -> str:
+    """Long marks written as the vowel they lengthen: かったー -> かったあ, ほーむ -> ほおむ."""
+    out = list(kana)
+    for i in range(1, len(out)):
+        if out[i] == "ー":
+            out[i] = _VOWEL_OF.get(out[i - 1], "ー")
+    return "".join(out)
 
 
 def _kana_typed(text: str) -> bool:
@@ -157,6 +182,9 @@ _NOUN_PARTS = frozenset({"名詞", "接頭辞", "接尾辞"})
 _PHRASE_PARTS = frozenset({"動詞", "助動詞", "形容詞", "助詞"})
 _END = "\0"
 _KANA_WORD = re.compile(f"[{HIRAGANA}{KATAKANA}ー]+")
+_HIRAGANA_WORD = re.compile(f"[{HIRAGANA}ー]+")
+# Letters only loanwords have: a long mark, small vowels, small tsu before a consonant sound, ヴ.
+_LOAN_MARKS = re.compile("[ーァィゥェォッヴ]")
 _KANJI_CHAR = re.compile(f"[{KANJI}]")
 _JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
@@ -195,12 +223,25 @@ class Tokenizer:
         # the text is looked up as it is, not folded first (fold is one letter for one).
         self._spellings_as_written: dict[str, Any] = {}
         self._spelling_prefix_forms: set[str] = set()
+        # The lexicon's loanwords by their first letter, longest first: kept in katakana when a
+        # message typed all in katakana is read as hiragana (ベランダニダサレテ).
+        self._loans_by_first: dict[str, tuple[str, ...]] = {}
+        # The same by their hiragana, long marks also as vowels (ろおぷ: ロープ), for romaji.
+        self.loan_kana: dict[str, str] = {}
 
-    def learn_words(self, words: frozenset[str]) -> None:
+    def learn_words(
+        self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
+    ) -> None:
         """Readings of the lexicon's words written with kanji, for text typed in kana that the
         dictionary cuts in the wrong places: nouns (れんたん: 練炭, cut れん|た|んかっ) and the
-        forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん)."""
+        forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん). And the
+        lexicon's loanwords typed in hiragana (べらんだ: ベランダ, cut べ|らんだ)."""
         trie: dict[str, Any] = {}
+        by_first: dict[str, list[str]] = {}
+        for word in sorted(loans):
+            if self._learn_loan(trie, word):
+                by_first.setdefault(word[0], []).append(word)
+        self._loans_by_first = {c: tuple(sorted(ws, key=len, reverse=True)) for c, ws in by_first.items()}
         for word in sorted(words):
             nodes = list(self._tagger(word))
             if not nodes:
@@ -212,10 +253,70 @@ class Tokenizer:
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
                 for kana, spelling, after in _forms(word, nodes[0].feature):
                     self._learn(trie, kana, spelling, after)
+        for pair in sorted(pairs):
+            # a noun and a verb (腕切る): the noun's reading before each form of the verb
+            # (うできっ before て: 腕切っ), where kana typed cut them as う|できる
+            nodes = list(self._tagger(pair))
+            if len(nodes) < 2 or nodes[-1].feature.pos1 != "動詞":
+                continue
+            if not all(n.feature.pos1 == "名詞" for n in nodes[:-1]):
+                continue  # nouns of their own (書 of 遺書 alone is a suffix)
+            noun = "".join(n.surface for n in nodes[:-1])
+            noun_kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes[:-1]))
+            if sum(1 for c in noun_kana if c not in "ゃゅょぁぃぅぇぉ") < 2:
+                continue  # a noun of one syllable (書: しょ) is in too many kana
+            verb = nodes[-1].surface
+            if _clean_lemma(nodes[-1].feature.lemma, verb) != verb:
+                continue  # 吊れる read as 吊る: spelt so, it would say more than the kana
+            for kana, spelling, after in _all_forms(verb, nodes[-1].feature):
+                if len(noun_kana + kana) < 4:
+                    continue
+                # spelt so, the dictionary must read the two words again (鍵開け is one noun)
+                if not all(
+                    "".join(n.surface for n in list(self._tagger(noun + spelling + tail))[: len(nodes) - 1])
+                    == noun
+                    for tail in {"", after[:1]}
+                ):
+                    continue
+                self._learn(trie, noun_kana + kana, noun + spelling, after, (len(noun_kana), len(noun)))
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
 
-    def _learn(self, trie: dict[str, Any], kana: str, spelling: str, after: str) -> None:
+    def _learn_loan(self, trie: dict[str, Any], word: str) -> bool:
+        """A katakana word of the lexicon, as typed in hiragana: learnt when the dictionary knows
+        it for a loanword (or it has a long mark or a small kana, as only loanwords do), and
+        does not read its hiragana as one word of its own (ほてる: 火照る; くらす: 暮らす; the
+        reading keys find those where they stand whole)."""
+        kana = katakana_to_hiragana(word)
+        if len(kana) < 3 or kana in COMMON_KANA:
+            return False
+        nodes = list(self._tagger(word))
+        loan = (len(nodes) == 1 and nodes[0].feature.goshu == "外") or _LOAN_MARKS.search(word) is not None
+        if not loan:
+            return False  # いじめ, がたがた, くすり: native words written in katakana for effect
+        alone = list(self._tagger(kana))
+        if len(alone) == 1 and alone[0].feature.lemma and alone[0].feature.lemma != "*":
+            if alone[0].feature.pos1 not in ("動詞", "形容詞"):  # くらす is 暮らす as often
+                for spelt in {kana, _long_vowels(kana)}:
+                    self.loan_kana.setdefault(spelt, word)
+            return True  # kept in katakana text, not respelt from hiragana
+        for spelt in {kana, _long_vowels(kana)}:
+            self.loan_kana.setdefault(spelt, word)
+        # the long mark also as the vowel it lengthens, as romaji writes it (kattaa: かったあ)
+        for spelt in {kana, _long_vowels(kana)}:
+            node = trie
+            for ch in spelt:
+                node = node.setdefault(ch, {})
+            node.setdefault(_END, (word, "", True, (0, 0)))
+        # only spelt from hiragana: the first two letters in hiragana start a look-up
+        self._spelling_prefix_forms.add(kana[:2])
+        return True
+
+    def _learn(
+        self, trie: dict[str, Any], kana: str, spelling: str, after: str, split: tuple[int, int] = (0, 0)
+    ) -> None:
+        """``split``: for two words (腕切る), the length of the first in kana and in the spelling
+        ((0, 0) for one word), so that each is spelt over its own letters."""
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
             return
         if not kana.endswith("ん") and self._reads_whole(kana, spelling if not after else ""):
@@ -224,7 +325,7 @@ class Tokenizer:
         for ch in kana:
             node = node.setdefault(ch, {})
         # what may follow, as it may be written (katakana too: the text is not folded)
-        node.setdefault(_END, (spelling, written_forms(after)))
+        node.setdefault(_END, (spelling, written_forms(after), False, split))
         # the first two letters, as they may be written: most words start no spelling
         self._spelling_prefix_forms.update(
             a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
@@ -271,7 +372,7 @@ class Tokenizer:
                     kana_typed = _kana_typed(text)
             node: dict[str, Any] = trie
             j = pos
-            found: tuple[int, str] | None = None
+            found: tuple[int, str, bool, tuple[int, int]] | None = None
             while j < len(text):
                 child: dict[str, Any] | None = node.get(text[j])
                 if child is None:
@@ -279,18 +380,27 @@ class Tokenizer:
                 node = child
                 j += 1
                 if _END in node:
-                    spelling, after = node[_END]
+                    spelling, after, loan, split = node[_END]
                     # a verb's form only before what may follow it (しん before だ or で)
                     if not after or (j < len(text) and text[j] in after):
-                        found = (j, str(spelling))
+                        found = (j, str(spelling), bool(loan), split)
             if found is None:
                 continue
-            end, word = found
+            end, word, loan, split = found
+            if loan:
+                # A loanword in hiragana, in a message typed in kana, from the start of a word
+                # to the end of one (しらないふり is not ナイフ): spelt in katakana.
+                if kana_typed and end in ends and _HIRAGANA_WORD.fullmatch(text[pos:end]):
+                    spans.append((pos, end, word))
+                    taken = end
+                continue
             if end == tok.end or not _KANA_WORD.fullmatch(text[pos:end]):
                 continue  # one whole word as the dictionary read it, or not all kana
             if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
                 continue  # a prefix of a longer word the dictionary knows
             covered = [t for t in tokens[i:] if t.start < end]
+            if end not in ends and covered[-1].lemma == "為る":
+                continue  # ending inside a form of する (どうし|よう is どう+しよう, not 同士)
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
@@ -298,7 +408,11 @@ class Tokenizer:
             pieces = 2 if kana_typed else 3
             if end in ends and len(covered) < pieces and not any(t.unknown for t in covered):
                 continue
-            spans.append((pos, end, word))
+            if split[0]:  # two words, each over its own kana: the reasons point at each
+                spans.append((pos, pos + split[0], word[: split[1]]))
+                spans.append((pos + split[0], end, word[split[1] :]))
+            else:
+                spans.append((pos, end, word))
             taken = end
         if not spans:
             return None
@@ -507,19 +621,31 @@ class Tokenizer:
     def _hiraganize_native_runs(self, norm: Normalized, tokens: list[Token]) -> str:
         """Every katakana run as hiragana, but for one loanword the dictionary knows whole
         (ベランダ, ロープ) or a katakana word of the lexicon (リスカ)."""
-        chars = list(norm.text)
+        text = norm.text
+        chars = list(text)
+        loans = self._loans_by_first
         for i, j in self._katakana_runs(tokens):
             run = tokens[i:j]
             if "".join(t.surface for t in run) in self.known_katakana:
                 continue
+            kept = 0  # the end of a loanword of the lexicon kept in katakana
             for tok in run:
                 word = tok.surface
                 if word in self.known_katakana or (
                     len(word) >= 3 and not tok.unknown and self._is_loanword(word)
                 ):
                     continue  # スカート, エスカレーター: loanwords the dictionary found whole
+                # A loanword of the lexicon from the start of this word, wherever the dictionary
+                # cut it (ベランダ|ニダ|サレテ); from inside the word for one of four letters or
+                # more (イマカラマンション read as one unknown word; not シラ|ナイフリ).
                 for k in range(tok.start, tok.end):
-                    chars[k] = katakana_to_hiragana(chars[k])
+                    if k >= kept:
+                        for loan in loans.get(text[k], ()):
+                            if text.startswith(loan, k) and (k == tok.start or len(loan) >= 4):
+                                kept = k + len(loan)
+                                break
+                    if k >= kept:
+                        chars[k] = katakana_to_hiragana(chars[k])
         return "".join(chars)
 
     def _is_loanword(self, word: str) -> bool:
