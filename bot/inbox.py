@@ -24,11 +24,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import exists, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from bot.crypto import Crypto
-from bot.db import Database
+from bot.db import Database, riders
 from bot.models import Inbox, InboxStatus, Priority, utcnow
 from bot.outbox import backoff, fan_out, wait_any
 from triage import get_engine
@@ -101,40 +103,59 @@ class InboxWorker:
             return await self._store(channel, events)
 
     async def _store(self, channel: str, events: list[tuple[str, str]]) -> int:
-        new = 0
+        # One insert of the whole batch: an event stored before (a redelivery) is skipped by the unique
+        # (channel, external id), and only the new ones come back.
+        rows: list[dict[str, Any]] = []
+        urgent: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        for external_id, payload in events:
+            if external_id in seen:
+                continue
+            seen.add(external_id)
+            sender, priority = self._classify(channel, external_id, payload)
+            if priority < Priority.NORMAL:
+                # Their earlier events go before it (their order is kept), so they go with it: those
+                # stored before, and those earlier in this batch.
+                urgent.append((sender, priority))
+                for row in rows:
+                    if row["sender"] == sender and row["priority"] > priority:
+                        row["priority"] = priority
+            rows.append(
+                {
+                    "channel": channel,
+                    "external_id": external_id,
+                    "payload_enc": self.crypto.encrypt(payload),
+                    "priority": priority,
+                    "sender": sender,
+                    "status": InboxStatus.PENDING,
+                    "attempts": 0,
+                    "lease_until": None,
+                    "last_error": "",
+                    "received_at": utcnow(),
+                    "processed_at": None,
+                }
+            )
+        if not rows:
+            return 0
         async with self.db.session() as s, s.begin():
-            for external_id, payload in events:
-                seen = await s.scalar(
-                    select(col(Inbox.id)).where(
-                        col(Inbox.channel) == channel, col(Inbox.external_id) == external_id
+            for sender, priority in urgent:
+                await s.execute(
+                    update(Inbox)
+                    .where(
+                        col(Inbox.sender) == sender,
+                        col(Inbox.status).in_(UNFINISHED),
+                        col(Inbox.priority) > priority,
                     )
+                    .values(priority=priority)
                 )
-                if seen is not None:
-                    continue
-                sender, priority = self._classify(channel, external_id, payload)
-                if priority < Priority.NORMAL:
-                    # Their earlier events go before it (their order is kept), so they go with it.
-                    await s.execute(
-                        update(Inbox)
-                        .where(
-                            col(Inbox.sender) == sender,
-                            col(Inbox.status).in_(UNFINISHED),
-                            col(Inbox.priority) > priority,
-                        )
-                        .values(priority=priority)
-                    )
-                s.add(
-                    Inbox(
-                        channel=channel,
-                        external_id=external_id,
-                        payload_enc=self.crypto.encrypt(payload),
-                        priority=priority,
-                        sender=sender,
-                    )
-                )
-                new += 1
-            # A concurrent delivery of the same event fails the commit with IntegrityError: the webhook
-            # then answers 500, and the platform delivers again (and finds it stored).
+            insert = pg_insert if not self.db.is_sqlite else sqlite_insert
+            stored = await s.execute(
+                insert(Inbox)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+                .returning(col(Inbox.id))
+            )
+            new = len(stored.all())
         if new:
             self.wakeup.set()
         return new
@@ -242,11 +263,19 @@ class InboxWorker:
         row_id = row.id
         channel = self.channels.get(row.channel)
         payload = ""
+        # Done: written in the engine's transaction when the event reaches it (one commit per message),
+        # else here once the channel is through with it.
+        done = (
+            update(Inbox)
+            .where(col(Inbox.id) == row_id)
+            .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_until=None, last_error="")
+        )
         try:
             if channel is None:
                 raise LookupError(f"no channel {row.channel!r}")
             payload = self.crypto.decrypt(row.payload_enc)
-            await channel.process(payload)
+            with riders(done) as left:
+                await channel.process(payload)
         except Exception as e:
             final = row.attempts >= MAX_ATTEMPTS
             if final:
@@ -274,12 +303,9 @@ class InboxWorker:
             async with self.db.session() as s, s.begin():
                 await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
             return 0
-        async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Inbox)
-                .where(col(Inbox.id) == row_id)
-                .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_until=None, last_error="")
-            )
+        if left:
+            async with self.db.session() as s, s.begin():
+                await s.execute(done)
         return 1
 
 

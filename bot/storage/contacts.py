@@ -3,8 +3,11 @@ their address and what a channel keeps of them are encrypted."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from bot.models import Contact, Conversation, Direction, Message
@@ -37,3 +40,29 @@ async def last_quick_replies(s: AsyncSession, *, channel: str, lookup: str) -> s
         .order_by(col(Message.id).desc())
         .limit(1)
     )
+
+
+async def with_latest(
+    s: AsyncSession, *, channel: str, lookup: str
+) -> tuple[Contact | None, Conversation | None]:
+    """The contact of this channel whose platform id hashes to ``lookup``, with their most recent
+    conversation (open or closed; None if none), in one statement."""
+    other: Any = aliased(Conversation, name="other")
+    latest = (
+        select(other.id)
+        .where(other.contact_id == col(Contact.id))
+        .order_by(other.created_at.desc())
+        .limit(1)
+        .correlate(Contact)
+        .scalar_subquery()
+    )
+    found = (
+        await s.execute(
+            select(Contact, Conversation)
+            .outerjoin(Conversation, col(Conversation.id) == latest)
+            .where(col(Contact.channel) == channel, col(Contact.lookup) == lookup)
+        )
+    ).first()
+    if found is None:
+        return None, None
+    return found[0], found[1]
