@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -494,15 +494,7 @@ class ConversationEngine:
         contact.risk_enc = self.crypto.encrypt(json.dumps(memory))
 
     async def _history(self, s: AsyncSession, conv: Conversation) -> list[str]:
-        rows = (
-            await s.scalars(
-                select(col(Message.text_enc))
-                .where(col(Message.conversation_id) == conv.id, col(Message.direction) == Direction.IN)
-                .where(col(Message.kind) == Kind.TEXT, col(Message.withdrawn_at).is_(None))
-                .order_by(col(Message.id).desc())
-                .limit(HISTORY)
-            )
-        ).all()
+        rows = (await s.scalars(_HISTORY, {"conversation_id": conv.id})).all()
         return [self.crypto.decrypt(t) for t in reversed(rows)]
 
     async def _store_inbound(
@@ -955,6 +947,17 @@ class ConversationEngine:
     def _audit(s: AsyncSession, action: str, conversation_id: str, detail: str = "") -> None:
         """What the bot does on its own (the dialogue's steps, erasing, a withdrawn message)."""
         audit_write.record(s, action=action, conversation_id=conversation_id, detail=detail)
+
+
+# Built once (it is on every message's path): the person's last texts, for the triage's context.
+_HISTORY = (
+    select(col(Message.text_enc))
+    .where(col(Message.conversation_id) == bindparam("conversation_id"))
+    .where(col(Message.direction) == Direction.IN, col(Message.kind) == Kind.TEXT)
+    .where(col(Message.withdrawn_at).is_(None))
+    .order_by(col(Message.id).desc())
+    .limit(HISTORY)
+)
 
 
 async def _increment(

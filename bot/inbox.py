@@ -17,13 +17,14 @@ again when its lease runs out (the engine's idempotent ingest keeps that from an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -148,13 +149,7 @@ class InboxWorker:
                     )
                     .values(priority=priority)
                 )
-            insert = pg_insert if not self.db.is_sqlite else sqlite_insert
-            stored = await s.execute(
-                insert(Inbox)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
-                .returning(col(Inbox.id))
-            )
+            stored = await s.execute(_store_statement(self.db.is_sqlite), rows)
             new = len(stored.all())
         if new:
             self.wakeup.set()
@@ -223,40 +218,13 @@ class InboxWorker:
 
     async def claim(self, now: datetime, *, skip: set[int] | None = None) -> Inbox | None:
         """The most urgent due event whose person has nothing earlier unfinished, leased to this worker."""
-        cand: Any = aliased(Inbox, name="cand")
-        earlier: Any = aliased(Inbox, name="earlier")
-        due = or_(
-            cand.status == InboxStatus.PENDING,
-            (cand.status == InboxStatus.PROCESSING) & (cand.lease_until < now),
-        )
-        blocked = exists().where(
-            earlier.sender == cand.sender,
-            earlier.id < cand.id,
-            earlier.status.in_(UNFINISHED),
-        )
-        # Only what this process has a channel for (a worker without one leaves it to those with it).
-        head = select(cand.id).where(cand.channel.in_(list(self.channels)), due, ~blocked)
+        # (Built once, for the worker's own loop: making it costs more than running it.)
+        statement = _claim_statement(bool(skip))
+        params: dict[str, Any] = {"now": now, "lease_until": now + LEASE, "channels": list(self.channels)}
         if skip:
-            head = head.where(cand.id.not_in(skip))
-        head = (
-            head.order_by(cand.priority, cand.id)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
-        )
+            params["skip"] = list(skip)
         async with self.db.session() as s, s.begin():
-            found = (
-                await s.execute(
-                    update(Inbox)
-                    .where(col(Inbox.id).in_(head.scalar_subquery()))
-                    .values(
-                        status=InboxStatus.PROCESSING,
-                        lease_until=now + LEASE,
-                        attempts=col(Inbox.attempts) + 1,
-                    )
-                    .returning(*_COLUMNS)
-                    .execution_options(synchronize_session=False)
-                )
-            ).first()
+            found = (await s.execute(statement, params)).first()
         return Inbox(**found._asdict()) if found is not None else None
 
     async def _process(self, row: Inbox, now: datetime) -> int:
@@ -310,6 +278,55 @@ class InboxWorker:
 
 
 _COLUMNS = [c for c in Inbox.__table__.columns]  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _store_statement(sqlite: bool) -> Any:
+    """One insert of a webhook's events (executemany: one statement, the rows batched), a redelivery
+    skipped by the unique (channel, external id); RETURNING the ids of the new ones."""
+    table = Inbox.__table__  # type: ignore[attr-defined]
+    insert = sqlite_insert if sqlite else pg_insert
+    return (
+        insert(table).on_conflict_do_nothing(index_elements=["channel", "external_id"]).returning(table.c.id)
+    )
+
+
+@functools.cache
+def _claim_statement(skipping: bool) -> Any:
+    """``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, with the time, this
+    process's channels (and the events already tried in this pass) as parameters."""
+    cand: Any = aliased(Inbox, name="cand")
+    earlier: Any = aliased(Inbox, name="earlier")
+    now = bindparam("now", type_=Inbox.__table__.c.lease_until.type)  # type: ignore[attr-defined]
+    due = or_(
+        cand.status == InboxStatus.PENDING,
+        (cand.status == InboxStatus.PROCESSING) & (cand.lease_until < now),
+    )
+    blocked = exists().where(
+        earlier.sender == cand.sender,
+        earlier.id < cand.id,
+        earlier.status.in_(UNFINISHED),
+    )
+    # Only what this process has a channel for (a worker without one leaves it to those with it).
+    head = select(cand.id).where(cand.channel.in_(bindparam("channels", expanding=True)), due, ~blocked)
+    if skipping:
+        head = head.where(cand.id.not_in(bindparam("skip", expanding=True)))
+    head = (
+        head.order_by(cand.priority, cand.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
+    )
+    return (
+        update(Inbox)
+        .where(col(Inbox.id).in_(head.scalar_subquery()))
+        .values(
+            status=InboxStatus.PROCESSING,
+            lease_until=bindparam("lease_until"),
+            attempts=col(Inbox.attempts) + 1,
+        )
+        .returning(*_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _describe(channel: EventHandler | None, payload: str) -> str:

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
@@ -275,10 +276,13 @@ class OutboxWorker:
             out.append(row)
         return out
 
-    async def _claim(self, group: list[Outbox], now: datetime, *, any_time: bool) -> list[Outbox]:
+    async def _claim(
+        self, group: list[Outbox], now: datetime, *, any_time: bool
+    ) -> list[tuple[Outbox, Outbound | None]]:
         """Lease the group: its first row if it may still be claimed (another worker may have taken it
         since it was looked at: then nothing), and with it the rest of the group that is still waiting.
-        The rows as they were before the claim."""
+        The rows as they were before the claim, each with what is sent (read in the same transaction;
+        None: its message or contact is gone)."""
         head, rest = group[0], group[1:]
         cand: Any = aliased(Outbox, name="cand")
         chosen = (
@@ -320,7 +324,8 @@ class OutboxWorker:
                     )
                 ).all()
                 claimed += sorted((_row(r) for r in more), key=lambda r: r.id or 0)
-        return claimed
+            found = await self._outbounds(s, claimed)
+        return [(row, found.get(row.message_id)) for row in claimed]
 
     # -- sending ------------------------------------------------------------------------------------------
 
@@ -333,8 +338,7 @@ class OutboxWorker:
         claimed = await self._claim(group, now, any_time=any_time)
         channel = self.channels.get(group[0].channel)
         pairs: list[tuple[Outbox, Outbound]] = []
-        for row in claimed:
-            out = await self._outbound(row)
+        for row, out in claimed:
             if out is None or channel is None:
                 reason = "no such channel" if channel is None else "message or contact gone"
                 await self._record(row, Delivery.failed(reason), now)
@@ -353,14 +357,17 @@ class OutboxWorker:
         # Deferred while the person came back (the web chat reconnected during the send): try again
         # at once; else the rows are parked until they come back.
         retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(contact_id)
-        for row, _ in pairs:
-            await self._record(
-                row,
-                delivery,
-                now,
-                park=not retry_now and channel.parks_deferred,
-                later=not retry_now and not channel.parks_deferred,
-            )
+        if delivery.outcome is Outcome.DELIVERED:
+            await self._delivered([row for row, _ in pairs])  # one statement for the group
+        else:
+            for row, _ in pairs:
+                await self._record(
+                    row,
+                    delivery,
+                    now,
+                    park=not retry_now and channel.parks_deferred,
+                    later=not retry_now and not channel.parks_deferred,
+                )
         if delivery.outcome is Outcome.DEFERRED:
             if retry_now or channel.reachable(contact_id):
                 # (They may have come back while the rows were being parked: their resume may have
@@ -384,19 +391,26 @@ class OutboxWorker:
                 .values(status=OutboxStatus.PENDING, next_attempt_at=now or utcnow())
             )
 
-    async def _outbound(self, row: Outbox) -> Outbound | None:
-        async with self.db.session() as s:
-            found = (
-                await s.execute(
-                    select(Message, Contact)
-                    .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
-                    .join(Contact, col(Contact.id) == col(Conversation.contact_id))
-                    .where(col(Message.id) == row.message_id)
-                )
-            ).first()
-        if found is None:
-            return None
-        msg, contact = found
+    async def _outbounds(self, s: AsyncSession, rows: list[Outbox]) -> dict[int, Outbound]:
+        """What each row sends (by message id), read in one statement."""
+        if not rows:
+            return {}
+        found = (
+            await s.execute(
+                select(Message, Contact)
+                .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                .join(Contact, col(Contact.id) == col(Conversation.contact_id))
+                .where(col(Message.id).in_([r.message_id for r in rows]))
+            )
+        ).all()
+        by_message = {msg.id: (msg, contact) for msg, contact in found}
+        return {
+            row.message_id: self._outbound(row, *by_message[row.message_id])
+            for row in rows
+            if row.message_id in by_message
+        }
+
+    def _outbound(self, row: Outbox, msg: Message, contact: Contact) -> Outbound:
         assert row.id is not None and msg.id is not None
         return Outbound(
             outbox_id=row.id,
@@ -413,6 +427,15 @@ class OutboxWorker:
             contact_state=self.crypto.decrypt(contact.state_enc) if contact.state_enc else "",
             gone=contact.presence == Presence.QUICK_EXIT,
         )
+
+    async def _delivered(self, rows: list[Outbox]) -> None:
+        """Rows that went out together, recorded in one statement."""
+        async with self.db.session() as s, s.begin():
+            await s.execute(
+                update(Outbox)
+                .where(col(Outbox.id).in_([row.id for row in rows]))
+                .values(status=OutboxStatus.DELIVERED, delivered_at=utcnow(), last_error="", lease_until=None)
+            )
 
     async def _record(
         self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True, later: bool = False
