@@ -94,9 +94,9 @@ _riders: ContextVar[list[Any] | None] = ContextVar("tsunagi_riders", default=Non
 
 
 @contextmanager
-def riders(*statements: Any) -> Iterator[list[Any]]:
-    """``statements`` wait here until the next transaction of this task takes them (``take_riders``);
-    the list is what is left (empty: they were committed with that transaction)."""
+def riders(*statements: tuple[Any, dict[str, Any]]) -> Iterator[list[Any]]:
+    """``statements`` (each with its parameters) wait here until the next transaction of this task takes
+    them (``take_riders``); the list is what is left (empty: they were committed with that transaction)."""
     pending = list(statements)
     token = _riders.set(pending)
     try:

@@ -232,8 +232,8 @@ class ConversationEngine:
                 contact, latest = await self._contact(s, inbound, lookup)
                 step = await self._route(s, contact, latest, inbound)
                 replies = await self._write_replies(s, step) if step is not None else 0
-                for statement in riders:
-                    await s.execute(statement)
+                for statement, params in riders:
+                    await s.execute(statement, params)
         except BaseException:
             give_back(riders)
             raise

@@ -233,11 +233,7 @@ class InboxWorker:
         payload = ""
         # Done: written in the engine's transaction when the event reaches it (one commit per message),
         # else here once the channel is through with it.
-        done = (
-            update(Inbox)
-            .where(col(Inbox.id) == row_id)
-            .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_until=None, last_error="")
-        )
+        done = (_DONE, {"row_id": row_id, "processed_at": utcnow()})
         try:
             if channel is None:
                 raise LookupError(f"no channel {row.channel!r}")
@@ -273,11 +269,18 @@ class InboxWorker:
             return 0
         if left:
             async with self.db.session() as s, s.begin():
-                await s.execute(done)
+                await s.execute(*done)
         return 1
 
 
 _COLUMNS = [c for c in Inbox.__table__.columns]  # type: ignore[attr-defined]
+
+
+_DONE = (
+    update(Inbox)
+    .where(col(Inbox.id) == bindparam("row_id"))
+    .values(status=InboxStatus.DONE, processed_at=bindparam("processed_at"), lease_until=None, last_error="")
+)
 
 
 @functools.cache

@@ -402,11 +402,7 @@ class OutboxWorker:
     async def _delivered(self, rows: list[Outbox]) -> None:
         """Rows that went out together, recorded in one statement."""
         async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Outbox)
-                .where(col(Outbox.id).in_([row.id for row in rows]))
-                .values(status=OutboxStatus.DELIVERED, delivered_at=utcnow(), last_error="", lease_until=None)
-            )
+            await s.execute(_DELIVERED, {"ids": [row.id for row in rows], "delivered_at": utcnow()})
 
     async def _record(
         self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True, later: bool = False
@@ -516,3 +512,12 @@ def _claim_rest_statement() -> Any:
         .returning(*_COLUMNS)
         .execution_options(synchronize_session=False)
     )
+
+
+_DELIVERED = (
+    update(Outbox)
+    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)))
+    .values(
+        status=OutboxStatus.DELIVERED, delivered_at=bindparam("delivered_at"), last_error="", lease_until=None
+    )
+)
