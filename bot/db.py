@@ -51,6 +51,11 @@ class Database:
             lambda conn, record, _proxy: _check_if_idle(dialect, conn, record),
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # For one statement alone, or reads that need no snapshot: no BEGIN and COMMIT (two round trips on
+        # PostgreSQL) around them. Same pool; the isolation level is set and reset on the client.
+        self.single_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic runs on its own engine, in a thread)."""
@@ -59,6 +64,13 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def single(self) -> AsyncIterator[AsyncSession]:
+        """A session whose every statement commits on its own (autocommit): for one statement that is
+        atomic by itself (a claim ``UPDATE ... RETURNING``, an insert), or reads that need no transaction."""
+        async with self.single_sessions() as session:
             yield session
 
     async def ping(self) -> bool:

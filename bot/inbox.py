@@ -138,7 +138,8 @@ class InboxWorker:
             )
         if not rows:
             return 0
-        async with self.db.session() as s, s.begin():
+        # One statement commits on its own; with urgent events, their raise and the insert go together.
+        async with self.db.session() if urgent else self.db.single() as s, s.begin():
             for sender, priority in urgent:
                 await s.execute(
                     update(Inbox)
@@ -223,7 +224,7 @@ class InboxWorker:
         params: dict[str, Any] = {"now": now, "lease_until": now + LEASE, "channels": list(self.channels)}
         if skip:
             params["skip"] = list(skip)
-        async with self.db.session() as s, s.begin():
+        async with self.db.single() as s:  # one statement, atomic by itself
             found = (await s.execute(statement, params)).first()
         return Inbox(**found._asdict()) if found is not None else None
 
@@ -268,7 +269,7 @@ class InboxWorker:
                 await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
             return 0
         if left:
-            async with self.db.session() as s, s.begin():
+            async with self.db.single() as s:
                 await s.execute(*done)
         return 1
 

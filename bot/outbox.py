@@ -235,7 +235,7 @@ class OutboxWorker:
         q = _next_statement(any_time, bool(skip), bool(skip_conversations), limit)
         params: dict[str, Any] = {"channel": name, "now": now, "conversation_id": conversation_id}
         params.update(skip=list(skip or ()), skip_conversations=list(skip_conversations or ()))
-        async with self.db.session() as s:
+        async with self.db.single() as s:  # looked at without a lock (the claim checks again)
             heads: list[Outbox] = list((await s.scalars(q, params)).all())
             if channel is None or channel.batch <= 1:
                 return [[h] for h in heads]
@@ -401,7 +401,7 @@ class OutboxWorker:
 
     async def _delivered(self, rows: list[Outbox]) -> None:
         """Rows that went out together, recorded in one statement."""
-        async with self.db.session() as s, s.begin():
+        async with self.db.single() as s:
             await s.execute(_DELIVERED, {"ids": [row.id for row in rows], "delivered_at": utcnow()})
 
     async def _record(
