@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# A connection idle in the pool this long is checked before use (one round trip): a database restarted
+# meanwhile costs no request. One in steady use is not (SQLAlchemy's pre-ping would cost three round trips
+# on every checkout with asyncpg: BEGIN, a ping, ROLLBACK); if the server went away under it, the error
+# invalidates the pool and the worker's retry gets a fresh connection.
+IDLE_CHECK = 10.0
 
 
 def alembic_config(url: str) -> Config:
@@ -29,7 +36,7 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         # A failed statement's error (and so its logged traceback) leaves out the values it was given:
         # names, tokens and hashes never reach a log through a database error.
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         if pool is not None and not self.is_sqlite:
             kwargs.update(pool_size=pool, max_overflow=pool)
         if self.is_sqlite:
@@ -38,7 +45,19 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        dialect = self.engine.sync_engine.dialect
+        event.listen(self.engine.sync_engine.pool, "checkin", _checked_in)
+        event.listen(
+            self.engine.sync_engine.pool,
+            "checkout",
+            lambda conn, record, _proxy: _check_if_idle(dialect, conn, record),
+        )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # For one statement alone, or reads that need no snapshot: no BEGIN and COMMIT (two round trips on
+        # PostgreSQL) around them. Same pool; the isolation level is set and reset on the client.
+        self.single_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic runs on its own engine, in a thread)."""
@@ -47,6 +66,13 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def single(self) -> AsyncIterator[AsyncSession]:
+        """A session whose every statement commits on its own (autocommit): for one statement that is
+        atomic by itself (a claim ``UPDATE ... RETURNING``, an insert), or reads that need no transaction."""
+        async with self.single_sessions() as session:
             yield session
 
     async def ping(self) -> bool:
@@ -59,6 +85,54 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _checked_in(_conn: Any, record: Any) -> None:
+    if record is not None:
+        record.info["idle_since"] = time.monotonic()
+
+
+def _check_if_idle(dialect: Any, conn: Any, record: Any) -> None:
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_CHECK:
+        return
+    try:
+        dialect.do_ping(conn)
+    except Exception as e:
+        raise exc.DisconnectionError() from e  # the pool drops it and connects again
+
+
+# Statements that belong to the transaction of the work a task is doing: the inbox's "done" for the event
+# it is processing rides in the engine's transaction (one commit per message; bot/inbox.py, bot/engine.py).
+_riders: ContextVar[list[Any] | None] = ContextVar("tsunagi_riders", default=None)
+
+
+@contextmanager
+def riders(*statements: tuple[Any, dict[str, Any]]) -> Iterator[list[Any]]:
+    """``statements`` (each with its parameters) wait here until the next transaction of this task takes
+    them (``take_riders``); the list is what is left (empty: they were committed with that transaction)."""
+    pending = list(statements)
+    token = _riders.set(pending)
+    try:
+        yield pending
+    finally:
+        _riders.reset(token)
+
+
+def take_riders() -> list[Any]:
+    """The statements waiting for this task's transaction, taken (give them back if it fails)."""
+    pending = _riders.get()
+    if not pending:
+        return []
+    taken = list(pending)
+    pending.clear()
+    return taken
+
+
+def give_back(taken: list[Any]) -> None:
+    pending = _riders.get()
+    if pending is not None:
+        pending.extend(taken)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -22,14 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from bot.content import Content, Text
 from bot.crypto import Crypto
-from bot.db import Database
+from bot.db import Database, give_back, take_riders
 from bot.dialogue import (
     QUEUE_FIELDS,
     Claimed,
@@ -107,6 +107,9 @@ class _Step:
     # Who did it, for the audit row of a close: the bot ("system"), or the counsellor who closed it.
     actor: str = audit_write.SYSTEM
     action: str = ""  # the safety table's action (bot/dialogue.py), for the log
+    # The inbound message and its pictures, written with the replies (one flush gives them their ids).
+    inbound: Message | None = None
+    media: list[Media] = field(default_factory=list)
 
     def say(self, text: Text, sender: Sender = Sender.BOT) -> None:
         self.replies.append((text, sender))
@@ -206,39 +209,41 @@ class ConversationEngine:
                     # Another instance got there first: with the same external id (it answers, we do
                     # not), or with a first message of the same new person (the contact now exists:
                     # try again, and this message is handled like any other).
-                    if inbound.external_id is not None and await self._seen(inbound):
-                        log.info("duplicate inbound on %s (lost a race)", inbound.channel)
-                        return Handled(conversation_id="", duplicate=True)
+                    seen = await self._seen(inbound) if inbound.external_id is not None else None
+                    if seen is not None:
+                        # Stored before (a redelivery), or by another instance just now: it answers.
+                        log.info("duplicate inbound on %s ignored (conversation %s)", inbound.channel, seen)
+                        return Handled(conversation_id=seen, duplicate=True)
                     log.info("inbound on %s raced another instance; retrying", inbound.channel)
             raise RuntimeError("could not store an inbound message after three attempts")
 
-    async def _seen(self, inbound: Inbound) -> bool:
+    async def _seen(self, inbound: Inbound) -> str | None:
+        """The conversation of the message stored with this one's external id, if there is one."""
         async with self.db.session() as s:
-            found = await s.scalar(
-                select(col(Message.id)).where(
+            return await s.scalar(
+                select(col(Message.conversation_id)).where(
                     col(Message.channel) == inbound.channel, col(Message.external_id) == inbound.external_id
                 )
             )
-        return found is not None
 
     async def _handle_locked(self, inbound: Inbound, lookup: str) -> Handled:
-        async with self.db.session() as s, s.begin():
-            if inbound.external_id is not None:
-                seen = await s.scalar(
-                    select(col(Message.conversation_id)).where(
-                        col(Message.channel) == inbound.channel,
-                        col(Message.external_id) == inbound.external_id,
-                    )
-                )
-                if seen is not None:
-                    log.info("duplicate inbound on %s ignored (conversation %s)", inbound.channel, seen)
-                    return Handled(conversation_id=seen, duplicate=True)
-            contact = await self._contact(s, inbound, lookup)
-            step = await self._route(s, contact, inbound)
-            if step is None:
-                return Handled(conversation_id="")
-            replies = await self._write_replies(s, step)
-            conv = step.conv
+        # A message stored before (its external id is unique) fails the flush with IntegrityError: ``handle``
+        # then finds it. What the caller wants written with this message's transaction rides in it (the
+        # inbox's "done" for the event: one commit per message).
+        riders = take_riders()
+        try:
+            async with self.db.session() as s, s.begin():
+                contact, latest = await self._contact(s, inbound, lookup)
+                step = await self._route(s, contact, latest, inbound)
+                replies = await self._write_replies(s, step) if step is not None else 0
+                for statement, params in riders:
+                    await s.execute(statement, params)
+        except BaseException:
+            give_back(riders)
+            raise
+        if step is None:
+            return Handled(conversation_id="")
+        conv = step.conv
         await self._after_commit(step, contact.id)
         log.info(
             "handled %s on %s: conversation %s state %s risk %s action %s, %d replies",
@@ -252,8 +257,11 @@ class ConversationEngine:
         )
         return Handled(conversation_id=conv.id, replies=replies, contact_id=contact.id)
 
-    async def _contact(self, s: AsyncSession, inbound: Inbound, lookup: str) -> Contact:
-        contact = await contacts.by_lookup(s, channel=inbound.channel, lookup=lookup)
+    async def _contact(
+        self, s: AsyncSession, inbound: Inbound, lookup: str
+    ) -> tuple[Contact, Conversation | None]:
+        """The person (made on their first message) and their latest conversation, read in one statement."""
+        contact, latest = await contacts.with_latest(s, channel=inbound.channel, lookup=lookup)
         if contact is None:
             contact = Contact(
                 channel=inbound.channel,
@@ -262,17 +270,18 @@ class ConversationEngine:
                 created_at=inbound.at,
                 last_seen_at=inbound.at,
             )
-            s.add(contact)
-            await s.flush()
+            s.add(contact)  # (its id is made here: the insert goes with the rest of the transaction)
         else:
             contact.last_seen_at = inbound.at
         if inbound.contact_state:  # in this transaction, so the replies it leads to see it
             contact.state_enc = self.crypto.encrypt(inbound.contact_state)
-        return contact
+        return contact, latest
 
-    async def _route(self, s: AsyncSession, contact: Contact, inbound: Inbound) -> _Step | None:
+    async def _route(
+        self, s: AsyncSession, contact: Contact, latest: Conversation | None, inbound: Inbound
+    ) -> _Step | None:
         now = self.clock()
-        conv = await conversations.latest(s, contact_id=contact.id)
+        conv = latest
         if inbound.kind is Kind.UNFOLLOW:
             # They left or blocked us: close quietly, say nothing more, and what was still waiting to go
             # to them is cancelled (a push to someone who blocked us is refused, and counted).
@@ -286,8 +295,9 @@ class ConversationEngine:
             return step
         if conv is not None and not self.dialogue.continues(_snapshot(conv), inbound.text):
             conv = None  # a message after closure starts a new conversation
+        fresh = conv is None
         if conv is None:
-            conv = await self._new_conversation(s, contact, now)
+            conv = self._new_conversation(s, contact, now)
         step = _Step(conv, now)
         if contact.presence == Presence.BLOCKED:  # they unblocked us (or wrote again): they are back
             contact.presence, contact.presence_at = Presence.UNKNOWN, now
@@ -302,7 +312,7 @@ class ConversationEngine:
             truncated = self.max_chars
         result = None
         if inbound.kind is not Kind.MEDIA and conv.state != State.CLOSED:  # (a closed one: its survey)
-            history = await self._history(s, conv)
+            history = [] if fresh else await self._history(s, conv)  # a new one has none yet
             started = time.perf_counter()
             result = self.triage.triage_conversation(text, history)
             self.metrics.triaged("conversation", time.perf_counter() - started)
@@ -456,15 +466,16 @@ class ConversationEngine:
                     c["matched"] = ""
             m.triage_enc = self.crypto.encrypt(json.dumps(t, ensure_ascii=False))
 
-    async def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
+    def _new_conversation(self, s: AsyncSession, contact: Contact, now: datetime) -> Conversation:
         conv = Conversation(contact_id=contact.id, channel=contact.channel, created_at=now, updated_at=now)
+        # The age band they gave before (bot/storage/age_band.py), from the contact in hand.
+        conv.age_band, conv.age_asked = contact.age_band, contact.age_asked
         remembered = self._remembered(contact, now)
         if remembered is not None:
             # They come back soon after a conversation at high or crisis: this one starts at that risk
             # (so it goes to the queue at once), and the counsellor sees the earlier one linked.
             conv.risk, conv.previous_id = remembered
-        s.add(conv)
-        await s.flush()
+        s.add(conv)  # (its id is made here: the insert goes with the rest of the transaction)
         self._audit(s, "conversation.start", conv.id, f"channel={conv.channel}")
         if remembered is not None:
             self._audit(s, "conversation.returning", conv.id, f"risk={conv.risk} previous={conv.previous_id}")
@@ -489,15 +500,7 @@ class ConversationEngine:
         contact.risk_enc = self.crypto.encrypt(json.dumps(memory))
 
     async def _history(self, s: AsyncSession, conv: Conversation) -> list[str]:
-        rows = (
-            await s.scalars(
-                select(col(Message.text_enc))
-                .where(col(Message.conversation_id) == conv.id, col(Message.direction) == Direction.IN)
-                .where(col(Message.kind) == Kind.TEXT, col(Message.withdrawn_at).is_(None))
-                .order_by(col(Message.id).desc())
-                .limit(HISTORY)
-            )
-        ).all()
+        rows = (await s.scalars(_HISTORY, {"conversation_id": conv.id})).all()
         return [self.crypto.decrypt(t) for t in reversed(rows)]
 
     async def _store_inbound(
@@ -525,15 +528,14 @@ class ConversationEngine:
             else "",
             created_at=inbound.at,
         )
-        s.add(message)
-        await s.flush()  # the unique external id is checked here, inside the transaction
-        assert message.id is not None
+        s.add(message)  # flushed with the replies (the unique external id is checked then)
+        step.inbound = message
         for item in inbound.items:
             if item.picture is not None:
                 p = item.picture
-                s.add(
+                step.media.append(
                     Media(
-                        message_id=message.id,
+                        message_id=0,  # once the message has its id
                         conversation_id=step.conv.id,
                         content_type=p.content_type,
                         width=p.width,
@@ -862,6 +864,7 @@ class ConversationEngine:
         conv = step.conv
         conv.updated_at = step.now
         replies = self._joined(conv.channel, step.replies)
+        written: list[Message] = []
         for text, sender in replies:
             msg = Message(
                 conversation_id=conv.id,
@@ -873,7 +876,14 @@ class ConversationEngine:
                 created_at=step.now,
             )
             s.add(msg)
-            await s.flush()
+            written.append(msg)
+        if written or step.media:
+            await s.flush()  # one insert gives the inbound message and the replies their ids, in order
+        for media in step.media:
+            assert step.inbound is not None and step.inbound.id is not None
+            media.message_id = step.inbound.id
+            s.add(media)
+        for msg in written:
             assert msg.id is not None
             s.add(
                 Outbox(
@@ -943,6 +953,17 @@ class ConversationEngine:
     def _audit(s: AsyncSession, action: str, conversation_id: str, detail: str = "") -> None:
         """What the bot does on its own (the dialogue's steps, erasing, a withdrawn message)."""
         audit_write.record(s, action=action, conversation_id=conversation_id, detail=detail)
+
+
+# Built once (it is on every message's path): the person's last texts, for the triage's context.
+_HISTORY = (
+    select(col(Message.text_enc))
+    .where(col(Message.conversation_id) == bindparam("conversation_id"))
+    .where(col(Message.direction) == Direction.IN, col(Message.kind) == Kind.TEXT)
+    .where(col(Message.withdrawn_at).is_(None))
+    .order_by(col(Message.id).desc())
+    .limit(HISTORY)
+)
 
 
 async def _increment(

@@ -17,6 +17,7 @@ again when its lease runs out (the engine's idempotent ingest keeps that from an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import traceback
@@ -24,12 +25,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import bindparam, exists, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from bot.crypto import Crypto
-from bot.db import Database
+from bot.db import Database, riders
 from bot.metrics import Metrics
 from bot.models import Inbox, InboxStatus, Priority, utcnow
 from bot.outbox import backoff, fan_out, wait_any
@@ -107,40 +110,54 @@ class InboxWorker:
             return await self._store(channel, events)
 
     async def _store(self, channel: str, events: list[tuple[str, str]]) -> int:
-        new = 0
-        async with self.db.session() as s, s.begin():
-            for external_id, payload in events:
-                seen = await s.scalar(
-                    select(col(Inbox.id)).where(
-                        col(Inbox.channel) == channel, col(Inbox.external_id) == external_id
+        # One insert of the whole batch: an event stored before (a redelivery) is skipped by the unique
+        # (channel, external id), and only the new ones come back.
+        rows: list[dict[str, Any]] = []
+        urgent: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        for external_id, payload in events:
+            if external_id in seen:
+                continue
+            seen.add(external_id)
+            sender, priority = self._classify(channel, external_id, payload)
+            if priority < Priority.NORMAL:
+                # Their earlier events go before it (their order is kept), so they go with it: those
+                # stored before, and those earlier in this batch.
+                urgent.append((sender, priority))
+                for row in rows:
+                    if row["sender"] == sender and row["priority"] > priority:
+                        row["priority"] = priority
+            rows.append(
+                {
+                    "channel": channel,
+                    "external_id": external_id,
+                    "payload_enc": self.crypto.encrypt(payload),
+                    "priority": priority,
+                    "sender": sender,
+                    "status": InboxStatus.PENDING,
+                    "attempts": 0,
+                    "lease_until": None,
+                    "last_error": "",
+                    "received_at": utcnow(),
+                    "processed_at": None,
+                }
+            )
+        if not rows:
+            return 0
+        # One statement commits on its own; with urgent events, their raise and the insert go together.
+        async with self.db.session() if urgent else self.db.single() as s, s.begin():
+            for sender, priority in urgent:
+                await s.execute(
+                    update(Inbox)
+                    .where(
+                        col(Inbox.sender) == sender,
+                        col(Inbox.status).in_(UNFINISHED),
+                        col(Inbox.priority) > priority,
                     )
+                    .values(priority=priority)
                 )
-                if seen is not None:
-                    continue
-                sender, priority = self._classify(channel, external_id, payload)
-                if priority < Priority.NORMAL:
-                    # Their earlier events go before it (their order is kept), so they go with it.
-                    await s.execute(
-                        update(Inbox)
-                        .where(
-                            col(Inbox.sender) == sender,
-                            col(Inbox.status).in_(UNFINISHED),
-                            col(Inbox.priority) > priority,
-                        )
-                        .values(priority=priority)
-                    )
-                s.add(
-                    Inbox(
-                        channel=channel,
-                        external_id=external_id,
-                        payload_enc=self.crypto.encrypt(payload),
-                        priority=priority,
-                        sender=sender,
-                    )
-                )
-                new += 1
-            # A concurrent delivery of the same event fails the commit with IntegrityError: the webhook
-            # then answers 500, and the platform delivers again (and finds it stored).
+            stored = await s.execute(_store_statement(self.db.is_sqlite), rows)
+            new = len(stored.all())
         if new:
             self.wakeup.set()
         return new
@@ -208,51 +225,28 @@ class InboxWorker:
 
     async def claim(self, now: datetime, *, skip: set[int] | None = None) -> Inbox | None:
         """The most urgent due event whose person has nothing earlier unfinished, leased to this worker."""
-        cand: Any = aliased(Inbox, name="cand")
-        earlier: Any = aliased(Inbox, name="earlier")
-        due = or_(
-            cand.status == InboxStatus.PENDING,
-            (cand.status == InboxStatus.PROCESSING) & (cand.lease_until < now),
-        )
-        blocked = exists().where(
-            earlier.sender == cand.sender,
-            earlier.id < cand.id,
-            earlier.status.in_(UNFINISHED),
-        )
-        # Only what this process has a channel for (a worker without one leaves it to those with it).
-        head = select(cand.id).where(cand.channel.in_(list(self.channels)), due, ~blocked)
+        # (Built once, for the worker's own loop: making it costs more than running it.)
+        statement = _claim_statement(bool(skip))
+        params: dict[str, Any] = {"now": now, "lease_until": now + LEASE, "channels": list(self.channels)}
         if skip:
-            head = head.where(cand.id.not_in(skip))
-        head = (
-            head.order_by(cand.priority, cand.id)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
-        )
-        async with self.db.session() as s, s.begin():
-            found = (
-                await s.execute(
-                    update(Inbox)
-                    .where(col(Inbox.id).in_(head.scalar_subquery()))
-                    .values(
-                        status=InboxStatus.PROCESSING,
-                        lease_until=now + LEASE,
-                        attempts=col(Inbox.attempts) + 1,
-                    )
-                    .returning(*_COLUMNS)
-                    .execution_options(synchronize_session=False)
-                )
-            ).first()
+            params["skip"] = list(skip)
+        async with self.db.single() as s:  # one statement, atomic by itself
+            found = (await s.execute(statement, params)).first()
         return Inbox(**found._asdict()) if found is not None else None
 
     async def _process(self, row: Inbox, now: datetime) -> int:
         row_id = row.id
         channel = self.channels.get(row.channel)
         payload = ""
+        # Done: written in the engine's transaction when the event reaches it (one commit per message),
+        # else here once the channel is through with it.
+        done = (_DONE, {"row_id": row_id, "processed_at": utcnow()})
         try:
             if channel is None:
                 raise LookupError(f"no channel {row.channel!r}")
             payload = self.crypto.decrypt(row.payload_enc)
-            await channel.process(payload)
+            with riders(done) as left:
+                await channel.process(payload)
         except Exception as e:
             final = row.attempts >= MAX_ATTEMPTS
             if final:
@@ -280,16 +274,69 @@ class InboxWorker:
             async with self.db.session() as s, s.begin():
                 await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
             return 0
-        async with self.db.session() as s, s.begin():
-            await s.execute(
-                update(Inbox)
-                .where(col(Inbox.id) == row_id)
-                .values(status=InboxStatus.DONE, processed_at=utcnow(), lease_until=None, last_error="")
-            )
+        if left:
+            async with self.db.single() as s:
+                await s.execute(*done)
         return 1
 
 
 _COLUMNS = [c for c in Inbox.__table__.columns]  # type: ignore[attr-defined]
+
+
+_DONE = (
+    update(Inbox)
+    .where(col(Inbox.id) == bindparam("row_id"))
+    .values(status=InboxStatus.DONE, processed_at=bindparam("processed_at"), lease_until=None, last_error="")
+)
+
+
+@functools.cache
+def _store_statement(sqlite: bool) -> Any:
+    """One insert of a webhook's events (executemany: one statement, the rows batched), a redelivery
+    skipped by the unique (channel, external id); RETURNING the ids of the new ones."""
+    table = Inbox.__table__  # type: ignore[attr-defined]
+    insert = sqlite_insert if sqlite else pg_insert
+    return (
+        insert(table).on_conflict_do_nothing(index_elements=["channel", "external_id"]).returning(table.c.id)
+    )
+
+
+@functools.cache
+def _claim_statement(skipping: bool) -> Any:
+    """``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, with the time, this
+    process's channels (and the events already tried in this pass) as parameters."""
+    cand: Any = aliased(Inbox, name="cand")
+    earlier: Any = aliased(Inbox, name="earlier")
+    now = bindparam("now", type_=Inbox.__table__.c.lease_until.type)  # type: ignore[attr-defined]
+    due = or_(
+        cand.status == InboxStatus.PENDING,
+        (cand.status == InboxStatus.PROCESSING) & (cand.lease_until < now),
+    )
+    blocked = exists().where(
+        earlier.sender == cand.sender,
+        earlier.id < cand.id,
+        earlier.status.in_(UNFINISHED),
+    )
+    # Only what this process has a channel for (a worker without one leaves it to those with it).
+    head = select(cand.id).where(cand.channel.in_(bindparam("channels", expanding=True)), due, ~blocked)
+    if skipping:
+        head = head.where(cand.id.not_in(bindparam("skip", expanding=True)))
+    head = (
+        head.order_by(cand.priority, cand.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
+    )
+    return (
+        update(Inbox)
+        .where(col(Inbox.id).in_(head.scalar_subquery()))
+        .values(
+            status=InboxStatus.PROCESSING,
+            lease_until=bindparam("lease_until"),
+            attempts=col(Inbox.attempts) + 1,
+        )
+        .returning(*_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _describe(channel: EventHandler | None, payload: str) -> str:

@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
@@ -202,7 +203,7 @@ class OutboxWorker:
     # -- choosing and claiming -------------------------------------------------------------------------
 
     @staticmethod
-    def _claimable(cand: Any, now: datetime, *, any_time: bool) -> ColumnElement[bool]:
+    def _claimable(cand: Any, now: Any, *, any_time: bool) -> ColumnElement[bool]:
         """A row that may be claimed now: waiting (and due, unless ``any_time``: parked ones too), or
         left behind by a worker whose lease ran out; and the first unsent of its conversation."""
         earlier: Any = aliased(Outbox, name="earlier")
@@ -234,31 +235,19 @@ class OutboxWorker:
         at once, each with the rows of its conversation that go with it (see ``_joining``)."""
         channel = self.channels.get(name)
         any_time = conversation_id is not None
-        cand: Any = aliased(Outbox, name="cand")
-        q = select(cand).where(cand.channel == name, self._claimable(cand, now, any_time=any_time))
-        if conversation_id is not None:
-            q = q.where(cand.conversation_id == conversation_id)
-        if skip:
-            q = q.where(cand.id.not_in(skip))
-        if skip_conversations:
-            q = q.where(cand.conversation_id.not_in(skip_conversations))
-        q = q.order_by(cand.priority, cand.next_attempt_at, cand.id).limit(limit)
-        async with self.db.session() as s:
-            heads: list[Outbox] = list((await s.scalars(q)).all())
+        q = _next_statement(any_time, bool(skip), bool(skip_conversations), limit)
+        params: dict[str, Any] = {"channel": name, "now": now, "conversation_id": conversation_id}
+        params.update(skip=list(skip or ()), skip_conversations=list(skip_conversations or ()))
+        async with self.db.single() as s:  # looked at without a lock (the claim checks again)
+            heads: list[Outbox] = list((await s.scalars(q, params)).all())
             if channel is None or channel.batch <= 1:
                 return [[h] for h in heads]
             groups = []
             for head in heads:
                 later = (
                     await s.scalars(
-                        select(Outbox)
-                        .where(
-                            col(Outbox.conversation_id) == head.conversation_id,
-                            col(Outbox.id) > head.id,
-                            col(Outbox.status).in_(UNSENT),
-                        )
-                        .order_by(col(Outbox.id))
-                        .limit(channel.batch - 1)
+                        _later_statement(channel.batch - 1),
+                        {"conversation_id": head.conversation_id, "after": head.id},
                     )
                 ).all()
                 groups.append([head, *self._joining(head, later, now, due_only=not any_time)])
@@ -278,30 +267,19 @@ class OutboxWorker:
             out.append(row)
         return out
 
-    async def _claim(self, group: list[Outbox], now: datetime, *, any_time: bool) -> list[Outbox]:
+    async def _claim(
+        self, group: list[Outbox], now: datetime, *, any_time: bool
+    ) -> list[tuple[Outbox, Outbound | None]]:
         """Lease the group: its first row if it may still be claimed (another worker may have taken it
         since it was looked at: then nothing), and with it the rest of the group that is still waiting.
-        The rows as they were before the claim."""
+        The rows as they were before the claim, each with what is sent (read in the same transaction;
+        None: its message or contact is gone)."""
         head, rest = group[0], group[1:]
-        cand: Any = aliased(Outbox, name="cand")
-        chosen = (
-            select(cand.id)
-            .where(cand.id == head.id, self._claimable(cand, now, any_time=any_time))
-            .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
-        )
-        lease = {
-            "status": OutboxStatus.SENDING,
-            "lease_until": now + LEASE,
-            "attempts": col(Outbox.attempts) + 1,
-        }
+        lease_until = now + LEASE
         async with self.db.session() as s, s.begin():
             first = (
                 await s.execute(
-                    update(Outbox)
-                    .where(col(Outbox.id).in_(chosen.scalar_subquery()))
-                    .values(**lease)
-                    .returning(*_COLUMNS)
-                    .execution_options(synchronize_session=False)
+                    _claim_statement(any_time), {"head": head.id, "now": now, "lease_until": lease_until}
                 )
             ).first()
             if first is None:
@@ -311,19 +289,17 @@ class OutboxWorker:
                 # Only this worker can take them now: their conversation's first row is ours.
                 more = (
                     await s.execute(
-                        update(Outbox)
-                        .where(
-                            col(Outbox.id).in_([r.id for r in rest]),
-                            col(Outbox.status) == OutboxStatus.PENDING,
-                            col(Outbox.attempts) == claimed[0].attempts,
-                        )
-                        .values(**lease)
-                        .returning(*_COLUMNS)
-                        .execution_options(synchronize_session=False)
+                        _claim_rest_statement(),
+                        {
+                            "ids": [r.id for r in rest],
+                            "attempts": claimed[0].attempts,
+                            "lease_until": lease_until,
+                        },
                     )
                 ).all()
                 claimed += sorted((_row(r) for r in more), key=lambda r: r.id or 0)
-        return claimed
+            found = await self._outbounds(s, claimed)
+        return [(row, found.get(row.message_id)) for row in claimed]
 
     # -- sending ------------------------------------------------------------------------------------------
 
@@ -336,8 +312,7 @@ class OutboxWorker:
         claimed = await self._claim(group, now, any_time=any_time)
         channel = self.channels.get(group[0].channel)
         pairs: list[tuple[Outbox, Outbound]] = []
-        for row in claimed:
-            out = await self._outbound(row)
+        for row, out in claimed:
             if out is None or channel is None:
                 reason = "no such channel" if channel is None else "message or contact gone"
                 await self._record(row, Delivery.failed(reason), now)
@@ -362,14 +337,17 @@ class OutboxWorker:
         # Deferred while the person came back (the web chat reconnected during the send): try again
         # at once; else the rows are parked until they come back.
         retry_now = delivery.outcome is Outcome.DEFERRED and channel.reachable(contact_id)
-        for row, _ in pairs:
-            await self._record(
-                row,
-                delivery,
-                answered,
-                park=not retry_now and channel.parks_deferred,
-                later=not retry_now and not channel.parks_deferred,
-            )
+        if delivery.outcome is Outcome.DELIVERED:
+            await self._delivered([row for row, _ in pairs])  # one statement for the group
+        else:
+            for row, _ in pairs:
+                await self._record(
+                    row,
+                    delivery,
+                    answered,
+                    park=not retry_now and channel.parks_deferred,
+                    later=not retry_now and not channel.parks_deferred,
+                )
         if delivery.outcome is Outcome.DEFERRED:
             if retry_now or channel.reachable(contact_id):
                 # (They may have come back while the rows were being parked: their resume may have
@@ -393,19 +371,26 @@ class OutboxWorker:
                 .values(status=OutboxStatus.PENDING, next_attempt_at=now or utcnow())
             )
 
-    async def _outbound(self, row: Outbox) -> Outbound | None:
-        async with self.db.session() as s:
-            found = (
-                await s.execute(
-                    select(Message, Contact)
-                    .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
-                    .join(Contact, col(Contact.id) == col(Conversation.contact_id))
-                    .where(col(Message.id) == row.message_id)
-                )
-            ).first()
-        if found is None:
-            return None
-        msg, contact = found
+    async def _outbounds(self, s: AsyncSession, rows: list[Outbox]) -> dict[int, Outbound]:
+        """What each row sends (by message id), read in one statement."""
+        if not rows:
+            return {}
+        found = (
+            await s.execute(
+                select(Message, Contact)
+                .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                .join(Contact, col(Contact.id) == col(Conversation.contact_id))
+                .where(col(Message.id).in_([r.message_id for r in rows]))
+            )
+        ).all()
+        by_message = {msg.id: (msg, contact) for msg, contact in found}
+        return {
+            row.message_id: self._outbound(row, *by_message[row.message_id])
+            for row in rows
+            if row.message_id in by_message
+        }
+
+    def _outbound(self, row: Outbox, msg: Message, contact: Contact) -> Outbound:
         assert row.id is not None and msg.id is not None
         return Outbound(
             outbox_id=row.id,
@@ -422,6 +407,11 @@ class OutboxWorker:
             contact_state=self.crypto.decrypt(contact.state_enc) if contact.state_enc else "",
             gone=contact.presence == Presence.QUICK_EXIT,
         )
+
+    async def _delivered(self, rows: list[Outbox]) -> None:
+        """Rows that went out together, recorded in one statement."""
+        async with self.db.single() as s:
+            await s.execute(_DELIVERED, {"ids": [row.id for row in rows], "delivered_at": utcnow()})
 
     async def _record(
         self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True, later: bool = False
@@ -462,3 +452,86 @@ class OutboxWorker:
             log.info(
                 "outbox %s on %s: %s (%s)", row.id, row.channel, delivery.outcome.value, delivery.reason[:200]
             )
+
+
+# The statements of every send, built once with their values as parameters: making an ORM statement with
+# aliases and an EXISTS costs more than running it.
+_NOW = bindparam("now", type_=Outbox.__table__.c.next_attempt_at.type)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _next_statement(any_time: bool, skipping: bool, skipping_conversations: bool, limit: int) -> Any:
+    cand: Any = aliased(Outbox, name="cand")
+    q = select(cand).where(
+        cand.channel == bindparam("channel"), OutboxWorker._claimable(cand, _NOW, any_time=any_time)
+    )
+    if any_time:  # (one conversation's pass)
+        q = q.where(cand.conversation_id == bindparam("conversation_id"))
+    if skipping:
+        q = q.where(cand.id.not_in(bindparam("skip", expanding=True)))
+    if skipping_conversations:
+        q = q.where(cand.conversation_id.not_in(bindparam("skip_conversations", expanding=True)))
+    return q.order_by(cand.priority, cand.next_attempt_at, cand.id).limit(limit)
+
+
+@functools.cache
+def _later_statement(limit: int) -> Any:
+    return (
+        select(Outbox)
+        .where(
+            col(Outbox.conversation_id) == bindparam("conversation_id"),
+            col(Outbox.id) > bindparam("after"),
+            col(Outbox.status).in_(UNSENT),
+        )
+        .order_by(col(Outbox.id))
+        .limit(limit)
+    )
+
+
+def _lease() -> dict[str, Any]:
+    return {
+        "status": OutboxStatus.SENDING,
+        "lease_until": bindparam("lease_until"),
+        "attempts": col(Outbox.attempts) + 1,
+    }
+
+
+@functools.cache
+def _claim_statement(any_time: bool) -> Any:
+    cand: Any = aliased(Outbox, name="cand")
+    chosen = (
+        select(cand.id)
+        .where(cand.id == bindparam("head"), OutboxWorker._claimable(cand, _NOW, any_time=any_time))
+        .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
+    )
+    return (
+        update(Outbox)
+        .where(col(Outbox.id).in_(chosen.scalar_subquery()))
+        .values(**_lease())
+        .returning(*_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@functools.cache
+def _claim_rest_statement() -> Any:
+    return (
+        update(Outbox)
+        .where(
+            col(Outbox.id).in_(bindparam("ids", expanding=True)),
+            col(Outbox.status) == OutboxStatus.PENDING,
+            col(Outbox.attempts) == bindparam("attempts"),
+        )
+        .values(**_lease())
+        .returning(*_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_DELIVERED = (
+    update(Outbox)
+    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)))
+    .values(
+        status=OutboxStatus.DELIVERED, delivered_at=bindparam("delivered_at"), last_error="", lease_until=None
+    )
+)

@@ -334,8 +334,7 @@ class ServiceHost:
     async def with_counsellor(self, channel: str, user_id: str) -> bool:
         lookup = self._svc.crypto.lookup(channel, user_id)
         async with self._svc.db.session() as s:
-            contact = await contacts.by_lookup(s, channel=channel, lookup=lookup)
-            conv = await conversations.latest(s, contact_id=contact.id) if contact is not None else None
+            _, conv = await contacts.with_latest(s, channel=channel, lookup=lookup)
         return conv is not None and conv.state == State.WITH_COUNSELLOR
 
     async def last_choices(self, channel: str, user_id: str) -> list[str]:

@@ -2,9 +2,10 @@
 their contact, and a conversation they start later begins with it, so the bot does not ask again.
 
 Done as mapper events on ``Conversation``, in the flush of whatever transaction starts or changes a
-conversation: a new one reads its contact's age band before it is inserted (the engine flushes it before
-the dialogue reads it), and a change of the age band is written to the contact in the same transaction.
-An erased conversation forgets it (the contact goes soon after)."""
+conversation: a new one reads its contact's age band before it is inserted (from the contact in the
+session when it is there; the engine copies it itself before the dialogue reads it), and a change of the
+age band is written to the contact in the same transaction. An erased conversation forgets it (the contact
+goes soon after)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import event, inspect, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import object_session
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col
 
 from bot.models import Contact, Conversation
@@ -21,6 +24,16 @@ from bot.models import Contact, Conversation
 def _start_with_the_age_band(_mapper: Any, connection: Connection, conv: Conversation) -> None:
     if not conv.contact_id or conv.age_band or conv.age_asked:
         return
+    session = object_session(conv)
+    if session is not None:
+        in_hand = session.identity_map.get(identity_key(Contact, conv.contact_id))
+        if in_hand is None:  # made in this transaction (inserted in this same flush, just before)
+            in_hand = next(
+                (c for c in session.new if isinstance(c, Contact) and c.id == conv.contact_id), None
+            )
+        if in_hand is not None:  # the contact this transaction read or made: nothing to read again
+            conv.age_band, conv.age_asked = in_hand.age_band, bool(in_hand.age_asked)
+            return
     known = connection.execute(
         select(col(Contact.age_band), col(Contact.age_asked)).where(col(Contact.id) == conv.contact_id)
     ).first()
