@@ -241,18 +241,22 @@ def server(
     cwd: Path = ROOT,
     start_timeout: float = 30,
     log_path: Path | None = None,
+    stdout_path: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``tsunagi serve`` on ``127.0.0.1:port``, up once /healthz answers 200 (within
     ``start_timeout`` seconds); stopped afterwards, with the end of its log (its stdout and stderr, in
-    ``log_path`` if given) printed. ``command`` runs instead of ``.venv/bin/tsunagi`` (its arguments
-    follow)."""
+    ``log_path`` if given; its stdout apart in ``stdout_path`` if given) printed. ``command`` runs
+    instead of ``.venv/bin/tsunagi`` (its arguments follow)."""
     if command is None:
         command = [str(TSUNAGI)] if TSUNAGI.exists() else [sys.executable, "-m", "bot.cli"]
     cmd = [*command, "serve", "--host", "127.0.0.1", "--port", str(port)]
     if log_path is None:
         log_path = Path(env["TSUNAGI_VAR_DIR"]).parent / f"server-{time.monotonic_ns()}.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    out = stdout_path.open("wb") if stdout_path is not None else None
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=out or log, stderr=log if out else subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -276,6 +280,8 @@ def server(
                 proc.kill()
                 proc.wait(timeout=10)
         log.close()
+        if out is not None:
+            out.close()
         print(f"--- server log ({log_path.name}) ---\n" + log_path.read_text(errors="replace")[-4000:])
 
 

@@ -123,11 +123,13 @@ def test_tsunagi_serve_writes_every_line_as_json(tmp_path: Path) -> None:
         "TSUNAGI_DATABASE_URL": "",
     }
     port = free_port()
-    with server(env, port):
+    # The logs are standard error; standard output has what the operator is told (the first start's
+    # one-time password), which is not a log line.
+    log_path = tmp_path / "server.log"
+    with server(env, port, log_path=log_path, stdout_path=tmp_path / "server.out"):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-ID": "probe-1"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.headers["X-Request-ID"] == "probe-1"
-    (log_path,) = tmp_path.glob("server-*.log")
     lines = log_path.read_text().splitlines()
     parsed = [json.loads(line) for line in lines]  # every line, or this fails
     loggers = {e["logger"] for e in parsed}
