@@ -11,6 +11,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -36,6 +37,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "handle_error", _unusable_connection)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
@@ -57,6 +60,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _unusable_connection(context: ExceptionContext) -> None:
+    """A PostgreSQL connection cut in the middle of an operation (the server terminated it, or its task
+    was cancelled in a query) can be left by asyncpg half-open: every later use fails with "cannot switch
+    to state ...; another operation is in progress", and SQLAlchemy, which counts only a closed connection
+    as lost, would hand it out again and again (its pre-ping included). Counted as a disconnect, it is
+    thrown away and the pool connects anew."""
+    error = context.original_exception
+    if type(error).__name__ == "InternalClientError" and "another operation" in str(error):
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

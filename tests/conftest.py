@@ -73,6 +73,20 @@ async def postgres_database() -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a test that drives processes synchronously (the helper is async)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    cm = postgres_database()
+    try:
+        yield loop.run_until_complete(cm.__aenter__())
+    finally:
+        loop.run_until_complete(cm.__aexit__(None, None, None))
+        loop.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each storage test runs on both databases, each with a database of its own."""

@@ -6,11 +6,13 @@ Test modules import from here (and from conftest.py's fixtures), never from one 
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -266,6 +268,49 @@ def start_fresh(ws: WebSocketTestSession, resume: Any = None) -> tuple[str, list
         _, more = wait_for(ws, is_bot, what="the welcome")
         seen += more
     return token, seen
+
+
+# -- a console over real HTTP (a ``tsunagi serve`` process) ------------------------------------------------
+
+
+class Console:
+    """A counsellor's browser, in HTTP: a cookie jar and the CSRF token."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        status, body = self.call("POST", "/api/console/login", {"username": username, "password": password})
+        assert status == 200, body
+        self.csrf = body["csrf_token"]
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if getattr(self, "csrf", None):
+            req.add_header("X-CSRF-Token", self.csrf)
+        try:
+            with self.opener.open(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def cookie(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
+
+
+def add_counsellor(env: dict[str, str], username: str, password: str) -> None:
+    """A console account made with the CLI, in the database ``env`` names."""
+    done = subprocess.run(
+        [str(TSUNAGI), "counsellor", "add", username, "--role", "counsellor"],
+        input=password + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 # -- console counsellors -----------------------------------------------------------------------------------

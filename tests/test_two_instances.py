@@ -5,82 +5,24 @@ on the other; a counsellor's reply sent through one reaches the person connected
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import json
 import os
-import subprocess
-import urllib.request
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
-import pytest
 from cryptography.fernet import Fernet
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import postgres_database
-from tests.helpers import TSUNAGI, frames, free_port, server
+from tests.helpers import Console, add_counsellor, frames, free_port, server
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
 
 
-class Console:
-    """A counsellor's browser, in HTTP: a cookie jar and the CSRF token."""
-
-    def __init__(self, base: str, username: str, password: str) -> None:
-        self.base = base
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-        status, body = self.call("POST", "/api/console/login", {"username": username, "password": password})
-        assert status == 200, body
-        self.csrf = body["csrf_token"]
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if getattr(self, "csrf", None):
-            req.add_header("X-CSRF-Token", self.csrf)
-        try:
-            with self.opener.open(req, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def cookie(self) -> str:
-        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database (the helper is async; this test drives processes synchronously)."""
-    loop = asyncio.new_event_loop()
-    cm = postgres_database()
-    try:
-        yield loop.run_until_complete(cm.__aenter__())
-    finally:
-        loop.run_until_complete(cm.__aexit__(None, None, None))
-        loop.close()
-
-
-def add_counsellor(env: dict[str, str], username: str, password: str) -> None:
-    done = subprocess.run(
-        [str(TSUNAGI), "counsellor", "add", username, "--role", "counsellor"],
-        input=password + "\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-
-
-def test_two_instances_share_the_queue_the_live_view_and_the_claims(tmp_path: Path, database: str) -> None:
+def test_two_instances_share_the_queue_the_live_view_and_the_claims(tmp_path: Path, pg_database: str) -> None:
     asyncio.run(require_redis())
     prefix = random_prefix()
     common = {
         **os.environ,
-        "TSUNAGI_DATABASE_URL": database,
+        "TSUNAGI_DATABASE_URL": pg_database,
         "TSUNAGI_REDIS_URL": TEST_REDIS_URL,
         "TSUNAGI_REDIS_PREFIX": prefix,
         "TSUNAGI_DATA_KEY": Fernet.generate_key().decode(),
