@@ -368,7 +368,7 @@ def test_serve_killed_during_a_burst_loses_and_doubles_nothing(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     release = threading.Event()
-    people = people_for(fake, 10, 10, release)
+    people = people_for(fake, 50, 50, release)
     with server(env, port) as first:
         burst = Burst(people, lambda: base, release)
         burst.reach(1 / 3)
@@ -508,10 +508,18 @@ def test_redis_restarted_and_flushed_during_handoffs(
             deadline = time.monotonic() + DEADLINE
             asked = [pool.submit(p.run, lambda: base, HANDOFF, deadline) for p in people]
             claims = {name: pool.submit(_claim_until_full, c, deadline) for name, c in consoles.items()}
-            eventually(lambda: _handoffs(pg_database) >= 6, "six handoffs", DEADLINE)
+            epoch = f"EXISTS {env['TSUNAGI_REDIS_PREFIX']}:queue:epoch"
+            eventually(
+                lambda: _handoffs(pg_database) >= 6 and sum(map(len, _held(pg_database).values())) >= 2,
+                "six handoffs, two of them claimed",
+                DEADLINE,
+            )
+            before = _held(pg_database)
             redis.restart()
+            eventually(lambda: redis.command(epoch) == ":1", "the queue rebuilt after the restart", DEADLINE)
             eventually(lambda: _handoffs(pg_database) >= 14, "fourteen handoffs", DEADLINE)
             redis.flush()
+            eventually(lambda: redis.command(epoch) == ":1", "the queue rebuilt after the flush", DEADLINE)
             for f in asked:
                 f.result(timeout=DEADLINE)
             got = {name: f.result(timeout=DEADLINE) for name, f in claims.items()}
@@ -530,6 +538,7 @@ def test_redis_restarted_and_flushed_during_handoffs(
                 mine = held.get(ids[name], set())
                 assert got[name] == mine, f"{name}: the claims answered 200 are the ones the database has"
                 assert len(mine) <= LIMIT
+                assert before.get(ids[name], set()) <= mine, f"{name} lost a claim held before the restart"
             everyone = [c for cs in got.values() for c in cs]
             assert len(everyone) == len(set(everyone)), "a conversation claimed twice"
 
