@@ -180,12 +180,18 @@ def build_router(svc: ConsoleHost) -> APIRouter:
         """Claim in the queue (atomic, within the limit), then in the database; undone if the database
         says it is no longer waiting (TAKEN). The database's claim is ``actor``'s ``action``, audited
         there."""
-        result = await svc.queue.claim(conversation_id, counsellor_id, limit)
-        if result is Claim.CLAIMED and not await svc.engine.assign(
-            conversation_id, counsellor_id, actor=actor, action=action, detail=detail
-        ):
-            await svc.queue.release(conversation_id, counsellor_id)
-            return Claim.TAKEN
+        try:
+            result = await svc.queue.claim(conversation_id, counsellor_id, limit)
+            if result is Claim.CLAIMED and not await svc.engine.assign(
+                conversation_id, counsellor_id, actor=actor, action=action, detail=detail
+            ):
+                await svc.queue.release(conversation_id, counsellor_id)
+                return Claim.TAKEN
+        except Exception:
+            # The queue and the database may disagree now (the queue's claim made and the database's
+            # not, or the queue's answer lost): the watchdog makes the queue again from the database.
+            svc.engine.queue_dirty = True
+            raise
         return result
 
     async def admin(me: Annotated[Me, Depends(authenticated)]) -> Me:
