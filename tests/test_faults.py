@@ -40,7 +40,7 @@ from tests.engine_helpers import reply_keys
 from tests.fake_line import FakeLine
 from tests.helpers import TSUNAGI, Console, add_counsellor, eventually, free_port, server
 from tests.load.driver import signature
-from tests.redis_helpers import TEST_REDIS_URL, PrivateRedis, delete_prefix, random_prefix
+from tests.redis_helpers import TEST_REDIS_URL, PrivateRedis, delete_prefix, random_prefix, require_redis
 
 pytestmark = pytest.mark.slow
 
@@ -345,6 +345,7 @@ def fake() -> Iterator[FakeLine]:
 @pytest.fixture
 def shared_redis() -> Iterator[tuple[str, str]]:
     """The shared test Redis under a prefix of the test's own, deleted afterwards."""
+    asyncio.run(require_redis())
     prefix = random_prefix()
     try:
         yield TEST_REDIS_URL, prefix
@@ -401,7 +402,7 @@ def test_worker_and_serve_killed_during_a_burst_lose_and_double_nothing(
         burst.reach(2 / 3)
         serving.kill()
         serving.wait(timeout=10)
-        stack.close()  # (the killed server's context only reports its log)
+        stack.close()  # the second worker stopped, the killed server's log reported
         with server(env, port), worker(env):
             burst.finish(pg_database)
     check(pg_database, env, people, fake, in_flight=SENDS)
