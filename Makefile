@@ -60,7 +60,13 @@ $(CADDY):
 	$(SUDO) apt-get update -q
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends caddy
 
-unit: $(VENV)/.installed-dev triage/.compiled | $(CHROMIUM) $(CADDY)
+# tests/test_faults.py runs a redis-server of its own (killed, restarted empty, flushed): Debian's.
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends redis-server
+
+unit: $(VENV)/.installed-dev triage/.compiled | $(CHROMIUM) $(CADDY) $(REDIS_SERVER)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

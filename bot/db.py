@@ -13,6 +13,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, exc, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -45,6 +46,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "handle_error", _unusable_connection)
         dialect = self.engine.sync_engine.dialect
         event.listen(self.engine.sync_engine.pool, "checkin", _checked_in)
         event.listen(
@@ -133,6 +136,17 @@ def give_back(taken: list[Any]) -> None:
     pending = _riders.get()
     if pending is not None:
         pending.extend(taken)
+
+
+def _unusable_connection(context: ExceptionContext) -> None:
+    """A PostgreSQL connection cut in the middle of an operation (the server terminated it, or its task
+    was cancelled in a query) can be left by asyncpg half-open: every later use fails with "cannot switch
+    to state ...; another operation is in progress", and SQLAlchemy, which counts only a closed connection
+    as lost, would hand it out again and again (its pre-ping included). Counted as a disconnect, it is
+    thrown away and the pool connects anew."""
+    error = context.original_exception
+    if type(error).__name__ == "InternalClientError" and "another operation" in str(error):
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

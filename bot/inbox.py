@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
@@ -248,7 +249,10 @@ class InboxWorker:
             with riders(done) as left:
                 await channel.process(payload)
         except Exception as e:
-            final = row.attempts >= MAX_ATTEMPTS
+            # The database lost under the event (a connection terminated, a restart) is not the event's
+            # fault: that attempt is given back, so that an event is never given up for it.
+            lost = isinstance(e, DBAPIError) and e.connection_invalidated
+            final = row.attempts >= MAX_ATTEMPTS and not lost
             if final:
                 # Once, with where it failed: the traceback's frames and the exception's class, never
                 # its message (which may quote what the person wrote), and the event's type only.
@@ -271,6 +275,8 @@ class InboxWorker:
                 "lease_until": None if final else now + backoff(row.attempts),
                 "last_error": e.__class__.__name__,
             }
+            if lost:
+                values["attempts"] = row.attempts - 1
             async with self.db.session() as s, s.begin():
                 await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
             return 0

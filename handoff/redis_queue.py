@@ -8,7 +8,8 @@ Keys, all under one prefix (``TSUNAGI_REDIS_PREFIX``; tests use a random one):
 - ``{prefix}:queue:holders``: set of the counsellor ids that have a ``held`` set, so that ``rebuild``
   can find every one of them inside its transaction (no SCAN);
 - ``{prefix}:queue:epoch``: written by ``rebuild`` only. Redis that restarted without its data, or
-  keys that were deleted, lose it, and ``intact`` then tells the service to rebuild from the database.
+  keys that were deleted, lose it, and ``intact`` then tells the service to rebuild from the database;
+  until then ``claim`` claims nothing (TAKEN), since what each counsellor holds is not known.
 
 What must be atomic across processes runs inside Redis: ``put`` and ``claim`` are Lua scripts,
 ``rebuild`` one MULTI/EXEC transaction. The order is computed here with ``order_key``, the rule every
@@ -48,8 +49,13 @@ redis.call('HSET', KEYS[1], ARGV[1], value)
 return 1
 """
 
-# KEYS: waiting, held set of this counsellor, holders. ARGV: conversation id, limit, counsellor id.
+# KEYS: waiting, held set of this counsellor, holders, epoch. ARGV: conversation id, limit, counsellor id.
+# Without the epoch the holdings are not known (Redis lost its data, and the queue is not made again yet):
+# nothing is claimed then, or a counsellor could go past the limit.
 _CLAIM = """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return 'taken'
+end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return 'taken'
 end
@@ -113,7 +119,7 @@ class RedisQueue(HandoffQueue):
     async def claim(self, conversation_id: str, counsellor_id: int, limit: int) -> Claim:
         async with self._lock:
             result = await self._claim(
-                keys=[self._waiting, self._held_key(counsellor_id), self._holders],
+                keys=[self._waiting, self._held_key(counsellor_id), self._holders, self._epoch],
                 args=[conversation_id, limit, counsellor_id],
             )
         return Claim(result)

@@ -26,6 +26,15 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for a test that drives processes synchronously."""
+    from tests.helpers import postgres_database_sync
+
+    with postgres_database_sync() as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Each storage test runs on both databases, each with a database of its own."""

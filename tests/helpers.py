@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import http.cookiejar
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -452,6 +454,36 @@ def start_fresh(ws: WebSocketTestSession, resume: Any = None) -> tuple[str, list
         _, more = wait_for(ws, is_bot, what="the welcome")
         seen += more
     return token, seen
+
+
+# -- a console over real HTTP (a ``tsunagi serve`` process) ------------------------------------------------
+
+
+class Console:
+    """A counsellor's browser, in HTTP: a cookie jar and the CSRF token."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        status, body = self.call("POST", "/api/console/login", {"username": username, "password": password})
+        assert status == 200, body
+        self.csrf = body["csrf_token"]
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if getattr(self, "csrf", None):
+            req.add_header("X-CSRF-Token", self.csrf)
+        try:
+            with self.opener.open(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def cookie(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
 
 
 # -- console counsellors -----------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ import pytest
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from httpx2 import Response
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from starlette.testclient import WebSocketTestSession
@@ -654,6 +655,34 @@ def test_a_claim_connects_the_person_and_a_second_claim_is_refused(client: TestC
         assert amy.read(cid).json()["counsellor"] == "amy"
         # The person is not told twice.
         assert not [f for f in drain(p.ws, 0.3) if is_bot(f)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "postgresql+redis"], indirect=True)
+def test_a_claim_the_database_failed_leaves_the_conversation_in_the_queue(client: TestClient) -> None:
+    """The database goes away between the queue's claim and the database's (PostgreSQL terminates the
+    connection the claim uses): the claim fails, and the conversation is back in the queue, held by
+    nobody, for the next claim."""
+    cid = queued(client)
+    sato = account(client, "sato")
+    svc = service(client)
+    assign = svc.engine.assign
+
+    async def cut_off(*args: Any, **kwargs: Any) -> bool:
+        async with svc.db.session() as s:
+            await s.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        return await assign(*args, **kwargs)
+
+    svc.engine.assign = cut_off  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DBAPIError):  # (a 500 for the browser: the TestClient raises it instead)
+            sato.claim(cid)
+    finally:
+        svc.engine.assign = assign  # type: ignore[method-assign]
+    assert conversation(client, cid).state == "waiting"
+    eventually(
+        lambda: cid in queued_ids(client) and sato.held() == [], "the queue made again from the database"
+    )
+    assert sato.claim(cid).status_code == 200
 
 
 def test_a_counsellor_at_the_limit_cannot_claim_more_and_unknown_ids_are_404(client: TestClient) -> None:

@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import text
 
 from bot.db import Database
-from bot.inbox import InboxWorker
+from bot.inbox import MAX_ATTEMPTS, InboxWorker
 from bot.models import Inbox, InboxStatus, utcnow
 from bot.types import Inbound
 from channels.base import Channel
 from tests.engine_helpers import running
-from tests.helpers import rows_of
+from tests.helpers import postgres_database, rows_of
 
 
 class Recording(Channel):
@@ -117,6 +117,37 @@ async def test_an_event_that_keeps_failing_is_given_up_and_kept_for_a_look(tmp_p
         (row,) = await rows_of(svc, Inbox)
         assert (row.status, row.attempts) == (InboxStatus.FAILED, 5)
         assert await svc.inbox.process_due(now=now + timedelta(days=1)) == 0
+
+
+class CutOff(Recording):
+    """Its first ``fail`` events lose their database connection under them: PostgreSQL terminates the
+    very connection the handling uses, as an operator's pg_terminate_backend or a restart would."""
+
+    svc: Any = None  # the service whose database it uses
+
+    async def process(self, payload: str) -> None:
+        if self.fail:
+            self.fail -= 1
+            async with self.svc.db.session() as s:
+                await s.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        await super().process(payload)
+
+
+async def test_an_event_is_never_given_up_because_the_database_connection_was_lost(tmp_path: Path) -> None:
+    async with postgres_database() as url, running(tmp_path, url) as svc:
+        channel = CutOff(svc.host)
+        channel.svc = svc
+        svc.channels["recording"] = channel
+        await channel.store_events([("e1", json.dumps({"user": "u1", "text": "同意"}))])
+        channel.fail = MAX_ATTEMPTS + 2
+        now = utcnow()
+        for _ in range(MAX_ATTEMPTS + 2):
+            assert await svc.inbox.process_due(now=now) == 0
+            (row,) = await rows_of(svc, Inbox)
+            assert (row.status, row.attempts, row.last_error) == (InboxStatus.PROCESSING, 0, "DBAPIError")
+            now = (row.lease_until or now) + timedelta(seconds=1)
+        assert await svc.inbox.process_due(now=now) == 1, "handled once the database stays"
+        assert [e["text"] for e in channel.processed] == ["同意"]
 
 
 async def test_an_event_that_fails_for_good_is_logged_once_with_its_traceback_and_type(

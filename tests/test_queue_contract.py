@@ -50,8 +50,10 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         made.append(RedisQueue.from_url(TEST_REDIS_URL, prefix=prefix, aging_minutes=AGING))
         return made[-1]
 
+    first = another()
+    await first.rebuild([], {})  # made once, as the service makes it at start
     try:
-        yield Store(another(), another)
+        yield Store(first, another)
     finally:
         await delete_prefix(prefix)
         for q in made:

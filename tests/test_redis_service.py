@@ -16,11 +16,12 @@ from bot.events import Event, EventBus, RedisEventBus
 from bot.models import utcnow
 from bot.redis_client import connect
 from bot.service import Service
-from handoff.queue import QueueEntry
+from handoff.queue import Claim, QueueEntry
 from handoff.redis_queue import RedisQueue
 from tests.engine_helpers import Chat
 from tests.helpers import free_port, make_settings
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, prefix_keys, random_prefix, require_redis
+from triage import Risk
 
 MakeService = Callable[..., Awaitable[Service]]
 
@@ -109,6 +110,23 @@ async def test_deleted_keys_are_rebuilt_from_the_database_in_the_same_order(
     assert await svc.health() == {"database": True, "queue": True}
     assert [e.conversation_id for e in await svc.queue.ordered(now)] == order
     assert by_id(await svc.queue.entries()) == entries
+
+
+async def test_nothing_is_claimed_while_the_queue_is_not_made_again(
+    make_service: MakeService, prefix: str
+) -> None:
+    """Redis lost its data: a counsellor already at their limit must not claim a conversation queued
+    before the queue is made again (Redis does not know what they hold until then)."""
+    svc = await make_service()
+    first, second, third = await three_waiting(svc)
+    assert await svc.queue.claim(first, 7, 1) is Claim.CLAIMED
+    await delete_prefix(prefix)  # Redis lost its data
+    entry = QueueEntry(second, Risk.LOW, utcnow(), "loopback")
+    await svc.queue.put(entry)  # a conversation queued before the rebuild
+    assert await svc.queue.claim(second, 7, 1) is Claim.TAKEN
+    await svc.queue.rebuild([entry, QueueEntry(third, Risk.LOW, utcnow(), "loopback")], {7: {first}})
+    assert await svc.queue.claim(second, 7, 1) is Claim.FULL
+    assert await svc.queue.claim(second, 8, 1) is Claim.CLAIMED
 
 
 async def test_the_watchdog_rebuilds_the_queue(make_service: MakeService, prefix: str) -> None:

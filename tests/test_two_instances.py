@@ -6,63 +6,26 @@ killed (SIGKILL) with a person's socket and a counsellor's claim: both carry on 
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
 from websockets.sync.client import ClientConnection, connect
 
-from tests.helpers import add_accounts, eventually, frames, free_port, postgres_database_sync, server
+from tests.helpers import Console, add_accounts, eventually, frames, free_port, server
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, random_prefix, require_redis
 
 
-class Console:
-    """A counsellor's browser, in HTTP: a cookie jar and the CSRF token."""
-
-    def __init__(self, base: str, username: str, password: str) -> None:
-        self.base = base
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-        status, body = self.call("POST", "/api/console/login", {"username": username, "password": password})
-        assert status == 200, body
-        self.csrf = body["csrf_token"]
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if getattr(self, "csrf", None):
-            req.add_header("X-CSRF-Token", self.csrf)
-        try:
-            with self.opener.open(req, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-    def cookie(self) -> str:
-        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database (the helper is async; this test drives processes synchronously)."""
-    with postgres_database_sync() as url:
-        yield url
-
-
-def instances(tmp_path: Path, database: str, prefix: str) -> dict[str, dict[str, str]]:
+def instances(tmp_path: Path, pg_database: str, prefix: str) -> dict[str, dict[str, str]]:
     """The environments of instances "a" and "b", sharing the database, Redis and keys; the counsellors
     sato and suzuki added."""
     common = {
         **os.environ,
-        "TSUNAGI_DATABASE_URL": database,
+        "TSUNAGI_DATABASE_URL": pg_database,
         "TSUNAGI_REDIS_URL": TEST_REDIS_URL,
         "TSUNAGI_REDIS_PREFIX": prefix,
         "TSUNAGI_DATA_KEY": Fernet.generate_key().decode(),
@@ -78,11 +41,11 @@ def instances(tmp_path: Path, database: str, prefix: str) -> dict[str, dict[str,
 
 
 @pytest.fixture
-def envs(tmp_path: Path, database: str) -> Iterator[dict[str, dict[str, str]]]:
+def envs(tmp_path: Path, pg_database: str) -> Iterator[dict[str, dict[str, str]]]:
     asyncio.run(require_redis())
     prefix = random_prefix()
     try:
-        yield instances(tmp_path, database, prefix)
+        yield instances(tmp_path, pg_database, prefix)
     finally:
         asyncio.run(delete_prefix(prefix))
 

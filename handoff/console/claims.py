@@ -19,10 +19,16 @@ async def take(
     """Claim in the queue (atomic, within the limit), then in the database; undone if the database
     says it is no longer waiting (TAKEN). The database's claim is ``actor``'s ``action``, audited
     there."""
-    result = await host.queue.claim(conversation_id, counsellor_id, limit)
-    if result is Claim.CLAIMED and not await host.engine.assign(
-        conversation_id, counsellor_id, actor=actor, action=action, detail=detail
-    ):
-        await host.queue.release(conversation_id, counsellor_id)
-        return Claim.TAKEN
+    try:
+        result = await host.queue.claim(conversation_id, counsellor_id, limit)
+        if result is Claim.CLAIMED and not await host.engine.assign(
+            conversation_id, counsellor_id, actor=actor, action=action, detail=detail
+        ):
+            await host.queue.release(conversation_id, counsellor_id)
+            return Claim.TAKEN
+    except Exception:
+        # The queue and the database may disagree now (the queue's claim made and the database's
+        # not, or the queue's answer lost): the watchdog makes the queue again from the database.
+        host.engine.queue_dirty = True
+        raise
     return result
