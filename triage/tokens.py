@@ -417,7 +417,9 @@ class Tokenizer:
         if not spans:
             return None
         respelled = respell(norm, spans)
-        return respelled, self._tokens_of(respelled)
+        # Typed in kana or not is a fact of the text as written: the kanji just spelt in must not
+        # make a message typed in kana look converted (its other words then lose their kana readings).
+        return respelled, self._tokens_of(respelled, kana_typed)
 
     def _spell_out_all(
         self, norm: Normalized, tokens: list[Token], kana_typed: bool
