@@ -130,8 +130,17 @@ def compose() -> dict[str, Any]:
 
 def test_compose_runs_postgres_redis_two_instances_and_the_proxy() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "tsunagi-1", "tsunagi-2", "caddy"}
+    assert set(services) == {"postgres", "redis", "tsunagi-1", "tsunagi-2", "worker", "caddy"}
     instances = {name: s for name, s in services.items() if name.startswith("tsunagi-")}
+    # The instances take traffic only; the inbox and outbox run in `tsunagi worker` processes, with the
+    # same keys, database and Redis, their /healthz and /metrics on a port of their own.
+    worker = services["worker"]
+    assert worker["build"] == "." and worker["command"][:2] == ["tsunagi", "worker"]
+    assert "--metrics-port" in worker["command"] and "9100" in str(worker["healthcheck"]["test"])
+    assert worker["deploy"]["replicas"] >= 2 and "ports" not in worker
+    assert worker["depends_on"]["tsunagi-1"]["condition"] == "service_healthy"  # migrated first
+    for key in ("TSUNAGI_DATA_KEY", "TSUNAGI_SECRET_KEY", "TSUNAGI_DATABASE_URL", "TSUNAGI_REDIS_URL"):
+        assert worker["environment"][key] == services["tsunagi-1"]["environment"][key], key
     for name, s in instances.items():
         assert s["build"] == "." and "command" not in s, name  # the image's CMD: tsunagi serve
         env = s["environment"]
@@ -143,6 +152,7 @@ def test_compose_runs_postgres_redis_two_instances_and_the_proxy() -> None:
         )
         assert env["TSUNAGI_REDIS_URL"].startswith("redis://redis:")
         assert env["TSUNAGI_BEHIND_TLS"] == "true"
+        assert env["TSUNAGI_WORKERS"] == "false"
         # Only the mail port is published, on the host's loopback (for its MX); the web goes through Caddy.
         assert all(p.startswith("127.0.0.1:") and p.endswith(":2525") for p in s.get("ports", [])), s["ports"]
     assert services["tsunagi-1"]["depends_on"]["postgres"]["condition"] == "service_healthy"
