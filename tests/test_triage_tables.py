@@ -135,6 +135,10 @@ HELD_OUT_FLOORS = {
     # scored once, blind (0.886 / 0.773 crisis recall, after the estimate pair), then worked on
     "holdout24.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.94},
     "holdout25.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.92},
+    # written blind with holdout24 and 25, sealed through that work, scored once at its end (the README's
+    # estimate: 0.659 / 0.636 crisis recall), then worked on
+    "holdout26.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.04, "category_micro_f1": 0.89},
+    "holdout27.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.04, "category_micro_f1": 0.88},
 }
 
 
