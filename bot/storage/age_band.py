@@ -41,6 +41,24 @@ def _start_with_the_age_band(_mapper: Any, connection: Connection, conv: Convers
         conv.age_band, conv.age_asked = known[0], bool(known[1])
 
 
+@event.listens_for(Conversation, "after_insert")
+def _remember_the_age_band_at_once(_mapper: Any, connection: Connection, conv: Conversation) -> None:
+    """A conversation inserted with its age band already asked (the first message of a crisis asks it in
+    the same transaction that starts the conversation): the contact keeps it too, as an update would."""
+    if not conv.contact_id or not (conv.age_band or conv.age_asked):
+        return
+    session = object_session(conv)
+    key = identity_key(Contact, conv.contact_id)
+    in_hand = session.identity_map.get(key) if session is not None else None
+    if in_hand is not None and (in_hand.age_band, bool(in_hand.age_asked)) == (conv.age_band, conv.age_asked):
+        return  # copied from the contact (a person coming back): nothing new to keep
+    connection.execute(
+        update(Contact)
+        .where(col(Contact.id) == conv.contact_id)
+        .values(age_band=conv.age_band, age_asked=conv.age_asked)
+    )
+
+
 @event.listens_for(Conversation, "before_update")
 def _remember_the_age_band(_mapper: Any, connection: Connection, conv: Conversation) -> None:
     if not conv.contact_id:
