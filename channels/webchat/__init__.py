@@ -231,21 +231,29 @@ class WebChatChannel(Channel):
         contact = None
         if isinstance(resume, str) and 0 < len(resume) <= TOKEN_MAX:
             contact = await self._guard(self._contact(resume))
-        token = resume if contact is not None and isinstance(resume, str) else secrets.token_urlsafe(32)
-        await ws.send_json({"type": "session", "token": token})
-        if contact is None:
+        session_due = False
+        if contact is None or not isinstance(resume, str):
+            # A new person: the contact is stored before its token is handed out, so that a token the
+            # page keeps always resumes (a database lost under the first hello leaves no token behind).
+            token = secrets.token_urlsafe(32)
             handled = await self._guard(
                 self.receive(Inbound(channel=self.name, user_id=token, kind=Kind.FOLLOW))
             )
-            # Registered before anything else can run, so that the welcome finds the socket.
+            # Registered before anything else can run, so that the welcome finds the socket; the session
+            # frame takes the socket's lock first, so it is still the first frame.
             client = _Client(ws, handled.contact_id, handled.conversation_id, State.WELCOME)
             self.clients.setdefault(client.contact_id, set()).add(client)
+            session_due = True
         else:
+            token = resume
+            await ws.send_json({"type": "session", "token": token})
             conversation_id, conv = await self._guard(self._replay(ws, contact))
             client = _Client(ws, contact.id, conversation_id, conv.state if conv else State.NEW)
             self.clients.setdefault(contact.id, set()).add(client)
         conversation_id = client.conversation_id
         try:
+            if session_due:
+                await client.send({"type": "session", "token": token})
             await self._presence(client.contact_id, Presence.CONNECTED)
             if conversation_id:
                 await self._guard(self.host.send_due(conversation_id))
