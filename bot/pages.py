@@ -76,8 +76,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for name, value in self.headers.items():
                     if name not in headers:
@@ -88,7 +92,24 @@ class SecurityHeaders:
                     ]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # A failure below answers 500 here, with the headers (Starlette's own 500 is sent outside every
+            # middleware, bare); the error goes on up, to be logged, with the answer already sent.
+            if not started:
+                await send_with_headers(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", b"21"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            raise
 
 
 def _secure(cookie: bytes) -> bytes:

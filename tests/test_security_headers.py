@@ -132,3 +132,21 @@ def test_a_page_keeps_its_own_policy_and_an_answer_gets_the_strict_default(tmp_p
             assert not re.search(r"<style|\sstyle=|\son[a-z]+=|javascript:", html, re.I), page
             for script in re.findall(r"<script\b[^>]*>", html, re.I):
                 assert "src=" in script or 'type="application/json"' in script, (page, script)
+
+
+@pytest.mark.parametrize("behind_tls", [False, True], ids=["plain", "behind-tls"])
+def test_a_failure_inside_is_answered_500_with_the_headers(tmp_path: Path, behind_tls: bool) -> None:
+    """A route that fails (the database gone, a bug) answers a bare 500 from Starlette's outermost layer
+    unless the headers' middleware answers it itself: it does, and the error is still raised to be logged."""
+    app = create_app(make_settings(tmp_path, behind_tls=behind_tls))
+
+    @app.get("/fails")
+    async def fails() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/fails")
+        assert response.status_code == 500 and response.text == "Internal Server Error"
+        check_headers("GET /fails (500)", response, behind_tls=behind_tls)
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a bug"):
+        client.get("/fails")
