@@ -523,7 +523,7 @@ def test_an_expired_session_is_refused(client: TestClient) -> None:
         past = utcnow() - timedelta(minutes=1)
         await s.execute(
             update(ConsoleSession)
-            .where(col(ConsoleSession.id) == token_id(amy.token))
+            .where(col(ConsoleSession.id) == token_id(amy.token, secret(client)))
             .values(expires_at=past, last_seen_at=past - timedelta(hours=1))
         )
 
@@ -547,7 +547,27 @@ def test_passwords_are_argon2id_and_the_session_table_holds_no_token(client: Tes
     assert len(sessions) == 1
     stored = json.dumps([s.model_dump(mode="json") for s in sessions])
     assert amy.token not in stored
-    assert sessions[0].id == hashlib.sha256(amy.token.encode()).hexdigest()
+    assert sessions[0].id == token_id(amy.token, secret(client))  # signed with TSUNAGI_SECRET_KEY
+    assert sessions[0].id != hashlib.sha256(amy.token.encode()).hexdigest()
+
+
+def secret(client: TestClient) -> bytes:
+    return service(client).settings.resolved_secret_key.encode()
+
+
+def test_a_new_secret_key_ends_every_session(tmp_path: Path) -> None:
+    """TSUNAGI_SECRET_KEY signs the sessions: after it is changed (rotated, or a leak), no cookie made under
+    the old one is accepted, and logging in again works."""
+    settings = make_settings(tmp_path, secret_key="the first secret key " * 2)
+    with TestClient(create_app(settings)) as client:
+        amy = account(client, "amy")
+        assert amy.get("me").status_code == 200
+    rotated = make_settings(tmp_path, secret_key="the second secret key " * 2)
+    assert rotated.resolved_database_url == settings.resolved_database_url
+    with TestClient(create_app(rotated)) as client:
+        client.cookies.set(COOKIE, amy.token)
+        assert client.get("/api/console/me").status_code == 401
+        assert login(client, "amy").get("me").status_code == 200
 
 
 # -- 3. the first start --------------------------------------------------------------------------------

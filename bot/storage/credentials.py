@@ -11,6 +11,7 @@ handoff/console/auth.py).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,8 +58,10 @@ def one_time_password() -> str:
     return "".join(secrets.choice(_READABLE) for _ in range(16))
 
 
-def token_id(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def token_id(token: str, key: bytes) -> str:
+    """A session's id: the cookie's token signed with TSUNAGI_SECRET_KEY. The database holds only this, so
+    its rows cannot be replayed as cookies, and a new secret key ends every session."""
+    return hmac.new(key, f"console-session:{token}".encode(), hashlib.sha256).hexdigest()
 
 
 def password_problem(password: str) -> str | None:
@@ -106,7 +109,14 @@ async def rate_limited(s: AsyncSession, keys: list[str], now: datetime) -> bool:
 
 
 async def login(
-    s: AsyncSession, username: str, password: str, *, keys: list[str], hours: int, now: datetime
+    s: AsyncSession,
+    username: str,
+    password: str,
+    *,
+    keys: list[str],
+    hours: int,
+    now: datetime,
+    secret: bytes,
 ) -> tuple[str, ConsoleSession, Counsellor] | None:
     """A new session for the right username and password (None otherwise, with the failure counted)."""
     counsellor = await s.scalar(select(Counsellor).where(col(Counsellor.username) == username))
@@ -124,7 +134,7 @@ async def login(
     token = secrets.token_urlsafe(32)
     assert counsellor.id is not None
     session = ConsoleSession(
-        id=token_id(token),
+        id=token_id(token, secret),
         counsellor_id=counsellor.id,
         csrf_token=secrets.token_urlsafe(32),
         created_at=now,
@@ -136,10 +146,12 @@ async def login(
     return token, session, counsellor
 
 
-async def current(s: AsyncSession, token: str | None, *, hours: int, now: datetime) -> Me | None:
+async def current(
+    s: AsyncSession, token: str | None, *, hours: int, now: datetime, secret: bytes
+) -> Me | None:
     if not token or len(token) > 100:
         return None
-    session = await s.get(ConsoleSession, token_id(token))
+    session = await s.get(ConsoleSession, token_id(token, secret))
     if session is None or session.expires_at <= now:
         return None
     counsellor = await s.get(Counsellor, session.counsellor_id)

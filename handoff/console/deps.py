@@ -37,8 +37,10 @@ class Console:
     outcome_codes: set[str] = field(init=False)
     rule_risk: dict[str, Risk] = field(init=False)  # each triage rule's risk, by its id
     referral_names: dict[str, str] = field(init=False)
+    secret: bytes = field(init=False)  # TSUNAGI_SECRET_KEY: signs the session cookies' tokens
 
     def __post_init__(self) -> None:
+        self.secret = self.settings.resolved_secret_key.encode()
         self.content = load_console_content()
         self.outcome_codes = {o["code"] for o in self.content["outcomes"]}
         self.rule_risk = {r.id: r.risk for r in self.host.engine.triage.rules.rules}
@@ -73,7 +75,9 @@ ConsoleDep = Annotated[Console, Depends(the_console)]
 async def authenticated(request: Request, cx: ConsoleDep) -> Me:
     """The session behind the cookie; on unsafe methods, its CSRF token too."""
     async with cx.host.db.session() as s, s.begin():
-        me = await current(s, request.cookies.get(COOKIE), hours=cx.settings.session_hours, now=utcnow())
+        me = await current(
+            s, request.cookies.get(COOKIE), hours=cx.settings.session_hours, now=utcnow(), secret=cx.secret
+        )
     if me is None:
         raise HTTPException(401, "log in first")
     if request.method not in SAFE_METHODS and not csrf_ok(me, request.headers.get(CSRF_HEADER)):

@@ -27,7 +27,9 @@ async def live(ws: WebSocket, cx: ConsoleDep) -> None:
         await ws.close(code=1008)  # a page of another site must not listen
         return
     async with cx.host.db.session() as s, s.begin():
-        me = await current(s, ws.cookies.get(COOKIE), hours=cx.settings.session_hours, now=utcnow())
+        me = await current(
+            s, ws.cookies.get(COOKIE), hours=cx.settings.session_hours, now=utcnow(), secret=cx.secret
+        )
     if me is None or me.must_change_password:
         await ws.close(code=1008)
         return

@@ -42,7 +42,15 @@ async def do_login(body: LoginIn, request: Request, response: Response, cx: Cons
         if await rate_limited(s, keys, now):
             svc.failures.login_failed(refused=True)
             raise HTTPException(429, "too many failed logins: wait a few minutes")
-        done = await login(s, body.username, body.password, keys=keys, hours=settings.session_hours, now=now)
+        done = await login(
+            s,
+            body.username,
+            body.password,
+            keys=keys,
+            hours=settings.session_hours,
+            now=now,
+            secret=cx.secret,
+        )
         if done is not None:
             token, session, counsellor = done
             audit_write.record(s, actor=counsellor.username, action="login")
