@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -17,6 +18,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x7473756E61676901  # the advisory lock's key: "tsunagi" and 1, any fixed number of ours
 # A connection idle in the pool this long is checked before use (one round trip): a database restarted
 # meanwhile costs no request. One in steady use is not (SQLAlchemy's pre-ping would cost three round trips
 # on every checkout with asyncpg: BEGIN, a ping, ROLLBACK); if the server went away under it, the error
@@ -63,8 +65,35 @@ class Database:
         )
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest revision (Alembic runs on its own engine, in a thread)."""
-        await asyncio.to_thread(command.upgrade, alembic_config(self.url), "head")
+        """Bring the schema to the newest revision (Alembic runs on its own engine, in a thread). Instances
+        starting at once take turns: the first migrates, the others then find the schema at head."""
+        async with self._migration_lock():
+            await asyncio.to_thread(command.upgrade, alembic_config(self.url), "head")
+
+    @asynccontextmanager
+    async def _migration_lock(self) -> AsyncIterator[None]:
+        """PostgreSQL: a session advisory lock, on a connection of its own (released if the process dies).
+        SQLite: an exclusive lock on a file beside the database (an in-memory database needs none)."""
+        if not self.is_sqlite:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+                try:
+                    yield
+                finally:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            return
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            yield
+            return
+        lock = await asyncio.to_thread(Path(f"{path}.migrate-lock").open, "a+b")
+        with lock:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -94,6 +95,31 @@ async def test_migrations_match_the_models_and_can_run_twice(database_url: str) 
 
         async with db.engine.connect() as conn:
             assert await conn.run_sync(diff) == []
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+        head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+        assert [v for (v,) in versions] == [head]
+    finally:
+        await db.dispose()
+
+
+async def test_instances_starting_together_migrate_one_after_the_other(database_url: str) -> None:
+    """Several instances started at once on a new release (compose up, a restart of every instance) each
+    run the migrations at start: one migrates, the others wait for its lock and find the schema at head
+    (without the lock they create the same tables at once and all but one fail to start)."""
+    script = "import asyncio, sys; from bot.db import Database; asyncio.run(Database(sys.argv[1]).migrate())"
+    # Processes, as instances are: Alembic's context is one per process.
+    starts = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, database_url, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    for p in starts:
+        _, err = await asyncio.wait_for(p.communicate(), timeout=120)
+        assert p.returncode == 0, err.decode()[-2000:]
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
         head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
         assert [v for (v,) in versions] == [head]
