@@ -144,6 +144,9 @@ def _route(scope: Scope) -> str:
     return path if isinstance(path, str) and path else "-"
 
 
+PROBES = frozenset({"/healthz", "/metrics"})
+
+
 class RequestLog:
     """ASGI middleware: a request id for every HTTP request and WebSocket (in ``request_id`` while it is
     handled, and back in the ``X-Request-ID`` response header), and one access line when it ends."""
@@ -181,7 +184,11 @@ class RequestLog:
                 status.append(500)
             raise
         finally:
-            access.info(
+            # A probe's success (a health check every few seconds, a scrape every 15) is routine: at DEBUG,
+            # so that the access log at INFO shows what people and platforms asked; a failing probe stays.
+            quiet = scope.get("path") in PROBES and bool(status) and status[0] < 400
+            access.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "%s %s %s %.1fms",
                 scope.get("method", "WS") if scope["type"] == "http" else "WS",
                 _route(scope),
