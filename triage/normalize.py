@@ -553,6 +553,10 @@ class Normalizer:
         if not unicodedata.is_normalized("NFKC", t):
             nfkc = self._nfkc_bmp if _BEYOND_BMP.search(t) is None else self._nfkc
             t, origin = _rewrite(t, origin, nfkc, lambda m: unicodedata.normalize("NFKC", m.group()))
+        if _MACRON.search(t):
+            # Long vowels of romaji written with a macron or a circumflex (okujō, arigatō, sayônara):
+            # spelt out (okujou), as the romaji reader knows them
+            t, origin = _rewrite(t, origin, _MACRON, lambda m: _MACRON_SPELT[m.group()])
         if _LATIN_WORD.search(t):
             # Romaji (shinitai, sinitai): read as kana. Hepburn and keyboard spellings both.
             romaji = _romaji_text(t)
@@ -729,6 +733,20 @@ def _join_spread(t: str, origin: list[int]) -> tuple[str, list[int]]:
 # A run of Latin letters (after NFKC: full-width letters are ASCII here), with the apostrophe
 # of kon'ya and the hyphen of long vowels.
 _LATIN_WORD = re.compile("[A-Za-z][A-Za-z'\\-]{2,}")
+# Romaji long vowels with a macron or a circumflex, only after a Latin letter (okujō; not a lone ō)
+_MACRON_SPELT = {
+    "ā": "aa",
+    "ī": "ii",
+    "ū": "uu",
+    "ē": "ei",
+    "ō": "ou",
+    "â": "aa",
+    "î": "ii",
+    "û": "uu",
+    "ê": "ei",
+    "ô": "ou",
+}
+_MACRON = re.compile("(?<=[A-Za-z])[āīūēōâîûêô]")
 _LATIN_LETTERS = re.compile("[A-Za-z]")
 _JA_LETTERS = re.compile(f"[{JA_CHARS}]")
 # Latin words that are words of their own in Japanese writing, never romaji for kana.
