@@ -140,7 +140,8 @@ def test_headers_sent_slowly_are_cut_off_while_everyone_else_is_served(port: int
             except TimeoutError:
                 pass
         assert closed_after is not None, "the slow client kept its connection"
-    assert READ_TIMEOUT <= closed_after < READ_TIMEOUT + 3
+    # The server's clock starts when the connection is accepted, a moment before this test's own.
+    assert READ_TIMEOUT - 0.5 <= closed_after < READ_TIMEOUT + 3
 
 
 def test_a_body_sent_slowly_gets_408(port: int) -> None:
