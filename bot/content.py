@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from bot.hours import Hours, HoursError
-from triage import Category
+from triage import Category, yamlfile
 from triage.normalize import fold
 from triage.paths import CONTENT_DIR
 from triage.ruleset import ContentError
@@ -458,7 +458,7 @@ def _check_fields(template: str, allowed: set[str], where: str) -> None:
 def _load(path: Path) -> Any:
     try:
         with path.open(encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
+            return yamlfile.load(f) or {}
     except FileNotFoundError as e:
         raise ContentError(f"{path}: missing") from e
     except yaml.YAMLError as e:

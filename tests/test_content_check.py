@@ -267,3 +267,23 @@ def test_no_referral_id_is_written_in_code() -> None:
         if re.search(rf"[\"']{re.escape(i)}[\"']", p.read_text(encoding="utf-8"))
     ]
     assert found == []
+
+
+@pytest.mark.parametrize("name", ["triage/lexicon.yaml", "messages.yaml", "console.yaml"])
+def test_a_key_written_twice_is_named_with_its_lines(copy: Path, name: str) -> None:
+    """A concept, a message or a console entry defined again further down would silently replace the
+    first (PyYAML keeps the later one): the service refuses it and the check names the key and both lines."""
+    path = copy / name
+    lines = path.read_text(encoding="utf-8").splitlines()
+    top_level = re.compile(r"^[A-Za-z_]\w*:")
+    # The file's first key one level in, written again as the last key of the same mapping.
+    first = next(i for i, line in enumerate(lines) if re.match(r"^  [A-Za-z_]\w*:", line))
+    end = next((i for i in range(first + 1, len(lines)) if top_level.match(lines[i])), len(lines))
+    key = lines[first].strip().split(":", 1)[0]
+    lines.insert(end, f"  {key}: {{}}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    problems = check(copy)
+
+    twice = f"the key '{key}' is written twice (first on line {first + 1})"
+    assert any(twice in p and f"line {end + 1}" in p for p in problems), problems

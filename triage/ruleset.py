@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from triage import yamlfile
 from triage.normalize import NormalizerConfig, fold
 from triage.paths import CONTENT_DIR
 from triage.types import RISK_ORDER, Category, Risk
@@ -193,7 +194,7 @@ TRIE_END = "\0"  # the key under which a trie node keeps the terms ending there
 def _load_yaml(path: Path) -> Any:
     try:
         with path.open(encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yamlfile.load(f)
     except (OSError, yaml.YAMLError) as e:
         raise ContentError(f"{path}: {e}") from e
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from triage import yamlfile
 from triage.paths import CONTENT_ROOT
 from triage.ruleset import ContentError
 
@@ -39,7 +40,7 @@ def load_console_content(root: Path = CONTENT_ROOT) -> dict[str, Any]:
     path = root / FILE
     try:
         with path.open(encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yamlfile.load(f)
     except OSError as e:
         raise ContentError(f"{path}: {e.strerror or e}") from e
     except yaml.YAMLError as e:
