@@ -119,9 +119,10 @@ HELD_OUT_FLOORS = {
     "holdout13.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
     "holdout14.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.09, "category_micro_f1": 0.9},
     "holdout15.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.08, "category_micro_f1": 0.9},
-    # scored once, blind, and not yet worked on: the floors sit under their blind figures
-    "holdout16.jsonl": {"crisis_recall": 0.75, "under_triage_rate": 0.17, "category_micro_f1": 0.84},
-    "holdout17.jsonl": {"crisis_recall": 0.62, "under_triage_rate": 0.18, "category_micro_f1": 0.83},
+    # scored once, blind (0.796 / 0.653 crisis recall), left unfitted as an estimate for several rounds,
+    # then worked on (with holdout20/21) once a new sealed pair took their place
+    "holdout16.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.06, "category_micro_f1": 0.91},
+    "holdout17.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.06, "category_micro_f1": 0.91},
     # scored once, blind (0.84 / 0.86 crisis recall), then worked on
     "holdout18.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
     "holdout19.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.95},
@@ -129,9 +130,9 @@ HELD_OUT_FLOORS = {
     "holdout22.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.93},
     "holdout23.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.95},
     # written blind with holdout18 and 19, kept sealed through all the work, scored once at the end (the
-    # README's estimate) and not worked on: the floors sit under their blind figures
-    "holdout20.jsonl": {"crisis_recall": 0.84, "under_triage_rate": 0.09, "category_micro_f1": 0.91},
-    "holdout21.jsonl": {"crisis_recall": 0.92, "under_triage_rate": 0.09, "category_micro_f1": 0.9},
+    # README's estimate: 0.860 / 0.940), left unfitted for several rounds, then worked on with holdout16/17
+    "holdout20.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.05, "category_micro_f1": 0.93},
+    "holdout21.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.04, "category_micro_f1": 0.92},
     # scored once, blind (0.886 / 0.773 crisis recall, after the estimate pair), then worked on
     "holdout24.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.94},
     "holdout25.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.02, "category_micro_f1": 0.92},
