@@ -39,6 +39,15 @@ SPELLINGS = [
     ("こんや しぬ つもり", "crisis", []),
     # northern ぐ for く (居ねぐなった, 帰りたぐねぇ)
     ("おれなんか居ねぐなったほうがいいべ", "high", []),
+    # a verb the dictionary reads as another in a form that is no grammar where it stands: いき
+    # before て is 生きる (行く's is いっ), しん before だ is 死ぬ (not 芯, not 知れる)
+    ("いきてるいみがわかんない", "high", ["いきてるいみがわかんない"]),
+    ("もういきとってもしゃあないわ", "high", []),
+    ("しんだららくになれるかな", "high", []),
+    ("しんだほうがましだとおもう", "high", []),
+    ("なんかもうしんでしまいたい", "high", []),
+    # quotes typed on a Latin keyboard around kana ("しにたい"): read as 「」
+    ('ノートに"しにたい"ってかいてあった', "high", []),
 ]
 
 
@@ -67,6 +76,16 @@ HARMLESS_HOMOPHONES = [
     "しぬほどねむい",  # the idiom, typed in kana
     "がちゃがちゃまわしたらあたった",  # a sound word typed twice stays one word
     "ぴんぽんぴんぽん、たくはいきたよ",  # the doorbell, not a repeated wish
+    # いき before たい is 行く's own form (行きたい): not read as 生きる
+    "あしたはやくいきたいな",
+    "いきたいところがいっぱいある",
+    "いきてかえってきたよ、ぶじでよかった",  # alive and back, no wish at all
+    # しん before だ where it is a word of its own (本心だ, 確信だった, 地震だった)
+    "ほんしんだよ、うそじゃない",
+    "かれはかくしんだった",
+    "きのうのじしんだいじょうぶだった？",
+    "しんでれらのえほんをよんだ",  # Cinderella, not しんで
+    'ノートに"すき"ってかいた',  # quotes read as 「」 change nothing else
 ]
 
 

@@ -188,6 +188,15 @@ _LOAN_MARKS = re.compile("[ーァィゥェォッヴ]")
 _KANJI_CHAR = re.compile(f"[{KANJI}]")
 _JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
+_ICHIDAN = "1"  # the stem of a verb of one row (いき of 生きる)
+_ONBIN = "5"  # the form of a verb of five rows before だ and で (しん of 死ぬ)
+# The dictionary form of a verb of five rows whose 連用形 before て or た is a sound change (行く:
+# 行って, not 行きて): its plain 連用形 there is no grammar (サ行 is: 話して).
+_ONBIN_LEMMA_END = frozenset("くぐつぬぶむう")
+# What makes a 連用形 of five rows no grammar after it, by lemma: て and た (not たい: 行きたい),
+# and their contractions and dialect forms (いき|てる, いき|とっても: 生きとっても, いき|ちゃう).
+_TE_TA = frozenset({"て", "た", "てる", "ちゃう", "じゃう", "ちまう", "とる", "とく"})
+_TE_DIALECT = ("とっ", "ちゃ", "ちま")
 # lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown,
 # katakana only, the sequence patterns indexed under the keys, the reading keys of a word written in
 # kana and their patterns (used when the message is typed in kana)
@@ -228,6 +237,9 @@ class Tokenizer:
         self._loans_by_first: dict[str, tuple[str, ...]] = {}
         # The same by their hiragana, long marks also as vowels (ろおぷ: ロープ), for romaji.
         self.loan_kana: dict[str, str] = {}
+        # The lexicon's verbs by a short form (いき: 生きる; しん: 死ぬ), marked by the kind of
+        # form (_ICHIDAN, _ONBIN): see _conjugation_keys.
+        self._stems: dict[str, tuple[str, ...]] = {}
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -237,6 +249,7 @@ class Tokenizer:
         forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん). And the
         lexicon's loanwords typed in hiragana (べらんだ: ベランダ, cut べ|らんだ)."""
         trie: dict[str, Any] = {}
+        stems: dict[str, set[str]] = {}
         by_first: dict[str, list[str]] = {}
         for word in sorted(loans):
             if self._learn_loan(trie, word):
@@ -253,6 +266,7 @@ class Tokenizer:
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
                 for kana, spelling, after in _forms(word, nodes[0].feature):
                     self._learn(trie, kana, spelling, after)
+                self._learn_stems(word, nodes[0].feature, stems)
         for pair in sorted(pairs):
             # a noun and a verb (腕切る): the noun's reading before each form of the verb
             # (うできっ before て: 腕切っ), where kana typed cut them as う|できる
@@ -281,6 +295,22 @@ class Tokenizer:
                 self._learn(trie, noun_kana + kana, noun + spelling, after, (len(noun_kana), len(noun)))
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
+        self._stems = {k: tuple(sorted(v)) for k, v in stems.items()}
+
+    @staticmethod
+    def _learn_stems(word: str, f: Any, stems: dict[str, set[str]]) -> None:
+        """The short forms of a verb of the lexicon that a word typed in kana may be read for when
+        the dictionary's own reading of it is no grammar (see ``_conjugation_keys``): the stem of a
+        verb of one row (いき of 生きる) and the form of a verb of five rows before だ and で (しん of
+        死ぬ, のん of 飲む)."""
+        reading = katakana_to_hiragana(f.kanaBase or f.lForm or "")
+        ctype = f.cType or ""
+        if len(reading) < 2 or not word.endswith(reading[-1]):
+            return
+        if ctype.startswith(("上一段", "下一段")) and len(reading) >= 3:
+            stems.setdefault(_ICHIDAN + reading[:-1], set()).add(word)
+        elif ctype in ("五段-ナ行", "五段-バ行", "五段-マ行") and len(reading) >= 2:
+            stems.setdefault(_ONBIN + reading[:-1] + "ん", set()).add(word)
 
     def _learn_loan(self, trie: dict[str, Any], word: str) -> bool:
         """A katakana word of the lexicon, as typed in hiragana: learnt when the dictionary knows
@@ -540,7 +570,46 @@ class Tokenizer:
                 )
             )
             pos = start + len(surface)
+        if kana_typed and self._stems:
+            self._conjugation_keys(out)
         return out
+
+    def _conjugation_keys(self, tokens: list[Token]) -> None:
+        """Verbs typed in kana that the dictionary read as another verb in a form that is no
+        grammar where it stands, read as the lexicon's verb whose form it is: いき before て read as
+        行く (whose form there is 行っ) is 生きる (いきてる, いきとっても); しん before だ read as 芯 or
+        知れる is 死ぬ (しんだら, しんでしまいたい). Only a whole word of the dictionary's, and only
+        where its own reading cannot be right: 行きたい stays 行く."""
+        stems = self._stems
+        for i in range(len(tokens) - 1):
+            tok = tokens[i]
+            nxt = tokens[i + 1]
+            if not nxt.surface or nxt.start != tok.end:
+                continue
+            head = nxt.surface[0]
+            key = ""
+            if tok.pos1 == "動詞" and tok.cform == "連用形-一般" and tok.lemma[-1:] in _ONBIN_LEMMA_END:
+                if nxt.lemma in _TE_TA or (nxt.pos1 != "動詞" and nxt.surface.startswith(_TE_DIALECT)):
+                    key = _ICHIDAN + katakana_to_hiragana(tok.surface)
+            elif (
+                len(tok.surface) == 2
+                and tok.surface[1] in "んン"
+                and head in "だで"
+                and not (tok.pos1 == "動詞" and tok.cform == "連用形-撥音便")
+            ):
+                key = _ONBIN + katakana_to_hiragana(tok.surface)
+            if not key:
+                continue
+            words = stems.get(key)
+            if words is None:
+                continue
+            new = tuple(w for w in words if w not in tok.keys)
+            if new:
+                tok.keys = tok.keys + new
+                more = self.patterns_for(new)
+                tok.patterns = tok.patterns + tuple(p for p in more if p not in tok.patterns)
+            if key[0] == _ONBIN and "た" not in nxt.keys and nxt.lemma == "だ":
+                nxt.keys = nxt.keys + ("た",)  # しん|だ read as 芯 and the copula: 死ん|だ
 
     def _morph(self, surface: str, f: Any) -> _Morph:
         lemma = _clean_lemma(f.lemma, surface)
