@@ -48,6 +48,14 @@ SPELLINGS = [
     ("なんかもうしんでしまいたい", "high", []),
     # quotes typed on a Latin keyboard around kana ("しにたい"): read as 「」
     ('ノートに"しにたい"ってかいてあった', "high", []),
+    # romaji: the writer's spaces kept where joining would cut their words (ima manin: いま|まんいん,
+    # not い|まま|に|ん); を written o in romaji run together (kubioshimerareta); a loanword with its
+    # long vowel as romaji writes it inside a longer word (ekinohoomu: ホーム); Hepburn zu for づ
+    # (kizuitara: 気づいたら)
+    ("ima manin densha de zutto oshiri sawarareteru", "crisis", ["ima"]),
+    ("kinou karenikubioshimerareta", "crisis", ["kubioshimera"]),
+    ("mou shinu. ekinohoomunohashikkoniiru", "crisis", ["hoomunohashikko"]),
+    ("kizuitara shiranai hoteru ni ita", "high", ["kizuitara shiranai hoteru"]),
 ]
 
 
@@ -86,6 +94,15 @@ HARMLESS_HOMOPHONES = [
     "きのうのじしんだいじょうぶだった？",
     "しんでれらのえほんをよんだ",  # Cinderella, not しんで
     'ノートに"すき"ってかいた',  # quotes read as 「」 change nothing else
+    # kana cut through a particle the dictionary read whole are not respelt (くる|まで: 来るまで,
+    # not 車で; から|だし: から出し, not 体)
+    "かれがくるまでまってる",
+    "おしいれからだしてきた",
+    # romaji: o, wa, e between words read as particles only where a particle stands; kizu is still 傷
+    "okaasan ni aitai",
+    "kyouwaatsuidesune",
+    "ude ni kizu ga aru kedo mou naoru",
+    "ookii kaado wo katta",
 ]
 
 

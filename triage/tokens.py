@@ -169,6 +169,51 @@ def _kana_typed(text: str) -> bool:
     return letters >= 4 and kanji * 8 <= letters
 
 
+_WORD_PARTS = frozenset({"名詞", "代名詞", "動詞", "形容詞", "副詞", "接尾辞"})
+
+
+def _reads_across_particle(first: Token, second: Token) -> bool:
+    """Whether a word of the lexicon over ``first`` and the start of ``second`` (ending inside it)
+    would cut through a particle the dictionary read whole: a word and the particle of two kana
+    or more after it (くる|まで: 来るまで, not 車|で; なか|まで: 中まで, not 仲間|で; さん|から:
+    さんから, not 参加|ら), or a particle of two kana or more and the word after it (から|だし:
+    から出し, not 体|し; なんか|いれ: 何か入れ, not 何回|れ). A cut through a word of the
+    dictionary's own (れん|た|んかっ, う|できっ) is still read as the lexicon's word."""
+    if first.unknown or second.unknown:
+        return False
+    if second.pos1 == "助詞" and len(second.surface) >= 2:
+        return first.pos1 in _WORD_PARTS and len(first.surface) >= 2
+    return first.pos1 == "助詞" and len(first.surface) >= 2
+
+
+# Romaji run together writes the particles を, は, へ as they sound: o, wa, e (kubioshimerareta:
+# くび|お|しめら|れ|た). The lemma the particle has, by the kana read.
+_SPOKEN_PARTICLES = {"お": "を", "わ": "は", "え": "へ"}
+_NOUN_PARTS_OF_SPEECH = frozenset({"名詞", "代名詞"})
+
+
+def _romaji_particles(tokens: list[Token]) -> None:
+    """In a message read from romaji, a lone お, わ or え that the dictionary left between a noun
+    and a verb, adjective or noun is the particle written as it sounds (くび|お|しめら: 首を絞め;
+    あと|わ|すわる: あとは座る): it gets the particle's lemma, so that the lexicon's phrases read
+    through it as through を, は, へ. Not at a sentence's start (お|かあさん), not before a
+    particle or an ending (おばあちゃん|わ|よ)."""
+    for i in range(1, len(tokens) - 1):
+        tok = tokens[i]
+        particle = _SPOKEN_PARTICLES.get(tok.surface)
+        if particle is None:
+            continue
+        before, after = tokens[i - 1], tokens[i + 1]
+        if before.end != tok.start or before.pos1 not in _NOUN_PARTS_OF_SPEECH or before.unknown:
+            continue
+        if after.pos1 not in ("動詞", "形容詞", "名詞", "接頭辞"):
+            continue
+        tok.lemma = particle
+        tok.pos1 = "助詞"
+        if particle not in tok.keys:
+            tok.keys = tok.keys + (particle,)
+
+
 def _keys(*values: str) -> tuple[str, ...]:
     out: list[str] = []
     for v in values:
@@ -223,6 +268,7 @@ class Tokenizer:
         self._cache: dict[str, _Morph] = {}
         self._unknown: dict[tuple[str, str], _Morph] = {}
         self._across: dict[tuple[str, str], bool] = {}  # word_across, by the letters each side
+        self._cuts: dict[tuple[str, str, bool], bool] = {}  # cuts_words, by the two words
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
         # The lexicon's sequence patterns by key word; set by the engine before first use.
@@ -431,6 +477,8 @@ class Tokenizer:
             covered = [t for t in tokens[i:] if t.start < end]
             if end not in ends and covered[-1].lemma == "為る":
                 continue  # ending inside a form of する (どうし|よう is どう+しよう, not 同士)
+            if end not in ends and len(covered) == 2 and _reads_across_particle(covered[0], covered[1]):
+                continue  # くる|まで is not 車|で, から|だし not 体|し
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
@@ -486,6 +534,35 @@ class Tokenizer:
         self._across[key] = across
         return across
 
+    def cuts_words(self, left: str, right: str) -> bool:
+        """Whether the dictionary, reading ``left`` and ``right`` joined, reads a word across the
+        join that starts inside ``left`` or ends inside ``right`` (いま + まんいん: い|まま|ん|いん),
+        not one made of the two whole (とび + おりる: 飛び降りる). Answers are kept."""
+        key = (left, right, True)
+        known = self._cuts.get(key)
+        if known is not None:
+            return known
+        cuts = False
+        pos = 0
+        text = left + right
+        for node in self._tagger(text):
+            start = pos + len(node.white_space)
+            end = start + len(node.surface)
+            if start < len(left) < end:
+                cuts = start > 0 or end < len(text)
+                break
+            pos = end
+        if cuts:
+            # ... and read alone, the right word does not start with a kana the dictionary takes
+            # for a letter (kidesuka: き|です|か, き a symbol; ころす|きですか stays joined)
+            first = next(iter(self._tagger(right)), None)
+            if first is not None and len(first.surface) == 1 and first.feature.pos1 == "記号":
+                cuts = False
+        if len(self._cuts) >= _CACHE_MAX:
+            self._cuts.clear()
+        self._cuts[key] = cuts
+        return cuts
+
     def reading(self, word: str) -> str:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
         return katakana_to_hiragana("".join(n.feature.kana or n.surface for n in self._tagger(word)))
@@ -512,6 +589,8 @@ class Tokenizer:
             # Katakana written for kanji or hiragana words (ｼﾆﾀｲ -> シニタイ -> 四/二/タイ):
             # read the broken runs as hiragana; the length is the same, so offsets hold.
             tokens = self._tokenize(self._hiraganize_broken_runs(norm, tokens), kana_typed)
+        if norm.ends:
+            _romaji_particles(tokens)
         if norm.emoji:
             tokens = self._insert_marks(tokens, norm)
         return tokens
