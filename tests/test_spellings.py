@@ -98,6 +98,8 @@ HARMLESS_HOMOPHONES = [
     # not 車で; から|だし: から出し, not 体)
     "かれがくるまでまってる",
     "おしいれからだしてきた",
+    # nor a noun over a verb whose ending follows (どう|し|たら: not 同士)
+    "あしたのしゅくだいどうしたらいい？",
     # romaji: o, wa, e between words read as particles only where a particle stands; kizu is still 傷
     "okaasan ni aitai",
     "kyouwaatsuidesune",

@@ -169,6 +169,15 @@ def _kana_typed(text: str) -> bool:
     return letters >= 4 and kanji * 8 <= letters
 
 
+def _ending_follows(tokens: list[Token], k: int) -> bool:
+    """Whether the word at ``k`` is an ending a verb takes (た, たら, ない, て), right after the
+    word before it: the verb the dictionary read there goes on as a verb."""
+    if k >= len(tokens) or tokens[k].start != tokens[k - 1].end:
+        return False
+    nxt = tokens[k]
+    return nxt.pos1 == "助動詞" or (nxt.pos1 == "助詞" and nxt.pos2 == "接続助詞")
+
+
 _WORD_PARTS = frozenset({"名詞", "代名詞", "動詞", "形容詞", "副詞", "接尾辞"})
 
 
@@ -477,6 +486,14 @@ class Tokenizer:
             covered = [t for t in tokens[i:] if t.start < end]
             if end not in ends and covered[-1].lemma == "為る":
                 continue  # ending inside a form of する (どうし|よう is どう+しよう, not 同士)
+            if (
+                end in ends
+                and not split[0]
+                and _KANJI_CHAR.match(word[-1])
+                and covered[-1].pos1 == "動詞"
+                and _ending_follows(tokens, i + len(covered))
+            ):
+                continue  # a noun over a verb that goes on: どう|し|たら is not 同士たら
             if end not in ends and len(covered) == 2 and _reads_across_particle(covered[0], covered[1]):
                 continue  # くる|まで is not 車|で, から|だし not 体|し
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
