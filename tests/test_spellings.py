@@ -39,6 +39,23 @@ SPELLINGS = [
     ("こんや しぬ つもり", "crisis", []),
     # northern ぐ for く (居ねぐなった, 帰りたぐねぇ)
     ("おれなんか居ねぐなったほうがいいべ", "high", []),
+    # a verb the dictionary reads as another in a form that is no grammar where it stands: いき
+    # before て is 生きる (行く's is いっ), しん before だ is 死ぬ (not 芯, not 知れる)
+    ("いきてるいみがわかんない", "high", ["いきてるいみがわかんない"]),
+    ("もういきとってもしゃあないわ", "high", []),
+    ("しんだららくになれるかな", "high", []),
+    ("しんだほうがましだとおもう", "high", []),
+    ("なんかもうしんでしまいたい", "high", []),
+    # quotes typed on a Latin keyboard around kana ("しにたい"): read as 「」
+    ('ノートに"しにたい"ってかいてあった', "high", []),
+    # romaji: the writer's spaces kept where joining would cut their words (ima manin: いま|まんいん,
+    # not い|まま|に|ん); を written o in romaji run together (kubioshimerareta); a loanword with its
+    # long vowel as romaji writes it inside a longer word (ekinohoomu: ホーム); Hepburn zu for づ
+    # (kizuitara: 気づいたら)
+    ("ima manin densha de zutto oshiri sawarareteru", "crisis", ["ima"]),
+    ("kinou karenikubioshimerareta", "crisis", ["kubioshimera"]),
+    ("mou shinu. ekinohoomunohashikkoniiru", "crisis", ["hoomunohashikko"]),
+    ("kizuitara shiranai hoteru ni ita", "high", ["kizuitara shiranai hoteru"]),
 ]
 
 
@@ -67,6 +84,27 @@ HARMLESS_HOMOPHONES = [
     "しぬほどねむい",  # the idiom, typed in kana
     "がちゃがちゃまわしたらあたった",  # a sound word typed twice stays one word
     "ぴんぽんぴんぽん、たくはいきたよ",  # the doorbell, not a repeated wish
+    # いき before たい is 行く's own form (行きたい): not read as 生きる
+    "あしたはやくいきたいな",
+    "いきたいところがいっぱいある",
+    "いきてかえってきたよ、ぶじでよかった",  # alive and back, no wish at all
+    # しん before だ where it is a word of its own (本心だ, 確信だった, 地震だった)
+    "ほんしんだよ、うそじゃない",
+    "かれはかくしんだった",
+    "きのうのじしんだいじょうぶだった？",
+    "しんでれらのえほんをよんだ",  # Cinderella, not しんで
+    'ノートに"すき"ってかいた',  # quotes read as 「」 change nothing else
+    # kana cut through a particle the dictionary read whole are not respelt (くる|まで: 来るまで,
+    # not 車で; から|だし: から出し, not 体)
+    "かれがくるまでまってる",
+    "おしいれからだしてきた",
+    # nor a noun over a verb whose ending follows (どう|し|たら: not 同士)
+    "あしたのしゅくだいどうしたらいい？",
+    # romaji: o, wa, e between words read as particles only where a particle stands; kizu is still 傷
+    "okaasan ni aitai",
+    "kyouwaatsuidesune",
+    "ude ni kizu ga aru kedo mou naoru",
+    "ookii kaado wo katta",
 ]
 
 

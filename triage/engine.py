@@ -91,7 +91,10 @@ class Engine:
         self.tokenizer.learn_words(self.rules.kanji_words, self.rules.loan_words, self.rules.kanji_pairs)
         self.tokenizer.index = self.rules.seq_index
         self.normalizer = Normalizer(
-            self.rules.normalizer, word_across=self.tokenizer.word_across, loans=self.tokenizer.loan_kana
+            self.rules.normalizer,
+            word_across=self.tokenizer.word_across,
+            loans=self.tokenizer.loan_kana,
+            cuts_words=self.tokenizer.cuts_words,
         )
         ctx = self.rules.context
         self._ctx = ctx

@@ -450,6 +450,7 @@ class Normalizer:
         config: NormalizerConfig,
         word_across: Callable[[str, str], bool] | None = None,
         loans: dict[str, str] | None = None,
+        cuts_words: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.config = config
         # The lexicon's loanwords by their hiragana (ろーぷ, ろおぷ: ロープ): a romaji word that
@@ -457,6 +458,9 @@ class Normalizer:
         self.loans: dict[str, str] = loans or {}
         # Tells whether the dictionary reads a word across the join of two strings.
         self.word_across = word_across
+        # ... and whether that word cuts one of the two in pieces (romaji words joined: ima manin
+        # read いまま|ん, not いま|まんいん).
+        self.cuts_words = cuts_words
         self._nfkc = _nfkc_class()
         # The same for text without letters beyond U+FFFF (nearly all): a class of such letters
         # alone is looked up in a table, one with letters beyond is tried range by range.
@@ -564,11 +568,16 @@ class Normalizer:
                 t,
                 origin,
                 _LATIN_SENTENCE if romaji else _LATIN_WORD,
-                _romaji_reader(t, romaji, self.loans),
+                _romaji_reader(t, romaji, self.loans, self.cuts_words),
                 ends,
             )
             if romaji:
                 t, origin = _rewrite(t, origin, _LATIN_STOPS, lambda m: "。" if m.group() == "." else "、")
+        if '"' in t and _JA_LETTERS.search(t):
+            # Quotes typed on a Latin keyboard ("しにたい"): the dictionary takes " for a symbol
+            # inside the words and cuts the kana after it badly (し|に|たい); read as 「」, one
+            # letter for one, paired in order (a last one left alone stays).
+            t = _japanese_quotes(t)
         if _typed_in_katakana(t):
             # A message typed all in katakana (4ニタイ, ベランダニダサレテ) is read as typed in
             # hiragana, one letter for one: the substitutions are written for hiragana, and
@@ -787,7 +796,27 @@ def _spell(low: str, keyboard: bool) -> str | None:
     kana = str(jaconv.alphabet2kana(low)).replace("'", "")
     if _ROMAJI_REST.search(kana) or kana.endswith("っ") or "っっ" in kana:
         return None
+    if "ず" in kana:
+        # Hepburn writes づ as zu: the words people write with づ (kizuita: 気づいた, tsuzuku:
+        # 続く, chikazuku: 近づく) spelt so, one letter for one
+        kana = _ZU_AS_DU.sub(lambda m: m.group()[:-1] + "づ", kana)
     return kana
+
+
+# ず that is づ in romaji: 気づく (きずい, きずか; not きずつく, 傷つく), 続く, 近づく, 片づける
+_ZU_AS_DU = re.compile(
+    "(?:^|(?<=[^ぁ-ゖ])|(?<=[をはがにでとものへ]))きず(?=[いかきくけこ](?!つ))|つず|ちかず|かたず"
+)
+
+
+def _japanese_quotes(t: str) -> str:
+    """Straight double quotes as 「 and 」, in pairs, in order."""
+    chars = list(t)
+    where = [i for i, c in enumerate(chars) if c == '"']
+    for k in range(0, len(where) - 1, 2):
+        chars[where[k]] = "「"
+        chars[where[k + 1]] = "」"
+    return "".join(chars)
 
 
 def _romaji_text(t: str) -> bool:
@@ -809,7 +838,9 @@ _LATIN_STOPS = re.compile("(?<=[ぁ-ゖー])[.,]")
 _LATIN_SENTENCE = re.compile("[A-Za-z][A-Za-z'\\-]*(?: [A-Za-z][A-Za-z'\\-]*)*")
 
 
-def _romaji_reader(t: str, mostly_latin: bool, loans: dict[str, str]) -> MappedReplacer:
+def _romaji_reader(
+    t: str, mostly_latin: bool, loans: dict[str, str], cuts_words: Callable[[str, str], bool] | None = None
+) -> MappedReplacer:
     """Romaji words as kana. In text written mostly in Latin letters every word that spells
     kana is read; among Japanese, only longer ones (a short Latin word is more often English
     or a name)."""
@@ -820,18 +851,27 @@ def _romaji_reader(t: str, mostly_latin: bool, loans: dict[str, str]) -> MappedR
         spans: list[tuple[int, int]] = []
         pos = 0
         previous_read = False
+        previous = ""
         for k, word in enumerate(m.group().split(" ")):
             read, where = _read_latin(word, mostly_latin, keyboard, loans)
             was_read = read != word
             # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
-            # words read as kana are joined again.
-            if k > 0 and not (mostly_latin and previous_read and was_read):
+            # words read as kana are joined again, unless the dictionary would then read a word
+            # across the join that cuts one of the writer's words (ima manin: いま|まんいん, not
+            # い|まま|に|ん); the space is the writer's word boundary, and stays.
+            if k > 0 and not (
+                mostly_latin
+                and previous_read
+                and was_read
+                and (cuts_words is None or not cuts_words(previous, read))
+            ):
                 text.append(" ")
                 spans.append((pos - 1, pos))
             text.append(read)
             spans.extend((pos + a, pos + b) for a, b in where)
             pos += len(word) + 1
             previous_read = was_read
+            previous = read
         return "".join(text), spans
 
     return repl
@@ -857,10 +897,34 @@ def _read_latin(
             loan = loans.get(kana)
             if loan is not None and len(loan) == len(kana):
                 kana = loan  # roopu: ロープ, one letter for one
+            elif len(kana) >= 5:
+                kana = _loans_inside(kana, loans)  # ekinohoomuniiru: えきのホームにいる
             out.append(kana)
             where.extend((pos + a, pos + b) for a, b in spans)
         pos += len(word)
     return "".join(out), where
+
+
+_LOANS_INSIDE: dict[int, tuple[dict[str, str], re.Pattern[str] | None]] = {}
+
+
+def _loans_inside(kana: str, loans: dict[str, str]) -> str:
+    """The lexicon's loanwords spelt with a long vowel as romaji writes it (ほおむ, ろおぷ,
+    すかあと), found inside a longer word of romaji run together (ekinohoomuniiru), written in
+    katakana, one letter for one (the dictionary reads ほお|む as 頬)."""
+    known = _LOANS_INSIDE.get(id(loans))
+    if known is None or known[0] is not loans:
+        spelt = sorted(
+            (k for k, v in loans.items() if len(k) == len(v) >= 3 and "ー" in v and "ー" not in k),
+            key=len,
+            reverse=True,
+        )
+        known = (loans, re.compile("|".join(map(re.escape, spelt))) if spelt else None)
+        _LOANS_INSIDE[id(loans)] = known
+    pattern = known[1]
+    if pattern is None:
+        return kana
+    return pattern.sub(lambda m: loans[m.group()], kana)
 
 
 _SYLLABLE = re.compile("n'|[^aiueo']*[aiueo]|n(?![aiueoy])|[^aiueo']+$", re.IGNORECASE)

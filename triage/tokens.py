@@ -169,6 +169,60 @@ def _kana_typed(text: str) -> bool:
     return letters >= 4 and kanji * 8 <= letters
 
 
+def _ending_follows(tokens: list[Token], k: int) -> bool:
+    """Whether the word at ``k`` is an ending a verb takes (た, たら, ない, て), right after the
+    word before it: the verb the dictionary read there goes on as a verb."""
+    if k >= len(tokens) or tokens[k].start != tokens[k - 1].end:
+        return False
+    nxt = tokens[k]
+    return nxt.pos1 == "助動詞" or (nxt.pos1 == "助詞" and nxt.pos2 == "接続助詞")
+
+
+_WORD_PARTS = frozenset({"名詞", "代名詞", "動詞", "形容詞", "副詞", "接尾辞"})
+
+
+def _reads_across_particle(first: Token, second: Token) -> bool:
+    """Whether a word of the lexicon over ``first`` and the start of ``second`` (ending inside it)
+    would cut through a particle the dictionary read whole: a word and the particle of two kana
+    or more after it (くる|まで: 来るまで, not 車|で; なか|まで: 中まで, not 仲間|で; さん|から:
+    さんから, not 参加|ら), or a particle of two kana or more and the word after it (から|だし:
+    から出し, not 体|し; なんか|いれ: 何か入れ, not 何回|れ). A cut through a word of the
+    dictionary's own (れん|た|んかっ, う|できっ) is still read as the lexicon's word."""
+    if first.unknown or second.unknown:
+        return False
+    if second.pos1 == "助詞" and len(second.surface) >= 2:
+        return first.pos1 in _WORD_PARTS and len(first.surface) >= 2
+    return first.pos1 == "助詞" and len(first.surface) >= 2
+
+
+# Romaji run together writes the particles を, は, へ as they sound: o, wa, e (kubioshimerareta:
+# くび|お|しめら|れ|た). The lemma the particle has, by the kana read.
+_SPOKEN_PARTICLES = {"お": "を", "わ": "は", "え": "へ"}
+_NOUN_PARTS_OF_SPEECH = frozenset({"名詞", "代名詞"})
+
+
+def _romaji_particles(tokens: list[Token]) -> None:
+    """In a message read from romaji, a lone お, わ or え that the dictionary left between a noun
+    and a verb, adjective or noun is the particle written as it sounds (くび|お|しめら: 首を絞め;
+    あと|わ|すわる: あとは座る): it gets the particle's lemma, so that the lexicon's phrases read
+    through it as through を, は, へ. Not at a sentence's start (お|かあさん), not before a
+    particle or an ending (おばあちゃん|わ|よ)."""
+    for i in range(1, len(tokens) - 1):
+        tok = tokens[i]
+        particle = _SPOKEN_PARTICLES.get(tok.surface)
+        if particle is None:
+            continue
+        before, after = tokens[i - 1], tokens[i + 1]
+        if before.end != tok.start or before.pos1 not in _NOUN_PARTS_OF_SPEECH or before.unknown:
+            continue
+        if after.pos1 not in ("動詞", "形容詞", "名詞", "接頭辞"):
+            continue
+        tok.lemma = particle
+        tok.pos1 = "助詞"
+        if particle not in tok.keys:
+            tok.keys = tok.keys + (particle,)
+
+
 def _keys(*values: str) -> tuple[str, ...]:
     out: list[str] = []
     for v in values:
@@ -188,6 +242,15 @@ _LOAN_MARKS = re.compile("[ーァィゥェォッヴ]")
 _KANJI_CHAR = re.compile(f"[{KANJI}]")
 _JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
+_ICHIDAN = "1"  # the stem of a verb of one row (いき of 生きる)
+_ONBIN = "5"  # the form of a verb of five rows before だ and で (しん of 死ぬ)
+# The dictionary form of a verb of five rows whose 連用形 before て or た is a sound change (行く:
+# 行って, not 行きて): its plain 連用形 there is no grammar (サ行 is: 話して).
+_ONBIN_LEMMA_END = frozenset("くぐつぬぶむう")
+# What makes a 連用形 of five rows no grammar after it, by lemma: て and た (not たい: 行きたい),
+# and their contractions and dialect forms (いき|てる, いき|とっても: 生きとっても, いき|ちゃう).
+_TE_TA = frozenset({"て", "た", "てる", "ちゃう", "じゃう", "ちまう", "とる", "とく"})
+_TE_DIALECT = ("とっ", "ちゃ", "ちま")
 # lemma, dictionary spelling, part of speech (two levels), conjugated form, match keys, unknown,
 # katakana only, the sequence patterns indexed under the keys, the reading keys of a word written in
 # kana and their patterns (used when the message is typed in kana)
@@ -214,6 +277,7 @@ class Tokenizer:
         self._cache: dict[str, _Morph] = {}
         self._unknown: dict[tuple[str, str], _Morph] = {}
         self._across: dict[tuple[str, str], bool] = {}  # word_across, by the letters each side
+        self._cuts: dict[tuple[str, str, bool], bool] = {}  # cuts_words, by the two words
         # Katakana slang of the lexicon (リスカ): a run holding one is slang, not kana for kanji.
         self.known_katakana: frozenset[str] = frozenset()
         # The lexicon's sequence patterns by key word; set by the engine before first use.
@@ -228,6 +292,9 @@ class Tokenizer:
         self._loans_by_first: dict[str, tuple[str, ...]] = {}
         # The same by their hiragana, long marks also as vowels (ろおぷ: ロープ), for romaji.
         self.loan_kana: dict[str, str] = {}
+        # The lexicon's verbs by a short form (いき: 生きる; しん: 死ぬ), marked by the kind of
+        # form (_ICHIDAN, _ONBIN): see _conjugation_keys.
+        self._stems: dict[str, tuple[str, ...]] = {}
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -237,6 +304,7 @@ class Tokenizer:
         forms of verbs (しん before だ: 死ん, cut し|ん|だ; のん before で: 飲ん). And the
         lexicon's loanwords typed in hiragana (べらんだ: ベランダ, cut べ|らんだ)."""
         trie: dict[str, Any] = {}
+        stems: dict[str, set[str]] = {}
         by_first: dict[str, list[str]] = {}
         for word in sorted(loans):
             if self._learn_loan(trie, word):
@@ -253,6 +321,7 @@ class Tokenizer:
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
                 for kana, spelling, after in _forms(word, nodes[0].feature):
                     self._learn(trie, kana, spelling, after)
+                self._learn_stems(word, nodes[0].feature, stems)
         for pair in sorted(pairs):
             # a noun and a verb (腕切る): the noun's reading before each form of the verb
             # (うできっ before て: 腕切っ), where kana typed cut them as う|できる
@@ -281,6 +350,22 @@ class Tokenizer:
                 self._learn(trie, noun_kana + kana, noun + spelling, after, (len(noun_kana), len(noun)))
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
+        self._stems = {k: tuple(sorted(v)) for k, v in stems.items()}
+
+    @staticmethod
+    def _learn_stems(word: str, f: Any, stems: dict[str, set[str]]) -> None:
+        """The short forms of a verb of the lexicon that a word typed in kana may be read for when
+        the dictionary's own reading of it is no grammar (see ``_conjugation_keys``): the stem of a
+        verb of one row (いき of 生きる) and the form of a verb of five rows before だ and で (しん of
+        死ぬ, のん of 飲む)."""
+        reading = katakana_to_hiragana(f.kanaBase or f.lForm or "")
+        ctype = f.cType or ""
+        if len(reading) < 2 or not word.endswith(reading[-1]):
+            return
+        if ctype.startswith(("上一段", "下一段")) and len(reading) >= 3:
+            stems.setdefault(_ICHIDAN + reading[:-1], set()).add(word)
+        elif ctype in ("五段-ナ行", "五段-バ行", "五段-マ行") and len(reading) >= 2:
+            stems.setdefault(_ONBIN + reading[:-1] + "ん", set()).add(word)
 
     def _learn_loan(self, trie: dict[str, Any], word: str) -> bool:
         """A katakana word of the lexicon, as typed in hiragana: learnt when the dictionary knows
@@ -401,6 +486,16 @@ class Tokenizer:
             covered = [t for t in tokens[i:] if t.start < end]
             if end not in ends and covered[-1].lemma == "為る":
                 continue  # ending inside a form of する (どうし|よう is どう+しよう, not 同士)
+            if (
+                end in ends
+                and not split[0]
+                and _KANJI_CHAR.match(word[-1])
+                and covered[-1].pos1 == "動詞"
+                and _ending_follows(tokens, i + len(covered))
+            ):
+                continue  # a noun over a verb that goes on: どう|し|たら is not 同士たら
+            if end not in ends and len(covered) == 2 and _reads_across_particle(covered[0], covered[1]):
+                continue  # くる|まで is not 車|で, から|だし not 体|し
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
@@ -456,6 +551,35 @@ class Tokenizer:
         self._across[key] = across
         return across
 
+    def cuts_words(self, left: str, right: str) -> bool:
+        """Whether the dictionary, reading ``left`` and ``right`` joined, reads a word across the
+        join that starts inside ``left`` or ends inside ``right`` (いま + まんいん: い|まま|ん|いん),
+        not one made of the two whole (とび + おりる: 飛び降りる). Answers are kept."""
+        key = (left, right, True)
+        known = self._cuts.get(key)
+        if known is not None:
+            return known
+        cuts = False
+        pos = 0
+        text = left + right
+        for node in self._tagger(text):
+            start = pos + len(node.white_space)
+            end = start + len(node.surface)
+            if start < len(left) < end:
+                cuts = start > 0 or end < len(text)
+                break
+            pos = end
+        if cuts:
+            # ... and read alone, the right word does not start with a kana the dictionary takes
+            # for a letter (kidesuka: き|です|か, き a symbol; ころす|きですか stays joined)
+            first = next(iter(self._tagger(right)), None)
+            if first is not None and len(first.surface) == 1 and first.feature.pos1 == "記号":
+                cuts = False
+        if len(self._cuts) >= _CACHE_MAX:
+            self._cuts.clear()
+        self._cuts[key] = cuts
+        return cuts
+
     def reading(self, word: str) -> str:
         """The hiragana reading of a word, used to add kana spellings of lexicon entries."""
         return katakana_to_hiragana("".join(n.feature.kana or n.surface for n in self._tagger(word)))
@@ -482,6 +606,8 @@ class Tokenizer:
             # Katakana written for kanji or hiragana words (ｼﾆﾀｲ -> シニタイ -> 四/二/タイ):
             # read the broken runs as hiragana; the length is the same, so offsets hold.
             tokens = self._tokenize(self._hiraganize_broken_runs(norm, tokens), kana_typed)
+        if norm.ends:
+            _romaji_particles(tokens)
         if norm.emoji:
             tokens = self._insert_marks(tokens, norm)
         return tokens
@@ -540,7 +666,46 @@ class Tokenizer:
                 )
             )
             pos = start + len(surface)
+        if kana_typed and self._stems:
+            self._conjugation_keys(out)
         return out
+
+    def _conjugation_keys(self, tokens: list[Token]) -> None:
+        """Verbs typed in kana that the dictionary read as another verb in a form that is no
+        grammar where it stands, read as the lexicon's verb whose form it is: いき before て read as
+        行く (whose form there is 行っ) is 生きる (いきてる, いきとっても); しん before だ read as 芯 or
+        知れる is 死ぬ (しんだら, しんでしまいたい). Only a whole word of the dictionary's, and only
+        where its own reading cannot be right: 行きたい stays 行く."""
+        stems = self._stems
+        for i in range(len(tokens) - 1):
+            tok = tokens[i]
+            nxt = tokens[i + 1]
+            if not nxt.surface or nxt.start != tok.end:
+                continue
+            head = nxt.surface[0]
+            key = ""
+            if tok.pos1 == "動詞" and tok.cform == "連用形-一般" and tok.lemma[-1:] in _ONBIN_LEMMA_END:
+                if nxt.lemma in _TE_TA or (nxt.pos1 != "動詞" and nxt.surface.startswith(_TE_DIALECT)):
+                    key = _ICHIDAN + katakana_to_hiragana(tok.surface)
+            elif (
+                len(tok.surface) == 2
+                and tok.surface[1] in "んン"
+                and head in "だで"
+                and not (tok.pos1 == "動詞" and tok.cform == "連用形-撥音便")
+            ):
+                key = _ONBIN + katakana_to_hiragana(tok.surface)
+            if not key:
+                continue
+            words = stems.get(key)
+            if words is None:
+                continue
+            new = tuple(w for w in words if w not in tok.keys)
+            if new:
+                tok.keys = tok.keys + new
+                more = self.patterns_for(new)
+                tok.patterns = tok.patterns + tuple(p for p in more if p not in tok.patterns)
+            if key[0] == _ONBIN and "た" not in nxt.keys and nxt.lemma == "だ":
+                nxt.keys = nxt.keys + ("た",)  # しん|だ read as 芯 and the copula: 死ん|だ
 
     def _morph(self, surface: str, f: Any) -> _Morph:
         lemma = _clean_lemma(f.lemma, surface)
