@@ -53,24 +53,10 @@ FLOORS = {
     "masked": 0.98,
     "masked_symbols": 0.95,
 }
-# Low messages allowed to become crisis under a transformation, known and not yet fixed: two questions
-# about a will for an inheritance, b17-191 (遺言書) and b27-119 (遺言状の書き方), that read as a farewell
-# once typed in kana or romaji (ゆいごん, kept a farewell word in kana because a teenager's ゆいごんかいた
-# is a suicide note, where 遺言書 in kanji is affairs put in order). Telling the two apart in kana without
-# losing the note (ゆいごんしょかいた。もういくね) was tried and lost it: a false alarm is the safer error.
-LOW_TO_CRISIS_KNOWN = {
-    name: 2
-    for name in (
-        "hiragana",
-        "hiragana_all",
-        "katakana",
-        "katakana_half_width",
-        "romaji_hepburn",
-        "romaji_hepburn_unspaced",
-        "romaji_keyboard",
-        "digits_for_kana",
-    )
-}
+# Low messages allowed to become crisis under a transformation, known and not yet fixed: none. (Three
+# questions about a will for an estate, b17-191, b27-119 and b29-110, read as a farewell once typed in kana
+# until ゆいごん alone stopped being one: a will written or left, ゆいごんかいた or 遺言書いた, still is.)
+LOW_TO_CRISIS_KNOWN: dict[str, int] = {}
 ORDER = {"low": 0, "medium": 1, "high": 2, "crisis": 3}
 SERIOUS = ("high", "crisis")
 SETS = ("dev", "holdout")

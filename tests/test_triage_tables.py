@@ -140,6 +140,10 @@ HELD_OUT_FLOORS = {
     # estimate: 0.659 / 0.636 crisis recall), then worked on
     "holdout26.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.04, "category_micro_f1": 0.89},
     "holdout27.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.04, "category_micro_f1": 0.88},
+    # written blind after holdout26/27's work, sealed through the next round (holdout16/17/20/21 and the kana
+    # reading), scored once at its end (the README's estimate: 0.773 / 0.864 crisis recall); floors under it
+    "holdout28.jsonl": {"crisis_recall": 0.75, "under_triage_rate": 0.15, "category_micro_f1": 0.81},
+    "holdout29.jsonl": {"crisis_recall": 0.84, "under_triage_rate": 0.1, "category_micro_f1": 0.86},
 }
 
 
