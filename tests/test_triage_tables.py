@@ -141,9 +141,9 @@ HELD_OUT_FLOORS = {
     "holdout26.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.04, "category_micro_f1": 0.89},
     "holdout27.jsonl": {"crisis_recall": 0.95, "under_triage_rate": 0.04, "category_micro_f1": 0.88},
     # written blind after holdout26/27's work, sealed through the next round (holdout16/17/20/21 and the kana
-    # reading), scored once at its end (the README's estimate: 0.773 / 0.864 crisis recall); floors under it
-    "holdout28.jsonl": {"crisis_recall": 0.75, "under_triage_rate": 0.15, "category_micro_f1": 0.81},
-    "holdout29.jsonl": {"crisis_recall": 0.84, "under_triage_rate": 0.1, "category_micro_f1": 0.86},
+    # reading), scored once at its end (the README's estimate: 0.773 / 0.864 crisis recall), then worked on
+    "holdout28.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.08, "category_micro_f1": 0.88},
+    "holdout29.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.05, "category_micro_f1": 0.89},
 }
 
 
