@@ -57,6 +57,7 @@ DEFAULT_HEADERS = {
 }
 # Only when the service is told it is reached over HTTPS alone (TSUNAGI_BEHIND_TLS): a year, this host only.
 HSTS = "max-age=31536000"
+FAILED = b"Internal Server Error"  # the body of a 500 the headers' middleware answers itself
 
 
 class SecurityHeaders:
@@ -104,11 +105,11 @@ class SecurityHeaders:
                         "status": 500,
                         "headers": [
                             (b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", b"21"),
+                            (b"content-length", str(len(FAILED)).encode()),
                         ],
                     }
                 )
-                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+                await send({"type": "http.response.body", "body": FAILED})
             raise
 
 
