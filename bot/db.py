@@ -15,7 +15,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK = 0x7473756E61676901  # the advisory lock's key: "tsunagi" and 1, any fixed number of ours
@@ -60,9 +66,8 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # For one statement alone, or reads that need no snapshot: no BEGIN and COMMIT (two round trips on
         # PostgreSQL) around them. Same pool; the isolation level is set and reset on the client.
-        self.single_sessions = async_sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-        )
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.single_sessions = async_sessionmaker(self._autocommit, expire_on_commit=False)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (Alembic runs on its own engine, in a thread). Instances
@@ -106,6 +111,21 @@ class Database:
         atomic by itself (a claim ``UPDATE ... RETURNING``, an insert), or reads that need no transaction."""
         async with self.single_sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection whose every Core statement commits on its own, without an ORM session: for
+        the workers' statements on every message's path (a session's own bookkeeping, per statement, cost
+        more than a short statement's round trip)."""
+        async with self._autocommit.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection in one transaction (committed at the end, rolled back on an error), without
+        an ORM session: for Core statements that must go together."""
+        async with self.engine.begin() as conn:
+            yield conn
 
     async def ping(self) -> bool:
         try:

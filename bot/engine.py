@@ -188,7 +188,10 @@ class ConversationEngine:
         self.triage = get_engine()
         self.dialogue = Dialogue(content, hours)
         self._locks = KeyedLocks()
-        self.outbox_wakeup = asyncio.Event()
+        self.outbox_wakeup = asyncio.Event()  # a row is due on any channel (every channel's loop looks)
+        # A reply is waiting on one channel: only that channel's outbox loop needs to look (the service
+        # sets the outbox worker's ``wake``; alone, the engine wakes every loop).
+        self.wake_outbox: Callable[[str], None] = lambda _channel: self.outbox_wakeup.set()
         # Channels whose replies to one message go out as one (see ``_joined``).
         self.joined_channels: set[str] = set()
         self.queue_dirty = False  # a queue update failed: the watchdog rebuilds the queue
@@ -937,7 +940,7 @@ class ConversationEngine:
             self.events.publish(Event("alert", conv.id, contact_id, conv.state, conv.risk))
         self.events.publish(Event("conversation", conv.id, contact_id, conv.state, conv.risk))
         if step.replies:
-            self.outbox_wakeup.set()
+            self.wake_outbox(conv.channel)
 
     # -- helpers ---------------------------------------------------------------------------------------
 

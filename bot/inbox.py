@@ -25,11 +25,10 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, exists, or_, select, update
+from sqlalchemy import Row, bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from bot.crypto import Crypto
@@ -146,18 +145,18 @@ class InboxWorker:
         if not rows:
             return 0
         # One statement commits on its own; with urgent events, their raise and the insert go together.
-        async with self.db.session() if urgent else self.db.single() as s, s.begin():
+        async with self.db.transaction() if urgent else self.db.autocommit() as conn:
             for sender, priority in urgent:
-                await s.execute(
-                    update(Inbox)
+                await conn.execute(
+                    update(_TABLE)
                     .where(
-                        col(Inbox.sender) == sender,
-                        col(Inbox.status).in_(UNFINISHED),
-                        col(Inbox.priority) > priority,
+                        _TABLE.c.sender == sender,
+                        _TABLE.c.status.in_(UNFINISHED),
+                        _TABLE.c.priority > priority,
                     )
                     .values(priority=priority)
                 )
-            stored = await s.execute(_store_statement(self.db.is_sqlite), rows)
+            stored = await conn.execute(_store_statement(self.db.is_sqlite), rows)
             new = len(stored.all())
         if new:
             self.wakeup.set()
@@ -224,18 +223,18 @@ class InboxWorker:
         await self._process(row, now)
         return True
 
-    async def claim(self, now: datetime, *, skip: set[int] | None = None) -> Inbox | None:
+    async def claim(self, now: datetime, *, skip: set[int] | None = None) -> Row[Any] | None:
         """The most urgent due event whose person has nothing earlier unfinished, leased to this worker."""
         # (Built once, for the worker's own loop: making it costs more than running it.)
         statement = _claim_statement(bool(skip))
         params: dict[str, Any] = {"now": now, "lease_until": now + LEASE, "channels": list(self.channels)}
         if skip:
             params["skip"] = list(skip)
-        async with self.db.single() as s:  # one statement, atomic by itself
-            found = (await s.execute(statement, params)).first()
-        return Inbox(**found._asdict()) if found is not None else None
+        async with self.db.autocommit() as conn:  # one statement, atomic by itself
+            found = (await conn.execute(statement, params)).first()
+        return found  # (a plain row with the table's columns: building a mapped object would cost more)
 
-    async def _process(self, row: Inbox, now: datetime) -> int:
+    async def _process(self, row: Row[Any], now: datetime) -> int:
         row_id = row.id
         channel = self.channels.get(row.channel)
         payload = ""
@@ -281,17 +280,21 @@ class InboxWorker:
                 await s.execute(update(Inbox).where(col(Inbox.id) == row_id).values(**values))
             return 0
         if left:
-            async with self.db.single() as s:
-                await s.execute(*done)
+            async with self.db.autocommit() as conn:
+                await conn.execute(*done)
         return 1
 
 
-_COLUMNS = [c for c in Inbox.__table__.columns]  # type: ignore[attr-defined]
+# The statements on every event's path are Core statements on the table, not on the mapped class: an
+# ORM-enabled UPDATE goes through the ORM's bulk-DML machinery at each execution (compile state, session
+# synchronisation), which cost more than the statement's round trip to PostgreSQL.
+_TABLE: Any = Inbox.__table__  # type: ignore[attr-defined]
+_COLUMNS = list(_TABLE.columns)
 
 
 _DONE = (
-    update(Inbox)
-    .where(col(Inbox.id) == bindparam("row_id"))
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("row_id"))
     .values(status=InboxStatus.DONE, processed_at=bindparam("processed_at"), lease_until=None, last_error="")
 )
 
@@ -311,37 +314,36 @@ def _store_statement(sqlite: bool) -> Any:
 def _claim_statement(skipping: bool) -> Any:
     """``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``, with the time, this
     process's channels (and the events already tried in this pass) as parameters."""
-    cand: Any = aliased(Inbox, name="cand")
-    earlier: Any = aliased(Inbox, name="earlier")
-    now = bindparam("now", type_=Inbox.__table__.c.lease_until.type)  # type: ignore[attr-defined]
+    cand: Any = _TABLE.alias("cand")
+    earlier: Any = _TABLE.alias("earlier")
+    now = bindparam("now", type_=_TABLE.c.lease_until.type)
     due = or_(
-        cand.status == InboxStatus.PENDING,
-        (cand.status == InboxStatus.PROCESSING) & (cand.lease_until < now),
+        cand.c.status == InboxStatus.PENDING,
+        (cand.c.status == InboxStatus.PROCESSING) & (cand.c.lease_until < now),
     )
     blocked = exists().where(
-        earlier.sender == cand.sender,
-        earlier.id < cand.id,
-        earlier.status.in_(UNFINISHED),
+        earlier.c.sender == cand.c.sender,
+        earlier.c.id < cand.c.id,
+        earlier.c.status.in_(UNFINISHED),
     )
     # Only what this process has a channel for (a worker without one leaves it to those with it).
-    head = select(cand.id).where(cand.channel.in_(bindparam("channels", expanding=True)), due, ~blocked)
+    head = select(cand.c.id).where(cand.c.channel.in_(bindparam("channels", expanding=True)), due, ~blocked)
     if skipping:
-        head = head.where(cand.id.not_in(bindparam("skip", expanding=True)))
+        head = head.where(cand.c.id.not_in(bindparam("skip", expanding=True)))
     head = (
-        head.order_by(cand.priority, cand.id)
+        head.order_by(cand.c.priority, cand.c.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
     )
     return (
-        update(Inbox)
-        .where(col(Inbox.id).in_(head.scalar_subquery()))
+        update(_TABLE)
+        .where(_TABLE.c.id.in_(head.scalar_subquery()))
         .values(
             status=InboxStatus.PROCESSING,
             lease_until=bindparam("lease_until"),
-            attempts=col(Inbox.attempts) + 1,
+            attempts=_TABLE.c.attempts + 1,
         )
         .returning(*_COLUMNS)
-        .execution_options(synchronize_session=False)
     )
 
 

@@ -27,13 +27,13 @@ import json
 import logging
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, bindparam, exists, or_, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col
 
 from bot.crypto import Crypto
@@ -103,16 +103,46 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=base * random.uniform(0.8, 1.2))
 
 
-_COLUMNS = list(Outbox.__table__.columns)  # type: ignore[attr-defined]
+# The statements on every reply's path are Core statements on the tables, and the rows come back as plain
+# records: an ORM-enabled statement goes through the ORM's machinery at each execution, and building a mapped
+# object validates every field (about 0.2 ms a row), each more than the statement's round trip.
+_TABLE: Any = Outbox.__table__  # type: ignore[attr-defined]
+_COLUMNS = list(_TABLE.columns)
+_MESSAGE: Any = Message.__table__  # type: ignore[attr-defined]
+_CONTACT: Any = Contact.__table__  # type: ignore[attr-defined]
+_CONVERSATION: Any = Conversation.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class Row:
+    """An outbox row as the worker reads it (the columns of ``bot.models.Outbox``)."""
+
+    id: int
+    message_id: int
+    conversation_id: str
+    channel: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    lease_until: datetime | None
+    last_error: str
+    progress: int
+    priority: int
+    created_at: datetime
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, values: Any) -> Row:
+        return cls(**values._mapping)
 
 
 def _finished(done: Callable[[str], None], conversation_id: str, _task: asyncio.Task[int]) -> None:
     done(conversation_id)
 
 
-def _row(values: Any) -> Outbox:
-    """An Outbox from a RETURNING row of a claim, as it was before the claim counted its attempt."""
-    row = Outbox(**values._asdict())
+def _row(values: Any) -> Row:
+    """A RETURNING row of a claim, as it was before the claim counted its attempt."""
+    row = Row.of(values)
     row.attempts -= 1
     return row
 
@@ -138,15 +168,24 @@ class OutboxWorker:
         self.metrics = metrics or Metrics()
         self.crypto = crypto
         self.channels = channels
-        self.wakeup = wakeup
+        self.wakeup = wakeup  # set: every channel's loop looks
         self.concurrency = max(1, concurrency)  # sends in flight at once, on each channel
+        self._wakeups = {name: asyncio.Event() for name in channels}
+
+    def wake(self, channel: str) -> None:
+        """A row is due on ``channel``: its loop looks at once (the others are not disturbed)."""
+        found = self._wakeups.get(channel)
+        if found is None:
+            self.wakeup.set()
+        else:
+            found.set()
 
     # -- the running worker: a loop per channel -------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Send until ``stopping`` is set; sends in progress are finished first (never cut mid-send)."""
         names = list(self.channels)
-        wakeups = {name: asyncio.Event() for name in names}
+        wakeups = self._wakeups
         fan = asyncio.create_task(fan_out(self.wakeup, list(wakeups.values()), stopping))
         try:
             await asyncio.gather(*(self._channel_loop(n, wakeups[n], stopping) for n in names))
@@ -211,18 +250,19 @@ class OutboxWorker:
     def _claimable(cand: Any, now: Any, *, any_time: bool) -> ColumnElement[bool]:
         """A row that may be claimed now: waiting (and due, unless ``any_time``: parked ones too), or
         left behind by a worker whose lease ran out; and the first unsent of its conversation."""
-        earlier: Any = aliased(Outbox, name="earlier")
+        earlier: Any = _TABLE.alias("earlier")
+        c = cand.c
         waiting = (
-            cand.status.in_([OutboxStatus.PENDING, OutboxStatus.PARKED])
+            c.status.in_([OutboxStatus.PENDING, OutboxStatus.PARKED])
             if any_time
-            else and_(cand.status == OutboxStatus.PENDING, cand.next_attempt_at <= now)
+            else and_(c.status == OutboxStatus.PENDING, c.next_attempt_at <= now)
         )
         blocked = exists().where(
-            earlier.conversation_id == cand.conversation_id,
-            earlier.id < cand.id,
-            earlier.status.in_(UNSENT),
+            earlier.c.conversation_id == c.conversation_id,
+            earlier.c.id < c.id,
+            earlier.c.status.in_(UNSENT),
         )
-        lapsed = and_(cand.status == OutboxStatus.SENDING, cand.lease_until < now)
+        lapsed = and_(c.status == OutboxStatus.SENDING, c.lease_until < now)
         return and_(or_(waiting, lapsed), ~blocked)
 
     async def _next(
@@ -234,7 +274,7 @@ class OutboxWorker:
         skip: set[int] | None = None,
         skip_conversations: set[str] | None = None,
         conversation_id: str | None = None,
-    ) -> list[list[Outbox]]:
+    ) -> list[list[Row]]:
         """The next rows to send on one channel, looked at without a lock: the first unsent row of each
         conversation that may go now, most urgent first, then by due time; on a channel that sends several
         at once, each with the rows of its conversation that go with it (see ``_joining``)."""
@@ -243,27 +283,28 @@ class OutboxWorker:
         q = _next_statement(any_time, bool(skip), bool(skip_conversations), limit)
         params: dict[str, Any] = {"channel": name, "now": now, "conversation_id": conversation_id}
         params.update(skip=list(skip or ()), skip_conversations=list(skip_conversations or ()))
-        async with self.db.single() as s:  # looked at without a lock (the claim checks again)
-            heads: list[Outbox] = list((await s.scalars(q, params)).all())
+        async with self.db.autocommit() as conn:  # looked at without a lock (the claim checks again)
+            heads = [Row.of(r) for r in await conn.execute(q, params)]
             if channel is None or channel.batch <= 1:
                 return [[h] for h in heads]
             groups = []
             for head in heads:
-                later = (
-                    await s.scalars(
+                later = [
+                    Row.of(r)
+                    for r in await conn.execute(
                         _later_statement(channel.batch - 1),
                         {"conversation_id": head.conversation_id, "after": head.id},
                     )
-                ).all()
+                ]
                 groups.append([head, *self._joining(head, later, now, due_only=not any_time)])
         return groups
 
     @staticmethod
-    def _joining(first: Outbox, later: Any, now: datetime, *, due_only: bool) -> list[Outbox]:
+    def _joining(first: Row, later: list[Row], now: datetime, *, due_only: bool) -> list[Row]:
         """The next waiting rows of ``first``'s conversation that go out with it, on a channel that sends
         several at once. Only rows tried as often as ``first``: a group that failed is retried as the same
         group (LINE's retry key names its rows), and a newer message waits for the next send."""
-        out: list[Outbox] = []
+        out: list[Row] = []
         for row in later:
             if row.attempts != first.attempts or row.status != OutboxStatus.PENDING:
                 break
@@ -273,17 +314,17 @@ class OutboxWorker:
         return out
 
     async def _claim(
-        self, group: list[Outbox], now: datetime, *, any_time: bool
-    ) -> list[tuple[Outbox, Outbound | None]]:
+        self, group: list[Row], now: datetime, *, any_time: bool
+    ) -> list[tuple[Row, Outbound | None]]:
         """Lease the group: its first row if it may still be claimed (another worker may have taken it
         since it was looked at: then nothing), and with it the rest of the group that is still waiting.
         The rows as they were before the claim, each with what is sent (read in the same transaction;
         None: its message or contact is gone)."""
         head, rest = group[0], group[1:]
         lease_until = now + LEASE
-        async with self.db.session() as s, s.begin():
+        async with self.db.transaction() as conn:
             first = (
-                await s.execute(
+                await conn.execute(
                     _claim_statement(any_time), {"head": head.id, "now": now, "lease_until": lease_until}
                 )
             ).first()
@@ -293,7 +334,7 @@ class OutboxWorker:
             if rest:
                 # Only this worker can take them now: their conversation's first row is ours.
                 more = (
-                    await s.execute(
+                    await conn.execute(
                         _claim_rest_statement(),
                         {
                             "ids": [r.id for r in rest],
@@ -303,12 +344,12 @@ class OutboxWorker:
                     )
                 ).all()
                 claimed += sorted((_row(r) for r in more), key=lambda r: r.id or 0)
-            found = await self._outbounds(s, claimed)
+            found = await self._outbounds(conn, claimed)
         return [(row, found.get(row.message_id)) for row in claimed]
 
     # -- sending ------------------------------------------------------------------------------------------
 
-    async def _send_group(self, group: list[Outbox], now: datetime) -> int:
+    async def _send_group(self, group: list[Row], now: datetime) -> int:
         """Claim and send rows of one conversation (one, or a group in one send); how many were
         delivered. A group chosen though not due (parked, or waiting for a retry: a pass for a person who
         came back) is claimed as such."""
@@ -316,7 +357,7 @@ class OutboxWorker:
         any_time = head.status == OutboxStatus.PARKED or head.next_attempt_at > now
         claimed = await self._claim(group, now, any_time=any_time)
         channel = self.channels.get(group[0].channel)
-        pairs: list[tuple[Outbox, Outbound]] = []
+        pairs: list[tuple[Row, Outbound]] = []
         for row, out in claimed:
             if out is None or channel is None:
                 reason = "no such channel" if channel is None else "message or contact gone"
@@ -376,52 +417,44 @@ class OutboxWorker:
                 .values(status=OutboxStatus.PENDING, next_attempt_at=now or utcnow())
             )
 
-    async def _outbounds(self, s: AsyncSession, rows: list[Outbox]) -> dict[int, Outbound]:
+    async def _outbounds(self, conn: AsyncConnection, rows: list[Row]) -> dict[int, Outbound]:
         """What each row sends (by message id), read in one statement."""
         if not rows:
             return {}
-        found = (
-            await s.execute(
-                select(Message, Contact)
-                .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
-                .join(Contact, col(Contact.id) == col(Conversation.contact_id))
-                .where(col(Message.id).in_([r.message_id for r in rows]))
-            )
-        ).all()
-        by_message = {msg.id: (msg, contact) for msg, contact in found}
+        found = await conn.execute(_OUTBOUNDS, {"ids": [r.message_id for r in rows]})
+        by_message = {f.message_id: f for f in found}
         return {
-            row.message_id: self._outbound(row, *by_message[row.message_id])
+            row.message_id: self._outbound(row, by_message[row.message_id])
             for row in rows
             if row.message_id in by_message
         }
 
-    def _outbound(self, row: Outbox, msg: Message, contact: Contact) -> Outbound:
-        assert row.id is not None and msg.id is not None
+    def _outbound(self, row: Row, found: Any) -> Outbound:
         return Outbound(
             outbox_id=row.id,
-            message_id=msg.id,
+            message_id=found.message_id,
             conversation_id=row.conversation_id,
-            contact_id=contact.id,
+            contact_id=found.contact_id,
             channel=row.channel,
-            address=self.crypto.decrypt(contact.address_enc),
-            text=self.crypto.decrypt(msg.text_enc),
-            quick_replies=tuple(json.loads(msg.quick_replies)) if msg.quick_replies else (),
-            sender=Sender(msg.sender),
+            address=self.crypto.decrypt(found.address_enc),
+            text=self.crypto.decrypt(found.text_enc),
+            quick_replies=tuple(json.loads(found.quick_replies)) if found.quick_replies else (),
+            sender=Sender(found.sender),
             attempt=row.attempts + 1,
             progress=row.progress,
-            contact_state=self.crypto.decrypt(contact.state_enc) if contact.state_enc else "",
-            gone=contact.presence == Presence.QUICK_EXIT,
+            contact_state=self.crypto.decrypt(found.state_enc) if found.state_enc else "",
+            gone=found.presence == Presence.QUICK_EXIT,
         )
 
-    async def _delivered(self, rows: list[Outbox]) -> None:
+    async def _delivered(self, rows: list[Row]) -> None:
         """Rows that went out together, recorded in one statement. The platform has taken them: a
         connection lost under the record (PostgreSQL restarted, a backend terminated) is tried again on
         a new one, or the rows would go out a second time once their lease ran out."""
         values = {"ids": [row.id for row in rows], "delivered_at": utcnow()}
         for attempt in range(RECORD_TRIES):
             try:
-                async with self.db.single() as s:
-                    await s.execute(_DELIVERED, values)
+                async with self.db.autocommit() as conn:
+                    await conn.execute(_DELIVERED, values)
                 return
             except DBAPIError as e:
                 if not e.connection_invalidated or attempt == RECORD_TRIES - 1:
@@ -429,7 +462,7 @@ class OutboxWorker:
                 await asyncio.sleep(0.1 * 2**attempt)
 
     async def _record(
-        self, row: Outbox, delivery: Delivery, now: datetime, *, park: bool = True, later: bool = False
+        self, row: Row, delivery: Delivery, now: datetime, *, park: bool = True, later: bool = False
     ) -> None:
         values: dict[str, object] = {"lease_until": None}
         if delivery.outcome is Outcome.DELIVERED:
@@ -457,7 +490,7 @@ class OutboxWorker:
         else:
             values.update(status=OutboxStatus.FAILED, last_error=delivery.reason[:500])
         async with self.db.session() as s, s.begin():
-            await s.execute(update(Outbox).where(col(Outbox.id) == row.id).values(**values))
+            await s.execute(update(_TABLE).where(_TABLE.c.id == row.id).values(**values))
         if values["status"] == OutboxStatus.FAILED and delivery.reason != QUICK_EXIT_REASON:
             # (Not a reply to someone who left through the quick exit: nothing failed, they chose it.)
             self.metrics.deliveries_failed.labels(channel=row.channel).inc()
@@ -469,36 +502,36 @@ class OutboxWorker:
             )
 
 
-# The statements of every send, built once with their values as parameters: making an ORM statement with
+# The statements of every send, built once with their values as parameters: making a statement with
 # aliases and an EXISTS costs more than running it.
-_NOW = bindparam("now", type_=Outbox.__table__.c.next_attempt_at.type)  # type: ignore[attr-defined]
+_NOW = bindparam("now", type_=_TABLE.c.next_attempt_at.type)
 
 
 @functools.cache
 def _next_statement(any_time: bool, skipping: bool, skipping_conversations: bool, limit: int) -> Any:
-    cand: Any = aliased(Outbox, name="cand")
-    q = select(cand).where(
-        cand.channel == bindparam("channel"), OutboxWorker._claimable(cand, _NOW, any_time=any_time)
+    cand: Any = _TABLE.alias("cand")
+    q = select(*cand.c).where(
+        cand.c.channel == bindparam("channel"), OutboxWorker._claimable(cand, _NOW, any_time=any_time)
     )
     if any_time:  # (one conversation's pass)
-        q = q.where(cand.conversation_id == bindparam("conversation_id"))
+        q = q.where(cand.c.conversation_id == bindparam("conversation_id"))
     if skipping:
-        q = q.where(cand.id.not_in(bindparam("skip", expanding=True)))
+        q = q.where(cand.c.id.not_in(bindparam("skip", expanding=True)))
     if skipping_conversations:
-        q = q.where(cand.conversation_id.not_in(bindparam("skip_conversations", expanding=True)))
-    return q.order_by(cand.priority, cand.next_attempt_at, cand.id).limit(limit)
+        q = q.where(cand.c.conversation_id.not_in(bindparam("skip_conversations", expanding=True)))
+    return q.order_by(cand.c.priority, cand.c.next_attempt_at, cand.c.id).limit(limit)
 
 
 @functools.cache
 def _later_statement(limit: int) -> Any:
     return (
-        select(Outbox)
+        select(*_COLUMNS)
         .where(
-            col(Outbox.conversation_id) == bindparam("conversation_id"),
-            col(Outbox.id) > bindparam("after"),
-            col(Outbox.status).in_(UNSENT),
+            _TABLE.c.conversation_id == bindparam("conversation_id"),
+            _TABLE.c.id > bindparam("after"),
+            _TABLE.c.status.in_(UNSENT),
         )
-        .order_by(col(Outbox.id))
+        .order_by(_TABLE.c.id)
         .limit(limit)
     )
 
@@ -507,46 +540,62 @@ def _lease() -> dict[str, Any]:
     return {
         "status": OutboxStatus.SENDING,
         "lease_until": bindparam("lease_until"),
-        "attempts": col(Outbox.attempts) + 1,
+        "attempts": _TABLE.c.attempts + 1,
     }
 
 
 @functools.cache
 def _claim_statement(any_time: bool) -> Any:
-    cand: Any = aliased(Outbox, name="cand")
+    cand: Any = _TABLE.alias("cand")
     chosen = (
-        select(cand.id)
-        .where(cand.id == bindparam("head"), OutboxWorker._claimable(cand, _NOW, any_time=any_time))
+        select(cand.c.id)
+        .where(cand.c.id == bindparam("head"), OutboxWorker._claimable(cand, _NOW, any_time=any_time))
         .with_for_update(skip_locked=True, of=cand)  # (SQLite: nothing; its writes are serial)
     )
     return (
-        update(Outbox)
-        .where(col(Outbox.id).in_(chosen.scalar_subquery()))
+        update(_TABLE)
+        .where(_TABLE.c.id.in_(chosen.scalar_subquery()))
         .values(**_lease())
         .returning(*_COLUMNS)
-        .execution_options(synchronize_session=False)
     )
 
 
 @functools.cache
 def _claim_rest_statement() -> Any:
     return (
-        update(Outbox)
+        update(_TABLE)
         .where(
-            col(Outbox.id).in_(bindparam("ids", expanding=True)),
-            col(Outbox.status) == OutboxStatus.PENDING,
-            col(Outbox.attempts) == bindparam("attempts"),
+            _TABLE.c.id.in_(bindparam("ids", expanding=True)),
+            _TABLE.c.status == OutboxStatus.PENDING,
+            _TABLE.c.attempts == bindparam("attempts"),
         )
         .values(**_lease())
         .returning(*_COLUMNS)
-        .execution_options(synchronize_session=False)
     )
 
 
 _DELIVERED = (
-    update(Outbox)
-    .where(col(Outbox.id).in_(bindparam("ids", expanding=True)))
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)))
     .values(
         status=OutboxStatus.DELIVERED, delivered_at=bindparam("delivered_at"), last_error="", lease_until=None
     )
+)
+
+# What each claimed row sends: its message, and its person (through the conversation).
+_OUTBOUNDS = (
+    select(
+        _MESSAGE.c.id.label("message_id"),
+        _MESSAGE.c.text_enc,
+        _MESSAGE.c.quick_replies,
+        _MESSAGE.c.sender,
+        _CONTACT.c.id.label("contact_id"),
+        _CONTACT.c.address_enc,
+        _CONTACT.c.state_enc,
+        _CONTACT.c.presence,
+    )
+    .select_from(_MESSAGE)
+    .join(_CONVERSATION, _CONVERSATION.c.id == _MESSAGE.c.conversation_id)
+    .join(_CONTACT, _CONTACT.c.id == _CONVERSATION.c.contact_id)
+    .where(_MESSAGE.c.id.in_(bindparam("ids", expanding=True)))
 )

@@ -91,6 +91,7 @@ class Service:
             concurrency=settings.outbox_workers,
             metrics=self.process_metrics,
         )
+        self.engine.wake_outbox = self.outbox.wake  # a new reply wakes its own channel's loop alone
         self.inbox = InboxWorker(
             db=self.db,
             crypto=self.crypto,

@@ -5,6 +5,8 @@ workers (two processes' pools) send each row once, in each conversation's order.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -204,3 +206,37 @@ async def test_concurrent_workers_of_two_processes_keep_each_conversations_order
                 texts[r.message_id] for r in rows if r.conversation_id == channel.to(user)[0].conversation_id
             ]
             assert got == written, f"{user}: in the order written"
+
+
+async def test_a_new_reply_wakes_only_its_own_channels_loop(tmp_path: Path, database_url: str) -> None:
+    """Every look for work is a statement: a reply on one channel makes that channel's loop look, and the
+    other channels' loops stay asleep (they look again at their own pace, once a second when idle)."""
+    async with running(tmp_path, database_url) as svc:
+        looked: Counter[str] = Counter()
+        original = svc.outbox._next
+
+        async def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+            looked[name] += 1
+            return await original(name, *args, **kwargs)
+
+        svc.outbox._next = counting  # type: ignore[method-assign]
+        channel = loopback(svc)
+        stopping = asyncio.Event()
+        worker = asyncio.create_task(svc.outbox.run(stopping))
+        try:
+            await asyncio.sleep(0.3)  # each loop's first look, then asleep
+            before = Counter(looked)
+            started = time.monotonic()
+            for i in range(6):
+                channel.delivered.clear()
+                await channel.say(f"p{i}", "こんにちは")
+                async with asyncio.timeout(10):
+                    await channel.delivered.wait()
+            after, elapsed = Counter(looked), time.monotonic() - started
+        finally:
+            stopping.set()
+            await worker
+        assert after["loopback"] - before["loopback"] >= 6, "its own loop looked for each reply"
+        # Idle, a loop looks once a second: the web chat's may have looked that often meanwhile, not once for
+        # each reply on the other channel (before, every reply woke every channel's loop).
+        assert after["webchat"] - before["webchat"] <= math.ceil(elapsed) + 1, (before, after, elapsed)
