@@ -21,8 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -886,17 +887,28 @@ class ConversationEngine:
             assert step.inbound is not None and step.inbound.id is not None
             media.message_id = step.inbound.id
             s.add(media)
-        for msg in written:
-            assert msg.id is not None
-            s.add(
-                Outbox(
-                    message_id=msg.id,
-                    conversation_id=conv.id,
-                    channel=conv.channel,
-                    created_at=step.now,
-                    # A crisis reply goes first (the conversation's risk once this step is done).
-                    priority=Priority.of(conv.risk),
-                )
+        if written:
+            # One insert of the outbox rows (a Core insert: they are never read back here, and building
+            # mapped objects for them cost more than the statement). A crisis reply goes first: the
+            # conversation's risk once this step is done.
+            priority = Priority.of(conv.risk)
+            await s.execute(
+                insert(_OUTBOX),
+                [
+                    {
+                        "message_id": msg.id,
+                        "conversation_id": conv.id,
+                        "channel": conv.channel,
+                        "status": OutboxStatus.PENDING,
+                        "attempts": 0,
+                        "next_attempt_at": utcnow(),  # due now (``step.now`` is the dialogue's clock)
+                        "last_error": "",
+                        "progress": 0,
+                        "priority": priority,
+                        "created_at": step.now,
+                    }
+                    for msg in written
+                ],
             )
         if step.enqueue:
             await s.execute(
@@ -957,6 +969,8 @@ class ConversationEngine:
         """What the bot does on its own (the dialogue's steps, erasing, a withdrawn message)."""
         audit_write.record(s, action=action, conversation_id=conversation_id, detail=detail)
 
+
+_OUTBOX: Any = Outbox.__table__  # type: ignore[attr-defined]
 
 # Built once (it is on every message's path): the person's last texts, for the triage's context.
 _HISTORY = (
