@@ -63,11 +63,14 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(await svc.metrics(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(console_router(svc))
+    # The channels' routes first: a request is matched against the routes in order, and a webhook under a
+    # surge should not be tried against every route of the console's API before its own (their paths never
+    # overlap).
     for channel in svc.channels.values():
         router = channel.router()
         if router is not None:
             app.include_router(router)
+    app.include_router(console_router(svc))
     return app
 
 
