@@ -24,11 +24,20 @@ async def _services() -> None:
 
 
 @pytest.mark.slow
-def test_quick_load_run_reports_every_figure_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "layout",
+    [
+        [],  # one `tsunagi serve` with its own workers
+        # two instances taking traffic only (webhooks to each in turn) and a `tsunagi worker` doing the work
+        ["--serve-processes", "2", "--serve-no-workers", "--worker-processes", "1"],
+    ],
+    ids=["one-serve", "two-serves-and-a-worker"],
+)
+def test_quick_load_run_reports_every_figure_and_loses_nothing(tmp_path: Path, layout: list[str]) -> None:
     asyncio.run(_services())
     out = tmp_path / "load.json"
     done = subprocess.run(
-        [sys.executable, "-m", "tests.load", "--quick", "--json", str(out)],
+        [sys.executable, "-m", "tests.load", "--quick", "--json", str(out), *layout],
         cwd=ROOT,
         capture_output=True,
         text=True,

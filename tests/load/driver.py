@@ -95,16 +95,20 @@ def plan(
     return out
 
 
-async def open_loop(session: aiohttp.ClientSession, url: str, planned: list[Planned]) -> list[Shot]:
-    """Send every planned webhook at its time; wait for all the answers."""
+async def open_loop(
+    session: aiohttp.ClientSession, url: str | list[str], planned: list[Planned]
+) -> list[Shot]:
+    """Send every planned webhook at its time (to each of several ``url`` in turn, as a load balancer
+    would); wait for all the answers."""
+    urls = [url] if isinstance(url, str) else url
     start = time.monotonic() + 0.1
     tasks = []
-    for p in planned:
+    for i, p in enumerate(planned):
         shot = Shot(p, at=start + p.offset)
         delay = shot.at - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(_post(session, url, shot)))
+        tasks.append(asyncio.create_task(_post(session, urls[i % len(urls)], shot)))
     return list(await asyncio.gather(*tasks))
 
 

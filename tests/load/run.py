@@ -69,6 +69,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chat-seconds", type=float, default=30, help="seconds the sessions keep sending")
     p.add_argument("--worker-processes", type=int, default=0, help="`tsunagi worker` processes beside serve")
     p.add_argument(
+        "--serve-processes",
+        type=int,
+        default=1,
+        help="`tsunagi serve` instances, each webhook sent to the next in turn (as a load balancer would)",
+    )
+    p.add_argument(
+        "--serve-no-workers",
+        action="store_true",
+        help="serve takes traffic only (TSUNAGI_WORKERS=false): use with --worker-processes",
+    )
+    p.add_argument(
         "--redis-db", type=int, default=11, help="the Redis database index, flushed before and after"
     )
     p.add_argument(
@@ -246,7 +257,7 @@ async def flush_redis(url: str) -> None:
 
 async def line_rate(
     http: aiohttp.ClientSession,
-    base: str,
+    base: str | list[str],
     fake: Fake | None,
     rate: float,
     seconds: float,
@@ -260,7 +271,7 @@ async def line_rate(
     cpu = cpu_seconds(pids)
     if profiler is not None:
         profiler.start()
-    shots = await open_loop(http, base + "/webhooks/line", planned)
+    shots = await open_loop(http, _webhooks(base), planned)
     if fake is not None:
         await fake.drain({p.user for p in planned}, drain)
     if profiler is not None:
@@ -271,14 +282,19 @@ async def line_rate(
     return figures
 
 
+def _webhooks(base: str | list[str]) -> list[str]:
+    """The LINE webhook of each instance (a webhook goes to each in turn)."""
+    return [b + "/webhooks/line" for b in ([base] if isinstance(base, str) else base)]
+
+
 async def crisis_in_backlog(
-    http: aiohttp.ClientSession, base: str, fake: Fake, count: int, rate: float, drain: float
+    http: aiohttp.ClientSession, base: str | list[str], fake: Fake, count: int, rate: float, drain: float
 ) -> dict[str, Any]:
     planned = plan(count, rate, SECRET, DESTINATION)
     crisis = plan(1, rate, SECRET, DESTINATION, texts=(CRISIS,), start=count / rate)[0]
     planned.append(crisis)
     await fake.tokens(planned)
-    shots = await open_loop(http, base + "/webhooks/line", planned)
+    shots = await open_loop(http, _webhooks(base), planned)
     await fake.drain({p.user for p in planned}, drain)
     figures = line_figures(shots[:-1], count / rate, fake)
     answer = fake.by_user.get(crisis.user, [])
@@ -384,17 +400,23 @@ async def _tsunagi(
                     "TSUNAGI_LINE_API_BASE": fake_url,
                 }
                 with ExitStack() as stack:
-                    port = free_port()
-                    serve = stack.enter_context(server(env, port, cwd=work, start_timeout=START))
-                    pids = [serve.pid]
+                    serve_env = {**env, "TSUNAGI_WORKERS": "false"} if args.serve_no_workers else env
+                    ports = [free_port() for _ in range(max(1, args.serve_processes))]
+                    serves = [
+                        stack.enter_context(server(serve_env, port, cwd=work, start_timeout=START))
+                        for port in ports
+                    ]
+                    serve = serves[0]
+                    pids = [s.pid for s in serves]
                     pids += start_workers(args.worker_processes, env, work, stack)
-                    base = f"http://127.0.0.1:{port}"
+                    bases = [f"http://127.0.0.1:{port}" for port in ports]
+                    base = bases[0]
                     for rate in args.rate_list:
                         profiler = None
                         if args.profile and rate == args.profile:
                             profiler = Profiler(serve.pid, Path(args.profile_out))
                         figures = await line_rate(
-                            http, base, fake, rate, args.seconds, pids, args.drain, profiler
+                            http, bases, fake, rate, args.seconds, pids, args.drain, profiler
                         )
                         bare_cpu = next(b for b in report["bare"] if b["rate"] == rate)["cpu_ms_per_event"]
                         figures["x_bare_cpu"] = (
@@ -407,7 +429,7 @@ async def _tsunagi(
                         report["crisis"] = {
                             "backlog": args.backlog,
                             **await crisis_in_backlog(
-                                http, base, fake, args.backlog, args.backlog_rate, max(args.drain, 300)
+                                http, bases, fake, args.backlog, args.backlog_rate, max(args.drain, 300)
                             ),
                         }
                         progress(f"crisis: {report['crisis']}")
@@ -421,7 +443,8 @@ async def _tsunagi(
                         )
                     report["loading_calls"] = fake.loading
                     report["unexpected_calls"] = fake.unexpected
-                    stop(serve)
+                    for each in serves:
+                        stop(each)
         finally:
             await flush_redis(rurl)
 
@@ -447,7 +470,10 @@ COLUMNS = [
 
 
 def render(report: dict[str, Any], args: argparse.Namespace) -> str:
+    serving = "taking traffic only" if args.serve_no_workers else "each with its workers"
     lines = [
+        f"Instances: {max(1, args.serve_processes)} `tsunagi serve` ({serving}), "
+        f"{args.worker_processes} `tsunagi worker`; PostgreSQL and Redis on the same machine\n",
         f"LINE webhooks, open-loop, {args.seconds:g} s at each rate, one new person per event "
         "(times in ms; reply = at the fake LINE API, from the planned send time)",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
