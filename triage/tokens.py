@@ -315,6 +315,8 @@ class Tokenizer:
         # 燃やす): respelt only where the dictionary took their first kana for a particle after
         # the word before (いえ|も|やす: 家燃やす), never out of a longer word (い|なくなり).
         self._particle_cut_forms: set[str] = set()
+        # The first two letters of the lexicon's loanwords that may be found inside a word.
+        self._loan_inside_prefixes: set[str] = set()
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -422,6 +424,8 @@ class Tokenizer:
             node.setdefault(_END, (word, "", True, (0, 0)))
         # only spelt from hiragana: the first two letters in hiragana start a look-up
         self._spelling_prefix_forms.add(kana[:2])
+        if len(kana) >= 4 and _LOAN_MARKS.search(word):
+            self._loan_inside_prefixes.add(kana[:2])  # see _loan_from_inside
         return True
 
     def _learn(
@@ -501,8 +505,25 @@ class Tokenizer:
         spans: list[tuple[int, int, str]] = []
         taken = 0
         forms = self._spelling_prefix_forms
+        loan_starts = self._loan_inside_prefixes
         for i, tok in enumerate(tokens):
             pos = tok.start
+            if (
+                kana_typed is not False
+                and pos >= taken
+                and len(tok.surface) >= 2
+                and any(text[k : k + 2] in loan_starts for k in range(pos + 1, tok.end))
+            ):
+                if not looked:
+                    looked = True
+                    ends = {t.end for t in tokens}
+                    if kana_typed is None:
+                        kana_typed = _kana_typed(text)
+                inside = self._loan_from_inside(text, tok, ends) if kana_typed else None
+                if inside is not None:
+                    spans.append(inside)
+                    taken = inside[1]
+                    continue
             if text[pos : pos + 2] not in forms:
                 continue  # no word of the lexicon starts so (most words: one look-up)
             if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
@@ -580,6 +601,32 @@ class Tokenizer:
         # Typed in kana or not is a fact of the text as written: the kanji just spelt in must not
         # make a message typed in kana look converted (its other words then lose their kana readings).
         return respelled, self._tokens_of(respelled, kana_typed)
+
+    def _loan_from_inside(self, text: str, tok: Token, ends: set[int]) -> tuple[int, int, str] | None:
+        """A loanword of the lexicon of four letters or more with a long mark or a small kana
+        (すかーと, えれべーたー), typed in hiragana, that starts inside a word the dictionary read
+        (です|かー|と: ですかーと, で+スカート) and ends where a word ends: its letters cannot be
+        anything but the loanword."""
+        trie = self._spellings_as_written
+        for k in range(tok.start + 1, tok.end):
+            if text[k : k + 2] not in self._loan_inside_prefixes:
+                continue
+            node: dict[str, Any] = trie
+            j = k
+            found: tuple[int, int, str] | None = None
+            while j < len(text):
+                child: dict[str, Any] | None = node.get(text[j])
+                if child is None:
+                    break
+                node = child
+                j += 1
+                if _END in node:
+                    spelling, _, loan, _ = node[_END]
+                    if loan and j - k >= 4 and j in ends and _HIRAGANA_WORD.fullmatch(text[k:j]):
+                        found = (k, j, str(spelling))
+            if found is not None:
+                return found
+        return None
 
     @staticmethod
     def _ending_particle_after(tokens: list[Token], i: int, end: int) -> bool:
