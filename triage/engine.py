@@ -492,6 +492,10 @@ class Engine:
                     break
                 if tok.lemma == "しか":
                     only = True  # 消えたいしか思わない: "nothing but", not a negation
+                elif tok.lemma == "誰" and _next_surfaces(tokens, j, ("に", "も")):
+                    # 消えたいって思ってる誰にも言えない (a space or a stop lost when typed run
+                    # together): telling nobody is a second thought, not a denial of the first
+                    break
                 elif tok.surface == "ない" and j + 1 < len(tokens) and tokens[j + 1].lemma in ("てる", "て"):
                     pass  # ないてる is 泣いてる written in kana, not a negation
                 elif tok.surface == "ん" and j + 1 < len(tokens) and tokens[j + 1].lemma in ("です", "だ"):
@@ -740,6 +744,13 @@ class _Found:
         self.hits.append(
             Hit(concept, term, first, last, tokens[first].start, tokens[last].end, doc.sentence_of[first])
         )
+
+
+def _next_surfaces(tokens: list[Token], j: int, surfaces: tuple[str, ...]) -> bool:
+    """Whether the words right after ``j`` are written ``surfaces``."""
+    if j + len(surfaces) >= len(tokens):
+        return False
+    return all(tokens[j + 1 + k].surface == s for k, s in enumerate(surfaces))
 
 
 def _meets(keys: frozenset[str], words: tuple[str, ...]) -> bool:

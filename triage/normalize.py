@@ -475,7 +475,14 @@ class Normalizer:
             f"(?<=[{HIRAGANA}])[ー〜~]+(?=[あいうえおぁぃぅぇぉ]|[^{HIRAGANA}]|$)"
         )
         self._long_run = re.compile("ー{2,}")
-        self._small_vowels = re.compile(f"(?<=[{HIRAGANA}])[ぁぃぅぇぉ]+")
+        # ... but not one small vowel that makes a syllable of a loanword typed in hiragana
+        # (ふぇんす, ふぉろわー, てぃっしゅ, うぃっぐ, ちぇーん): those are letters, not a drawl
+        self._small_vowels = re.compile(
+            f"(?<=[{HIRAGANA}])"
+            "(?!(?:(?<=ふ)[ぁぃぇぉ]|(?<=[てで])ぃ|(?<=う)[ぃぇぉ]|(?<=[ちしじ])ぇ|(?<=ゔ)[ぁぃぇぉ])"
+            "(?![ぁぃぅぇぉ]))"
+            "[ぁぃぅぇぉ]+"
+        )
         self._sokuon_run = re.compile("っ{2,}|ッ{2,}")
         self._sokuon_end = re.compile("[っッ]+(?=[\\s。、!?.,…]|$)")
         self._space = re.compile(f"(?<=[{JA_CHARS}])[ \t\u3000]+(?=[{JA_CHARS}])")

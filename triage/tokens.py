@@ -93,6 +93,9 @@ _ROWS = {
 }
 # What may follow a verb's form: the form of wanting, negation, politeness, te and ta, will.
 _AFTER_STEM = "たてでだまなずせれよそさうがにのとば"
+# What may follow the command form of a verb of five rows (返せ): a quote (返せって), a
+# punctuation mark, or the end of the message ("\0").
+_AFTER_COMMAND = _AFTER_STEM + "っ。、！？!?」』\n\0"
 _AFTER_ONBIN = "たてでだ"
 
 
@@ -101,11 +104,17 @@ def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
     or adjective of the lexicon: only forms of three kana or more, or of two before a fitting
     ending (しん before だ), so that short kana are never read as the word alone."""
     # Two kana are a form of their own only as the ん of 死んだ, 飲んで (たっ, たこ are everywhere).
-    return [(k, w, a) for k, w, a in _all_forms(word, f) if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))]
+    return [
+        (k, w, a)
+        for k, w, a in _all_forms(word, f, any_end=True)
+        if len(k) >= 3 or (len(k) == 2 and k.endswith("ん"))
+    ]
 
 
-def _all_forms(word: str, f: Any) -> list[tuple[str, str, str]]:
-    """``_forms`` of any length (きっ of 切る: after a noun, うできっ is long enough)."""
+def _all_forms(word: str, f: Any, any_end: bool = False) -> list[tuple[str, str, str]]:
+    """``_forms`` of any length (きっ of 切る: after a noun, うできっ is long enough).
+    ``any_end``: the dictionary form of a verb of five rows (燃やす) may stand before anything
+    (the end of the message, a particle, a quote), not only before an ending."""
     reading = katakana_to_hiragana(f.kanaBase or f.lForm or "")
     ctype = f.cType or ""
     if len(reading) < 2 or not word.endswith(reading[-1]):
@@ -118,7 +127,12 @@ def _all_forms(word: str, f: Any) -> list[tuple[str, str, str]]:
             return []
         kanas, onbin = row
         for k in kanas:
-            out.append((stem_kana + k, stem_word + k, _AFTER_STEM))
+            after = _AFTER_STEM
+            if any_end and k == kanas[2]:
+                after = ""  # the dictionary form (燃やす) may stand before anything
+            elif any_end and k == kanas[3]:
+                after = _AFTER_COMMAND  # かえせって, かえせ。
+            out.append((stem_kana + k, stem_word + k, after))
         if onbin:
             out.append((stem_kana + onbin, stem_word + onbin, _AFTER_ONBIN))
     elif ctype.startswith(("上一段", "下一段")):
@@ -197,6 +211,8 @@ def _reads_across_particle(first: Token, second: Token) -> bool:
 
 # Romaji run together writes the particles を, は, へ as they sound: o, wa, e (kubioshimerareta:
 # くび|お|しめら|れ|た). The lemma the particle has, by the kana read.
+# Particles that end a sentence after a verb (とぶわ, もやすぞ, しぬよ).
+_SENTENCE_PARTICLES = frozenset({"わ", "よ", "ね", "ぞ", "ぜ", "な", "か", "の", "さ", "や"})
 _SPOKEN_PARTICLES = {"お": "を", "わ": "は", "え": "へ"}
 _NOUN_PARTS_OF_SPEECH = frozenset({"名詞", "代名詞"})
 
@@ -295,6 +311,12 @@ class Tokenizer:
         # The lexicon's verbs by a short form (いき: 生きる; しん: 死ぬ), marked by the kind of
         # form (_ICHIDAN, _ONBIN): see _conjugation_keys.
         self._stems: dict[str, tuple[str, ...]] = {}
+        # Forms of the lexicon's verbs that the dictionary reads alone as that very verb (もやす:
+        # 燃やす): respelt only where the dictionary took their first kana for a particle after
+        # the word before (いえ|も|やす: 家燃やす), never out of a longer word (い|なくなり).
+        self._particle_cut_forms: set[str] = set()
+        # The first two letters of the lexicon's loanwords that may be found inside a word.
+        self._loan_inside_prefixes: set[str] = set()
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -319,8 +341,15 @@ class Tokenizer:
                 if len(kana) >= 3:
                     self._learn(trie, kana, word, "")
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
+                godan = (nodes[0].feature.cType or "").startswith("五段")
+                short = katakana_to_hiragana(nodes[0].feature.kanaBase or "")
+                if godan and len(short) == 2 and short[-1] == word[-1] and word == nodes[0].surface:
+                    # a verb of two kana (飛ぶ: とぶ) whose first kana the dictionary took for a
+                    # particle (から|と|ぶわ, まどから|と|ぶ」): read as the verb, only there
+                    self._learn_short(trie, short, word)
                 for kana, spelling, after in _forms(word, nodes[0].feature):
-                    self._learn(trie, kana, spelling, after)
+                    # a verb of five rows in its dictionary form (燃やす) may stand before anything
+                    self._learn(trie, kana, spelling, after, lemma=word, any_after=godan and spelling == word)
                 self._learn_stems(word, nodes[0].feature, stems)
         for pair in sorted(pairs):
             # a noun and a verb (腕切る): the noun's reading before each form of the verb
@@ -395,23 +424,52 @@ class Tokenizer:
             node.setdefault(_END, (word, "", True, (0, 0)))
         # only spelt from hiragana: the first two letters in hiragana start a look-up
         self._spelling_prefix_forms.add(kana[:2])
+        if len(kana) >= 4 and _LOAN_MARKS.search(word):
+            self._loan_inside_prefixes.add(kana[:2])  # see _loan_from_inside
         return True
 
     def _learn(
-        self, trie: dict[str, Any], kana: str, spelling: str, after: str, split: tuple[int, int] = (0, 0)
+        self,
+        trie: dict[str, Any],
+        kana: str,
+        spelling: str,
+        after: str,
+        split: tuple[int, int] = (0, 0),
+        lemma: str = "",
+        any_after: bool = False,
     ) -> None:
         """``split``: for two words (腕切る), the length of the first in kana and in the spelling
-        ((0, 0) for one word), so that each is spelt over its own letters."""
+        ((0, 0) for one word), so that each is spelt over its own letters. ``lemma``: for a form of
+        a verb or adjective of the lexicon, its dictionary form (燃やす for もやさ)."""
         if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" or c == "ー" for c in kana):
             return
-        if not kana.endswith("ん") and self._reads_whole(kana, spelling if not after else ""):
-            return  # the dictionary reads these kana as words of their own (したい, なくなり)
+        if not kana.endswith("ん") and self._reads_whole(kana, spelling if not (after or any_after) else ""):
+            # the dictionary reads these kana as words of their own (したい, なくなり); but when
+            # that word is the lexicon's verb itself (もやす: 燃やす), it is kept for one cut
+            if not lemma or self._reads_whole(kana, lemma):
+                return
+            self._particle_cut_forms.add(kana)
         node = trie
         for ch in kana:
             node = node.setdefault(ch, {})
         # what may follow, as it may be written (katakana too: the text is not folded)
         node.setdefault(_END, (spelling, written_forms(after), False, split))
         # the first two letters, as they may be written: most words start no spelling
+        self._spelling_prefix_forms.update(
+            a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
+        )
+
+    def _learn_short(self, trie: dict[str, Any], kana: str, word: str) -> None:
+        if kana in COMMON_KANA or not all("\u3041" <= c <= "\u3096" for c in kana):
+            return
+        nodes = list(self._tagger(kana))
+        if len(nodes) != 1 or _clean_lemma(nodes[0].feature.lemma, kana) != word:
+            return  # alone, these kana are some other word
+        node = trie
+        for ch in kana:
+            node = node.setdefault(ch, {})
+        node.setdefault(_END, (word, "", False, (0, 0)))
+        self._particle_cut_forms.add(kana)
         self._spelling_prefix_forms.update(
             a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
         )
@@ -426,6 +484,9 @@ class Tokenizer:
             return False
         if len(nodes) == 1:
             return not noun or _clean_lemma(nodes[0].feature.lemma, kana) != noun
+        if len(nodes) == 2 and _clean_lemma(nodes[1].feature.lemma, "") == "せる":
+            if (nodes[0].feature.cType or "").startswith(("上一段", "下一段")):
+                return False  # かえ|せ: a verb of one row takes させる, not せる; no phrase (返せ)
         return len(nodes) == 2 and all(n.feature.pos1 in _PHRASE_PARTS for n in nodes)
 
     def spell_out(
@@ -444,8 +505,25 @@ class Tokenizer:
         spans: list[tuple[int, int, str]] = []
         taken = 0
         forms = self._spelling_prefix_forms
+        loan_starts = self._loan_inside_prefixes
         for i, tok in enumerate(tokens):
             pos = tok.start
+            if (
+                kana_typed is not False
+                and pos >= taken
+                and len(tok.surface) >= 2
+                and any(text[k : k + 2] in loan_starts for k in range(pos + 1, tok.end))
+            ):
+                if not looked:
+                    looked = True
+                    ends = {t.end for t in tokens}
+                    if kana_typed is None:
+                        kana_typed = _kana_typed(text)
+                inside = self._loan_from_inside(text, tok, ends) if kana_typed else None
+                if inside is not None:
+                    spans.append(inside)
+                    taken = inside[1]
+                    continue
             if text[pos : pos + 2] not in forms:
                 continue  # no word of the lexicon starts so (most words: one look-up)
             if pos < taken or tok.synthetic or not _KANA_WORD.fullmatch(tok.surface):
@@ -467,7 +545,7 @@ class Tokenizer:
                 if _END in node:
                     spelling, after, loan, split = node[_END]
                     # a verb's form only before what may follow it (しん before だ or で)
-                    if not after or (j < len(text) and text[j] in after):
+                    if not after or (text[j] in after if j < len(text) else "\0" in after):
                         found = (j, str(spelling), bool(loan), split)
             if found is None:
                 continue
@@ -481,6 +559,14 @@ class Tokenizer:
                 continue
             if end == tok.end or not _KANA_WORD.fullmatch(text[pos:end]):
                 continue  # one whole word as the dictionary read it, or not all kana
+            if text[pos:end] in self._particle_cut_forms and not (
+                len(tok.surface) == 1
+                and tok.pos1 == "助詞"
+                and i > 0
+                and tokens[i - 1].end == pos
+                and (end in ends or self._ending_particle_after(tokens, i, end))
+            ):
+                continue  # a verb read whole alone: only its first kana taken for a particle
             if end not in ends and i + 1 < len(tokens) and tokens[i + 1].start >= end:
                 continue  # a prefix of a longer word the dictionary knows
             covered = [t for t in tokens[i:] if t.start < end]
@@ -515,6 +601,41 @@ class Tokenizer:
         # Typed in kana or not is a fact of the text as written: the kanji just spelt in must not
         # make a message typed in kana look converted (its other words then lose their kana readings).
         return respelled, self._tokens_of(respelled, kana_typed)
+
+    def _loan_from_inside(self, text: str, tok: Token, ends: set[int]) -> tuple[int, int, str] | None:
+        """A loanword of the lexicon of four letters or more with a long mark or a small kana
+        (すかーと, えれべーたー), typed in hiragana, that starts inside a word the dictionary read
+        (です|かー|と: ですかーと, で+スカート) and ends where a word ends: its letters cannot be
+        anything but the loanword."""
+        trie = self._spellings_as_written
+        for k in range(tok.start + 1, tok.end):
+            if text[k : k + 2] not in self._loan_inside_prefixes:
+                continue
+            node: dict[str, Any] = trie
+            j = k
+            found: tuple[int, int, str] | None = None
+            while j < len(text):
+                child: dict[str, Any] | None = node.get(text[j])
+                if child is None:
+                    break
+                node = child
+                j += 1
+                if _END in node:
+                    spelling, _, loan, _ = node[_END]
+                    if loan and j - k >= 4 and j in ends and _HIRAGANA_WORD.fullmatch(text[k:j]):
+                        found = (k, j, str(spelling))
+            if found is not None:
+                return found
+        return None
+
+    @staticmethod
+    def _ending_particle_after(tokens: list[Token], i: int, end: int) -> bool:
+        """Whether the word the dictionary read across ``end`` goes on only with a particle that
+        ends a sentence (と|ぶわ: とぶ and わ), not with more of a word (いえ|も|やすい: 家も安い)."""
+        for tok in tokens[i:]:
+            if tok.start < end < tok.end:
+                return tok.surface[end - tok.start :] in _SENTENCE_PARTICLES
+        return False
 
     def _spell_out_all(
         self, norm: Normalized, tokens: list[Token], kana_typed: bool
@@ -589,8 +710,58 @@ class Tokenizer:
         badly cut kana written as the lexicon's words: see ``spell_out``)."""
         kana_typed = _kana_typed(norm.text)
         tokens = self._tokens_of(norm, kana_typed)
+        if norm.ends:
+            particles = self._object_particles(norm, tokens, kana_typed)
+            if particles is not None:
+                norm, tokens = particles
         respelled = self._spell_out_all(norm, tokens, kana_typed)
         return respelled if respelled is not None else (norm, tokens)
+
+    def _object_particles(
+        self, norm: Normalized, tokens: list[Token], kana_typed: bool
+    ) -> tuple[Normalized, list[Token]] | None:
+        """Romaji run together writes the object particle を as o, joined to the verb after it
+        (onakaokerareta: おなかおけられた, 腹を蹴られた; hanashioshitara: 話をしたら). Where the
+        dictionary read that お as the start of another verb (置け, 押し) right after a noun, and
+        the kana after it start a verb of the lexicon the word it read does not belong to, the
+        お is written を and the message read again."""
+        text = norm.text
+        spans: list[tuple[int, int, str]] = []
+        for i in range(1, len(tokens)):
+            tok = tokens[i]
+            if tok.surface == "お" and tok.pos1 == "接頭辞" and i + 2 < len(tokens):
+                # お taken for the honorific prefix before a verb that goes on with an ending
+                # (かぎ|お|かけ|て, こども|お|つれ|て): an honorific お goes on with に, ください or
+                # する (おかけになる, おまちください), so this one is を
+                verb, ending = tokens[i + 1], tokens[i + 2]
+                if (
+                    tokens[i - 1].end == tok.start
+                    and tokens[i - 1].pos1 not in ("助詞", "助動詞", "補助記号", "接頭辞")
+                    and verb.pos1 == "動詞"
+                    and verb.start == tok.end
+                    and (ending.pos1 == "助動詞" or ending.pos2 == "接続助詞")
+                ):
+                    spans.append((tok.start, tok.end, "を"))
+                continue
+            if not tok.surface.startswith("お") or len(tok.surface) < 2 or tok.pos1 != "動詞":
+                continue
+            before = tokens[i - 1]
+            if before.end != tok.start or before.pos1 not in _NOUN_PARTS_OF_SPEECH or before.unknown:
+                continue
+            if tok.lemma in self.index:
+                continue  # the verb read is one the lexicon knows (起こす, 押し付ける): kept
+            rest = text[tok.start + 1 : tok.start + 12]
+            first = next(iter(self._tagger(rest)), None)
+            if first is None or first.feature.pos1 != "動詞":
+                continue
+            lemma = _clean_lemma(first.feature.lemma, first.surface)
+            if lemma not in self.index or len(first.surface) < 2 and lemma != "為る":
+                continue
+            spans.append((tok.start, tok.start + 1, "を"))
+        if not spans:
+            return None
+        respelled = respell(norm, spans)
+        return respelled, self._tokens_of(respelled, kana_typed)
 
     def _tokens_of(self, norm: Normalized, kana_typed: bool | None = None) -> list[Token]:
         """``kana_typed``: whether ``norm.text`` is typed in kana, when the caller knows (reading
@@ -694,6 +865,16 @@ class Tokenizer:
                 and not (tok.pos1 == "動詞" and tok.cform == "連用形-撥音便")
             ):
                 key = _ONBIN + katakana_to_hiragana(tok.surface)
+            elif (
+                tok.pos1 == "動詞"
+                and tok.cform.startswith("未然形")
+                and len(tok.surface) >= 3
+                and tok.surface[-1] in "らラ"
+                and nxt.lemma == "れる"
+            ):
+                # しめら|れ read as 湿る and れる is as often しめ|られ, 閉める or 絞める and られる
+                # (かぎしめられた, くびをしめられた): kana cannot tell the two rows apart
+                key = _ICHIDAN + katakana_to_hiragana(tok.surface[:-1])
             if not key:
                 continue
             words = stems.get(key)
@@ -706,6 +887,10 @@ class Tokenizer:
                 tok.patterns = tok.patterns + tuple(p for p in more if p not in tok.patterns)
             if key[0] == _ONBIN and "た" not in nxt.keys and nxt.lemma == "だ":
                 nxt.keys = nxt.keys + ("た",)  # しん|だ read as 芯 and the copula: 死ん|だ
+            if key[0] == _ICHIDAN and nxt.lemma == "れる" and "られる" not in nxt.keys:
+                nxt.keys = nxt.keys + ("られる",)  # しめら|れ: しめ|られ
+                more = self.patterns_for(("られる",))
+                nxt.patterns = nxt.patterns + tuple(p for p in more if p not in nxt.patterns)
 
     def _morph(self, surface: str, f: Any) -> _Morph:
         lemma = _clean_lemma(f.lemma, surface)
