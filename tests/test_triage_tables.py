@@ -144,8 +144,8 @@ HELD_OUT_FLOORS = {
     # reading), scored once at its end (the README's estimate: 0.773 / 0.864 crisis recall), then worked on
     "holdout28.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.08, "category_micro_f1": 0.88},
     "holdout29.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.05, "category_micro_f1": 0.89},
-    # written blind after holdout28/29's work, sealed through the next round (the situation probes and the kana
-    # and romaji readings), scored once at its end (the README's estimate: 0.932 / 0.886 crisis recall)
+    # written blind after holdout28/29's work, sealed through the next round (the situation probes and
+    # the kana and romaji readings), scored once at its end (the README's estimate: 0.932 / 0.886)
     "holdout30.jsonl": {"crisis_recall": 0.9, "under_triage_rate": 0.07, "category_micro_f1": 0.89},
     "holdout31.jsonl": {"crisis_recall": 0.86, "under_triage_rate": 0.08, "category_micro_f1": 0.89},
     # Not blind: probes a developer wrote from COVERAGE.md in five rounds of 30 to 161 messages, each scored
