@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import postgres_database
-from tests.test_hot_path import measure, one_message
+from tests.hot_path_support import measure, one_message
 
 TEXT = "学校のことで相談があります"
 WARM = 20
@@ -47,9 +47,9 @@ async def run(n: int) -> dict[str, float]:
 
     async def work(svc: Any, web: Any, fake: Any, _counting: Any) -> None:
         for _ in range(WARM):
-            await one_message(svc, web, fake, Phases(), "U" + uuid.uuid4().hex, TEXT)  # type: ignore[arg-type]
+            await one_message(svc, web, fake, Phases(), "U" + uuid.uuid4().hex, TEXT)
         for _ in range(n):
-            await one_message(svc, web, fake, phases, "U" + uuid.uuid4().hex, TEXT)  # type: ignore[arg-type]
+            await one_message(svc, web, fake, phases, "U" + uuid.uuid4().hex, TEXT)
 
     with tempfile.TemporaryDirectory() as tmp:
         async with postgres_database() as url:
