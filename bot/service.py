@@ -21,6 +21,7 @@ from bot.inbox import InboxWorker
 from bot.metrics import Metrics
 from bot.models import Contact, Conversation, HandoffStatus, Message, Presence, State, utcnow
 from bot.outbox import OutboxWorker, wait_any
+from bot.reply_tokens import Kept, RedisReplyTokens, ReplyTokens
 from bot.retention import Retention
 from bot.storage import contacts, conversations, handoffs, monitoring
 from bot.types import Handled, Inbound
@@ -54,15 +55,18 @@ class Service:
         self.hours = Hours.parse(settings.hours, settings.timezone)
         self.events: EventBus
         self.queue: HandoffQueue
+        self.reply_tokens: ReplyTokens
         if settings.redis_url:  # shared by every process (each with its own client and connections)
             prefix = settings.redis_prefix
             self.events = RedisEventBus.from_url(settings.redis_url, prefix=prefix)
+            self.reply_tokens = RedisReplyTokens.from_url(settings.redis_url, prefix=prefix)
             self.queue = RedisQueue.from_url(
                 settings.redis_url, prefix=prefix, aging_minutes=settings.aging_minutes
             )
         else:
             self.events = EventBus()
             self.queue = InProcessQueue(settings.aging_minutes)
+            self.reply_tokens = ReplyTokens()
         self.queue_check_seconds = queue_check_seconds
         self.engine = ConversationEngine(
             db=self.db,
@@ -145,6 +149,7 @@ class Service:
             await channel.stop()
         await self.events.stop()
         await self.queue.close()
+        await self.reply_tokens.close()
         await self.db.dispose()
 
     async def rebuild_queue(self) -> None:
@@ -302,6 +307,15 @@ class ServiceHost:
 
     async def send_due(self, conversation_id: str) -> None:
         await self._svc.outbox.send_due(conversation_id=conversation_id)
+
+    async def keep_reply_token(self, channel: str, key: str, kept: Kept, seconds: float) -> None:
+        await self._svc.reply_tokens.keep(self._svc.crypto.lookup(channel, key), kept, seconds)
+
+    async def take_reply_token(self, channel: str, key: str) -> Kept | None:
+        return await self._svc.reply_tokens.take(self._svc.crypto.lookup(channel, key))
+
+    async def peek_reply_token(self, channel: str, key: str) -> Kept | None:
+        return await self._svc.reply_tokens.peek(self._svc.crypto.lookup(channel, key))
 
     async def contact(self, channel: str, user_id: str) -> Contact | None:
         lookup = self._svc.crypto.lookup(channel, user_id)

@@ -18,6 +18,7 @@ from typing import Protocol
 from bot.config import Settings
 from bot.events import Event
 from bot.models import Contact, Conversation, Message, Presence
+from bot.reply_tokens import Kept
 from bot.types import Handled, Inbound
 
 
@@ -69,6 +70,20 @@ class ChannelHost(Protocol):
 
     async def send_due(self, conversation_id: str) -> None:
         """Send now what waits in the outbox for this conversation (a reconnected web chat)."""
+        ...
+
+    # -- reply tokens: kept where every process of the service finds them (bot/reply_tokens.py) --------
+
+    async def keep_reply_token(self, channel: str, key: str, kept: Kept, seconds: float) -> None:
+        """Keep a platform's reply token under this channel's ``key`` for ``seconds``."""
+        ...
+
+    async def take_reply_token(self, channel: str, key: str) -> Kept | None:
+        """The token under ``key``, removed (single use: no other sender can take it after this)."""
+        ...
+
+    async def peek_reply_token(self, channel: str, key: str) -> Kept | None:
+        """The token under ``key``, left in place."""
         ...
 
     # -- data functions: a channel's own contacts -----------------------------------------------------

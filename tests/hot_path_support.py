@@ -19,10 +19,12 @@ from typing import Any, Protocol
 import httpx
 from sqlalchemy import event
 
+from bot.config import Settings
 from bot.service import Service
 from bot.web import create_app
-from tests.engine_helpers import running
+from tests.engine_helpers import started
 from tests.fake_line import FakeLine
+from tests.helpers import make_settings
 
 SECRET = "0123456789abcdef0123456789abcdef"
 ACCESS_TOKEN = "test-channel-access-token"
@@ -106,16 +108,22 @@ async def one_message(
     assert fake.to(user)[-1].via == "reply"
 
 
+def line_settings(tmp_path: Path, database_url: str, fake: FakeLine, **settings: Any) -> Settings:
+    """Settings of a service with LINE alone, sending to ``fake``."""
+    return make_settings(
+        tmp_path,
+        database_url,
+        line_channel_secret=SECRET,
+        line_channel_access_token=ACCESS_TOKEN,
+        line_api_base=fake.url,
+        loopback_channel=False,
+        **settings,
+    )
+
+
 async def measure(tmp_path: Path, database_url: str, work: Callable[..., Awaitable[None]]) -> None:
     with FakeLine(ACCESS_TOKEN) as fake:
-        async with running(
-            tmp_path,
-            database_url,
-            line_channel_secret=SECRET,
-            line_channel_access_token=ACCESS_TOKEN,
-            line_api_base=fake.url,
-            loopback_channel=False,
-        ) as svc:
+        async with started(line_settings(tmp_path, database_url, fake)) as svc:
             transport = httpx.ASGITransport(app=create_app(service=svc))
             async with httpx.AsyncClient(transport=transport, base_url="http://tsunagi") as web:
                 await work(svc, web, fake, Counting(svc))

@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -67,6 +67,7 @@ from linebot.v3.messaging import (  # type: ignore[import-untyped]
 
 from bot.guard import SIGNATURE_WINDOW
 from bot.images import file_item, is_picture_name, refused_kind
+from bot.reply_tokens import Kept
 from bot.types import ALBUM, EDITED, Delivery, Inbound, Item, Kind, Outbound, Outcome
 from channels.base import Channel
 from channels.host import ChannelHost
@@ -130,16 +131,13 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-@dataclass
-class _ReplyToken:
-    token: str
-    issued: float  # epoch seconds of the event that carried it
-    # A reply with this token failed in a way that does not say whether LINE took it (no answer, 5xx):
-    # if LINE then calls the still fresh token used, it was that reply that used it.
-    maybe_used: bool = False
+def _fresh(kept: Kept) -> bool:
+    return _left(kept) > 0
 
-    def fresh(self) -> bool:
-        return time.time() - self.issued < REPLY_TOKEN_SECONDS
+
+def _left(kept: Kept) -> float:
+    """Seconds the token is still good for (with the margin of ``REPLY_TOKEN_SECONDS``)."""
+    return kept.issued + REPLY_TOKEN_SECONDS - time.time()
 
 
 def retry_key(outbox_ids: list[int], part: int) -> str:
@@ -167,13 +165,11 @@ class LineChannel(Channel):
         )
         self._client: Any = None  # AsyncApiClient: its aiohttp session is made inside the event loop
         self._timeout = settings.api_timeout  # seconds for one API call (the SDK's default is five minutes)
-        # The latest unused reply token of each person (by LINE user id), in memory: a token is only
-        # good for a minute, so it is not worth storing, and a restart simply pushes instead.
-        self._tokens: dict[str, _ReplyToken] = {}
-        # Reply tokens of sends to be tried again, by the group's first retry key: a retry replies with
-        # the same token while it is fresh, so that a reply LINE took but whose answer was lost is not
-        # sent a second time by push.
-        self._retrying: dict[str, _ReplyToken] = {}
+        # Reply tokens are kept by the host (bot/reply_tokens.py: in Redis when the service has it, so
+        # that whichever process sends the answer replies): under "user:" + LINE user id, the person's
+        # latest unused token; under "group:" + a send's first retry key, the token of a send to be tried
+        # again, which a retry uses while it is fresh, so that a reply LINE took but whose answer was
+        # lost is not sent a second time by push.
         # Albums (imageSet ids) already answered, with when: one reply for several pictures.
         self._albums: dict[str, float] = {}
         # API calls under way: ``stop`` (which the service calls before its workers finish) lets them
@@ -287,12 +283,11 @@ class LineChannel(Channel):
         inbound = await self._with_content(event, inbound)
         user = inbound.user_id
         token = _str(event.get("replyToken"))
-        issued = _timestamp(event)
-        self._prune()
+        kept = Kept(token, _timestamp(event))
         timer = None
-        if token and time.time() - issued < REPLY_TOKEN_SECONDS:
+        if token and _fresh(kept):
             # Kept before the engine runs: the outbox may send the first reply while we are still here.
-            kept = self._tokens[user] = _ReplyToken(token, issued)
+            await self.host.keep_reply_token(self.name, _user_key(user), kept, _left(kept))
             if inbound.kind in (Kind.TEXT, Kind.CHOICE):
                 timer = asyncio.create_task(self._loading_later(user, kept))
                 self._timers.add(timer)
@@ -495,19 +490,17 @@ class LineChannel(Channel):
             )
         return Inbound(kind=Kind.MEDIA, external_id=message_id, items=(item,), **base)
 
-    def _prune(self) -> None:
-        now = time.time()
-        for user in [u for u, t in self._tokens.items() if now - t.issued >= REPLY_TOKEN_SECONDS]:
-            del self._tokens[user]
-        for group in [g for g, t in self._retrying.items() if now - t.issued >= REPLY_TOKEN_SECONDS]:
-            del self._retrying[group]
+    async def _unanswered(self, user: str, token: Kept) -> bool:
+        """Whether this token is still the person's latest, unused: nothing has answered the event."""
+        latest = await self.host.peek_reply_token(self.name, _user_key(user))
+        return latest is not None and latest.token == token.token
 
-    async def _loading_later(self, user: str, token: _ReplyToken) -> None:
+    async def _loading_later(self, user: str, token: Kept) -> None:
         """The typing indicator, if the reply to this event has not gone out after ``LOADING_AFTER``
         (its reply token is still unused), and never while a counsellor holds the conversation (the bot
         is silent then: a counsellor's answer takes its own time)."""
         await asyncio.sleep(LOADING_AFTER)
-        if self._tokens.get(user) is not token:
+        if not await self._unanswered(user, token):
             return  # answered already
         try:
             if await self.host.with_counsellor(self.name, user):
@@ -515,7 +508,7 @@ class LineChannel(Channel):
         except Exception as e:
             log.info("LINE loading indicator skipped: %s", e.__class__.__name__)
             return
-        if self._tokens.get(user) is token:
+        if await self._unanswered(user, token):
             await self._loading(user)
 
     async def _loading(self, user: str) -> None:
@@ -545,8 +538,9 @@ class LineChannel(Channel):
         group = retry_key([o.outbox_id for o in outs], 0)
         # The token an earlier attempt of this same group left in doubt, else the person's latest; single
         # use, so taken before the call.
-        token = self._retrying.pop(group, None) or self._tokens.pop(out.address, None)
-        if token is not None and token.fresh():
+        token = await self.host.take_reply_token(self.name, _group_key(group))
+        token = token or await self.host.take_reply_token(self.name, _user_key(out.address))
+        if token is not None and _fresh(token):
             try:
                 await api.reply_message(
                     ReplyMessageRequest(replyToken=token.token, messages=batches[0]),
@@ -557,7 +551,8 @@ class LineChannel(Channel):
                 if not (e.status == 400 and "reply token" in _body_message(e).lower()):
                     delivery = _delivery(e)
                     if delivery.outcome is Outcome.RETRY:  # tried again with this token while it is fresh
-                        self._retrying[group] = replace(token, maybe_used=token.maybe_used or e.status != 429)
+                        again = replace(token, maybe_used=token.maybe_used or e.status != 429)
+                        await self.host.keep_reply_token(self.name, _group_key(group), again, _left(again))
                     return delivery
                 if token.maybe_used:
                     # The fresh token is used: by the earlier reply of this group, whose answer was lost.
@@ -566,7 +561,8 @@ class LineChannel(Channel):
                 else:
                     log.info("LINE reply token expired or used; pushing instead")
             except Exception:
-                self._retrying[group] = replace(token, maybe_used=True)  # no answer: LINE may have taken it
+                again = replace(token, maybe_used=True)  # no answer: LINE may have taken it
+                await self.host.keep_reply_token(self.name, _group_key(group), again, _left(again))
                 raise
         for part in range(first, len(batches)):
             try:
@@ -580,6 +576,14 @@ class LineChannel(Channel):
                     continue  # this retry key was accepted before: the message went out already
                 return _delivery(e)
         return Delivery.delivered()
+
+
+def _user_key(user: str) -> str:
+    return "user:" + user
+
+
+def _group_key(group: str) -> str:
+    return "group:" + group
 
 
 def _messages(text: str, quick_replies: tuple[str, ...]) -> list[Any]:
