@@ -91,9 +91,6 @@ class Settings(BaseSettings):
     inbox_workers: int = Field(default=4, ge=1, le=64)
     # Sends in flight at once on each channel (each mostly waits on the platform, not the database).
     outbox_workers: int = Field(default=4, ge=1, le=64)
-    # Webhooks storing their events at once (0: no limit): more wait, so that intake never takes every
-    # database connection from the workers.
-    intake_concurrency: int = Field(default=8, ge=0)
     # Database connections of one process (PostgreSQL; the pool may grow by as many again when busy).
     database_pool: int = Field(default=10, ge=1)
     # How the logs are written to standard error (bot/logs.py): one JSON object a line (for a log

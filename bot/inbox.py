@@ -17,6 +17,7 @@ again when its lease runs out (the engine's idempotent ingest keeps that from an
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -29,6 +30,7 @@ from sqlalchemy import Row, bindparam, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col
 
 from bot.crypto import Crypto
@@ -66,7 +68,6 @@ class InboxWorker:
         channels: Mapping[str, EventHandler],
         wakeup: asyncio.Event,
         concurrency: int = 1,
-        intake: int = 0,
         metrics: Metrics | None = None,
     ) -> None:
         self.db = db
@@ -75,9 +76,11 @@ class InboxWorker:
         self.channels = channels
         self.wakeup = wakeup
         self.concurrency = max(1, concurrency)
-        # Webhooks storing at once (0: no limit): a flood of them waits here instead of taking every
-        # database connection from the workers.
-        self._intake = asyncio.Semaphore(intake) if intake > 0 else None
+        # Intake's events are written by one writer at a time, in batches (``_insert_queued``): the
+        # webhooks that arrive while it writes go together in its next insert, and a flood of them takes
+        # one database connection, never the workers'.
+        self._queued: list[tuple[list[dict[str, Any]], list[tuple[str, int]], asyncio.Future[int]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._triage = get_engine()
 
     # -- intake ------------------------------------------------------------------------------------
@@ -103,15 +106,10 @@ class InboxWorker:
         return self.crypto.lookup(channel, user), priority
 
     async def store(self, channel: str, events: list[tuple[str, str]]) -> int:
-        """Store (external id, payload) pairs in one transaction; returns how many were new."""
-        if self._intake is None:
-            return await self._store(channel, events)
-        async with self._intake:
-            return await self._store(channel, events)
-
-    async def _store(self, channel: str, events: list[tuple[str, str]]) -> int:
-        # One insert of the whole batch: an event stored before (a redelivery) is skipped by the unique
-        # (channel, external id), and only the new ones come back.
+        """Store (external id, payload) pairs; returns how many were new. They are stored when this
+        returns (a webhook answers after it)."""
+        # An event stored before (a redelivery) is skipped by the unique (channel, external id), and only
+        # the new ones come back.
         rows: list[dict[str, Any]] = []
         urgent: list[tuple[str, int]] = []
         seen: set[str] = set()
@@ -144,23 +142,56 @@ class InboxWorker:
             )
         if not rows:
             return 0
-        # One statement commits on its own; with urgent events, their raise and the insert go together.
-        async with self.db.transaction() if urgent else self.db.autocommit() as conn:
-            for sender, priority in urgent:
-                await conn.execute(
-                    update(_TABLE)
-                    .where(
-                        _TABLE.c.sender == sender,
-                        _TABLE.c.status.in_(UNFINISHED),
-                        _TABLE.c.priority > priority,
-                    )
-                    .values(priority=priority)
-                )
-            stored = await conn.execute(_store_statement(self.db.is_sqlite), rows)
-            new = len(stored.all())
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)  # a webhook given up on leaves no unread error behind
+        self._queued.append((rows, urgent, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._insert_queued())
+        new = await asyncio.shield(done)  # a webhook given up on still has its events stored
         if new:
             self.wakeup.set()
         return new
+
+    async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """One insert of ``rows`` (executemany: one statement on PostgreSQL); the (channel, external id)
+        of those that were new."""
+        stored = await conn.execute(_store_statement(self.db.is_sqlite), rows)
+        return [(r.channel, r.external_id) for r in stored]
+
+    async def _insert_queued(self) -> None:
+        """Write what the webhooks queued, one insert for all that queued while the last one was written
+        (group commit: under a flood, one statement and one commit for many events), until none is left;
+        in arrival order, so each person's events keep theirs. With an urgent event in the batch, the
+        raise of its person's earlier events goes in the same transaction. Each webhook learns how many of
+        its own events were new, or the error that stopped them."""
+        while self._queued:
+            batch, self._queued = self._queued, []
+            urgent = [u for _, raises, _ in batch for u in raises]
+            try:
+                async with self.db.transaction() if urgent else self.db.autocommit() as conn:
+                    new = await self._insert(conn, [row for rows, _, _ in batch for row in rows])
+                    for sender, priority in urgent:
+                        await conn.execute(_raise_statement(), {"person": sender, "raised": priority})
+            except BaseException as e:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(e if isinstance(e, Exception) else RuntimeError("intake stopped"))
+                if not isinstance(e, Exception):
+                    for _, _, done in self._queued:
+                        done.set_exception(RuntimeError("intake stopped"))
+                    self._queued = []
+                    raise
+                continue
+            fresh = collections.Counter(new)
+            for rows, _, done in batch:
+                count = 0
+                for row in rows:
+                    key = (row["channel"], row["external_id"])
+                    if fresh[key]:  # (the same event in two webhooks at once is new for the first)
+                        fresh[key] -= 1
+                        count += 1
+                if not done.done():
+                    done.set_result(count)
 
     async def scrub(self, channel: str, matches: Callable[[str], bool], *, days: int = 2) -> int:
         """Empty the stored events of ``channel`` whose payload ``matches`` (a message the person withdrew:
@@ -301,13 +332,36 @@ _DONE = (
 
 @functools.cache
 def _store_statement(sqlite: bool) -> Any:
-    """One insert of a webhook's events (executemany: one statement, the rows batched), a redelivery
-    skipped by the unique (channel, external id); RETURNING the ids of the new ones."""
+    """One insert of events (executemany: one statement, the rows batched), a redelivery skipped by the
+    unique (channel, external id); RETURNING the keys of the new ones."""
     table = Inbox.__table__  # type: ignore[attr-defined]
     insert = sqlite_insert if sqlite else pg_insert
     return (
-        insert(table).on_conflict_do_nothing(index_elements=["channel", "external_id"]).returning(table.c.id)
+        insert(table)
+        .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+        .returning(table.c.channel, table.c.external_id)
     )
+
+
+@functools.cache
+def _raise_statement() -> Any:
+    """An urgent event's person: their unfinished events below its priority are raised to it (their
+    order is kept, so the urgent one would otherwise wait behind them)."""
+    priority = bindparam("raised", type_=_TABLE.c.priority.type)
+    return (
+        update(_TABLE)
+        .where(
+            _TABLE.c.sender == bindparam("person"),
+            _TABLE.c.status.in_(UNFINISHED),
+            _TABLE.c.priority > priority,
+        )
+        .values(priority=priority)
+    )
+
+
+def _retrieved(done: asyncio.Future[int]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 @functools.cache

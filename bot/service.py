@@ -102,7 +102,6 @@ class Service:
             channels=self.channels,
             wakeup=asyncio.Event(),
             concurrency=settings.inbox_workers,
-            intake=settings.intake_concurrency,
             metrics=self.process_metrics,
         )
         idle = timedelta(hours=settings.idle_hours)

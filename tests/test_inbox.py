@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import text
 
 from bot.db import Database
@@ -19,7 +20,7 @@ from bot.models import Inbox, InboxStatus, utcnow
 from bot.types import Inbound
 from channels.base import Channel
 from tests.engine_helpers import running
-from tests.helpers import postgres_database, rows_of
+from tests.helpers import CRISIS, postgres_database, rows_of
 
 
 class Recording(Channel):
@@ -280,3 +281,103 @@ async def test_concurrent_workers_in_two_processes_keep_each_persons_order_and_l
             mine = [e["n"] for e in channel.processed if e["user"] == f"u{p}"]
             assert mine == list(range(each)), f"u{p} in order"
         assert {r.status for r in await rows_of(svc, Inbox)} == {InboxStatus.DONE}
+
+
+async def test_webhooks_arriving_together_are_stored_in_one_insert_each_told_its_own_count(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Group commit: the webhooks that arrive while the writer is busy go together in its next insert,
+    and each still learns how many of its own events were new (a redelivery in the same batch counts for
+    the first only)."""
+    async with running(tmp_path, database_url) as svc:
+        channel = recording(svc)
+        inserts: list[int] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("INSERT INTO INBOX"):
+                inserts.append(1)
+
+        sync_engine = svc.db.engine.sync_engine
+        sqlalchemy_event.listen(sync_engine, "before_cursor_execute", count)
+        webhooks = [
+            [(f"w{n}e{k}", json.dumps({"user": f"u{n}", "text": f"{k}回目"})) for k in range(n % 3 + 1)]
+            for n in range(40)
+        ]
+        webhooks.append(webhooks[5])  # a redelivery of webhook 5, at the same moment
+        counts = await asyncio.gather(*(channel.store_events(w) for w in webhooks))
+        sqlalchemy_event.remove(sync_engine, "before_cursor_execute", count)
+
+        assert counts[:40] == [n % 3 + 1 for n in range(40)]
+        assert counts[40] == 0, "the redelivery stored nothing new"
+        rows = await rows_of(svc, Inbox)
+        assert sorted(r.external_id for r in rows) == sorted(e for w in webhooks[:40] for e, _ in w)
+        assert len(inserts) < 10, f"{len(inserts)} inserts for 41 webhooks: not batched"
+        # Each person's events in the order their webhook had them.
+        by_user: dict[str, list[int]] = {}
+        for r in sorted(rows, key=lambda r: r.id or 0):
+            by_user.setdefault(r.sender, []).append(int(r.external_id.split("e")[-1]))
+        assert all(ks == sorted(ks) for ks in by_user.values())
+        assert await svc.inbox.process_due() == sum(counts)
+
+
+async def test_a_failed_batch_fails_its_webhooks_and_the_next_ones_are_stored(tmp_path: Path) -> None:
+    """The insert of a batch fails (the database went away): every webhook in it gets the error (it
+    answers 500, and the platform sends it again); those after it are stored as usual."""
+    async with running(tmp_path) as svc:
+        channel = recording(svc)
+        real = svc.inbox._insert
+        failures = [ConnectionError("database gone")]
+
+        async def flaky(conn: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+            if failures:
+                raise failures.pop()
+            return await real(conn, rows)
+
+        svc.inbox._insert = flaky  # type: ignore[method-assign]
+        first = await asyncio.gather(
+            *(channel.store_events([(f"a{n}", json.dumps({"user": "u", "text": "x"}))]) for n in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, ConnectionError) for r in first), first
+        assert await rows_of(svc, Inbox) == []
+        again = await asyncio.gather(
+            *(channel.store_events([(f"a{n}", json.dumps({"user": "u", "text": "x"}))]) for n in range(5))
+        )
+        assert again == [1] * 5
+        assert len(await rows_of(svc, Inbox)) == 5
+
+
+async def test_a_webhook_given_up_on_still_has_its_events_stored(tmp_path: Path) -> None:
+    async with running(tmp_path) as svc:
+        channel = recording(svc)
+        task = asyncio.create_task(channel.store_events([("gone", json.dumps({"user": "u", "text": "x"}))]))
+        await asyncio.sleep(0)  # queued, the writer started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(50):
+            if await rows_of(svc, Inbox):
+                break
+            await asyncio.sleep(0.02)
+        assert [r.external_id for r in await rows_of(svc, Inbox)] == ["gone"]
+
+
+async def test_an_urgent_event_arriving_with_ordinary_ones_keeps_its_persons_order(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A person's ordinary message and then their crisis, in two webhooks at the same moment (one batch):
+    stored in that order, the first raised to the crisis's priority, and both taken before another
+    person's ordinary message that came first."""
+    async with running(tmp_path, database_url) as svc:
+        channel = recording(svc)
+        await channel.store_events([("other", json.dumps({"user": "u2", "text": "こんにちは"}))])
+        await asyncio.gather(
+            channel.store_events([("first", json.dumps({"user": "u1", "text": "ねえ聞いて"}))]),
+            channel.store_events([("crisis", json.dumps({"user": "u1", "text": CRISIS}))]),
+        )
+        rows = sorted(await rows_of(svc, Inbox), key=lambda r: r.id or 0)
+        assert [r.external_id for r in rows] == ["other", "first", "crisis"]
+        assert rows[1].priority == rows[2].priority < rows[0].priority
+        while await svc.inbox.process_one():
+            pass
+        assert [e["text"] for e in channel.processed] == ["ねえ聞いて", CRISIS, "こんにちは"]
