@@ -56,6 +56,18 @@ SPELLINGS = [
     ("kinou karenikubioshimerareta", "crisis", ["kubioshimera"]),
     ("mou shinu. ekinohoomunohashikkoniiru", "crisis", ["hoomunohashikko"]),
     ("kizuitara shiranai hoteru ni ita", "high", ["kizuitara shiranai hoteru"]),
+    # romaji run together writes ん before お or を as n: shashinokutte is 写真送って (not しゃし|の);
+    # a loanword is not found inside from right after っ (mottookuranaito: もっと送らないと, not トーク)
+    (
+        "geemudeshiriattahitonishashinokutchatta. mottookuranaitogakkounibarasutte",
+        "high",
+        ["shashin", "okuranaito"],
+    ),
+    # kana not respelt from a particle into a noun the dictionary read whole (おや|が|びょういん is
+    # 親が病院, not 画鋲)
+    ("おやがびょういんにつれてってくれない", "high", ["びょういんにつれてってくれない"]),
+    # a verb's continuative form where the dictionary read another word: あい before に行く is 会い
+    ("いえのまえでまってるってDM。こんやあいにいくって", "crisis", ["あいにいく"]),
 ]
 
 
@@ -105,6 +117,14 @@ HARMLESS_HOMOPHONES = [
     "kyouwaatsuidesune",
     "ude ni kizu ga aru kedo mou naoru",
     "ookii kaado wo katta",
+    # romaji の after the letters of a noun ending in ん stays の where it is (投資の, 講師の)
+    "toushinohanashiokiita",
+    "koushinohanashiwatanoshikatta",
+    # a continuative form before ながら or に行く read as the lexicon's verb only where it is one
+    "こんどのみにいこうよ",
+    "あしたパンかいにいくね",
+    "なきながらえいがみた、いいはなしだった",
+    "2さいのむすこがかわいい",
 ]
 
 

@@ -260,6 +260,11 @@ _JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
 _ICHIDAN = "1"  # the stem of a verb of one row (いき of 生きる)
 _ONBIN = "5"  # the form of a verb of five rows before だ and で (しん of 死ぬ)
+_CONTINUATIVE = "R"  # the continuative form of a verb of five rows (なき of 泣く, あい of 会う)
+# What follows only a verb's continuative form: ながら, ます, たい, and に before a verb of going
+# or coming (会いに行く). Another word read there (なき: 無き; あい: 合い) is no grammar.
+_AFTER_CONTINUATIVE = frozenset({"ながら", "ます", "たい"})
+_GOING = frozenset({"行く", "来る"})
 # The dictionary form of a verb of five rows whose 連用形 before て or た is a sound change (行く:
 # 行って, not 行きて): its plain 連用形 there is no grammar (サ行 is: 話して).
 _ONBIN_LEMMA_END = frozenset("くぐつぬぶむう")
@@ -317,6 +322,8 @@ class Tokenizer:
         self._particle_cut_forms: set[str] = set()
         # The first two letters of the lexicon's loanwords that may be found inside a word.
         self._loan_inside_prefixes: set[str] = set()
+        # The readings of the lexicon's nouns that end in ん (しゃしん: 写真), for romaji.
+        self.n_final_nouns: frozenset[str] = frozenset()
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -332,6 +339,7 @@ class Tokenizer:
             if self._learn_loan(trie, word):
                 by_first.setdefault(word[0], []).append(word)
         self._loans_by_first = {c: tuple(sorted(ws, key=len, reverse=True)) for c, ws in by_first.items()}
+        n_final: set[str] = set()
         for word in sorted(words):
             nodes = list(self._tagger(word))
             if not nodes:
@@ -340,6 +348,8 @@ class Tokenizer:
                 kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes))
                 if len(kana) >= 3:
                     self._learn(trie, kana, word, "")
+                if kana.endswith("ん"):
+                    n_final.add(kana)
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
                 godan = (nodes[0].feature.cType or "").startswith("五段")
                 short = katakana_to_hiragana(nodes[0].feature.kanaBase or "")
@@ -377,6 +387,7 @@ class Tokenizer:
                 ):
                     continue
                 self._learn(trie, noun_kana + kana, noun + spelling, after, (len(noun_kana), len(noun)))
+        self.n_final_nouns = frozenset(n_final)
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
         self._stems = {k: tuple(sorted(v)) for k, v in stems.items()}
@@ -395,6 +406,10 @@ class Tokenizer:
             stems.setdefault(_ICHIDAN + reading[:-1], set()).add(word)
         elif ctype in ("五段-ナ行", "五段-バ行", "五段-マ行") and len(reading) >= 2:
             stems.setdefault(_ONBIN + reading[:-1] + "ん", set()).add(word)
+        if ctype.startswith("五段") and "-" in ctype:
+            row = _ROWS.get(ctype.split("-")[1][0])
+            if row is not None:
+                stems.setdefault(_CONTINUATIVE + reading[:-1] + row[0][1], set()).add(word)
 
     def _learn_loan(self, trie: dict[str, Any], word: str) -> bool:
         """A katakana word of the lexicon, as typed in hiragana: learnt when the dictionary knows
@@ -582,6 +597,17 @@ class Tokenizer:
                 continue  # a noun over a verb that goes on: どう|し|たら is not 同士たら
             if end not in ends and len(covered) == 2 and _reads_across_particle(covered[0], covered[1]):
                 continue  # くる|まで is not 車|で, から|だし not 体|し
+            if (
+                end not in ends
+                and tok.pos1 == "助詞"
+                and len(tok.surface) == 1
+                and covered[-1].pos2 == "普通名詞"
+                and not covered[-1].unknown
+                and covered[-1].end - end >= 2
+            ):
+                # a particle and the start of a common noun read whole: おや|が|びょういん, not
+                # 画鋲 (a proper noun read in kana is often a cut gone wrong: お|かねはら|え)
+                continue
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
@@ -866,6 +892,17 @@ class Tokenizer:
             ):
                 key = _ONBIN + katakana_to_hiragana(tok.surface)
             elif (
+                len(tok.surface) >= 2
+                and not (tok.pos1 == "動詞" and tok.cform.startswith("連用形"))
+                and (
+                    nxt.lemma in _AFTER_CONTINUATIVE
+                    or (nxt.surface == "に" and i + 2 < len(tokens) and tokens[i + 2].lemma in _GOING)
+                )
+            ):
+                # なき|ながら read as 無い, あい|に|いく as 合い: only a verb's continuative form
+                # stands there (泣きながら, 会いに行く)
+                key = _CONTINUATIVE + katakana_to_hiragana(tok.surface)
+            elif (
                 tok.pos1 == "動詞"
                 and tok.cform.startswith("未然形")
                 and len(tok.surface) >= 3
@@ -878,7 +915,9 @@ class Tokenizer:
             if not key:
                 continue
             words = stems.get(key)
-            if words is None:
+            if key[0] == _CONTINUATIVE:  # or the stem of a verb of one row (いき|ながら: 生きる)
+                words = (words or ()) + stems.get(_ICHIDAN + key[1:], ())
+            if not words:
                 continue
             new = tuple(w for w in words if w not in tok.keys)
             if new:
