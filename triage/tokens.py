@@ -24,7 +24,7 @@ from triage.normalize import (
     trie_as_written,
     written_forms,
 )
-from triage.ruleset import COMMON_KANA, READING, SeqPattern
+from triage.ruleset import COMMON_KANA, READING, WRITTEN, SeqPattern
 
 
 class Token:
@@ -942,7 +942,8 @@ class Tokenizer:
             # of its dictionary form) are keys there, matched against the readings of the
             # lexicon's words (ruleset.py: READING).
             base = f.lForm if f.lForm and f.lForm != "*" else surface
-            readings = _keys(READING + katakana_to_hiragana(surface), READING + katakana_to_hiragana(base))
+            kana = katakana_to_hiragana(surface)
+            readings = _keys(READING + kana, READING + katakana_to_hiragana(base), WRITTEN + kana)
         return (
             lemma,
             orth,
