@@ -71,6 +71,17 @@ SPELLINGS = [
     # a loanword of the lexicon typed in hiragana is found as written, not in a verb's form of the
     # same kana (くらし is 暮らす, not クラス: no class, no school, the partner's violence stays)
     ("どうせいのぱーとなーとくらしています。きにはいらないことがあるとけられます", "high", ["けら"]),
+    # kana that are a word (弱さ) and a verb's form before the passive (酔わさ|れ): the form there
+    ("ともだちがのみかいでよわされて、ヤられたっぽい", "high", ["よわさ"]),
+    # the て of a verb's form is not the start of a word (なっ|て|くび: なって首, not 手首)
+    ("このまえかれしとけんかになってくびしめられた", "high", ["くびしめ"]),
+    # the stem of a verb of one row of the lexicon before an ending, whatever verb the dictionary
+    # read (かえれ|ない read as 変える: 帰れない)
+    (
+        "ネットでしりあったひとのいえに、こんやとまるよてい。いえにはかえれない。15さい",
+        "crisis",
+        ["かえれない"],
+    ),
 ]
 
 
@@ -128,6 +139,9 @@ HARMLESS_HOMOPHONES = [
     "あしたパンかいにいくね",
     "なきながらえいがみた、いいはなしだった",
     "2さいのむすこがかわいい",
+    # 弱さ before a particle stays 弱さ; a verb's て before くび stays its て (fired from a job)
+    "かれのつよさとよわさがすき",
+    "がんばってたのにかいしゃをくびになった",
 ]
 
 

@@ -97,6 +97,9 @@ _AFTER_STEM = "たてでだまなずせれよそさうがにのとば"
 # punctuation mark, or the end of the message ("\0").
 _AFTER_COMMAND = _AFTER_STEM + "っ。、！？!?」』\n\0"
 _AFTER_ONBIN = "たてでだ"
+# What follows a verb's form and never a noun: the passive, the causative, the old negation
+# (よわさ|れ: 酔わされ; よわさ|が stays 弱さが).
+_PASSIVE_CAUSATIVE = "れせずレセズ"
 
 
 def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
@@ -320,6 +323,9 @@ class Tokenizer:
         # 燃やす): respelt only where the dictionary took their first kana for a particle after
         # the word before (いえ|も|やす: 家燃やす), never out of a longer word (い|なくなり).
         self._particle_cut_forms: set[str] = set()
+        # Kana that spell a word of the lexicon and the form of another's before an ending (よわさ:
+        # 弱さ, 酔わさ before れ): that form, with what may follow it (see _learn).
+        self._before_ending: dict[str, tuple[str, str, bool, tuple[int, int]]] = {}
         # The first two letters of the lexicon's loanwords that may be found inside a word.
         self._loan_inside_prefixes: set[str] = set()
         # The readings of the lexicon's nouns that end in ん (しゃしん: 写真), for romaji.
@@ -468,7 +474,16 @@ class Tokenizer:
         for ch in kana:
             node = node.setdefault(ch, {})
         # what may follow, as it may be written (katakana too: the text is not folded)
-        node.setdefault(_END, (spelling, written_forms(after), False, split))
+        entry = (spelling, written_forms(after), False, split)
+        known = node.get(_END)
+        if known is None:
+            node[_END] = entry
+        elif known[0] != spelling and bool(known[1]) != bool(entry[1]) and not known[2]:
+            # the same kana are a word of their own and a verb's form before an ending (よわさ:
+            # 弱さ, and 酔わさ before れ): the form where its ending follows, else the word
+            constrained, free = (entry, known) if entry[1] else (known, entry)
+            node[_END] = free
+            self._before_ending.setdefault(kana, constrained)
         # the first two letters, as they may be written: most words start no spelling
         self._spelling_prefix_forms.update(
             a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
@@ -559,6 +574,10 @@ class Tokenizer:
                 j += 1
                 if _END in node:
                     spelling, after, loan, split = node[_END]
+                    if self._before_ending and j < len(text):
+                        other = self._before_ending.get(katakana_to_hiragana(text[pos:j]))
+                        if other is not None and text[j] in _PASSIVE_CAUSATIVE and text[j] in other[1]:
+                            spelling, after, loan, split = other
                     # a verb's form only before what may follow it (しん before だ or で)
                     if not after or (text[j] in after if j < len(text) else "\0" in after):
                         found = (j, str(spelling), bool(loan), split)
@@ -608,6 +627,14 @@ class Tokenizer:
                 # a particle and the start of a common noun read whole: おや|が|びょういん, not
                 # 画鋲 (a proper noun read in kana is often a cut gone wrong: お|かねはら|え)
                 continue
+            if (
+                tok.surface in ("て", "で")
+                and tok.pos2 == "接続助詞"
+                and i > 0
+                and tokens[i - 1].end == pos
+                and tokens[i - 1].pos1 in ("動詞", "助動詞", "形容詞")
+            ):
+                continue  # the て or で of a verb's form: なっ|て|くび is なって首, not 手首
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
@@ -912,6 +939,15 @@ class Tokenizer:
                 # しめら|れ read as 湿る and れる is as often しめ|られ, 閉める or 絞める and られる
                 # (かぎしめられた, くびをしめられた): kana cannot tell the two rows apart
                 key = _ICHIDAN + katakana_to_hiragana(tok.surface[:-1])
+            if (
+                not key
+                and tok.pos1 == "動詞"
+                and len(tok.surface) >= 3
+                and (nxt.pos1 == "助動詞" or nxt.lemma == "て")
+            ):
+                # かえれ|ない read as 変える is as often 帰れる (帰れない): the stem of a verb of one
+                # row of the lexicon before an ending, whatever verb the dictionary read
+                key = _ICHIDAN + katakana_to_hiragana(tok.surface)
             if not key:
                 continue
             words = stems.get(key)
