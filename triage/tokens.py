@@ -350,9 +350,11 @@ class Tokenizer:
             nodes = list(self._tagger(word))
             if not nodes:
                 continue
-            if all(n.feature.pos1 in _NOUN_PARTS for n in nodes):
+            # a noun, or an adnominal and a noun (この前: the dictionary cuts このまえ as この|ま|え)
+            adnominal = len(nodes) > 1 and nodes[0].feature.pos1 == "連体詞"
+            if all(n.feature.pos1 in _NOUN_PARTS for n in nodes[1 if adnominal else 0 :]):
                 kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes))
-                if len(kana) >= 3:
+                if len(kana) >= (4 if adnominal else 3):  # not この間 read このま (このまま)
                     self._learn(trie, kana, word, "")
                 if kana.endswith("ん"):
                     n_final.add(kana)
@@ -939,15 +941,6 @@ class Tokenizer:
                 # しめら|れ read as 湿る and れる is as often しめ|られ, 閉める or 絞める and られる
                 # (かぎしめられた, くびをしめられた): kana cannot tell the two rows apart
                 key = _ICHIDAN + katakana_to_hiragana(tok.surface[:-1])
-            if (
-                not key
-                and tok.pos1 == "動詞"
-                and len(tok.surface) >= 3
-                and (nxt.pos1 == "助動詞" or nxt.lemma == "て")
-            ):
-                # かえれ|ない read as 変える is as often 帰れる (帰れない): the stem of a verb of one
-                # row of the lexicon before an ending, whatever verb the dictionary read
-                key = _ICHIDAN + katakana_to_hiragana(tok.surface)
             if not key:
                 continue
             words = stems.get(key)
