@@ -75,6 +75,9 @@ SPELLINGS = [
     ("ともだちがのみかいでよわされて、ヤられたっぽい", "high", ["よわさ"]),
     # the て of a verb's form is not the start of a word (なっ|て|くび: なって首, not 手首)
     ("このまえかれしとけんかになってくびしめられた", "high", ["くびしめ"]),
+    # Hepburn writes a stretched ending as its vowel again (shinitee: 死にてぇ; shinidee, northern)
+    ("majishinitee. mainichisoreshikakangaetenai", "high", ["shinitee"]),
+    ("shinideetteomotteru", "high", ["shinidee"]),
 ]
 
 
@@ -135,6 +138,10 @@ HARMLESS_HOMOPHONES = [
     # 弱さ before a particle stays 弱さ; a verb's て before くび stays its て (fired from a job)
     "かれのつよさとよわさがすき",
     "がんばってたのにかいしゃをくびになった",
+    # ... but not i or u, which end words (kawaii, kuu)
+    "kono neko kawaii",
+    "hara hetta kara nanka kuu",
+    "ashita hareta ra ee na",
 ]
 
 

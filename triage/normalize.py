@@ -920,6 +920,8 @@ def _read_latin(
                 kana = loan  # roopu: ロープ, one letter for one
             elif len(kana) >= 5:
                 kana = _loans_inside(kana, loans)  # ekinohoomuniiru: えきのホームにいる
+            if not keyboard and len(kana) >= 3:
+                kana = _LONG_END.sub("ー", kana)  # one letter for one: the spans hold
             out.append(kana)
             where.extend((pos + a, pos + b) for a, b in spans)
         pos += len(word)
@@ -927,6 +929,14 @@ def _read_latin(
 
 
 _SMALL_KANA = "っゃゅょぁぃぅぇぉゎ"
+# Hepburn writes a stretched ending (死にてぇ, やべー, 死にたかー) as its vowel again (shinitee,
+# yabee, shinitakaa): a vowel a, e or o after a kana of its own row at the end of the word, or
+# e before っ (shiniteette), is the long mark (not i or u: kawaii, kuu are words; not o before
+# っ: motootto is もと|おっと; nor a vowel after the same vowel: ee, ええ, is "good").
+_LONG_END = re.compile(
+    "(?:(?<=[かがさざただなはばぱまやらわゃ])あ|(?<=[こごそぞとどのほぼぽもよろょ])お)$"
+    "|(?<=[けげせぜてでねへべぺめれ])え(?=っ|$)"
+)
 _LOANS_INSIDE: dict[int, tuple[dict[str, str], re.Pattern[str] | None]] = {}
 
 
