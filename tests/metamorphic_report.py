@@ -35,21 +35,21 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 MIN_KEPT = 0.98  # the target of the triage issue: not reached yet for the kana scripts and romaji
 # What the tests hold the engine to until then: the lower of the two sets' shares as last measured
-# (README, "Any spelling"), less about a point and a half (a floor against regressions, raised as
-# the engine improves).
+# (README, "Any spelling"), less about half a point (a floor against regressions, raised as the
+# engine improves; last raised with issue 11's second round of reading fixes).
 FLOORS = {
-    "hiragana": 0.931,
-    "hiragana_all": 0.915,
-    "katakana": 0.914,
+    "hiragana": 0.955,
+    "hiragana_all": 0.944,
+    "katakana": 0.943,
     "half_width": 0.98,
-    "katakana_half_width": 0.914,
-    "romaji_hepburn": 0.909,
-    "romaji_hepburn_unspaced": 0.873,
-    "romaji_keyboard": 0.913,
+    "katakana_half_width": 0.943,
+    "romaji_hepburn": 0.930,
+    "romaji_hepburn_unspaced": 0.910,
+    "romaji_keyboard": 0.932,
     "spaced": 0.98,
     "one_per_line": 0.97,
     "elongated": 0.97,
-    "digits_for_kana": 0.929,
+    "digits_for_kana": 0.953,
     "masked": 0.98,
     "masked_symbols": 0.95,
 }

@@ -39,6 +39,37 @@ def test_normalised_text(raw: str, expected: str) -> None:
     assert norm(raw) == expected
 
 
+def read(text: str) -> str:
+    """The text as the tokenizer reads it: normalised, then kana the dictionary cut badly spelt as
+    the lexicon's words."""
+    engine = get_engine()
+    return engine.tokenizer.tokenize(engine.normalizer.normalize(text))[0].text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # an adnominal and a noun cut into single kana (この|ま|え); この間 (このま) is not looked
+        # for, so このまま stays
+        ("このまえそれでけんかになった", "この前それでけんかになった"),
+        ("このままじゃだめ", "このままじゃだめ"),
+        # romaji run together: n before o is ん and お where a noun of the lexicon ends; no loanword
+        # from right after っ (もっと|おくらない, not もっ|トーク)
+        ("shashinokutte", "写真送って"),
+        ("mottookuranaito", "もっとおくらないと"),
+        # a particle and a common noun read whole are not respelt (not お|や画鋲|いん)
+        ("おやがびょういんにいった", "おやがびょういんにいった"),
+        # a verb's form before the passive, the word before a particle
+        ("ともだちがよわされた", "ともだちが酔わされた"),
+        ("かれのよわさがすき", "かれの弱さがすき"),
+        # not from the て of a verb's form (なっ|て|くび)
+        ("けんかになってくびしめられた", "けんかになって首締められた"),
+    ],
+)
+def test_read_text(raw: str, expected: str) -> None:
+    assert read(raw) == expected
+
+
 def test_offsets_point_into_the_original() -> None:
     text = "ﾏｼﾞで　しにたいいいい　💊ぜんぶ飲んだ"
     result = triage(text)

@@ -56,6 +56,28 @@ SPELLINGS = [
     ("kinou karenikubioshimerareta", "crisis", ["kubioshimera"]),
     ("mou shinu. ekinohoomunohashikkoniiru", "crisis", ["hoomunohashikko"]),
     ("kizuitara shiranai hoteru ni ita", "high", ["kizuitara shiranai hoteru"]),
+    # romaji run together writes ん before お or を as n: shashinokutte is 写真送って (not しゃし|の);
+    # a loanword is not found inside from right after っ (mottookuranaito: もっと送らないと, not トーク)
+    (
+        "geemudeshiriattahitonishashinokutchatta. mottookuranaitogakkounibarasutte",
+        "high",
+        ["shashin", "okuranaito"],
+    ),
+    # kana not respelt from a particle into a noun the dictionary read whole (おや|が|びょういん is
+    # 親が病院, not 画鋲)
+    ("おやがびょういんにつれてってくれない", "high", ["びょういんにつれてってくれない"]),
+    # a verb's continuative form where the dictionary read another word: あい before に行く is 会い
+    ("いえのまえでまってるってDM。こんやあいにいくって", "crisis", ["あいにいく"]),
+    # a loanword of the lexicon typed in hiragana is found as written, not in a verb's form of the
+    # same kana (くらし is 暮らす, not クラス: no class, no school, the partner's violence stays)
+    ("どうせいのぱーとなーとくらしています。きにはいらないことがあるとけられます", "high", ["けら"]),
+    # kana that are a word (弱さ) and a verb's form before the passive (酔わさ|れ): the form there
+    ("ともだちがのみかいでよわされて、ヤられたっぽい", "high", ["よわさ"]),
+    # the て of a verb's form is not the start of a word (なっ|て|くび: なって首, not 手首)
+    ("このまえかれしとけんかになってくびしめられた", "high", ["くびしめ"]),
+    # Hepburn writes a stretched ending as its vowel again (shinitee: 死にてぇ; shinidee, northern)
+    ("majishinitee. mainichisoreshikakangaetenai", "high", ["shinitee"]),
+    ("shinideetteomotteru", "high", ["shinidee"]),
 ]
 
 
@@ -105,6 +127,21 @@ HARMLESS_HOMOPHONES = [
     "kyouwaatsuidesune",
     "ude ni kizu ga aru kedo mou naoru",
     "ookii kaado wo katta",
+    # romaji の after the letters of a noun ending in ん stays の where it is (投資の, 講師の)
+    "toushinohanashiokiita",
+    "koushinohanashiwatanoshikatta",
+    # a continuative form before ながら or に行く read as the lexicon's verb only where it is one
+    "こんどのみにいこうよ",
+    "あしたパンかいにいくね",
+    "なきながらえいがみた、いいはなしだった",
+    "2さいのむすこがかわいい",
+    # 弱さ before a particle stays 弱さ; a verb's て before くび stays its て (fired from a job)
+    "かれのつよさとよわさがすき",
+    "がんばってたのにかいしゃをくびになった",
+    # ... but not i or u, which end words (kawaii, kuu)
+    "kono neko kawaii",
+    "hara hetta kara nanka kuu",
+    "ashita hareta ra ee na",
 ]
 
 

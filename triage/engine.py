@@ -95,6 +95,7 @@ class Engine:
             word_across=self.tokenizer.word_across,
             loans=self.tokenizer.loan_kana,
             cuts_words=self.tokenizer.cuts_words,
+            n_words=self.tokenizer.n_final_nouns,
         )
         ctx = self.rules.context
         self._ctx = ctx
@@ -351,9 +352,7 @@ class Engine:
                         continue
                     if term.exact and text[pos:j] != term.term:
                         continue
-                    if term.reading and (
-                        first != last or tokens[first].pos1 != "名詞" or not _all_hiragana(text, pos, j)
-                    ):
+                    if term.reading and not _one_noun(tokens, first, last, text, pos, j):
                         continue  # しよう is not 私用, カし is not 歌詞
                     found.add(term.concept, term.term, first, last)
         doc.hits = sorted(found.hits, key=lambda h: (h.first, h.last))
@@ -770,6 +769,22 @@ def _words_present(pat: SeqPattern, present: set[str]) -> bool:
         else:
             return False
     return True
+
+
+def _one_noun(tokens: list[Token], first: int, last: int, text: str, start: int, end: int) -> bool:
+    """Where the kana spelling of a word written with kanji stands for it: one noun the dictionary
+    read whole, written in hiragana (くすり: 薬; しよう is not 私用, カし not 歌詞), or a number
+    and its counter (2さい: 2歳, 100けん: 100件, shared by the number and a counter word)."""
+    if not _all_hiragana(text, start, end):
+        return False
+    if first == last:
+        return tokens[first].pos1 == "名詞"
+    return (
+        first + 1 == last
+        and tokens[first].pos2 == "数詞"
+        and tokens[first].surface.isdigit()
+        and tokens[last].pos1 in ("名詞", "接尾辞")
+    )
 
 
 def _all_hiragana(text: str, start: int, end: int) -> bool:

@@ -451,6 +451,7 @@ class Normalizer:
         word_across: Callable[[str, str], bool] | None = None,
         loans: dict[str, str] | None = None,
         cuts_words: Callable[[str, str], bool] | None = None,
+        n_words: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
         # The lexicon's loanwords by their hiragana (ろーぷ, ろおぷ: ロープ): a romaji word that
@@ -461,6 +462,9 @@ class Normalizer:
         # ... and whether that word cuts one of the two in pieces (romaji words joined: ima manin
         # read いまま|ん, not いま|まんいん).
         self.cuts_words = cuts_words
+        # The readings of the lexicon's nouns that end in ん (しゃしん: 写真): romaji run together
+        # writes ん before お or を as n (shashinokutte), which reads as の (see _n_before_o).
+        self._n_before_o = _n_before_o_pattern(n_words)
         self._nfkc = _nfkc_class()
         # The same for text without letters beyond U+FFFF (nearly all): a class of such letters
         # alone is looked up in a table, one with letters beyond is tried range by range.
@@ -575,7 +579,7 @@ class Normalizer:
                 t,
                 origin,
                 _LATIN_SENTENCE if romaji else _LATIN_WORD,
-                _romaji_reader(t, romaji, self.loans, self.cuts_words),
+                _romaji_reader(t, romaji, self.loans, self.cuts_words, self._n_before_o),
                 ends,
             )
             if romaji:
@@ -846,7 +850,11 @@ _LATIN_SENTENCE = re.compile("[A-Za-z][A-Za-z'\\-]*(?: [A-Za-z][A-Za-z'\\-]*)*")
 
 
 def _romaji_reader(
-    t: str, mostly_latin: bool, loans: dict[str, str], cuts_words: Callable[[str, str], bool] | None = None
+    t: str,
+    mostly_latin: bool,
+    loans: dict[str, str],
+    cuts_words: Callable[[str, str], bool] | None = None,
+    n_before_o: re.Pattern[str] | None = None,
 ) -> MappedReplacer:
     """Romaji words as kana. In text written mostly in Latin letters every word that spells
     kana is read; among Japanese, only longer ones (a short Latin word is more often English
@@ -860,7 +868,7 @@ def _romaji_reader(
         previous_read = False
         previous = ""
         for k, word in enumerate(m.group().split(" ")):
-            read, where = _read_latin(word, mostly_latin, keyboard, loans)
+            read, where = _read_latin(word, mostly_latin, keyboard, loans, n_before_o)
             was_read = read != word
             # Romaji sentences put spaces between words (kubi o tsurimasu), Japanese does not:
             # words read as kana are joined again, unless the dictionary would then read a word
@@ -885,7 +893,11 @@ def _romaji_reader(
 
 
 def _read_latin(
-    run: str, mostly_latin: bool, keyboard: bool, loans: dict[str, str]
+    run: str,
+    mostly_latin: bool,
+    keyboard: bool,
+    loans: dict[str, str],
+    n_before_o: re.Pattern[str] | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """A Latin word read as kana where it spells kana, with each character's span in ``run``."""
     out: list[str] = []
@@ -901,18 +913,64 @@ def _read_latin(
             where.extend((i, i + 1) for i in range(pos, pos + len(word)))
         else:
             spans = _syllable_spans(word, kana, keyboard)
+            if n_before_o is not None and not keyboard and "の" in kana:
+                kana, spans = _n_before_o(kana, spans, n_before_o)
             loan = loans.get(kana)
             if loan is not None and len(loan) == len(kana):
                 kana = loan  # roopu: ロープ, one letter for one
             elif len(kana) >= 5:
                 kana = _loans_inside(kana, loans)  # ekinohoomuniiru: えきのホームにいる
+            if not keyboard and len(kana) >= 3:
+                kana = _LONG_END.sub("ー", kana)  # one letter for one: the spans hold
             out.append(kana)
             where.extend((pos + a, pos + b) for a, b in spans)
         pos += len(word)
     return "".join(out), where
 
 
+_SMALL_KANA = "っゃゅょぁぃぅぇぉゎ"
+# Hepburn writes a stretched ending (死にてぇ, やべー, 死にたかー) as its vowel again (shinitee,
+# yabee, shinitakaa): a vowel a, e or o after a kana of its own row at the end of the word, or
+# e before っ (shiniteette), is the long mark (not i or u: kawaii, kuu are words; not o before
+# っ: motootto is もと|おっと; nor a vowel after the same vowel: ee, ええ, is "good").
+_LONG_END = re.compile(
+    "(?:(?<=[かがさざただなはばぱまやらわゃ])あ|(?<=[こごそぞとどのほぼぽもよろょ])お)$"
+    "|(?<=[けげせぜてでねへべぺめれ])え(?=っ|$)"
+)
 _LOANS_INSIDE: dict[int, tuple[dict[str, str], re.Pattern[str] | None]] = {}
+
+
+def _n_before_o(
+    kana: str, spans: list[tuple[int, int]], pattern: re.Pattern[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    """の read as ん and お where ``pattern`` finds it (しゃしのくって: しゃしんおくって); the
+    letters of no split between the two (n for ん, o for お)."""
+    out: list[str] = []
+    where: list[tuple[int, int]] = []
+    last = 0
+    for m in pattern.finditer(kana):
+        at = m.end() - 1  # the の
+        out.append(kana[last:at])
+        where.extend(spans[last:at])
+        a, b = spans[at]
+        out.append("んお")
+        where.extend([(a, min(a + 1, b)), (min(a + 1, b - 1), b)])
+        last = at + 1
+    out.append(kana[last:])
+    where.extend(spans[last:])
+    return "".join(out), where
+
+
+def _n_before_o_pattern(n_words: frozenset[str]) -> re.Pattern[str] | None:
+    """Where romaji run together spells one of these nouns but for its ん, followed by の
+    (shashinokutte: しゃしのくって), the writer meant ん and お or を (写真送って, 写真を): in Hepburn
+    の after ん is nno (shashinnokoto). Only nouns of four kana or more (しゃしん, れんたん,
+    かいだん): the first three of a shorter one are too often a word of their own before の
+    (きけの is no word, but ふりの is: 寝たふりのまま)."""
+    stems = sorted({w[:-1] for w in n_words if len(w) >= 4 and w.endswith("ん")}, key=len, reverse=True)
+    if not stems:
+        return None
+    return re.compile("(" + "|".join(map(re.escape, stems)) + ")の")
 
 
 def _loans_inside(kana: str, loans: dict[str, str]) -> str:
@@ -926,7 +984,14 @@ def _loans_inside(kana: str, loans: dict[str, str]) -> str:
             key=len,
             reverse=True,
         )
-        known = (loans, re.compile("|".join(map(re.escape, spelt))) if spelt else None)
+        # never from right after a small kana or っ, nor up to a small kana: those belong to the
+        # letters around them (mottookuranaito: もっと|おくらない, not もっ|トーク|らない)
+        known = (
+            loans,
+            re.compile(f"(?<![{_SMALL_KANA}])(?:{'|'.join(map(re.escape, spelt))})(?![{_SMALL_KANA}])")
+            if spelt
+            else None,
+        )
         _LOANS_INSIDE[id(loans)] = known
     pattern = known[1]
     if pattern is None:

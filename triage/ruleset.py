@@ -257,15 +257,19 @@ def _readings(words: list[str], reading: Any) -> frozenset[str]:
                 out.add(READING + kana)
         elif _katakana_word(w):
             # a loanword typed in hiragana (ほてる) is read as a native word (火照る): its
-            # hiragana is its reading
+            # hiragana is its reading, as written (a loanword does not conjugate: くらし is 暮らす,
+            # never クラス)
             kana = _hiragana(w)
             if kana not in COMMON_KANA:
-                out.add(READING + kana)
+                out.add(WRITTEN + kana)
     return frozenset(out)
 
 
 # The mark of a reading key: a word's reading, matched only in messages typed in kana.
 READING = "〃"
+# The mark of a word's kana as written (not of its dictionary form): what a loanword of the
+# lexicon typed in hiragana is matched by, in messages typed in kana.
+WRITTEN = "〆"
 # Kana words so common in their own sense that a lexicon word of the same reading is not read
 # into them (あと is "after" far more often than 痕).
 # Nor is a word of the lexicon written into kana that read as common words (いない is not 以内).

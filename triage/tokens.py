@@ -24,7 +24,7 @@ from triage.normalize import (
     trie_as_written,
     written_forms,
 )
-from triage.ruleset import COMMON_KANA, READING, SeqPattern
+from triage.ruleset import COMMON_KANA, READING, WRITTEN, SeqPattern
 
 
 class Token:
@@ -97,6 +97,9 @@ _AFTER_STEM = "たてでだまなずせれよそさうがにのとば"
 # punctuation mark, or the end of the message ("\0").
 _AFTER_COMMAND = _AFTER_STEM + "っ。、！？!?」』\n\0"
 _AFTER_ONBIN = "たてでだ"
+# What follows a verb's form and never a noun: the passive, the causative, the old negation
+# (よわさ|れ: 酔わされ; よわさ|が stays 弱さが).
+_PASSIVE_CAUSATIVE = "れせずレセズ"
 
 
 def _forms(word: str, f: Any) -> list[tuple[str, str, str]]:
@@ -260,6 +263,11 @@ _JA_LETTER = re.compile(f"[{HIRAGANA}{KATAKANA}ー{KANJI}]")
 _CACHE_MAX = 200_000
 _ICHIDAN = "1"  # the stem of a verb of one row (いき of 生きる)
 _ONBIN = "5"  # the form of a verb of five rows before だ and で (しん of 死ぬ)
+_CONTINUATIVE = "R"  # the continuative form of a verb of five rows (なき of 泣く, あい of 会う)
+# What follows only a verb's continuative form: ながら, ます, たい, and に before a verb of going
+# or coming (会いに行く). Another word read there (なき: 無き; あい: 合い) is no grammar.
+_AFTER_CONTINUATIVE = frozenset({"ながら", "ます", "たい"})
+_GOING = frozenset({"行く", "来る"})
 # The dictionary form of a verb of five rows whose 連用形 before て or た is a sound change (行く:
 # 行って, not 行きて): its plain 連用形 there is no grammar (サ行 is: 話して).
 _ONBIN_LEMMA_END = frozenset("くぐつぬぶむう")
@@ -315,8 +323,13 @@ class Tokenizer:
         # 燃やす): respelt only where the dictionary took their first kana for a particle after
         # the word before (いえ|も|やす: 家燃やす), never out of a longer word (い|なくなり).
         self._particle_cut_forms: set[str] = set()
+        # Kana that spell a word of the lexicon and the form of another's before an ending (よわさ:
+        # 弱さ, 酔わさ before れ): that form, with what may follow it (see _learn).
+        self._before_ending: dict[str, tuple[str, str, bool, tuple[int, int]]] = {}
         # The first two letters of the lexicon's loanwords that may be found inside a word.
         self._loan_inside_prefixes: set[str] = set()
+        # The readings of the lexicon's nouns that end in ん (しゃしん: 写真), for romaji.
+        self.n_final_nouns: frozenset[str] = frozenset()
 
     def learn_words(
         self, words: frozenset[str], loans: frozenset[str] = frozenset(), pairs: frozenset[str] = frozenset()
@@ -332,14 +345,19 @@ class Tokenizer:
             if self._learn_loan(trie, word):
                 by_first.setdefault(word[0], []).append(word)
         self._loans_by_first = {c: tuple(sorted(ws, key=len, reverse=True)) for c, ws in by_first.items()}
+        n_final: set[str] = set()
         for word in sorted(words):
             nodes = list(self._tagger(word))
             if not nodes:
                 continue
-            if all(n.feature.pos1 in _NOUN_PARTS for n in nodes):
+            # a noun, or an adnominal and a noun (この前: the dictionary cuts このまえ as この|ま|え)
+            adnominal = len(nodes) > 1 and nodes[0].feature.pos1 == "連体詞"
+            if all(n.feature.pos1 in _NOUN_PARTS for n in nodes[1 if adnominal else 0 :]):
                 kana = katakana_to_hiragana("".join(n.feature.kana or n.surface for n in nodes))
-                if len(kana) >= 3:
+                if len(kana) >= (4 if adnominal else 3):  # not この間 read このま (このまま)
                     self._learn(trie, kana, word, "")
+                if kana.endswith("ん"):
+                    n_final.add(kana)
             elif len(nodes) == 1 and nodes[0].feature.pos1 in ("動詞", "形容詞"):
                 godan = (nodes[0].feature.cType or "").startswith("五段")
                 short = katakana_to_hiragana(nodes[0].feature.kanaBase or "")
@@ -377,6 +395,7 @@ class Tokenizer:
                 ):
                     continue
                 self._learn(trie, noun_kana + kana, noun + spelling, after, (len(noun_kana), len(noun)))
+        self.n_final_nouns = frozenset(n_final)
         self._spellings = trie
         self._spellings_as_written = trie_as_written(trie, _END)
         self._stems = {k: tuple(sorted(v)) for k, v in stems.items()}
@@ -395,6 +414,10 @@ class Tokenizer:
             stems.setdefault(_ICHIDAN + reading[:-1], set()).add(word)
         elif ctype in ("五段-ナ行", "五段-バ行", "五段-マ行") and len(reading) >= 2:
             stems.setdefault(_ONBIN + reading[:-1] + "ん", set()).add(word)
+        if ctype.startswith("五段") and "-" in ctype:
+            row = _ROWS.get(ctype.split("-")[1][0])
+            if row is not None:
+                stems.setdefault(_CONTINUATIVE + reading[:-1] + row[0][1], set()).add(word)
 
     def _learn_loan(self, trie: dict[str, Any], word: str) -> bool:
         """A katakana word of the lexicon, as typed in hiragana: learnt when the dictionary knows
@@ -453,7 +476,16 @@ class Tokenizer:
         for ch in kana:
             node = node.setdefault(ch, {})
         # what may follow, as it may be written (katakana too: the text is not folded)
-        node.setdefault(_END, (spelling, written_forms(after), False, split))
+        entry = (spelling, written_forms(after), False, split)
+        known = node.get(_END)
+        if known is None:
+            node[_END] = entry
+        elif known[0] != spelling and bool(known[1]) != bool(entry[1]) and not known[2]:
+            # the same kana are a word of their own and a verb's form before an ending (よわさ:
+            # 弱さ, and 酔わさ before れ): the form where its ending follows, else the word
+            constrained, free = (entry, known) if entry[1] else (known, entry)
+            node[_END] = free
+            self._before_ending.setdefault(kana, constrained)
         # the first two letters, as they may be written: most words start no spelling
         self._spelling_prefix_forms.update(
             a + b for a in written_forms(kana[0]) for b in written_forms(kana[1])
@@ -544,6 +576,10 @@ class Tokenizer:
                 j += 1
                 if _END in node:
                     spelling, after, loan, split = node[_END]
+                    if self._before_ending and j < len(text):
+                        other = self._before_ending.get(katakana_to_hiragana(text[pos:j]))
+                        if other is not None and text[j] in _PASSIVE_CAUSATIVE and text[j] in other[1]:
+                            spelling, after, loan, split = other
                     # a verb's form only before what may follow it (しん before だ or で)
                     if not after or (text[j] in after if j < len(text) else "\0" in after):
                         found = (j, str(spelling), bool(loan), split)
@@ -582,6 +618,25 @@ class Tokenizer:
                 continue  # a noun over a verb that goes on: どう|し|たら is not 同士たら
             if end not in ends and len(covered) == 2 and _reads_across_particle(covered[0], covered[1]):
                 continue  # くる|まで is not 車|で, から|だし not 体|し
+            if (
+                end not in ends
+                and tok.pos1 == "助詞"
+                and len(tok.surface) == 1
+                and covered[-1].pos2 == "普通名詞"
+                and not covered[-1].unknown
+                and covered[-1].end - end >= 2
+            ):
+                # a particle and the start of a common noun read whole: おや|が|びょういん, not
+                # 画鋲 (a proper noun read in kana is often a cut gone wrong: お|かねはら|え)
+                continue
+            if (
+                tok.surface in ("て", "で")
+                and tok.pos2 == "接続助詞"
+                and i > 0
+                and tokens[i - 1].end == pos
+                and tokens[i - 1].pos1 in ("動詞", "助動詞", "形容詞")
+            ):
+                continue  # the て or で of a verb's form: なっ|て|くび is なって首, not 手首
             # A plausible reading of the same kana is kept (い|ない is not 以内): only a cut that
             # runs through a word, three pieces or more, or a piece unknown to the dictionary
             # shows that the dictionary did not find the word.
@@ -866,6 +921,17 @@ class Tokenizer:
             ):
                 key = _ONBIN + katakana_to_hiragana(tok.surface)
             elif (
+                len(tok.surface) >= 2
+                and not (tok.pos1 == "動詞" and tok.cform.startswith("連用形"))
+                and (
+                    nxt.lemma in _AFTER_CONTINUATIVE
+                    or (nxt.surface == "に" and i + 2 < len(tokens) and tokens[i + 2].lemma in _GOING)
+                )
+            ):
+                # なき|ながら read as 無い, あい|に|いく as 合い: only a verb's continuative form
+                # stands there (泣きながら, 会いに行く)
+                key = _CONTINUATIVE + katakana_to_hiragana(tok.surface)
+            elif (
                 tok.pos1 == "動詞"
                 and tok.cform.startswith("未然形")
                 and len(tok.surface) >= 3
@@ -878,7 +944,9 @@ class Tokenizer:
             if not key:
                 continue
             words = stems.get(key)
-            if words is None:
+            if key[0] == _CONTINUATIVE:  # or the stem of a verb of one row (いき|ながら: 生きる)
+                words = (words or ()) + stems.get(_ICHIDAN + key[1:], ())
+            if not words:
                 continue
             new = tuple(w for w in words if w not in tok.keys)
             if new:
@@ -903,7 +971,8 @@ class Tokenizer:
             # of its dictionary form) are keys there, matched against the readings of the
             # lexicon's words (ruleset.py: READING).
             base = f.lForm if f.lForm and f.lForm != "*" else surface
-            readings = _keys(READING + katakana_to_hiragana(surface), READING + katakana_to_hiragana(base))
+            kana = katakana_to_hiragana(surface)
+            readings = _keys(READING + kana, READING + katakana_to_hiragana(base), WRITTEN + kana)
         return (
             lemma,
             orth,
