@@ -523,6 +523,8 @@ class Engine:
                 h.flags.add("completed")  # 声が出なかった: over, not happening now
             if _is_conditional(tokens, h.last + 1):
                 h.flags.add("hypothetical")  # ホームに立つと (whenever), 落ちたら (if)
+            elif _time_in_condition(doc, h, ctx.condition_times, ctx.wondering):
+                h.flags.add("hypothetical")  # いま飛び込んだら楽かな: 今 of the condition
             if doc.quote_depth[h.first] > 0 or self._quoted_after(tokens, h.last):
                 h.flags.add("quoted")
                 if self._said_to_me(tokens, h.last):
@@ -848,6 +850,23 @@ def _is_completed(tokens: list[Token], last: int) -> bool:
             return True
         if tok.pos1 not in ("助動詞", "形容詞") or tok.lemma not in ("ない", "無い", "ます"):
             return False
+    return False
+
+
+def _time_in_condition(doc: _Doc, h: Hit, times: frozenset[str], wondering: frozenset[str]) -> bool:
+    """A word of time right before a verb in the conditional, in a sentence that wonders, is
+    part of the condition: いま飛び込んだら楽かな is the thought of what would happen, not
+    something happening now (but 今日帰ったら殴られる is what will happen)."""
+    tokens = doc.tokens
+    if h.first != h.last or tokens[h.first].lemma not in times or h.last + 2 >= len(tokens):
+        return False
+    if tokens[h.last + 1].pos1 != "動詞" or not _is_conditional(tokens, h.last + 2):
+        return False
+    j = h.last + 3
+    while j < len(tokens) and doc.sentence_of[j] == h.sentence:
+        if tokens[j].surface in wondering:
+            return True
+        j += 1
     return False
 
 

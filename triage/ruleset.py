@@ -154,6 +154,8 @@ class ContextConfig:
     quote_particles: frozenset[str] = frozenset()
     speech_verbs: frozenset[str] = frozenset()
     aux_after_te: frozenset[str] = frozenset()
+    condition_times: frozenset[str] = frozenset()
+    wondering: frozenset[str] = frozenset()
     max_filler: int = 2
     negation_window: int = 6
     actor_sentences_back: int = 3
@@ -429,6 +431,8 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
         quote_particles=frozenset(ctx_doc.get("quote_particles", [])),
         speech_verbs=frozenset(ctx_doc.get("speech_verbs", [])),
         aux_after_te=frozenset(ctx_doc.get("aux_after_te", [])),
+        condition_times=frozenset(ctx_doc.get("condition_times", [])),
+        wondering=frozenset(ctx_doc.get("wondering", [])),
         max_filler=int(ctx_doc.get("max_filler", 2)),
         negation_window=int(ctx_doc.get("negation_window", 6)),
         actor_sentences_back=int(ctx_doc.get("actor_sentences_back", 3)),
