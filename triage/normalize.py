@@ -275,7 +275,9 @@ def _needed_letters(pattern: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
     """Sets of letters of which a text must hold one each for ``pattern`` to match anywhere in
     it, the likely rarest first: one for each literal or class of literals that every match reads (in
     groups, repeats of at least one, and positive lookarounds; a branch gives the letters that
-    start any of its alternatives). Anything else tells nothing; so does a pattern with flags."""
+    start any of its alternatives). Letters read in a row (ったる) are also needed as one string, and
+    a branch of such strings (こう|コウ) as a set of them. Anything else tells nothing; so does a
+    pattern with flags."""
     if pattern.flags & (re.IGNORECASE | re.VERBOSE):
         return ()
     try:
@@ -285,12 +287,29 @@ def _needed_letters(pattern: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
     sets: list[frozenset[str]] = []
     _collect_needed(list(parsed), sets)
     small = {letters for letters in sets if letters and len(letters) <= _MAX_NEEDED}
-    # Hiragana are in most messages: sets without them first, then the smallest.
-    order = sorted(small, key=lambda x: (any(c in _HIRA_SET for c in x), len(x), sorted(x)))
+    # Hiragana are in most messages: sets without them first, strings before letters, then the smallest.
+    order = sorted(
+        small, key=lambda x: (any(c in _HIRA_SET for c in x), min(map(len, x)) < 2, len(x), sorted(x))
+    )
     return tuple(tuple(sorted(letters)) for letters in order)
 
 
 def _collect_needed(items: list[Any], out: list[frozenset[str]]) -> None:
+    # Letters read one after another (たひ, ったる) must be in the text together: each such run of
+    # two or more is needed as a whole too (a look for it rules out far more than its letters do).
+    # Added after the letters, so that the first set of a branch's alternative stays a letter's.
+    runs: list[str] = []
+    run = ""
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            run += chr(av)
+            continue
+        if len(run) >= 2:
+            runs.append(run)
+        run = ""
+    if len(run) >= 2:
+        runs.append(run)
     for op, av in items:
         name = str(op)
         if name == "LITERAL":
@@ -313,14 +332,23 @@ def _collect_needed(items: list[Any], out: list[frozenset[str]]) -> None:
         elif name == "BRANCH":
             _, alternatives = av
             starts: set[str] = set()
+            words: set[str] | None = set()  # alternatives that are words, letters only (こう|コウ)
             for alternative in alternatives:
                 inner: list[frozenset[str]] = []
                 _collect_needed(list(alternative), inner)
                 if not inner:
                     break
                 starts |= inner[0]
+                seq = list(alternative)
+                if words is not None and seq and all(str(o) == "LITERAL" for o, _ in seq):
+                    words.add("".join(chr(a) for _, a in seq))
+                else:
+                    words = None
             else:
                 out.append(frozenset(starts))
+                if words:
+                    out.append(frozenset(words))
+    out.extend(frozenset({r}) for r in runs)
 
 
 def _class_letters(items: list[Any]) -> frozenset[str] | None:
@@ -525,19 +553,19 @@ class Normalizer:
         self._quick_post_chars = re.compile(f"[〜~ぁぃぅぇぉ{mask}]")
         self._quick_post_marks = re.compile("ーー|(?<=[ぁ-ゖ])ー|[っッ]{2}|[っッ](?=[\\s。、!?.,…]|$)")
         self._quick_post_repeat = re.compile("(.)\\1\\1|([あいうえお])\\2|([。、！？!?…])\\3")
-        self._gate_post = _gate(
-            [
-                self._mask,
-                re.compile(f"(?P<rep>[{HIRAGANA}{KATAKANA}])(?P=rep){{2}}"),
-                self._long_after_hira,
-                self._long_run,
-                self._small_vowels,
-                _VOWEL_TAIL,
-                self._sokuon_run,
-                self._sokuon_end,
-                _REPEATED_MARKS,
-            ]
-        )
+        # The elongation and masking passes, in order, each with the letters a match of it needs.
+        post: list[tuple[re.Pattern[str], Replacer]] = [
+            (self._mask, lambda m: ""),
+            (_VOWEL_TAIL, _drop_vowel_tail),
+            (self._repeat, lambda m: m.group(1)),
+            (self._long_after_hira, lambda m: ""),
+            (self._long_run, lambda m: "ー"),
+            (self._small_vowels, lambda m: ""),
+            (self._sokuon_run, lambda m: m.group()[0]),
+            (self._sokuon_end, lambda m: ""),
+            (_REPEATED_MARKS, lambda m: m.group("p")),
+        ]
+        self._post_passes = [(p, repl, _needed_letters(p)) for p, repl in post]
 
     def normalize(self, text: str) -> Normalized:
         origin = list(range(len(text) + 1))
@@ -596,16 +624,12 @@ class Normalizer:
                     t, origin = _rewrite(t, origin, pattern, _expander(repl))
         if _REPEATED_WORD.search(t):
             t, origin = _rewrite(t, origin, _REPEATED_WORD, lambda m: m.group() + "。")
-        if self._post_may_apply(t) and self._gate_post.search(t):
-            t, origin = _rewrite(t, origin, self._mask, lambda m: "")
-            t, origin = _rewrite(t, origin, _VOWEL_TAIL, _drop_vowel_tail)
-            t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
-            t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
-            t, origin = _rewrite(t, origin, self._long_run, lambda m: "ー")
-            t, origin = _rewrite(t, origin, self._small_vowels, lambda m: "")
-            t, origin = _rewrite(t, origin, self._sokuon_run, lambda m: m.group()[0])
-            t, origin = _rewrite(t, origin, self._sokuon_end, lambda m: "")
-            t, origin = _rewrite(t, origin, _REPEATED_MARKS, lambda m: m.group("p"))
+        if self._post_may_apply(t):
+            # Each pass only where the text holds the letters it needs (as the substitutions):
+            # a pass that cannot match rewrites nothing, so skipping it changes nothing.
+            for pattern, rewrite, needed in self._post_passes:
+                if _holds_letters(t, needed):
+                    t, origin = _rewrite(t, origin, pattern, rewrite)
         if " " in t or "\t" in t or "\u3000" in t:
             t, origin = self._join_spaced_words(t, origin)
             t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
