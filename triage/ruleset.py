@@ -69,21 +69,9 @@ class SeqPattern:
 KEY_BITS = 60  # bits of a word's mark; a machine integer holds them
 
 
-# Marks already worked out: a str caches its hash, but the hash is wider than a machine integer
-# and the arithmetic on it is not compiled. Bounded: a message's unknown words are keys too.
-_KEY_BITS_MEMO: dict[str, int] = {}
-_KEY_BITS_MEMO_MAX = 100_000
-
-
 def key_bit(key: str) -> int:
     """A word's mark: one of KEY_BITS bits, from its hash (the same for the whole process)."""
-    bit = _KEY_BITS_MEMO.get(key)
-    if bit is None:
-        bit = 1 << (hash(key) % KEY_BITS)
-        if len(_KEY_BITS_MEMO) >= _KEY_BITS_MEMO_MAX:
-            _KEY_BITS_MEMO.clear()
-        _KEY_BITS_MEMO[key] = bit
-    return bit
+    return 1 << (hash(key) % KEY_BITS)
 
 
 def _bits_of(keys: tuple[str, ...]) -> int:
