@@ -26,6 +26,7 @@ _LETTERS = (
     "アイウエオカキクケコシスタチツテトナニヌネノマミムモヤヨラリルレロワヲンッィェヶ"
     "ﾀﾋｼﾈ死氏市自生消今夜々〆一鿿"
     "abcdwxyzABCDWXYZ0124 \n。、・.…○〇●*＊"
+    "ぁぅぉ〜~！？!?"
 )
 _text = st.text(alphabet=_LETTERS, max_size=40)
 SETTINGS = repeatable(300)
@@ -101,8 +102,22 @@ def test_a_substitution_skipped_for_its_letters_would_not_have_matched(text: str
             assert pattern.search(text) is None, pattern.pattern
 
 
+@SETTINGS
+@given(_text)
+def test_an_elongation_pass_skipped_for_its_letters_would_not_have_matched(text: str) -> None:
+    for pattern, _rewrite, needed, twice in get_engine().normalizer._post_passes:
+        if not _holds_letters(text, needed) or (twice and not _doubled(text)):
+            assert pattern.search(text) is None, pattern.pattern
+
+
 def test_needed_letters_of_some_expressions() -> None:
-    assert _needed_letters(re.compile("タヒ")) == (("タ",), ("ヒ",))
+    # letters in a row are needed together too, and first (a string rules out more than a letter)
+    assert _needed_letters(re.compile("タヒ")) == (("タヒ",), ("タ",), ("ヒ",))
+    assert _needed_letters(re.compile("(?<=てって)い")) == (("てって",), ("い",), ("っ",), ("て",))
+    # a branch of words needs one of them
+    needed = (("こう", "コウ"), ("1", "2", "3"), ("こ", "コ"))
+    assert _needed_letters(re.compile("(?:こう|コウ)[1-3]")) == needed
+    assert _needed_letters(re.compile("(?:こう|コ)x")) == (("x",), ("こう", "コ"), ("こ", "コ"))
     assert _needed_letters(re.compile("(?<=[たな])ぃ")) == (("ぃ",), ("た", "な"))
     assert _needed_letters(re.compile("(\\.{3,}|・{3,})")) == ((".", "・"),)
     # a negative lookaround, an optional letter, a category or a flag tell nothing

@@ -195,7 +195,9 @@ class Engine:
         categories: set[Category] = set()
         removed: set[Category] = set()
         reasons: list[Reason] = []
-        seen: set[Reason] = set()
+        # Reasons met so far, by rule and span (the words are those of the span): a tuple hashes in
+        # C, a Reason through its dataclass's Python __hash__.
+        seen: set[tuple[str, int, int]] = set()
         present = set(doc.by_concept)
         candidates: set[int] = set()
         by_concept = self._rules_by_concept
@@ -219,10 +221,10 @@ class Engine:
             removed.update(rule.removes)
             for h in used:
                 start, end = doc.original_span(h)
-                reason = Reason(rule.id, original[start:end], (start, end))
-                if reason not in seen:
-                    seen.add(reason)
-                    reasons.append(reason)
+                key = (rule.id, start, end)
+                if key not in seen:
+                    seen.add(key)
+                    reasons.append(Reason(rule.id, original[start:end], (start, end)))
         categories -= removed
         distress = (
             self._distress.options

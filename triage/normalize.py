@@ -271,11 +271,13 @@ _RE_PARSER: Any = importlib.import_module("re._parser")
 _MAX_NEEDED = 16  # larger classes of letters ([ぁ-ゖ]) are not worth looking for
 
 
-def _needed_letters(pattern: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
+def _needed_letters(pattern: re.Pattern[str], most: int = _MAX_NEEDED) -> tuple[tuple[str, ...], ...]:
     """Sets of letters of which a text must hold one each for ``pattern`` to match anywhere in
     it, the likely rarest first: one for each literal or class of literals that every match reads (in
     groups, repeats of at least one, and positive lookarounds; a branch gives the letters that
-    start any of its alternatives). Anything else tells nothing; so does a pattern with flags."""
+    start any of its alternatives). Letters read in a row (ったる) are also needed as one string, and
+    a branch of such strings (こう|コウ) as a set of them. Anything else tells nothing; so does a
+    pattern with flags. Sets of more than ``most`` letters are left out."""
     if pattern.flags & (re.IGNORECASE | re.VERBOSE):
         return ()
     try:
@@ -284,13 +286,30 @@ def _needed_letters(pattern: re.Pattern[str]) -> tuple[tuple[str, ...], ...]:
         return ()
     sets: list[frozenset[str]] = []
     _collect_needed(list(parsed), sets)
-    small = {letters for letters in sets if letters and len(letters) <= _MAX_NEEDED}
-    # Hiragana are in most messages: sets without them first, then the smallest.
-    order = sorted(small, key=lambda x: (any(c in _HIRA_SET for c in x), len(x), sorted(x)))
+    small = {letters for letters in sets if letters and len(letters) <= most}
+    # Hiragana are in most messages: sets without them first, strings before letters, then the smallest.
+    order = sorted(
+        small, key=lambda x: (any(c in _HIRA_SET for c in x), min(map(len, x)) < 2, len(x), sorted(x))
+    )
     return tuple(tuple(sorted(letters)) for letters in order)
 
 
 def _collect_needed(items: list[Any], out: list[frozenset[str]]) -> None:
+    # Letters read one after another (たひ, ったる) must be in the text together: each such run of
+    # two or more is needed as a whole too (a look for it rules out far more than its letters do).
+    # Added after the letters, so that the first set of a branch's alternative stays a letter's.
+    runs: list[str] = []
+    run = ""
+    for op, av in items:
+        name = str(op)
+        if name == "LITERAL":
+            run += chr(av)
+            continue
+        if len(run) >= 2:
+            runs.append(run)
+        run = ""
+    if len(run) >= 2:
+        runs.append(run)
     for op, av in items:
         name = str(op)
         if name == "LITERAL":
@@ -313,14 +332,23 @@ def _collect_needed(items: list[Any], out: list[frozenset[str]]) -> None:
         elif name == "BRANCH":
             _, alternatives = av
             starts: set[str] = set()
+            words: set[str] | None = set()  # alternatives that are words, letters only (こう|コウ)
             for alternative in alternatives:
                 inner: list[frozenset[str]] = []
                 _collect_needed(list(alternative), inner)
                 if not inner:
                     break
                 starts |= inner[0]
+                seq = list(alternative)
+                if words is not None and seq and all(str(o) == "LITERAL" for o, _ in seq):
+                    words.add("".join(chr(a) for _, a in seq))
+                else:
+                    words = None
             else:
                 out.append(frozenset(starts))
+                if words:
+                    out.append(frozenset(words))
+    out.extend(frozenset({r}) for r in runs)
 
 
 def _class_letters(items: list[Any]) -> frozenset[str] | None:
@@ -523,25 +551,21 @@ class Normalizer:
             if config.substitution_chars
             else None
         )
-        # A superset of what the elongation and masking passes act on, as cheap to find as possible.
-        mask = re.escape(config.mask_chars)
-        # In three looks, cheapest first; together they match where the old single alternation did.
-        self._quick_post_chars = re.compile(f"[〜~ぁぃぅぇぉ{mask}]")
-        self._quick_post_marks = re.compile("ーー|(?<=[ぁ-ゖ])ー|[っッ]{2}|[っッ](?=[\\s。、!?.,…]|$)")
-        self._quick_post_repeat = re.compile("(.)\\1\\1|([あいうえお])\\2|([。、！？!?…])\\3")
-        self._gate_post = _gate(
-            [
-                self._mask,
-                re.compile(f"(?P<rep>[{HIRAGANA}{KATAKANA}])(?P=rep){{2}}"),
-                self._long_after_hira,
-                self._long_run,
-                self._small_vowels,
-                _VOWEL_TAIL,
-                self._sokuon_run,
-                self._sokuon_end,
-                _REPEATED_MARKS,
-            ]
-        )
+        # The elongation and masking passes, in order, each with the letters a match of it needs
+        # (the masks are a long list, all worth looking for) and whether a match holds a letter
+        # twice in a row (しにたいいい, ーー, っっ, 。。).
+        post: list[tuple[re.Pattern[str], Replacer, bool]] = [
+            (self._mask, lambda m: "", False),
+            (_VOWEL_TAIL, _drop_vowel_tail, True),
+            (self._repeat, lambda m: m.group(1), True),
+            (self._long_after_hira, lambda m: "", False),
+            (self._long_run, lambda m: "ー", True),
+            (self._small_vowels, lambda m: "", False),
+            (self._sokuon_run, lambda m: m.group()[0], True),
+            (self._sokuon_end, lambda m: "", False),
+            (_REPEATED_MARKS, lambda m: m.group("p"), True),
+        ]
+        self._post_passes = [(p, repl, _needed_letters(p, most=64), twice) for p, repl, twice in post]
 
     def normalize(self, text: str) -> Normalized:
         origin = list(range(len(text) + 1))
@@ -600,29 +624,25 @@ class Normalizer:
                     t, origin = _rewrite(t, origin, pattern, _expander(repl))
         if _REPEATED_WORD.search(t):
             t, origin = _rewrite(t, origin, _REPEATED_WORD, lambda m: m.group() + "。")
-        if self._post_may_apply(t) and self._gate_post.search(t):
-            t, origin = _rewrite(t, origin, self._mask, lambda m: "")
-            t, origin = _rewrite(t, origin, _VOWEL_TAIL, _drop_vowel_tail)
-            t, origin = _rewrite(t, origin, self._repeat, lambda m: m.group(1))
-            t, origin = _rewrite(t, origin, self._long_after_hira, lambda m: "")
-            t, origin = _rewrite(t, origin, self._long_run, lambda m: "ー")
-            t, origin = _rewrite(t, origin, self._small_vowels, lambda m: "")
-            t, origin = _rewrite(t, origin, self._sokuon_run, lambda m: m.group()[0])
-            t, origin = _rewrite(t, origin, self._sokuon_end, lambda m: "")
-            t, origin = _rewrite(t, origin, _REPEATED_MARKS, lambda m: m.group("p"))
+        # Each elongation or masking pass only where the text holds the letters it needs (as the
+        # substitutions), and a letter twice in a row if it needs one (looked for again only when a
+        # pass changed the text): a pass that cannot match rewrites nothing, so skipping it changes nothing.
+        doubled_in: str | None = None
+        doubled = False
+        for pattern, rewrite, needed, twice in self._post_passes:
+            if twice:
+                if t is not doubled_in:
+                    doubled_in = t
+                    doubled = _doubled(t)
+                if not doubled:
+                    continue
+            if _holds_letters(t, needed):
+                t, origin = _rewrite(t, origin, pattern, rewrite)
         if " " in t or "\t" in t or "\u3000" in t:
             t, origin = self._join_spaced_words(t, origin)
             t, origin = _rewrite(t, origin, self._spaces, lambda m: " ")
         emoji = self._place_marks(origin, marks)
         return Normalized(t, origin, emoji, half_width_kana=bool(_HALF_KANA.search(text)), ends=ends)
-
-    def _post_may_apply(self, t: str) -> bool:
-        """A cheap superset of where the elongation and masking passes act."""
-        if self._quick_post_chars.search(t):
-            return True
-        if ("ー" in t or "っ" in t or "ッ" in t) and self._quick_post_marks.search(t):
-            return True
-        return _doubled(t) and self._quick_post_repeat.search(t) is not None
 
     def _join_spaced_words(self, t: str, origin: list[int]) -> tuple[str, list[int]]:
         """Remove spaces that split a word (死に たい, し に た い), keep those that split sentences.

@@ -493,6 +493,11 @@ def load_ruleset(content_dir: Path = CONTENT_DIR, reading: Any = None) -> Rulese
     for c in conversation.ambiguous:
         if c not in concepts:
             raise ContentError(f"rules.yaml: conversation: unknown concept {c!r}")
+    # Equal patterns (a term listed twice) become one object: the tokenizer then tells patterns
+    # apart by identity, without comparing their fields.
+    canonical: dict[SeqPattern, SeqPattern] = {}
+    for key, pats in seq_index.items():
+        seq_index[key] = [canonical.setdefault(pat, pat) for pat in pats]
     return Ruleset(
         normalizer,
         context,

@@ -988,10 +988,14 @@ class Tokenizer:
         )
 
     def patterns_for(self, keys: tuple[str, ...]) -> tuple[SeqPattern, ...]:
+        """The patterns indexed by any of ``keys``, each once, in order. Equal patterns are one
+        object (ruleset.py), so identity tells them apart: comparing fields made this quadratic."""
         out: list[SeqPattern] = []
+        seen: set[int] = set()
         for key in keys:
             for pat in self.index.get(key, ()):
-                if pat not in out:
+                if id(pat) not in seen:
+                    seen.add(id(pat))
                     out.append(pat)
         return tuple(out)
 
