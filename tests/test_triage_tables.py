@@ -153,7 +153,7 @@ HELD_OUT_FLOORS = {
     # other holdouts' and the kana and romaji readings), scored once at its end (the README's estimate:
     # 0.886 / 0.909 crisis recall), then worked on with general rules for the situations they missed
     "holdout32.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
-    "holdout33.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.05, "category_micro_f1": 0.92},
+    "holdout33.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.04, "category_micro_f1": 0.92},
     # Not blind: probes a developer wrote from COVERAGE.md in five rounds of 30 to 161 messages, each scored
     # before its own fixes (all 301 then: 0.775 crisis recall, 0.159 under-triage), then worked on
     "probes.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.95},
