@@ -151,9 +151,9 @@ HELD_OUT_FLOORS = {
     "holdout31.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.01, "category_micro_f1": 0.95},
     # written blind after holdout30/31's work, sealed through the next round (holdout30/31's misses, the
     # other holdouts' and the kana and romaji readings), scored once at its end (the README's estimate:
-    # 0.886 / 0.909 crisis recall); not worked on yet
-    "holdout32.jsonl": {"crisis_recall": 0.86, "under_triage_rate": 0.08, "category_micro_f1": 0.89},
-    "holdout33.jsonl": {"crisis_recall": 0.88, "under_triage_rate": 0.07, "category_micro_f1": 0.89},
+    # 0.886 / 0.909 crisis recall), then worked on with general rules for the situations they missed
+    "holdout32.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.94},
+    "holdout33.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.04, "category_micro_f1": 0.92},
     # Not blind: probes a developer wrote from COVERAGE.md in five rounds of 30 to 161 messages, each scored
     # before its own fixes (all 301 then: 0.775 crisis recall, 0.159 under-triage), then worked on
     "probes.jsonl": {"crisis_recall": 0.97, "under_triage_rate": 0.03, "category_micro_f1": 0.95},
