@@ -119,12 +119,9 @@ class InboxWorker:
             seen.add(external_id)
             sender, priority = self._classify(channel, external_id, payload)
             if priority < Priority.NORMAL:
-                # Their earlier events go before it (their order is kept), so they go with it: those
-                # stored before, and those earlier in this batch.
+                # Their earlier events go before it (their order is kept), so they are raised with it
+                # once stored (``_insert_queued``): those stored before, and those of this batch.
                 urgent.append((sender, priority))
-                for row in rows:
-                    if row["sender"] == sender and row["priority"] > priority:
-                        row["priority"] = priority
             rows.append(
                 {
                     "channel": channel,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.redis_client import connect
 
@@ -40,12 +41,15 @@ class ReplyTokens:
 
     def __init__(self) -> None:
         self._kept: dict[str, tuple[Kept, float]] = {}  # key -> (token, monotonic deadline)
+        self._pruned = 0.0  # when expired tokens were last dropped (a pass over all, so once a second)
 
     async def keep(self, key: str, kept: Kept, seconds: float) -> None:
         """Keep ``kept`` under ``key`` for ``seconds`` (replacing what was there)."""
         now = time.monotonic()
-        for old in [k for k, (_, until) in self._kept.items() if until <= now]:
-            del self._kept[old]
+        if now - self._pruned >= 1.0:
+            self._pruned = now
+            for old in [k for k, (_, until) in self._kept.items() if until <= now]:
+                del self._kept[old]
         if seconds > 0:
             self._kept[key] = (kept, now + seconds)
 
@@ -85,18 +89,16 @@ class RedisReplyTokens(ReplyTokens):
             log.warning("reply token not kept (%s): the answer will be pushed", e.__class__.__name__)
 
     async def take(self, key: str) -> Kept | None:
-        try:
-            value = await self._redis.getdel(self._prefix + key)
-        except Exception as e:
-            log.warning("reply token not read (%s): pushing instead", e.__class__.__name__)
-            return None
-        return _decode(value)
+        return await self._read(self._redis.getdel, key)
 
     async def peek(self, key: str) -> Kept | None:
+        return await self._read(self._redis.get, key)
+
+    async def _read(self, command: Callable[[str], Awaitable[Any]], key: str) -> Kept | None:
         try:
-            value = await self._redis.get(self._prefix + key)
-        except Exception as e:
-            log.info("reply token not read (%s)", e.__class__.__name__)
+            value = await command(self._prefix + key)
+        except Exception as e:  # Redis down: nothing found, so the answer is pushed
+            log.warning("reply token not read (%s)", e.__class__.__name__)
             return None
         return _decode(value)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from bot.redis_client import connect
 from bot.reply_tokens import Kept, RedisReplyTokens, ReplyTokens
@@ -25,19 +27,36 @@ from tests.hot_path_support import ACCESS_TOKEN, line_settings, signature, text_
 from tests.redis_helpers import TEST_REDIS_URL, delete_prefix, prefix_keys, random_prefix, require_redis
 
 
+@asynccontextmanager
+async def redis_store() -> AsyncIterator[tuple[str, RedisReplyTokens]]:
+    """A Redis store under a key prefix of its own (deleted afterwards), with the prefix."""
+    await require_redis()
+    prefix = random_prefix()
+    tokens = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
+    try:
+        yield prefix, tokens
+    finally:
+        await tokens.close()
+        await delete_prefix(prefix)
+
+
+@pytest.fixture
+async def raw_redis() -> AsyncIterator[Redis]:
+    """A plain client, to look at (or put) what the store keeps."""
+    client = connect(TEST_REDIS_URL)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[ReplyTokens]:
     if request.param == "memory":
         yield ReplyTokens()
         return
-    await require_redis()
-    prefix = random_prefix()
-    tokens = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
-    try:
+    async with redis_store() as (_, tokens):
         yield tokens
-    finally:
-        await tokens.close()
-        await delete_prefix(prefix)
 
 
 async def test_a_token_is_taken_once(store: ReplyTokens) -> None:
@@ -67,35 +86,23 @@ async def test_a_token_expires_with_its_time(store: ReplyTokens) -> None:
 
 
 async def test_two_processes_racing_for_one_token_only_one_gets_it() -> None:
-    await require_redis()
-    prefix = random_prefix()
-    one = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
-    two = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
-    try:
-        for round_ in range(50):
-            await one.keep(f"k{round_}", Kept(f"t{round_}", 1.0), 30)
-            got = await asyncio.gather(one.take(f"k{round_}"), two.take(f"k{round_}"))
-            assert sorted(g is not None for g in got) == [False, True], got
-    finally:
-        await one.close()
-        await two.close()
-        await delete_prefix(prefix)
+    async with redis_store() as (prefix, one):
+        two = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
+        try:
+            for round_ in range(50):
+                await one.keep(f"k{round_}", Kept(f"t{round_}", 1.0), 30)
+                got = await asyncio.gather(one.take(f"k{round_}"), two.take(f"k{round_}"))
+                assert sorted(g is not None for g in got) == [False, True], got
+        finally:
+            await two.close()
 
 
-async def test_keys_expire_in_redis_and_hold_no_platform_id() -> None:
-    await require_redis()
-    prefix = random_prefix()
-    tokens = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
-    client = connect(TEST_REDIS_URL)
-    try:
+async def test_keys_expire_in_redis_and_hold_no_platform_id(raw_redis: Redis) -> None:
+    async with redis_store() as (prefix, tokens):
         await tokens.keep("0123abcd", Kept("tok", 5.0), 40)
         [key] = await prefix_keys(prefix)
         assert key == f"{prefix}:reply-token:0123abcd"
-        assert 0 < await client.pttl(key) <= 40_000
-    finally:
-        await client.aclose()
-        await tokens.close()
-        await delete_prefix(prefix)
+        assert 0 < await raw_redis.pttl(key) <= 40_000
 
 
 async def test_redis_unreachable_keeps_nothing_and_finds_nothing(caplog: pytest.LogCaptureFixture) -> None:
@@ -110,18 +117,10 @@ async def test_redis_unreachable_keeps_nothing_and_finds_nothing(caplog: pytest.
     assert "tok" not in caplog.text.replace("token", "")
 
 
-async def test_a_stored_value_that_is_not_ours_is_ignored() -> None:
-    await require_redis()
-    prefix = random_prefix()
-    tokens = RedisReplyTokens.from_url(TEST_REDIS_URL, prefix=prefix)
-    client = connect(TEST_REDIS_URL)
-    try:
-        await client.set(f"{prefix}:reply-token:k", "not json", px=10_000)
+async def test_a_stored_value_that_is_not_ours_is_ignored(raw_redis: Redis) -> None:
+    async with redis_store() as (prefix, tokens):
+        await raw_redis.set(f"{prefix}:reply-token:k", "not json", px=10_000)
         assert await tokens.take("k") is None
-    finally:
-        await client.aclose()
-        await tokens.close()
-        await delete_prefix(prefix)
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "each-its-own-memory"])
